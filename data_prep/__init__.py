@@ -1,0 +1,1 @@
+"""Data preparation: text corpora -> tokenizer + webdataset tar shards + index.json."""

@@ -1,0 +1,213 @@
+"""The on-disk shard format: webdataset tar shards plus ``index.json``.
+
+A shard (``train-000000.tar``, ``val-000000.tar``) is a plain tar whose members come in pairs, one pair
+per sample, in sample order (webdataset convention: same key, different extensions)::
+
+    000000042.input_ids.npy   uint16 (vocab <= 65536) or uint32, [T]: [CLS] doc [SEP] [CLS] doc [SEP] ...
+    000000042.segments.npy    int64 [S, 2]: per segment (document piece), its length in tokens and
+                              its corpus-wide document id
+
+Tars are written byte-reproducibly (fixed mtime/owner/mode, USTAR headers). ``index.json`` lists every
+shard with its sample/token counts and sha256, the tokenizer, the build arguments and corpus
+statistics. The loader (``pretrain/data.py``) reads samples by random access through an mmap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import mmap
+import os
+import tarfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from data_prep.errors import DataPrepError
+
+INDEX_FILE = "index.json"
+INDEX_FORMAT = "modernalbert-shards"
+INDEX_VERSION = 1
+SPLITS = ("train", "val")
+_FIELDS = ("input_ids", "segments")
+
+
+def shard_name(split: str, shard: int) -> str:
+    return f"{split}-{shard:06d}.tar"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+class _HashingFile:
+    """A write-only file that hashes what passes through, so the shard's sha256 costs no re-read."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "wb")
+        self.sha256 = hashlib.sha256()
+        self._pos = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self._pos += len(data)
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+class ShardWriter:
+    """Writes one shard to ``path`` through a temp file; ``close()`` renames it into place.
+
+    ``close()`` returns the sha256 of the finished file. A writer that is never closed leaves only its
+    temp file behind, never a truncated shard under the final name.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._tmp = f"{path}.tmp{os.getpid()}"
+        self._file = _HashingFile(self._tmp)
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.samples = 0
+        self.tokens = 0
+
+    def add(self, input_ids: np.ndarray, doc_lens: np.ndarray, doc_ids: np.ndarray) -> None:
+        key = f"{self.samples:09d}"
+        segments = np.stack([doc_lens.astype(np.int64), doc_ids.astype(np.int64)], axis=1)
+        for field, arr in (("input_ids", input_ids), ("segments", segments)):
+            data = _npy_bytes(arr)
+            info = tarfile.TarInfo(f"{key}.{field}.npy")
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            self._tar.addfile(info, io.BytesIO(data))
+        self.samples += 1
+        self.tokens += int(len(input_ids))
+
+    def close(self) -> str:
+        self._tar.close()
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self._file.sha256.hexdigest()
+
+    def abort(self) -> None:
+        self._file.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+class ShardError(DataPrepError):
+    """A shard file is missing, corrupt, or does not match index.json."""
+
+
+def sha256_of(path: str) -> str:
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return hashlib.sha256().hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return hashlib.sha256(mm).hexdigest()
+
+
+class ShardReader:
+    """Random access to the samples of one shard; verifies its sha256 when opened (if given)."""
+
+    def __init__(self, path: str, expected_sha256: str | None = None, expected_samples: int | None = None) -> None:
+        self.path = path
+        name = os.path.basename(path)
+        if not os.path.isfile(path):
+            raise ShardError(f"shard {name}: missing ({path}); rebuild with data_prep/build_shards.py")
+        with open(path, "rb") as f:
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+        if expected_sha256 is not None:
+            actual = hashlib.sha256(self._mm).hexdigest()
+            if actual != expected_sha256:
+                raise ShardError(
+                    f"shard {name}: corrupt (sha256 {actual[:12]}… != {expected_sha256[:12]}… in index.json); "
+                    f"rerun data_prep/build_shards.py with the same arguments to rebuild it"
+                )
+        spans: dict[str, list[tuple[int, int]]] = {f: [] for f in _FIELDS}
+        try:
+            with tarfile.open(fileobj=io.BytesIO(self._mm), mode="r:") as tar:
+                for m in tar:
+                    field = m.name.split(".")[1]
+                    spans[field].append((m.offset_data, m.size))
+        except (tarfile.TarError, IndexError, KeyError) as e:
+            raise ShardError(f"shard {name}: not a valid shard tar ({e})") from None
+        if len(spans["input_ids"]) != len(spans["segments"]) or (
+            expected_samples is not None and len(spans["input_ids"]) != expected_samples
+        ):
+            raise ShardError(f"shard {name}: holds {len(spans['input_ids'])} samples, index.json says {expected_samples}")
+        self._spans = spans
+
+    def __len__(self) -> int:
+        return len(self._spans["input_ids"])
+
+    def _array(self, field: str, i: int) -> np.ndarray:
+        off, size = self._spans[field][i]
+        return np.lib.format.read_array(io.BytesIO(self._mm[off:off + size]), allow_pickle=False)
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(input_ids [T], doc_lens [S], doc_ids [S]) of sample ``i``."""
+        seg = self._array("segments", i)
+        return self._array("input_ids", i), seg[:, 0], seg[:, 1]
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    file: str
+    sha256: str
+    samples: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """The parts of index.json the loader needs; ``raw`` keeps the whole document."""
+
+    data_dir: str
+    seq_len: int
+    vocab_size: int
+    special_ids: dict[str, int]
+    splits: dict[str, list[ShardEntry]]
+    raw: dict
+
+    @classmethod
+    def load(cls, data_dir: str) -> "ShardIndex":
+        path = os.path.join(data_dir, INDEX_FILE)
+        if not os.path.isdir(data_dir):
+            raise DataPrepError(f"data directory {data_dir!r}: no such directory")
+        if not os.path.isfile(path):
+            raise DataPrepError(f"data directory {data_dir!r}: no {INDEX_FILE} (build it with data_prep/build_shards.py)")
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataPrepError(f"{path}: unreadable index ({e})") from None
+        if raw.get("format") != INDEX_FORMAT or raw.get("version") != INDEX_VERSION:
+            raise DataPrepError(
+                f"{path}: format {raw.get('format')!r} v{raw.get('version')}, expected {INDEX_FORMAT!r} v{INDEX_VERSION}"
+            )
+        splits = {
+            s: [ShardEntry(e["file"], e["sha256"], e["samples"], e["tokens"]) for e in raw["splits"][s]["shards"]]
+            for s in raw["splits"]
+        }
+        tok = raw["tokenizer"]
+        return cls(data_dir, raw["seq_len"], tok["vocab_size"], tok["special_ids"], splits, raw)
+
+    def fingerprint(self, split: str) -> str:
+        """Identifies the exact data of a split (its shards' hashes), for checkpointed loader state."""
+        return hashlib.sha256("".join(e.sha256 for e in self.splits[split]).encode()).hexdigest()
+
+    def shard_path(self, entry: ShardEntry) -> str:
+        return os.path.join(self.data_dir, entry.file)

@@ -1,0 +1,1 @@
+"""ModernALBERT model (single device; no torch.distributed)."""

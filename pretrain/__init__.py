@@ -1,0 +1,1 @@
+"""Pretraining engine: data loader, parallelism, training loop, checkpoints."""

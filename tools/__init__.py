@@ -1,0 +1,1 @@
+"""Checkpoint consolidation, expert merging, HuggingFace conversion."""
