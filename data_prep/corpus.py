@@ -144,6 +144,18 @@ def _open_binary(f: InputFile, on_bytes: Callable[[int], None]) -> BinaryIO:
     return raw
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a corrupt or truncated input raises (gzip.BadGzipFile is an OSError)."""
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError)
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
 def _text_documents(lines: Iterator[str]) -> Iterator[str]:
     buf: list[str] = []
     for line in lines:
@@ -191,7 +203,7 @@ class CorpusReader:
                     yield doc
             except DataPrepError:
                 raise
-            except (OSError, EOFError, ValueError) as e:  # gzip.BadGzipFile is an OSError, zstd errors ValueErrors
+            except _read_errors() as e:
                 what = {"gzip": "gzip", "zstd": "zstd"}.get(f.compression or "", "")
                 raise DataPrepError(f"input {f.path!r}: cannot read {what} data: {e}".replace("  ", " ")) from e
 

@@ -1,0 +1,294 @@
+"""The pretraining data loader: shards from ``data_prep/build_shards.py`` → unpadded MLM batches.
+
+Order. For epoch e, the split's samples are put in a global order: a seeded permutation of the
+shards, and inside each shard a seeded permutation of its samples (both from ``(seed, e[, shard])``
+only). Position g of that order is "global sample g".
+
+Split. Global batch b is samples [b·GB, (b+1)·GB) with GB = micro_batch_size · world_size; rank r
+takes [b·GB + r·mb, b·GB + (r+1)·mb). Every rank therefore gets the same number of batches
+(⌊N / GB⌋ per epoch; the remainder of the epoch is dropped), and the concatenation of the ranks'
+micro-batches is exactly what a single process with micro_batch_size = GB sees. Loader workers take
+batches round-robin, which the DataLoader returns in order, so the stream is independent of
+``num_workers``.
+
+Masking. Each sample's MLM mask comes from an RNG seeded by (seed, epoch, global position), so it
+too is independent of world size, workers and resume points.
+
+Resume. ``state_dict()`` holds (epoch, global sample cursor) plus the data's fingerprint; after
+``load_state_dict`` the loader continues with exactly the batches an uninterrupted run would have
+produced — also on another world size with the same global batch.
+
+Batch (unpadded, ModernBERT-style; T tokens, S segments, M masked positions)::
+
+    input_ids     int64 [T]    masked token stream (all samples back to back)
+    cu_seqlens    int32 [S+1]  segment (document) boundaries; attention stays inside a segment
+    max_seqlen    int          longest segment
+    mlm_positions int64 [M]    positions in input_ids that carry a prediction target
+    mlm_labels    int64 [M]    the original tokens there
+    sample_ids    int64 [B, 2] (shard, index in shard) of each sample, for provenance
+    num_samples, num_tokens    ints
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_prep.errors import DataPrepError
+from data_prep.shards import ShardIndex, ShardReader
+
+_STATE_VERSION = 1
+_OPEN_SHARDS_PER_WORKER = 8
+
+
+@dataclass
+class MLMConfig:
+    mask_prob: float = 0.30  # share of maskable (non-special) tokens that become targets
+    mask_token_prob: float = 0.8  # of the targets: replaced by [MASK]
+    random_token_prob: float = 0.1  # of the targets: replaced by a random regular token (rest: unchanged)
+
+    def validate(self) -> None:
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mlm.mask_prob={self.mask_prob}: must be in (0, 1)")
+        for name in ("mask_token_prob", "random_token_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"mlm.{name}={getattr(self, name)}: must be in [0, 1]")
+        if self.mask_token_prob + self.random_token_prob > 1.0:
+            raise ValueError(
+                f"mlm.mask_token_prob + mlm.random_token_prob = {self.mask_token_prob + self.random_token_prob}: "
+                "must be <= 1"
+            )
+
+
+@dataclass
+class LoaderConfig:
+    data_dir: str
+    micro_batch_size: int  # samples per rank per batch
+    split: str = "train"
+    seed: int = 0
+    shuffle: bool = True
+    num_workers: int = 2
+    epochs: int | None = None  # None: cycle forever (training runs by steps)
+    verify_shards: bool = True  # sha256 of each shard checked when a worker first opens it
+    pin_memory: bool = False
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+
+    def validate(self) -> None:
+        if self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size}: must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers={self.num_workers}: must be >= 0")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs}: must be >= 1 or None")
+        self.mlm.validate()
+
+
+def _seed_words(*parts: int) -> list[int]:
+    return [int(p) & 0xFFFFFFFF for p in parts]
+
+
+class SampleOrder:
+    """The deterministic global sample order of one epoch; maps a global position to (shard, sample)."""
+
+    def __init__(self, counts: list[int], seed: int, epoch: int, shuffle: bool) -> None:
+        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
+        n = len(counts)
+        self.shard_order = np.random.default_rng(_seed_words(seed, epoch)).permutation(n) if shuffle else np.arange(n)
+        ordered = np.asarray(counts, dtype=np.int64)[self.shard_order]
+        self.ends = np.cumsum(ordered)
+        self.starts = self.ends - ordered
+        self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def _perm(self, shard: int, count: int) -> np.ndarray:
+        perm = self._perms.get(shard)
+        if perm is None:
+            perm = (np.random.default_rng(_seed_words(self.seed, self.epoch, shard, 1)).permutation(count)
+                    if self.shuffle else np.arange(count))
+            self._perms[shard] = perm
+            if len(self._perms) > _OPEN_SHARDS_PER_WORKER:
+                self._perms.popitem(last=False)
+        return perm
+
+    def __getitem__(self, g: int) -> tuple[int, int]:
+        k = int(np.searchsorted(self.ends, g, side="right"))
+        shard = int(self.shard_order[k])
+        return shard, int(self._perm(shard, int(self.ends[k] - self.starts[k]))[g - self.starts[k]])
+
+
+class MLMMasker:
+    """Per-sample MLM masking (80/10/10 by default) that never touches special tokens."""
+
+    def __init__(self, cfg: MLMConfig, vocab_size: int, special_ids: dict[str, int]) -> None:
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.mask_id = special_ids["mask"]
+        self.special = np.asarray(sorted(set(special_ids.values())), dtype=np.int64)
+        self.regular = np.setdiff1d(np.arange(vocab_size, dtype=np.int64), self.special)
+
+    def __call__(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (masked ids, target positions, target labels) for one sample."""
+        ids = ids.astype(np.int64)
+        maskable = np.flatnonzero(~np.isin(ids, self.special))
+        # randomised rounding keeps the expected rate exact also for short samples
+        k = int(np.floor(self.cfg.mask_prob * len(maskable) + rng.random()))
+        pos = np.sort(rng.choice(maskable, size=k, replace=False)) if k else np.zeros(0, np.int64)
+        labels = ids[pos]
+        action = rng.random(k)
+        out = ids.copy()
+        to_mask = action < self.cfg.mask_token_prob
+        to_random = (~to_mask) & (action < self.cfg.mask_token_prob + self.cfg.random_token_prob)
+        out[pos[to_mask]] = self.mask_id
+        out[pos[to_random]] = self.regular[rng.integers(0, len(self.regular), size=int(to_random.sum()))]
+        return out, pos, labels
+
+
+def collate(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], sample_ids: list[tuple[int, int]]) -> dict:
+    """Masked samples (ids, doc_lens, target positions, labels) → one unpadded batch."""
+    ids, seg_lens, positions, labels = [], [], [], []
+    offset = 0
+    for s_ids, s_lens, s_pos, s_labels in samples:
+        ids.append(s_ids)
+        seg_lens.append(s_lens)
+        positions.append(s_pos + offset)
+        labels.append(s_labels)
+        offset += len(s_ids)
+    seg_lens_S = np.concatenate(seg_lens).astype(np.int64)
+    cu = np.zeros(len(seg_lens_S) + 1, dtype=np.int32)
+    np.cumsum(seg_lens_S, out=cu[1:])
+    return {
+        "input_ids": torch.from_numpy(np.concatenate(ids)),
+        "cu_seqlens": torch.from_numpy(cu),
+        "max_seqlen": int(seg_lens_S.max()),
+        "mlm_positions": torch.from_numpy(np.concatenate(positions)),
+        "mlm_labels": torch.from_numpy(np.concatenate(labels)),
+        "sample_ids": torch.tensor(sample_ids, dtype=torch.int64).reshape(-1, 2),
+        "num_samples": len(samples),
+        "num_tokens": offset,
+    }
+
+
+class _EpochBatches(IterableDataset):
+    """This rank's batches [start, stop) of one epoch, split round-robin over loader workers."""
+
+    def __init__(self, loader: "PretrainLoader", epoch: int, start: int, stop: int) -> None:
+        self.index, self.cfg = loader.index, loader.cfg
+        self.rank, self.gb = loader.rank, loader.global_batch_samples
+        self.epoch, self.start, self.stop = epoch, start, stop
+        self.counts = [e.samples for e in self.index.splits[self.cfg.split]]
+        self.masker = MLMMasker(self.cfg.mlm, self.index.vocab_size, self.index.special_ids)
+
+    def _reader(self, readers: OrderedDict, shard: int) -> ShardReader:
+        r = readers.get(shard)
+        if r is None:
+            entry = self.index.splits[self.cfg.split][shard]
+            r = ShardReader(self.index.shard_path(entry), entry.sha256 if self.cfg.verify_shards else None, entry.samples)
+            readers[shard] = r
+            if len(readers) > _OPEN_SHARDS_PER_WORKER:
+                readers.popitem(last=False)
+        else:
+            readers.move_to_end(shard)
+        return r
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        order = SampleOrder(self.counts, self.cfg.seed, self.epoch, self.cfg.shuffle)
+        readers: OrderedDict[int, ShardReader] = OrderedDict()
+        mb = self.cfg.micro_batch_size
+        for b in range(self.start + wid, self.stop, nw):
+            first = b * self.gb + self.rank * mb
+            batch, sample_ids = [], []
+            for g in range(first, first + mb):
+                shard, i = order[g]
+                sample_ids.append((shard, i))
+                ids, doc_lens, _ = self._reader(readers, shard).sample(i)
+                rng = np.random.default_rng(_seed_words(self.cfg.seed, self.epoch, g, 2))
+                masked, pos, labels = self.masker(ids, rng)
+                batch.append((masked, doc_lens, pos, labels))
+            yield collate(batch, sample_ids)
+
+
+class PretrainLoader:
+    """Deterministic, resumable loader of unpadded MLM batches for one data-parallel rank.
+
+    Iterating yields batch dicts (see the module docstring); ``state_dict()`` counts every batch the
+    iterator has returned so far. ``rank``/``world_size`` are the data-parallel coordinates.
+    """
+
+    def __init__(self, cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> None:
+        cfg.validate()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank}: must be in [0, world_size={world_size})")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.index = ShardIndex.load(cfg.data_dir)
+        if cfg.split not in self.index.splits:
+            raise DataPrepError(f"split={cfg.split!r}: not in {cfg.data_dir}/index.json (has {sorted(self.index.splits)})")
+        self.num_samples = sum(e.samples for e in self.index.splits[cfg.split])
+        self.global_batch_samples = cfg.micro_batch_size * world_size
+        self.batches_per_epoch = self.num_samples // self.global_batch_samples
+        if self.batches_per_epoch == 0:
+            raise DataPrepError(
+                f"micro_batch_size={cfg.micro_batch_size} x world_size={world_size}: the {cfg.split!r} split of "
+                f"{cfg.data_dir} has only {self.num_samples} samples, fewer than one global batch"
+            )
+        self.fingerprint = self.index.fingerprint(cfg.split)
+        self._epoch = 0
+        self._batch = 0  # next batch of the current epoch
+        self._generation = 0
+
+    @property
+    def dropped_samples_per_epoch(self) -> int:
+        return self.num_samples - self.batches_per_epoch * self.global_batch_samples
+
+    def __iter__(self) -> Iterator[dict]:
+        generation = self._generation
+        while self.cfg.epochs is None or self._epoch < self.cfg.epochs:
+            ds = _EpochBatches(self, self._epoch, self._batch, self.batches_per_epoch)
+            dl = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory)
+            for batch in dl:
+                if generation != self._generation:
+                    raise RuntimeError("PretrainLoader: state was loaded after this iterator was created; iterate anew")
+                self._batch += 1
+                yield batch
+            self._epoch += 1
+            self._batch = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "version": _STATE_VERSION,
+            "split": self.cfg.split,
+            "data_fingerprint": self.fingerprint,
+            "seed": self.cfg.seed,
+            "epoch": self._epoch,
+            "sample_cursor": self._batch * self.global_batch_samples,  # global samples consumed this epoch
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r}, expected {_STATE_VERSION}")
+        if state["data_fingerprint"] != self.fingerprint or state["split"] != self.cfg.split:
+            raise ValueError(
+                f"loader state belongs to other data (split {state['split']!r}, fingerprint "
+                f"{state['data_fingerprint'][:12]}…) than {self.cfg.data_dir} split {self.cfg.split!r} "
+                f"({self.fingerprint[:12]}…)"
+            )
+        if state["seed"] != self.cfg.seed:
+            raise ValueError(f"seed={self.cfg.seed}: the checkpoint's loader used seed {state['seed']}")
+        cursor = int(state["sample_cursor"])
+        if cursor % self.global_batch_samples:
+            raise ValueError(
+                f"micro_batch_size x world_size = {self.global_batch_samples}: the saved cursor ({cursor} samples) "
+                "is not a whole number of global batches; resume with the same global batch size"
+            )
+        self._epoch = int(state["epoch"])
+        self._batch = cursor // self.global_batch_samples
+        self._generation += 1

@@ -1,0 +1,31 @@
+"""Shared fixtures: one small shard build of the shipped corpus, made once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from data_prep.build_shards import BuildConfig, build
+from data_prep.corpus import SAMPLE_CORPUS_DIR
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Small but real: the whole shipped corpus, short samples, a small vocabulary, several shards per split.
+TINY_BUILD = dict(inputs=[SAMPLE_CORPUS_DIR], seq_len=128, vocab_size=4000, shard_mb=0.3, val_fraction=0.05,
+                  tokenizer_sample_mb=1.0)
+
+
+@pytest.fixture(scope="session")
+def shards_dir(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("shards"))
+    build(BuildConfig(**TINY_BUILD), out, workers=0, progress=False)
+    return out
+
+
+def run_cli(args: list[str], **kw):
+    """Run a repo script the way a user does (python path/to/script.py ...), from the repo root."""
+    import subprocess
+
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, **kw)
