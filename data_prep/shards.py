@@ -41,27 +41,43 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar pads the archive to whole records, as tarfile and GNU tar do
+
+
+def _npy_header(arr: np.ndarray) -> bytes:
+    """The .npy v1.0 header of a C-contiguous array (what np.save writes), built directly: ~20x faster."""
+    shape = f"({arr.shape[0]},)" if arr.ndim == 1 else "(" + ", ".join(map(str, arr.shape)) + ")"
+    d = f"{{'descr': '{arr.dtype.str}', 'fortran_order': False, 'shape': {shape}, }}"
+    d += " " * (21 - len(str(arr.shape[0])))  # numpy leaves room for the first axis to grow in place
+    d += " " * (64 - (10 + len(d) + 1) % 64) + "\n"  # pad to 64-byte alignment (a full 64 when aligned)
+    return b"\x93NUMPY\x01\x00" + len(d).to_bytes(2, "little") + d.encode("latin1")
+
+
+def _ustar_header(name: str, size: int) -> bytes:
+    """A USTAR member header, byte-equal to tarfile's for mode 0444, mtime 0, root-less owner."""
+    def octal(v: int, width: int) -> bytes:
+        return b"%0*o\0" % (width - 1, v)
+
+    head = (name.encode("ascii").ljust(100, b"\0") + octal(0o444, 8) + octal(0, 8) + octal(0, 8)
+            + octal(size, 12) + octal(0, 12))
+    tail = (b"0" + b"\0" * 100 + b"ustar\x0000").ljust(_BLOCK - 156, b"\0")  # empty owner names, no device
+    chksum = sum(head) + 8 * 32 + sum(tail)
+    return head + b"%06o\0 " % chksum + tail
 
 
 class _HashingFile:
     """A write-only file that hashes what passes through, so the shard's sha256 costs no re-read."""
 
     def __init__(self, path: str) -> None:
-        self._file = open(path, "wb")
+        self._file = open(path, "wb", buffering=1 << 20)
         self.sha256 = hashlib.sha256()
-        self._pos = 0
+        self.pos = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes) -> None:
         self.sha256.update(data)
-        self._pos += len(data)
-        return self._file.write(data)
-
-    def tell(self) -> int:
-        return self._pos
+        self.pos += len(data)
+        self._file.write(data)
 
     def close(self) -> None:
         self._file.flush()
@@ -73,36 +89,46 @@ class ShardWriter:
     """Writes one shard to ``path`` through a temp file; ``close()`` renames it into place.
 
     ``close()`` returns the sha256 of the finished file. A writer that is never closed leaves only its
-    temp file behind, never a truncated shard under the final name.
+    temp file behind, never a truncated shard under the final name. Members are written with
+    hand-built USTAR/.npy headers (the tarfile module costs ~100 µs per sample); the bytes equal
+    what ``tarfile`` + ``np.save`` write (tested).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._tmp = f"{path}.tmp{os.getpid()}"
         self._file = _HashingFile(self._tmp)
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples = 0
         self.tokens = 0
+
+    def _member(self, name: str, arr: np.ndarray) -> None:
+        header = _npy_header(arr)
+        data = arr.tobytes()
+        size = len(header) + len(data)
+        self._file.write(_ustar_header(name, size))
+        self._file.write(header)
+        self._file.write(data)
+        if size % _BLOCK:
+            self._file.write(b"\0" * (_BLOCK - size % _BLOCK))
 
     def add(self, input_ids: np.ndarray, doc_lens: np.ndarray, doc_ids: np.ndarray) -> None:
         key = f"{self.samples:09d}"
         segments = np.stack([doc_lens.astype(np.int64), doc_ids.astype(np.int64)], axis=1)
-        for field, arr in (("input_ids", input_ids), ("segments", segments)):
-            data = _npy_bytes(arr)
-            info = tarfile.TarInfo(f"{key}.{field}.npy")
-            info.size, info.mode, info.mtime = len(data), 0o444, 0
-            self._tar.addfile(info, io.BytesIO(data))
+        self._member(f"{key}.input_ids.npy", np.ascontiguousarray(input_ids))
+        self._member(f"{key}.segments.npy", segments)
         self.samples += 1
         self.tokens += int(len(input_ids))
 
     def close(self) -> str:
-        self._tar.close()
+        self._file.write(b"\0" * (2 * _BLOCK))  # end-of-archive marker
+        if self._file.pos % _RECORD:
+            self._file.write(b"\0" * (_RECORD - self._file.pos % _RECORD))
         self._file.close()
         os.replace(self._tmp, self.path)
         return self._file.sha256.hexdigest()
 
     def abort(self) -> None:
-        self._file.close()
+        self._file._file.close()
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
 

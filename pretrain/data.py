@@ -292,3 +292,45 @@ class PretrainLoader:
         self._epoch = int(state["epoch"])
         self._batch = cursor // self.global_batch_samples
         self._generation += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pretrain.data DATA_DIR``: check a shard build through the loader and show a batch."""
+    import argparse
+    import os
+    import sys
+
+    from data_prep.tokenizer import Tokenizer
+
+    p = argparse.ArgumentParser(prog="python -m pretrain.data", description=main.__doc__)
+    p.add_argument("data_dir")
+    p.add_argument("--split", default="train")
+    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--world-size", type=int, default=1, help="pretend this many data-parallel ranks (rank 0 shown)")
+    p.add_argument("--num-workers", type=int, default=0)
+    a = p.parse_args(argv)
+    try:
+        loader = PretrainLoader(LoaderConfig(a.data_dir, a.micro_batch_size, split=a.split, num_workers=a.num_workers),
+                                rank=0, world_size=a.world_size)
+        batch = next(iter(loader))
+    except (DataPrepError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    idx = loader.index
+    tok = Tokenizer(os.path.join(a.data_dir, idx.raw["tokenizer"]["file"]))
+    print(f"{a.data_dir} [{a.split}]: {loader.num_samples:,} samples in {len(idx.splits[a.split])} shards, "
+          f"seq_len {idx.seq_len}, vocab {idx.vocab_size:,}")
+    print(f"per epoch: {loader.batches_per_epoch:,} global batches of {loader.global_batch_samples} samples "
+          f"({loader.dropped_samples_per_epoch} dropped)")
+    print(f"batch 0 (rank 0): {batch['num_tokens']} tokens, {len(batch['cu_seqlens']) - 1} segments, "
+          f"max_seqlen {batch['max_seqlen']}, {len(batch['mlm_positions'])} MLM targets "
+          f"({len(batch['mlm_positions']) / batch['num_tokens']:.1%} of tokens)")
+    end = int(batch["cu_seqlens"][1])
+    ids = batch["input_ids"][:end].tolist()
+    print("first segment as the model sees it:\n  " + " ".join(tok.id_to_token(i) for i in ids[:60])
+          + (" …" if len(ids) > 60 else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
