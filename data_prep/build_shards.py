@@ -110,8 +110,10 @@ class ShardTask:
 _worker_tok: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_path: str) -> None:
+def _init_worker(tokenizer_path: str, single_threaded: bool = False) -> None:
     global _worker_tok
+    if single_threaded:  # parallelism is one process per worker: keep HF tokenizers' own thread pool at 1
+        os.environ["RAYON_NUM_THREADS"] = "1"
     _worker_tok = Tokenizer(tokenizer_path)
 
 
@@ -333,7 +335,7 @@ def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True) -
         pool = None
         if workers > 0:
             pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                          initializer=_init_worker, initargs=(tok_path,))
+                                          initializer=_init_worker, initargs=(tok_path, True))
         else:
             _init_worker(tok_path)
         pending: collections.deque = collections.deque()
