@@ -1,0 +1,122 @@
+"""Unpadded multi-head attention: rotary embeddings and the attention backends behind one seam.
+
+The model runs on a flat stream of T real tokens; ``cu_seqlens`` [N+1] (int32) marks N segments
+(documents) and attention never crosses a segment boundary. Local layers attend to keys with
+|i - j| <= window (window = local_window // 2, as ModernBERT); global layers to the whole segment.
+
+Backends (``attention(..., backend=)``):
+  ``flash_attn``   flash-attn's ``flash_attn_varlen_func`` (CUDA, fp16/bf16, optional extra)
+  ``torch_varlen`` ``torch.nn.attention.varlen.varlen_attn`` (CUDA, fp16/bf16)
+  ``sdpa``         segments padded to [N, L] and ``F.scaled_dot_product_attention`` with a
+                   block/sliding-window mask: runs anywhere, the reference for the others
+  ``auto``         the first of those that can run the given tensors
+
+Shapes: T tokens, H heads, Dh head size, N segments, L longest segment.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.lru_cache(maxsize=None)
+def _flash_attn_fn():
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_varlen_fn():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """The backend that will run for tensors like ``q`` (``auto`` picks the fastest available)."""
+    fused_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    if backend == "auto":
+        if fused_ok and _flash_attn_fn() is not None:
+            return "flash_attn"
+        if fused_ok and _torch_varlen_fn() is not None:
+            return "torch_varlen"
+        return "sdpa"
+    if backend == "flash_attn" and (not fused_ok or _flash_attn_fn() is None):
+        raise RuntimeError("attn_backend='flash_attn' needs the flash-attn package and CUDA fp16/bf16 tensors")
+    if backend == "torch_varlen" and (not fused_ok or _torch_varlen_fn() is None):
+        raise RuntimeError("attn_backend='torch_varlen' needs torch.nn.attention.varlen and CUDA fp16/bf16 tensors")
+    return backend
+
+
+def segment_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(segment id, position inside the segment) of each of the ``total`` tokens."""
+    lens_N = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    seg_T = torch.repeat_interleave(torch.arange(len(lens_N), device=cu_seqlens.device), lens_N, output_size=total)
+    pos_T = torch.arange(total, device=cu_seqlens.device) - cu_seqlens.long()[seg_T]
+    return seg_T, pos_T
+
+
+def sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None, dropout_p: float = 0.0,
+                positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The reference backend: pad segments to [N, L], masked SDPA, unpad."""
+    T, H, Dh = q_THD.shape
+    N = len(cu_seqlens) - 1
+    seg_T, pos_T = positions if positions is not None else segment_positions(cu_seqlens, T)
+    lens_N = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+
+    def pad(x_THD):
+        x_NLHD = x_THD.new_zeros(N, max_seqlen, H, Dh)
+        x_NLHD[seg_T, pos_T] = x_THD
+        return x_NLHD.transpose(1, 2)  # [N, H, L, Dh]
+
+    ar = torch.arange(max_seqlen, device=q_THD.device)
+    mask_NLL = (ar[None, None, :] < lens_N[:, None, None]).expand(N, max_seqlen, max_seqlen)
+    if window is not None:
+        mask_NLL = mask_NLL & ((ar[:, None] - ar[None, :]).abs() <= window)[None]
+    # padded query rows still see key 0 (always real), so no row is all -inf; their output is dropped
+    out_NHLD = F.scaled_dot_product_attention(pad(q_THD), pad(k_THD), pad(v_THD), attn_mask=mask_NLL[:, None],
+                                              dropout_p=dropout_p)
+    return out_NHLD.transpose(1, 2)[seg_T, pos_T]
+
+
+def attention(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None, backend: str = "auto",
+              dropout_p: float = 0.0, positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Segment-local (optionally sliding-window) attention on a flat token stream; returns [T, H, Dh]."""
+    backend = resolve_backend(backend, q_THD)
+    if backend == "sdpa":
+        return sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, window, dropout_p, positions)
+    win = (window, window) if window is not None else (-1, -1)
+    if backend == "flash_attn":
+        return _flash_attn_fn()(q_THD, k_THD, v_THD, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                                dropout_p=dropout_p, causal=False, window_size=win)
+    if dropout_p:
+        raise RuntimeError("attn_backend='torch_varlen' has no attention dropout; use flash_attn or sdpa")
+    return _torch_varlen_fn()(q_THD, k_THD, v_THD, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, window_size=win)
+
+
+class RotaryEmbedding(torch.nn.Module):
+    """RoPE with HF/ModernBERT's rotate-half layout; positions restart at every segment."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, pos_T: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs_TD = torch.outer(pos_T.float(), self.inv_freq.to(pos_T.device))
+        emb = torch.cat([freqs_TD, freqs_TD], dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x_THD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x_THD.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x_THD * cos_TD[:, None, :] + rotated * sin_TD[:, None, :]

@@ -1,0 +1,157 @@
+"""Typed, self-validating configuration of ModernALBERT, and the presets of DESIGN §2.
+
+Notation: d hidden size, I FFN intermediate size, h heads, e embedding size, V vocabulary, K parameter
+groups, G applications per group (group depth), L = K·G layers. Layer i uses group ⌊i/G⌋'s weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ROUTING_MODES = ("soft", "topk", "hardsoft")
+ATTN_BACKENDS = ("auto", "sdpa", "flash_attn", "torch_varlen")
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the field and what is allowed."""
+
+
+def _check(cond: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}={value!r}: {allowed}")
+
+
+@dataclass
+class MoLConfig:
+    """Mixture of LoRAs inside the shared FFN of the listed groups (DESIGN §2, "MoL FFN")."""
+
+    groups: tuple[int, ...] = ()  # 0-based groups carrying MoL; () disables MoL
+    num_experts: int = 8
+    top_k: int = 2
+    rank: int = 16
+    alpha: float = 32.0  # LoRA scale s = alpha / rank
+    jitter: float = 0.01  # multiplicative router-input noise while training
+    aux_loss_coef: float = 0.01  # Switch load balancing E·Σ f·P
+    z_loss_coef: float = 1e-3
+    grouped: bool = True  # False: the plain per-expert reference computation
+
+    def validate(self, num_groups: int, prefix: str = "mol") -> None:
+        _check(self.num_experts >= 1, f"{prefix}.num_experts", self.num_experts, "must be >= 1")
+        _check(1 <= self.top_k <= self.num_experts, f"{prefix}.top_k", self.top_k,
+               f"must be in [1, num_experts={self.num_experts}]")
+        _check(self.rank >= 1, f"{prefix}.rank", self.rank, "must be >= 1")
+        _check(self.alpha > 0, f"{prefix}.alpha", self.alpha, "must be > 0")
+        _check(0 <= self.jitter < 1, f"{prefix}.jitter", self.jitter, "must be in [0, 1)")
+        _check(self.aux_loss_coef >= 0 and self.z_loss_coef >= 0, f"{prefix}.aux_loss_coef/z_loss_coef",
+               (self.aux_loss_coef, self.z_loss_coef), "must be >= 0")
+        for g in self.groups:
+            _check(0 <= g < num_groups, f"{prefix}.groups", self.groups, f"entries must be in [0, num_groups={num_groups})")
+        _check(len(set(self.groups)) == len(self.groups), f"{prefix}.groups", self.groups, "must not repeat")
+
+
+@dataclass
+class AttnExpertsConfig:
+    """LoRA-Mixer: routed LoRA experts on Wqkv and Wo of the listed groups (DESIGN §2)."""
+
+    groups: tuple[int, ...] = ()  # () disables
+    num_experts: int = 4
+    top_k: int = 2
+    rank: int = 8
+    alpha: float = 16.0
+    routing: str = "hardsoft"  # soft | topk | hardsoft (forward top-k, backward soft)
+    jitter: float = 0.0
+    rsl_alpha: float = 0.01  # load term of the Routing Specialization Loss
+    rsl_lambda: float = 0.0  # entropy term, signed: > 0 sharpens each token's choice
+
+    def validate(self, num_groups: int) -> None:
+        MoLConfig(groups=self.groups, num_experts=self.num_experts, top_k=self.top_k, rank=self.rank,
+                  alpha=self.alpha, jitter=self.jitter).validate(num_groups, prefix="attn_experts")
+        _check(self.routing in ROUTING_MODES, "attn_experts.routing", self.routing, f"allowed: {', '.join(ROUTING_MODES)}")
+        _check(self.rsl_alpha >= 0, "attn_experts.rsl_alpha", self.rsl_alpha, "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32768
+    embedding_size: int = 128  # e: factorised token table V×e, projected e→d
+    hidden_size: int = 768
+    intermediate_size: int = 1152
+    num_heads: int = 12
+    num_groups: int = 9  # K
+    group_depth: int = 3  # G
+    global_every: int = 3  # layer i is global when i % global_every == 0
+    local_window: int = 128  # local layers attend to |i - j| <= local_window // 2 (ModernBERT's convention)
+    rope_theta_global: float = 160_000.0
+    rope_theta_local: float = 10_000.0
+    norm_eps: float = 1e-5
+    embedding_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_std: float = 0.02
+    attn_backend: str = "auto"  # auto: flash_attn (CUDA, if installed) > torch_varlen (CUDA) > sdpa
+    mol: MoLConfig = field(default_factory=MoLConfig)
+    attn_experts: AttnExpertsConfig = field(default_factory=AttnExpertsConfig)
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_groups * self.group_depth
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def is_global(self, layer: int) -> bool:
+        return layer % self.global_every == 0
+
+    def validate(self) -> "ModelConfig":
+        for name in ("vocab_size", "embedding_size", "hidden_size", "intermediate_size", "num_heads",
+                     "num_groups", "group_depth", "global_every", "local_window"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _check(self.hidden_size % self.num_heads == 0, "num_heads", self.num_heads,
+               f"must divide hidden_size={self.hidden_size}")
+        _check(self.head_dim % 2 == 0, "num_heads", self.num_heads, "hidden_size / num_heads must be even (RoPE)")
+        _check(self.local_window % 2 == 0, "local_window", self.local_window, "must be even (a symmetric window)")
+        for name in ("rope_theta_global", "rope_theta_local", "norm_eps", "init_std"):
+            _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
+        for name in ("embedding_dropout", "attention_dropout"):
+            _check(0 <= getattr(self, name) < 1, name, getattr(self, name), "must be in [0, 1)")
+        _check(self.attn_backend in ATTN_BACKENDS, "attn_backend", self.attn_backend, f"allowed: {', '.join(ATTN_BACKENDS)}")
+        self.mol.validate(self.num_groups)
+        self.attn_experts.validate(self.num_groups)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
+        mol, ae = d.pop("mol", None) or {}, d.pop("attn_experts", None) or {}
+        return cls(
+            **d,
+            mol=MoLConfig(**{**mol, "groups": tuple(mol.get("groups", ()))}),
+            attn_experts=AttnExpertsConfig(**{**ae, "groups": tuple(ae.get("groups", ()))}),
+        ).validate()
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """A preset of DESIGN §2 (``tiny``, ``50m``, ``120m``) with optional top-level overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset={name!r}: allowed: {', '.join(PRESETS)}")
+    cfg = dataclasses.replace(PRESETS[name](), **overrides)
+    return cfg.validate()
+
+
+PRESETS = {
+    # tiny uses e = 64 [decision]: with V = 32 768 the e = 128 table alone (4.2 M) would break "< 3 M".
+    "tiny": lambda: ModelConfig(embedding_size=64, hidden_size=64, intermediate_size=96, num_heads=4,
+                                num_groups=2, group_depth=2, mol=MoLConfig(groups=(1,))),
+    "50m": lambda: ModelConfig(hidden_size=768, intermediate_size=1152, num_heads=12, num_groups=9, group_depth=3,
+                               mol=MoLConfig(groups=(2, 3))),
+    "120m": lambda: ModelConfig(hidden_size=1024, intermediate_size=2624, num_heads=16, num_groups=9, group_depth=3,
+                                mol=MoLConfig(groups=(2, 3, 4, 5))),
+}

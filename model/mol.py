@@ -1,0 +1,115 @@
+"""The shared GeGLU FFN and its Mixture-of-LoRAs version (DESIGN §2, "MoL FFN").
+
+Expert j adds LoRA factors to both FFN matrices (scale s = α/r):
+    FFN_j(x) = (Wo + s·B2_j A2_j) · geglu((Wi + s·B1_j A1_j) x),   output Σ_{j ∈ top-k} w_j FFN_j(x).
+
+The grouped computation never runs k full FFNs: ``Wi x`` once, then per (token, chosen expert) pair
+``h = Wi x + s·B1_j(A1_j x)`` and one GeGLU, ``a = geglu(h)``; by linearity of Wo the output is
+``Wo(Σ w_j a_j) + s·Σ w_j B2_j(A2_j a_j)``. Pairs are sorted by expert so each expert's low-rank
+matmul runs once on a contiguous block (no Python loop over tokens). The A1 and B2 products are done
+for all experts at once (E·r is small next to 2I); B1 and A2 are per expert. ``reference`` computes
+every expert's full FFN with merged weights: slow and obviously right, for the parity tests.
+
+Shapes: T tokens, D hidden, F = 2I (Wi output), I intermediate, E experts, K top-k, N = T·K pairs,
+R LoRA rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.config import MoLConfig
+from model.routing import RoutedModule, Routing, Router, load_balance_loss, topk_dense, z_loss
+
+
+def geglu(h_NF: torch.Tensor) -> torch.Tensor:
+    u, g = h_NF.chunk(2, dim=-1)
+    return F.gelu(u) * g
+
+
+class GeGLUFFN(nn.Module):
+    """The plain shared FFN: Wo(gelu(u) * g) with u, g = Wi(x).chunk(2)."""
+
+    def __init__(self, dim: int, intermediate: int) -> None:
+        super().__init__()
+        self.Wi = nn.Linear(dim, 2 * intermediate, bias=False)
+        self.Wo = nn.Linear(intermediate, dim, bias=False)
+
+    def forward(self, x_TD: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        return self.Wo(geglu(self.Wi(x_TD)))
+
+
+def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Row block e of ``x`` (``counts[e]`` rows, blocks in expert order) times ``w[e]ᵀ``; [N, O]."""
+    outs = [blk @ w_EOI[e].t() for e, blk in enumerate(torch.split(x_NI, counts)) if counts[e]]
+    return torch.cat(outs) if outs else x_NI.new_zeros(0, w_EOI.shape[1])
+
+
+class MoLFFN(RoutedModule):
+    """GeGLU FFN with E routed LoRA experts on Wi and Wo; keys ``Wi``/``Wo`` match ``GeGLUFFN``."""
+
+    def __init__(self, dim: int, intermediate: int, cfg: MoLConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        E, R = cfg.num_experts, cfg.rank
+        self.Wi = nn.Linear(dim, 2 * intermediate, bias=False)
+        self.Wo = nn.Linear(intermediate, dim, bias=False)
+        self.router = Router(dim, E, cfg.top_k, cfg.jitter)
+        self.A1 = nn.Parameter(torch.empty(E, R, dim))
+        self.B1 = nn.Parameter(torch.zeros(E, 2 * intermediate, R))
+        self.A2 = nn.Parameter(torch.empty(E, R, intermediate))
+        self.B2 = nn.Parameter(torch.zeros(E, dim, R))
+        self.scale = cfg.alpha / cfg.rank
+        self.reset_lora()
+
+    def reset_lora(self) -> None:
+        """A ~ Kaiming-uniform (as PEFT), B = 0: at init every expert equals the shared FFN."""
+        for a in (self.A1, self.A2):
+            for e in range(a.shape[0]):
+                nn.init.kaiming_uniform_(a.data[e], a=math.sqrt(5))
+        nn.init.zeros_(self.B1)
+        nn.init.zeros_(self.B2)
+
+    def forward(self, x_TD: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        r = self.router(x_TD)
+        self.record(layer, r, {"mol_load_balance": load_balance_loss(r), "mol_z": z_loss(r)})
+        return self.grouped(x_TD, r) if self.cfg.grouped else self.reference(x_TD, r)
+
+    def grouped(self, x_TD: torch.Tensor, r: Routing) -> torch.Tensor:
+        T, D = x_TD.shape
+        E, R, K, s = self.cfg.num_experts, self.cfg.rank, self.cfg.top_k, self.scale
+        h_TF = self.Wi(x_TD)
+        exp_N = r.topk_idx_TK.reshape(-1)
+        order_N = torch.argsort(exp_N, stable=True)
+        tok_N = torch.div(order_N, K, rounding_mode="floor")  # token of each pair, in expert order
+        exp_N = exp_N[order_N]
+        w_N = r.topk_w_TK.reshape(-1)[order_N].to(x_TD.dtype)
+        counts = torch.bincount(exp_N, minlength=E).tolist()
+
+        u_TER = (x_TD @ self.A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
+        u_NR = u_TER[tok_N, exp_N]
+        h_NF = h_TF[tok_N] + s * grouped_matmul(u_NR, self.B1, counts)
+        a_NI = geglu(h_NF)
+        y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add(0, tok_N, a_NI * w_N[:, None])
+        v_NR = grouped_matmul(a_NI, self.A2, counts)
+        z_TER = x_TD.new_zeros(T, E, R).index_put((tok_N, exp_N), v_NR * w_N[:, None])
+        B2_DX = self.B2.permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
+        return self.Wo(y_TI) + s * (z_TER.view(T, E * R) @ B2_DX.t())
+
+    def reference(self, x_TD: torch.Tensor, r: Routing) -> torch.Tensor:
+        """Every expert's full FFN with merged weights, mixed by the dense top-k weights."""
+        gate_TE = topk_dense(r).to(x_TD.dtype)
+        out = torch.zeros_like(x_TD)
+        for j in range(self.cfg.num_experts):
+            wi = self.Wi.weight + self.scale * self.B1[j] @ self.A1[j]
+            wo = self.Wo.weight + self.scale * self.B2[j] @ self.A2[j]
+            out = out + gate_TE[:, j:j + 1] * F.linear(geglu(F.linear(x_TD, wi)), wo)
+        return out
+
+    def delta_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each expert's ΔWi = s·B1A1 [E, 2I, D] and ΔWo = s·B2A2 [E, D, I] (for merging)."""
+        return self.scale * self.B1 @ self.A1, self.scale * self.B2 @ self.A2

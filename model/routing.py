@@ -1,0 +1,123 @@
+"""Token routing shared by MoL (FFN) and LoRA-Mixer (attention): router, top-k, auxiliary losses.
+
+Router math runs in fp32. Auxiliary losses and routing statistics do not travel through return
+values: each routed module records them on itself while the model runs (``RoutedModule``), and the
+model gathers them after the forward (``ModernAlbertForMaskedLM.forward`` adds the losses,
+``routing_stats()`` serves the logger).
+
+Shapes: T tokens, E experts, K chosen experts per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class Routing:
+    logits_TE: torch.Tensor  # fp32
+    probs_TE: torch.Tensor  # fp32 softmax
+    topk_idx_TK: torch.Tensor  # int64
+    topk_w_TK: torch.Tensor  # fp32, renormalised to sum to 1 per token
+
+
+class Router(nn.Module):
+    """Linear d→E (no bias) in fp32, with multiplicative jitter on its input while training."""
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, jitter: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, dim))
+        self.top_k, self.jitter = top_k, jitter
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x_TD: torch.Tensor) -> Routing:
+        x = x_TD.float()
+        if self.training and self.jitter > 0:
+            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        logits_TE = F.linear(x, self.weight.float())
+        probs_TE = logits_TE.softmax(dim=-1)
+        top_p, top_i = probs_TE.topk(self.top_k, dim=-1)
+        return Routing(logits_TE, probs_TE, top_i, top_p / top_p.sum(dim=-1, keepdim=True))
+
+
+def topk_dense(r: Routing) -> torch.Tensor:
+    """The renormalised top-k weights as a dense [T, E] matrix (zeros elsewhere)."""
+    return torch.zeros_like(r.probs_TE).scatter(1, r.topk_idx_TK, r.topk_w_TK)
+
+
+def mixing_weights(r: Routing, mode: str) -> torch.Tensor:
+    """Per-token expert weights [T, E] for LoRA-Mixer's routing modes.
+
+    soft: the softmax; topk: renormalised top-k; hardsoft: top-k in the forward pass, the softmax's
+    gradient in the backward pass (straight-through).
+    """
+    if mode == "soft":
+        return r.probs_TE
+    hard = topk_dense(r)
+    if mode == "topk":
+        return hard
+    if mode == "hardsoft":
+        return r.probs_TE + (hard - r.probs_TE).detach()
+    raise ValueError(f"routing={mode!r}: allowed: soft, topk, hardsoft")
+
+
+def assignment_share(r: Routing) -> torch.Tensor:
+    """f_E: share of the T·K top-k assignments that went to each expert."""
+    E = r.probs_TE.shape[1]
+    counts = torch.bincount(r.topk_idx_TK.reshape(-1), minlength=E).float()
+    return counts / max(1, r.topk_idx_TK.numel())
+
+
+def load_balance_loss(r: Routing) -> torch.Tensor:
+    """Switch load balancing E·Σ_j f_j·P_j (f: assignment share, P: mean router probability)."""
+    E = r.probs_TE.shape[1]
+    return E * (assignment_share(r) * r.probs_TE.mean(dim=0)).sum()
+
+
+def z_loss(r: Routing) -> torch.Tensor:
+    return torch.logsumexp(r.logits_TE, dim=-1).square().mean()
+
+
+def entropy(probs_TE: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy [T] of the routing distribution."""
+    return -(probs_TE * probs_TE.clamp_min(1e-12).log()).sum(dim=-1)
+
+
+def routing_specialization_loss(r: Routing, alpha: float, lam: float) -> torch.Tensor:
+    """LoRA-Mixer's RSL = α·E·Σ f̄_j p̄_j + λ·mean_t H(p(x_t)) (λ signed, see DESIGN §2)."""
+    E = r.probs_TE.shape[1]
+    balance = E * (assignment_share(r) * r.probs_TE.mean(dim=0)).sum()
+    return alpha * balance + lam * entropy(r.probs_TE).mean()
+
+
+class RoutedModule(nn.Module):
+    """Base of modules that route tokens: records auxiliary losses and statistics per forward.
+
+    ``reset_routing_records()`` is called by the model at the start of each forward; every call of the
+    module (one per application of a shared block) appends its losses and overwrites its statistics
+    under the layer index it ran at.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux_records: list[tuple[str, torch.Tensor]] = []
+        self.stats: dict[int, dict[str, torch.Tensor]] = {}
+
+    def reset_routing_records(self) -> None:
+        self.aux_records = []
+        self.stats = {}
+
+    def record(self, layer: int, r: Routing, losses: dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            self.aux_records.append((name, value))
+        with torch.no_grad():
+            E = r.probs_TE.shape[1]
+            self.stats[layer] = {
+                "tokens_per_expert": torch.bincount(r.topk_idx_TK.reshape(-1), minlength=E),
+                "router_entropy": entropy(r.probs_TE).mean(),
+                **{name: value.detach() for name, value in losses.items()},
+            }
