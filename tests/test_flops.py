@@ -1,0 +1,46 @@
+"""The per-application FLOP count of DESIGN §2."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from model.config import MoLConfig, preset
+from model.flops import attention_pairs, block_flops, count_flops
+
+
+def test_hand_computed_count_on_tiny():
+    cfg = preset("tiny")  # d 64, I 96, e 64, V 32768, K 2 × G 2, MoL (E 8, k 2, r 16) on group 1
+    fc = count_flops(cfg, doc_lens=[10, 20], num_masked=5)
+    T, d, I = 30, 64, 96
+    attn_pairs = 10 * 10 + 20 * 20  # both documents fit in the ±64 window: local = global
+    dense = 2 * T * d * 3 * d + 2 * T * d * d + 4 * attn_pairs * d + 2 * T * d * 2 * I + 2 * T * I * d
+    assert dense == 737_280 + 245_760 + 128_000 + 737_280 + 368_640 == 2_216_960
+    mol = 2 * T * d * 8 + 2 * 2 * T * 16 * (d + 2 * I + I + d)  # router + k=2 experts' A1, B1, A2, B2
+    assert mol == 30_720 + 798_720
+    assert fc.layers == [dense, dense, dense + mol, dense + mol]  # layers 2, 3 = group 1's applications
+    assert fc.embedding == 2 * T * 64 * d == 245_760
+    assert fc.head == 2 * 5 * (d * d + d * 64 + 64 * 32768) == 21_053_440
+    assert fc.forward == 31_825_920 and fc.training == 3 * 31_825_920
+
+
+def test_recursion_depth_multiplies_the_shared_part():
+    base = preset("50m", mol=MoLConfig(groups=(2, 3)))
+    g1 = dataclasses.replace(base, group_depth=1, global_every=1)
+    g3 = dataclasses.replace(base, group_depth=3, global_every=1)
+    docs = [100, 37, 250]
+    f1, f3 = count_flops(g1, docs, 50), count_flops(g3, docs, 50)
+    assert sum(f3.layers) == 3 * sum(f1.layers)
+    per_group = [block_flops(g3, 3 * k, docs) for k in range(9)]
+    assert f3.layers == [f for f in per_group for _ in range(3)]
+    assert f3.embedding == f1.embedding and f3.head == f1.head
+
+
+def test_local_attention_is_counted_over_its_window():
+    for n, w in [(200, 64), (10, 64), (129, 64), (5, 1)]:
+        brute = int(((torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs() <= w).sum())
+        assert attention_pairs([n], w) == brute
+    assert attention_pairs([200], None) == 40_000
+    cfg = preset("tiny")
+    assert block_flops(cfg, 1, [500]) < block_flops(cfg, 0, [500])  # layer 1 local, layer 0 global
