@@ -90,15 +90,15 @@ class MoLFFN(RoutedModule):
         w_N = r.topk_w_TK.reshape(-1)[order_N].to(x_TD.dtype)
         counts = torch.bincount(exp_N, minlength=E).tolist()
 
+        # the scale goes into the small factors, not the big activations
         u_TER = (x_TD @ self.A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
-        u_NR = u_TER[tok_N, exp_N]
-        h_NF = h_TF[tok_N] + s * grouped_matmul(u_NR, self.B1, counts)
+        h_NF = F.embedding(tok_N, h_TF).add_(grouped_matmul(u_TER[tok_N, exp_N], s * self.B1, counts))  # row gather
         a_NI = geglu(h_NF)
-        y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add(0, tok_N, a_NI * w_N[:, None])
-        v_NR = grouped_matmul(a_NI, self.A2, counts)
-        z_TER = x_TD.new_zeros(T, E, R).index_put((tok_N, exp_N), v_NR * w_N[:, None])
-        B2_DX = self.B2.permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
-        return self.Wo(y_TI) + s * (z_TER.view(T, E * R) @ B2_DX.t())
+        y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add_(0, tok_N, a_NI * w_N[:, None])
+        v_NR = grouped_matmul(a_NI, self.A2, counts) * w_N[:, None]
+        z_TER = x_TD.new_zeros(T, E, R).index_put_((tok_N, exp_N), v_NR)
+        B2_DX = (s * self.B2).permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
+        return self.Wo(y_TI) + z_TER.view(T, E * R) @ B2_DX.t()
 
     def reference(self, x_TD: torch.Tensor, r: Routing) -> torch.Tensor:
         """Every expert's full FFN with merged weights, mixed by the dense top-k weights."""
