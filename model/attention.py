@@ -7,8 +7,8 @@ The model runs on a flat stream of T real tokens; ``cu_seqlens`` [N+1] (int32) m
 Backends (``attention(..., backend=)``):
   ``flash_attn``   flash-attn's ``flash_attn_varlen_func`` (CUDA, fp16/bf16, optional extra)
   ``torch_varlen`` ``torch.nn.attention.varlen.varlen_attn`` (CUDA, fp16/bf16)
-  ``sdpa``         segments padded to [N, L] and ``F.scaled_dot_product_attention`` with a
-                   block/sliding-window mask: runs anywhere, the reference for the others
+  ``sdpa``         ``F.scaled_dot_product_attention`` per group of equal-length segments (no
+                   padding; a mask only for windows shorter than the segment): runs anywhere
   ``auto``         the first of those that can run the given tensors
 
 Shapes: T tokens, H heads, Dh head size, N segments, L longest segment.
@@ -64,35 +64,44 @@ def segment_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tenso
     return seg_T, pos_T
 
 
-def sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None, dropout_p: float = 0.0,
-                positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """The reference backend: pad segments to [N, L], masked SDPA, unpad."""
+def sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None,
+                dropout_p: float = 0.0) -> torch.Tensor:
+    """The reference backend: segments of equal length are batched into one SDPA call each.
+
+    No padding and, for global layers (and local ones on segments that fit the window), no mask, so
+    PyTorch's fused CPU kernel runs; a padded [N, L, L]-masked call was 10x slower on CPU (measured:
+    23 documents, longest 742, fwd+bwd 1.04 s vs 0.10 s).
+    """
     T, H, Dh = q_THD.shape
-    N = len(cu_seqlens) - 1
-    seg_T, pos_T = positions if positions is not None else segment_positions(cu_seqlens, T)
-    lens_N = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-
-    def pad(x_THD):
-        x_NLHD = x_THD.new_zeros(N, max_seqlen, H, Dh)
-        x_NLHD[seg_T, pos_T] = x_THD
-        return x_NLHD.transpose(1, 2)  # [N, H, L, Dh]
-
-    ar = torch.arange(max_seqlen, device=q_THD.device)
-    mask_NLL = (ar[None, None, :] < lens_N[:, None, None]).expand(N, max_seqlen, max_seqlen)
-    if window is not None:
-        mask_NLL = mask_NLL & ((ar[:, None] - ar[None, :]).abs() <= window)[None]
-    # padded query rows still see key 0 (always real), so no row is all -inf; their output is dropped
-    out_NHLD = F.scaled_dot_product_attention(pad(q_THD), pad(k_THD), pad(v_THD), attn_mask=mask_NLL[:, None],
-                                              dropout_p=dropout_p)
-    return out_NHLD.transpose(1, 2)[seg_T, pos_T]
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    starts = cu_seqlens[:-1].tolist()
+    by_len: dict[int, list[int]] = {}
+    for start, n in zip(starts, lens):
+        by_len.setdefault(n, []).append(start)
+    outs, index = [], []
+    for n, group_starts in sorted(by_len.items()):
+        idx = (torch.tensor(group_starts, device=q_THD.device)[:, None]
+               + torch.arange(n, device=q_THD.device)[None, :]).reshape(-1)
+        q, k, v = (t.index_select(0, idx).view(len(group_starts), n, H, Dh).transpose(1, 2) for t in (q_THD, k_THD, v_THD))
+        mask = None
+        if window is not None and n > window + 1:
+            ar = torch.arange(n, device=q_THD.device)
+            mask = (ar[:, None] - ar[None, :]).abs() <= window
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        outs.append(o.transpose(1, 2).reshape(-1, H, Dh))
+        index.append(idx)
+    inverse = torch.empty(T, dtype=torch.long, device=q_THD.device)
+    order = torch.cat(index)
+    inverse[order] = torch.arange(T, device=q_THD.device)
+    return torch.cat(outs)[inverse]
 
 
 def attention(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None, backend: str = "auto",
-              dropout_p: float = 0.0, positions: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              dropout_p: float = 0.0) -> torch.Tensor:
     """Segment-local (optionally sliding-window) attention on a flat token stream; returns [T, H, Dh]."""
     backend = resolve_backend(backend, q_THD)
     if backend == "sdpa":
-        return sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, window, dropout_p, positions)
+        return sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, window, dropout_p)
     win = (window, window) if window is not None else (-1, -1)
     if backend == "flash_attn":
         return _flash_attn_fn()(q_THD, k_THD, v_THD, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,

@@ -32,7 +32,6 @@ class ForwardContext:
 
     cu_seqlens: torch.Tensor
     max_seqlen: int
-    positions: tuple[torch.Tensor, torch.Tensor]  # (segment id, position in segment) per token
     rope: dict[bool, tuple[torch.Tensor, torch.Tensor]]  # is_global → (cos, sin) [T, Dh]
 
 
@@ -67,7 +66,7 @@ class Attention(RoutedModule):
         cos, sin = ctx.rope[is_global]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         o_THD = attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, None if is_global else cfg.local_window // 2,
-                          cfg.attn_backend, cfg.attention_dropout if self.training else 0.0, ctx.positions)
+                          cfg.attn_backend, cfg.attention_dropout if self.training else 0.0)
         o_TD = o_THD.reshape(T, cfg.hidden_size)
         return self.Wo(o_TD, w_TE) if self.routed else self.Wo(o_TD)
 
@@ -133,9 +132,9 @@ class ModernAlbertModel(nn.Module):
         })
 
     def context(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, dtype: torch.dtype) -> ForwardContext:
-        seg_T, pos_T = segment_positions(cu_seqlens, total)
+        _, pos_T = segment_positions(cu_seqlens, total)  # RoPE positions restart in every segment
         rope = {True: self.rope["global"](pos_T, dtype), False: self.rope["local"](pos_T, dtype)}
-        return ForwardContext(cu_seqlens, int(max_seqlen), (seg_T, pos_T), rope)
+        return ForwardContext(cu_seqlens, int(max_seqlen), rope)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                 output_hidden_states: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -84,7 +84,7 @@ def test_unpadded_forward_and_grads_equal_the_padded_reference(mol, window):
     cfg = _tiny(local_window=window, mol=MoLConfig(groups=(1,) if mol else ()))
     model = ModernAlbertForMaskedLM(cfg).eval()
     _random_lora(model)
-    doc_lens = [7, 40, 150, 3, 96]  # several documents per "sample", some longer than the windows
+    doc_lens = [7, 40, 150, 3, 96, 40, 7]  # several documents, some longer than the windows, some of equal length
     ids, cu, max_len = _stream(doc_lens, cfg.vocab_size)
     weights = torch.randn(sum(doc_lens), cfg.hidden_size)
 
