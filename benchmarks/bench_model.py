@@ -108,7 +108,8 @@ def main() -> None:
     from transformers import ModernBertConfig, ModernBertModel
 
     hf_cfg = ModernBertConfig(vocab_size=V, hidden_size=768, intermediate_size=1152, num_hidden_layers=a.layers,
-                              num_attention_heads=12, local_attention=128, pad_token_id=0,
+                              num_attention_heads=12, local_attention=128, pad_token_id=0, bos_token_id=2,
+                              eos_token_id=3, cls_token_id=2, sep_token_id=3,
                               attn_implementation="sdpa")
     hf = ModernBertModel(hf_cfg).train()
     ours = plain_model.model

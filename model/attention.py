@@ -64,6 +64,14 @@ def segment_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tenso
     return seg_T, pos_T
 
 
+def _window_mask(n: int, window: int | None, device) -> torch.Tensor | None:
+    """[n, n] sliding-window mask, or None when the window covers the whole segment."""
+    if window is None or n <= window + 1:
+        return None
+    ar = torch.arange(n, device=device)
+    return (ar[:, None] - ar[None, :]).abs() <= window
+
+
 def sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None,
                 dropout_p: float = 0.0) -> torch.Tensor:
     """The reference backend: segments of equal length are batched into one SDPA call each.
@@ -78,16 +86,19 @@ def sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | 
     by_len: dict[int, list[int]] = {}
     for start, n in zip(starts, lens):
         by_len.setdefault(n, []).append(start)
+    if len(by_len) == 1:  # every segment has the same length: plain views, no gather or scatter
+        n = lens[0]
+        q, k, v = (t.view(len(lens), n, H, Dh).transpose(1, 2) for t in (q_THD, k_THD, v_THD))
+        mask = _window_mask(n, window, q_THD.device)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return o.transpose(1, 2).reshape(T, H, Dh)
     outs, index = [], []
     for n, group_starts in sorted(by_len.items()):
         idx = (torch.tensor(group_starts, device=q_THD.device)[:, None]
                + torch.arange(n, device=q_THD.device)[None, :]).reshape(-1)
         q, k, v = (t.index_select(0, idx).view(len(group_starts), n, H, Dh).transpose(1, 2) for t in (q_THD, k_THD, v_THD))
-        mask = None
-        if window is not None and n > window + 1:
-            ar = torch.arange(n, device=q_THD.device)
-            mask = (ar[:, None] - ar[None, :]).abs() <= window
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(n, window, q_THD.device),
+                                           dropout_p=dropout_p)
         outs.append(o.transpose(1, 2).reshape(-1, H, Dh))
         index.append(idx)
     inverse = torch.empty(T, dtype=torch.long, device=q_THD.device)
@@ -125,7 +136,9 @@ class RotaryEmbedding(torch.nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rotary(x_THD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x_THD.chunk(2, dim=-1)
+def apply_rotary(x_TXD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [T, ..., Dh] (rotate-half layout); q and k can go through in one call."""
+    shape = (x_TXD.shape[0],) + (1,) * (x_TXD.dim() - 2) + (x_TXD.shape[-1],)
+    x1, x2 = x_TXD.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    return x_THD * cos_TD[:, None, :] + rotated * sin_TD[:, None, :]
+    return x_TXD * cos_TD.view(shape) + rotated * sin_TD.view(shape)

@@ -61,10 +61,11 @@ class Attention(RoutedModule):
             qkv = self.Wqkv(x_TD, w_TE)
         else:
             qkv = self.Wqkv(x_TD)
-        q, k, v = qkv.view(T, 3, cfg.num_heads, cfg.head_dim).unbind(dim=1)
+        # split (not slicing): its backward is one cat, where slices would zero-fill [T, 3, H, Dh] twice
+        qk, v = qkv.view(T, 3, cfg.num_heads, cfg.head_dim).split([2, 1], dim=1)
         is_global = cfg.is_global(layer)
-        cos, sin = ctx.rope[is_global]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(qk, *ctx.rope[is_global]).unbind(dim=1)  # q and k rotated together
+        v = v.squeeze(1)
         o_THD = attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, None if is_global else cfg.local_window // 2,
                           cfg.attn_backend, cfg.attention_dropout if self.training else 0.0)
         o_TD = o_THD.reshape(T, cfg.hidden_size)
