@@ -83,6 +83,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=9)
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--parts", default="abc", help="which comparisons to run (default: %(default)s)")
     a = p.parse_args()
     torch.manual_seed(0)
     batch = real_batch(a.tokens, 32768)
@@ -101,7 +102,7 @@ def main() -> None:
             model.zero_grad(set_to_none=True)
         return run
 
-    res_a = race({"mol": mlm_step(mol_model), "no_mol": mlm_step(plain_model)}, a.steps)
+    res_a = race({"mol": mlm_step(mol_model), "no_mol": mlm_step(plain_model)}, a.steps) if "a" in a.parts else {}
     del mol_model
 
     # (b) encoders: ours (unpadded) vs HF ModernBertModel (padded), same documents
@@ -130,12 +131,13 @@ def main() -> None:
         return run
 
     res_b = race({"ours": ours_step(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"]),
-                  "hf": hf_step(ids_pad, mask)}, a.steps)
+                  "hf": hf_step(ids_pad, mask)}, a.steps) if "b" in a.parts else {}
     n_eq, L_eq = max(1, T // 512), 512  # equal-length documents: no padding for HF either
     ids_eq = batch["input_ids"][: n_eq * L_eq].clone()
     cu_eq = torch.arange(0, n_eq * L_eq + 1, L_eq, dtype=torch.int32)
     res_c = race({"ours": ours_step(ids_eq, cu_eq, L_eq),
-                  "hf": hf_step(ids_eq.view(n_eq, L_eq), torch.ones(n_eq, L_eq, dtype=torch.long))}, a.steps)
+                  "hf": hf_step(ids_eq.view(n_eq, L_eq), torch.ones(n_eq, L_eq, dtype=torch.long))},
+                 a.steps) if "c" in a.parts else {}
 
     import transformers
 
@@ -146,13 +148,16 @@ def main() -> None:
     print(f"batch: {T} real tokens in {len(lens)} documents (longest {max(lens)}, padded HF batch "
           f"{ids_pad.numel()} positions), {len(batch['mlm_positions'])} MLM targets; vocab {V}; "
           f"{a.layers} layers; median of {a.steps} steps after a warm-up")
-    print("\n(a) MoL overhead, 50m shape, MLM forward+backward")
-    print("| model | s/step | tokens/s |\n|---|---|---|")
-    for k in ("no_mol", "mol"):
-        print(f"| {k} | {res_a[k]:.3f} | {T / res_a[k]:,.0f} |")
-    print(f"MoL overhead: {res_a['mol'] / res_a['no_mol'] - 1:+.1%} step time")
+    if res_a:
+        print("\n(a) MoL overhead, 50m shape, MLM forward+backward")
+        print("| model | s/step | tokens/s |\n|---|---|---|")
+        for k in ("no_mol", "mol"):
+            print(f"| {k} | {res_a[k]:.3f} | {T / res_a[k]:,.0f} |")
+        print(f"MoL overhead: {res_a['mol'] / res_a['no_mol'] - 1:+.1%} step time")
     for title, res, tokens in (("(b) encoder forward+backward, real documents", res_b, T),
                                (f"(c) encoder forward+backward, {n_eq} documents of {L_eq}", res_c, n_eq * L_eq)):
+        if not res:
+            continue
         print(f"\n{title}")
         print("| encoder | s/step | tokens/s |\n|---|---|---|")
         for k in ("ours", "hf"):
