@@ -1,0 +1,198 @@
+"""The pretraining config tree: typed dataclasses, loaded from YAML plus dotted command-line overrides.
+
+    python -m pretrain.train --config pretrain/configs/tiny.yaml train.steps=50 optim.lr=1e-3
+
+Every value is validated before any process-group work; an error names the dotted field and what is
+allowed. The resolved config is printed at start and saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_origin, get_type_hints
+
+from model.config import ConfigError, ModelConfig, preset
+from pretrain.data import MLMConfig
+
+
+@dataclass
+class DataConfig:
+    dir: str = "runs/quickstart/shards"  # a data_prep/build_shards.py output (index.json)
+    num_workers: int = 2
+    seed: int = 0
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class ScheduleConfig:
+    """Warmup–stable–decay: linear warmup, constant, then linear decay over the last decay_fraction."""
+
+    warmup_steps: int = 100
+    decay_fraction: float = 0.1
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    global_batch_tokens: int = 65536  # nominal: samples of seq_len tokens; sets gradient accumulation
+    micro_batch_size: int = 16  # samples per rank per forward
+    seed: int = 0
+    log_every: int = 10
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # steps; 0 saves only at the end
+    keep: int = 3  # last k checkpoints kept (run_dir/checkpoints/step_XXXXXXXX)
+    resume: bool = True  # continue from run_dir/checkpoints/latest when it exists
+
+
+@dataclass
+class ParallelConfig:
+    ep: int = 1  # expert-parallel degree (issue 4: not built yet, must be 1)
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "runs/tiny"  # checkpoints/, metrics.jsonl and config.yaml go here
+    model: ModelConfig = field(default_factory=lambda: preset("tiny"))
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def validate(self) -> "RunConfig":
+        def need(cond: bool, name: str, allowed: str) -> None:
+            if not cond:
+                value = self
+                for part in name.split("."):
+                    value = getattr(value, part)
+                raise ConfigError(f"{name}={value!r}: {allowed}")
+
+        try:
+            self.model.validate()
+        except ConfigError as e:
+            raise ConfigError(f"model.{e}") from None
+        try:
+            self.data.mlm.validate()
+        except ValueError as e:  # its messages start with "mlm."
+            raise ConfigError(f"data.{e}") from None
+        need(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+        need(self.optim.lr > 0, "optim.lr", "must be > 0")
+        need(self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        need(0 <= self.optim.beta1 < 1 and 0 <= self.optim.beta2 < 1, "optim.beta1", "beta1, beta2 must be in [0, 1)")
+        need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables)")
+        need(self.schedule.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
+        need(0 <= self.schedule.decay_fraction <= 1, "schedule.decay_fraction", "must be in [0, 1]")
+        need(0 <= self.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio", "must be in [0, 1]")
+        need(self.train.steps >= 1, "train.steps", "must be >= 1")
+        need(self.train.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")
+        need(self.train.global_batch_tokens >= 1, "train.global_batch_tokens", "must be >= 1")
+        need(self.train.log_every >= 1, "train.log_every", "must be >= 1")
+        need(self.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
+        need(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+        need(self.parallel.ep == 1, "parallel.ep", "only 1 for now (expert parallelism is not built yet)")
+        return self
+
+    def accumulation_steps(self, seq_len: int, world_size: int) -> int:
+        """Micro-batches per optimizer step so that the global batch holds global_batch_tokens."""
+        samples = -(-self.train.global_batch_tokens // seq_len)
+        per_step = self.train.micro_batch_size * world_size
+        if samples % per_step:
+            raise ConfigError(
+                f"train.global_batch_tokens={self.train.global_batch_tokens}: at seq_len {seq_len} that is {samples} "
+                f"samples, not a multiple of train.micro_batch_size x world size = {per_step}"
+            )
+        return samples // per_step
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _convert(value: Any, hint: Any, name: str) -> Any:
+    """Coerce a YAML/CLI value to the field's declared type (tuples, ints, floats, bools, None)."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if value is None:
+        return None
+    base = args[0] if origin is not None and args else hint
+    if base is bool and isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise ConfigError(f"{name}={value!r}: must be true or false")
+        return value.lower() == "true"
+    if base in (int, float):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r}: must be a number") from None
+        if isinstance(value, bool) or (base is int and number != int(number)):
+            raise ConfigError(f"{name}={value!r}: must be {'an integer' if base is int else 'a number'}")
+        return int(number) if base is int else number
+    return value
+
+
+def _apply(obj: Any, values: dict, prefix: str) -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{name}: unknown field (allowed: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a mapping of {type(current).__name__} fields")
+            _apply(current, value, f"{name}.")
+        else:
+            setattr(obj, key, _convert(value, hints[key], name))
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected dotted.key=value")
+    key, raw = item.split("=", 1)
+    return key.split("."), yaml.safe_load(raw) if raw else ""
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
+    """YAML file (``model.preset`` picks the model preset, other model keys override it) + overrides."""
+    import yaml
+
+    doc: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--config {path!r}: no such file")
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = doc
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = value
+    model_doc = dict(doc.pop("model", {}) or {})
+    cfg = RunConfig(model=preset(model_doc.pop("preset", "tiny")))
+    _apply(cfg.model, model_doc, "model.")
+    _apply(cfg, doc, "")
+    return cfg.validate()

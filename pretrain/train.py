@@ -1,0 +1,191 @@
+"""Pretrain ModernALBERT: ``python -m pretrain.train --config pretrain/configs/tiny.yaml [key=value …]``.
+
+One process, or several under ``torchrun`` (gloo on CPU, NCCL on GPU; FSDP2 data parallel). The global
+batch (train.global_batch_tokens) is split into micro-batches of train.micro_batch_size samples per
+rank; the MLM loss is the mean over every masked token of the global batch, so any number of ranks ×
+micro-batches with the same global batch gives the same step. Checkpoints resume exactly (model,
+optimizer, schedule, data cursor, RNG). Writes run_dir/config.yaml, run_dir/metrics.jsonl and
+run_dir/checkpoints/.
+
+Not built yet (issue 4, open): expert parallelism, preemption signals, submitit/SLURM launchers,
+activation checkpointing / compile, W&B logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from data_prep.errors import DataPrepError
+from data_prep.shards import ShardIndex
+from model.config import ConfigError
+from model.flops import count_flops
+from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
+from pretrain import checkpoint
+from pretrain.config import RunConfig, load_config
+from pretrain.data import LoaderConfig, PretrainLoader
+from pretrain.parallelize import data_parallel_mesh, parallelize
+from pretrain.schedule import wsd_factor
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. a non-finite loss); the last good checkpoint is intact."""
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases and routers (1-D or routing parameters)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith("router.weight") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _write_resolved_config(cfg: RunConfig) -> None:
+    import yaml
+
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    with open(os.path.join(cfg.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), f, sort_keys=False)
+
+
+def train(cfg: RunConfig) -> list[dict]:
+    """Run (or resume) the training; returns rank 0's metrics records of this process."""
+    index = ShardIndex.load(cfg.data.dir)  # a missing data dir fails here, before any process-group work
+    if cfg.model.vocab_size != index.vocab_size:
+        cfg.model.vocab_size = index.vocab_size  # the data's tokenizer decides
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    if distributed and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    accum = cfg.accumulation_steps(index.seq_len, world)
+    if rank == 0:
+        _write_resolved_config(cfg)
+        print(f"config: {json.dumps(cfg.to_dict())}")
+
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    model = ModernAlbertForMaskedLM(cfg.model).to(device)
+    model = parallelize(model, data_parallel_mesh(device), device)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule))
+    loader = PretrainLoader(LoaderConfig(cfg.data.dir, cfg.train.micro_batch_size, seed=cfg.data.seed,
+                                         num_workers=cfg.data.num_workers, mlm=cfg.data.mlm,
+                                         pin_memory=device.type == "cuda"), rank, world)
+
+    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
+    step = 0
+    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.checkpoint.resume else None
+    if latest:
+        state = checkpoint.load(latest, model, optimizer)
+        step = state["step"]
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        if rank == 0:
+            print(f"resumed from {latest} at step {step}")
+
+    def save() -> None:
+        checkpoint.save(ckpt_dir, step, model, optimizer,
+                        {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "config": cfg.to_dict()},
+                        cfg.checkpoint.keep)
+
+    metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
+    records: list[dict] = []
+    batches = iter(loader)
+    model.train()
+    t_last, tokens_since, flops_since = time.perf_counter(), 0, 0.0
+    while step < cfg.train.steps:
+        micro = [next(batches) for _ in range(accum)]
+        # the loss is a mean over every masked token of the global batch: count them first
+        counts = torch.tensor([sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro)],
+                              dtype=torch.float64)
+        global_masked, global_tokens = _all_reduce_sum(counts).tolist()
+        sums = torch.zeros(4, dtype=torch.float64)  # CE sum, correct predictions, aux sum, micro-batches
+        for b in micro:
+            inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in model_inputs(b).items()}
+            out = model(**inputs)
+            n = out.num_masked
+            aux = out.loss - out.mlm_loss
+            # FSDP averages gradients over ranks: scale by world so the average is the global mean
+            (out.mlm_loss * (n * world / global_masked) + aux / accum).backward()
+            sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_accuracy.item() * n, aux.item(), 1.0],
+                                 dtype=torch.float64)
+            tokens_since += b["num_tokens"]
+            lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).tolist()
+            flops_since += count_flops(model.cfg, lens, n).training
+        ce_sum, correct, aux_sum, n_micro = _all_reduce_sum(sums).tolist()
+        loss = ce_sum / global_masked
+        if not math.isfinite(loss) or not math.isfinite(aux_sum):
+            raise TrainingError(f"step {step + 1}: loss is {loss} (aux {aux_sum}); stopping. The last good "
+                                f"checkpoint is {checkpoint.latest_checkpoint(ckpt_dir)}")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        step += 1
+
+        record = {"step": step, "loss": loss, "mlm_accuracy": correct / global_masked,
+                  "aux_loss": aux_sum / n_micro, "grad_norm": float(grad_norm), "lr": lr,
+                  "tokens": int(global_tokens)}
+        if rank == 0:
+            records.append(record)
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                dt = time.perf_counter() - t_last
+                print(f"step {step:>6}/{cfg.train.steps}  loss {loss:.4f}  acc {record['mlm_accuracy']:.3f}  "
+                      f"aux {record['aux_loss']:.4f}  gnorm {record['grad_norm']:.3f}  lr {lr:.2e}  "
+                      f"{tokens_since * world / dt:,.0f} tok/s  {flops_since * world / dt / 1e12:.3f} TFLOP/s",
+                      flush=True)
+                t_last, tokens_since, flops_since = time.perf_counter(), 0, 0.0
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
+            save()
+        if os.environ.get("MODERNALBERT_KILL_AFTER_STEP") == str(step):  # fault injection for the resume tests
+            os.kill(os.getpid(), signal.SIGKILL)
+    if not latest or step > json.load(open(os.path.join(latest, "trainer.json")))["step"]:
+        save()
+    if rank == 0:
+        print(f"done: {step} steps; checkpoint {checkpoint.latest_checkpoint(ckpt_dir)}")
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (pretrain/configs/tiny.yaml, 50m.yaml, 120m.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.steps=100 optim.lr=1e-3")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.config, a.overrides)
+        train(cfg)
+    except (ConfigError, DataPrepError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
