@@ -25,6 +25,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from pretrain import faults
+
 LATEST = "latest"
 
 
@@ -79,6 +81,7 @@ def save(ckpt_dir: str, step: int, model: torch.nn.Module, optimizer: torch.opti
     if _rank() == 0:
         with open(os.path.join(tmp, "trainer.json"), "w", encoding="utf-8") as f:
             json.dump({"step": step, **trainer_state}, f, indent=1)
+    faults.kill_if("MODERNALBERT_KILL_DURING_SAVE", step)
     _barrier()
     if _rank() == 0:
         shutil.rmtree(final, ignore_errors=True)

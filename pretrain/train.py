@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 
@@ -29,10 +28,11 @@ from data_prep.shards import ShardIndex
 from model.config import ConfigError
 from model.flops import count_flops
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
-from pretrain import checkpoint
+from pretrain import checkpoint, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader
 from pretrain.parallelize import data_parallel_mesh, parallelize
+from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.schedule import wsd_factor
 
 
@@ -92,20 +92,24 @@ def train(cfg: RunConfig) -> list[dict]:
                                          pin_memory=device.type == "cuda"), rank, world)
 
     ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
-    step = 0
+    step = start_step = 0
     latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.checkpoint.resume else None
     if latest:
         state = checkpoint.load(latest, model, optimizer)
-        step = state["step"]
+        step = start_step = state["step"]
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
         if rank == 0:
             print(f"resumed from {latest} at step {step}")
 
-    def save() -> None:
-        checkpoint.save(ckpt_dir, step, model, optimizer,
-                        {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "config": cfg.to_dict()},
-                        cfg.checkpoint.keep)
+    def save() -> str:
+        return checkpoint.save(ckpt_dir, step, model, optimizer,
+                               {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
+                                "config": cfg.to_dict()}, cfg.checkpoint.keep)
+
+    preemption = PreemptionWatch()
+    if rank == 0:
+        clear_marker(cfg.run_dir)
 
     metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
     records: list[dict] = []
@@ -132,7 +136,7 @@ def train(cfg: RunConfig) -> list[dict]:
             lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).tolist()
             flops_since += count_flops(model.cfg, lens, n).training
         ce_sum, correct, aux_sum, n_micro = _all_reduce_sum(sums).tolist()
-        loss = ce_sum / global_masked
+        loss = float("nan") if faults.nan_at(step + 1) else ce_sum / global_masked
         if not math.isfinite(loss) or not math.isfinite(aux_sum):
             raise TrainingError(f"step {step + 1}: loss is {loss} (aux {aux_sum}); stopping. The last good "
                                 f"checkpoint is {checkpoint.latest_checkpoint(ckpt_dir)}")
@@ -158,11 +162,16 @@ def train(cfg: RunConfig) -> list[dict]:
                       f"{tokens_since * world / dt:,.0f} tok/s  {flops_since * world / dt / 1e12:.3f} TFLOP/s",
                       flush=True)
                 t_last, tokens_since, flops_since = time.perf_counter(), 0, 0.0
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
+        saved_now = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < cfg.train.steps
+        if saved_now:
             save()
-        if os.environ.get("MODERNALBERT_KILL_AFTER_STEP") == str(step):  # fault injection for the resume tests
-            os.kill(os.getpid(), signal.SIGKILL)
-    if not latest or step > json.load(open(os.path.join(latest, "trainer.json")))["step"]:
+        faults.kill_if("MODERNALBERT_KILL_AFTER_STEP", step)
+        if preemption.agreed() and step < cfg.train.steps:  # every rank stops after this same step
+            path = checkpoint.latest_checkpoint(ckpt_dir) if saved_now else save()
+            if rank == 0:
+                write_marker(cfg.run_dir, step)
+            raise Preempted(step, path)
+    if step > start_step or not latest:  # a finished run that is relaunched saves nothing new
         save()
     if rank == 0:
         print(f"done: {step} steps; checkpoint {checkpoint.latest_checkpoint(ckpt_dir)}")
@@ -181,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataPrepError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        return REQUEUE_EXIT_CODE
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -94,3 +94,82 @@ def test_yaml_presets_load():
     for name in ("tiny", "50m", "120m"):
         cfg = load_config(f"{REPO}/pretrain/configs/{name}.yaml")
         assert cfg.model.num_layers == (4 if name == "tiny" else 27)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def test_sigusr1_saves_at_a_step_boundary_and_exits_for_requeue(reference, shards_dir, tmp_path):
+    import time
+
+    run_dir = str(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
+           "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}", f"run_dir={run_dir}", "train.steps=10",
+           "train.micro_batch_size=8", "train.global_batch_tokens=2048", "data.num_workers=0", "model.mol.jitter=0",
+           "checkpoint.every=5", "schedule.warmup_steps=3", "train.log_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 2):
+        time.sleep(0.005)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGUSR1)  # one rank only: the ranks must agree among themselves
+    out, err = proc.communicate(timeout=300)
+    marker = os.path.join(run_dir, "preempted")
+    assert os.path.exists(marker), err[-3000:]
+    stopped = int(open(marker).read())
+    assert 2 <= stopped < 10
+    assert proc.returncode != 0  # torchrun reports the workers' exit code 75 as a failure
+    latest = open(os.path.join(run_dir, "checkpoints", "latest")).read().strip()
+    assert latest == f"step_{stopped:08d}"
+    resumed = _run(run_dir, shards_dir, nproc=2, steps=10)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not os.path.exists(marker)
+    ref, got = _losses(reference), _losses(run_dir)
+    for step in range(stopped + 1, 11):
+        assert abs(got[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, ref[step], got[step])
+
+
+def test_preempted_single_process_exits_with_the_requeue_code(shards_dir, tmp_path):
+    import time
+
+    cmd = [sys.executable, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}",
+           f"run_dir={tmp_path}", "train.steps=200", "train.micro_batch_size=8", "train.global_batch_tokens=1024",
+           "data.num_workers=0", "checkpoint.every=0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 1):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "preempted: saved" in err
+    stopped = int((tmp_path / "preempted").read_text())
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(shards_dir, tmp_path):
+    r = _run(str(tmp_path), shards_dir, nproc=1, steps=10, extra=["checkpoint.every=2"],
+             env={"MODERNALBERT_NAN_AT_STEP": "5"})
+    assert r.returncode == 2
+    assert "error: step 5: loss is nan" in r.stderr and "step_00000004" in r.stderr
+    assert open(os.path.join(tmp_path, "checkpoints", "latest")).read().strip() == "step_00000004"
+    assert max(_losses(str(tmp_path))) == 4
+
+
+def test_kill_while_writing_a_checkpoint_leaves_the_previous_one(reference, shards_dir, tmp_path):
+    r = _run(str(tmp_path), shards_dir, nproc=1, steps=10, extra=["checkpoint.every=3"],
+             env={"MODERNALBERT_KILL_DURING_SAVE": "6"})
+    assert r.returncode == -signal.SIGKILL
+    ckpts = os.listdir(os.path.join(tmp_path, "checkpoints"))
+    assert ".tmp_step_00000006" in ckpts and "step_00000006" not in ckpts
+    assert open(os.path.join(tmp_path, "checkpoints", "latest")).read().strip() == "step_00000003"
+    resumed = _run(str(tmp_path), shards_dir, nproc=1, steps=10, extra=["checkpoint.every=3"])
+    assert resumed.returncode == 0 and "step_00000003" in resumed.stdout
+    assert ".tmp_step_00000006" not in os.listdir(os.path.join(tmp_path, "checkpoints"))

@@ -1,0 +1,52 @@
+"""Preemption: SIGUSR1/SIGTERM (SLURM's pre-timeout signal, a scheduler's kill) → save and exit for requeue.
+
+The handler only sets a flag. At every step boundary the ranks agree (all-reduce MAX of the flags), so
+they all stop after the same step, save one checkpoint together, write ``run_dir/preempted`` and exit
+with ``REQUEUE_EXIT_CODE``; a relaunch with the same config resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+import torch.distributed as dist
+
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
+MARKER = "preempted"
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class Preempted(Exception):
+    def __init__(self, step: int, checkpoint: str) -> None:
+        super().__init__(f"preempted: saved {checkpoint} after step {step}; relaunch to resume")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class PreemptionWatch:
+    def __init__(self) -> None:
+        self.received: int | None = None
+        for sig in SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def agreed(self) -> bool:
+        """Collective: True on every rank if any rank got a signal."""
+        flag = torch.tensor([1 if self.received is not None else 0])
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def write_marker(run_dir: str, step: int) -> None:
+    with open(os.path.join(run_dir, MARKER), "w", encoding="utf-8") as f:
+        f.write(f"{step}\n")
+
+
+def clear_marker(run_dir: str) -> None:
+    path = os.path.join(run_dir, MARKER)
+    if os.path.exists(path):
+        os.remove(path)
