@@ -56,12 +56,11 @@ def resolve_backend(backend: str, q: torch.Tensor) -> str:
     return backend
 
 
-def segment_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(segment id, position inside the segment) of each of the ``total`` tokens."""
+def segment_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Position of each of the ``total`` tokens inside its segment (restarts at every boundary)."""
     lens_N = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     seg_T = torch.repeat_interleave(torch.arange(len(lens_N), device=cu_seqlens.device), lens_N, output_size=total)
-    pos_T = torch.arange(total, device=cu_seqlens.device) - cu_seqlens.long()[seg_T]
-    return seg_T, pos_T
+    return torch.arange(total, device=cu_seqlens.device) - cu_seqlens.long()[seg_T]
 
 
 def _window_mask(n: int, window: int | None, device) -> torch.Tensor | None:

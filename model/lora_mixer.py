@@ -29,8 +29,13 @@ class MixtureLinear(nn.Linear):
         self.lora_A = nn.Parameter(torch.empty(num_experts, rank, in_features))
         self.lora_B = nn.Parameter(torch.zeros(num_experts, out_features, rank))
         self.register_buffer("lora_scale", torch.full((num_experts,), alpha / rank))
-        for e in range(num_experts):
+        self.reset_lora()
+
+    def reset_lora(self) -> None:
+        """A ~ Kaiming-uniform (as PEFT), B = 0: at init the mixture equals the plain projection."""
+        for e in range(self.lora_A.shape[0]):
             nn.init.kaiming_uniform_(self.lora_A.data[e], a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
 
     def forward(self, x_TI: torch.Tensor, weights_TE: torch.Tensor | None = None) -> torch.Tensor:
         y = super().forward(x_TI)

@@ -133,7 +133,7 @@ class ModernAlbertModel(nn.Module):
         })
 
     def context(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, dtype: torch.dtype) -> ForwardContext:
-        _, pos_T = segment_positions(cu_seqlens, total)  # RoPE positions restart in every segment
+        pos_T = segment_positions(cu_seqlens, total)  # RoPE positions restart in every segment
         rope = {True: self.rope["global"](pos_T, dtype), False: self.rope["local"](pos_T, dtype)}
         return ForwardContext(cu_seqlens, int(max_seqlen), rope)
 
@@ -219,12 +219,8 @@ class ModernAlbertForMaskedLM(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=s, a=-2 * s, b=2 * s)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
-            if isinstance(m, MoLFFN):
+            if isinstance(m, (MoLFFN, MixtureLinear)):
                 m.reset_lora()
-            if isinstance(m, MixtureLinear):
-                for e in range(m.lora_A.shape[0]):
-                    nn.init.kaiming_uniform_(m.lora_A.data[e], a=math.sqrt(5))
-                nn.init.zeros_(m.lora_B)
             if isinstance(m, Router):
                 nn.init.normal_(m.weight, std=0.02)
         nn.init.zeros_(self.decoder_bias)

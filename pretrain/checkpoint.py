@@ -13,6 +13,7 @@ is replaced atomically: a kill at any point leaves the previous checkpoint loada
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -52,6 +53,14 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def _quiet_single_process():
+    """One process without a process group is a supported case: silence DCP's warning about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
 def latest_checkpoint(ckpt_dir: str) -> str | None:
     path = os.path.join(ckpt_dir, LATEST)
     if not os.path.isfile(path):
@@ -74,8 +83,7 @@ def save(ckpt_dir: str, step: int, model: torch.nn.Module, optimizer: torch.opti
         os.makedirs(tmp)
     _barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():  # one process without a process group is a supported case, not a problem
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+    with _quiet_single_process():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
     torch.save(_rng_state(), os.path.join(tmp, f"rng_rank{_rank()}.pt"))
     if _rank() == 0:
@@ -100,8 +108,7 @@ def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
     """Collective: restores model, optimizer and this rank's RNG; returns trainer.json's content."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+    with _quiet_single_process():
         dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=StateDictOptions(strict=True))
