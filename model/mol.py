@@ -64,6 +64,7 @@ class MoLFFN(RoutedModule):
         self.A2 = nn.Parameter(torch.empty(E, R, intermediate))
         self.B2 = nn.Parameter(torch.zeros(E, dim, R))
         self.scale = cfg.alpha / cfg.rank
+        self.dispatch = None  # set by expert parallelism: fn(module, x_TD, routing) -> y_TD
         self.reset_lora()
 
     def reset_lora(self) -> None:
@@ -77,27 +78,37 @@ class MoLFFN(RoutedModule):
     def forward(self, x_TD: torch.Tensor, layer: int = 0) -> torch.Tensor:
         r = self.router(x_TD)
         self.record(layer, r, {"mol_load_balance": load_balance_loss(r), "mol_z": z_loss(r)})
-        return self.grouped(x_TD, r) if self.cfg.grouped else self.reference(x_TD, r)
+        if not self.cfg.grouped:
+            return self.reference(x_TD, r)
+        if self.dispatch is not None:  # expert parallelism (pretrain/expert_parallel.py) computes elsewhere
+            return self.dispatch(self, x_TD, r)
+        return self.grouped(x_TD, r.topk_idx_TK, r.topk_w_TK)
 
-    def grouped(self, x_TD: torch.Tensor, r: Routing) -> torch.Tensor:
+    def experts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The (A1, B1, A2, B2) this process computes with (a slice of the experts under EP)."""
+        return self.A1, self.B1, self.A2, self.B2
+
+    def grouped(self, x_TD: torch.Tensor, idx_TK: torch.Tensor, w_TK: torch.Tensor) -> torch.Tensor:
+        """Σ_k w_TK·FFN_{idx_TK}(x_TD) with indices into ``experts()`` (all E, or this rank's slice)."""
+        A1, B1, A2, B2 = self.experts()
         T, D = x_TD.shape
-        E, R, K, s = self.cfg.num_experts, self.cfg.rank, self.cfg.top_k, self.scale
+        E, R, K, s = A1.shape[0], A1.shape[1], idx_TK.shape[1], self.scale
         h_TF = self.Wi(x_TD)
-        exp_N = r.topk_idx_TK.reshape(-1)
+        exp_N = idx_TK.reshape(-1)
         order_N = torch.argsort(exp_N, stable=True)
         tok_N = torch.div(order_N, K, rounding_mode="floor")  # token of each pair, in expert order
         exp_N = exp_N[order_N]
-        w_N = r.topk_w_TK.reshape(-1)[order_N].to(x_TD.dtype)
+        w_N = w_TK.reshape(-1)[order_N].to(x_TD.dtype)
         counts = torch.bincount(exp_N, minlength=E).tolist()
 
         # the scale goes into the small factors, not the big activations
-        u_TER = (x_TD @ self.A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
-        h_NF = F.embedding(tok_N, h_TF).add_(grouped_matmul(u_TER[tok_N, exp_N], s * self.B1, counts))  # row gather
+        u_TER = (x_TD @ A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
+        h_NF = F.embedding(tok_N, h_TF).add_(grouped_matmul(u_TER[tok_N, exp_N], s * B1, counts))  # row gather
         a_NI = geglu(h_NF)
         y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add_(0, tok_N, a_NI * w_N[:, None])
-        v_NR = grouped_matmul(a_NI, self.A2, counts) * w_N[:, None]
+        v_NR = grouped_matmul(a_NI, A2, counts) * w_N[:, None]
         z_TER = x_TD.new_zeros(T, E, R).index_put_((tok_N, exp_N), v_NR)
-        B2_DX = (s * self.B2).permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
+        B2_DX = (s * B2).permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
         return self.Wo(y_TI) + z_TER.view(T, E * R) @ B2_DX.t()
 
     def reference(self, x_TD: torch.Tensor, r: Routing) -> torch.Tensor:

@@ -62,7 +62,9 @@ class CheckpointConfig:
 
 @dataclass
 class ParallelConfig:
-    ep: int = 1  # expert-parallel degree (issue 4: not built yet, must be 1)
+    ep: int = 1  # expert-parallel degree: MoL experts split over this many ranks (must divide the world size)
+    activation_checkpointing: bool = False  # recompute each block application's activations in the backward
+    compile: bool = False  # torch.compile each block (needs a C++ compiler on CPU)
 
 
 @dataclass
@@ -106,7 +108,13 @@ class RunConfig:
         need(self.train.log_every >= 1, "train.log_every", "must be >= 1")
         need(self.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
         need(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
-        need(self.parallel.ep == 1, "parallel.ep", "only 1 for now (expert parallelism is not built yet)")
+        need(self.parallel.ep >= 1, "parallel.ep", "must be >= 1")
+        if self.parallel.ep > 1:
+            mol = self.model.mol
+            need(bool(mol.groups), "parallel.ep", "> 1 needs MoL experts (model.mol.groups is empty)")
+            need(mol.num_experts % self.parallel.ep == 0, "parallel.ep",
+                 f"must divide model.mol.num_experts={mol.num_experts}")
+            need(mol.grouped, "parallel.ep", "> 1 needs model.mol.grouped=true (the reference path is single-device)")
         return self
 
     def accumulation_steps(self, seq_len: int, world_size: int) -> int:

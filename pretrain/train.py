@@ -7,8 +7,8 @@ micro-batches with the same global batch gives the same step. Checkpoints resume
 optimizer, schedule, data cursor, RNG). Writes run_dir/config.yaml, run_dir/metrics.jsonl and
 run_dir/checkpoints/.
 
-Not built yet (issue 4, open): expert parallelism, preemption signals, submitit/SLURM launchers,
-activation checkpointing / compile, W&B logging.
+Parallelism: FSDP2 over all ranks, plus expert parallelism (parallel.ep), activation checkpointing
+and torch.compile (pretrain/parallelize.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader
-from pretrain.parallelize import data_parallel_mesh, parallelize
+from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.schedule import wsd_factor
 
@@ -69,7 +69,10 @@ def train(cfg: RunConfig) -> list[dict]:
     index = ShardIndex.load(cfg.data.dir)  # a missing data dir fails here, before any process-group work
     if cfg.model.vocab_size != index.vocab_size:
         cfg.model.vocab_size = index.vocab_size  # the data's tokenizer decides
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_env % cfg.parallel.ep:
+        raise ConfigError(f"parallel.ep={cfg.parallel.ep}: must divide the number of processes ({world_env})")
+    distributed = world_env > 1
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     if distributed and not dist.is_initialized():
         if device.type == "cuda":
@@ -83,7 +86,11 @@ def train(cfg: RunConfig) -> list[dict]:
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     model = ModernAlbertForMaskedLM(cfg.model).to(device)
-    model = parallelize(model, data_parallel_mesh(device), device)
+    try:
+        model, par = parallelize(model, device, ep=cfg.parallel.ep, compile=cfg.parallel.compile,
+                                 activation_checkpointing=cfg.parallel.activation_checkpointing)
+    except ValueError as e:  # e.g. parallel.ep does not divide the number of processes
+        raise ConfigError(str(e)) from None
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule))
@@ -140,8 +147,8 @@ def train(cfg: RunConfig) -> list[dict]:
         if not math.isfinite(loss) or not math.isfinite(aux_sum):
             raise TrainingError(f"step {step + 1}: loss is {loss} (aux {aux_sum}); stopping. The last good "
                                 f"checkpoint is {checkpoint.latest_checkpoint(ckpt_dir)}")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        par.reduce_grads()
+        grad_norm = par.clip_grad_norm_(list(model.parameters()), cfg.optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         lr = scheduler.get_last_lr()[0]

@@ -54,14 +54,56 @@ def reference(tmp_path_factory, shards_dir):
     return run_dir
 
 
-def test_two_fsdp_ranks_give_the_losses_of_one_process(reference, shards_dir, tmp_path):
-    r = _run(str(tmp_path), shards_dir, nproc=2, steps=5)
-    assert r.returncode == 0, r.stderr[-3000:]
-    one, two = _losses(reference), _losses(str(tmp_path))
+@pytest.fixture(scope="module")
+def fsdp2_ranks(tmp_path_factory, shards_dir):
+    """2 ranks, EP=1: 5 of 10 steps (killed after the step-5 checkpoint, so the schedule is the 10-step one)."""
+    run_dir = str(tmp_path_factory.mktemp("fsdp2"))
+    r = _run(run_dir, shards_dir, nproc=2, steps=10, env={"MODERNALBERT_KILL_AFTER_STEP": "5"})
+    assert "step      5/10" in r.stdout, r.stderr[-3000:]
+    return run_dir
+
+
+def test_two_fsdp_ranks_give_the_losses_of_one_process(reference, fsdp2_ranks):
+    one, two = _losses(reference), _losses(fsdp2_ranks)
     assert sorted(two) == [1, 2, 3, 4, 5]
     for step in two:
         assert abs(two[step] - one[step]) <= 1e-5 * abs(one[step]), (step, one[step], two[step])
     assert one[10] < one[1]
+
+
+def test_expert_parallel_gives_the_losses_and_weights_of_ep1(reference, fsdp2_ranks, shards_dir, tmp_path):
+    run_dir = str(tmp_path)
+    r = _run(run_dir, shards_dir, nproc=2, steps=10, extra=["parallel.ep=2"], env={"MODERNALBERT_KILL_AFTER_STEP": "5"})
+    assert "step      5/10" in r.stdout, r.stderr[-3000:]
+    ep1, ep2 = _losses(fsdp2_ranks), _losses(run_dir)
+    assert sorted(ep2) == [1, 2, 3, 4, 5]
+    for step in ep2:
+        assert abs(ep2[step] - ep1[step]) <= 1e-5 * abs(ep1[step]), (step, ep1[step], ep2[step])
+    a, b = _final_weights(fsdp2_ranks), _final_weights(run_dir)
+    assert a.keys() == b.keys()
+    experts = [k for k in a if k.rsplit(".", 1)[-1] in ("A1", "B1", "A2", "B2")]
+    assert len(experts) == 4 and all(b[k].shape[0] == 8 for k in experts)  # full [E, ...] tensors saved
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+    assert all(not torch.equal(b[k], torch.zeros_like(b[k])) for k in experts)  # B moved off its zero init
+    # an EP=2 checkpoint resumes in one process (EP=1) and continues exactly
+    resumed = _run(run_dir, shards_dir, nproc=1, steps=10)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref, got = _losses(reference), _losses(run_dir)
+    for step in range(6, 11):
+        assert abs(got[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, ref[step], got[step])
+
+
+def test_activation_checkpointing_does_not_change_the_losses(reference, shards_dir, tmp_path):
+    r = _run(str(tmp_path), shards_dir, nproc=1, steps=3, extra=["parallel.activation_checkpointing=true",
+                                                                   "model.mol.jitter=0.01"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    jitter = _run(str(tmp_path / "plain"), shards_dir, nproc=1, steps=3, extra=["model.mol.jitter=0.01"])
+    assert jitter.returncode == 0, jitter.stderr[-3000:]
+    # with router jitter on, the recompute must replay the same noise to give the same gradients
+    ac, plain = _losses(str(tmp_path)), _losses(str(tmp_path / "plain"))
+    for step in (1, 2, 3):
+        assert abs(ac[step] - plain[step]) <= 1e-6 * abs(plain[step]), (step, plain[step], ac[step])
 
 
 def test_sigkill_then_resume_is_exact_also_on_fewer_ranks(reference, shards_dir, tmp_path):
@@ -81,6 +123,14 @@ def test_sigkill_then_resume_is_exact_also_on_fewer_ranks(reference, shards_dir,
         assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
 
 
+def test_compiled_blocks_give_the_losses_of_eager(reference, shards_dir, tmp_path):
+    r = _run(str(tmp_path), shards_dir, nproc=1, steps=3, extra=["parallel.compile=true"])  # ~90 s of compiling
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = _losses(reference), _losses(str(tmp_path))
+    for step in (1, 2, 3):
+        assert abs(got[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, ref[step], got[step])
+
+
 def test_bad_config_and_missing_data_fail_before_any_process_group(tmp_path, shards_dir):
     r = _run(str(tmp_path), shards_dir, nproc=1, steps=0)
     assert r.returncode == 2 and r.stderr.strip() == "error: train.steps=0: must be >= 1"
@@ -88,6 +138,10 @@ def test_bad_config_and_missing_data_fail_before_any_process_group(tmp_path, sha
     assert r.returncode == 2 and "nowhere" in r.stderr and "no such directory" in r.stderr
     r = _run(str(tmp_path), shards_dir, nproc=1, steps=3, extra=["train.global_batch_tokens=1500"])
     assert r.returncode == 2 and "train.global_batch_tokens=1500" in r.stderr
+    r = _run(str(tmp_path), shards_dir, nproc=1, steps=3, extra=["parallel.ep=3"])
+    assert r.returncode == 2 and r.stderr.strip() == "error: parallel.ep=3: must divide model.mol.num_experts=8"
+    r = _run(str(tmp_path), shards_dir, nproc=1, steps=3, extra=["parallel.ep=2"])
+    assert r.returncode == 2 and r.stderr.strip() == "error: parallel.ep=2: must divide the number of processes (1)"
 
 
 def test_yaml_presets_load():
