@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from model.config import ConfigError, ModelConfig, preset
 from pretrain.data import MLMConfig
+from pretrain.logger import LogConfig
 
 
 @dataclass
@@ -77,6 +78,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> "RunConfig":
         def need(cond: bool, name: str, allowed: str) -> None:
@@ -108,6 +110,7 @@ class RunConfig:
         need(self.train.log_every >= 1, "train.log_every", "must be >= 1")
         need(self.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
         need(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+        self.log.validate()
         need(self.parallel.ep >= 1, "parallel.ep", "must be >= 1")
         if self.parallel.ep > 1:
             mol = self.model.mol

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import torch
 import torch.distributed as dist
@@ -31,6 +30,7 @@ from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader
+from pretrain.logger import TrainLogger
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.schedule import wsd_factor
@@ -117,72 +117,97 @@ def train(cfg: RunConfig) -> list[dict]:
     preemption = PreemptionWatch()
     if rank == 0:
         clear_marker(cfg.run_dir)
-
-    metrics_path = os.path.join(cfg.run_dir, "metrics.jsonl")
+    logger = TrainLogger(cfg.log, cfg.run_dir, cfg.train.steps, cfg.train.log_every, rank=rank, world=world,
+                         device=device, start_step=step, config=cfg.to_dict())
     records: list[dict] = []
     batches = iter(loader)
     model.train()
-    t_last, tokens_since, flops_since = time.perf_counter(), 0, 0.0
-    while step < cfg.train.steps:
-        micro = [next(batches) for _ in range(accum)]
-        # the loss is a mean over every masked token of the global batch: count them first
-        counts = torch.tensor([sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro)],
-                              dtype=torch.float64)
-        global_masked, global_tokens = _all_reduce_sum(counts).tolist()
-        sums = torch.zeros(4, dtype=torch.float64)  # CE sum, correct predictions, aux sum, micro-batches
-        for b in micro:
-            inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in model_inputs(b).items()}
-            out = model(**inputs)
-            n = out.num_masked
-            aux = out.loss - out.mlm_loss
-            # FSDP averages gradients over ranks: scale by world so the average is the global mean
-            (out.mlm_loss * (n * world / global_masked) + aux / accum).backward()
-            sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_accuracy.item() * n, aux.item(), 1.0],
-                                 dtype=torch.float64)
-            tokens_since += b["num_tokens"]
-            lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).tolist()
-            flops_since += count_flops(model.cfg, lens, n).training
-        ce_sum, correct, aux_sum, n_micro = _all_reduce_sum(sums).tolist()
-        loss = float("nan") if faults.nan_at(step + 1) else ce_sum / global_masked
-        if not math.isfinite(loss) or not math.isfinite(aux_sum):
-            raise TrainingError(f"step {step + 1}: loss is {loss} (aux {aux_sum}); stopping. The last good "
-                                f"checkpoint is {checkpoint.latest_checkpoint(ckpt_dir)}")
-        par.reduce_grads()
-        grad_norm = par.clip_grad_norm_(list(model.parameters()), cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        step += 1
+    try:
+        while step < cfg.train.steps:
+            micro = [next(batches) for _ in range(accum)]
+            # the loss is a mean over every masked token of the global batch: count them first
+            counts = torch.tensor([sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro)],
+                                  dtype=torch.float64)
+            global_masked, global_tokens = _all_reduce_sum(counts).tolist()
+            sums = torch.zeros(5, dtype=torch.float64)  # CE sum, correct predictions, aux sum, micro-batches, FLOPs
+            aux_parts: dict[str, float] = {}
+            load = ExpertLoad()
+            for b in micro:
+                inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+                          for k, v in model_inputs(b).items()}
+                out = model(**inputs)
+                n = out.num_masked
+                aux = out.loss - out.mlm_loss
+                # FSDP averages gradients over ranks: scale by world so the average is the global mean
+                (out.mlm_loss * (n * world / global_masked) + aux / accum).backward()
+                lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).tolist()
+                sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_accuracy.item() * n, aux.item(), 1.0,
+                                      count_flops(model.cfg, lens, n).training], dtype=torch.float64)
+                for name, value in out.aux_losses.items():
+                    aux_parts[name] = aux_parts.get(name, 0.0) + float(value) / accum
+                load.add(model.routing_stats())
+            ce_sum, correct, aux_sum, n_micro, flops = _all_reduce_sum(sums).tolist()
+            loss = float("nan") if faults.nan_at(step + 1) else ce_sum / global_masked
+            if not math.isfinite(loss) or not math.isfinite(aux_sum):
+                raise TrainingError(f"step {step + 1}: loss is {loss} (aux {aux_sum}); stopping. The last good "
+                                    f"checkpoint is {checkpoint.latest_checkpoint(ckpt_dir)}")
+            par.reduce_grads()
+            grad_norm = par.clip_grad_norm_(list(model.parameters()), cfg.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
 
-        record = {"step": step, "loss": loss, "mlm_accuracy": correct / global_masked,
-                  "aux_loss": aux_sum / n_micro, "grad_norm": float(grad_norm), "lr": lr,
-                  "tokens": int(global_tokens)}
-        if rank == 0:
-            records.append(record)
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                dt = time.perf_counter() - t_last
-                print(f"step {step:>6}/{cfg.train.steps}  loss {loss:.4f}  acc {record['mlm_accuracy']:.3f}  "
-                      f"aux {record['aux_loss']:.4f}  gnorm {record['grad_norm']:.3f}  lr {lr:.2e}  "
-                      f"{tokens_since * world / dt:,.0f} tok/s  {flops_since * world / dt / 1e12:.3f} TFLOP/s",
-                      flush=True)
-                t_last, tokens_since, flops_since = time.perf_counter(), 0, 0.0
-        saved_now = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < cfg.train.steps
-        if saved_now:
-            save()
-        faults.kill_if("MODERNALBERT_KILL_AFTER_STEP", step)
-        if preemption.agreed() and step < cfg.train.steps:  # every rank stops after this same step
-            path = checkpoint.latest_checkpoint(ckpt_dir) if saved_now else save()
+            # this rank's aux terms (the loss uses each rank's own); the total is averaged over ranks
+            record = {"step": step, "loss": loss, "mlm_accuracy": correct / global_masked,
+                      "aux_loss": aux_sum / n_micro, **{f"aux/{k}": v for k, v in aux_parts.items()},
+                      "grad_norm": grad_norm, "lr": lr, "tokens": int(global_tokens)}
+            is_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
+            logger.step(record, int(global_tokens), flops, load.reduced() if is_log else {})
             if rank == 0:
-                write_marker(cfg.run_dir, step)
-            raise Preempted(step, path)
-    if step > start_step or not latest:  # a finished run that is relaunched saves nothing new
-        save()
+                records.append(record)
+            saved_now = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < cfg.train.steps
+            if saved_now:
+                save()
+            faults.kill_if("MODERNALBERT_KILL_AFTER_STEP", step)
+            if preemption.agreed() and step < cfg.train.steps:  # every rank stops after this same step
+                path = checkpoint.latest_checkpoint(ckpt_dir) if saved_now else save()
+                if rank == 0:
+                    write_marker(cfg.run_dir, step)
+                raise Preempted(step, path)
+        if step > start_step or not latest:  # a finished run that is relaunched saves nothing new
+            save()
+    finally:
+        logger.close()
     if rank == 0:
         print(f"done: {step} steps; checkpoint {checkpoint.latest_checkpoint(ckpt_dir)}")
     return records
+
+
+class ExpertLoad:
+    """Tokens routed to each expert, per routed layer, summed over micro-batches and (on log steps) ranks."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, torch.Tensor] = {}
+
+    def add(self, stats: dict[str, dict[str, torch.Tensor]]) -> None:
+        for layer, st in stats.items():
+            c = st["tokens_per_expert"]
+            self.counts[layer] = self.counts[layer] + c if layer in self.counts else c.clone()
+
+    def reduced(self) -> dict[str, list[int]]:
+        """Collective (every rank calls it on the same steps)."""
+        if not self.counts:
+            return {}
+        names = list(self.counts)
+        flat = _all_reduce_sum(torch.cat([self.counts[n] for n in names]).to(torch.float64).cpu())
+        out, i = {}, 0
+        for n in names:
+            e = self.counts[n].numel()
+            out[n] = [int(v) for v in flat[i:i + e].tolist()]
+            i += e
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,9 +49,26 @@ def _final_weights(run_dir) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, shards_dir):
     run_dir = str(tmp_path_factory.mktemp("ref"))
-    r = _run(run_dir, shards_dir, nproc=1, steps=10)
+    r = _run(run_dir, shards_dir, nproc=1, steps=10, extra=["log.peak_tflops=0.5"])
     assert r.returncode == 0, r.stderr[-3000:]
+    (tmp_path_factory.getbasetemp() / "ref_stdout.txt").write_text(r.stdout)
     return run_dir
+
+
+def test_metrics_carry_throughput_mfu_memory_and_expert_load(reference, tmp_path_factory):
+    records = [json.loads(line) for line in open(os.path.join(reference, "metrics.jsonl"))]
+    assert [r["step"] for r in records] == list(range(1, 11))
+    for r in records:
+        assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.5)
+        assert 0 < r["memory_gib"] < 8 and r["tokens_per_s"] > 0
+        # tiny: MoL on group 1 (layers 2 and 3), 8 experts, top-2: every token counted twice per layer
+        assert sorted(r["tokens_per_expert"]) == ["layer2.ffn", "layer3.ffn"]
+        for counts in r["tokens_per_expert"].values():
+            assert len(counts) == 8 and sum(counts) == 2 * r["tokens"]
+        total = r["aux/mol_load_balance"] * 0.01 + r["aux/mol_z"] * 0.001
+        assert r["aux_loss"] == pytest.approx(total, rel=1e-5)
+    stdout = (tmp_path_factory.getbasetemp() / "ref_stdout.txt").read_text()
+    assert "step     10/10" in stdout and "MFU" in stdout and "load max/mean" in stdout
 
 
 @pytest.fixture(scope="module")

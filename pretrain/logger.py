@@ -1,0 +1,140 @@
+"""Training metrics: run_dir/metrics.jsonl (every step), a console line, a progress bar, W&B (opt-in).
+
+Only rank 0 writes. The training loop hands over one record per step (already reduced over ranks);
+throughput, TFLOP/s and MFU are computed here over the steps since the last console line:
+
+    TFLOP/s per device = (per-application FLOPs of those steps, model/flops.py) / seconds / world
+    MFU = TFLOP/s per device / peak TFLOP/s per device (log.peak_tflops, or known for the GPU; none on CPU)
+
+W&B is ``disabled`` unless ``log.wandb`` says ``offline`` or ``online``; it is never forced online. A
+requeued run continues the same W&B run (its id is kept in run_dir/wandb_id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from model.config import ConfigError
+
+WANDB_MODES = ("disabled", "offline", "online")
+
+# dense bf16 tensor-core peak per GPU (no sparsity), TFLOP/s
+_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "disabled"  # disabled | offline | online (offline writes run_dir/wandb, sync it later)
+    wandb_project: str = "modernalbert"
+    progress_bar: str = "auto"  # auto (when stderr is a terminal) | on | off
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = known GPUs only (no MFU on CPU)
+
+    def validate(self) -> None:
+        if self.wandb not in WANDB_MODES:
+            raise ConfigError(f"log.wandb={self.wandb!r}: allowed: {', '.join(WANDB_MODES)}")
+        if self.progress_bar not in ("auto", "on", "off"):
+            raise ConfigError(f"log.progress_bar={self.progress_bar!r}: allowed: auto, on, off")
+        if self.peak_tflops < 0:
+            raise ConfigError(f"log.peak_tflops={self.peak_tflops!r}: must be >= 0")
+
+
+def peak_tflops(cfg: LogConfig, device: torch.device) -> float | None:
+    if cfg.peak_tflops > 0:
+        return cfg.peak_tflops
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in _PEAK_TFLOPS.items():
+            if key in name:
+                return value
+    return None
+
+
+def memory_gib(device: torch.device) -> float:
+    """Peak memory: CUDA allocator peak on GPU, peak resident set of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+class TrainLogger:
+    def __init__(self, cfg: LogConfig, run_dir: str, total_steps: int, log_every: int, *, rank: int,
+                 world: int, device: torch.device, start_step: int, config: dict) -> None:
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.total, self.every = total_steps, log_every
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.peak = peak_tflops(cfg, device)
+        self.t_last, self.tokens, self.flops = time.perf_counter(), 0, 0.0
+        self.bar = self.wandb = None
+        if rank != 0:
+            return
+        if cfg.progress_bar == "on" or (cfg.progress_bar == "auto" and sys.stderr.isatty()):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        if cfg.wandb != "disabled":
+            self.wandb = _start_wandb(cfg, run_dir, config)
+
+    def step(self, record: dict, step_tokens: int, step_flops: float, expert_load: dict[str, list[int]]) -> None:
+        """``step_tokens``/``step_flops``: over all ranks. Writes the record; prints every ``log_every``."""
+        self.tokens += step_tokens
+        self.flops += step_flops
+        if self.rank != 0:
+            return
+        step = record["step"]
+        if self.bar is not None:
+            self.bar.update(1)
+        if step % self.every == 0 or step == self.total:
+            record = {**record, **self._report(record, expert_load)}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _report(self, record: dict, expert_load: dict[str, list[int]]) -> dict:
+        """Console line (and W&B) for the steps since the last one; returns the performance fields."""
+        dt = max(time.perf_counter() - self.t_last, 1e-9)
+        tflops = self.flops / dt / self.world / 1e12
+        perf = {"tokens_per_s": self.tokens / dt, "tflops_per_device": tflops, "memory_gib": memory_gib(self.device)}
+        if self.peak:
+            perf["mfu"] = tflops / self.peak
+        imbalance = {k: max(v) * len(v) / max(1, sum(v)) for k, v in expert_load.items()}  # max/mean load
+        line = (f"step {record['step']:>6}/{self.total}  loss {record['loss']:.4f}  acc {record['mlm_accuracy']:.3f}  "
+                f"aux {record['aux_loss']:.4f}  gnorm {record['grad_norm']:.3f}  lr {record['lr']:.2e}  "
+                f"{perf['tokens_per_s']:,.0f} tok/s  {tflops:.3f} TFLOP/s")
+        if "mfu" in perf:
+            line += f"  MFU {perf['mfu']:.1%}"
+        line += f"  mem {perf['memory_gib']:.2f} GiB"
+        if imbalance:
+            line += f"  load max/mean {max(imbalance.values()):.2f}"
+        (self.bar.write if self.bar is not None else print)(line)
+        sys.stdout.flush()
+        if self.wandb is not None:
+            self.wandb.log({**record, **perf, **{f"expert_load/{k}": v for k, v in imbalance.items()}},
+                           step=record["step"])
+        self.t_last, self.tokens, self.flops = time.perf_counter(), 0, 0.0
+        return {**perf, "tokens_per_expert": expert_load}
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _start_wandb(cfg: LogConfig, run_dir: str, config: dict):
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(f"log.wandb={cfg.wandb!r}: the wandb package is not installed (pip install wandb, "
+                          "or log.wandb=disabled)") from None
+    id_path = os.path.join(run_dir, "wandb_id")
+    run_id = open(id_path).read().strip() if os.path.isfile(id_path) else wandb.util.generate_id()
+    with open(id_path, "w") as f:
+        f.write(run_id + "\n")
+    return wandb.init(project=cfg.wandb_project, dir=run_dir, id=run_id, resume="allow", mode=cfg.wandb,
+                      config=config, name=os.path.basename(os.path.abspath(run_dir)))
