@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from model.config import ConfigError, ModelConfig, preset
 from pretrain.data import MLMConfig
+from pretrain.evaluate import EvalConfig
 from pretrain.logger import LogConfig
 
 
@@ -79,6 +80,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "RunConfig":
         def need(cond: bool, name: str, allowed: str) -> None:
@@ -111,6 +113,7 @@ class RunConfig:
         need(self.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
         need(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
         self.log.validate()
+        self.eval.validate()
         need(self.parallel.ep >= 1, "parallel.ep", "must be >= 1")
         if self.parallel.ep > 1:
             mol = self.model.mol

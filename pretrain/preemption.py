@@ -25,9 +25,9 @@ class Preempted(Exception):
 
 
 class PreemptionWatch:
-    def __init__(self) -> None:
+    def __init__(self, extra_signals: tuple = ()) -> None:
         self.received: int | None = None
-        for sig in SIGNALS:
+        for sig in (*SIGNALS, *extra_signals):  # extra: e.g. submitit's SIGUSR2
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:

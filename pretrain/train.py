@@ -30,6 +30,7 @@ from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader
+from pretrain.evaluate import evaluate, val_loader
 from pretrain.logger import TrainLogger
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
@@ -64,8 +65,11 @@ def _write_resolved_config(cfg: RunConfig) -> None:
         yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), f, sort_keys=False)
 
 
-def train(cfg: RunConfig) -> list[dict]:
-    """Run (or resume) the training; returns rank 0's metrics records of this process."""
+def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
+    """Run (or resume) the training; returns rank 0's metrics records of this process.
+
+    ``extra_signals`` are treated like SIGUSR1/SIGTERM (save and stop); the submitit launcher adds its own.
+    """
     index = ShardIndex.load(cfg.data.dir)  # a missing data dir fails here, before any process-group work
     if cfg.model.vocab_size != index.vocab_size:
         cfg.model.vocab_size = index.vocab_size  # the data's tokenizer decides
@@ -114,11 +118,25 @@ def train(cfg: RunConfig) -> list[dict]:
                                {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
                                 "config": cfg.to_dict()}, cfg.checkpoint.keep)
 
-    preemption = PreemptionWatch()
+    preemption = PreemptionWatch(extra_signals)
     if rank == 0:
         clear_marker(cfg.run_dir)
     logger = TrainLogger(cfg.log, cfg.run_dir, cfg.train.steps, cfg.train.log_every, rank=rank, world=world,
                          device=device, start_step=step, config=cfg.to_dict())
+    val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm, rank, world)
+           if cfg.eval.every else None)
+
+    def validate() -> dict:
+        result = evaluate(model, val, device, cfg.eval.max_batches)
+        if rank == 0:
+            print(f"eval step {step:>6}: val loss {result['val_loss']:.4f}  val acc {result['val_accuracy']:.3f}  "
+                  f"({result['val_masked']:,} masked tokens)", flush=True)
+            with open(os.path.join(cfg.run_dir, "eval.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **result}) + "\n")
+        return result
+
+    if val is not None and step == 0:
+        validate()
     records: list[dict] = []
     batches = iter(loader)
     model.train()
@@ -144,7 +162,7 @@ def train(cfg: RunConfig) -> list[dict]:
                 sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_accuracy.item() * n, aux.item(), 1.0,
                                       count_flops(model.cfg, lens, n).training], dtype=torch.float64)
                 for name, value in out.aux_losses.items():
-                    aux_parts[name] = aux_parts.get(name, 0.0) + float(value) / accum
+                    aux_parts[name] = aux_parts.get(name, 0.0) + float(value.detach()) / accum
                 load.add(model.routing_stats())
             ce_sum, correct, aux_sum, n_micro, flops = _all_reduce_sum(sums).tolist()
             loss = float("nan") if faults.nan_at(step + 1) else ce_sum / global_masked
@@ -163,6 +181,8 @@ def train(cfg: RunConfig) -> list[dict]:
             record = {"step": step, "loss": loss, "mlm_accuracy": correct / global_masked,
                       "aux_loss": aux_sum / n_micro, **{f"aux/{k}": v for k, v in aux_parts.items()},
                       "grad_norm": grad_norm, "lr": lr, "tokens": int(global_tokens)}
+            if val is not None and (step % cfg.eval.every == 0 or step == cfg.train.steps):
+                record.update(validate())
             is_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
             logger.step(record, int(global_tokens), flops, load.reduced() if is_log else {})
             if rank == 0:

@@ -86,6 +86,10 @@ def test_two_fsdp_ranks_give_the_losses_of_one_process(reference, fsdp2_ranks):
     for step in two:
         assert abs(two[step] - one[step]) <= 1e-5 * abs(one[step]), (step, one[step], two[step])
     assert one[10] < one[1]
+    # validation before step 1: the same model gives the same number on 1 and 2 ranks
+    val_one, val_two = (json.loads(open(os.path.join(d, "eval.jsonl")).readline()) for d in (reference, fsdp2_ranks))
+    assert val_one["step"] == val_two["step"] == 0 and val_one["val_masked"] == val_two["val_masked"] > 1000
+    assert val_two["val_loss"] == pytest.approx(val_one["val_loss"], rel=1e-6)
 
 
 def test_expert_parallel_gives_the_losses_and_weights_of_ep1(reference, fsdp2_ranks, shards_dir, tmp_path):

@@ -1,0 +1,60 @@
+"""Pretraining throughput: tokens/s of ``pretrain.train`` with 1 vs N processes, in one run.
+
+    python benchmarks/bench_train.py --data runs/quickstart/shards --steps 40 --nprocs 1 2
+
+Each configuration is a real training run (FSDP2 when N > 1, gloo on CPU) with validation off; the
+rate is the mean of the logged tokens/s after the first ``--warmup`` steps. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(nproc: int, args: argparse.Namespace, run_dir: str) -> dict:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    cmd = [*launcher, "-m", "pretrain.train", "--config", args.config, f"data.dir={args.data}", f"run_dir={run_dir}",
+           f"train.steps={args.steps}", "train.log_every=5", "eval.every=0", "checkpoint.every=0",
+           f"data.num_workers={args.num_workers}", *args.overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"nproc={nproc} failed:\n{r.stderr[-3000:]}")
+    recs = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    timed = [x for x in recs if "tokens_per_s" in x and x["step"] > args.warmup]
+    return {"tokens_per_s": sum(x["tokens_per_s"] for x in timed) / len(timed),
+            "tflops": sum(x["tflops_per_device"] for x in timed) / len(timed), "loss": recs[-1]["loss"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="runs/quickstart/shards")
+    p.add_argument("--config", default="pretrain/configs/tiny.yaml")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.nprocs:
+            rows.append((n, run(n, args, os.path.join(tmp, f"n{n}"))))
+    base = rows[0][1]["tokens_per_s"]
+    print("| processes | tokens/s | TFLOP/s per process | vs first | loss at last step |")
+    print("|---|---|---|---|---|")
+    for n, r in rows:
+        print(f"| {n} | {r['tokens_per_s']:,.0f} | {r['tflops']:.4f} | {r['tokens_per_s'] / base:.2f}x | {r['loss']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

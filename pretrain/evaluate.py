@@ -1,0 +1,63 @@
+"""Validation MLM loss and accuracy on the shards' ``val`` split, over every rank.
+
+The order is unshuffled and the masks are seeded per sample (``pretrain/data.py``), so the same model
+gets the same number at any step, on any number of ranks (up to the dropped remainder of the split).
+Collective under FSDP: every rank runs its share of the batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from data_prep.errors import DataPrepError
+from model.modernalbert import model_inputs
+from pretrain.data import LoaderConfig, MLMConfig, PretrainLoader
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between validations (also before the first and after the last step); 0: none
+    max_batches: int = 0  # global batches per validation; 0: the whole val split
+    micro_batch_size: int = 0  # 0: train.micro_batch_size
+
+    def validate(self) -> None:
+        from model.config import ConfigError
+
+        for name in ("every", "max_batches", "micro_batch_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name}={getattr(self, name)!r}: must be >= 0")
+
+
+def val_loader(data_dir: str, micro_batch_size: int, mlm: MLMConfig, rank: int, world: int) -> PretrainLoader | None:
+    """The validation loader, or None (with the reason printed on rank 0) when the data has no usable val split."""
+    try:
+        return PretrainLoader(LoaderConfig(data_dir, micro_batch_size, split="val", shuffle=False, num_workers=0,
+                                           epochs=1, mlm=mlm), rank, world)
+    except DataPrepError as e:
+        if rank == 0:
+            print(f"validation skipped: {e}")
+        return None
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: PretrainLoader, device: torch.device, max_batches: int = 0) -> dict:
+    """{"val_loss", "val_accuracy", "val_masked"}: means over every masked token of the evaluated batches."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # CE sum, correct, masked tokens
+    loader.load_state_dict({**loader.state_dict(), "epoch": 0, "sample_cursor": 0})  # from the start
+    for i, b in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs(b).items()}
+        out = model(**inputs)
+        n = out.num_masked
+        sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_accuracy.item() * n, n], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    model.train(was_training)
+    ce, correct, masked = sums.tolist()
+    return {"val_loss": ce / max(masked, 1), "val_accuracy": correct / max(masked, 1), "val_masked": int(masked)}

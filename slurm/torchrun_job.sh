@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Shared body of slurm/pretrain_*.sh (sourced after CONFIG is set; run from the repository root).
+# One srun task per node starts torchrun with one worker per GPU; the rendezvous comes from SLURM's
+# variables (first node of the allocation, job id as rendezvous id).
+#
+# Preemption: SLURM sends SIGUSR1 to the step's processes 120 s before the time limit (--signal) or
+# on preemption. torchrun would die of it (it does not handle USR1), so it runs with USR1 ignored;
+# the training workers install their own handler, agree on a step, save, write run_dir/preempted
+# and exit. torchrun does not pass the workers' exit code 75 on, so this script requeues when the
+# marker exists; the requeued job resumes from run_dir/checkpoints/latest.
+set -euo pipefail
+
+: "${CONFIG:?CONFIG must name a pretrain/configs/*.yaml}"
+RUN_DIR="${RUN_DIR:-runs/$(basename "$CONFIG" .yaml)}"
+NNODES="${SLURM_NNODES:-1}"
+GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}"
+MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST:?run this under sbatch}" | head -n 1)"
+MASTER_PORT="${MASTER_PORT:-29500}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+if [[ -n "${VENV:-}" ]]; then source "$VENV/bin/activate"; fi
+
+echo "job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $NNODES node(s) x $GPUS_PER_NODE GPU(s), rendezvous $MASTER_ADDR:$MASTER_PORT, run_dir $RUN_DIR"
+
+rc=0
+srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c 'trap "" USR1; exec "$@"' ignore-usr1 \
+    torchrun --nnodes="$NNODES" --nproc-per-node="$GPUS_PER_NODE" \
+    --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" \
+    -m pretrain.train --config "$CONFIG" run_dir="$RUN_DIR" "$@" || rc=$?
+
+if [[ -f "$RUN_DIR/preempted" ]]; then
+    echo "preempted after step $(cat "$RUN_DIR/preempted"); requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+fi
+exit "$rc"
