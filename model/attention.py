@@ -126,11 +126,15 @@ class RotaryEmbedding(torch.nn.Module):
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # no buffer: the frequencies are recomputed per call (Dh/2 values), so a model materialised
+        # from the meta device (HF from_pretrained, FSDP) can never hold stale ones
+        self.head_dim, self.theta = head_dim, theta
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim))
 
     def forward(self, pos_T: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs_TD = torch.outer(pos_T.float(), self.inv_freq.to(pos_T.device))
+        freqs_TD = torch.outer(pos_T.float(), self.inv_freq(pos_T.device))
         emb = torch.cat([freqs_TD, freqs_TD], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

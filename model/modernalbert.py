@@ -184,6 +184,11 @@ class MLMHead(nn.Module):
         return self.norm(F.gelu(self.dense(h_MD)))
 
 
+def tied_logits(emb: Embeddings, head: MLMHead, bias: torch.Tensor, h_MD: torch.Tensor) -> torch.Tensor:
+    """(head(h)·P)·Eᵀ + b: two thin matmuls instead of materialising the folded V×d decoder."""
+    return (head(h_MD) @ emb.proj.weight) @ emb.tok_embeddings.weight.t() + bias
+
+
 @dataclass
 class MaskedLMOutput:
     loss: torch.Tensor  # what to optimise: mlm_loss + weighted auxiliary losses
@@ -230,8 +235,7 @@ class ModernAlbertForMaskedLM(nn.Module):
         return self.model.embeddings.tok_embeddings.weight @ self.model.embeddings.proj.weight.t()
 
     def logits(self, h_MD: torch.Tensor) -> torch.Tensor:
-        emb = self.model.embeddings
-        return (self.head(h_MD) @ emb.proj.weight) @ emb.tok_embeddings.weight.t() + self.decoder_bias
+        return tied_logits(self.model.embeddings, self.head, self.decoder_bias, h_MD)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                 mlm_positions: torch.Tensor, mlm_labels: torch.Tensor | None = None,

@@ -1,0 +1,113 @@
+"""Consolidate a sharded training checkpoint into one native model directory.
+
+    python tools/consolidate_checkpoint.py runs/quickstart/tiny --out runs/quickstart/consolidated
+
+CKPT_DIR is a run directory, its ``checkpoints/`` folder (both follow ``latest``) or one
+``checkpoints/step_XXXXXXXX``. The checkpoint may come from any number of ranks and any expert-parallel
+degree: DCP stores every tensor's global shape, so each expert of each EP rank is read back in place.
+Key accounting is strict: a tensor the model needs but the checkpoint lacks, or one the model does not
+have, is an error. Output: ``model.safetensors`` + ``config.json`` + the tokenizer (from the shards the
+run was trained on, or ``--tokenizer``); see ``tools/native_format.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+
+from model.config import ConfigError, ModelConfig
+from model.modernalbert import ModernAlbertForMaskedLM
+from tools.native_format import OutputDir, ToolError, check_keys, save_native, tokenizer_file
+
+MODEL_PREFIX = "model."  # the training checkpoint holds {"model": …, "optim": …}
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A step directory from a run dir, a checkpoints dir (via ``latest``) or a step dir."""
+    if not os.path.isdir(path):
+        raise ToolError(f"{path}: no such directory")
+    for candidate in (path, os.path.join(path, "checkpoints")):
+        latest = os.path.join(candidate, "latest")
+        if os.path.isfile(latest):
+            with open(latest, encoding="utf-8") as f:
+                path = os.path.join(candidate, f.read().strip())
+            break
+    if not (os.path.isfile(os.path.join(path, ".metadata")) and os.path.isfile(os.path.join(path, "trainer.json"))):
+        raise ToolError(f"{path}: not a training checkpoint (expected a run dir, its checkpoints/ or a "
+                        "step_XXXXXXXX folder with .metadata and trainer.json)")
+    return path
+
+
+def read_checkpoint(step_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The full model state dict (CPU, fp32 as saved) and trainer.json of one DCP checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    with open(os.path.join(step_dir, "trainer.json"), encoding="utf-8") as f:
+        trainer = json.load(f)
+    try:
+        cfg = ModelConfig.from_dict(trainer["config"]["model"])
+    except (KeyError, TypeError, ConfigError) as e:
+        raise ToolError(f"{step_dir}/trainer.json: no usable model config ({e})") from None
+    with torch.device("meta"):
+        template = ModernAlbertForMaskedLM(cfg).state_dict()
+    try:
+        saved = FileSystemReader(step_dir).read_metadata().state_dict_metadata
+    except Exception as e:  # a truncated or foreign .metadata
+        raise ToolError(f"{step_dir}/.metadata: unreadable ({e})") from None
+    saved_model = {k[len(MODEL_PREFIX):]: v for k, v in saved.items() if k.startswith(MODEL_PREFIX)}
+    shapes = {k: torch.empty(tuple(getattr(v, "size", ()))) for k, v in saved_model.items()}
+    check_keys(template, shapes, step_dir)
+    state = {k: torch.empty(v.shape, dtype=saved_model[k].properties.dtype) for k, v in template.items()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        try:
+            dcp.load({"model": state}, checkpoint_id=step_dir)
+        except Exception as e:  # missing or truncated shard files
+            raise ToolError(f"{step_dir}: reading the tensors failed ({type(e).__name__}: {str(e)[:300]})") from None
+    return state, trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tools/consolidate_checkpoint.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ckpt_dir", help="run dir, its checkpoints/ or a step_XXXXXXXX folder")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--tokenizer", help="tokenizer file to ship (default: the one of the run's shards)")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        step_dir = resolve_checkpoint(a.ckpt_dir)
+        state, trainer = read_checkpoint(step_dir)
+        cfg = ModelConfig.from_dict(trainer["config"]["model"])
+        data_dir = trainer["config"].get("data", {}).get("dir")
+        tok = a.tokenizer
+        if tok is None:
+            name = tokenizer_file(data_dir) if data_dir and os.path.isdir(data_dir) else None
+            if name is None:
+                raise ToolError(f"the run's data dir {data_dir!r} has no tokenizer here; pass --tokenizer FILE")
+            tok = os.path.join(data_dir, name)
+        elif not os.path.isfile(tok):
+            raise ToolError(f"--tokenizer {tok}: no such file")
+        with OutputDir(a.out, a.overwrite) as tmp:
+            save_native(tmp, state, cfg, tok, os.path.abspath(data_dir) if data_dir else None,
+                        [{"tool": "consolidate_checkpoint", "checkpoint": os.path.abspath(step_dir),
+                          "step": trainer["step"]}])
+    except ToolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = sum(v.numel() for v in state.values())
+    print(f"consolidated {step_dir} (step {trainer['step']}): {len(state)} tensors, {n:,} parameters -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

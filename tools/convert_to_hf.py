@@ -1,0 +1,216 @@
+"""Convert a native model directory to a HuggingFace model directory, and check its logits.
+
+    python tools/convert_to_hf.py runs/quickstart/merged --out runs/quickstart/hf
+    python tools/convert_to_hf.py runs/quickstart/folded --out runs/quickstart/hf-modernbert --format modernbert
+
+Formats:
+  modernalbert  HF classes for the native model (ModernAlbertModel, …ForMaskedLM, …ForSequenceClassification)
+                with their code saved beside the weights (``auto_map``): load with
+                ``AutoModelForMaskedLM.from_pretrained(DIR, trust_remote_code=True)``. One weight set per
+                recursive group, MoL experts kept. Works for any native model.
+  modernbert    a stock ``ModernBertForMaskedLM`` (plain transformers, no custom code): the groups are
+                unrolled into L layers and the factorised embedding E·Pᵀ is folded into one V×d table (the
+                tied decoder). Only for a model without MoL/LoRA-Mixer experts: run
+                ``tools/merge_experts.py --fold`` first.
+
+The tokenizer is saved as a fast tokenizer (``AutoTokenizer.from_pretrained(DIR)``). ``--verify`` (on
+by default) loads the written directory with transformers and compares its logits with the native
+model's on real text (documents of the shipped sample corpus, padded batch): the max abs difference
+is printed, and above ``--tolerance`` (1e-4) nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+
+from model.modernalbert import ModernAlbertForMaskedLM
+from tools.native_format import OutputDir, ToolError, load_native
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FORMATS = ("modernalbert", "modernbert")
+# model/ files copied next to the HF classes, and the names they get there
+NATIVE_SOURCES = {"config": "modernalbert_config", "attention": "modernalbert_attention",
+                  "routing": "modernalbert_routing", "mol": "modernalbert_mol",
+                  "lora_mixer": "modernalbert_lora_mixer", "modernalbert": "modernalbert_native"}
+AUTO_MAP = {
+    "AutoConfig": "configuration_modernalbert.ModernAlbertConfig",
+    "AutoModel": "modeling_modernalbert.ModernAlbertModel",
+    "AutoModelForMaskedLM": "modeling_modernalbert.ModernAlbertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_modernalbert.ModernAlbertForSequenceClassification",
+}
+
+
+def _special_ids(doc: dict, in_dir: str) -> dict[str, int]:
+    from data_prep.tokenizer import Tokenizer
+
+    tok = Tokenizer(os.path.join(in_dir, doc["tokenizer"]))
+    return tok.special_ids.as_dict()
+
+
+def write_modernalbert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str) -> None:
+    from safetensors.torch import save_file
+
+    for src, dst in NATIVE_SOURCES.items():
+        with open(os.path.join(REPO, "model", f"{src}.py"), encoding="utf-8") as f:
+            code = f.read()
+        code = re.sub(r"^from model\.(\w+) import", lambda m: f"from .{NATIVE_SOURCES[m.group(1)]} import", code,
+                      flags=re.M)
+        code = re.sub(r"^(\s+)from model\.(\w+) import", lambda m: f"{m.group(1)}from .{NATIVE_SOURCES[m.group(2)]} import",
+                      code, flags=re.M)
+        with open(os.path.join(out, f"{dst}.py"), "w", encoding="utf-8") as f:
+            f.write(f"# Copied from the ModernALBERT project's model/{src}.py by tools/convert_to_hf.py.\n{code}")
+    for name in ("configuration_modernalbert.py", "modeling_modernalbert.py"):
+        shutil.copyfile(os.path.join(REPO, "tools", "hf_modernalbert", name), os.path.join(out, name))
+    import transformers
+
+    config = {**model.cfg.to_dict(), "model_type": "modernalbert", "architectures": ["ModernAlbertForMaskedLM"],
+              "auto_map": AUTO_MAP, "pad_token_id": special["pad"], "cls_token_id": special["cls"],
+              "sep_token_id": special["sep"], "mask_token_id": special["mask"], "torch_dtype": "float32",
+              "transformers_version": transformers.__version__}
+    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+
+
+def modernbert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
+    """The native weights unrolled into ModernBertForMaskedLM's names (layer i ← group i // G)."""
+    cfg, enc = model.cfg, model.model
+    if cfg.mol.groups or cfg.attn_experts.groups:
+        raise ToolError("--format modernbert needs a model without experts (model.mol.groups="
+                        f"{list(cfg.mol.groups)}, attn_experts.groups={list(cfg.attn_experts.groups)}): run "
+                        "tools/merge_experts.py --fold first, or use --format modernalbert")
+    sd = {"model.embeddings.tok_embeddings.weight": model.decoder_weight(),
+          "model.embeddings.norm.weight": enc.embeddings.norm.weight,
+          "model.final_norm.weight": enc.final_norm.weight,
+          "head.dense.weight": model.head.dense.weight, "head.norm.weight": model.head.norm.weight,
+          "decoder.bias": model.decoder_bias}
+    for i in range(cfg.num_layers):
+        block, p = enc.groups[i // cfg.group_depth].block, f"model.layers.{i}."
+        if i > 0:  # ModernBERT's layer 0 has no attention norm, like ours
+            sd[p + "attn_norm.weight"] = block.attn_norm.weight
+        sd[p + "attn.Wqkv.weight"] = block.attn.Wqkv.weight
+        sd[p + "attn.Wo.weight"] = block.attn.Wo.weight
+        sd[p + "mlp_norm.weight"] = block.ffn_norm.weight
+        sd[p + "mlp.Wi.weight"] = block.ffn.Wi.weight
+        sd[p + "mlp.Wo.weight"] = block.ffn.Wo.weight
+    return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+def write_modernbert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str) -> None:
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    c = model.cfg
+    hf_cfg = ModernBertConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, hidden_activation="gelu",
+        norm_eps=c.norm_eps, norm_bias=False, attention_bias=False, mlp_bias=False, classifier_bias=False,
+        classifier_activation="gelu", decoder_bias=True, tie_word_embeddings=True,
+        global_attn_every_n_layers=c.global_every, local_attention=c.local_window,
+        global_rope_theta=c.rope_theta_global, local_rope_theta=c.rope_theta_local,
+        embedding_dropout=c.embedding_dropout, attention_dropout=c.attention_dropout,
+        pad_token_id=special["pad"], cls_token_id=special["cls"], sep_token_id=special["sep"],
+        bos_token_id=special["cls"], eos_token_id=special["sep"], initializer_range=c.init_std)
+    hf = ModernBertForMaskedLM(hf_cfg)
+    state = modernbert_state(model)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "decoder.weight"]  # tied to the embedding
+    if missing or unexpected:
+        raise ToolError(f"ModernBERT key mismatch: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    hf.save_pretrained(out)
+
+
+def sample_batch(doc: dict, in_dir: str, n_docs: int = 6, max_len: int = 192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real text: documents of the shipped corpus, tokenised by the model's tokenizer, right-padded."""
+    from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
+    from data_prep.tokenizer import Tokenizer
+
+    tok = Tokenizer(os.path.join(in_dir, doc["tokenizer"]))
+    docs = []
+    for text in CorpusReader(resolve_inputs([SAMPLE_CORPUS_DIR])):
+        if len(text) > 200:
+            docs.append(text)
+        if len(docs) == n_docs:
+            break
+    sid = tok.special_ids
+    seqs = [[sid.cls, *ids[: max_len - 2 - 9 * i], sid.sep] for i, ids in enumerate(tok.encode(docs))]
+    S = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), S), sid.pad, dtype=torch.long)
+    mask = torch.zeros(len(seqs), S, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def native_logits(model: ModernAlbertForMaskedLM, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits at every real position, in row-major order of the padded batch: [T, V]."""
+    lens = mask.sum(1)
+    flat = ids[mask.bool()]
+    cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+    return model(flat, cu, int(lens.max()), torch.arange(len(flat))).logits
+
+
+@torch.no_grad()
+def verify(model: ModernAlbertForMaskedLM, doc: dict, in_dir: str, out: str, fmt: str) -> float:
+    from transformers import AutoModelForMaskedLM
+
+    ids, mask = sample_batch(doc, in_dir)
+    hf = AutoModelForMaskedLM.from_pretrained(out, trust_remote_code=fmt == "modernalbert").eval()
+    got = hf(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+    return float((got.float() - native_logits(model, ids, mask)).abs().max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tools/convert_to_hf.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("in_dir", help="native model directory (consolidate_checkpoint.py or merge_experts.py output)")
+    p.add_argument("--out", required=True, help="HF model directory to write")
+    p.add_argument("--format", choices=FORMATS, default="modernalbert")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare the HF model's logits with the native model's (default: on)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed (fp32)")
+    p.add_argument("--max-length", type=int, default=8192, help="tokenizer model_max_length")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    from tools.hf_tokenizer import save_hf_tokenizer
+
+    try:
+        model, doc = load_native(a.in_dir)
+        if not doc.get("tokenizer"):
+            raise ToolError(f"{a.in_dir}: no tokenizer in the model directory; the HF export needs one")
+        special = _special_ids(doc, a.in_dir)
+        if a.format == "modernbert":
+            modernbert_state(model)  # refuses a model with experts before anything is written
+        with OutputDir(a.out, a.overwrite) as tmp:
+            (write_modernalbert if a.format == "modernalbert" else write_modernbert)(model, special, tmp)
+            save_hf_tokenizer(os.path.join(a.in_dir, doc["tokenizer"]), special, tmp, a.max_length)
+            if a.verify:
+                diff = verify(model, doc, a.in_dir, tmp, a.format)
+                print(f"verify: max |logits_hf - logits_native| = {diff:.2e} on real text (tolerance {a.tolerance:g})")
+                if not diff <= a.tolerance:
+                    raise ToolError(f"the exported model's logits differ by {diff:.3e} > --tolerance {a.tolerance:g}; "
+                                    "nothing written")
+    except ToolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    how = ("AutoModelForMaskedLM.from_pretrained(DIR, trust_remote_code=True)" if a.format == "modernalbert"
+           else "AutoModelForMaskedLM.from_pretrained(DIR)  # stock ModernBertForMaskedLM")
+    print(f"wrote {a.format} model -> {a.out}\n  load: {how}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

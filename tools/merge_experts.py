@@ -1,0 +1,183 @@
+"""Collapse every MoL layer's experts into one LoRA adapter, and optionally fold it into the dense weights.
+
+    python tools/merge_experts.py runs/quickstart/consolidated --out runs/quickstart/merged --method uniform
+    python tools/merge_experts.py IN --out OUT --method routing --calib data/shards --fold
+
+The merge averages the experts' *delta weights* (DESIGN §5): for each MoL layer
+    ΔWi = Σ_j p_j · s·B1_j A1_j,   ΔWo = Σ_j p_j · s·B2_j A2_j,
+with p_j = 1/E (``uniform``) or the share of tokens routed to expert j on calibration batches
+(``routing``: top-k assignments counted over every application of the shared block). The result is
+exact and stored without loss as one adapter of rank E·r (the experts' factors side by side, the
+weights p_j·s folded into B): the output model is a native model whose MoL layers have one expert
+that every token takes. ``--fold`` adds ΔW into Wi/Wo and drops the MoL layers: a plain dense model
+with no routing left (what ``convert_to_hf.py --format modernbert`` needs).
+
+The validation MLM loss and accuracy before and after are printed and saved to ``merge_report.json``
+(``--val`` shards, default: the ones the model was trained on; skipped when there are none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+
+from model.config import ModelConfig
+from model.modernalbert import ModernAlbertForMaskedLM
+from model.mol import MoLFFN
+from tools.native_format import OutputDir, ToolError, load_native, save_native
+
+METHODS = ("uniform", "routing")
+
+
+def mol_layers(model: ModernAlbertForMaskedLM) -> dict[int, MoLFFN]:
+    """Group index → its MoL FFN."""
+    return {g: grp.block.ffn for g, grp in enumerate(model.model.groups) if isinstance(grp.block.ffn, MoLFFN)}
+
+
+def _loader(shards: str, split: str, micro_batch_size: int, max_batches: int):
+    from data_prep.errors import DataPrepError
+    from pretrain.data import LoaderConfig, PretrainLoader
+
+    try:
+        return PretrainLoader(LoaderConfig(shards, micro_batch_size, split=split, shuffle=False, num_workers=0,
+                                           epochs=1), 0, 1)
+    except DataPrepError as e:
+        raise ToolError(f"{shards}: {e}") from None
+
+
+@torch.no_grad()
+def routing_shares(model: ModernAlbertForMaskedLM, shards: str, batches: int, micro_batch_size: int = 16) -> dict[int, torch.Tensor]:
+    """Per MoL group: the share of top-k assignments each expert got on ``batches`` train batches."""
+    from model.modernalbert import model_inputs
+
+    layers = mol_layers(model)
+    counts = {g: torch.zeros(m.cfg.num_experts, dtype=torch.float64) for g, m in layers.items()}
+    G = model.cfg.group_depth
+    for i, b in enumerate(_loader(shards, "train", micro_batch_size, batches)):
+        if i >= batches:
+            break
+        model(**model_inputs(b))
+        for name, st in model.routing_stats().items():
+            layer, kind = name.split(".")
+            if kind == "ffn":
+                counts[int(layer[5:]) // G] += st["tokens_per_expert"].double()
+    return {g: c / c.sum() for g, c in counts.items()}
+
+
+def merged_factors(m: MoLFFN, p_E: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One rank-E·r adapter equal to Σ_j p_j·ΔW_j: A stacked, B scaled by p_j·s and stacked (scale 1)."""
+    E, R = m.A1.shape[:2]
+    w = (p_E.to(m.B1.dtype) * m.scale).view(E, 1, 1)
+    return {
+        "A1": m.A1.reshape(1, E * R, -1),
+        "B1": (m.B1 * w).permute(1, 0, 2).reshape(1, m.B1.shape[1], E * R),
+        "A2": m.A2.reshape(1, E * R, -1),
+        "B2": (m.B2 * w).permute(1, 0, 2).reshape(1, m.B2.shape[1], E * R),
+    }
+
+
+@torch.no_grad()
+def merge(model: ModernAlbertForMaskedLM, shares: dict[int, torch.Tensor], fold: bool) -> ModernAlbertForMaskedLM:
+    """A new model: each MoL layer replaced by its merged adapter (one expert), or folded when ``fold``."""
+    layers = mol_layers(model)
+    if not layers:
+        raise ToolError("the model has no MoL layers (model.mol.groups is empty): nothing to merge")
+    mol = model.cfg.mol
+    ranks = {m.A1.shape[0] * m.A1.shape[1] for m in layers.values()}
+    R = ranks.pop()
+    if fold:
+        new_mol = dataclasses.replace(mol, groups=())
+    else:  # one expert, scale 1 (alpha = rank): ffn = (W + B A) for every token
+        new_mol = dataclasses.replace(mol, num_experts=1, top_k=1, rank=R, alpha=float(R), jitter=0.0)
+    cfg = dataclasses.replace(copy.deepcopy(model.cfg), mol=new_mol).validate()
+    out = ModernAlbertForMaskedLM(cfg)
+    state = {k: v for k, v in model.state_dict().items()}
+    for g, m in layers.items():
+        prefix = f"model.groups.{g}.block.ffn."
+        for k in ("A1", "B1", "A2", "B2", "router.weight"):
+            del state[prefix + k]
+        if fold:
+            dWi = (shares[g].view(-1, 1, 1) * (m.scale * m.B1 @ m.A1)).sum(0)
+            dWo = (shares[g].view(-1, 1, 1) * (m.scale * m.B2 @ m.A2)).sum(0)
+            state[prefix + "Wi.weight"] = m.Wi.weight + dWi
+            state[prefix + "Wo.weight"] = m.Wo.weight + dWo
+        else:
+            for k, v in merged_factors(m, shares[g].double()).items():
+                state[prefix + k] = v
+            state[prefix + "router.weight"] = torch.zeros(1, m.router.weight.shape[1])  # one expert, z-loss 0
+    out.load_state_dict(state, strict=True)
+    return out.eval()
+
+
+def validation(model: ModernAlbertForMaskedLM, shards: str | None, max_batches: int) -> dict | None:
+    from pretrain.evaluate import evaluate
+
+    if not shards:
+        return None
+    loader = _loader(shards, "val", 16, max_batches)
+    return evaluate(model, loader, torch.device("cpu"), max_batches)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tools/merge_experts.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("in_dir", help="native model directory (tools/consolidate_checkpoint.py output)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--method", choices=METHODS, default="uniform")
+    p.add_argument("--calib", help="shards for --method routing (default: the model's training shards)")
+    p.add_argument("--calib-batches", type=int, default=20, help="train batches of 16 samples to count routing on")
+    p.add_argument("--fold", action="store_true", help="add the merged adapter into Wi/Wo; no MoL left")
+    p.add_argument("--val", help="shards whose val split is evaluated before/after (default: training shards)")
+    p.add_argument("--val-batches", type=int, default=0, help="0: the whole val split")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    try:
+        model, doc = load_native(a.in_dir)
+        data_dir = doc.get("data_dir")
+        val_dir = a.val or (data_dir if data_dir and os.path.isdir(data_dir) else None)
+        layers = mol_layers(model)
+        if a.method == "routing":
+            calib = a.calib or data_dir
+            if not calib or not os.path.isdir(calib):
+                raise ToolError(f"--method routing needs calibration shards: --calib DIR ({calib!r} not found)")
+            shares = routing_shares(model, calib, a.calib_batches)
+        else:
+            shares = {g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
+                      for g, m in layers.items()}
+        before = validation(model, val_dir, a.val_batches)
+        merged = merge(model, shares, a.fold)
+        after = validation(merged, val_dir, a.val_batches)
+        report = {"method": a.method, "fold": a.fold, "val_shards": val_dir,
+                  "expert_weights": {f"group{g}": [round(float(x), 6) for x in s] for g, s in shares.items()},
+                  "before": before, "after": after}
+        tok = os.path.join(a.in_dir, doc["tokenizer"]) if doc.get("tokenizer") else None
+        with OutputDir(a.out, a.overwrite) as tmp:
+            save_native(tmp, merged.state_dict(), merged.cfg, tok, data_dir,
+                        [*doc.get("history", []), {"tool": "merge_experts", "method": a.method, "fold": a.fold}])
+            with open(os.path.join(tmp, "merge_report.json"), "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=1)
+    except ToolError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    kind = "folded into Wi/Wo (no MoL left)" if a.fold else f"one adapter of rank {merged.cfg.mol.rank} per MoL layer"
+    print(f"merged {len(layers)} MoL layer(s) ({a.method}): {kind} -> {a.out}")
+    if before and after:
+        print(f"  val MLM loss {before['val_loss']:.4f} -> {after['val_loss']:.4f}   "
+              f"accuracy {before['val_accuracy']:.4f} -> {after['val_accuracy']:.4f}   ({before['val_masked']:,} masked tokens)")
+    else:
+        print("  no validation shards: loss not compared (pass --val DIR)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The native model directory every tool reads and writes, and the all-or-nothing output directory.
+
+A native directory (what ``consolidate_checkpoint.py`` and ``merge_experts.py`` write)::
+
+    config.json         {"format": "modernalbert-native", "model": ModelConfig fields, "tokenizer": file name,
+                         "data_dir": shards it was trained on, "history": [what each tool did]}
+    model.safetensors   the ``ModernAlbertForMaskedLM`` state dict, full tensors, fp32
+    tokenizer.model     (or tokenizer.json) the tokenizer the data was built with
+
+``OutputDir`` writes into ``OUT.tmp-<pid>`` and renames it to ``OUT`` only when everything succeeded,
+so a failing tool leaves no partial directory behind and never touches an existing ``OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+from model.config import ModelConfig
+from model.modernalbert import ModernAlbertForMaskedLM
+
+FORMAT = "modernalbert-native"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+class ToolError(RuntimeError):
+    """Bad input to a tool: printed as one line, exit code 2."""
+
+
+class OutputDir:
+    """``with OutputDir(path) as tmp:`` write into ``tmp``; renamed to ``path`` on success, removed on error."""
+
+    def __init__(self, path: str, overwrite: bool = False) -> None:
+        self.path = os.path.abspath(path)
+        self.overwrite = overwrite
+        self.tmp = f"{self.path}.tmp-{os.getpid()}"
+
+    def __enter__(self) -> str:
+        if os.path.exists(self.path) and not self.overwrite:
+            raise ToolError(f"--out {self.path}: already exists (remove it or pass --overwrite)")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        os.makedirs(self.tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if os.path.exists(self.path):
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+
+
+def tokenizer_file(directory: str) -> str | None:
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(directory, name)):
+            return name
+    return None
+
+
+def save_native(out_dir: str, state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_src: str | None,
+                data_dir: str | None, history: list[dict]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": FORMAT})
+    tok_name = None
+    if tokenizer_src is not None:
+        tok_name = os.path.basename(tokenizer_src)
+        shutil.copyfile(tokenizer_src, os.path.join(out_dir, tok_name))
+    doc = {"format": FORMAT, "format_version": 1, "model": cfg.to_dict(), "tokenizer": tok_name,
+           "data_dir": data_dir, "history": history}
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+
+
+def read_config(in_dir: str) -> dict:
+    path = os.path.join(in_dir, "config.json")
+    if not os.path.isdir(in_dir):
+        raise ToolError(f"{in_dir}: no such directory")
+    if not os.path.isfile(path):
+        raise ToolError(f"{in_dir}: not a native model directory (no config.json; make one with "
+                        "tools/consolidate_checkpoint.py)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ToolError(f"{path}: unreadable ({e})") from None
+    if doc.get("format") != FORMAT:
+        raise ToolError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    return doc
+
+
+def load_native(in_dir: str) -> tuple[ModernAlbertForMaskedLM, dict]:
+    """The model (eval mode, CPU, fp32) and its config.json; every key must match exactly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    doc = read_config(in_dir)
+    cfg = ModelConfig.from_dict(doc["model"])
+    weights = os.path.join(in_dir, "model.safetensors")
+    if not os.path.isfile(weights):
+        raise ToolError(f"{in_dir}: no model.safetensors")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ToolError(f"{weights}: not a readable safetensors file ({e})") from None
+    model = ModernAlbertForMaskedLM(cfg)
+    check_keys(model.state_dict(), state, weights)
+    model.load_state_dict(state)
+    return model.eval(), doc
+
+
+def check_keys(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], where: str) -> None:
+    """Strict key and shape accounting: a missing, unexpected or misshapen tensor is an error."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    if missing or unexpected:
+        raise ToolError(f"{where}: key mismatch: missing {missing[:5]}{'…' if len(missing) > 5 else ''} "
+                        f"({len(missing)}), unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''} "
+                        f"({len(unexpected)})")
+    bad = [k for k in expected if tuple(expected[k].shape) != tuple(got[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ToolError(f"{where}: {len(bad)} tensors with the wrong shape, e.g. {k}: "
+                        f"{tuple(got[k].shape)} instead of {tuple(expected[k].shape)}")
