@@ -75,7 +75,8 @@ def test_metrics_carry_throughput_mfu_memory_and_expert_load(reference, tmp_path
 def fsdp2_ranks(tmp_path_factory, shards_dir):
     """2 ranks, EP=1: 5 of 10 steps (killed after the step-5 checkpoint, so the schedule is the 10-step one)."""
     run_dir = str(tmp_path_factory.mktemp("fsdp2"))
-    r = _run(run_dir, shards_dir, nproc=2, steps=10, env={"MODERNALBERT_KILL_AFTER_STEP": "5"})
+    r = _run(run_dir, shards_dir, nproc=2, steps=10, extra=["eval.micro_batch_size=4"],  # global 8, as 1 process
+             env={"MODERNALBERT_KILL_AFTER_STEP": "5"})
     assert "step      5/10" in r.stdout, r.stderr[-3000:]
     return run_dir
 

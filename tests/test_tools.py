@@ -1,0 +1,225 @@
+"""tools/: consolidation (EP=2 == EP=1, strict keys), expert merging, HF conversion in both formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+
+pytestmark = [pytest.mark.slow]
+
+
+def _train(run_dir: str, shards_dir: str, nproc: int, extra=()):
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    args = [f"data.dir={shards_dir}", f"run_dir={run_dir}", "train.steps=3", "train.micro_batch_size=8",
+            "train.global_batch_tokens=2048", "data.num_workers=0", "model.mol.jitter=0", "eval.every=0",
+            "schedule.warmup_steps=3", *extra]
+    r = subprocess.run([*launcher, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", *args], cwd=REPO,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shards_dir):
+    base = tmp_path_factory.mktemp("tool_runs")
+    return {"ep1": _train(str(base / "ep1"), shards_dir, 2),
+            "ep2": _train(str(base / "ep2"), shards_dir, 2, ["parallel.ep=2"])}
+
+
+@pytest.fixture(scope="module")
+def native(runs, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("native") / "model")
+    r = run_cli(["tools/consolidate_checkpoint.py", runs["ep1"], "--out", out])
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _load(path):
+    from tools.native_format import load_native
+
+    return load_native(path)
+
+
+def test_consolidating_an_ep2_checkpoint_gives_the_ep1_tensors(runs, native, tmp_path):
+    out = str(tmp_path / "ep2")
+    r = run_cli(["tools/consolidate_checkpoint.py", os.path.join(runs["ep2"], "checkpoints"), "--out", out])
+    assert r.returncode == 0, r.stderr
+    assert "step 3" in r.stdout
+    (m1, doc1), (m2, _) = _load(native), _load(out)
+    a, b = m1.state_dict(), m2.state_dict()
+    assert a.keys() == b.keys()
+    assert a["model.groups.1.block.ffn.B1"].shape[0] == 8  # every expert of both EP ranks
+    assert a["model.groups.1.block.ffn.B1"].abs().max() > 0  # trained: B left its zero init
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert doc1["tokenizer"] == "tokenizer.model" and os.path.isfile(os.path.join(native, "tokenizer.model"))
+
+
+def test_key_accounting_catches_a_deleted_key(runs, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    step = os.path.join(runs["ep1"], "checkpoints", open(os.path.join(runs["ep1"], "checkpoints", "latest")).read().strip())
+    shutil.copytree(step, ckpt)
+    with open(ckpt / ".metadata", "rb") as f:
+        meta = pickle.load(f)
+    del meta.state_dict_metadata["model.head.dense.weight"]
+    with open(ckpt / ".metadata", "wb") as f:
+        pickle.dump(meta, f)
+    r = run_cli(["tools/consolidate_checkpoint.py", str(ckpt), "--out", str(tmp_path / "out")])
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "missing ['head.dense.weight'] (1), unexpected [] (0)" in r.stderr
+    assert not (tmp_path / "out").exists() and not any(p.name.startswith("out.tmp") for p in tmp_path.iterdir())
+
+
+def test_bad_inputs_give_one_line_errors_and_no_output(native, tmp_path):
+    r = run_cli(["tools/consolidate_checkpoint.py", str(tmp_path), "--out", str(tmp_path / "o1")])
+    assert r.returncode == 2 and "not a training checkpoint" in r.stderr and r.stderr.count("\n") == 1
+    broken = tmp_path / "broken"
+    shutil.copytree(native, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    for tool in ("tools/merge_experts.py", "tools/convert_to_hf.py"):
+        r = run_cli([tool, str(broken), "--out", str(tmp_path / "o2")])
+        assert r.returncode == 2 and "not a readable safetensors file" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = run_cli(["tools/convert_to_hf.py", native, "--out", str(tmp_path / "o3"), "--format", "modernbert"])
+    assert r.returncode == 2 and "run tools/merge_experts.py --fold first" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # nothing partial left behind
+    r = run_cli(["tools/merge_experts.py", native, "--out", native])  # never overwrites without --overwrite
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def _random_experts(model):
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if name.endswith(("ffn.B1", "ffn.B2")):
+            p.data.normal_(0, 0.05)
+    return model
+
+
+def test_uniform_merge_is_the_mean_delta_weight_and_fold_equals_the_adapter(native):
+    from tools.convert_to_hf import native_logits, sample_batch
+    from tools.merge_experts import merge, mol_layers
+
+    model, doc = _load(native)
+    model = _random_experts(model)
+    layer = mol_layers(model)[1]
+    E = layer.cfg.num_experts
+    uniform = {1: torch.full((E,), 1.0 / E, dtype=torch.float64)}
+    merged = merge(model, uniform, fold=False)
+    one = mol_layers(merged)[1]
+    assert one.cfg.num_experts == 1 and one.A1.shape == (1, E * layer.cfg.rank, model.cfg.hidden_size)
+    dWi, dWo = layer.delta_weights()
+    mWi, mWo = one.delta_weights()
+    torch.testing.assert_close(mWi[0], dWi.mean(0), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(mWo[0], dWo.mean(0), rtol=1e-5, atol=1e-7)
+    folded = merge(model, uniform, fold=True)
+    assert not folded.cfg.mol.groups and not mol_layers(folded)
+    ids, mask = sample_batch(doc, native)
+    a, b = native_logits(merged, ids, mask), native_logits(folded, ids, mask)
+    assert (a - b).abs().max() <= 1e-5
+
+
+def test_merging_identical_experts_changes_nothing(native, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    same = tmp_path / "same"
+    shutil.copytree(native, same)
+    state = load_file(str(same / "model.safetensors"))
+    torch.manual_seed(2)
+    for k in ("A1", "B1", "A2", "B2"):
+        key = f"model.groups.1.block.ffn.{k}"
+        one = torch.randn_like(state[key][:1]) * 0.05
+        state[key] = one.expand_as(state[key]).contiguous()
+    save_file(state, str(same / "model.safetensors"))
+    for method in ("uniform", "routing"):
+        out = tmp_path / method
+        r = run_cli(["tools/merge_experts.py", str(same), "--out", str(out), "--method", method, "--calib-batches", "2"])
+        assert r.returncode == 0, r.stderr
+        rep = json.loads((out / "merge_report.json").read_text())
+        assert rep["before"]["val_masked"] > 1000
+        assert rep["after"]["val_loss"] == pytest.approx(rep["before"]["val_loss"], rel=1e-6), rep
+        assert sum(rep["expert_weights"]["group1"]) == pytest.approx(1.0)
+
+
+_FRESH = r"""
+import json, sys, torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+d, remote, out = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+batch = torch.load(sys.argv[4])
+model = AutoModelForMaskedLM.from_pretrained(d, **({"trust_remote_code": True} if remote else {})).eval()
+with torch.no_grad():
+    logits = model(input_ids=batch["ids"], attention_mask=batch["mask"]).logits[batch["mask"].bool()]
+tok = AutoTokenizer.from_pretrained(d)
+fill = pipeline("fill-mask", model=model, tokenizer=tok)("The [MASK] of the world.")
+model.save_pretrained(out)
+again = AutoModelForMaskedLM.from_pretrained(out, **({"trust_remote_code": True} if remote else {})).eval()
+with torch.no_grad():
+    logits2 = again(input_ids=batch["ids"], attention_mask=batch["mask"]).logits[batch["mask"].bool()]
+torch.save({"logits": logits, "roundtrip": (logits2 - logits).abs().max().item(), "class": type(model).__name__,
+            "fill": fill, "encoded": tok("The quick brown fox.")["input_ids"]}, out + ".result.pt")
+"""
+
+
+@pytest.mark.parametrize("fmt", ["modernalbert", "modernbert"])
+def test_hf_exports_load_in_a_fresh_offline_process_and_match(native, tmp_path, fmt):
+    from data_prep.tokenizer import Tokenizer
+    from tools.convert_to_hf import native_logits, sample_batch
+
+    src = native
+    if fmt == "modernbert":
+        src = str(tmp_path / "folded")
+        r = run_cli(["tools/merge_experts.py", native, "--out", src, "--fold", "--val-batches", "1"])
+        assert r.returncode == 0, r.stderr
+    hf_dir = str(tmp_path / "hf")
+    r = run_cli(["tools/convert_to_hf.py", src, "--out", hf_dir, "--format", fmt])
+    assert r.returncode == 0, r.stderr
+    assert "verify: max |logits_hf - logits_native|" in r.stdout
+    if fmt == "modernbert":
+        assert not any(f.endswith(".py") for f in os.listdir(hf_dir))  # no custom code at all
+        assert json.load(open(os.path.join(hf_dir, "config.json")))["model_type"] == "modernbert"
+    model, doc = _load(src)
+    ids, mask = sample_batch(doc, src)
+    torch.save({"ids": ids, "mask": mask}, tmp_path / "batch.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    r = subprocess.run([sys.executable, "-c", _FRESH, hf_dir, "1" if fmt == "modernalbert" else "0",
+                        str(tmp_path / "resaved"), str(tmp_path / "batch.pt")],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = torch.load(str(tmp_path / "resaved") + ".result.pt", weights_only=False)
+    assert res["class"] == ("ModernAlbertForMaskedLM" if fmt == "modernalbert" else "ModernBertForMaskedLM")
+    assert (res["logits"] - native_logits(model, ids, mask)).abs().max() <= 1e-4
+    assert res["roundtrip"] == 0.0
+    assert len(res["fill"]) == 5 and all(0 < f["score"] <= 1 for f in res["fill"])
+    ours = Tokenizer(os.path.join(src, "tokenizer.model"))
+    sid = ours.special_ids
+    assert res["encoded"] == [sid.cls, *ours.encode(["The quick brown fox."])[0], sid.sep]
+
+
+def test_hf_fast_tokenizer_matches_sentencepiece_on_the_whole_corpus(shards_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
+    from data_prep.tokenizer import Tokenizer
+    from tools.hf_tokenizer import save_hf_tokenizer
+
+    ours = Tokenizer(os.path.join(shards_dir, "tokenizer.model"))
+    save_hf_tokenizer(os.path.join(shards_dir, "tokenizer.model"), ours.special_ids.as_dict(), str(tmp_path), 512)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    docs = list(CorpusReader(resolve_inputs([SAMPLE_CORPUS_DIR])))
+    got = [e.ids for e in hf.backend_tokenizer.encode_batch(docs, add_special_tokens=False)]
+    want = ours.encode(docs)
+    differ = [i for i in range(len(docs)) if got[i] != want[i]]
+    # the only allowed difference: Viterbi ties (equal-score splits, e.g. a run of 49 '*' into 1 + 16·3 or
+    # 16 + 1 + 32), broken differently by the two libraries: the same pieces in another order
+    ties = [i for i in differ if sorted(got[i]) == sorted(want[i])]
+    assert len(docs) > 3000 and differ == ties, f"{len(differ) - len(ties)} documents differ beyond ties"
+    assert len(ties) <= 2

@@ -1,0 +1,44 @@
+"""Print a HuggingFace model directory's top predictions for the [MASK] in a sentence.
+
+    python tools/fill_mask.py runs/quickstart/hf "And he said unto them, [MASK] not."
+
+Loads offline with ``transformers.pipeline("fill-mask")``; custom code (the modernalbert format) is
+trusted only when the directory carries it (an ``auto_map`` in its config.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tools/fill_mask.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("hf_dir")
+    p.add_argument("text", nargs="+", help="sentences, each with one [MASK]")
+    p.add_argument("--top-k", type=int, default=5)
+    a = p.parse_args(argv)
+    cfg_path = os.path.join(a.hf_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        print(f"error: {a.hf_dir}: not a HuggingFace model directory (no config.json)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import pipeline
+
+    with open(cfg_path, encoding="utf-8") as f:
+        remote = "auto_map" in json.load(f)
+    fill = pipeline("fill-mask", model=a.hf_dir, trust_remote_code=remote, top_k=a.top_k)
+    for text in a.text:
+        if fill.tokenizer.mask_token not in text:
+            print(f"error: {text!r}: no {fill.tokenizer.mask_token} in it", file=sys.stderr)
+            return 2
+        preds = ", ".join(f"{r['token_str'].strip() or repr(r['token_str'])} {r['score']:.3f}" for r in fill(text))
+        print(f"{text}\n  -> {preds}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
