@@ -185,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=8192, help="tokenizer model_max_length")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
     from tools.hf_tokenizer import save_hf_tokenizer
 
+    hf_logging.disable_progress_bar()
     try:
         model, doc = load_native(a.in_dir)
         if not doc.get("tokenizer"):

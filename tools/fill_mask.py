@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     with open(cfg_path, encoding="utf-8") as f:
         remote = "auto_map" in json.load(f)
