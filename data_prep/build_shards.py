@@ -265,9 +265,15 @@ def _progress(total: int, desc: str, enabled: bool):
 def _prepare_tokenizer(cfg: BuildConfig, files, out: OutputDir, progress: bool) -> tuple[str, str]:
     """Copy (reuse) or train the tokenizer into the output dir; returns (path, source)."""
     if cfg.tokenizer:
-        dest = os.path.join(out.path, "tokenizer.json" if cfg.tokenizer.endswith(".json") else "tokenizer.model")
-        Tokenizer(cfg.tokenizer)  # validates it before anything else happens
-        if not os.path.isfile(dest) or file_sha256(dest) != file_sha256(cfg.tokenizer):
+        dest = os.path.join(out.path, "tokenizer.model" if cfg.tokenizer.endswith(".model") else "tokenizer.json")
+        tok = Tokenizer(cfg.tokenizer)  # validates it before anything else happens
+        if cfg.tokenizer.endswith(".txt"):  # a BERT vocab.txt: shipped as the equivalent tokenizer.json
+            tok.save_json(dest + ".tmp")
+            if not os.path.isfile(dest) or file_sha256(dest) != file_sha256(dest + ".tmp"):
+                os.replace(dest + ".tmp", dest)
+            else:
+                os.remove(dest + ".tmp")
+        elif not os.path.isfile(dest) or file_sha256(dest) != file_sha256(cfg.tokenizer):
             shutil.copyfile(cfg.tokenizer, dest + ".tmp")
             os.replace(dest + ".tmp", dest)
         return dest, cfg.tokenizer
@@ -462,7 +468,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Nam
     g.add_argument("--shard-mb", type=float, default=d.shard_mb, help="input text per shard, in MB (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the split and the tokenizer sample (default: %(default)s)")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer", default=None, help="reuse a tokenizer: a sentencepiece .model or a HF tokenizer.json "
+    g.add_argument("--tokenizer", default=None, help="reuse a tokenizer: a sentencepiece .model, a HF tokenizer.json or a BERT vocab.txt "
                    "(default: train one)")
     g.add_argument("--tokenizer-type", default=d.tokenizer_type, choices=("unigram", "bpe"), help="(default: %(default)s)")
     g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="(default: %(default)s)")

@@ -58,6 +58,9 @@ class Tokenizer:
         if path.endswith(".json"):
             self.kind = "hf"
             self._load_hf(path)
+        elif path.endswith(".txt"):
+            self.kind = "hf"
+            self._load_hf(path, wordpiece=True)
         else:
             self.kind = "sentencepiece"
             self._load_sentencepiece(path)
@@ -83,13 +86,18 @@ class Tokenizer:
             )
         self.special_ids = SpecialIds(**ids)
 
-    def _load_hf(self, path: str) -> None:
+    def _load_hf(self, path: str, wordpiece: bool = False) -> None:
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
-            self._hf = HFTokenizer.from_file(path)
+            self._hf = _bert_wordpiece(path) if wordpiece else HFTokenizer.from_file(path)
         except Exception as e:  # the tokenizers library raises plain Exceptions
-            raise DataPrepError(f"--tokenizer {path!r}: not a HuggingFace tokenizer.json ({e})") from None
+            what = "BERT vocab.txt" if wordpiece else "HuggingFace tokenizer.json"
+            raise DataPrepError(f"--tokenizer {path!r}: not a {what} ({e})") from None
+        # a tokenizer.json may carry its model's inference settings (all-MiniLM-L6-v2: truncate at 128, pad
+        # to 128); applied here they would cut every document and fill the shards with [PAD]
+        self._hf.no_truncation()
+        self._hf.no_padding()
         self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         ids, missing = {}, []
         for name, spellings in _HF_SPELLINGS.items():
@@ -101,6 +109,10 @@ class Tokenizer:
         if missing:
             raise DataPrepError(f"--tokenizer {path!r}: special tokens not found in the vocabulary: {', '.join(missing)}")
         self.special_ids = SpecialIds(**ids)
+
+    def save_json(self, path: str) -> None:
+        """Write a HF-kind tokenizer as tokenizer.json (how a vocab.txt travels with the shards)."""
+        self._hf.save(path)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text, without special tokens; single-threaded (parallelism is per process)."""
@@ -115,6 +127,28 @@ class Tokenizer:
 
     def id_to_token(self, i: int) -> str:
         return self._sp.IdToPiece(i) if self.kind == "sentencepiece" else self._hf.id_to_token(i)
+
+
+def _bert_wordpiece(vocab_path: str):
+    """BERT's WordPiece pipeline (normaliser, pre-tokeniser, ## continuation) for a vocab.txt.
+
+    Lower-casing follows ``do_lower_case`` of a tokenizer_config.json beside it (default: on, as
+    bert-base-uncased and the MiniLM family).
+    """
+    import json
+
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
+
+    lower = True
+    cfg_path = os.path.join(os.path.dirname(vocab_path), "tokenizer_config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            lower = bool(json.load(f).get("do_lower_case", True))
+    tok = HFTokenizer(models.WordPiece.from_file(vocab_path, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lower)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
 
 
 def sample_documents(docs: Iterable[str], budget_bytes: int, seed: int) -> list[str]:

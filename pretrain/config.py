@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from model.config import ConfigError, ModelConfig, preset
 from pretrain.data import MLMConfig
+from pretrain.distill import DistillConfig
 from pretrain.evaluate import EvalConfig
 from pretrain.logger import LogConfig
 
@@ -72,6 +73,7 @@ class ParallelConfig:
 @dataclass
 class RunConfig:
     run_dir: str = "runs/tiny"  # checkpoints/, metrics.jsonl and config.yaml go here
+    init_from: str = ""  # native model dir to start from (e.g. tools/init_from_teacher.py); its model config wins
     model: ModelConfig = field(default_factory=lambda: preset("tiny"))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -81,6 +83,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> "RunConfig":
         def need(cond: bool, name: str, allowed: str) -> None:
@@ -114,6 +117,7 @@ class RunConfig:
         need(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
         self.log.validate()
         self.eval.validate()
+        self.distill.validate()
         need(self.parallel.ep >= 1, "parallel.ep", "must be >= 1")
         if self.parallel.ep > 1:
             mol = self.model.mol

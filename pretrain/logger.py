@@ -106,6 +106,10 @@ class TrainLogger:
         line = (f"step {record['step']:>6}/{self.total}  loss {record['loss']:.4f}  acc {record['mlm_accuracy']:.3f}  "
                 f"aux {record['aux_loss']:.4f}  gnorm {record['grad_norm']:.3f}  lr {record['lr']:.2e}  "
                 f"{perf['tokens_per_s']:,.0f} tok/s  {tflops:.3f} TFLOP/s")
+        if "distill/hidden" in record:
+            line += f"  distill hid {record['distill/hidden']:.4f}"
+            if "distill/kl" in record:
+                line += f" kl {record['distill/kl']:.4f}"
         if "mfu" in perf:
             line += f"  MFU {perf['mfu']:.1%}"
         line += f"  mem {perf['memory_gib']:.2f} GiB"

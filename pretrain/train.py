@@ -30,6 +30,7 @@ from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader
+from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum
 from pretrain.evaluate import evaluate, val_loader
 from pretrain.logger import TrainLogger
 from pretrain.parallelize import parallelize
@@ -71,7 +72,13 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
     ``extra_signals`` are treated like SIGUSR1/SIGTERM (save and stop); the submitit launcher adds its own.
     """
     index = ShardIndex.load(cfg.data.dir)  # a missing data dir fails here, before any process-group work
-    if cfg.model.vocab_size != index.vocab_size:
+    init_state = None
+    if cfg.init_from:
+        init_state = _read_init(cfg)  # its model config replaces cfg.model
+        if cfg.model.vocab_size != index.vocab_size:
+            raise ConfigError(f"init_from={cfg.init_from!r}: vocabulary {cfg.model.vocab_size} differs from the shards' "
+                              f"{index.vocab_size} ({cfg.data.dir}); build them with the same tokenizer")
+    elif cfg.model.vocab_size != index.vocab_size:
         cfg.model.vocab_size = index.vocab_size  # the data's tokenizer decides
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     if world_env % cfg.parallel.ep:
@@ -89,7 +96,14 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
         print(f"config: {json.dumps(cfg.to_dict())}")
 
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    model = ModernAlbertForMaskedLM(cfg.model).to(device)
+    model = ModernAlbertForMaskedLM(cfg.model)
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
+        if rank == 0:
+            print(f"initialised from {cfg.init_from}")
+    model = model.to(device)
+    teacher = (Teacher(cfg.distill, cfg.model, index.seq_len, device, verbose=rank == 0)
+               if cfg.distill.teacher else None)
     try:
         model, par = parallelize(model, device, ep=cfg.parallel.ep, compile=cfg.parallel.compile,
                                  activation_checkpointing=cfg.parallel.activation_checkpointing)
@@ -147,24 +161,35 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
             counts = torch.tensor([sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro)],
                                   dtype=torch.float64)
             global_masked, global_tokens = _all_reduce_sum(counts).tolist()
-            sums = torch.zeros(5, dtype=torch.float64)  # CE sum, correct predictions, aux sum, micro-batches, FLOPs
+            # CE sum, correct predictions, aux sum, micro-batches, FLOPs, distill hidden sum, distill KL sum
+            sums = torch.zeros(7, dtype=torch.float64)
             aux_parts: dict[str, float] = {}
             load = ExpertLoad()
             for b in micro:
                 inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
                           for k, v in model_inputs(b).items()}
-                out = model(**inputs)
+                out = model(**inputs, output_hidden_states=teacher is not None)
                 n = out.num_masked
                 aux = out.loss - out.mlm_loss
                 # FSDP averages gradients over ranks: scale by world so the average is the global mean
-                (out.mlm_loss * (n * world / global_masked) + aux / accum).backward()
+                total = out.mlm_loss * (n * world / global_masked) + aux / accum
+                hid = kl = torch.zeros(())
+                if teacher is not None:
+                    t_hidden, t_logits = teacher.run(inputs["input_ids"], inputs["cu_seqlens"], inputs["mlm_positions"])
+                    hid = hidden_cosine_sum(out.hidden_states, t_hidden)
+                    total = total + cfg.distill.hidden_weight * hid * (world / global_tokens)
+                    if t_logits is not None:
+                        kl = kl_sum(out.logits, t_logits, cfg.distill.temperature)
+                        total = total + cfg.distill.kl_weight * kl * (world / global_masked)
+                total.backward()
                 lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).tolist()
                 sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_accuracy.item() * n, aux.item(), 1.0,
-                                      count_flops(model.cfg, lens, n).training], dtype=torch.float64)
+                                      count_flops(model.cfg, lens, n).training, hid.item(), kl.item()],
+                                     dtype=torch.float64)
                 for name, value in out.aux_losses.items():
                     aux_parts[name] = aux_parts.get(name, 0.0) + float(value.detach()) / accum
                 load.add(model.routing_stats())
-            ce_sum, correct, aux_sum, n_micro, flops = _all_reduce_sum(sums).tolist()
+            ce_sum, correct, aux_sum, n_micro, flops, hid_sum, kl_sum_ = _all_reduce_sum(sums).tolist()
             loss = float("nan") if faults.nan_at(step + 1) else ce_sum / global_masked
             if not math.isfinite(loss) or not math.isfinite(aux_sum):
                 raise TrainingError(f"step {step + 1}: loss is {loss} (aux {aux_sum}); stopping. The last good "
@@ -181,6 +206,10 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
             record = {"step": step, "loss": loss, "mlm_accuracy": correct / global_masked,
                       "aux_loss": aux_sum / n_micro, **{f"aux/{k}": v for k, v in aux_parts.items()},
                       "grad_norm": grad_norm, "lr": lr, "tokens": int(global_tokens)}
+            if teacher is not None:
+                record["distill/hidden"] = hid_sum / global_tokens
+                if teacher.kl_on:
+                    record["distill/kl"] = kl_sum_ / global_masked
             if val is not None and (step % cfg.eval.every == 0 or step == cfg.train.steps):
                 record.update(validate())
             is_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
@@ -203,6 +232,18 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
     if rank == 0:
         print(f"done: {step} steps; checkpoint {checkpoint.latest_checkpoint(ckpt_dir)}")
     return records
+
+
+def _read_init(cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """The weights of ``cfg.init_from`` (a native model dir); sets ``cfg.model`` to its config."""
+    from tools.native_format import ToolError, load_native
+
+    try:
+        model, doc = load_native(cfg.init_from)
+    except ToolError as e:
+        raise ConfigError(f"init_from: {e}") from None
+    cfg.model = model.cfg
+    return model.state_dict()
 
 
 class ExpertLoad:

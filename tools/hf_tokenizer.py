@@ -53,6 +53,8 @@ def save_hf_tokenizer(src: str, special_ids: dict[str, int], out_dir: str, max_l
 
     if src.endswith(".json"):
         tok = Tokenizer.from_file(src)
+        tok.no_truncation()  # max length and padding belong to tokenizer_config / the caller
+        tok.no_padding()
     else:
         tok = _from_sentencepiece(src)
     names = {}

