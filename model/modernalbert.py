@@ -13,7 +13,8 @@ Everything runs on a flat stream of T real tokens with ``cu_seqlens``; nothing h
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -189,15 +190,16 @@ def tied_logits(emb: Embeddings, head: MLMHead, bias: torch.Tensor, h_MD: torch.
     return (head(h_MD) @ emb.proj.weight) @ emb.tok_embeddings.weight.t() + bias
 
 
-@dataclass
-class MaskedLMOutput:
+class MaskedLMOutput(NamedTuple):
+    """A NamedTuple (not a dataclass) so wrappers that walk module outputs (DeepSpeed ZeRO-3) see its tensors."""
+
     loss: torch.Tensor  # what to optimise: mlm_loss + weighted auxiliary losses
     mlm_loss: torch.Tensor
     mlm_accuracy: torch.Tensor
     num_masked: int
     logits: torch.Tensor  # [M, V], masked positions only
-    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unscaled sums over applications
-    hidden_states: list[torch.Tensor] = field(default_factory=list)
+    aux_losses: dict[str, torch.Tensor]  # unscaled sums over applications
+    hidden_states: list[torch.Tensor]  # per-group outputs when asked for, else empty
 
 
 class ModernAlbertForMaskedLM(nn.Module):

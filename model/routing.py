@@ -10,15 +10,16 @@ Shapes: T tokens, E experts, K chosen experts per token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-@dataclass
-class Routing:
+class Routing(NamedTuple):
+    """A NamedTuple (not a dataclass) so wrappers that walk module outputs (DeepSpeed ZeRO-3) see its tensors."""
+
     logits_TE: torch.Tensor  # fp32
     probs_TE: torch.Tensor  # fp32 softmax
     topk_idx_TK: torch.Tensor  # int64

@@ -74,6 +74,17 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
 def save(ckpt_dir: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          trainer_state: dict, keep: int) -> str:
     """Collective: every rank calls it. Returns the checkpoint's path."""
+    return save_with(ckpt_dir, step, lambda tmp: _dcp_save(tmp, model, optimizer), trainer_state, keep)
+
+
+def _dcp_save(tmp: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _quiet_single_process():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+
+
+def save_with(ckpt_dir: str, step: int, write_state, trainer_state: dict, keep: int) -> str:
+    """The checkpoint protocol around ``write_state(tmp_dir)`` (the engine's model/optimizer writer)."""
     name = f"step_{step:08d}"
     final = os.path.join(ckpt_dir, name)
     tmp = os.path.join(ckpt_dir, f".tmp_{name}")
@@ -82,9 +93,7 @@ def save(ckpt_dir: str, step: int, model: torch.nn.Module, optimizer: torch.opti
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _quiet_single_process():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
+    write_state(tmp)
     torch.save(_rng_state(), os.path.join(tmp, f"rng_rank{_rank()}.pt"))
     if _rank() == 0:
         with open(os.path.join(tmp, "trainer.json"), "w", encoding="utf-8") as f:
@@ -106,12 +115,26 @@ def save(ckpt_dir: str, step: int, model: torch.nn.Module, optimizer: torch.opti
 
 def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Collective: restores model, optimizer and this rank's RNG; returns trainer.json's content."""
+    return load_with(path, lambda p: _dcp_load(p, model, optimizer))
+
+
+def _dcp_load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     with _quiet_single_process():
         dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=StateDictOptions(strict=True))
+
+
+def read_trainer_state(path: str) -> dict:
+    with open(os.path.join(path, "trainer.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_with(path: str, read_state) -> dict:
+    """``read_state(path)`` (the engine's model/optimizer reader), then this rank's RNG; trainer.json."""
+    read_state(path)
     rng = os.path.join(path, f"rng_rank{_rank()}.pt")
     if os.path.isfile(rng):  # a rank that did not exist when it was saved keeps its fresh seed
         _set_rng_state(torch.load(rng, weights_only=False))

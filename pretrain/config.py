@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from model.config import ConfigError, ModelConfig, preset
 from pretrain.data import MLMConfig
+from pretrain.deepspeed_engine import DeepSpeedConfig
 from pretrain.distill import DistillConfig
 from pretrain.evaluate import EvalConfig
 from pretrain.logger import LogConfig
@@ -73,6 +74,7 @@ class ParallelConfig:
 @dataclass
 class RunConfig:
     run_dir: str = "runs/tiny"  # checkpoints/, metrics.jsonl and config.yaml go here
+    engine: str = "fsdp2"  # fsdp2 | deepspeed (ZeRO stage deepspeed.zero_stage)
     init_from: str = ""  # native model dir to start from (e.g. tools/init_from_teacher.py); its model config wins
     model: ModelConfig = field(default_factory=lambda: preset("tiny"))
     data: DataConfig = field(default_factory=DataConfig)
@@ -84,6 +86,7 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def validate(self) -> "RunConfig":
         def need(cond: bool, name: str, allowed: str) -> None:
@@ -118,6 +121,12 @@ class RunConfig:
         self.log.validate()
         self.eval.validate()
         self.distill.validate()
+        need(self.engine in ("fsdp2", "deepspeed"), "engine", "allowed: fsdp2, deepspeed")
+        if self.engine == "deepspeed":
+            self.deepspeed.validate()
+            need(self.parallel.ep == 1, "parallel.ep",
+                 "engine=deepspeed runs MoL experts unsplit (ep=1): DeepSpeed's own MoE cannot run under ZeRO-3. "
+                 "Use engine=fsdp2 for expert parallelism")
         need(self.parallel.ep >= 1, "parallel.ep", "must be >= 1")
         if self.parallel.ep > 1:
             mol = self.model.mol

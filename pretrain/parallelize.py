@@ -93,8 +93,12 @@ def _checkpointed(forward):
 
 
 def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, *, ep: int = 1,
-                activation_checkpointing: bool = False, compile: bool = False) -> tuple[ModernAlbertForMaskedLM, Parallelism]:
-    """Apply EP → AC → compile → FSDP2 to ``model`` (already on ``device``, same weights on every rank)."""
+                activation_checkpointing: bool = False, compile: bool = False,
+                fsdp: bool = True) -> tuple[ModernAlbertForMaskedLM, Parallelism]:
+    """Apply EP → AC → compile → FSDP2 to ``model`` (already on ``device``, same weights on every rank).
+
+    ``fsdp=False``: everything but the sharding (the DeepSpeed engine shards the model itself).
+    """
     par = build_meshes(device, ep)
     if par.ep_mesh is not None:
         par.expert_params = apply_expert_parallel(model, par.ep_mesh)
@@ -103,7 +107,7 @@ def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, *, ep: int
             group.block.forward = _checkpointed(group.block.forward)
         if compile:
             group.block.compile()
-    if par.dp_mesh is None:
+    if par.dp_mesh is None or not fsdp:
         return model, par
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
           if device.type == "cuda" else MixedPrecisionPolicy())

@@ -33,6 +33,7 @@ from pretrain.data import LoaderConfig, PretrainLoader
 from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum
 from pretrain.evaluate import evaluate, val_loader
 from pretrain.logger import TrainLogger
+from pretrain.fsdp_engine import FSDPEngine
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.schedule import wsd_factor
@@ -83,7 +84,14 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     if world_env % cfg.parallel.ep:
         raise ConfigError(f"parallel.ep={cfg.parallel.ep}: must divide the number of processes ({world_env})")
-    distributed = world_env > 1
+    deepspeed = cfg.engine == "deepspeed"
+    distributed = world_env > 1 or deepspeed  # DeepSpeed needs a process group even for one process
+    if deepspeed and world_env == 1:
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     if distributed and not dist.is_initialized():
         if device.type == "cuda":
@@ -106,12 +114,23 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
                if cfg.distill.teacher else None)
     try:
         model, par = parallelize(model, device, ep=cfg.parallel.ep, compile=cfg.parallel.compile,
-                                 activation_checkpointing=cfg.parallel.activation_checkpointing)
+                                 activation_checkpointing=cfg.parallel.activation_checkpointing, fsdp=not deepspeed)
     except ValueError as e:  # e.g. parallel.ep does not divide the number of processes
         raise ConfigError(str(e)) from None
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule))
+    if deepspeed:
+        from pretrain.deepspeed_engine import DeepSpeedEngine, build_config
+
+        ds_config, changes = build_config(cfg.deepspeed, cfg.train.micro_batch_size, accum, world,
+                                          cfg.optim.grad_clip, device.type == "cuda")
+        if rank == 0:
+            for c in changes:
+                print(f"deepspeed config: {c} (from {cfg.deepspeed.config})")
+        engine = DeepSpeedEngine(model, optimizer, ds_config)
+    else:
+        engine = FSDPEngine(model, par, optimizer, cfg.optim.grad_clip)
     loader = PretrainLoader(LoaderConfig(cfg.data.dir, cfg.train.micro_batch_size, seed=cfg.data.seed,
                                          num_workers=cfg.data.num_workers, mlm=cfg.data.mlm,
                                          pin_memory=device.type == "cuda"), rank, world)
@@ -120,7 +139,7 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
     step = start_step = 0
     latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.checkpoint.resume else None
     if latest:
-        state = checkpoint.load(latest, model, optimizer)
+        state = engine.load(latest, world)
         step = start_step = state["step"]
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
@@ -128,9 +147,9 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
             print(f"resumed from {latest} at step {step}")
 
     def save() -> str:
-        return checkpoint.save(ckpt_dir, step, model, optimizer,
-                               {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
-                                "config": cfg.to_dict()}, cfg.checkpoint.keep)
+        return engine.save(ckpt_dir, step, {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
+                                            "config": cfg.to_dict(), "engine": cfg.engine, "world_size": world},
+                           cfg.checkpoint.keep)
 
     preemption = PreemptionWatch(extra_signals)
     if rank == 0:
@@ -165,10 +184,10 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
             sums = torch.zeros(7, dtype=torch.float64)
             aux_parts: dict[str, float] = {}
             load = ExpertLoad()
-            for b in micro:
+            for i, b in enumerate(micro):
                 inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
                           for k, v in model_inputs(b).items()}
-                out = model(**inputs, output_hidden_states=teacher is not None)
+                out = engine(**inputs, output_hidden_states=teacher is not None)
                 n = out.num_masked
                 aux = out.loss - out.mlm_loss
                 # FSDP averages gradients over ranks: scale by world so the average is the global mean
@@ -181,7 +200,7 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
                     if t_logits is not None:
                         kl = kl_sum(out.logits, t_logits, cfg.distill.temperature)
                         total = total + cfg.distill.kl_weight * kl * (world / global_masked)
-                total.backward()
+                engine.backward(total, last=i == accum - 1)
                 lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).tolist()
                 sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_accuracy.item() * n, aux.item(), 1.0,
                                       count_flops(model.cfg, lens, n).training, hid.item(), kl.item()],
@@ -194,10 +213,7 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
             if not math.isfinite(loss) or not math.isfinite(aux_sum):
                 raise TrainingError(f"step {step + 1}: loss is {loss} (aux {aux_sum}); stopping. The last good "
                                     f"checkpoint is {checkpoint.latest_checkpoint(ckpt_dir)}")
-            par.reduce_grads()
-            grad_norm = par.clip_grad_norm_(list(model.parameters()), cfg.optim.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = engine.step()
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             step += 1
@@ -232,6 +248,14 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
     if rank == 0:
         print(f"done: {step} steps; checkpoint {checkpoint.latest_checkpoint(ckpt_dir)}")
     return records
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _read_init(cfg: RunConfig) -> dict[str, torch.Tensor]:

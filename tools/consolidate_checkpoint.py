@@ -3,8 +3,10 @@
     python tools/consolidate_checkpoint.py runs/quickstart/tiny --out runs/quickstart/consolidated
 
 CKPT_DIR is a run directory, its ``checkpoints/`` folder (both follow ``latest``) or one
-``checkpoints/step_XXXXXXXX``. The checkpoint may come from any number of ranks and any expert-parallel
-degree: DCP stores every tensor's global shape, so each expert of each EP rank is read back in place.
+``checkpoints/step_XXXXXXXX``, written by either engine. FSDP2 (DCP) checkpoints may come from any
+number of ranks and any expert-parallel degree: DCP stores every tensor's global shape, so each expert
+of each EP rank is read back in place. DeepSpeed ZeRO checkpoints are gathered with DeepSpeed's
+zero_to_fp32 (needs the deepspeed package).
 Key accounting is strict: a tensor the model needs but the checkpoint lacks, or one the model does not
 have, is an error. Output: ``model.safetensors`` + ``config.json`` + the tokenizer (from the shards the
 run was trained on, or ``--tokenizer``); see ``tools/native_format.py``.
@@ -25,6 +27,7 @@ import torch
 
 from model.config import ConfigError, ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
+from pretrain.deepspeed_engine import is_deepspeed_checkpoint, read_deepspeed_weights
 from tools.native_format import OutputDir, ToolError, check_keys, save_native, tokenizer_file
 
 MODEL_PREFIX = "model."  # the training checkpoint holds {"model": …, "optim": …}
@@ -40,9 +43,11 @@ def resolve_checkpoint(path: str) -> str:
             with open(latest, encoding="utf-8") as f:
                 path = os.path.join(candidate, f.read().strip())
             break
-    if not (os.path.isfile(os.path.join(path, ".metadata")) and os.path.isfile(os.path.join(path, "trainer.json"))):
+    ok = os.path.isdir(path) and os.path.isfile(os.path.join(path, "trainer.json")) and (
+        os.path.isfile(os.path.join(path, ".metadata")) or is_deepspeed_checkpoint(path))
+    if not ok:
         raise ToolError(f"{path}: not a training checkpoint (expected a run dir, its checkpoints/ or a "
-                        "step_XXXXXXXX folder with .metadata and trainer.json)")
+                        "step_XXXXXXXX folder with trainer.json and DCP .metadata or DeepSpeed model states)")
     return path
 
 
@@ -59,6 +64,14 @@ def read_checkpoint(step_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
         raise ToolError(f"{step_dir}/trainer.json: no usable model config ({e})") from None
     with torch.device("meta"):
         template = ModernAlbertForMaskedLM(cfg).state_dict()
+    if is_deepspeed_checkpoint(step_dir):
+        try:
+            state = read_deepspeed_weights(step_dir)
+        except Exception as e:
+            raise ToolError(f"{step_dir}: reading the DeepSpeed checkpoint failed ({type(e).__name__}: "
+                            f"{str(e)[:300]})") from None
+        check_keys(template, state, step_dir)
+        return state, trainer
     try:
         saved = FileSystemReader(step_dir).read_metadata().state_dict_metadata
     except Exception as e:  # a truncated or foreign .metadata
