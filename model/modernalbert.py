@@ -185,6 +185,13 @@ class MLMHead(nn.Module):
         return self.norm(F.gelu(self.dense(h_MD)))
 
 
+def weighted_aux(cfg: ModelConfig, aux: dict[str, torch.Tensor]) -> torch.Tensor | float:
+    """The auxiliary losses to add to a task loss: MoL terms times their coefficients, RSL as it is
+    (it carries its own α and λ)."""
+    coefs = {"mol_load_balance": cfg.mol.aux_loss_coef, "mol_z": cfg.mol.z_loss_coef, "attn_rsl": 1.0}
+    return sum((coefs[name] * value for name, value in aux.items()), 0.0)
+
+
 def tied_logits(emb: Embeddings, head: MLMHead, bias: torch.Tensor, h_MD: torch.Tensor) -> torch.Tensor:
     """(head(h)·P)·Eᵀ + b: two thin matmuls instead of materialising the folded V×d decoder."""
     return (head(h_MD) @ emb.proj.weight) @ emb.tok_embeddings.weight.t() + bias
@@ -251,12 +258,7 @@ class ModernAlbertForMaskedLM(nn.Module):
         mlm_loss = F.cross_entropy(logits_MV.float(), mlm_labels)
         with torch.no_grad():
             acc = (logits_MV.argmax(-1) == mlm_labels).float().mean()
-        loss = mlm_loss
-        mol = self.cfg.mol
-        # RSL carries its own α and λ; the MoL losses are weighted here
-        coefs = {"mol_load_balance": mol.aux_loss_coef, "mol_z": mol.z_loss_coef, "attn_rsl": 1.0}
-        for name, value in aux.items():
-            loss = loss + coefs[name] * value
+        loss = mlm_loss + weighted_aux(self.cfg, aux)
         return MaskedLMOutput(loss, mlm_loss, acc, len(mlm_positions), logits_MV, aux, hidden)
 
     def routing_stats(self) -> dict[str, dict[str, torch.Tensor]]:

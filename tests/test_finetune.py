@@ -1,0 +1,118 @@
+"""finetune/: PEFT adapter round trip, plug-and-play trains only the routers, all modes run end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
+from data_prep.tokenizer import Tokenizer
+from finetune import train
+from finetune.data import batches, load_task
+from finetune.model import LoRALinear, TaskClassifier, add_lora, load_adapter, save_adapter
+from model.config import preset
+from model.modernalbert import ModernAlbertForMaskedLM
+from tools.native_format import save_native
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory, shards_dir) -> str:
+    out = str(tmp_path_factory.mktemp("ft") / "native")
+    os.makedirs(out)
+    tok = os.path.join(shards_dir, "tokenizer.model")
+    torch.manual_seed(0)
+    model = ModernAlbertForMaskedLM(preset("tiny", vocab_size=Tokenizer(tok).vocab_size))
+    save_native(out, model.state_dict(), model.cfg, tok, None, [])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory) -> list[str]:
+    """Two small real-text tasks from the shipped corpus: the document's source, and long vs short."""
+    root = tmp_path_factory.mktemp("tasks")
+    docs = []
+    for f in resolve_inputs([SAMPLE_CORPUS_DIR]):
+        src = os.path.basename(f.path).split(".")[0]
+        if src in ("jargon_file", "devils_dictionary"):
+            docs += [(d, src) for d in list(CorpusReader([f]))[:150]]
+    median = sorted(len(d) for d, _ in docs)[len(docs) // 2]
+    out = []
+    for name, label in (("source", lambda d, s: s), ("length", lambda d, s: "long" if len(d) > median else "short")):
+        os.makedirs(root / name)
+        rows = [{"text": d[:400], "label": label(d, s)} for d, s in docs]
+        for split, part in (("train", rows[::2]), ("test", rows[1::2][:60])):
+            with open(root / name / f"{split}.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in part)
+        out.append(str(root / name))
+    return out
+
+
+def test_adapter_save_and_load_round_trip_gives_equal_logits(native, tasks, tmp_path):
+    from tools.native_format import load_native
+
+    model, doc = load_native(native)
+    tok = Tokenizer(os.path.join(native, doc["tokenizer"]))
+    task = load_task(tasks[0], tok, max_len=64)
+
+    def classifier():
+        torch.manual_seed(1)
+        clf = TaskClassifier(model.cfg, {"source": 2})
+        clf.model.load_state_dict({k[6:]: v for k, v in model.state_dict().items() if k.startswith("model.")})
+        return clf.eval()
+
+    a = classifier()
+    names = add_lora(a, ("attn.Wqkv", "attn.Wo", "ffn.Wi"), rank=4, alpha=8.0)
+    assert len(names) == 6  # 3 projections x 2 groups (shared by each group's G applications)
+    for m in a.modules():
+        if isinstance(m, LoRALinear):
+            m.lora_B.data.normal_(0, 0.1)
+    save_adapter(a, str(tmp_path / "adapter"))
+    cfg = json.load(open(tmp_path / "adapter" / "adapter_config.json"))
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["target_modules"] == ["attn.Wo", "attn.Wqkv", "ffn.Wi"]
+    b = classifier()
+    load_adapter(b, str(tmp_path / "adapter"))
+    b.heads.load_state_dict(a.heads.state_dict())
+    batch = next(batches([(ids, lab, 0) for ids, lab in task.test], 8, False, 0))
+    with torch.no_grad():
+        la = a(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"], batch["task_ids"])
+        lb = b(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"], batch["task_ids"])
+        plain = classifier()
+        plain.heads.load_state_dict(a.heads.state_dict())
+        lp = plain(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"], batch["task_ids"])
+    assert all(torch.equal(x, y) for x, y in zip(la, lb))
+    assert max((x - y).abs().max() for x, y in zip(la, lp)) > 1e-3  # the adapter does change the output
+
+
+def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(native, tasks, tmp_path):
+    common = ["--model", native, "--epochs", "1", "--batch-size", "16", "--max-len", "64"]
+    for name, task in zip(("source", "length"), tasks):
+        assert train.main([*common, "--tasks", task, "--mode", "lora", "--out", str(tmp_path / name)]) == 0
+    assert train.main([*common, "--tasks", *tasks, "--mode", "mixer-plug", "--train-per-task", "40",
+                       "--adapters", str(tmp_path / "source"), str(tmp_path / "length"),
+                       "--out", str(tmp_path / "plug")]) == 0
+    res = json.load(open(tmp_path / "plug" / "results.json"))
+    assert res["train_examples"] == 80
+    assert res["frozen_tensors_changed"] == []  # experts (the adapters), heads and encoder untouched
+    assert res["trainable_parameters"] == 2 * 2 * 64  # one router (2 experts x d 64) per group, 2 groups
+    for task in ("source", "length"):
+        r = res["results"][task]
+        assert 0 <= r["accuracy"] <= 1 and len(r["expert_share"]) == 2 and r["router_entropy"] >= 0
+    assert train.main([*common, "--tasks", *tasks, "--mode", "mixer-joint", "--out", str(tmp_path / "joint")]) == 0
+    joint = json.load(open(tmp_path / "joint" / "results.json"))
+    assert joint["args"]["top_k"] == 1 and "expert_share" in joint["results"]["source"]
+    assert train.main([*common, "--tasks", *tasks, "--mode", "multitask", "--out", str(tmp_path / "multi")]) == 0
+    assert os.path.isfile(tmp_path / "multi" / "adapter" / "adapter_model.safetensors")
+
+
+def test_bad_task_data_is_a_clear_error(native, tmp_path, capsys):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "train.jsonl").write_text(json.dumps({"sentence": "x", "label": "a"}) + "\n")
+    (tmp_path / "t" / "test.jsonl").write_text(json.dumps({"sentence": "y", "label": "a"}) + "\n")
+    assert train.main(["--model", native, "--tasks", str(tmp_path / "t"), "--out", str(tmp_path / "o")]) == 2
+    assert "no column 'text'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
