@@ -95,6 +95,8 @@ class DeepSpeedEngine:
     def __init__(self, model: ModernAlbertForMaskedLM, optimizer: torch.optim.Optimizer, ds_config: dict) -> None:
         import deepspeed
 
+        if not torch.cuda.is_available():
+            _skip_cpu_shm_op()
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.module = model
         if ds_config["zero_optimization"]["stage"] == 3:
@@ -147,6 +149,21 @@ class DeepSpeedEngine:
                 raise RuntimeError(f"DeepSpeed could not load {p}")
 
         return checkpoint.load_with(path, read)
+
+
+def _skip_cpu_shm_op() -> None:
+    """Keep DeepSpeed from JIT-building its CPU shared-memory all-reduce op.
+
+    The op only speeds up DeepSpeed's inference all-reduce; training with gloo does not use it. Building
+    it costs ~30 s on every fresh machine, and a CI run once aborted ("terminate called without an active
+    exception") in a process that had built it. DeepSpeed has no setting for this, so its op-compatibility
+    table is edited (``deepspeed.ops.__compatible_ops__``, read by ``deepspeed.comm.torch.build_shm_op``).
+    """
+    import deepspeed.ops
+
+    table = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(table, dict):
+        table["deepspeed_shm_comm"] = False
 
 
 def is_deepspeed_checkpoint(step_dir: str) -> bool:
