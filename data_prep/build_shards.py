@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 if __package__ in (None, ""):  # run as a script: drop data_prep/ from sys.path so its modules can't shadow others

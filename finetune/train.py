@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from data_prep.tokenizer import Tokenizer
 from finetune.data import DataError, Task, batches, load_task
-from finetune.model import TaskClassifier, add_lora, load_adapter, save_adapter
+from finetune.model import TaskClassifier, add_lora, save_adapter
 from model.config import AttnExpertsConfig
 from model.lora_mixer import AdapterError, freeze_all_but_routers, load_peft_adapters
 from model.modernalbert import Attention, weighted_aux

@@ -31,7 +31,6 @@ Batch (unpadded, ModernBERT-style; T tokens, S segments, M masked positions)::
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
 import gzip
 import json
 import os
@@ -11,8 +10,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pytest
 
 from conftest import REPO, TINY_BUILD, run_cli
 from data_prep.build_shards import JOURNAL_FILE, BuildConfig, _unit_hash, build

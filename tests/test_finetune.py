@@ -116,3 +116,18 @@ def test_bad_task_data_is_a_clear_error(native, tmp_path, capsys):
     assert train.main(["--model", native, "--tasks", str(tmp_path / "t"), "--out", str(tmp_path / "o")]) == 2
     assert "no column 'text'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_sentence_pairs_are_encoded_cls_a_sep_b_sep(native, tmp_path):
+    from tools.native_format import load_native
+
+    tok = Tokenizer(os.path.join(native, load_native(native)[1]["tokenizer"]))
+    (tmp_path / "pairs").mkdir()
+    with open(tmp_path / "pairs" / "train.tsv", "w") as f:
+        f.write("premise\thypothesis\tlabel\nThe hacker wrote code.\tCode was written.\tyes\nA cat.\tA dog.\tno\n")
+    (tmp_path / "pairs" / "test.tsv").write_text("premise\thypothesis\tlabel\nA cat.\tA cat.\tyes\n")
+    task = load_task(str(tmp_path / "pairs"), tok, ("premise", "hypothesis"), max_len=64)
+    sid = tok.special_ids
+    a, b = tok.encode(["The hacker wrote code.", "Code was written."])
+    assert task.labels == ["no", "yes"]
+    assert task.train[0] == ([sid.cls, *a, sid.sep, *b, sid.sep], 1)

@@ -30,7 +30,6 @@ if __package__ in (None, ""):
 
 import torch
 
-from model.config import ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.mol import MoLFFN
 from tools.native_format import OutputDir, ToolError, load_native, save_native
