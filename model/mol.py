@@ -49,6 +49,16 @@ def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, counts: list[int]) -
     return torch.cat(outs) if outs else x_NI.new_zeros(0, w_EOI.shape[1])
 
 
+def sort_pairs(idx_TK: torch.Tensor, w_TK: torch.Tensor, dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The N = T·K (token, expert) pairs sorted by expert: token [N], expert [N], weight [N] (stable)."""
+    K = idx_TK.shape[1]
+    exp_N = idx_TK.reshape(-1)
+    order_N = torch.argsort(exp_N, stable=True)
+    tok_N = torch.div(order_N, K, rounding_mode="floor")  # token of each pair, in expert order
+    return tok_N, exp_N[order_N], w_TK.reshape(-1)[order_N].to(dtype)
+
+
 class MoLFFN(RoutedModule):
     """GeGLU FFN with E routed LoRA experts on Wi and Wo; keys ``Wi``/``Wo`` match ``GeGLUFFN``."""
 
@@ -92,13 +102,9 @@ class MoLFFN(RoutedModule):
         """Σ_k w_TK·FFN_{idx_TK}(x_TD) with indices into ``experts()`` (all E, or this rank's slice)."""
         A1, B1, A2, B2 = self.experts()
         T, D = x_TD.shape
-        E, R, K, s = A1.shape[0], A1.shape[1], idx_TK.shape[1], self.scale
+        E, R, s = A1.shape[0], A1.shape[1], self.scale
         h_TF = self.Wi(x_TD)
-        exp_N = idx_TK.reshape(-1)
-        order_N = torch.argsort(exp_N, stable=True)
-        tok_N = torch.div(order_N, K, rounding_mode="floor")  # token of each pair, in expert order
-        exp_N = exp_N[order_N]
-        w_N = w_TK.reshape(-1)[order_N].to(x_TD.dtype)
+        tok_N, exp_N, w_N = sort_pairs(idx_TK, w_TK, x_TD.dtype)
         counts = torch.bincount(exp_N, minlength=E).tolist()
 
         # the scale goes into the small factors, not the big activations

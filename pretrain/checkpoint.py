@@ -138,5 +138,4 @@ def load_with(path: str, read_state) -> dict:
     rng = os.path.join(path, f"rng_rank{_rank()}.pt")
     if os.path.isfile(rng):  # a rank that did not exist when it was saved keeps its fresh seed
         _set_rng_state(torch.load(rng, weights_only=False))
-    with open(os.path.join(path, "trainer.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return read_trainer_state(path)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
-from model.mol import MoLFFN
+from model.mol import MoLFFN, sort_pairs
 from model.routing import Routing
 
 EXPERT_PARAMS = ("A1", "B1", "A2", "B2")
@@ -61,13 +61,8 @@ class ExpertDispatch:
 
     def __call__(self, module: MoLFFN, x_TD: torch.Tensor, r: Routing) -> torch.Tensor:
         T, D = x_TD.shape
-        K = r.topk_idx_TK.shape[1]
         per_rank = module.cfg.num_experts // self.size
-        exp_N = r.topk_idx_TK.reshape(-1)
-        order_N = torch.argsort(exp_N, stable=True)
-        tok_N = torch.div(order_N, K, rounding_mode="floor")
-        exp_N = exp_N[order_N]
-        w_N = r.topk_w_TK.reshape(-1)[order_N].to(x_TD.dtype)
+        tok_N, exp_N, w_N = sort_pairs(r.topk_idx_TK, r.topk_w_TK, x_TD.dtype)
 
         send = torch.bincount(torch.div(exp_N, per_rank, rounding_mode="floor"), minlength=self.size)
         recv = torch.empty_like(send)

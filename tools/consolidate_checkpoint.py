@@ -15,7 +15,6 @@ run was trained on, or ``--tokenizer``); see ``tools/native_format.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -27,6 +26,7 @@ import torch
 
 from model.config import ConfigError, ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
+from pretrain.checkpoint import read_trainer_state
 from pretrain.deepspeed_engine import is_deepspeed_checkpoint, read_deepspeed_weights
 from tools.native_format import OutputDir, ToolError, check_keys, save_native, tokenizer_file
 
@@ -56,8 +56,7 @@ def read_checkpoint(step_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
 
-    with open(os.path.join(step_dir, "trainer.json"), encoding="utf-8") as f:
-        trainer = json.load(f)
+    trainer = read_trainer_state(step_dir)
     try:
         cfg = ModelConfig.from_dict(trainer["config"]["model"])
     except (KeyError, TypeError, ConfigError) as e:

@@ -105,8 +105,9 @@ def merge(model: ModernAlbertForMaskedLM, shares: dict[int, torch.Tensor], fold:
         for k in ("A1", "B1", "A2", "B2", "router.weight"):
             del state[prefix + k]
         if fold:
-            dWi = (shares[g].view(-1, 1, 1) * (m.scale * m.B1 @ m.A1)).sum(0)
-            dWo = (shares[g].view(-1, 1, 1) * (m.scale * m.B2 @ m.A2)).sum(0)
+            dWi_E, dWo_E = m.delta_weights()
+            dWi = (shares[g].view(-1, 1, 1) * dWi_E).sum(0)
+            dWo = (shares[g].view(-1, 1, 1) * dWo_E).sum(0)
             state[prefix + "Wi.weight"] = m.Wi.weight + dWi
             state[prefix + "Wo.weight"] = m.Wo.weight + dWo
         else:
