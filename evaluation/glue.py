@@ -1,0 +1,253 @@
+"""GLUE runner: fine-tune any checkpoint on the GLUE tasks with several seeds, the same way for every model.
+
+    python -m evaluation.glue MODEL --glue-dir GLUE_DIR --out runs/glue/mymodel
+    python -m evaluation.glue MODEL --glue-source hf --tasks SST-2,RTE --out runs/glue/x   # official GLUE, online
+    python -m evaluation.glue MODEL --glue-dir GLUE_DIR --mode lora --seeds 0,1,2,3,4 --out runs/glue/x-lora
+
+MODEL is a native model directory (this project's tools write them), a HuggingFace export of one
+(``tools/convert_to_hf.py``, either format), or any HuggingFace BERT-family directory (e.g. a teacher),
+loaded through ``AutoModelForSequenceClassification``: every model is scored by the same code with the
+same hyper-parameters. GLUE_DIR holds one folder per task (CoLA, SST-2, STS-B, MRPC, RTE; layouts in
+``evaluation/glue_data.py``); ``--glue-source hf`` reads the official GLUE through HF ``datasets``.
+
+Per task and seed: a fresh head (``model.classification.ClassificationHead`` for our models; the
+model's own for HF ones; one output with MSE for STS-B) on the pretrained encoder; ``--mode full``
+trains every weight, ``--mode lora`` a PEFT LoRA on the attention projections plus the head. AdamW,
+linear warm-up (10 %) and decay, ``--epochs`` over at most ``--max-train`` examples (the first N of the
+training file). Scored on dev, and on test where the task has a labelled one (STS-B, MRPC, RTE here).
+Metrics as GLUE: CoLA Matthews corr., SST-2 accuracy, STS-B Pearson/Spearman, MRPC accuracy/F1, RTE
+accuracy; a task's score is the mean of its metrics, the GLUE average the mean of the task scores (on
+test where there is one, else dev), each the median over seeds.
+
+Output: OUT/results.json (every seed's metrics, medians and spread, arguments, timings) and
+OUT/results.md (the table). ``--save-model DIR`` keeps the first seed's fine-tuned model per task
+(DIR/<task>; for a native model a native classifier directory that ``tools/convert_to_hf.py`` exports
+with its head). A task directory with another layout or a malformed row: one line naming the file and
+line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+from evaluation.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, task_spec
+from evaluation.metrics import summarize, task_metrics, task_score
+from evaluation.models import add_lora, open_backend
+from model.classification import ClassifierConfig, classification_loss
+from tools.native_format import OutputDir, ToolError
+
+MODES = ("full", "lora")
+
+
+def batches(n: int, batch_size: int, seed: int | None):
+    order = list(range(n))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    for s in range(0, n, batch_size):
+        yield order[s:s + batch_size]
+
+
+@torch.no_grad()
+def predict(backend, module: torch.nn.Module, rows: list[dict], batch_size: int, regression: bool) -> np.ndarray:
+    module.eval()
+    out = []
+    # sorted by length so padded (HF) batches waste little; the order is restored below
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    for idx in batches(len(order), batch_size, None):
+        picked = [order[i] for i in idx]
+        logits = backend.logits(module, backend.collate([rows[i] for i in picked])).float()
+        out.append((picked, logits.squeeze(-1) if regression else logits))
+    scores = np.zeros((len(rows),) if regression else (len(rows), out[0][1].shape[-1]), np.float64)
+    for picked, lg in out:
+        scores[picked] = lg.numpy()
+    module.train()
+    return scores
+
+
+def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a, seed: int,
+                 log) -> tuple[dict, torch.nn.Module, ClassifierConfig, int]:
+    """One seed on one task: (metrics per eval split, the model, its head config, trainable params)."""
+    torch.manual_seed(seed)
+    head = ClassifierConfig(num_labels=spec.num_labels, pooling=a.pooling, dropout=a.dropout,
+                            labels=list(spec.labels))
+    module, head_names = backend.build(head)
+    if a.mode == "lora":
+        add_lora(module, backend.family, a.lora_rank, a.lora_alpha)
+        for n, p in module.named_parameters():
+            p.requires_grad_("lora_" in n or n in head_names)
+    params = [p for p in module.parameters() if p.requires_grad]
+    n_train = len(data["train"])
+    steps = a.epochs * math.ceil(n_train / a.batch_size)
+    warm = max(1, steps // 10)
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9))))
+    y = torch.tensor(labels["train"], dtype=torch.float32 if spec.is_regression else torch.long)
+    module.train()
+    for epoch in range(a.epochs):
+        total, n = 0.0, 0
+        for idx in batches(n_train, a.batch_size, seed * 1000 + epoch):
+            logits = backend.logits(module, backend.collate([data["train"][i] for i in idx]))
+            loss = classification_loss(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            total, n = total + float(loss.detach()), n + 1  # one host sync per step: fine at this scale
+        log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{a.epochs}: train loss {total / n:.4f}")
+    results = {}
+    for split in data:
+        if split == "train":
+            continue
+        scores = predict(backend, module, data[split], a.eval_batch_size, spec.is_regression)
+        m = task_metrics(spec.metrics, scores, labels[split])
+        results[split] = {**m, "score": task_score(m, spec.main)}
+    return results, module, head, sum(p.numel() for p in params)
+
+
+def report_split(spec) -> str:
+    return "test" if "test" in spec.splits else "dev"
+
+
+def markdown(summary: dict) -> str:
+    rows = ["| task | split | metric | median | min – max | seeds |", "|---|---|---|---|---|---|"]
+    for name, t in summary["tasks"].items():
+        for split, ms in t["summary"].items():
+            for metric, s in ms.items():
+                if metric == "score" and len(ms) == 2:
+                    continue  # one metric: the score is that metric
+                rows.append(f"| {name} | {split} | {metric} | {100 * s['median']:.2f} | "
+                            f"{100 * s['min']:.2f} – {100 * s['max']:.2f} | {s['n']} |")
+    avg = summary["glue_average"]
+    rows.append(f"| **GLUE average** | {', '.join(f'{k} {v}' for k, v in avg['splits'].items())} | score | "
+                f"**{100 * avg['median_of_task_medians']:.2f}** | | |")
+    head = (f"Model `{summary['model']}` ({summary['backend']}), mode {summary['args']['mode']}, "
+            f"{summary['args']['epochs']} epochs, ≤ {summary['args']['max_train'] or 'all'} training examples "
+            f"per task, lr {summary['args']['lr']:g}, batch {summary['args']['batch_size']}, seeds "
+            f"{summary['args']['seeds']}. Scores ×100; a task's score is the mean of its metrics.\n")
+    return head + "\n" + "\n".join(rows) + "\n"
+
+
+def load_task_data(name: str, a) -> dict[str, list[Example]]:
+    return load_local(name, a.glue_dir) if a.glue_source == "local" else load_hf(name)
+
+
+def run(a: argparse.Namespace, log=print) -> dict:
+    tasks = [task_spec(t.strip()) for t in a.tasks.split(",") if t.strip()]
+    raw = {spec.name: load_task_data(spec.name, a) for spec in tasks}  # every layout checked before training
+    backend = open_backend(a.model)
+    if a.save_model and backend.kind != "native" and a.mode == "lora":
+        raise ToolError("--save-model with --mode lora is for native models only")
+    torch.set_num_threads(a.threads) if a.threads else None
+    summary = {"model": a.model, "backend": f"{backend.kind}/{backend.family}", "args": vars(a), "tasks": {}}
+    t_all = time.time()
+    for spec in tasks:
+        splits = raw[spec.name]
+        train = splits["train"][: a.max_train] if a.max_train else splits["train"]
+        splits = {s: (ex[: a.max_eval] if a.max_eval and s != "train" else ex) for s, ex in splits.items()}
+        splits["train"] = train
+        data = {s: backend.encode([e.texts for e in ex], a.max_len) for s, ex in splits.items()}
+        labels = {s: np.array([e.label for e in ex]) for s, ex in splits.items()}
+        per_seed, t0 = [], time.time()
+        log(f"== {spec.name}: {len(train)} training examples, "
+            f"{', '.join(f'{s} {len(v)}' for s, v in splits.items() if s != 'train')}")
+        for i, seed in enumerate(a.seeds):
+            res, module, head, trainable = finetune_one(backend, spec, data, labels, a, seed, log)
+            per_seed.append({"seed": seed, **res})
+            log(f"  {spec.name} seed {seed}: " + "  ".join(
+                f"{s} " + " ".join(f"{k} {v:.4f}" for k, v in r.items()) for s, r in res.items()))
+            if a.save_model and i == 0:
+                out = os.path.join(a.save_model, spec.name)
+                with OutputDir(out, overwrite=True) as tmp:
+                    backend.save(module, head, tmp, {"tool": "evaluation.glue", "task": spec.name, "seed": seed,
+                                                     "mode": a.mode, **{s: r for s, r in res.items()}})
+        splits_eval = [s for s in per_seed[0] if s != "seed"]
+        summary["tasks"][spec.name] = {
+            "train_examples": len(train), "trainable_parameters": trainable,
+            "seconds": round(time.time() - t0, 1), "per_seed": per_seed,
+            "summary": {s: {m: summarize([r[s][m] for r in per_seed]) for m in per_seed[0][s]} for s in splits_eval},
+        }
+    scores = {n: t["summary"][report_split(TASKS[n])]["score"]["median"] for n, t in summary["tasks"].items()}
+    summary["glue_average"] = {"median_of_task_medians": float(np.mean(list(scores.values()))),
+                               "task_scores": scores,
+                               "splits": {n: report_split(TASKS[n]) for n in scores}}
+    # per-seed average too, for a spread of the average itself
+    per_seed_avg = [float(np.mean([summary["tasks"][n]["per_seed"][i][report_split(TASKS[n])]["score"]
+                                   for n in scores])) for i in range(len(a.seeds))]
+    summary["glue_average"]["per_seed"] = summarize(per_seed_avg)
+    summary["seconds"] = round(time.time() - t_all, 1)
+    with OutputDir(a.out, overwrite=True) as tmp:
+        with open(os.path.join(tmp, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+        with open(os.path.join(tmp, "results.md"), "w", encoding="utf-8") as f:
+            f.write(markdown(summary))
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evaluation.glue", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="native model dir, HF export of one, or a HF BERT-family model dir")
+    p.add_argument("--out", required=True, help="results directory (results.json, results.md)")
+    p.add_argument("--glue-source", choices=("local", "hf"), default="local",
+                   help="local: --glue-dir; hf: the official GLUE via HF datasets (network)")
+    p.add_argument("--glue-dir", help="directory with CoLA/ SST-2/ STS-B/ MRPC/ RTE/ (--glue-source local)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
+    p.add_argument("--mode", choices=MODES, default="full")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; the median and spread are reported")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-train", type=int, default=0, help="cap on training examples per task (0: all)")
+    p.add_argument("--max-eval", type=int, default=0, help="cap on dev/test examples (0: all; for smoke runs)")
+    p.add_argument("--lr", type=float, default=None, help="default 5e-5 full, 5e-4 lora")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--max-len", type=int, default=128, help="tokens per example (pairs truncated longest-first)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="mean",
+                   help="our models and ModernBERT (BERT uses its own pooler)")
+    p.add_argument("--dropout", type=float, default=0.1, help="classifier dropout (our head)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--save-model", help="keep the first seed's model per task under this directory")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        a.seeds = [int(s) for s in str(a.seeds).split(",") if s.strip()]
+    except ValueError:
+        print(f"error: --seeds {a.seeds!r}: comma-separated integers", file=sys.stderr)
+        return 2
+    if not a.seeds:
+        print("error: --seeds: at least one seed", file=sys.stderr)
+        return 2
+    if a.glue_source == "local" and not a.glue_dir:
+        print("error: --glue-dir is required with --glue-source local", file=sys.stderr)
+        return 2
+    a.lr = a.lr if a.lr is not None else (5e-5 if a.mode == "full" else 5e-4)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        summary = run(a)
+    except (GlueDataError, ToolError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(summary))
+    print(f"-> {a.out}/results.json, results.md ({summary['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

