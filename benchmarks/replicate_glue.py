@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             if os.path.isfile(report):
                 with open(report, encoding="utf-8") as f:
                     entry["merge_report"] = json.load(f)
+                entry["val_mlm_loss"] = entry["merge_report"]["after"]["val_loss"]  # after merging and folding
         table[r] = entry
 
     teacher_params = table.get("a", {}).get("unique_layer_params")

