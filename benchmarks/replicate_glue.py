@@ -106,17 +106,22 @@ def pretrain_config(p: argparse.Namespace, run_dir: str, init: str, shards: str,
                  f"train.steps={p.steps}", f"train.global_batch_tokens={p.batch_tokens}",
                  f"train.micro_batch_size={p.micro_batch}", "train.log_every=10", f"optim.lr={p.lr}",
                  f"schedule.warmup_steps={max(1, p.steps // 20)}", "schedule.decay_fraction=0.2",
-                 f"eval.every={max(1, p.steps // 4)}", f"checkpoint.every={max(1, p.steps // 4)}", "checkpoint.keep=1"]
+                 f"eval.every={max(1, p.steps // 2)}", "eval.max_batches=10", f"checkpoint.every={max(1, p.steps // 4)}",
+                 "checkpoint.keep=1"]
     if distill:
         overrides += [f"distill.teacher={teacher_dir()}", f"distill.hidden_weight={p.hidden_weight}",
                       "distill.kl_weight=0"]
     return overrides
 
 
-def last_jsonl(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        lines = [json.loads(x) for x in f if x.strip()]
-    return lines[-1] if lines else {}
+def val_mlm(native_dir: str, shards: str, batches: int) -> dict:
+    """Validation MLM loss and accuracy of a native model: the same batches of the val split for every row
+    (the training runs' own evals use fewer batches: ``eval.max_batches``)."""
+    from tools.merge_experts import validation
+    from tools.native_format import load_native
+
+    res = validation(load_native(native_dir)[0], shards, batches)
+    return {"val_mlm_loss": res["val_loss"], "val_mlm_accuracy": res["val_accuracy"], "val_masked": res["val_masked"]}
 
 
 def mean_tokens_per_s(path: str) -> float:
@@ -154,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/replication")
     p.add_argument("--smoke", action="store_true", help="every stage with tiny budgets (a machinery check)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
-    p.add_argument("--steps", type=int, default=1500, help="pretraining steps per student")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="global batch in tokens (seq_len 128)")
-    p.add_argument("--micro-batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=120, help="pretraining steps per student")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="global batch in tokens (seq_len 128)")
+    p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--val-batches", type=int, default=0, help="val batches of 16 samples for the MLM loss column (0: all)")
     p.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: hidden-state cosine weight")
-    p.add_argument("--glue-args", default="--seeds 0,1,2 --epochs 3 --max-train 2000 --lr 1e-4 --threads 2",
+    p.add_argument("--glue-args", default="--seeds 0,1,2 --epochs 3 --max-train 500 --max-eval 500 --lr 1e-4 --threads 2",
                    help="arguments for python -m evaluation.glue, the same for every row")
     a = p.parse_args(argv)
     if a.smoke:
@@ -240,15 +246,12 @@ def main(argv: list[str] | None = None) -> int:
                           "task_scores": glue["glue_average"]["task_scores"],
                           "splits": glue["glue_average"]["splits"]}}
         run = os.path.join(out, "runs", "b" if r.startswith("e-") else r)
-        if r != "a" and os.path.isfile(os.path.join(run, "eval.jsonl")):
-            entry["val_mlm_loss"] = last_jsonl(os.path.join(run, "eval.jsonl")).get("val_loss")
+        if r != "a":
+            entry.update(val_mlm(native[r], shards, a.val_batches))
             entry["tokens_per_s"] = mean_tokens_per_s(os.path.join(run, "metrics.jsonl"))
         if r.startswith("e-"):
-            report = os.path.join(native[r], "merge_report.json")
-            if os.path.isfile(report):
-                with open(report, encoding="utf-8") as f:
-                    entry["merge_report"] = json.load(f)
-                entry["val_mlm_loss"] = entry["merge_report"]["after"]["val_loss"]  # after merging and folding
+            with open(os.path.join(native[r], "merge_report.json"), encoding="utf-8") as f:
+                entry["merge_report"] = json.load(f)
         table[r] = entry
 
     teacher_params = table.get("a", {}).get("unique_layer_params")
@@ -258,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     for r, e in table.items():
         share = f" ({e['unique_layer_params'] / teacher_params:.0%})" if teacher_params else ""
         ps = e["glue"]["average_per_seed"]
-        lines.append(f"| {LABELS[r]} | {e['unique_layer_params']:,}{share} | "
-                     f"{e.get('val_mlm_loss', float('nan')):.3f} | {e.get('tokens_per_s', float('nan')):,.0f} | "
+        val = f"{e['val_mlm_loss']:.3f}" if e.get("val_mlm_loss") is not None else "–"
+        tps = f"{e['tokens_per_s']:,.0f}" if e.get("tokens_per_s") is not None else "–"
+        lines.append(f"| {LABELS[r]} | {e['unique_layer_params']:,}{share} | {val} | {tps} | "
                      + " | ".join(f"{100 * v:.1f}" for v in e["glue"]["task_scores"].values())
                      + f" | **{100 * e['glue']['average']:.1f}** | {100 * ps['min']:.1f}–{100 * ps['max']:.1f} |")
     md = "\n".join(lines) + "\n"
