@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -65,15 +66,8 @@ def unique_layer_params(path: str) -> int:
     with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
         for k in f.keys():
             if ".groups." in k or "encoder.layer." in k:
-                total += _numel(f.get_slice(k).get_shape())
+                total += math.prod(f.get_slice(k).get_shape())
     return total
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def make_variant(init_b: str, out: str, which: str, seed: int = 0) -> None:

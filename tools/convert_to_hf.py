@@ -40,7 +40,7 @@ import torch
 
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
 from model.modernalbert import ModernAlbertForMaskedLM
-from tools.native_format import OutputDir, ToolError, classifier_config, load_native, load_native_classifier
+from tools.native_format import OutputDir, ToolError, load_native_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("modernalbert", "modernbert")
@@ -189,21 +189,25 @@ def sample_batch(doc: dict, in_dir: str, n_docs: int = 6, max_len: int = 192) ->
     return ids, mask
 
 
+def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A right-padded [B, S] batch as the native models take it: flat ids [T], cu_seqlens [B+1], max_seqlen."""
+    lens = mask.sum(1)
+    cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+    return ids[mask.bool()], cu, int(lens.max())
+
+
 @torch.no_grad()
 def native_logits(model: ModernAlbertForMaskedLM, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits at every real position, in row-major order of the padded batch: [T, V]."""
-    lens = mask.sum(1)
-    flat = ids[mask.bool()]
-    cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
-    return model(flat, cu, int(lens.max()), torch.arange(len(flat))).logits
+    flat, cu, max_len = unpadded(ids, mask)
+    return model(flat, cu, max_len, torch.arange(len(flat))).logits
 
 
 @torch.no_grad()
 def native_class_logits(clf: ModernAlbertForSequenceClassification, ids: torch.Tensor,
                         mask: torch.Tensor) -> torch.Tensor:
-    lens = mask.sum(1)
-    cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
-    return clf(ids[mask.bool()], cu, int(lens.max()))
+    """Classifier logits [B, C] of the padded batch."""
+    return clf(*unpadded(ids, mask))
 
 
 @torch.no_grad()
@@ -244,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     try:
-        model, doc = load_native(a.in_dir)
-        clf = load_native_classifier(a.in_dir)[0] if classifier_config(doc) is not None else None
+        model, clf, doc = load_native_all(a.in_dir)
         if not doc.get("tokenizer"):
             raise ToolError(f"{a.in_dir}: no tokenizer in the model directory; the HF export needs one")
         special = _special_ids(doc, a.in_dir)

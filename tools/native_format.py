@@ -86,6 +86,15 @@ def save_native(out_dir: str, state: dict[str, torch.Tensor], cfg: ModelConfig, 
         json.dump(doc, f, indent=1)
 
 
+def read_json(path: str) -> dict:
+    """A JSON file, or a ToolError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ToolError(f"{path}: unreadable ({e})") from None
+
+
 def read_config(in_dir: str) -> dict:
     path = os.path.join(in_dir, "config.json")
     if not os.path.isdir(in_dir):
@@ -93,11 +102,7 @@ def read_config(in_dir: str) -> dict:
     if not os.path.isfile(path):
         raise ToolError(f"{in_dir}: not a native model directory (no config.json; make one with "
                         "tools/consolidate_checkpoint.py)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ToolError(f"{path}: unreadable ({e})") from None
+    doc = read_json(path)
     if doc.get("format") != FORMAT:
         raise ToolError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
     return doc
@@ -126,18 +131,30 @@ def classifier_config(doc: dict) -> ClassifierConfig | None:
         raise ToolError(f"config.json: bad \"classifier\" entry ({e})") from None
 
 
+def _mlm(doc: dict, state: dict[str, torch.Tensor], weights: str) -> ModernAlbertForMaskedLM:
+    if "classifier" in doc:  # the head's tensors belong to the classifier, not to the masked LM
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    model = ModernAlbertForMaskedLM(ModelConfig.from_dict(doc["model"]))
+    check_keys(model.state_dict(), state, weights)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _classifier(doc: dict, head: ClassifierConfig, state: dict[str, torch.Tensor],
+                weights: str) -> ModernAlbertForSequenceClassification:
+    model = ModernAlbertForSequenceClassification(ModelConfig.from_dict(doc["model"]), head)
+    state = {k: v for k, v in state.items() if k.startswith(("model.", "classifier."))}
+    check_keys(model.state_dict(), state, weights)
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def load_native(in_dir: str) -> tuple[ModernAlbertForMaskedLM, dict]:
     """The masked LM (eval mode, CPU, fp32) and its config.json; every key must match exactly (a
     classifier directory's ``classifier.*`` tensors are left to ``load_native_classifier``)."""
     doc = read_config(in_dir)
-    cfg = ModelConfig.from_dict(doc["model"])
-    state, weights = _read_weights(in_dir)
-    if classifier_config(doc) is not None:
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-    model = ModernAlbertForMaskedLM(cfg)
-    check_keys(model.state_dict(), state, weights)
-    model.load_state_dict(state)
-    return model.eval(), doc
+    classifier_config(doc)  # a malformed head entry is an error here too
+    return _mlm(doc, *_read_weights(in_dir)), doc
 
 
 def load_native_classifier(in_dir: str) -> tuple[ModernAlbertForSequenceClassification, dict]:
@@ -147,12 +164,16 @@ def load_native_classifier(in_dir: str) -> tuple[ModernAlbertForSequenceClassifi
     if head is None:
         raise ToolError(f"{in_dir}: no classification head in config.json (a pretrained model; fine-tune it "
                         "first, e.g. python -m evaluation.glue --save-model)")
+    return _classifier(doc, head, *_read_weights(in_dir)), doc
+
+
+def load_native_all(in_dir: str) -> tuple[ModernAlbertForMaskedLM, ModernAlbertForSequenceClassification | None, dict]:
+    """Both models of a directory from one read of its weights: the masked LM, the classifier (None
+    without a head) and config.json."""
+    doc = read_config(in_dir)
+    head = classifier_config(doc)
     state, weights = _read_weights(in_dir)
-    model = ModernAlbertForSequenceClassification(ModelConfig.from_dict(doc["model"]), head)
-    state = {k: v for k, v in state.items() if k.startswith(("model.", "classifier."))}
-    check_keys(model.state_dict(), state, weights)
-    model.load_state_dict(state)
-    return model.eval(), doc
+    return _mlm(doc, state, weights), (_classifier(doc, head, state, weights) if head else None), doc
 
 
 def check_keys(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], where: str) -> None:
