@@ -14,7 +14,10 @@ set -euo pipefail
 RUN_DIR="${RUN_DIR:-runs/$(basename "$CONFIG" .yaml)}"
 NNODES="${SLURM_NNODES:-1}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}"
-MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST:?run this under sbatch}" | head -n 1)"
+# The whole list is read (no `| head`): under pipefail, head closing the pipe early would let SIGPIPE
+# (exit 141) kill the script on a large allocation.
+mapfile -t HOSTS < <(scontrol show hostnames "${SLURM_JOB_NODELIST:?run this under sbatch}")
+MASTER_ADDR="${HOSTS[0]:?scontrol listed no hosts for $SLURM_JOB_NODELIST}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 if [[ -n "${VENV:-}" ]]; then source "$VENV/bin/activate"; fi

@@ -28,7 +28,10 @@ STUBS = {
         if [ -n "${STUB_PREEMPT:-}" ]; then echo 17 > "$RUN_DIR/preempted"; exit 1; fi
     """,
     "scontrol": r"""
-        if [ "$1 $2" = "show hostnames" ]; then printf 'gpu-node-07\ngpu-node-08\ngpu-node-09\ngpu-node-10\n'; fi
+        if [ "$1 $2" = "show hostnames" ]; then
+            printf 'gpu-node-07\ngpu-node-08\ngpu-node-09\ngpu-node-10\n'
+            for i in $(seq "${STUB_EXTRA_HOSTS:-0}"); do echo "gpu-node-x$i"; done
+        fi
         if [ "$1" = requeue ]; then echo "$2" >> "$STUB_LOG/requeued"; fi
     """,
 }
@@ -72,6 +75,13 @@ def test_slurm_script_requeues_when_the_run_was_preempted(stub_path, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "requeued").read_text().split() == ["4242"]
     assert "preempted after step 17; requeueing job 4242" in r.stdout
+
+
+def test_slurm_script_reads_a_large_allocations_host_list(stub_path, tmp_path):
+    """A reader that stops after the first host (| head -n 1) let SIGPIPE kill the script (exit 141)."""
+    r = _sbatch(stub_path, tmp_path, STUB_EXTRA_HOSTS="20000")
+    assert r.returncode == 0, r.stderr
+    assert "--rdzv-endpoint=gpu-node-07:29500" in (tmp_path / "srun.args").read_text().splitlines()
 
 
 def test_the_torchrun_wrapper_ignores_usr1_and_workers_can_still_handle_it():
