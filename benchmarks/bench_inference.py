@@ -29,8 +29,8 @@ import torch
 
 from benchmarks.bench_model import race, real_batch
 from model.config import MoLConfig, preset
-from model.modernalbert import ModernAlbertForMaskedLM
-from tools.merge_experts import merge, mol_layers
+from model.modernalbert import ModernAlbertForMaskedLM, mol_layers
+from tools.merge_experts import merge
 
 
 def main() -> None:

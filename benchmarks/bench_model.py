@@ -33,6 +33,7 @@ import torch
 
 from data_prep.build_shards import BuildConfig, build
 from model.config import MoLConfig, preset
+from model.losses import combine_losses
 from model.modernalbert import ModernAlbertForMaskedLM
 from pretrain.data import LoaderConfig, PretrainLoader
 
@@ -98,7 +99,8 @@ def main() -> None:
 
     def mlm_step(model):
         def run():
-            model(*args).loss.backward()
+            out = model(*args)
+            combine_losses(model.cfg, out.mlm_loss, out.aux_losses).backward()
             model.zero_grad(set_to_none=True)
         return run
 

@@ -156,7 +156,7 @@ def build_one_shard(task: ShardTask, out_dir: str, seq_len: int, input_hash: str
 
 # ------------------------------------------------------------------------------------- the output dir
 
-class OutputDir:
+class BuildDir:
     """The build's output directory: what an earlier run left there, and the journal of this one."""
 
     def __init__(self, path: str, fingerprint: str, args_record: dict) -> None:
@@ -262,7 +262,7 @@ def _progress(total: int, desc: str, enabled: bool):
                 disable=None if enabled else True, dynamic_ncols=True, leave=False)
 
 
-def _prepare_tokenizer(cfg: BuildConfig, files, out: OutputDir, progress: bool) -> tuple[str, str]:
+def _prepare_tokenizer(cfg: BuildConfig, files, out: BuildDir, progress: bool) -> tuple[str, str]:
     """Copy (reuse) or train the tokenizer into the output dir; returns (path, source)."""
     if cfg.tokenizer:
         dest = os.path.join(out.path, "tokenizer.model" if cfg.tokenizer.endswith(".model") else "tokenizer.json")
@@ -328,7 +328,7 @@ def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True) -
         identity["tokenizer_sha256"] = file_sha256(cfg.tokenizer)
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
-    out = OutputDir(out_dir, fingerprint, args_record)
+    out = BuildDir(out_dir, fingerprint, args_record)
     out.open()
     tok_path, tok_source = _prepare_tokenizer(cfg, files, out, progress)
     tok = Tokenizer(tok_path)

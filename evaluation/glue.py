@@ -43,7 +43,7 @@ from evaluation.glue_data import TASKS, Example, GlueDataError, load_hf, load_lo
 from evaluation.metrics import summarize, task_metrics, task_score
 from evaluation.models import add_lora, open_backend
 from model.classification import ClassifierConfig, classification_loss
-from tools.native_format import OutputDir, ToolError
+from model.native_format import OutputDir, InputError
 
 MODES = ("full", "lora")
 
@@ -146,7 +146,7 @@ def run(a: argparse.Namespace, log=print) -> dict:
     raw = {spec.name: load_task_data(spec.name, a) for spec in tasks}  # every layout checked before training
     backend = open_backend(a.model)
     if a.save_model and backend.kind != "native" and a.mode == "lora":
-        raise ToolError("--save-model with --mode lora is for native models only")
+        raise InputError("--save-model with --mode lora is for native models only")
     if a.threads:
         torch.set_num_threads(a.threads)
     summary = {"model": a.model, "backend": f"{backend.kind}/{backend.family}", "args": vars(a), "tasks": {}}
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     try:
         summary = run(a)
-    except (GlueDataError, ToolError) as e:
+    except (GlueDataError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown(summary))

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
-from tools.native_format import FORMAT, ToolError, load_native, read_json, save_native
+from model.native_format import FORMAT, InputError, load_native, read_json, save_native
 
 # attention projections per model family (PEFT target names: matched as the end of a module path)
 LORA_TARGETS = {"native": ["attn.Wqkv", "attn.Wo"], "modernalbert": ["attn.Wqkv", "attn.Wo"],
@@ -35,14 +35,14 @@ def model_kind(path: str) -> tuple[str, dict]:
     """("native" or "hf", the directory's config.json)."""
     cfg = os.path.join(path, "config.json")
     if not os.path.isfile(cfg):
-        raise ToolError(f"{path}: no config.json (expected a native model directory or a HuggingFace model "
+        raise InputError(f"{path}: no config.json (expected a native model directory or a HuggingFace model "
                         "directory)")
     doc = read_json(cfg)
     if doc.get("format") == FORMAT:
         return "native", doc
     if "model_type" in doc:
         return "hf", doc
-    raise ToolError(f"{cfg}: neither a native model ({FORMAT!r}) nor a HuggingFace config (no model_type)")
+    raise InputError(f"{cfg}: neither a native model ({FORMAT!r}) nor a HuggingFace config (no model_type)")
 
 
 def truncate_pair(parts: list[list[int]], budget: int) -> list[list[int]]:
@@ -62,7 +62,7 @@ class NativeBackend:
 
         mlm, self.doc = load_native(path)
         if not self.doc.get("tokenizer"):
-            raise ToolError(f"{path}: no tokenizer in the model directory")
+            raise InputError(f"{path}: no tokenizer in the model directory")
         self.path, self.cfg = path, mlm.cfg
         self.mlm_state = mlm.state_dict()
         self.tok = Tokenizer(os.path.join(path, self.doc["tokenizer"]))
@@ -85,7 +85,7 @@ class NativeBackend:
         encoder = {k: v for k, v in self.mlm_state.items() if k.startswith("model.")}
         missing, unexpected = clf.load_state_dict(encoder, strict=False)
         if unexpected or any(not k.startswith("classifier.") for k in missing):
-            raise ToolError(f"{self.path}: encoder keys do not fit ({missing[:3]}, {unexpected[:3]})")
+            raise InputError(f"{self.path}: encoder keys do not fit ({missing[:3]}, {unexpected[:3]})")
         return clf, [n for n, _ in clf.named_parameters() if n.startswith("classifier.")]
 
     @staticmethod

@@ -29,6 +29,7 @@ from model.classification import POOLINGS, ClassificationHead, pool
 from model.config import ModelConfig
 from model.lora_mixer import MixtureLinear
 from model.modernalbert import ModernAlbertModel
+from model.routing import RoutingRecorder
 
 TARGETS = ("attn.Wqkv", "attn.Wo", "ffn.Wi", "ffn.Wo")
 
@@ -61,9 +62,10 @@ class TaskClassifier(nn.Module):
             head.init_weights(cfg.init_std)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                task_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Logits per example (a list: tasks have different numbers of classes)."""
-        h_TD, _ = self.model(input_ids, cu_seqlens, max_seqlen)
+                task_ids: torch.Tensor, recorder: RoutingRecorder | None = None) -> list[torch.Tensor]:
+        """Logits per example (a list: tasks have different numbers of classes); ``recorder`` receives
+        the routed modules' auxiliary losses."""
+        h_TD, _ = self.model(input_ids, cu_seqlens, max_seqlen, recorder=recorder)
         pooled_BD = pool(h_TD, cu_seqlens, self.pooling)
         out: list[torch.Tensor | None] = [None] * len(task_ids)
         for t, name in enumerate(self.tasks):

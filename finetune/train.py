@@ -37,8 +37,9 @@ from finetune.data import DataError, Task, batches, load_task
 from finetune.model import TaskClassifier, add_lora, save_adapter
 from model.config import AttnExpertsConfig
 from model.lora_mixer import AdapterError, freeze_all_but_routers, load_peft_adapters
-from model.modernalbert import Attention, weighted_aux
-from tools.native_format import ToolError, load_native
+from model.losses import combine_losses
+from model.routing import RoutingRecorder
+from model.native_format import InputError, load_native
 
 MODES = ("full", "lora", "multitask", "mixer-plug", "mixer-joint")
 
@@ -62,16 +63,16 @@ def evaluate(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> dict:
         load = None
         entropy, n_calls = 0.0, 0
         for b in batches([(ids, lab, t) for ids, lab in task.test], batch_size, False, 0):
-            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"])
+            recorder = RoutingRecorder()
+            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder)
             pred += [int(x.argmax()) for x in logits]
             gold += b["labels"].tolist()
-            for m in clf.modules():
-                if isinstance(m, Attention) and m.stats:
-                    for st in m.stats.values():
-                        c = st["tokens_per_expert"].double()
-                        load = c if load is None else load + c
-                        entropy += float(st["router_entropy"])
-                        n_calls += 1
+            for name, st in recorder.stats.items():
+                if name.endswith(".attn"):
+                    c = st["tokens_per_expert"].double()
+                    load = c if load is None else load + c
+                    entropy += float(st["router_entropy"])
+                    n_calls += 1
         acc = sum(p == g for p, g in zip(pred, gold)) / len(gold)
         res = {"accuracy": acc, "macro_f1": macro_f1(pred, gold, len(task.labels)), "test_examples": len(gold)}
         if load is not None:
@@ -94,7 +95,7 @@ def build(model_dir: str, tasks: list[Task], mode: str, a: argparse.Namespace) -
     encoder = {k[len("model."):]: v for k, v in native.state_dict().items() if k.startswith("model.")}
     missing, unexpected = clf.model.load_state_dict(encoder, strict=False)
     if unexpected or any(not (k.endswith(("lora_A", "lora_B", "lora_scale")) or "attn.router" in k) for k in missing):
-        raise ToolError(f"{model_dir}: encoder keys do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise InputError(f"{model_dir}: encoder keys do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if mode in ("lora", "multitask"):
         add_lora(clf, tuple(a.lora_targets.split(",")), a.lora_rank, a.lora_alpha)
     return clf
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             for n, prm in clf.named_parameters():
                 prm.requires_grad_(n.startswith("heads.") or "lora_" in n or "attn.router" in n)
             trainable = [n for n, prm in clf.named_parameters() if prm.requires_grad]
-    except (ToolError, DataError, AdapterError, ValueError) as e:
+    except (InputError, DataError, AdapterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     train = [(ids, lab, t) for t, task in enumerate(tasks)
@@ -170,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     for epoch in range(a.epochs):
         total, n = 0.0, 0
         for b in batches(train, a.batch_size, True, a.seed + epoch):
-            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"])
-            loss = torch.stack([F.cross_entropy(lg[None], lab[None]) for lg, lab in zip(logits, b["labels"])]).mean()
-            loss = loss + weighted_aux(clf.cfg, clf.model.aux_losses())
+            recorder = RoutingRecorder()
+            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder)
+            task_loss = torch.stack([F.cross_entropy(lg[None], lab[None]) for lg, lab in zip(logits, b["labels"])]).mean()
+            loss = combine_losses(clf.cfg, task_loss, recorder.close().aux_losses)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,4 +1,4 @@
-"""Typed, self-validating configuration of ModernALBERT, and the presets of DESIGN §2.
+"""Typed, self-validating configuration of ModernALBERT, and the presets (tiny, 50m, 120m).
 
 Notation: d hidden size, I FFN intermediate size, h heads, e embedding size, V vocabulary, K parameter
 groups, G applications per group (group depth), L = K·G layers. Layer i uses group ⌊i/G⌋'s weights.
@@ -25,7 +25,7 @@ def _check(cond: bool, field_name: str, value: Any, allowed: str) -> None:
 
 @dataclass
 class MoLConfig:
-    """Mixture of LoRAs inside the shared FFN of the listed groups (DESIGN §2, "MoL FFN")."""
+    """Mixture of LoRAs inside the shared FFN of the listed groups."""
 
     groups: tuple[int, ...] = ()  # 0-based groups carrying MoL; () disables MoL
     num_experts: int = 8
@@ -53,7 +53,7 @@ class MoLConfig:
 
 @dataclass
 class AttnExpertsConfig:
-    """LoRA-Mixer: routed LoRA experts on Wqkv and Wo of the listed groups (DESIGN §2)."""
+    """LoRA-Mixer: routed LoRA experts on Wqkv and Wo of the listed groups."""
 
     groups: tuple[int, ...] = ()  # () disables
     num_experts: int = 4
@@ -139,7 +139,7 @@ class ModelConfig:
 
 
 def preset(name: str, **overrides) -> ModelConfig:
-    """A preset of DESIGN §2 (``tiny``, ``50m``, ``120m``) with optional top-level overrides."""
+    """A preset (``tiny``, ``50m``, ``120m``) with optional top-level overrides."""
     if name not in PRESETS:
         raise ConfigError(f"preset={name!r}: allowed: {', '.join(PRESETS)}")
     cfg = dataclasses.replace(PRESETS[name](), **overrides)

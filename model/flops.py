@@ -1,4 +1,4 @@
-"""Unique parameter counts and the per-application FLOP count of DESIGN §2 (used for MFU).
+"""Unique parameter counts and the per-application FLOP count (used for MFU).
 
 FLOPs are counted per *application*: a shared block applied G times costs G times. Only real tokens
 count (the model is unpadded); local attention is counted over the keys inside its window; the MLM
@@ -88,3 +88,28 @@ def count_flops(cfg: ModelConfig, doc_lens: list[int], num_masked: int) -> FlopC
     head = 2.0 * num_masked * (d * d + d * e + e * V)  # dense, ·P, ·Eᵀ
     forward = embedding + sum(layers) + head
     return FlopCount(embedding, layers, head, forward, 3 * forward)
+
+
+class TrainingFlops:
+    """``count_flops(cfg, lens, M).training`` for a packed batch, without a Python loop per layer or document.
+
+    Every term but attention is linear in the tokens T or the masked positions M; attention is linear in
+    the (query, key) pairs, which depend only on whether a layer is global or local. The coefficients
+    are computed once per config; a call costs a few tensor ops on ``cu_seqlens`` (on the host).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        d, e, V = cfg.hidden_size, cfg.embedding_size, cfg.vocab_size
+        self.window = cfg.local_window // 2
+        self.per_token = 2.0 * e * d + sum(block_flops(cfg, i, [1]) - 4.0 * d for i in range(cfg.num_layers))
+        self.per_masked = 2.0 * (d * d + d * e + e * V)
+        n_global = sum(cfg.is_global(i) for i in range(cfg.num_layers))
+        self.per_pair = {True: 4.0 * d * n_global, False: 4.0 * d * (cfg.num_layers - n_global)}
+
+    def __call__(self, cu_seqlens: torch.Tensor, num_masked: int) -> float:
+        n = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.float64)
+        w = self.window
+        local = torch.where(w >= n - 1, n * n, n * (2 * w + 1) - w * (w + 1))
+        forward = (self.per_token * float(n.sum()) + self.per_masked * num_masked
+                   + self.per_pair[True] * float((n * n).sum()) + self.per_pair[False] * float(local.sum()))
+        return 3 * forward

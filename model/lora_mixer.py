@@ -1,4 +1,4 @@
-"""LoRA-Mixer attention experts: routed LoRA experts inside Wqkv and Wo (DESIGN §2).
+"""LoRA-Mixer attention experts: routed LoRA experts inside Wqkv and Wo (arXiv 2507.00029).
 
 ``MixtureLinear`` is an ``nn.Linear`` (its ``weight`` keeps the plain projection's key) plus E LoRA
 experts: ``y = W x + Σ_j w_j s_j B_j A_j x`` with per-token weights w [T, E] from the block's router
@@ -22,6 +22,8 @@ import os
 import torch
 import torch.nn as nn
 
+from model.init import fill_
+
 
 class MixtureLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, num_experts: int, rank: int, alpha: float) -> None:
@@ -29,13 +31,16 @@ class MixtureLinear(nn.Linear):
         self.lora_A = nn.Parameter(torch.empty(num_experts, rank, in_features))
         self.lora_B = nn.Parameter(torch.zeros(num_experts, out_features, rank))
         self.register_buffer("lora_scale", torch.full((num_experts,), alpha / rank))
+        self.alpha = alpha
         self.reset_lora()
 
-    def reset_lora(self) -> None:
-        """A ~ Kaiming-uniform (as PEFT), B = 0: at init the mixture equals the plain projection."""
+    def reset_lora(self, generator: torch.Generator | None = None) -> None:
+        """A ~ Kaiming-uniform (as PEFT), B = 0, scale α/r: at init the mixture equals the plain projection."""
         for e in range(self.lora_A.shape[0]):
-            nn.init.kaiming_uniform_(self.lora_A.data[e], a=math.sqrt(5))
+            fill_(self.lora_A.data[e], nn.init.kaiming_uniform_, generator, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
+        with torch.no_grad():
+            self.lora_scale.fill_(self.alpha / self.lora_A.shape[1])
 
     def forward(self, x_TI: torch.Tensor, weights_TE: torch.Tensor | None = None) -> torch.Tensor:
         y = super().forward(x_TI)

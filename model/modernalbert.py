@@ -13,6 +13,7 @@ Everything runs on a flat stream of T real tokens with ``cu_seqlens``; nothing h
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -22,9 +23,10 @@ import torch.nn.functional as F
 
 from model.attention import RotaryEmbedding, apply_rotary, attention, segment_positions
 from model.config import ModelConfig
+from model.init import fill_, module_generator
 from model.lora_mixer import MixtureLinear
 from model.mol import GeGLUFFN, MoLFFN
-from model.routing import RoutedModule, Router, mixing_weights, routing_specialization_loss
+from model.routing import Router, RoutingRecorder, mixing_weights, routing_specialization_loss
 
 
 @dataclass
@@ -34,9 +36,10 @@ class ForwardContext:
     cu_seqlens: torch.Tensor
     max_seqlen: int
     rope: dict[bool, tuple[torch.Tensor, torch.Tensor]]  # is_global → (cos, sin) [T, Dh]
+    recorder: RoutingRecorder  # the routed modules' auxiliary losses and statistics
 
 
-class Attention(RoutedModule):
+class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, group: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -57,7 +60,8 @@ class Attention(RoutedModule):
         if self.routed:
             r = self.router(x_TD)
             ae = cfg.attn_experts
-            self.record(layer, r, {"attn_rsl": routing_specialization_loss(r, ae.rsl_alpha, ae.rsl_lambda)})
+            ctx.recorder.record("attn", layer, r,
+                                {"attn_rsl": routing_specialization_loss(r, ae.rsl_alpha, ae.rsl_lambda)})
             w_TE = mixing_weights(r, ae.routing)
             qkv = self.Wqkv(x_TD, w_TE)
         else:
@@ -88,7 +92,7 @@ class Block(nn.Module):
     def forward(self, x_TD: torch.Tensor, layer: int, ctx: ForwardContext) -> torch.Tensor:
         h = x_TD if layer == 0 else self.attn_norm(x_TD)
         x_TD = x_TD + self.attn(h, layer, ctx)
-        return x_TD + self.ffn(self.ffn_norm(x_TD), layer)
+        return x_TD + self.ffn(self.ffn_norm(x_TD), layer, ctx.recorder)
 
 
 class RecursiveGroup(nn.Module):
@@ -133,44 +137,28 @@ class ModernAlbertModel(nn.Module):
             "local": RotaryEmbedding(cfg.head_dim, cfg.rope_theta_local),
         })
 
-    def context(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, dtype: torch.dtype) -> ForwardContext:
+    def context(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, dtype: torch.dtype,
+                recorder: RoutingRecorder) -> ForwardContext:
         pos_T = segment_positions(cu_seqlens, total)  # RoPE positions restart in every segment
         rope = {True: self.rope["global"](pos_T, dtype), False: self.rope["local"](pos_T, dtype)}
-        return ForwardContext(cu_seqlens, int(max_seqlen), rope)
+        return ForwardContext(cu_seqlens, int(max_seqlen), rope, recorder)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                output_hidden_states: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """input_ids [T], cu_seqlens [N+1] → (last hidden state [T, D], per-group outputs if asked)."""
-        for m in self.modules():
-            if isinstance(m, RoutedModule):
-                m.reset_routing_records()
+                output_hidden_states: bool = False,
+                recorder: RoutingRecorder | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """input_ids [T], cu_seqlens [N+1] → (last hidden state [T, D], per-group outputs if asked).
+
+        Pass a ``RoutingRecorder`` to receive the routed modules' auxiliary losses and statistics.
+        """
         x_TD = self.embeddings(input_ids)
-        ctx = self.context(cu_seqlens, max_seqlen, input_ids.shape[0], x_TD.dtype)
+        ctx = self.context(cu_seqlens, max_seqlen, input_ids.shape[0], x_TD.dtype,
+                           recorder if recorder is not None else RoutingRecorder())
         hidden = []
         for group in self.groups:
             x_TD = group(x_TD, ctx)
             if output_hidden_states:
                 hidden.append(x_TD)
         return self.final_norm(x_TD), hidden
-
-    def aux_losses(self) -> dict[str, torch.Tensor]:
-        """Sum over every routed application of this forward, per loss name (unscaled)."""
-        out: dict[str, torch.Tensor] = {}
-        for m in self.modules():
-            if isinstance(m, RoutedModule):
-                for name, value in m.aux_records:
-                    out[name] = out[name] + value if name in out else value
-        return out
-
-    def routing_stats(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Detached per-layer routing statistics of the last forward: ``{"layer5.ffn": {...}}``."""
-        out = {}
-        for name, m in self.named_modules():
-            if isinstance(m, RoutedModule):
-                kind = name.rsplit(".", 1)[-1]
-                for layer, st in m.stats.items():
-                    out[f"layer{layer}.{kind}"] = st
-        return dict(sorted(out.items(), key=lambda kv: (int(kv[0].split(".")[0][5:]), kv[0])))
 
 
 class MLMHead(nn.Module):
@@ -185,13 +173,6 @@ class MLMHead(nn.Module):
         return self.norm(F.gelu(self.dense(h_MD)))
 
 
-def weighted_aux(cfg: ModelConfig, aux: dict[str, torch.Tensor]) -> torch.Tensor | float:
-    """The auxiliary losses to add to a task loss: MoL terms times their coefficients, RSL as it is
-    (it carries its own α and λ)."""
-    coefs = {"mol_load_balance": cfg.mol.aux_loss_coef, "mol_z": cfg.mol.z_loss_coef, "attn_rsl": 1.0}
-    return sum((coefs[name] * value for name, value in aux.items()), 0.0)
-
-
 def tied_logits(emb: Embeddings, head: MLMHead, bias: torch.Tensor, h_MD: torch.Tensor) -> torch.Tensor:
     """(head(h)·P)·Eᵀ + b: two thin matmuls instead of materialising the folded V×d decoder."""
     return (head(h_MD) @ emb.proj.weight) @ emb.tok_embeddings.weight.t() + bias
@@ -200,12 +181,12 @@ def tied_logits(emb: Embeddings, head: MLMHead, bias: torch.Tensor, h_MD: torch.
 class MaskedLMOutput(NamedTuple):
     """A NamedTuple (not a dataclass) so wrappers that walk module outputs (DeepSpeed ZeRO-3) see its tensors."""
 
-    loss: torch.Tensor  # what to optimise: mlm_loss + weighted auxiliary losses
-    mlm_loss: torch.Tensor
+    mlm_loss: torch.Tensor  # mean over the masked tokens (0 without labels); model/losses.py adds the aux terms
     mlm_accuracy: torch.Tensor
     num_masked: int
     logits: torch.Tensor  # [M, V], masked positions only
     aux_losses: dict[str, torch.Tensor]  # unscaled sums over applications
+    routing_stats: dict[str, dict[str, torch.Tensor]]  # "layer{i}.{attn|ffn}" → detached statistics
     hidden_states: list[torch.Tensor]  # per-group outputs when asked for, else empty
 
 
@@ -221,23 +202,35 @@ class ModernAlbertForMaskedLM(nn.Module):
         self.model = ModernAlbertModel(cfg)
         self.head = MLMHead(cfg)
         self.decoder_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        self.init_weights()
+        if not self.decoder_bias.is_meta:  # on the meta device, the caller initialises after sharding
+            self.init_weights()
 
-    def init_weights(self) -> None:
-        """Truncated normal (std init_std); output projections scaled by 1/√(2L); LoRA B = 0."""
+    def init_weights(self, seed: int | None = None, select: Callable[[str], bool] | None = None) -> None:
+        """Truncated normal (std init_std); output projections scaled by 1/√(2L); LoRA B = 0.
+
+        Each module draws from its own generator seeded by (``seed``, its name) (``model/init.py``);
+        ``seed`` defaults to a draw from torch's global generator, so ``torch.manual_seed`` still decides.
+        ``select(name)``: only the modules it accepts (one unit of a sharded model; "" is the root).
+        """
+        if seed is None:
+            seed = int(torch.randint(2**62, ()).item())
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.num_layers)
         for name, m in self.named_modules():
+            if select is not None and not select(name):
+                continue
+            g = module_generator(seed, name)
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 s = out_std if name.endswith(("attn.Wo", "ffn.Wo")) else std
-                nn.init.trunc_normal_(m.weight, std=s, a=-2 * s, b=2 * s)
+                fill_(m.weight, nn.init.trunc_normal_, g, std=s, a=-2 * s, b=2 * s)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
             if isinstance(m, (MoLFFN, MixtureLinear)):
-                m.reset_lora()
+                m.reset_lora(g)
             if isinstance(m, Router):
-                nn.init.normal_(m.weight, std=0.02)
-        nn.init.zeros_(self.decoder_bias)
+                fill_(m.weight, nn.init.normal_, g, std=0.02)
+        if select is None or select(""):
+            nn.init.zeros_(self.decoder_bias)
 
     def decoder_weight(self) -> torch.Tensor:
         """The folded decoder E·Pᵀ [V, d] (what a stock ModernBERT export stores)."""
@@ -249,20 +242,23 @@ class ModernAlbertForMaskedLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                 mlm_positions: torch.Tensor, mlm_labels: torch.Tensor | None = None,
                 output_hidden_states: bool = False) -> MaskedLMOutput:
-        h_TD, hidden = self.model(input_ids, cu_seqlens, max_seqlen, output_hidden_states)
+        recorder = RoutingRecorder()
+        h_TD, hidden = self.model(input_ids, cu_seqlens, max_seqlen, output_hidden_states, recorder)
+        recorder.close()
         logits_MV = self.logits(h_TD[mlm_positions])
-        aux = self.model.aux_losses()
+        M = len(mlm_positions)
         if mlm_labels is None:
             zero = logits_MV.new_zeros(())
-            return MaskedLMOutput(zero, zero, zero, len(mlm_positions), logits_MV, aux, hidden)
+            return MaskedLMOutput(zero, zero, M, logits_MV, recorder.aux_losses, recorder.stats, hidden)
         mlm_loss = F.cross_entropy(logits_MV.float(), mlm_labels)
         with torch.no_grad():
             acc = (logits_MV.argmax(-1) == mlm_labels).float().mean()
-        loss = mlm_loss + weighted_aux(self.cfg, aux)
-        return MaskedLMOutput(loss, mlm_loss, acc, len(mlm_positions), logits_MV, aux, hidden)
+        return MaskedLMOutput(mlm_loss, acc, M, logits_MV, recorder.aux_losses, recorder.stats, hidden)
 
-    def routing_stats(self) -> dict[str, dict[str, torch.Tensor]]:
-        return self.model.routing_stats()
+
+def mol_layers(model: nn.Module) -> dict[int, MoLFFN]:
+    """Group index → its MoL FFN, for any model whose encoder is ``model.model`` (MLM, classifiers)."""
+    return {g: grp.block.ffn for g, grp in enumerate(model.model.groups) if isinstance(grp.block.ffn, MoLFFN)}
 
 
 def model_inputs(batch: dict) -> dict:

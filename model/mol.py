@@ -1,4 +1,4 @@
-"""The shared GeGLU FFN and its Mixture-of-LoRAs version (DESIGN §2, "MoL FFN").
+"""The shared GeGLU FFN and its Mixture-of-LoRAs version (MoL).
 
 Expert j adds LoRA factors to both FFN matrices (scale s = α/r):
     FFN_j(x) = (Wo + s·B2_j A2_j) · geglu((Wi + s·B1_j A1_j) x),   output Σ_{j ∈ top-k} w_j FFN_j(x).
@@ -9,6 +9,11 @@ The grouped computation never runs k full FFNs: ``Wi x`` once, then per (token, 
 matmul runs once on a contiguous block (no Python loop over tokens). The A1 and B2 products are done
 for all experts at once (E·r is small next to 2I); B1 and A2 are per expert. ``reference`` computes
 every expert's full FFN with merged weights: slow and obviously right, for the parity tests.
+
+The grouped computation is its own parameterless module (``GroupedLoRAFFN``) that receives the
+weights as arguments, so expert parallelism can wrap that one call from outside with forward hooks
+(``pretrain/expert_parallel.py``: tokens sent to the experts' owners before it, brought back after)
+without renaming a parameter or replacing a method.
 
 Shapes: T tokens, D hidden, F = 2I (Wi output), I intermediate, E experts, K top-k, N = T·K pairs,
 R LoRA rank.
@@ -23,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import MoLConfig
-from model.routing import RoutedModule, Routing, Router, load_balance_loss, topk_dense, z_loss
+from model.init import fill_
+from model.routing import Routing, Router, RoutingRecorder, load_balance_loss, topk_dense, z_loss
 
 
 def geglu(h_NF: torch.Tensor) -> torch.Tensor:
@@ -39,7 +45,7 @@ class GeGLUFFN(nn.Module):
         self.Wi = nn.Linear(dim, 2 * intermediate, bias=False)
         self.Wo = nn.Linear(intermediate, dim, bias=False)
 
-    def forward(self, x_TD: torch.Tensor, layer: int = 0) -> torch.Tensor:
+    def forward(self, x_TD: torch.Tensor, layer: int = 0, recorder: RoutingRecorder | None = None) -> torch.Tensor:
         return self.Wo(geglu(self.Wi(x_TD)))
 
 
@@ -59,7 +65,38 @@ def sort_pairs(idx_TK: torch.Tensor, w_TK: torch.Tensor, dtype: torch.dtype
     return tok_N, exp_N[order_N], w_TK.reshape(-1)[order_N].to(dtype)
 
 
-class MoLFFN(RoutedModule):
+class GroupedLoRAFFN(nn.Module):
+    """Σ_k w_TK·FFN_{idx_TK}(x_TD) for the experts whose factors it is given (no parameters of its own).
+
+    ``Wi``/``Wo`` are the owner's shared projections, called as modules (so ZeRO-3 gathers them);
+    ``A1, B1, A2, B2`` the expert factors with E in dim 0 — all experts, or, under expert
+    parallelism, this rank's slice with ``idx_TK`` indexing into it.
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x_TD: torch.Tensor, idx_TK: torch.Tensor, w_TK: torch.Tensor, Wi: nn.Module, Wo: nn.Module,
+                A1: torch.Tensor, B1: torch.Tensor, A2: torch.Tensor, B2: torch.Tensor) -> torch.Tensor:
+        T, D = x_TD.shape
+        E, R, s = A1.shape[0], A1.shape[1], self.scale
+        h_TF = Wi(x_TD)
+        tok_N, exp_N, w_N = sort_pairs(idx_TK, w_TK, x_TD.dtype)
+        counts = torch.bincount(exp_N, minlength=E).tolist()
+
+        # the scale goes into the small factors, not the big activations
+        u_TER = (x_TD @ A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
+        h_NF = F.embedding(tok_N, h_TF).add_(grouped_matmul(u_TER[tok_N, exp_N], s * B1, counts))  # row gather
+        a_NI = geglu(h_NF)
+        y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add_(0, tok_N, a_NI * w_N[:, None])
+        v_NR = grouped_matmul(a_NI, A2, counts) * w_N[:, None]
+        z_TER = x_TD.new_zeros(T, E, R).index_put_((tok_N, exp_N), v_NR)
+        B2_DX = (s * B2).permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
+        return Wo(y_TI) + z_TER.view(T, E * R) @ B2_DX.t()
+
+
+class MoLFFN(nn.Module):
     """GeGLU FFN with E routed LoRA experts on Wi and Wo; keys ``Wi``/``Wo`` match ``GeGLUFFN``."""
 
     def __init__(self, dim: int, intermediate: int, cfg: MoLConfig) -> None:
@@ -74,48 +111,28 @@ class MoLFFN(RoutedModule):
         self.A2 = nn.Parameter(torch.empty(E, R, intermediate))
         self.B2 = nn.Parameter(torch.zeros(E, dim, R))
         self.scale = cfg.alpha / cfg.rank
-        self.dispatch = None  # set by expert parallelism: fn(module, x_TD, routing) -> y_TD
+        self.grouped_ffn = GroupedLoRAFFN(self.scale)
         self.reset_lora()
 
-    def reset_lora(self) -> None:
+    def reset_lora(self, generator: torch.Generator | None = None) -> None:
         """A ~ Kaiming-uniform (as PEFT), B = 0: at init every expert equals the shared FFN."""
         for a in (self.A1, self.A2):
             for e in range(a.shape[0]):
-                nn.init.kaiming_uniform_(a.data[e], a=math.sqrt(5))
+                fill_(a.data[e], nn.init.kaiming_uniform_, generator, a=math.sqrt(5))
         nn.init.zeros_(self.B1)
         nn.init.zeros_(self.B2)
 
-    def forward(self, x_TD: torch.Tensor, layer: int = 0) -> torch.Tensor:
+    def forward(self, x_TD: torch.Tensor, layer: int = 0, recorder: RoutingRecorder | None = None) -> torch.Tensor:
         r = self.router(x_TD)
-        self.record(layer, r, {"mol_load_balance": load_balance_loss(r), "mol_z": z_loss(r)})
+        if recorder is not None:
+            recorder.record("ffn", layer, r, {"mol_load_balance": load_balance_loss(r), "mol_z": z_loss(r)})
         if not self.cfg.grouped:
             return self.reference(x_TD, r)
-        if self.dispatch is not None:  # expert parallelism (pretrain/expert_parallel.py) computes elsewhere
-            return self.dispatch(self, x_TD, r)
         return self.grouped(x_TD, r.topk_idx_TK, r.topk_w_TK)
 
-    def experts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The (A1, B1, A2, B2) this process computes with (a slice of the experts under EP)."""
-        return self.A1, self.B1, self.A2, self.B2
-
     def grouped(self, x_TD: torch.Tensor, idx_TK: torch.Tensor, w_TK: torch.Tensor) -> torch.Tensor:
-        """Σ_k w_TK·FFN_{idx_TK}(x_TD) with indices into ``experts()`` (all E, or this rank's slice)."""
-        A1, B1, A2, B2 = self.experts()
-        T, D = x_TD.shape
-        E, R, s = A1.shape[0], A1.shape[1], self.scale
-        h_TF = self.Wi(x_TD)
-        tok_N, exp_N, w_N = sort_pairs(idx_TK, w_TK, x_TD.dtype)
-        counts = torch.bincount(exp_N, minlength=E).tolist()
-
-        # the scale goes into the small factors, not the big activations
-        u_TER = (x_TD @ A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
-        h_NF = F.embedding(tok_N, h_TF).add_(grouped_matmul(u_TER[tok_N, exp_N], s * B1, counts))  # row gather
-        a_NI = geglu(h_NF)
-        y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add_(0, tok_N, a_NI * w_N[:, None])
-        v_NR = grouped_matmul(a_NI, A2, counts) * w_N[:, None]
-        z_TER = x_TD.new_zeros(T, E, R).index_put_((tok_N, exp_N), v_NR)
-        B2_DX = (s * B2).permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
-        return self.Wo(y_TI) + z_TER.view(T, E * R) @ B2_DX.t()
+        """The fast path: ``GroupedLoRAFFN`` over this layer's experts."""
+        return self.grouped_ffn(x_TD, idx_TK, w_TK, self.Wi, self.Wo, self.A1, self.B1, self.A2, self.B2)
 
     def reference(self, x_TD: torch.Tensor, r: Routing) -> torch.Tensor:
         """Every expert's full FFN with merged weights, mixed by the dense top-k weights."""

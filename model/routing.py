@@ -1,9 +1,9 @@
 """Token routing shared by MoL (FFN) and LoRA-Mixer (attention): router, top-k, auxiliary losses.
 
-Router math runs in fp32. Auxiliary losses and routing statistics do not travel through return
-values: each routed module records them on itself while the model runs (``RoutedModule``), and the
-model gathers them after the forward (``ModernAlbertForMaskedLM.forward`` adds the losses,
-``routing_stats()`` serves the logger).
+Router math runs in fp32. Auxiliary losses and routing statistics of one forward go into a
+``RoutingRecorder`` that the model creates per forward and hands to every routed module through its
+arguments; the model returns what it holds (``MaskedLMOutput.aux_losses`` / ``.routing_stats``), and
+``model/losses.py`` combines the losses.
 
 Shapes: T tokens, E experts, K chosen experts per token.
 """
@@ -89,36 +89,39 @@ def entropy(probs_TE: torch.Tensor) -> torch.Tensor:
 
 
 def routing_specialization_loss(r: Routing, alpha: float, lam: float) -> torch.Tensor:
-    """LoRA-Mixer's RSL = α·E·Σ f̄_j p̄_j + λ·mean_t H(p(x_t)) (λ signed, see DESIGN §2)."""
+    """LoRA-Mixer's RSL = α·E·Σ f̄_j p̄_j + λ·mean_t H(p(x_t)); λ is signed (λ > 0 sharpens the routing)."""
     E = r.probs_TE.shape[1]
     balance = E * (assignment_share(r) * r.probs_TE.mean(dim=0)).sum()
     return alpha * balance + lam * entropy(r.probs_TE).mean()
 
 
-class RoutedModule(nn.Module):
-    """Base of modules that route tokens: records auxiliary losses and statistics per forward.
+class RoutingRecorder:
+    """The auxiliary losses and routing statistics of one forward, filled in by the routed modules.
 
-    ``reset_routing_records()`` is called by the model at the start of each forward; every call of the
-    module (one per application of a shared block) appends its losses and overwrites its statistics
-    under the layer index it ran at.
+    Losses are summed per name over every routed application (unscaled); statistics are kept per
+    application as ``"layer{i}.{kind}"`` (kind: ``attn`` or ``ffn``). ``close()`` ends the forward:
+    an activation-checkpointing recompute in the backward runs the routers again, and must not add
+    its (identical) losses a second time.
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.aux_records: list[tuple[str, torch.Tensor]] = []
-        self.stats: dict[int, dict[str, torch.Tensor]] = {}
+        self.aux_losses: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, dict[str, torch.Tensor]] = {}
+        self.closed = False
 
-    def reset_routing_records(self) -> None:
-        self.aux_records = []
-        self.stats = {}
-
-    def record(self, layer: int, r: Routing, losses: dict[str, torch.Tensor]) -> None:
+    def record(self, kind: str, layer: int, r: Routing, losses: dict[str, torch.Tensor]) -> None:
+        if self.closed:
+            return
         for name, value in losses.items():
-            self.aux_records.append((name, value))
+            self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
         with torch.no_grad():
             E = r.probs_TE.shape[1]
-            self.stats[layer] = {
+            self.stats[f"layer{layer}.{kind}"] = {
                 "tokens_per_expert": torch.bincount(r.topk_idx_TK.reshape(-1), minlength=E),
                 "router_entropy": entropy(r.probs_TE).mean(),
                 **{name: value.detach() for name, value in losses.items()},
             }
+
+    def close(self) -> "RoutingRecorder":
+        self.closed = True
+        return self

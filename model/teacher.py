@@ -1,6 +1,7 @@
 """Read a HuggingFace encoder (BERT or ModernBERT family) and map its weights onto a ModernALBERT student.
 
-Used by ``tools/init_from_teacher.py`` (distillation-based initialisation, DESIGN §5) and by the
+Used by ``tools/init_from_teacher.py`` (distillation-based initialisation: each student group starts
+from a chosen teacher layer) and by the
 distillation losses of pretraining (``pretrain/distill.py``, which needs the layer map).
 
 Mapping (student group g ← teacher layer t_g, evenly spaced over the teacher's layers, first and last

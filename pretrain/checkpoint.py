@@ -54,21 +54,26 @@ def _set_rng_state(state: dict) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_single_process():
+def quiet_single_process():
     """One process without a process group is a supported case: silence DCP's warning about it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         yield
 
 
-def latest_checkpoint(ckpt_dir: str) -> str | None:
+def latest_pointer(ckpt_dir: str) -> str | None:
+    """The step directory ``ckpt_dir/latest`` names (complete or not), or None without a pointer."""
     path = os.path.join(ckpt_dir, LATEST)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
-        name = f.read().strip()
-    full = os.path.join(ckpt_dir, name)
-    return full if os.path.isfile(os.path.join(full, "trainer.json")) else None
+        return os.path.join(ckpt_dir, f.read().strip())
+
+
+def latest_checkpoint(ckpt_dir: str) -> str | None:
+    """The step directory ``ckpt_dir/latest`` names, if that checkpoint is complete (has trainer.json)."""
+    full = latest_pointer(ckpt_dir)
+    return full if full and os.path.isfile(os.path.join(full, "trainer.json")) else None
 
 
 def save(ckpt_dir: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -79,7 +84,7 @@ def save(ckpt_dir: str, step: int, model: torch.nn.Module, optimizer: torch.opti
 
 def _dcp_save(tmp: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _quiet_single_process():
+    with quiet_single_process():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
 
 
@@ -121,7 +126,7 @@ def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
 def _dcp_load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    with _quiet_single_process():
+    with quiet_single_process():
         dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=StateDictOptions(strict=True))

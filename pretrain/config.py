@@ -15,7 +15,6 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from model.config import ConfigError, ModelConfig, preset
 from pretrain.data import MLMConfig
-from pretrain.deepspeed_engine import DeepSpeedConfig
 from pretrain.distill import DistillConfig
 from pretrain.evaluate import EvalConfig
 from pretrain.logger import LogConfig
@@ -69,6 +68,18 @@ class ParallelConfig:
     ep: int = 1  # expert-parallel degree: MoL experts split over this many ranks (must divide the world size)
     activation_checkpointing: bool = False  # recompute each block application's activations in the backward
     compile: bool = False  # torch.compile each block (needs a C++ compiler on CPU)
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 3
+    config: str = ""  # a DeepSpeed JSON merged over the generated config
+
+    def validate(self) -> None:
+        if self.zero_stage not in (1, 2, 3):
+            raise ConfigError(f"deepspeed.zero_stage={self.zero_stage!r}: allowed: 1, 2, 3")
+        if self.config and not os.path.isfile(self.config):
+            raise ConfigError(f"deepspeed.config={self.config!r}: no such file")
 
 
 @dataclass

@@ -23,28 +23,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 
 import torch
 
 from model.config import ConfigError
 from model.modernalbert import ModernAlbertForMaskedLM
 from pretrain import checkpoint
+from pretrain.config import DeepSpeedConfig
 
 # the training loop builds the batches: these must stay as generated
 BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
-
-
-@dataclass
-class DeepSpeedConfig:
-    zero_stage: int = 3
-    config: str = ""  # a DeepSpeed JSON merged over the generated config
-
-    def validate(self) -> None:
-        if self.zero_stage not in (1, 2, 3):
-            raise ConfigError(f"deepspeed.zero_stage={self.zero_stage!r}: allowed: 1, 2, 3")
-        if self.config and not os.path.isfile(self.config):
-            raise ConfigError(f"deepspeed.config={self.config!r}: no such file")
 
 
 def _merge(base: dict, user: dict, prefix: str, changes: list[str]) -> dict:

@@ -1,4 +1,4 @@
-"""Distillation losses against a frozen HuggingFace teacher (DESIGN §5, last item).
+"""Distillation losses against a frozen HuggingFace teacher: cosine on mapped hidden states, KL on masked-token logits.
 
     distill.teacher=DIR   distill.hidden_weight=1.0   distill.kl_weight=1.0   distill.temperature=2.0
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from data_prep.errors import DataPrepError
 from model.modernalbert import model_inputs
 from pretrain.data import LoaderConfig, MLMConfig, PretrainLoader
+from pretrain.reduce import all_reduce
 
 
 @dataclass
@@ -56,8 +56,6 @@ def evaluate(model: torch.nn.Module, loader: PretrainLoader, device: torch.devic
         out = model(**inputs)
         n = out.num_masked
         sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_accuracy.item() * n, n], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(sums)
     model.train(was_training)
-    ce, correct, masked = sums.tolist()
+    ce, correct, masked = all_reduce(sums).tolist()
     return {"val_loss": ce / max(masked, 1), "val_accuracy": correct / max(masked, 1), "val_masked": int(masked)}

@@ -24,7 +24,7 @@ class FSDPEngine:
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         loss.backward()
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         """The update after the last micro-batch: EP gradient reduction, clipping, AdamW, zero grads."""
         self.par.reduce_grads()
         norm = self.par.clip_grad_norm_(list(self.module.parameters()), self.grad_clip)

@@ -1,12 +1,17 @@
 """Parallelism applied to a single-device ModernALBERT from outside, in a fixed order.
 
-Order (torchtitan's): expert parallelism → activation checkpointing → torch.compile → FSDP2.
+The model is built on the meta device (no memory) and materialised unit by unit: each
+``RecursiveGroup`` is allocated, initialised (``init(name)``, the caller's: fresh weights or a loaded
+state) and sharded before the next one, then the root. No rank ever holds a full replica of the
+model; the largest full tensor is one group's. Per unit, torchtitan's order:
+expert parallelism → activation checkpointing → torch.compile → FSDP2.
 
-- EP (``parallel.ep`` = P > 1): see ``pretrain/expert_parallel.py``; expert parameters become DTensors
-  on the "ep" sub-mesh and are left out of FSDP.
-- Activation checkpointing (``parallel.activation_checkpointing``): every application of a shared block
-  recomputes its activations in the backward (G applications → G checkpoints; the block's weights
-  are stored once). The RNG state is replayed, so router jitter is the same in the recompute.
+- EP (``parallel.ep`` = P > 1): ``pretrain/expert_parallel.py``, an ``ExpertParallel`` style per MoL
+  layer; expert parameters become DTensors on the "ep" sub-mesh and are left out of FSDP.
+- Activation checkpointing (``parallel.activation_checkpointing``): torch's composable ``checkpoint``
+  on each block (hooks: parameter names and the model's code unchanged). Every application of a
+  shared block recomputes its activations in the backward (G applications → G checkpoints; the
+  block's weights are stored once). The RNG state is replayed, so router jitter is the same.
 - ``torch.compile`` (``parallel.compile``): each block's forward, in place (parameter names unchanged).
   The MoL and attention code read tensor sizes on the host, which splits the graph there.
 - FSDP2 (``fully_shard``, ZeRO-3 semantics) over all ranks. Each ``RecursiveGroup`` is one unit: its
@@ -17,15 +22,15 @@ Order (torchtitan's): expert parallelism → activation checkpointing → torch.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.distributed._composable import checkpoint
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
-from torch.utils.checkpoint import checkpoint
 
 from model.modernalbert import ModernAlbertForMaskedLM
 from pretrain.expert_parallel import apply_expert_parallel, reduce_expert_grads
@@ -46,8 +51,9 @@ class Parallelism:
         if self.expert_params:
             reduce_expert_grads(self.expert_params, self.edp_mesh, self.world)
 
-    def clip_grad_norm_(self, params: list[torch.nn.Parameter], max_norm: float) -> float:
-        """Global L2 norm of all gradients (clipped to ``max_norm`` when > 0); returns the norm before.
+    def clip_grad_norm_(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Global L2 norm of all gradients (clipped to ``max_norm`` when > 0); returns the norm before,
+        as a tensor: no host sync (the coefficient is min(1, max_norm / norm), applied always).
 
         Each rank adds the squares of the gradient elements it holds, weighted by 1/(number of ranks
         holding the same element): FSDP shards are held once, EP expert slices by the W/P "edp" ranks,
@@ -62,11 +68,12 @@ class Parallelism:
             total += local.double().square().sum() / holders
         if self.world > 1:
             dist.all_reduce(total)
-        norm = float(total.sqrt())
-        if max_norm > 0 and norm > max_norm:
-            coef = max_norm / (norm + 1e-6)
+        norm = total.sqrt()
+        if max_norm > 0:
+            coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
             for g in grads:
-                (g.to_local() if isinstance(g, DTensor) else g).mul_(coef)
+                local = g.to_local() if isinstance(g, DTensor) else g
+                local.mul_(coef.to(local.dtype))
         return norm
 
 
@@ -85,34 +92,45 @@ def build_meshes(device: torch.device, ep: int) -> Parallelism:
     return par
 
 
-def _checkpointed(forward):
-    @functools.wraps(forward)
-    def run(*args, **kwargs):
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-    return run
+def _materialize(module: torch.nn.Module, device: torch.device) -> None:
+    """Allocate (uninitialised) the meta tensors of ``module`` on ``device``; real ones are left alone."""
+    for m in module.modules():
+        for key, p in m._parameters.items():
+            if p is not None and p.is_meta:
+                m._parameters[key] = torch.nn.Parameter(torch.empty_like(p, device=device),
+                                                        requires_grad=p.requires_grad)
+        for key, b in m._buffers.items():
+            if b is not None and b.is_meta:
+                m._buffers[key] = torch.empty_like(b, device=device)
 
 
-def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, *, ep: int = 1,
+def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Callable[[str], None], *, ep: int = 1,
                 activation_checkpointing: bool = False, compile: bool = False,
                 fsdp: bool = True) -> tuple[ModernAlbertForMaskedLM, Parallelism]:
-    """Apply EP → AC → compile → FSDP2 to ``model`` (already on ``device``, same weights on every rank).
+    """Materialise, initialise and parallelise ``model`` (built on the meta device) unit by unit.
 
-    ``fsdp=False``: everything but the sharding (the DeepSpeed engine shards the model itself).
+    ``init(prefix)`` fills the freshly allocated tensors of the modules under ``prefix`` (a group's
+    name, e.g. ``model.groups.0``) or, with ``""``, of everything outside the groups; it must give every
+    rank the same values. ``fsdp=False``: everything but the sharding (DeepSpeed shards the model itself).
     """
     par = build_meshes(device, ep)
-    if par.ep_mesh is not None:
-        par.expert_params = apply_expert_parallel(model, par.ep_mesh)
-    for group in model.model.groups:
-        if activation_checkpointing:
-            group.block.forward = _checkpointed(group.block.forward)
-        if compile:
-            group.block.compile()
-    if par.dp_mesh is None or not fsdp:
-        return model, par
+    shard = par.dp_mesh is not None and fsdp
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
           if device.type == "cuda" else MixedPrecisionPolicy())
-    ignored = set(par.expert_params)
-    for group in model.model.groups:
-        fully_shard(group, mesh=par.dp_mesh, mp_policy=mp, ignored_params=ignored & set(group.parameters()) or None)
-    fully_shard(model, mesh=par.dp_mesh, mp_policy=mp, ignored_params=ignored or None)
+    for g, group in enumerate(model.model.groups):
+        _materialize(group, device)
+        init(f"model.groups.{g}")
+        if par.ep_mesh is not None:
+            par.expert_params += apply_expert_parallel(model, par.ep_mesh, groups=[g])
+        if activation_checkpointing:
+            checkpoint(group.block)
+        if compile:
+            group.block.compile()
+        if shard:
+            ignored = set(par.expert_params) & set(group.parameters())
+            fully_shard(group, mesh=par.dp_mesh, mp_policy=mp, ignored_params=ignored or None)
+    _materialize(model, device)
+    init("")
+    if shard:
+        fully_shard(model, mesh=par.dp_mesh, mp_policy=mp, ignored_params=set(par.expert_params) or None)
     return model, par

@@ -13,6 +13,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from pretrain.reduce import all_reduce
+
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
 MARKER = "preempted"
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -36,9 +38,7 @@ class PreemptionWatch:
     def agreed(self) -> bool:
         """Collective: True on every rank if any rank got a signal."""
         flag = torch.tensor([1 if self.received is not None else 0])
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return bool(all_reduce(flag, dist.ReduceOp.MAX).item())
 
 
 def write_marker(run_dir: str, step: int) -> None:

@@ -8,7 +8,9 @@ optimizer, schedule, data cursor, RNG). Writes run_dir/config.yaml, run_dir/metr
 run_dir/checkpoints/.
 
 Parallelism: FSDP2 over all ranks, plus expert parallelism (parallel.ep), activation checkpointing
-and torch.compile (pretrain/parallelize.py).
+and torch.compile (pretrain/parallelize.py). The loop reads top to bottom in stages: ``setup`` (process
+group, device, batch geometry) → ``Trainer.__init__`` (build: model on the meta device, parallelised
+and initialised unit by unit, engine, data) → ``resume`` → ``run`` (``step`` → log → validate → save).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -25,7 +28,8 @@ import torch.distributed as dist
 from data_prep.errors import DataPrepError
 from data_prep.shards import ShardIndex
 from model.config import ConfigError
-from model.flops import count_flops
+from model.flops import TrainingFlops
+from model.losses import aux_coefficients, combine_losses, weighted_aux
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, faults
 from pretrain.config import RunConfig, load_config
@@ -36,17 +40,12 @@ from pretrain.logger import TrainLogger
 from pretrain.fsdp_engine import FSDPEngine
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
+from pretrain.reduce import all_reduce
 from pretrain.schedule import wsd_factor
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. a non-finite loss); the last good checkpoint is intact."""
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -67,11 +66,22 @@ def _write_resolved_config(cfg: RunConfig) -> None:
         yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), f, sort_keys=False)
 
 
-def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
-    """Run (or resume) the training; returns rank 0's metrics records of this process.
+# ---------------------------------------------------------------------------------------------- set-up
 
-    ``extra_signals`` are treated like SIGUSR1/SIGTERM (save and stop); the submitit launcher adds its own.
-    """
+@dataclass
+class Runtime:
+    """Where this process runs and the batch geometry (the set-up stage's result)."""
+
+    index: ShardIndex
+    device: torch.device
+    rank: int
+    world: int
+    accum: int  # micro-batches per optimizer step on each rank
+    init_state: dict[str, torch.Tensor] | None  # weights of cfg.init_from
+
+
+def setup(cfg: RunConfig) -> Runtime:
+    """Check the data and config against each other, start the process group, choose the device."""
     index = ShardIndex.load(cfg.data.dir)  # a missing data dir fails here, before any process-group work
     init_state = None
     if cfg.init_from:
@@ -85,169 +95,274 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
     if world_env % cfg.parallel.ep:
         raise ConfigError(f"parallel.ep={cfg.parallel.ep}: must divide the number of processes ({world_env})")
     deepspeed = cfg.engine == "deepspeed"
-    distributed = world_env > 1 or deepspeed  # DeepSpeed needs a process group even for one process
-    if deepspeed and world_env == 1:
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if deepspeed and world_env == 1:  # DeepSpeed needs a process group even for one process
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
-    if distributed and not dist.is_initialized():
-        if device.type == "cuda":
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if (world_env > 1 or deepspeed) and not dist.is_initialized():
+        if cuda:
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     accum = cfg.accumulation_steps(index.seq_len, world)
     if rank == 0:
         _write_resolved_config(cfg)
         print(f"config: {json.dumps(cfg.to_dict())}")
+    return Runtime(index, device, rank, world, accum, init_state)
 
-    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-    model = ModernAlbertForMaskedLM(cfg.model)
-    if init_state is not None:
-        model.load_state_dict(init_state, strict=True)
-        if rank == 0:
-            print(f"initialised from {cfg.init_from}")
-    model = model.to(device)
-    teacher = (Teacher(cfg.distill, cfg.model, index.seq_len, device, verbose=rank == 0)
-               if cfg.distill.teacher else None)
+
+# ---------------------------------------------------------------------------------------------- build
+
+def build_model(cfg: RunConfig, rt: Runtime) -> tuple[ModernAlbertForMaskedLM, object]:
+    """The model on the meta device, then materialised, initialised and parallelised unit by unit."""
+    with torch.device("meta"):
+        model = ModernAlbertForMaskedLM(cfg.model)
+
+    def init(prefix: str) -> None:  # the same values on every rank: seeded per module, or loaded
+        inside = (lambda n: n == prefix or n.startswith(prefix + ".")) if prefix else \
+            (lambda n: not n.startswith("model.groups."))
+        model.init_weights(cfg.train.seed, select=inside)
+        if rt.init_state is not None:
+            with torch.no_grad():
+                for name, t in [*model.named_parameters(), *model.named_buffers()]:
+                    if inside(name.rsplit(".", 1)[0] if "." in name else ""):
+                        t.copy_(rt.init_state[name])
+
     try:
-        model, par = parallelize(model, device, ep=cfg.parallel.ep, compile=cfg.parallel.compile,
-                                 activation_checkpointing=cfg.parallel.activation_checkpointing, fsdp=not deepspeed)
-    except ValueError as e:  # e.g. parallel.ep does not divide the number of processes
+        model, par = parallelize(model, rt.device, init, ep=cfg.parallel.ep, compile=cfg.parallel.compile,
+                                 activation_checkpointing=cfg.parallel.activation_checkpointing,
+                                 fsdp=cfg.engine != "deepspeed")
+    except ValueError as e:  # e.g. parallel.ep does not divide the number of experts
         raise ConfigError(str(e)) from None
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule))
-    if deepspeed:
-        from pretrain.deepspeed_engine import DeepSpeedEngine, build_config
+    if rt.init_state is not None and rt.rank == 0:
+        print(f"initialised from {cfg.init_from}")
+    return model, par
 
-        ds_config, changes = build_config(cfg.deepspeed, cfg.train.micro_batch_size, accum, world,
-                                          cfg.optim.grad_clip, device.type == "cuda")
-        if rank == 0:
-            for c in changes:
-                print(f"deepspeed config: {c} (from {cfg.deepspeed.config})")
-        engine = DeepSpeedEngine(model, optimizer, ds_config)
-    else:
-        engine = FSDPEngine(model, par, optimizer, cfg.optim.grad_clip)
-    loader = PretrainLoader(LoaderConfig(cfg.data.dir, cfg.train.micro_batch_size, seed=cfg.data.seed,
-                                         num_workers=cfg.data.num_workers, mlm=cfg.data.mlm,
-                                         pin_memory=device.type == "cuda"), rank, world)
 
-    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
-    step = start_step = 0
-    latest = checkpoint.latest_checkpoint(ckpt_dir) if cfg.checkpoint.resume else None
-    if latest:
-        state = engine.load(latest, world)
-        step = start_step = state["step"]
-        scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        if rank == 0:
-            print(f"resumed from {latest} at step {step}")
+def build_engine(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, par, optimizer):
+    if cfg.engine != "deepspeed":
+        return FSDPEngine(model, par, optimizer, cfg.optim.grad_clip)
+    from pretrain.deepspeed_engine import DeepSpeedEngine, build_config
 
-    def save() -> str:
-        return engine.save(ckpt_dir, step, {"scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
-                                            "config": cfg.to_dict(), "engine": cfg.engine, "world_size": world},
-                           cfg.checkpoint.keep)
+    ds_config, changes = build_config(cfg.deepspeed, cfg.train.micro_batch_size, rt.accum, rt.world,
+                                      cfg.optim.grad_clip, rt.device.type == "cuda")
+    if rt.rank == 0:
+        for c in changes:
+            print(f"deepspeed config: {c} (from {cfg.deepspeed.config})")
+    return DeepSpeedEngine(model, optimizer, ds_config)
 
-    preemption = PreemptionWatch(extra_signals)
-    if rank == 0:
-        clear_marker(cfg.run_dir)
-    logger = TrainLogger(cfg.log, cfg.run_dir, cfg.train.steps, cfg.train.log_every, rank=rank, world=world,
-                         device=device, start_step=step, config=cfg.to_dict())
-    val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm, rank, world)
-           if cfg.eval.every else None)
 
-    def validate() -> dict:
-        result = evaluate(model, val, device, cfg.eval.max_batches)
-        if rank == 0:
-            print(f"eval step {step:>6}: val loss {result['val_loss']:.4f}  val acc {result['val_accuracy']:.3f}  "
+# ---------------------------------------------------------------------------------------------- step
+
+class StepSums:
+    """A step's metric sums over its micro-batches, kept on the device (no host sync until ``reduce``).
+
+    Slots: CE sum, correct predictions, weighted aux sum, distill hidden sum, distill KL sum, then one
+    per auxiliary loss (``aux_names``), then, on log steps, the tokens routed to each expert per layer.
+    """
+
+    SCALARS = ("ce", "correct", "aux", "hidden", "kl")
+
+    def __init__(self, aux_names: list[str], device: torch.device) -> None:
+        self.aux_names, self.device = aux_names, device
+        self.sums = torch.zeros(len(self.SCALARS) + len(aux_names), dtype=torch.float64, device=device)
+        self.load: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def add(self, cfg, out, hidden: torch.Tensor, kl: torch.Tensor, count_load: bool) -> None:
+        n = out.num_masked
+        aux = [out.aux_losses[k].double() for k in self.aux_names]
+        scalars = [out.mlm_loss.double() * n, out.mlm_accuracy.double() * n,
+                   torch.as_tensor(weighted_aux(cfg, out.aux_losses), dtype=torch.float64, device=self.device),
+                   hidden.double(), kl.double()]
+        self.sums += torch.stack([t.to(self.device).reshape(()) for t in scalars + aux])
+        if count_load:
+            for layer, st in out.routing_stats.items():
+                c = st["tokens_per_expert"].to(torch.float64)
+                self.load[layer] = self.load[layer] + c if layer in self.load else c
+
+    def reduce(self, grad_norm: torch.Tensor | float) -> tuple[dict[str, float], dict[str, list[int]]]:
+        """Collective: the sums over all ranks, the grad norm appended, read with one host sync."""
+        names = list(self.load)
+        flat = torch.cat([self.sums, *(self.load[n] for n in names)])
+        values = torch.cat([all_reduce(flat), torch.as_tensor(grad_norm, dtype=torch.float64,
+                                                              device=self.device).reshape(1)]).tolist()
+        k = len(self.SCALARS) + len(self.aux_names)
+        scalars = dict(zip([*self.SCALARS, *(f"aux/{a}" for a in self.aux_names)], values[:k]))
+        scalars["grad_norm"] = values[-1]
+        load, i = {}, k
+        for n in names:
+            e = self.load[n].numel()
+            load[n] = [int(v) for v in values[i:i + e]]
+            i += e
+        return scalars, load
+
+
+class Trainer:
+    """The built run (model, engine, optimizer, schedule, data, logging) and its stages."""
+
+    def __init__(self, cfg: RunConfig, rt: Runtime, extra_signals: tuple = ()) -> None:
+        self.cfg, self.rt = cfg, rt
+        self.model, par = build_model(cfg, rt)
+        self.teacher = (Teacher(cfg.distill, cfg.model, rt.index.seq_len, rt.device, verbose=rt.rank == 0)
+                        if cfg.distill.teacher else None)
+        optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                      betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule))
+        self.engine = build_engine(cfg, rt, self.model, par, optimizer)
+        self.loader = PretrainLoader(LoaderConfig(cfg.data.dir, cfg.train.micro_batch_size, seed=cfg.data.seed,
+                                                  num_workers=cfg.data.num_workers, mlm=cfg.data.mlm,
+                                                  pin_memory=rt.device.type == "cuda"), rt.rank, rt.world)
+        self.val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm,
+                               rt.rank, rt.world) if cfg.eval.every else None)
+        self.flops = TrainingFlops(cfg.model)
+        self.aux_names = [k for k in aux_coefficients(cfg.model) if _has_aux(cfg, k)]
+        self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
+        self.step_no = self.start_step = 0
+        self.resumed_from: str | None = None
+        self.preemption = PreemptionWatch(extra_signals)
+
+    # resume / save ------------------------------------------------------------------------------
+    def resume(self) -> None:
+        latest = checkpoint.latest_checkpoint(self.ckpt_dir) if self.cfg.checkpoint.resume else None
+        if latest:
+            state = self.engine.load(latest, self.rt.world)
+            self.step_no = self.start_step = state["step"]
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.loader.load_state_dict(state["loader"])
+            self.resumed_from = latest
+            if self.rt.rank == 0:
+                print(f"resumed from {latest} at step {self.step_no}")
+
+    def save(self) -> str:
+        cfg = self.cfg
+        return self.engine.save(self.ckpt_dir, self.step_no,
+                                {"scheduler": self.scheduler.state_dict(), "loader": self.loader.state_dict(),
+                                 "config": cfg.to_dict(), "engine": cfg.engine, "world_size": self.rt.world},
+                                cfg.checkpoint.keep)
+
+    # step ---------------------------------------------------------------------------------------
+    def step(self, batches, count_load: bool) -> tuple[dict, float, dict[str, list[int]]]:
+        """One optimizer step over ``accum`` micro-batches: (record, FLOPs over all ranks, expert load)."""
+        cfg, rt, device = self.cfg, self.rt, self.rt.device
+        micro = [next(batches) for _ in range(rt.accum)]
+        # the loss is a mean over every masked token of the global batch: count them first
+        local = [sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro),
+                 sum(self.flops(b["cu_seqlens"], len(b["mlm_labels"])) for b in micro)]
+        global_masked, global_tokens, flops = all_reduce(torch.tensor(local, dtype=torch.float64)).tolist()
+        sums = StepSums(self.aux_names, device)
+        for i, b in enumerate(micro):
+            inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+                      for k, v in model_inputs(b).items()}
+            out = self.engine(**inputs, output_hidden_states=self.teacher is not None)
+            hidden, kl, extra = self._distill(inputs, out, global_masked, global_tokens)
+            # FSDP averages gradients over ranks: scale by world so the average is the global mean
+            total = combine_losses(cfg.model, out.mlm_loss, out.aux_losses, extra=extra,
+                                   task_scale=out.num_masked * rt.world / global_masked, aux_scale=1 / rt.accum)
+            self.engine.backward(total, last=i == rt.accum - 1)
+            sums.add(cfg.model, out, hidden, kl, count_load)
+        grad_norm = self.engine.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step_no += 1
+
+        m, load = sums.reduce(grad_norm)  # the step's one host sync
+        loss = float("nan") if faults.nan_at(self.step_no) else m["ce"] / global_masked
+        if not math.isfinite(loss) or not math.isfinite(m["aux"]):
+            raise TrainingError(f"step {self.step_no}: loss is {loss} (aux {m['aux']}); stopping. The last good "
+                                f"checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}")
+        n_micro = rt.accum * rt.world
+        record = {"step": self.step_no, "loss": loss, "mlm_accuracy": m["correct"] / global_masked,
+                  "aux_loss": m["aux"] / n_micro, **{k: m[k] / n_micro for k in m if k.startswith("aux/")},
+                  "grad_norm": m["grad_norm"], "lr": lr, "tokens": int(global_tokens)}
+        if self.teacher is not None:
+            record["distill/hidden"] = m["hidden"] / global_tokens
+            if self.teacher.kl_on:
+                record["distill/kl"] = m["kl"] / global_masked
+        return record, flops, load
+
+    def _distill(self, inputs: dict, out, global_masked: float, global_tokens: float):
+        """(hidden-state sum, KL sum, extra loss terms with their scales) against the teacher, if any."""
+        zero = torch.zeros((), device=self.rt.device)
+        if self.teacher is None:
+            return zero, zero, []
+        d, world = self.cfg.distill, self.rt.world
+        t_hidden, t_logits = self.teacher.run(inputs["input_ids"], inputs["cu_seqlens"], inputs["mlm_positions"])
+        hidden = hidden_cosine_sum(out.hidden_states, t_hidden)
+        extra = [(hidden, d.hidden_weight * world / global_tokens)]
+        kl = zero
+        if t_logits is not None:
+            kl = kl_sum(out.logits, t_logits, d.temperature)
+            extra.append((kl, d.kl_weight * world / global_masked))
+        return hidden.detach(), kl.detach(), extra
+
+    # validate -----------------------------------------------------------------------------------
+    def validate(self) -> dict:
+        result = evaluate(self.model, self.val, self.rt.device, self.cfg.eval.max_batches)
+        if self.rt.rank == 0:
+            print(f"eval step {self.step_no:>6}: val loss {result['val_loss']:.4f}  val acc {result['val_accuracy']:.3f}  "
                   f"({result['val_masked']:,} masked tokens)", flush=True)
-            with open(os.path.join(cfg.run_dir, "eval.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, **result}) + "\n")
+            with open(os.path.join(self.cfg.run_dir, "eval.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.step_no, **result}) + "\n")
         return result
 
-    if val is not None and step == 0:
-        validate()
-    records: list[dict] = []
-    batches = iter(loader)
-    model.train()
-    try:
-        while step < cfg.train.steps:
-            micro = [next(batches) for _ in range(accum)]
-            # the loss is a mean over every masked token of the global batch: count them first
-            counts = torch.tensor([sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro)],
-                                  dtype=torch.float64)
-            global_masked, global_tokens = _all_reduce_sum(counts).tolist()
-            # CE sum, correct predictions, aux sum, micro-batches, FLOPs, distill hidden sum, distill KL sum
-            sums = torch.zeros(7, dtype=torch.float64)
-            aux_parts: dict[str, float] = {}
-            load = ExpertLoad()
-            for i, b in enumerate(micro):
-                inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
-                          for k, v in model_inputs(b).items()}
-                out = engine(**inputs, output_hidden_states=teacher is not None)
-                n = out.num_masked
-                aux = out.loss - out.mlm_loss
-                # FSDP averages gradients over ranks: scale by world so the average is the global mean
-                total = out.mlm_loss * (n * world / global_masked) + aux / accum
-                hid = kl = torch.zeros(())
-                if teacher is not None:
-                    t_hidden, t_logits = teacher.run(inputs["input_ids"], inputs["cu_seqlens"], inputs["mlm_positions"])
-                    hid = hidden_cosine_sum(out.hidden_states, t_hidden)
-                    total = total + cfg.distill.hidden_weight * hid * (world / global_tokens)
-                    if t_logits is not None:
-                        kl = kl_sum(out.logits, t_logits, cfg.distill.temperature)
-                        total = total + cfg.distill.kl_weight * kl * (world / global_masked)
-                engine.backward(total, last=i == accum - 1)
-                lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).tolist()
-                sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_accuracy.item() * n, aux.item(), 1.0,
-                                      count_flops(model.cfg, lens, n).training, hid.item(), kl.item()],
-                                     dtype=torch.float64)
-                for name, value in out.aux_losses.items():
-                    aux_parts[name] = aux_parts.get(name, 0.0) + float(value.detach()) / accum
-                load.add(model.routing_stats())
-            ce_sum, correct, aux_sum, n_micro, flops, hid_sum, kl_sum_ = _all_reduce_sum(sums).tolist()
-            loss = float("nan") if faults.nan_at(step + 1) else ce_sum / global_masked
-            if not math.isfinite(loss) or not math.isfinite(aux_sum):
-                raise TrainingError(f"step {step + 1}: loss is {loss} (aux {aux_sum}); stopping. The last good "
-                                    f"checkpoint is {checkpoint.latest_checkpoint(ckpt_dir)}")
-            grad_norm = engine.step()
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            step += 1
+    # the loop -----------------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        """Train to ``train.steps``; returns rank 0's records of this process."""
+        cfg, rt = self.cfg, self.rt
+        steps = cfg.train.steps
+        if rt.rank == 0:
+            clear_marker(cfg.run_dir)
+        logger = TrainLogger(cfg.log, cfg.run_dir, steps, cfg.train.log_every, rank=rt.rank, world=rt.world,
+                             device=rt.device, start_step=self.step_no, config=cfg.to_dict())
+        if self.val is not None and self.step_no == 0:
+            self.validate()
+        records: list[dict] = []
+        batches = iter(self.loader)
+        self.model.train()
+        try:
+            while self.step_no < steps:
+                is_log = (self.step_no + 1) % cfg.train.log_every == 0 or self.step_no + 1 == steps
+                record, flops, load = self.step(batches, count_load=is_log)
+                step = self.step_no
+                if self.val is not None and (step % cfg.eval.every == 0 or step == steps):
+                    record.update(self.validate())
+                logger.step(record, record["tokens"], flops, load)
+                if rt.rank == 0:
+                    records.append(record)
+                saved_now = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < steps
+                if saved_now:
+                    self.save()
+                faults.kill_if("MODERNALBERT_KILL_AFTER_STEP", step)
+                if self.preemption.agreed() and step < steps:  # every rank stops after this same step
+                    path = checkpoint.latest_checkpoint(self.ckpt_dir) if saved_now else self.save()
+                    if rt.rank == 0:
+                        write_marker(cfg.run_dir, step)
+                    raise Preempted(step, path)
+            if self.step_no > self.start_step or not self.resumed_from:  # a finished run relaunched saves nothing
+                self.save()
+        finally:
+            logger.close()
+        if rt.rank == 0:
+            print(f"done: {self.step_no} steps; checkpoint {checkpoint.latest_checkpoint(self.ckpt_dir)}")
+        return records
 
-            # this rank's aux terms (the loss uses each rank's own); the total is averaged over ranks
-            record = {"step": step, "loss": loss, "mlm_accuracy": correct / global_masked,
-                      "aux_loss": aux_sum / n_micro, **{f"aux/{k}": v for k, v in aux_parts.items()},
-                      "grad_norm": grad_norm, "lr": lr, "tokens": int(global_tokens)}
-            if teacher is not None:
-                record["distill/hidden"] = hid_sum / global_tokens
-                if teacher.kl_on:
-                    record["distill/kl"] = kl_sum_ / global_masked
-            if val is not None and (step % cfg.eval.every == 0 or step == cfg.train.steps):
-                record.update(validate())
-            is_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
-            logger.step(record, int(global_tokens), flops, load.reduced() if is_log else {})
-            if rank == 0:
-                records.append(record)
-            saved_now = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < cfg.train.steps
-            if saved_now:
-                save()
-            faults.kill_if("MODERNALBERT_KILL_AFTER_STEP", step)
-            if preemption.agreed() and step < cfg.train.steps:  # every rank stops after this same step
-                path = checkpoint.latest_checkpoint(ckpt_dir) if saved_now else save()
-                if rank == 0:
-                    write_marker(cfg.run_dir, step)
-                raise Preempted(step, path)
-        if step > start_step or not latest:  # a finished run that is relaunched saves nothing new
-            save()
-    finally:
-        logger.close()
-    if rank == 0:
-        print(f"done: {step} steps; checkpoint {checkpoint.latest_checkpoint(ckpt_dir)}")
-    return records
+
+def _has_aux(cfg: RunConfig, name: str) -> bool:
+    return bool(cfg.model.attn_experts.groups) if name == "attn_rsl" else bool(cfg.model.mol.groups)
+
+
+def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
+    """Run (or resume) the training; returns rank 0's metrics records of this process.
+
+    ``extra_signals`` are treated like SIGUSR1/SIGTERM (save and stop); the submitit launcher adds its own.
+    """
+    trainer = Trainer(cfg, setup(cfg), extra_signals)
+    trainer.resume()
+    return trainer.run()
 
 
 def _free_port() -> int:
@@ -260,39 +375,14 @@ def _free_port() -> int:
 
 def _read_init(cfg: RunConfig) -> dict[str, torch.Tensor]:
     """The weights of ``cfg.init_from`` (a native model dir); sets ``cfg.model`` to its config."""
-    from tools.native_format import ToolError, load_native
+    from model.native_format import InputError, load_native
 
     try:
         model, doc = load_native(cfg.init_from)
-    except ToolError as e:
+    except InputError as e:
         raise ConfigError(f"init_from: {e}") from None
     cfg.model = model.cfg
     return model.state_dict()
-
-
-class ExpertLoad:
-    """Tokens routed to each expert, per routed layer, summed over micro-batches and (on log steps) ranks."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, torch.Tensor] = {}
-
-    def add(self, stats: dict[str, dict[str, torch.Tensor]]) -> None:
-        for layer, st in stats.items():
-            c = st["tokens_per_expert"]
-            self.counts[layer] = self.counts[layer] + c if layer in self.counts else c.clone()
-
-    def reduced(self) -> dict[str, list[int]]:
-        """Collective (every rank calls it on the same steps)."""
-        if not self.counts:
-            return {}
-        names = list(self.counts)
-        flat = _all_reduce_sum(torch.cat([self.counts[n] for n in names]).to(torch.float64).cpu())
-        out, i = {}, 0
-        for n in names:
-            e = self.counts[n].numel()
-            out[n] = [int(v) for v in flat[i:i + e].tolist()]
-            i += e
-        return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,22 @@ def run_cli(args: list[str], **kw):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, **kw)
 
 
+def torchrun(nproc: int, module_args: list[str], env: dict | None = None, timeout: int = 600):
+    """``python -m …`` on ``nproc`` processes (torchrun --standalone; plain python for 1), from the repo root,
+    one thread per process; returns the CompletedProcess (text output captured)."""
+    import subprocess
+
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    return subprocess.run([*launcher, *module_args], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def pretrain(nproc: int, args: list[str], env: dict | None = None, timeout: int = 600):
+    """``pretrain.train`` on the tiny config with ``args`` (dotted overrides) on ``nproc`` processes."""
+    return torchrun(nproc, ["-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", *args], env, timeout)
+
+
 def assert_close(actual, expected, tol: float = 1e-5, what: str = "") -> None:
     """max |actual - expected| <= tol, relative to the largest |expected| entry once that exceeds 1.
 

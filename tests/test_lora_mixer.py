@@ -10,6 +10,7 @@ import torch
 
 from model.config import AttnExpertsConfig, MoLConfig, preset
 from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers, load_peft_adapters
+from model.losses import combine_losses
 from model.modernalbert import ModernAlbertForMaskedLM
 
 peft = pytest.importorskip("peft")
@@ -106,7 +107,7 @@ def test_plug_and_play_trains_only_the_routers(adapters):
     for _ in range(3):
         out = model(ids, cu, 34, pos, ids[pos])
         assert "attn_rsl" in out.aux_losses
-        out.loss.backward()
+        combine_losses(model.cfg, out.mlm_loss, out.aux_losses).backward()
         opt.step()
         opt.zero_grad()
     for n, p in model.named_parameters():

@@ -13,6 +13,7 @@ from conftest import assert_close
 from model.attention import apply_rotary, attention
 from model.config import AttnExpertsConfig, ConfigError, ModelConfig, MoLConfig, preset
 from model.flops import count_parameters
+from model.losses import combine_losses
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from model.mol import GeGLUFFN, MoLFFN
 
@@ -175,10 +176,38 @@ def test_sparse_prediction_returns_loss_accuracy_and_aux_losses():
     assert torch.allclose(out.mlm_loss, F.cross_entropy(out.logits, ids[pos]))
     assert set(out.aux_losses) == {"mol_load_balance", "mol_z"}
     expected = out.mlm_loss + 0.01 * out.aux_losses["mol_load_balance"] + 1e-3 * out.aux_losses["mol_z"]
-    assert torch.allclose(out.loss, expected)
-    stats = model.routing_stats()
+    assert torch.allclose(combine_losses(model.cfg, out.mlm_loss, out.aux_losses), expected)
+    # scales: a micro-batch's share of a global mean
+    assert torch.allclose(combine_losses(model.cfg, out.mlm_loss, out.aux_losses, task_scale=0.5, aux_scale=0.25),
+                          0.5 * out.mlm_loss + 0.25 * (expected - out.mlm_loss))
+    stats = out.routing_stats
     assert list(stats) == ["layer2.ffn", "layer3.ffn"]  # group 1 = layers 2 and 3, routed separately
     assert int(stats["layer2.ffn"]["tokens_per_expert"].sum()) == 50 * 2
+
+
+def test_initialising_unit_by_unit_from_the_meta_device_equals_initialising_whole():
+    """What pretrain/parallelize.py does per FSDP unit: same weights as one init_weights call, in any order."""
+    cfg = _tiny()
+    whole = ModernAlbertForMaskedLM(cfg)
+    whole.init_weights(seed=7)
+    with torch.device("meta"):
+        parts = ModernAlbertForMaskedLM(cfg)
+    parts.to_empty(device="cpu")
+    for g in reversed(range(cfg.num_groups)):
+        parts.init_weights(seed=7, select=lambda n, g=g: n.startswith(f"model.groups.{g}"))
+    parts.init_weights(seed=7, select=lambda n: not n.startswith("model.groups."))
+    ref = {k: v.clone() for k, v in whole.state_dict().items()}
+    for k, v in parts.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    # a different seed gives different weights; torch.manual_seed still decides the default
+    whole.init_weights(seed=8)
+    assert not torch.equal(whole.state_dict()["model.groups.0.block.ffn.Wi.weight"],
+                           ref["model.groups.0.block.ffn.Wi.weight"])
+    torch.manual_seed(3)
+    a = ModernAlbertForMaskedLM(cfg).state_dict()
+    torch.manual_seed(3)
+    b = ModernAlbertForMaskedLM(cfg).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_presets_have_the_advertised_sizes():
@@ -225,7 +254,7 @@ def test_tiny_model_learns_on_the_shipped_corpus(shards_dir, mol_groups):
     losses = []
     for _, batch in zip(range(40), loader):
         out = model(**model_inputs(batch))
-        out.loss.backward()
+        combine_losses(model.cfg, out.mlm_loss, out.aux_losses).backward()
         opt.step()
         opt.zero_grad()
         losses.append(out.mlm_loss.item())

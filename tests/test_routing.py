@@ -11,7 +11,7 @@ from conftest import assert_close
 from model.config import MoLConfig
 from model.lora_mixer import MixtureLinear
 from model.mol import MoLFFN
-from model.routing import (Routing, Router, entropy, load_balance_loss, mixing_weights,
+from model.routing import (Routing, Router, RoutingRecorder, entropy, load_balance_loss, mixing_weights,
                            routing_specialization_loss, topk_dense, z_loss)
 
 
@@ -86,12 +86,15 @@ def test_aux_loss_counts_exactly_the_tokens_it_is_given():
     """No padding exists in the unpadded model; the loss of a batch is that of its real tokens only."""
     m = _mol().eval()  # no jitter: the router is deterministic
     x = torch.randn(30, 32)
-    m(x, layer=4)
-    alone = dict(m.aux_records)
+    rec = RoutingRecorder()
+    m(x, layer=4, recorder=rec)
     r = m.router(x)
-    assert alone["mol_load_balance"].item() == pytest.approx(load_balance_loss(r).item())
+    assert rec.aux_losses["mol_load_balance"].item() == pytest.approx(load_balance_loss(r).item())
     # the statistics count T·k assignments, per layer the module ran at
-    assert int(m.stats[4]["tokens_per_expert"].sum()) == 30 * 2
+    assert int(rec.stats["layer4.ffn"]["tokens_per_expert"].sum()) == 30 * 2
+    # a recompute after the forward (activation checkpointing) adds nothing
+    m(x, layer=4, recorder=rec.close())
+    assert rec.aux_losses["mol_load_balance"].item() == pytest.approx(load_balance_loss(r).item())
 
 
 def test_routing_modes_forward_and_backward_contract():

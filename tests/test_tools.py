@@ -12,19 +12,16 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import pretrain, run_cli
 
 pytestmark = [pytest.mark.slow]
 
 
 def _train(run_dir: str, shards_dir: str, nproc: int, extra=()):
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-                if nproc > 1 else [sys.executable])
     args = [f"data.dir={shards_dir}", f"run_dir={run_dir}", "train.steps=3", "train.micro_batch_size=8",
             "train.global_batch_tokens=2048", "data.num_workers=0", "model.mol.jitter=0", "eval.every=0",
             "schedule.warmup_steps=3", *extra]
-    r = subprocess.run([*launcher, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", *args], cwd=REPO,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    r = pretrain(nproc, args)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
 
@@ -45,7 +42,7 @@ def native(runs, tmp_path_factory):
 
 
 def _load(path):
-    from tools.native_format import load_native
+    from model.native_format import load_native
 
     return load_native(path)
 
@@ -107,7 +104,8 @@ def _random_experts(model):
 
 def test_uniform_merge_is_the_mean_delta_weight_and_fold_equals_the_adapter(native):
     from tools.convert_to_hf import native_logits, sample_batch
-    from tools.merge_experts import merge, mol_layers
+    from model.modernalbert import mol_layers
+    from tools.merge_experts import merge
 
     model, doc = _load(native)
     model = _random_experts(model)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, pretrain
 from pretrain.config import load_config
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -22,11 +22,7 @@ def _run(run_dir, shards_dir, nproc: int, steps: int, extra=(), env=None):
     args = [f"data.dir={shards_dir}", f"run_dir={run_dir}", f"train.steps={steps}", "train.micro_batch_size=8",
             "train.global_batch_tokens=2048", "data.num_workers=0", "model.mol.jitter=0", "checkpoint.every=5",
             "schedule.warmup_steps=3", "train.log_every=1", *extra]
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-                if nproc > 1 else [sys.executable])
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([*launcher, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", *args],
-                          cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+    return pretrain(nproc, args, env)
 
 
 def _losses(run_dir) -> dict[int, float]:

@@ -9,7 +9,7 @@ of each EP rank is read back in place. DeepSpeed ZeRO checkpoints are gathered w
 zero_to_fp32 (needs the deepspeed package).
 Key accounting is strict: a tensor the model needs but the checkpoint lacks, or one the model does not
 have, is an error. Output: ``model.safetensors`` + ``config.json`` + the tokenizer (from the shards the
-run was trained on, or ``--tokenizer``); see ``tools/native_format.py``.
+run was trained on, or ``--tokenizer``); see ``model/native_format.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,9 +25,9 @@ import torch
 
 from model.config import ConfigError, ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
-from pretrain.checkpoint import read_trainer_state
+from pretrain.checkpoint import latest_pointer, quiet_single_process, read_trainer_state
 from pretrain.deepspeed_engine import is_deepspeed_checkpoint, read_deepspeed_weights
-from tools.native_format import OutputDir, ToolError, check_keys, save_native, tokenizer_file
+from model.native_format import OutputDir, InputError, check_keys, save_native, tokenizer_file
 
 MODEL_PREFIX = "model."  # the training checkpoint holds {"model": …, "optim": …}
 
@@ -36,17 +35,16 @@ MODEL_PREFIX = "model."  # the training checkpoint holds {"model": …, "optim":
 def resolve_checkpoint(path: str) -> str:
     """A step directory from a run dir, a checkpoints dir (via ``latest``) or a step dir."""
     if not os.path.isdir(path):
-        raise ToolError(f"{path}: no such directory")
+        raise InputError(f"{path}: no such directory")
     for candidate in (path, os.path.join(path, "checkpoints")):
-        latest = os.path.join(candidate, "latest")
-        if os.path.isfile(latest):
-            with open(latest, encoding="utf-8") as f:
-                path = os.path.join(candidate, f.read().strip())
+        pointed = latest_pointer(candidate)
+        if pointed:
+            path = pointed
             break
     ok = os.path.isdir(path) and os.path.isfile(os.path.join(path, "trainer.json")) and (
         os.path.isfile(os.path.join(path, ".metadata")) or is_deepspeed_checkpoint(path))
     if not ok:
-        raise ToolError(f"{path}: not a training checkpoint (expected a run dir, its checkpoints/ or a "
+        raise InputError(f"{path}: not a training checkpoint (expected a run dir, its checkpoints/ or a "
                         "step_XXXXXXXX folder with trainer.json and DCP .metadata or DeepSpeed model states)")
     return path
 
@@ -60,31 +58,30 @@ def read_checkpoint(step_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         cfg = ModelConfig.from_dict(trainer["config"]["model"])
     except (KeyError, TypeError, ConfigError) as e:
-        raise ToolError(f"{step_dir}/trainer.json: no usable model config ({e})") from None
+        raise InputError(f"{step_dir}/trainer.json: no usable model config ({e})") from None
     with torch.device("meta"):
         template = ModernAlbertForMaskedLM(cfg).state_dict()
     if is_deepspeed_checkpoint(step_dir):
         try:
             state = read_deepspeed_weights(step_dir)
         except Exception as e:
-            raise ToolError(f"{step_dir}: reading the DeepSpeed checkpoint failed ({type(e).__name__}: "
+            raise InputError(f"{step_dir}: reading the DeepSpeed checkpoint failed ({type(e).__name__}: "
                             f"{str(e)[:300]})") from None
         check_keys(template, state, step_dir)
         return state, trainer
     try:
         saved = FileSystemReader(step_dir).read_metadata().state_dict_metadata
     except Exception as e:  # a truncated or foreign .metadata
-        raise ToolError(f"{step_dir}/.metadata: unreadable ({e})") from None
+        raise InputError(f"{step_dir}/.metadata: unreadable ({e})") from None
     saved_model = {k[len(MODEL_PREFIX):]: v for k, v in saved.items() if k.startswith(MODEL_PREFIX)}
     shapes = {k: torch.empty(tuple(getattr(v, "size", ()))) for k, v in saved_model.items()}
     check_keys(template, shapes, step_dir)
     state = {k: torch.empty(v.shape, dtype=saved_model[k].properties.dtype) for k, v in template.items()}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+    with quiet_single_process():
         try:
             dcp.load({"model": state}, checkpoint_id=step_dir)
         except Exception as e:  # missing or truncated shard files
-            raise ToolError(f"{step_dir}: reading the tensors failed ({type(e).__name__}: {str(e)[:300]})") from None
+            raise InputError(f"{step_dir}: reading the tensors failed ({type(e).__name__}: {str(e)[:300]})") from None
     return state, trainer
 
 
@@ -105,15 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         if tok is None:
             name = tokenizer_file(data_dir) if data_dir and os.path.isdir(data_dir) else None
             if name is None:
-                raise ToolError(f"the run's data dir {data_dir!r} has no tokenizer here; pass --tokenizer FILE")
+                raise InputError(f"the run's data dir {data_dir!r} has no tokenizer here; pass --tokenizer FILE")
             tok = os.path.join(data_dir, name)
         elif not os.path.isfile(tok):
-            raise ToolError(f"--tokenizer {tok}: no such file")
+            raise InputError(f"--tokenizer {tok}: no such file")
         with OutputDir(a.out, a.overwrite) as tmp:
             save_native(tmp, state, cfg, tok, os.path.abspath(data_dir) if data_dir else None,
                         [{"tool": "consolidate_checkpoint", "checkpoint": os.path.abspath(step_dir),
                           "step": trainer["step"]}])
-    except ToolError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     n = sum(v.numel() for v in state.values())

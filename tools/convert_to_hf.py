@@ -40,7 +40,7 @@ import torch
 
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
 from model.modernalbert import ModernAlbertForMaskedLM
-from tools.native_format import OutputDir, ToolError, load_native_all
+from model.native_format import OutputDir, InputError, load_native_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("modernalbert", "modernbert")
@@ -48,7 +48,7 @@ FORMATS = ("modernalbert", "modernbert")
 NATIVE_SOURCES = {"config": "modernalbert_config", "attention": "modernalbert_attention",
                   "routing": "modernalbert_routing", "mol": "modernalbert_mol",
                   "lora_mixer": "modernalbert_lora_mixer", "modernalbert": "modernalbert_native",
-                  "classification": "modernalbert_classification"}
+                  "classification": "modernalbert_classification", "init": "modernalbert_init"}
 AUTO_MAP = {
     "AutoConfig": "configuration_modernalbert.ModernAlbertConfig",
     "AutoModel": "modeling_modernalbert.ModernAlbertModel",
@@ -106,7 +106,7 @@ def modernbert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
     """The native weights unrolled into ModernBertForMaskedLM's names (layer i ← group i // G)."""
     cfg, enc = model.cfg, model.model
     if cfg.mol.groups or cfg.attn_experts.groups:
-        raise ToolError("--format modernbert needs a model without experts (model.mol.groups="
+        raise InputError("--format modernbert needs a model without experts (model.mol.groups="
                         f"{list(cfg.mol.groups)}, attn_experts.groups={list(cfg.attn_experts.groups)}): run "
                         "tools/merge_experts.py --fold first, or use --format modernalbert")
     sd = {"model.embeddings.tok_embeddings.weight": model.decoder_weight(),
@@ -154,14 +154,14 @@ def write_modernbert(model: ModernAlbertForMaskedLM, special: dict[str, int], ou
         hf = ModernBertForSequenceClassification(hf_cfg)
         missing, unexpected = hf.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ToolError(f"ModernBERT key mismatch: missing {missing}, unexpected {unexpected}")
+            raise InputError(f"ModernBERT key mismatch: missing {missing}, unexpected {unexpected}")
         hf.save_pretrained(out)
         return
     hf = ModernBertForMaskedLM(hf_cfg)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "decoder.weight"]  # tied to the embedding
     if missing or unexpected:
-        raise ToolError(f"ModernBERT key mismatch: missing {missing}, unexpected {unexpected}")
+        raise InputError(f"ModernBERT key mismatch: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
     hf.save_pretrained(out)
 
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, clf, doc = load_native_all(a.in_dir)
         if not doc.get("tokenizer"):
-            raise ToolError(f"{a.in_dir}: no tokenizer in the model directory; the HF export needs one")
+            raise InputError(f"{a.in_dir}: no tokenizer in the model directory; the HF export needs one")
         special = _special_ids(doc, a.in_dir)
         if a.format == "modernbert":
             modernbert_state(model)  # refuses a model with experts before anything is written
@@ -262,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"verify: max |logits_hf - logits_native| = {diff:.2e} on real text, {head} "
                           f"(tolerance {a.tolerance:g})")
                     if not diff <= a.tolerance:
-                        raise ToolError(f"the exported model's {head} logits differ by {diff:.3e} > --tolerance "
+                        raise InputError(f"the exported model's {head} logits differ by {diff:.3e} > --tolerance "
                                         f"{a.tolerance:g}; nothing written")
-    except ToolError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     auto = "AutoModelForSequenceClassification" if clf is not None else "AutoModelForMaskedLM"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from tools.native_format import ToolError
+from model.native_format import InputError
 
 SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
@@ -27,10 +27,10 @@ def _from_sentencepiece(path: str):
         proto.ParseFromString(f.read())
     spec, norm = proto.trainer_spec, proto.normalizer_spec
     if spec.model_type != pb.TrainerSpec.UNIGRAM:
-        raise ToolError(f"{path}: sentencepiece model type {pb.TrainerSpec.ModelType.Name(spec.model_type)} is not "
+        raise InputError(f"{path}: sentencepiece model type {pb.TrainerSpec.ModelType.Name(spec.model_type)} is not "
                         "supported for HF export yet (unigram only; build shards with --tokenizer-type unigram)")
     if spec.treat_whitespace_as_suffix or not spec.split_by_whitespace:
-        raise ToolError(f"{path}: only sentencepiece models with whitespace-prefix splitting are supported")
+        raise InputError(f"{path}: only sentencepiece models with whitespace-prefix splitting are supported")
     vocab = [(p.piece, p.score) for p in proto.pieces]
     tok = Tokenizer(models.Unigram(vocab, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback))
     steps = [normalizers.Precompiled(norm.precompiled_charsmap)] if norm.precompiled_charsmap else []
@@ -61,7 +61,7 @@ def save_hf_tokenizer(src: str, special_ids: dict[str, int], out_dir: str, max_l
     for role, default in SPECIALS.items():
         piece = tok.id_to_token(special_ids[role])
         if piece is None:
-            raise ToolError(f"{src}: special id {special_ids[role]} ({role}) is not in the vocabulary")
+            raise InputError(f"{src}: special id {special_ids[role]} ({role}) is not in the vocabulary")
         names[role] = piece
     tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in names.values()])
     cls, sep = names["cls"], names["sep"]

@@ -8,7 +8,7 @@ teacher's vocabulary and tokenizer. Its width, heads and FFN size must equal the
 from it with ``--dims teacher``. Group g's block is copied from teacher layer t_g (evenly spaced,
 first and last included), the factorised embedding is the rank-e truncated SVD of the teacher's
 embedding table; the details are in ``model/teacher.py``. Output: a native model directory
-(``tools/native_format.py``) plus ``teacher_map.json`` with the exact mapping, which is also printed.
+(``model/native_format.py``) plus ``teacher_map.json`` with the exact mapping, which is also printed.
 
 Pretrain from it with the teacher's vocabulary and the distillation losses:
     python data_prep/build_shards.py CORPUS --tokenizer TEACHER_DIR/vocab.txt --out data/teacher_shards
@@ -33,7 +33,7 @@ from model.config import PRESETS, ConfigError, preset
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.teacher import (TeacherError, layer_map, map_weights, read_teacher_config, read_teacher_weights,
                            student_config)
-from tools.native_format import OutputDir, ToolError, save_native
+from model.native_format import OutputDir, InputError, save_native
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(doc, f, indent=1)
             with open(os.path.join(tmp, "teacher_map.json"), "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
-    except (TeacherError, ConfigError, ToolError) as e:
+    except (TeacherError, ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rel = report["embedding_svd_sq_error"] / report["embedding_sq_norm"]

@@ -3,7 +3,7 @@
     python tools/merge_experts.py runs/quickstart/consolidated --out runs/quickstart/merged --method uniform
     python tools/merge_experts.py IN --out OUT --method routing --calib data/shards --fold
 
-The merge averages the experts' *delta weights* (DESIGN §5): for each MoL layer
+The merge averages the experts' *delta weights*: for each MoL layer
     ΔWi = Σ_j p_j · s·B1_j A1_j,   ΔWo = Σ_j p_j · s·B2_j A2_j,
 with p_j = 1/E (``uniform``) or the share of tokens routed to expert j on calibration batches
 (``routing``: top-k assignments counted over every application of the shared block). The result is
@@ -30,16 +30,11 @@ if __package__ in (None, ""):
 
 import torch
 
-from model.modernalbert import ModernAlbertForMaskedLM
+from model.modernalbert import ModernAlbertForMaskedLM, mol_layers
 from model.mol import MoLFFN
-from tools.native_format import OutputDir, ToolError, load_native, save_native
+from model.native_format import OutputDir, InputError, load_native, save_native
 
 METHODS = ("uniform", "routing")
-
-
-def mol_layers(model: ModernAlbertForMaskedLM) -> dict[int, MoLFFN]:
-    """Group index → its MoL FFN."""
-    return {g: grp.block.ffn for g, grp in enumerate(model.model.groups) if isinstance(grp.block.ffn, MoLFFN)}
 
 
 def _loader(shards: str, split: str, micro_batch_size: int, max_batches: int):
@@ -50,7 +45,7 @@ def _loader(shards: str, split: str, micro_batch_size: int, max_batches: int):
         return PretrainLoader(LoaderConfig(shards, micro_batch_size, split=split, shuffle=False, num_workers=0,
                                            epochs=1), 0, 1)
     except DataPrepError as e:
-        raise ToolError(f"{shards}: {e}") from None
+        raise InputError(f"{shards}: {e}") from None
 
 
 @torch.no_grad()
@@ -64,8 +59,7 @@ def routing_shares(model: ModernAlbertForMaskedLM, shards: str, batches: int, mi
     for i, b in enumerate(_loader(shards, "train", micro_batch_size, batches)):
         if i >= batches:
             break
-        model(**model_inputs(b))
-        for name, st in model.routing_stats().items():
+        for name, st in model(**model_inputs(b)).routing_stats.items():
             layer, kind = name.split(".")
             if kind == "ffn":
                 counts[int(layer[5:]) // G] += st["tokens_per_expert"].double()
@@ -89,7 +83,7 @@ def merge(model: ModernAlbertForMaskedLM, shares: dict[int, torch.Tensor], fold:
     """A new model: each MoL layer replaced by its merged adapter (one expert), or folded when ``fold``."""
     layers = mol_layers(model)
     if not layers:
-        raise ToolError("the model has no MoL layers (model.mol.groups is empty): nothing to merge")
+        raise InputError("the model has no MoL layers (model.mol.groups is empty): nothing to merge")
     mol = model.cfg.mol
     ranks = {m.A1.shape[0] * m.A1.shape[1] for m in layers.values()}
     R = ranks.pop()
@@ -149,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.method == "routing":
             calib = a.calib or data_dir
             if not calib or not os.path.isdir(calib):
-                raise ToolError(f"--method routing needs calibration shards: --calib DIR ({calib!r} not found)")
+                raise InputError(f"--method routing needs calibration shards: --calib DIR ({calib!r} not found)")
             shares = routing_shares(model, calib, a.calib_batches)
         else:
             shares = {g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
@@ -166,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         [*doc.get("history", []), {"tool": "merge_experts", "method": a.method, "fold": a.fold}])
             with open(os.path.join(tmp, "merge_report.json"), "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
-    except ToolError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     kind = "folded into Wi/Wo (no MoL left)" if a.fold else f"one adapter of rank {merged.cfg.mol.rank} per MoL layer"

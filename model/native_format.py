@@ -33,8 +33,8 @@ FORMAT = "modernalbert-native"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
-class ToolError(RuntimeError):
-    """Bad input to a tool: printed as one line, exit code 2."""
+class InputError(RuntimeError):
+    """Bad input (a directory, a file, an option): the CLIs print it as one line and exit with code 2."""
 
 
 class OutputDir:
@@ -47,7 +47,7 @@ class OutputDir:
 
     def __enter__(self) -> str:
         if os.path.exists(self.path) and not self.overwrite:
-            raise ToolError(f"--out {self.path}: already exists (remove it or pass --overwrite)")
+            raise InputError(f"--out {self.path}: already exists (remove it or pass --overwrite)")
         shutil.rmtree(self.tmp, ignore_errors=True)
         os.makedirs(self.tmp)
         return self.tmp
@@ -87,24 +87,24 @@ def save_native(out_dir: str, state: dict[str, torch.Tensor], cfg: ModelConfig, 
 
 
 def read_json(path: str) -> dict:
-    """A JSON file, or a ToolError naming it."""
+    """A JSON file, or a InputError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ToolError(f"{path}: unreadable ({e})") from None
+        raise InputError(f"{path}: unreadable ({e})") from None
 
 
 def read_config(in_dir: str) -> dict:
     path = os.path.join(in_dir, "config.json")
     if not os.path.isdir(in_dir):
-        raise ToolError(f"{in_dir}: no such directory")
+        raise InputError(f"{in_dir}: no such directory")
     if not os.path.isfile(path):
-        raise ToolError(f"{in_dir}: not a native model directory (no config.json; make one with "
+        raise InputError(f"{in_dir}: not a native model directory (no config.json; make one with "
                         "tools/consolidate_checkpoint.py)")
     doc = read_json(path)
     if doc.get("format") != FORMAT:
-        raise ToolError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+        raise InputError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
     return doc
 
 
@@ -114,11 +114,11 @@ def _read_weights(in_dir: str) -> tuple[dict[str, torch.Tensor], str]:
 
     weights = os.path.join(in_dir, "model.safetensors")
     if not os.path.isfile(weights):
-        raise ToolError(f"{in_dir}: no model.safetensors")
+        raise InputError(f"{in_dir}: no model.safetensors")
     try:
         return load_file(weights), weights
     except (SafetensorError, OSError, ValueError) as e:
-        raise ToolError(f"{weights}: not a readable safetensors file ({e})") from None
+        raise InputError(f"{weights}: not a readable safetensors file ({e})") from None
 
 
 def classifier_config(doc: dict) -> ClassifierConfig | None:
@@ -128,7 +128,7 @@ def classifier_config(doc: dict) -> ClassifierConfig | None:
     try:
         return ClassifierConfig(**doc["classifier"]).validate()
     except (TypeError, ConfigError) as e:
-        raise ToolError(f"config.json: bad \"classifier\" entry ({e})") from None
+        raise InputError(f"config.json: bad \"classifier\" entry ({e})") from None
 
 
 def _mlm(doc: dict, state: dict[str, torch.Tensor], weights: str) -> ModernAlbertForMaskedLM:
@@ -162,7 +162,7 @@ def load_native_classifier(in_dir: str) -> tuple[ModernAlbertForSequenceClassifi
     doc = read_config(in_dir)
     head = classifier_config(doc)
     if head is None:
-        raise ToolError(f"{in_dir}: no classification head in config.json (a pretrained model; fine-tune it "
+        raise InputError(f"{in_dir}: no classification head in config.json (a pretrained model; fine-tune it "
                         "first, e.g. python -m evaluation.glue --save-model)")
     return _classifier(doc, head, *_read_weights(in_dir)), doc
 
@@ -181,11 +181,11 @@ def check_keys(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], 
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     if missing or unexpected:
-        raise ToolError(f"{where}: key mismatch: missing {missing[:5]}{'…' if len(missing) > 5 else ''} "
+        raise InputError(f"{where}: key mismatch: missing {missing[:5]}{'…' if len(missing) > 5 else ''} "
                         f"({len(missing)}), unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''} "
                         f"({len(unexpected)})")
     bad = [k for k in expected if tuple(expected[k].shape) != tuple(got[k].shape)]
     if bad:
         k = bad[0]
-        raise ToolError(f"{where}: {len(bad)} tensors with the wrong shape, e.g. {k}: "
+        raise InputError(f"{where}: {len(bad)} tensors with the wrong shape, e.g. {k}: "
                         f"{tuple(got[k].shape)} instead of {tuple(expected[k].shape)}")
