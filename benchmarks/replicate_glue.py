@@ -149,7 +149,7 @@ def plot(table: dict, path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/replicate_glue.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--glue-dir", required=True, help="directory of GLUE task folders (evaluation/glue_data.py)")
+    p.add_argument("--glue-dir", required=True, help="directory of GLUE task folders (data_prep/glue_data.py)")
     p.add_argument("--out", default="runs/replication")
     p.add_argument("--smoke", action="store_true", help="every stage with tiny budgets (a machinery check)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")

@@ -21,7 +21,7 @@ reuses the downloads in OUT/.downloads and gives the same files.
 
 GLUE is kept out: nothing from GLUE's sources is used (the Rotten Tomatoes / Pang & Lee data that SST-2
 derives from is not fetched), and ``--exclude-glue DIR`` (a directory of GLUE task folders, see
-``evaluation/glue_data.py``) additionally drops every document that shares a 13-word sequence with a
+``data_prep/glue_data.py``) additionally drops every document that shares a 13-word sequence with a
 GLUE sentence of any split (GPT-3-style n-gram decontamination; counts in SOURCES.md).
 """
 
@@ -177,7 +177,7 @@ def ngrams(text: str) -> set[int]:
 
 
 def glue_ngrams(glue_dir: str) -> set[int]:
-    from evaluation.glue_data import TASKS, load_local
+    from data_prep.glue_data import TASKS, load_local
 
     out: set[int] = set()
     for name in TASKS:

@@ -8,7 +8,7 @@ MODEL is a native model directory (this project's tools write them), a HuggingFa
 (``tools/convert_to_hf.py``, either format), or any HuggingFace BERT-family directory (e.g. a teacher),
 loaded through ``AutoModelForSequenceClassification``: every model is scored by the same code with the
 same hyper-parameters. GLUE_DIR holds one folder per task (CoLA, SST-2, STS-B, MRPC, RTE; layouts in
-``evaluation/glue_data.py``); ``--glue-source hf`` reads the official GLUE through HF ``datasets``.
+``data_prep/glue_data.py``); ``--glue-source hf`` reads the official GLUE through HF ``datasets``.
 
 Per task and seed: a fresh head (``model.classification.ClassificationHead`` for our models; the
 model's own for HF ones; one output with MSE for STS-B) on the pretrained encoder; ``--mode full``
@@ -39,7 +39,7 @@ import time
 import numpy as np
 import torch
 
-from evaluation.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, task_spec
+from data_prep.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, task_spec
 from evaluation.metrics import summarize, task_metrics, task_score
 from evaluation.models import add_lora, open_backend
 from model.classification import ClassifierConfig, classification_loss

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation import glue_data, metrics
-from evaluation.glue_data import TASKS, GlueDataError, from_rows, load_local, read_split
+from data_prep import glue_data
+from evaluation import metrics
+from data_prep.glue_data import TASKS, GlueDataError, from_rows, load_local, read_split
 from conftest import REPO, run_cli
 
 GLUE_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "glue")
