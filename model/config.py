@@ -18,7 +18,9 @@ class ConfigError(ValueError):
     """A config value is out of range; the message names the field and what is allowed."""
 
 
-def _check(cond: bool, field_name: str, value: Any, allowed: str) -> None:
+def check(cond: bool, field_name: str, value: Any, allowed: str) -> None:
+    """The one validation style of every config (model, pretraining, data): ``field_name`` is the full
+    dotted name the user typed (``model.mol.top_k``), so nothing re-prefixes messages on the way up."""
     if not cond:
         raise ConfigError(f"{field_name}={value!r}: {allowed}")
 
@@ -38,17 +40,17 @@ class MoLConfig:
     grouped: bool = True  # False: the plain per-expert reference computation
 
     def validate(self, num_groups: int, prefix: str = "mol") -> None:
-        _check(self.num_experts >= 1, f"{prefix}.num_experts", self.num_experts, "must be >= 1")
-        _check(1 <= self.top_k <= self.num_experts, f"{prefix}.top_k", self.top_k,
+        check(self.num_experts >= 1, f"{prefix}.num_experts", self.num_experts, "must be >= 1")
+        check(1 <= self.top_k <= self.num_experts, f"{prefix}.top_k", self.top_k,
                f"must be in [1, num_experts={self.num_experts}]")
-        _check(self.rank >= 1, f"{prefix}.rank", self.rank, "must be >= 1")
-        _check(self.alpha > 0, f"{prefix}.alpha", self.alpha, "must be > 0")
-        _check(0 <= self.jitter < 1, f"{prefix}.jitter", self.jitter, "must be in [0, 1)")
-        _check(self.aux_loss_coef >= 0 and self.z_loss_coef >= 0, f"{prefix}.aux_loss_coef/z_loss_coef",
+        check(self.rank >= 1, f"{prefix}.rank", self.rank, "must be >= 1")
+        check(self.alpha > 0, f"{prefix}.alpha", self.alpha, "must be > 0")
+        check(0 <= self.jitter < 1, f"{prefix}.jitter", self.jitter, "must be in [0, 1)")
+        check(self.aux_loss_coef >= 0 and self.z_loss_coef >= 0, f"{prefix}.aux_loss_coef/z_loss_coef",
                (self.aux_loss_coef, self.z_loss_coef), "must be >= 0")
         for g in self.groups:
-            _check(0 <= g < num_groups, f"{prefix}.groups", self.groups, f"entries must be in [0, num_groups={num_groups})")
-        _check(len(set(self.groups)) == len(self.groups), f"{prefix}.groups", self.groups, "must not repeat")
+            check(0 <= g < num_groups, f"{prefix}.groups", self.groups, f"entries must be in [0, num_groups={num_groups})")
+        check(len(set(self.groups)) == len(self.groups), f"{prefix}.groups", self.groups, "must not repeat")
 
 
 @dataclass
@@ -65,11 +67,11 @@ class AttnExpertsConfig:
     rsl_alpha: float = 0.01  # load term of the Routing Specialization Loss
     rsl_lambda: float = 0.0  # entropy term, signed: > 0 sharpens each token's choice
 
-    def validate(self, num_groups: int) -> None:
+    def validate(self, num_groups: int, prefix: str = "attn_experts") -> None:
         MoLConfig(groups=self.groups, num_experts=self.num_experts, top_k=self.top_k, rank=self.rank,
-                  alpha=self.alpha, jitter=self.jitter).validate(num_groups, prefix="attn_experts")
-        _check(self.routing in ROUTING_MODES, "attn_experts.routing", self.routing, f"allowed: {', '.join(ROUTING_MODES)}")
-        _check(self.rsl_alpha >= 0, "attn_experts.rsl_alpha", self.rsl_alpha, "must be >= 0")
+                  alpha=self.alpha, jitter=self.jitter).validate(num_groups, prefix=prefix)
+        check(self.routing in ROUTING_MODES, f"{prefix}.routing", self.routing, f"allowed: {', '.join(ROUTING_MODES)}")
+        check(self.rsl_alpha >= 0, f"{prefix}.rsl_alpha", self.rsl_alpha, "must be >= 0")
 
 
 @dataclass
@@ -104,21 +106,24 @@ class ModelConfig:
     def is_global(self, layer: int) -> bool:
         return layer % self.global_every == 0
 
-    def validate(self) -> "ModelConfig":
+    def validate(self, prefix: str = "") -> "ModelConfig":
+        """``prefix``: where this config sits in a larger one (``"model."`` in a run config)."""
+        p = prefix
         for name in ("vocab_size", "embedding_size", "hidden_size", "intermediate_size", "num_heads",
                      "num_groups", "group_depth", "global_every", "local_window"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        _check(self.hidden_size % self.num_heads == 0, "num_heads", self.num_heads,
-               f"must divide hidden_size={self.hidden_size}")
-        _check(self.head_dim % 2 == 0, "num_heads", self.num_heads, "hidden_size / num_heads must be even (RoPE)")
-        _check(self.local_window % 2 == 0, "local_window", self.local_window, "must be even (a symmetric window)")
+            check(getattr(self, name) >= 1, p + name, getattr(self, name), "must be >= 1")
+        check(self.hidden_size % self.num_heads == 0, p + "num_heads", self.num_heads,
+              f"must divide hidden_size={self.hidden_size}")
+        check(self.head_dim % 2 == 0, p + "num_heads", self.num_heads, "hidden_size / num_heads must be even (RoPE)")
+        check(self.local_window % 2 == 0, p + "local_window", self.local_window, "must be even (a symmetric window)")
         for name in ("rope_theta_global", "rope_theta_local", "norm_eps", "init_std"):
-            _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
+            check(getattr(self, name) > 0, p + name, getattr(self, name), "must be > 0")
         for name in ("embedding_dropout", "attention_dropout"):
-            _check(0 <= getattr(self, name) < 1, name, getattr(self, name), "must be in [0, 1)")
-        _check(self.attn_backend in ATTN_BACKENDS, "attn_backend", self.attn_backend, f"allowed: {', '.join(ATTN_BACKENDS)}")
-        self.mol.validate(self.num_groups)
-        self.attn_experts.validate(self.num_groups)
+            check(0 <= getattr(self, name) < 1, p + name, getattr(self, name), "must be in [0, 1)")
+        check(self.attn_backend in ATTN_BACKENDS, p + "attn_backend", self.attn_backend,
+              f"allowed: {', '.join(ATTN_BACKENDS)}")
+        self.mol.validate(self.num_groups, p + "mol")
+        self.attn_experts.validate(self.num_groups, p + "attn_experts")
         return self
 
     def to_dict(self) -> dict:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin, get_type_hints
 
-from model.config import ConfigError, ModelConfig, preset
+from model.config import ConfigError, ModelConfig, check, preset
 from pretrain.data import MLMConfig
 from pretrain.distill import DistillConfig
 from pretrain.evaluate import EvalConfig
@@ -75,11 +75,9 @@ class DeepSpeedConfig:
     zero_stage: int = 3
     config: str = ""  # a DeepSpeed JSON merged over the generated config
 
-    def validate(self) -> None:
-        if self.zero_stage not in (1, 2, 3):
-            raise ConfigError(f"deepspeed.zero_stage={self.zero_stage!r}: allowed: 1, 2, 3")
-        if self.config and not os.path.isfile(self.config):
-            raise ConfigError(f"deepspeed.config={self.config!r}: no such file")
+    def validate(self, prefix: str = "deepspeed.") -> None:
+        check(self.zero_stage in (1, 2, 3), f"{prefix}zero_stage", self.zero_stage, "allowed: 1, 2, 3")
+        check(not self.config or os.path.isfile(self.config), f"{prefix}config", self.config, "no such file")
 
 
 @dataclass
@@ -100,51 +98,38 @@ class RunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def validate(self) -> "RunConfig":
-        def need(cond: bool, name: str, allowed: str) -> None:
-            if not cond:
-                value = self
-                for part in name.split("."):
-                    value = getattr(value, part)
-                raise ConfigError(f"{name}={value!r}: {allowed}")
-
-        try:
-            self.model.validate()
-        except ConfigError as e:
-            raise ConfigError(f"model.{e}") from None
-        try:
-            self.data.mlm.validate()
-        except ValueError as e:  # its messages start with "mlm."
-            raise ConfigError(f"data.{e}") from None
-        need(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")
-        need(self.optim.lr > 0, "optim.lr", "must be > 0")
-        need(self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-        need(0 <= self.optim.beta1 < 1 and 0 <= self.optim.beta2 < 1, "optim.beta1", "beta1, beta2 must be in [0, 1)")
-        need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables)")
-        need(self.schedule.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
-        need(0 <= self.schedule.decay_fraction <= 1, "schedule.decay_fraction", "must be in [0, 1]")
-        need(0 <= self.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio", "must be in [0, 1]")
-        need(self.train.steps >= 1, "train.steps", "must be >= 1")
-        need(self.train.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")
-        need(self.train.global_batch_tokens >= 1, "train.global_batch_tokens", "must be >= 1")
-        need(self.train.log_every >= 1, "train.log_every", "must be >= 1")
-        need(self.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
-        need(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
-        self.log.validate()
-        self.eval.validate()
-        self.distill.validate()
-        need(self.engine in ("fsdp2", "deepspeed"), "engine", "allowed: fsdp2, deepspeed")
+        """Every section in one style (``model.config.check``), each message naming the dotted field."""
+        self.model.validate("model.")
+        self.data.mlm.validate("data.mlm.")
+        o, sc, t, c = self.optim, self.schedule, self.train, self.checkpoint
+        check(self.data.num_workers >= 0, "data.num_workers", self.data.num_workers, "must be >= 0")
+        check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+        check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+        check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1", o.beta1, "beta1, beta2 must be in [0, 1)")
+        check(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables)")
+        check(sc.warmup_steps >= 0, "schedule.warmup_steps", sc.warmup_steps, "must be >= 0")
+        check(0 <= sc.decay_fraction <= 1, "schedule.decay_fraction", sc.decay_fraction, "must be in [0, 1]")
+        check(0 <= sc.min_lr_ratio <= 1, "schedule.min_lr_ratio", sc.min_lr_ratio, "must be in [0, 1]")
+        for name in ("steps", "micro_batch_size", "global_batch_tokens", "log_every"):
+            check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "must be >= 1")
+        check(c.every >= 0, "checkpoint.every", c.every, "must be >= 0")
+        check(c.keep >= 1, "checkpoint.keep", c.keep, "must be >= 1")
+        self.log.validate("log.")
+        self.eval.validate("eval.")
+        self.distill.validate("distill.")
+        check(self.engine in ("fsdp2", "deepspeed"), "engine", self.engine, "allowed: fsdp2, deepspeed")
+        ep = self.parallel.ep
         if self.engine == "deepspeed":
-            self.deepspeed.validate()
-            need(self.parallel.ep == 1, "parallel.ep",
-                 "engine=deepspeed runs MoL experts unsplit (ep=1): DeepSpeed's own MoE cannot run under ZeRO-3. "
-                 "Use engine=fsdp2 for expert parallelism")
-        need(self.parallel.ep >= 1, "parallel.ep", "must be >= 1")
-        if self.parallel.ep > 1:
+            self.deepspeed.validate("deepspeed.")
+            check(ep == 1, "parallel.ep", ep,
+                  "engine=deepspeed runs MoL experts unsplit (ep=1): DeepSpeed's own MoE cannot run under ZeRO-3. "
+                  "Use engine=fsdp2 for expert parallelism")
+        check(ep >= 1, "parallel.ep", ep, "must be >= 1")
+        if ep > 1:
             mol = self.model.mol
-            need(bool(mol.groups), "parallel.ep", "> 1 needs MoL experts (model.mol.groups is empty)")
-            need(mol.num_experts % self.parallel.ep == 0, "parallel.ep",
-                 f"must divide model.mol.num_experts={mol.num_experts}")
-            need(mol.grouped, "parallel.ep", "> 1 needs model.mol.grouped=true (the reference path is single-device)")
+            check(bool(mol.groups), "parallel.ep", ep, "> 1 needs MoL experts (model.mol.groups is empty)")
+            check(mol.num_experts % ep == 0, "parallel.ep", ep, f"must divide model.mol.num_experts={mol.num_experts}")
+            check(mol.grouped, "parallel.ep", ep, "> 1 needs model.mol.grouped=true (the reference path is single-device)")
         return self
 
     def accumulation_steps(self, seq_len: int, world_size: int) -> int:

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep.errors import DataPrepError
 from data_prep.shards import ShardIndex, ShardReader
+from model.config import check
 
 _STATE_VERSION = 1
 _OPEN_SHARDS_PER_WORKER = 8
@@ -52,17 +53,12 @@ class MLMConfig:
     mask_token_prob: float = 0.8  # of the targets: replaced by [MASK]
     random_token_prob: float = 0.1  # of the targets: replaced by a random regular token (rest: unchanged)
 
-    def validate(self) -> None:
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"mlm.mask_prob={self.mask_prob}: must be in (0, 1)")
+    def validate(self, prefix: str = "mlm.") -> None:
+        check(0.0 < self.mask_prob < 1.0, f"{prefix}mask_prob", self.mask_prob, "must be in (0, 1)")
         for name in ("mask_token_prob", "random_token_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"mlm.{name}={getattr(self, name)}: must be in [0, 1]")
-        if self.mask_token_prob + self.random_token_prob > 1.0:
-            raise ValueError(
-                f"mlm.mask_token_prob + mlm.random_token_prob = {self.mask_token_prob + self.random_token_prob}: "
-                "must be <= 1"
-            )
+            check(0.0 <= getattr(self, name) <= 1.0, prefix + name, getattr(self, name), "must be in [0, 1]")
+        check(self.mask_token_prob + self.random_token_prob <= 1.0, f"{prefix}mask_token_prob",
+              self.mask_token_prob, f"{prefix}mask_token_prob + {prefix}random_token_prob must be <= 1")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.config import ConfigError, ModelConfig
+from model.config import ConfigError, ModelConfig, check
 from model.teacher import TeacherError, layer_map, read_teacher_config
 
 
@@ -34,12 +34,10 @@ class DistillConfig:
     temperature: float = 2.0
     layers: tuple[int, ...] = ()  # teacher layer per student group; empty: evenly spaced
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "distill.") -> None:
         for name in ("hidden_weight", "kl_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"distill.{name}={getattr(self, name)!r}: must be >= 0")
-        if self.temperature <= 0:
-            raise ConfigError(f"distill.temperature={self.temperature!r}: must be > 0")
+            check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
+        check(self.temperature > 0, f"{prefix}temperature", self.temperature, "must be > 0")
 
 
 class Teacher:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from data_prep.errors import DataPrepError
+from model.config import check
 from model.modernalbert import model_inputs
 from pretrain.data import LoaderConfig, MLMConfig, PretrainLoader
 from pretrain.reduce import all_reduce
@@ -23,12 +24,9 @@ class EvalConfig:
     max_batches: int = 0  # global batches per validation; 0: the whole val split
     micro_batch_size: int = 0  # 0: train.micro_batch_size
 
-    def validate(self) -> None:
-        from model.config import ConfigError
-
+    def validate(self, prefix: str = "eval.") -> None:
         for name in ("every", "max_batches", "micro_batch_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"eval.{name}={getattr(self, name)!r}: must be >= 0")
+            check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
 
 
 def val_loader(data_dir: str, micro_batch_size: int, mlm: MLMConfig, rank: int, world: int) -> PretrainLoader | None:

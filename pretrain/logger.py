@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.config import ConfigError
+from model.config import ConfigError, check
 
 WANDB_MODES = ("disabled", "offline", "online")
 
@@ -36,13 +36,11 @@ class LogConfig:
     progress_bar: str = "auto"  # auto (when stderr is a terminal) | on | off
     peak_tflops: float = 0.0  # per device, for MFU; 0 = known GPUs only (no MFU on CPU)
 
-    def validate(self) -> None:
-        if self.wandb not in WANDB_MODES:
-            raise ConfigError(f"log.wandb={self.wandb!r}: allowed: {', '.join(WANDB_MODES)}")
-        if self.progress_bar not in ("auto", "on", "off"):
-            raise ConfigError(f"log.progress_bar={self.progress_bar!r}: allowed: auto, on, off")
-        if self.peak_tflops < 0:
-            raise ConfigError(f"log.peak_tflops={self.peak_tflops!r}: must be >= 0")
+    def validate(self, prefix: str = "log.") -> None:
+        check(self.wandb in WANDB_MODES, f"{prefix}wandb", self.wandb, f"allowed: {', '.join(WANDB_MODES)}")
+        check(self.progress_bar in ("auto", "on", "off"), f"{prefix}progress_bar", self.progress_bar,
+              "allowed: auto, on, off")
+        check(self.peak_tflops >= 0, f"{prefix}peak_tflops", self.peak_tflops, "must be >= 0")
 
 
 def peak_tflops(cfg: LogConfig, device: torch.device) -> float | None:

@@ -149,17 +149,36 @@ def test_compiled_blocks_give_the_losses_of_eager(reference, shards_dir, tmp_pat
         assert abs(got[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, ref[step], got[step])
 
 
-def test_bad_config_and_missing_data_fail_before_any_process_group(tmp_path, shards_dir):
-    r = _run(str(tmp_path), shards_dir, nproc=1, steps=0)
-    assert r.returncode == 2 and r.stderr.strip() == "error: train.steps=0: must be >= 1"
-    r = _run(str(tmp_path), str(tmp_path / "nowhere"), nproc=1, steps=3)
-    assert r.returncode == 2 and "nowhere" in r.stderr and "no such directory" in r.stderr
-    r = _run(str(tmp_path), shards_dir, nproc=1, steps=3, extra=["train.global_batch_tokens=1500"])
-    assert r.returncode == 2 and "train.global_batch_tokens=1500" in r.stderr
-    r = _run(str(tmp_path), shards_dir, nproc=1, steps=3, extra=["parallel.ep=3"])
-    assert r.returncode == 2 and r.stderr.strip() == "error: parallel.ep=3: must divide model.mol.num_experts=8"
-    r = _run(str(tmp_path), shards_dir, nproc=1, steps=3, extra=["parallel.ep=2"])
-    assert r.returncode == 2 and r.stderr.strip() == "error: parallel.ep=2: must divide the number of processes (1)"
+@pytest.mark.parametrize("extra, message", [
+    (["train.steps=0"], "error: train.steps=0: must be >= 1"),
+    (["parallel.ep=3"], "error: parallel.ep=3: must divide model.mol.num_experts=8"),
+    (["parallel.ep=2"], "error: parallel.ep=2: must divide the number of processes (1)"),
+    (["model.mol.top_k=9"], "error: model.mol.top_k=9: must be in [1, num_experts=8]"),
+    (["data.mlm.mask_prob=1.5"], "error: data.mlm.mask_prob=1.5: must be in (0, 1)"),
+    (["log.wandb=cloud"], "error: log.wandb='cloud': allowed: disabled, offline, online"),
+    (["engine=deepspeed", "deepspeed.zero_stage=4"], "error: deepspeed.zero_stage=4: allowed: 1, 2, 3"),
+    (["optim.lr=fast"], "error: optim.lr='fast': must be a number"),
+    (["optim.lrate=1"], "error: optim.lrate: unknown field (allowed: beta1, beta2, eps, grad_clip, lr, weight_decay)"),
+])
+def test_config_errors_exit_2_with_one_line_naming_the_field(tmp_path, shards_dir, capsys, extra, message):
+    """In process (no subprocess per case): main() returns 2 and prints exactly one line."""
+    from pretrain.train import main
+
+    rc = main(["--config", "pretrain/configs/tiny.yaml", f"run_dir={tmp_path}", f"data.dir={shards_dir}", *extra])
+    assert (rc, capsys.readouterr().err.strip()) == (2, message)
+    assert not os.listdir(tmp_path)  # nothing written before the config is known to be good
+
+
+def test_missing_data_and_bad_batch_geometry_fail_before_any_process_group(tmp_path, shards_dir, capsys):
+    from pretrain.train import main
+
+    base = ["--config", "pretrain/configs/tiny.yaml", f"run_dir={tmp_path}"]
+    assert main([*base, f"data.dir={tmp_path / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere" in err and "no such directory" in err
+    assert main([*base, f"data.dir={shards_dir}", "train.global_batch_tokens=1500"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: train.global_batch_tokens=1500: at seq_len 128")
 
 
 def test_yaml_presets_load():
