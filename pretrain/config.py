@@ -193,7 +193,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected dotted.key=value")
     key, raw = item.split("=", 1)
-    return key.split("."), yaml.safe_load(raw) if raw else ""
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, bool) and raw.lower() not in ("true", "false"):
+        value = raw  # YAML 1.1 reads on/off/yes/no as booleans; a user typing log.wandb=off means the word
+    return key.split("."), value
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:

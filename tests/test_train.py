@@ -156,6 +156,8 @@ def test_compiled_blocks_give_the_losses_of_eager(reference, shards_dir, tmp_pat
     (["model.mol.top_k=9"], "error: model.mol.top_k=9: must be in [1, num_experts=8]"),
     (["data.mlm.mask_prob=1.5"], "error: data.mlm.mask_prob=1.5: must be in (0, 1)"),
     (["log.wandb=cloud"], "error: log.wandb='cloud': allowed: disabled, offline, online"),
+    (["log.wandb=on"], "error: log.wandb='on': allowed: disabled, offline, online"),  # not YAML's True
+    (["checkpoint.resume=no"], "error: checkpoint.resume='no': must be true or false"),
     (["engine=deepspeed", "deepspeed.zero_stage=4"], "error: deepspeed.zero_stage=4: allowed: 1, 2, 3"),
     (["optim.lr=fast"], "error: optim.lr='fast': must be a number"),
     (["optim.lrate=1"], "error: optim.lrate: unknown field (allowed: beta1, beta2, eps, grad_clip, lr, weight_decay)"),
