@@ -6,11 +6,12 @@
 mean of the example's last hidden states or on its [CLS] state). Tasks in a batch may differ: each example uses its own
 task's head.
 
-``add_lora`` replaces chosen projections (``attn.Wqkv``, ``attn.Wo``, ``ffn.Wi``, ``ffn.Wo``) of every
-block by ``LoRALinear`` (W x + s·B A x, s = α/r; B = 0 at start); ``save_adapter`` writes
-``adapter_config.json`` + ``adapter_model.safetensors`` with PEFT's key names
+``add_lora`` puts PEFT LoRA layers (``peft.inject_adapter_in_model``: W x + s·B A x, s = α/r; B = 0 at
+start) on chosen projections (``attn.Wqkv``, ``attn.Wo``, ``ffn.Wi``, ``ffn.Wo``) of every block;
+``save_adapter`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` as PEFT saves them
 (``base_model.model.<module>.lora_A.weight``), which ``model.lora_mixer.load_peft_adapters`` and
 ``load_adapter`` read back. A recursive block is shared by its G applications, so is its adapter.
+LoRA-Mixer's routed experts (``model/lora_mixer.py``) stay the project's own.
 
 Shapes: T tokens (flat, unpadded), B examples, D hidden, C classes.
 """
@@ -18,12 +19,10 @@ Shapes: T tokens (flat, unpadded), B examples, D hidden, C classes.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from model.classification import POOLINGS, ClassificationHead, pool
 from model.config import ModelConfig
@@ -32,21 +31,6 @@ from model.modernalbert import ModernAlbertModel
 from model.routing import RoutingRecorder
 
 TARGETS = ("attn.Wqkv", "attn.Wo", "ffn.Wi", "ffn.Wo")
-
-
-class LoRALinear(nn.Linear):
-    """nn.Linear + one LoRA adapter; ``weight`` keeps the plain projection's key."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
-        super().__init__(base.in_features, base.out_features, bias=False)
-        self.weight = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
-
-    def forward(self, x: torch.Tensor, *_) -> torch.Tensor:
-        return F.linear(x, self.weight) + (x @ self.lora_A.t()) @ (self.scale * self.lora_B).t()
 
 
 class TaskClassifier(nn.Module):
@@ -86,34 +70,42 @@ def block_linears(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Li
     return out
 
 
+PEFT_PREFIX = "base_model.model."  # how a PeftModel's saved adapter names its tensors
+
+
 def add_lora(model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float) -> list[str]:
+    """PEFT LoRA (rank ``rank``, scale α/r) on ``targets`` of every block; returns the adapted modules' names."""
+    from peft import LoraConfig, inject_adapter_in_model
+
     bad = [t for t in targets if t not in TARGETS]
     if bad:
         raise ValueError(f"--lora-targets {','.join(bad)}: allowed: {', '.join(TARGETS)}")
-    names = []
-    for name, m in block_linears(model, targets).items():
-        if isinstance(m, MixtureLinear):
+    names = list(block_linears(model, targets))
+    for name in names:
+        if isinstance(model.get_submodule(name), MixtureLinear):
             raise ValueError(f"{name} already carries LoRA-Mixer experts")
-        parent, attr = name.rsplit(".", 1)
-        setattr(model.get_submodule(parent), attr, LoRALinear(m, rank, alpha))
-        names.append(name)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                                       target_modules=names), model)
     return names
 
 
+def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and not isinstance(m, MixtureLinear)}
+
+
 def save_adapter(model: nn.Module, out_dir: str, task_type: str = "SEQ_CLS") -> None:
+    from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    loras = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    loras = _lora_layers(model)
     if not loras:
         raise ValueError("the model has no LoRA adapter")
     first = next(iter(loras.values()))
+    r, lora_alpha = first.r["default"], first.lora_alpha["default"]
     os.makedirs(out_dir, exist_ok=True)
-    tensors = {}
-    for n, m in loras.items():
-        tensors[f"base_model.model.{n}.lora_A.weight"] = m.lora_A.detach().contiguous()
-        tensors[f"base_model.model.{n}.lora_B.weight"] = m.lora_B.detach().contiguous()
+    tensors = {PEFT_PREFIX + k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"))
-    cfg = {"peft_type": "LORA", "task_type": task_type, "r": first.rank, "lora_alpha": first.alpha,
+    cfg = {"peft_type": "LORA", "task_type": task_type, "r": r, "lora_alpha": lora_alpha,
            "target_modules": sorted({n.split("block.", 1)[1] for n in loras}), "lora_dropout": 0.0,
            "bias": "none", "fan_in_fan_out": False, "use_rslora": False}
     with open(os.path.join(out_dir, "adapter_config.json"), "w", encoding="utf-8") as f:
@@ -122,18 +114,17 @@ def save_adapter(model: nn.Module, out_dir: str, task_type: str = "SEQ_CLS") -> 
 
 def load_adapter(model: nn.Module, adapter_dir: str) -> None:
     """Add the adapter's LoRA layers to ``model`` and load its tensors (strict)."""
+    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
     add_lora(model, tuple(cfg["target_modules"]), cfg["r"], float(cfg["lora_alpha"]))
     sd = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
-    loras = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
-    expected = {f"base_model.model.{n}.lora_{x}.weight" for n in loras for x in "AB"}
+    expected = {f"{PEFT_PREFIX}{n}.lora_{x}.weight" for n in _lora_layers(model) for x in "AB"}
     if set(sd) != expected:
         raise ValueError(f"adapter {adapter_dir}: keys do not match the model "
                          f"(missing {sorted(expected - set(sd))[:2]}, unexpected {sorted(set(sd) - expected)[:2]})")
-    with torch.no_grad():
-        for n, m in loras.items():
-            m.lora_A.copy_(sd[f"base_model.model.{n}.lora_A.weight"])
-            m.lora_B.copy_(sd[f"base_model.model.{n}.lora_B.weight"])
+    result = set_peft_model_state_dict(model, {k[len(PEFT_PREFIX):]: v for k, v in sd.items()})
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"adapter {adapter_dir}: tensors not loaded: {result.unexpected_keys[:2]}")
