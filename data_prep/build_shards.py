@@ -210,6 +210,13 @@ class BuildDir:
                 f"--out {self.path!r}: directory is not empty and holds no shard build; "
                 "choose an empty or new directory"
             )
+        if previous is not None and previous[0] != self.fingerprint and not self.records:
+            # an earlier build that failed before it finished a shard (e.g. a corpus with no documents):
+            # nothing to keep, so the corrected build takes the directory over
+            print(f"--out {self.path}: replacing an earlier build that finished no shard "
+                  f"({self._differs(previous[1])})", file=sys.stderr)
+            os.remove(journal_path)
+            previous, self.tokenizer_sha = None, None
         if previous is not None and previous[0] != self.fingerprint:
             raise DataPrepError(
                 f"--out {self.path!r}: holds a different build ({self._differs(previous[1])}); "

@@ -104,6 +104,9 @@ def read_config(in_dir: str) -> dict:
                         "tools/consolidate_checkpoint.py)")
     doc = read_json(path)
     if doc.get("format") != FORMAT:
+        if "model_type" in doc:
+            raise InputError(f"{in_dir}: a HuggingFace model directory (model_type {doc['model_type']!r}); this tool "
+                             "takes a native model directory (tools/consolidate_checkpoint.py writes one)")
         raise InputError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
     return doc
 

@@ -5,18 +5,28 @@ Layout under ``run_dir/checkpoints``::
     step_00000050/          DCP shards of model + optimizer (any world size can load them)
         trainer.json        step, scheduler, data-loader cursor, resolved config (rank 0)
         rng_rank{r}.pt      each rank's torch/numpy/python RNG states
+        manifest.json       every other file's size and sha256 (written last)
     latest                  the name of the newest complete checkpoint
+    corrupt-step_…/         a checkpoint that failed verification, set aside when a resume fell back
 
 A checkpoint is written to ``.tmp_step_…`` and renamed when every rank has finished, then ``latest``
 is replaced atomically: a kill at any point leaves the previous checkpoint loadable.
+
+Verification. A file can still go bad after it was written (a full disk, a copy cut short, a storage
+fault). ``verify`` checks a checkpoint against its manifest (the ranks hash a share of the files each);
+``resume_point`` takes the newest checkpoint that verifies, sets the newer bad ones aside and says so,
+and raises ``CheckpointError`` (one line) when checkpoints exist but none is intact. A checkpoint from
+before manifests existed is checked for its files only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import warnings
 
@@ -29,6 +39,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from pretrain import faults
 
 LATEST = "latest"
+MANIFEST = "manifest.json"
+CORRUPT_PREFIX = "corrupt-"
+_STEP_DIR = re.compile(r"step_(\d{8})$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be used; the message (one line) names it and says what to do."""
 
 
 def _rank() -> int:
@@ -38,6 +55,55 @@ def _rank() -> int:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _from_rank0(obj):
+    """Rank 0's ``obj`` on every rank (listings of a shared directory must agree)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(obj) -> list:
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * _world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _digest(path: str) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def _files(step_dir: str) -> list[str]:
+    """Every file under ``step_dir`` but the manifest, relative, sorted (DeepSpeed writes no subfolders, DCP neither)."""
+    out = []
+    for root, _, names in os.walk(step_dir):
+        out += [os.path.relpath(os.path.join(root, n), step_dir) for n in names]
+    return sorted(f for f in out if f != MANIFEST)
+
+
+def _write_manifest(tmp: str) -> None:
+    """Collective: each rank hashes a share of the files; rank 0 writes the manifest."""
+    files = _from_rank0(_files(tmp) if _rank() == 0 else None)
+    mine = {f: _digest(os.path.join(tmp, f)) for f in files[_rank()::_world()]}
+    entries = {k: v for part in _gather(mine) for k, v in part.items()}
+    if _rank() == 0:
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump({"files": {k: entries[k] for k in files}}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _rng_state() -> dict:
@@ -95,7 +161,8 @@ def save_with(ckpt_dir: str, step: int, write_state, trainer_state: dict, keep: 
     tmp = os.path.join(ckpt_dir, f".tmp_{name}")
     if _rank() == 0:
         os.makedirs(ckpt_dir, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp_")]:  # left by a killed save
+            shutil.rmtree(os.path.join(ckpt_dir, stale), ignore_errors=True)
         os.makedirs(tmp)
     _barrier()
     write_state(tmp)
@@ -105,14 +172,12 @@ def save_with(ckpt_dir: str, step: int, write_state, trainer_state: dict, keep: 
             json.dump({"step": step, **trainer_state}, f, indent=1)
     faults.kill_if("MODERNALBERT_KILL_DURING_SAVE", step)
     _barrier()
+    _write_manifest(tmp)
     if _rank() == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        with open(os.path.join(ckpt_dir, LATEST + ".tmp"), "w", encoding="utf-8") as f:
-            f.write(name + "\n")
-        os.replace(os.path.join(ckpt_dir, LATEST + ".tmp"), os.path.join(ckpt_dir, LATEST))
-        steps = sorted(n for n in os.listdir(ckpt_dir) if n.startswith("step_"))
-        for old in steps[:-keep]:
+        _point_latest(ckpt_dir, name)
+        for old in [os.path.basename(p) for p in step_dirs(ckpt_dir)][keep:]:
             shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
     _barrier()
     return final
@@ -144,3 +209,104 @@ def load_with(path: str, read_state) -> dict:
     if os.path.isfile(rng):  # a rank that did not exist when it was saved keeps its fresh seed
         _set_rng_state(torch.load(rng, weights_only=False))
     return read_trainer_state(path)
+
+
+# ---------------------------------------------------------------------------------------------- verification
+
+def step_dirs(ckpt_dir: str) -> list[str]:
+    """The complete checkpoints (renamed ``step_XXXXXXXX`` folders) under ``ckpt_dir``, newest first."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    names = [n for n in os.listdir(ckpt_dir) if _STEP_DIR.fullmatch(n)]
+    return [os.path.join(ckpt_dir, n) for n in sorted(names, reverse=True)]
+
+
+def verify(step_dir: str, share: tuple[int, int] = (0, 1)) -> str | None:
+    """What is wrong with a checkpoint, or None. ``share=(r, n)`` hashes only every n-th file from the r-th."""
+    if not os.path.isdir(step_dir):
+        return "missing"
+    manifest = os.path.join(step_dir, MANIFEST)
+    if not os.path.isfile(manifest):  # written before manifests existed: the files that must be there
+        if not os.path.isfile(os.path.join(step_dir, "trainer.json")):
+            return "no trainer.json"
+        if not any(f == ".metadata" or f.endswith("model_states.pt") for f in os.listdir(step_dir)):
+            return "no model state (neither DCP .metadata nor DeepSpeed model states)"
+        return _trainer_json_problem(step_dir)
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} unreadable ({e})"
+    names = sorted(files)
+    for name in names:  # cheap checks first, on every rank
+        path = os.path.join(step_dir, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != files[name]["size"]:
+            size = os.path.getsize(path)
+            how = "truncated" if size < files[name]["size"] else "changed"
+            return f"{name} {how}: {size:,} bytes, the manifest says {files[name]['size']:,}"
+    for name in names[share[0]::share[1]]:
+        if _digest(os.path.join(step_dir, name))["sha256"] != files[name]["sha256"]:
+            return f"{name} does not match its sha256 in {MANIFEST} (corrupted)"
+    return _trainer_json_problem(step_dir)
+
+
+def _trainer_json_problem(step_dir: str) -> str | None:
+    try:
+        state = read_trainer_state(step_dir)
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"trainer.json unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def verify_collective(step_dir: str) -> str | None:
+    """Collective ``verify``: the ranks hash a share of the files each and agree on the first problem."""
+    problems = [p for p in _gather(verify(step_dir, (_rank(), _world()))) if p]
+    return problems[0] if problems else None
+
+
+def resume_point(ckpt_dir: str, log=print) -> str | None:
+    """Collective: the newest checkpoint that verifies, or None when there is none at all.
+
+    Newer checkpoints that fail are renamed ``corrupt-step_…`` (kept for inspection, out of the way of
+    keep-k purging) once an intact one is found, and ``latest`` is pointed at it. Raises
+    ``CheckpointError`` when checkpoints exist but none is intact (nothing is renamed then).
+    """
+    candidates = _from_rank0(step_dirs(ckpt_dir) if _rank() == 0 else None)
+    bad: list[tuple[str, str]] = []
+    for path in candidates:
+        problem = verify_collective(path)
+        if problem is None:
+            if bad and _rank() == 0:
+                for b, why in bad:
+                    aside = os.path.join(ckpt_dir, CORRUPT_PREFIX + os.path.basename(b))
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.replace(b, aside)
+                    log(f"checkpoint {b}: {why}; set aside as {aside}")
+                _point_latest(ckpt_dir, os.path.basename(path))
+                log(f"falling back to the newest intact checkpoint, {path}")
+            _barrier()
+            return path
+        bad.append((path, problem))
+    if bad:
+        listing = "; ".join(f"{os.path.basename(b)}: {why}" for b, why in bad)
+        raise CheckpointError(f"no intact checkpoint in {ckpt_dir} ({listing}); restore one from a copy, or start "
+                              "over with a new run_dir (or checkpoint.resume=false, which overwrites them)")
+    return None
+
+
+def describe(e: BaseException) -> str:
+    """One line for an exception from loading; DCP's CheckpointException wraps each rank's own."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        e = next(iter(failures.values()))[0]
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def _point_latest(ckpt_dir: str, name: str) -> None:
+    with open(os.path.join(ckpt_dir, LATEST + ".tmp"), "w", encoding="utf-8") as f:
+        f.write(name + "\n")
+    os.replace(os.path.join(ckpt_dir, LATEST + ".tmp"), os.path.join(ckpt_dir, LATEST))

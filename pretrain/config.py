@@ -208,7 +208,16 @@ def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
         if not os.path.isfile(path):
             raise ConfigError(f"--config {path!r}: no such file")
         with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f) or {}
+            try:
+                doc = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+                what = " ".join(str(getattr(e, "problem", None) or e).split())
+                raise ConfigError(f"{where}: not valid YAML ({what})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: a YAML mapping of sections (model:, train:, …) expected, "
+                              f"found a {type(doc).__name__}")
     for item in overrides:
         keys, value = _parse_override(item)
         node = doc

@@ -18,6 +18,14 @@ Resume. ``state_dict()`` holds (epoch, global sample cursor) plus the data's fin
 ``load_state_dict`` the loader continues with exactly the batches an uninterrupted run would have
 produced — also on another world size with the same global batch.
 
+Faults. Every shard's sha256 is checked when a worker first opens it. A bad shard (missing,
+truncated, corrupted) raises ``ShardError`` naming it, carried out of the loader worker as a one-line
+message; the trainer stops every rank together with that line (exit 2). A run never skips a bad
+shard: the global order is defined over all shards, so skipping would silently drop its samples and
+shift every later batch, and the run could no longer be reproduced or resumed exactly. Rebuilding
+restores it (``build_shards.py`` with the same arguments rewrites a shard byte for byte), then the
+run resumes exactly. ``python -m pretrain.data DIR`` checks every shard of a build up front.
+
 Batch (unpadded, ModernBERT-style; T tokens, S segments, M masked positions)::
 
     input_ids     int64 [T]    masked token stream (all samples back to back)
@@ -40,11 +48,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep.errors import DataPrepError
-from data_prep.shards import ShardIndex, ShardReader
+from data_prep.shards import ShardError, ShardIndex, ShardReader
 from model.config import check
 
 _STATE_VERSION = 1
 _OPEN_SHARDS_PER_WORKER = 8
+_FAULT = "shard_fault"  # a worker's batch that carries the one-line error of a bad shard instead of data
 
 
 @dataclass
@@ -205,7 +214,17 @@ class _EpochBatches(IterableDataset):
             for g in range(first, first + mb):
                 shard, i = order[g]
                 sample_ids.append((shard, i))
-                ids, doc_lens, _ = self._reader(readers, shard).sample(i)
+                try:
+                    ids, doc_lens, _ = self._reader(readers, shard).sample(i)
+                except ShardError as e:
+                    # handed over as data: an exception raised in a loader worker reaches the trainer as a
+                    # traceback wall; this reaches it as the one line
+                    yield {_FAULT: str(e)}
+                    return
+                except (OSError, ValueError) as e:  # a shard changed on disk after it was opened
+                    name = self.index.splits[self.cfg.split][shard].file
+                    yield {_FAULT: f"shard {name}: sample {i} unreadable ({type(e).__name__}: {e})"}
+                    return
                 rng = np.random.default_rng(_seed_words(self.cfg.seed, self.epoch, g, 2))
                 masked, pos, labels = self.masker(ids, rng)
                 batch.append((masked, doc_lens, pos, labels))
@@ -252,6 +271,8 @@ class PretrainLoader:
             for batch in dl:
                 if generation != self._generation:
                     raise RuntimeError("PretrainLoader: state was loaded after this iterator was created; iterate anew")
+                if _FAULT in batch:
+                    raise ShardError(batch[_FAULT])
                 self._batch += 1
                 yield batch
             self._epoch += 1
@@ -289,22 +310,64 @@ class PretrainLoader:
         self._generation += 1
 
 
+def verify_build(data_dir: str, workers: int = 4, log=print) -> list[str]:
+    """Check every shard of every split against index.json (file, sha256, tar layout, sample count).
+
+    Returns one line per bad shard (also passed to ``log``); raises DataPrepError without a readable index.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    index = ShardIndex.load(data_dir)
+    entries = [e for split in sorted(index.splits) for e in index.splits[split]]
+
+    def check(entry) -> str | None:
+        try:
+            ShardReader(index.shard_path(entry), entry.sha256, entry.samples)
+        except ShardError as e:
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # hashing releases the GIL
+        problems = [p for p in pool.map(check, entries) if p]
+    for p in problems:
+        log(f"bad: {p}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pretrain.data DATA_DIR``: check a shard build through the loader and show a batch."""
+    """``python -m pretrain.data DATA_DIR``: verify every shard of a build, then show a batch through the loader.
+
+    Exit status: 0 when every shard verifies, 1 when some do not (each is named), 2 when the build
+    cannot be read at all (no index.json, bad arguments).
+    """
     import argparse
     import os
     import sys
 
     from data_prep.tokenizer import Tokenizer
 
-    p = argparse.ArgumentParser(prog="python -m pretrain.data", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m pretrain.data", description=main.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data_dir")
     p.add_argument("--split", default="train")
     p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--world-size", type=int, default=1, help="pretend this many data-parallel ranks (rank 0 shown)")
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking every shard (sha256, tar layout, sample count against index.json)")
+    p.add_argument("--verify-threads", type=int, default=4, help="shards hashed in parallel")
     a = p.parse_args(argv)
     try:
+        if not a.no_verify:
+            index = ShardIndex.load(a.data_dir)
+            total = sum(len(v) for v in index.splits.values())
+            bad = verify_build(a.data_dir, a.verify_threads, log=lambda m: print(m, file=sys.stderr))
+            if bad:
+                print(f"error: {len(bad)} of {total} shards in {a.data_dir} failed verification; rebuild them with "
+                      "data_prep/build_shards.py and the build's arguments (index.json: build_args)", file=sys.stderr)
+                return 1
+            print(f"verified: {total} shards ({', '.join(f'{s} {len(v)}' for s, v in sorted(index.splits.items()))}) "
+                  "match index.json")
         loader = PretrainLoader(LoaderConfig(a.data_dir, a.micro_batch_size, split=a.split, num_workers=a.num_workers),
                                 rank=0, world_size=a.world_size)
         batch = next(iter(loader))

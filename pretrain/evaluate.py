@@ -7,15 +7,17 @@ Collective under FSDP: every rank runs its share of the batches.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 
 from data_prep.errors import DataPrepError
+from data_prep.shards import ShardError
 from model.config import check
 from model.modernalbert import model_inputs
 from pretrain.data import LoaderConfig, MLMConfig, PretrainLoader
-from pretrain.reduce import all_reduce
+from pretrain.reduce import all_reduce, first_fault
 
 
 @dataclass
@@ -47,9 +49,19 @@ def evaluate(model: torch.nn.Module, loader: PretrainLoader, device: torch.devic
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)  # CE sum, correct, masked tokens
     loader.load_state_dict({**loader.state_dict(), "epoch": 0, "sample_cursor": 0})  # from the start
-    for i, b in enumerate(loader):
+    batches = iter(loader)
+    for i in itertools.count():
         if max_batches and i >= max_batches:
             break
+        try:
+            b, fault = next(batches), None
+        except StopIteration:  # every rank has the same number of batches
+            break
+        except ShardError as e:
+            b, fault = None, str(e)
+        fault = first_fault(fault)  # a bad val shard on one rank stops all of them here, together
+        if fault:
+            raise ShardError(fault)
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs(b).items()}
         out = model(**inputs)
         n = out.num_masked

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import zlib
 
+from data_prep.errors import DataPrepError
+from data_prep.shards import ShardIndex
 from model.config import ConfigError
 from pretrain.config import load_config
 
@@ -91,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.config, a.overrides)
         if a.nodes < 1 or a.tasks_per_node < 1:
             raise ConfigError(f"--nodes={a.nodes} --tasks-per-node={a.tasks_per_node}: both must be >= 1")
-    except ConfigError as e:
+        ShardIndex.load(cfg.data.dir)  # the jobs would all fail on it, after waiting in the queue
+        if a.cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+            raise ConfigError("--cluster slurm: no sbatch/srun on this machine's PATH; submit from a SLURM login "
+                              "node, or run here with --cluster local")
+    except (ConfigError, DataPrepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
@@ -115,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.account:
             params["slurm_account"] = a.account
     executor.update_parameters(**params)
-    job = executor.submit(TrainJob(a.config, a.overrides))
+    try:
+        job = executor.submit(TrainJob(a.config, a.overrides))
+    except Exception as e:  # sbatch refused the job (partition, account, limits): its message says why
+        print(f"error: submitting to {a.cluster} failed: {' '.join(str(e).split())[:1000]}", file=sys.stderr)
+        return 1
     print(f"submitted job {job.job_id} ({a.cluster}, {a.nodes} x {a.tasks_per_node} tasks); logs in {folder}",
           flush=True)
     if a.cluster == "slurm" or a.no_wait:

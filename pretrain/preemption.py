@@ -13,9 +13,10 @@ import signal
 import torch
 import torch.distributed as dist
 
+from pretrain import exit_codes
 from pretrain.reduce import all_reduce
 
-REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
+REQUEUE_EXIT_CODE = exit_codes.REQUEUE
 MARKER = "preempted"
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 

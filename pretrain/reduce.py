@@ -17,3 +17,21 @@ def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.
     on = t.to("cuda") if dist.get_backend() == "nccl" and t.device.type != "cuda" else t
     dist.all_reduce(on, op=op)
     return on.to(t.device) if on is not t else t
+
+
+def first_fault(message: str | None, already_flagged: bool | None = None) -> str | None:
+    """Collective: the first rank's fault message when any rank has one, else None, on every rank.
+
+    A fault seen by one rank (a bad shard in its share of the data) must stop all of them at the same
+    point: a rank that leaves alone strands the others in their next collective. ``already_flagged``
+    says whether any rank has a fault when that was already reduced (saves the flag's all-reduce).
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return message
+    if already_flagged is None:
+        already_flagged = bool(all_reduce(torch.tensor([float(message is not None)])).item())
+    if not already_flagged:
+        return None
+    messages: list = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, message)
+    return next(m for m in messages if m is not None)

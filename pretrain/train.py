@@ -24,14 +24,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from data_prep.errors import DataPrepError
-from data_prep.shards import ShardIndex
+from data_prep.shards import ShardError, ShardIndex
 from model.config import ConfigError
 from model.flops import TrainingFlops
 from model.losses import aux_coefficients, combine_losses, weighted_aux
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
-from pretrain import checkpoint, faults
+from pretrain import checkpoint, exit_codes, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader
 from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum
@@ -40,7 +41,7 @@ from pretrain.logger import TrainLogger
 from pretrain.fsdp_engine import FSDPEngine
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
-from pretrain.reduce import all_reduce
+from pretrain.reduce import all_reduce, first_fault
 from pretrain.schedule import wsd_factor
 
 
@@ -227,9 +228,20 @@ class Trainer:
 
     # resume / save ------------------------------------------------------------------------------
     def resume(self) -> None:
-        latest = checkpoint.latest_checkpoint(self.ckpt_dir) if self.cfg.checkpoint.resume else None
+        """Continue from the newest intact checkpoint (verified; corrupt newer ones are set aside), if any."""
+        if not self.cfg.checkpoint.resume:
+            return
+        log = print if self.rt.rank == 0 else (lambda *_: None)
+        latest = checkpoint.resume_point(self.ckpt_dir, log)
         if latest:
-            state = self.engine.load(latest, self.rt.world)
+            try:
+                state = self.engine.load(latest, self.rt.world)
+            except ConfigError:
+                raise
+            except (Exception, CheckpointException) as e:  # verified, yet not loadable into this model
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {latest}: cannot be loaded into this run ({checkpoint.describe(e)}); was the "
+                    "model config changed? Resume with the run's config.yaml") from None
             self.step_no = self.start_step = state["step"]
             self.scheduler.load_state_dict(state["scheduler"])
             self.loader.load_state_dict(state["loader"])
@@ -248,11 +260,17 @@ class Trainer:
     def step(self, batches, count_load: bool) -> tuple[dict, float, dict[str, list[int]]]:
         """One optimizer step over ``accum`` micro-batches: (record, FLOPs over all ranks, expert load)."""
         cfg, rt, device = self.cfg, self.rt, self.rt.device
-        micro = [next(batches) for _ in range(rt.accum)]
-        # the loss is a mean over every masked token of the global batch: count them first
+        try:
+            micro, fault = [next(batches) for _ in range(rt.accum)], None
+        except ShardError as e:
+            micro, fault = [], str(e)
+        # the loss is a mean over every masked token of the global batch: count them first (and learn
+        # whether any rank met a bad shard, in the same reduction)
         local = [sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro),
-                 sum(self.flops(b["cu_seqlens"], len(b["mlm_labels"])) for b in micro)]
-        global_masked, global_tokens, flops = all_reduce(torch.tensor(local, dtype=torch.float64)).tolist()
+                 sum(self.flops(b["cu_seqlens"], len(b["mlm_labels"])) for b in micro), float(fault is not None)]
+        global_masked, global_tokens, flops, faults_seen = all_reduce(torch.tensor(local, dtype=torch.float64)).tolist()
+        if faults_seen:
+            raise self._data_fault(first_fault(fault, already_flagged=True))
         sums = StepSums(self.aux_names, device)
         for i, b in enumerate(micro):
             inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
@@ -284,6 +302,11 @@ class Trainer:
                 record["distill/kl"] = m["kl"] / global_masked
         return record, flops, load
 
+    def _data_fault(self, message: str) -> TrainingError:
+        return TrainingError(f"{message}. Training stopped before step {self.step_no + 1}; the last good checkpoint is "
+                             f"{checkpoint.latest_checkpoint(self.ckpt_dir)}. A run does not skip a bad shard (that "
+                             "would shift all later batches): rebuild it and relaunch, the run resumes exactly")
+
     def _distill(self, inputs: dict, out, global_masked: float, global_tokens: float):
         """(hidden-state sum, KL sum, extra loss terms with their scales) against the teacher, if any."""
         zero = torch.zeros((), device=self.rt.device)
@@ -301,7 +324,10 @@ class Trainer:
 
     # validate -----------------------------------------------------------------------------------
     def validate(self) -> dict:
-        result = evaluate(self.model, self.val, self.rt.device, self.cfg.eval.max_batches)
+        try:
+            result = evaluate(self.model, self.val, self.rt.device, self.cfg.eval.max_batches)
+        except ShardError as e:  # raised on every rank together
+            raise self._data_fault(str(e)) from None
         if self.rt.rank == 0:
             print(f"eval step {self.step_no:>6}: val loss {result['val_loss']:.4f}  val acc {result['val_accuracy']:.3f}  "
                   f"({result['val_masked']:,} masked tokens)", flush=True)
@@ -394,9 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(a.config, a.overrides)
         train(cfg)
-    except (ConfigError, DataPrepError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, DataPrepError, TrainingError, checkpoint.CheckpointError) as e:
+        # every rank meets these errors together (same inputs, or agreed through a collective): one line
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return exit_codes.USER_ERROR
     except Preempted as e:
         print(str(e), file=sys.stderr)
         return REQUEUE_EXIT_CODE

@@ -6,8 +6,10 @@
 # Preemption: SLURM sends SIGUSR1 to the step's processes 120 s before the time limit (--signal) or
 # on preemption. torchrun would die of it (it does not handle USR1), so it runs with USR1 ignored;
 # the training workers install their own handler, agree on a step, save, write run_dir/preempted
-# and exit. torchrun does not pass the workers' exit code 75 on, so this script requeues when the
-# marker exists; the requeued job resumes from run_dir/checkpoints/latest.
+# and exit 75. torchrun runs through `python -m pretrain.torchrun`, which passes the workers' exit
+# status on (torchrun itself turns every failure into 1): 75 or the marker requeue the job (it
+# resumes from run_dir/checkpoints/latest); 2 (a bad config, data or checkpoint: one line in the log
+# says what to change) ends the job without a requeue, since a relaunch would fail the same way.
 set -euo pipefail
 
 : "${CONFIG:?CONFIG must name a pretrain/configs/*.yaml}"
@@ -26,12 +28,12 @@ echo "job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $NNODES node(s
 
 rc=0
 srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c 'trap "" USR1; exec "$@"' ignore-usr1 \
-    torchrun --nnodes="$NNODES" --nproc-per-node="$GPUS_PER_NODE" \
+    python -m pretrain.torchrun --nnodes="$NNODES" --nproc-per-node="$GPUS_PER_NODE" \
     --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" \
     -m pretrain.train --config "$CONFIG" run_dir="$RUN_DIR" "$@" || rc=$?
 
-if [[ -f "$RUN_DIR/preempted" ]]; then
-    echo "preempted after step $(cat "$RUN_DIR/preempted"); requeueing job $SLURM_JOB_ID"
+if [[ -f "$RUN_DIR/preempted" || $rc -eq 75 ]]; then
+    echo "preempted after step $(cat "$RUN_DIR/preempted" 2>/dev/null || echo '?'); requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
 fi

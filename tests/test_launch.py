@@ -64,7 +64,7 @@ def test_slurm_script_builds_the_torchrun_command_from_slurm_variables(stub_path
         assert h in headers
     assert (tmp_path / "srun.args").read_text().splitlines() == [
         "--kill-on-bad-exit=1", "--ntasks-per-node=1", "bash", "-c", 'trap "" USR1; exec "$@"', "ignore-usr1",
-        "torchrun", "--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu-node-07:29500",
+        "python", "-m", "pretrain.torchrun", "--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu-node-07:29500",
         "--rdzv-id=4242", "-m", "pretrain.train", "--config", "pretrain/configs/120m.yaml",
         f"run_dir={tmp_path / 'run'}", "optim.lr=1e-4", "log.wandb=offline"]
     assert not (tmp_path / "requeued").exists()

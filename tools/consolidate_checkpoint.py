@@ -22,10 +22,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from model.config import ConfigError, ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
-from pretrain.checkpoint import latest_pointer, quiet_single_process, read_trainer_state
+from pretrain.checkpoint import describe, latest_pointer, quiet_single_process, read_trainer_state, step_dirs, verify
 from pretrain.deepspeed_engine import is_deepspeed_checkpoint, read_deepspeed_weights
 from model.native_format import OutputDir, InputError, check_keys, save_native, tokenizer_file
 
@@ -46,6 +47,11 @@ def resolve_checkpoint(path: str) -> str:
     if not ok:
         raise InputError(f"{path}: not a training checkpoint (expected a run dir, its checkpoints/ or a "
                         "step_XXXXXXXX folder with trainer.json and DCP .metadata or DeepSpeed model states)")
+    problem = verify(path)
+    if problem:
+        intact = next((p for p in step_dirs(os.path.dirname(path)) if p != path and not verify(p)), None)
+        hint = f"; the newest intact checkpoint is {intact}: pass it instead" if intact else ""
+        raise InputError(f"checkpoint {path}: {problem}{hint}")
     return path
 
 
@@ -80,8 +86,8 @@ def read_checkpoint(step_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
     with quiet_single_process():
         try:
             dcp.load({"model": state}, checkpoint_id=step_dir)
-        except Exception as e:  # missing or truncated shard files
-            raise InputError(f"{step_dir}: reading the tensors failed ({type(e).__name__}: {str(e)[:300]})") from None
+        except (Exception, CheckpointException) as e:  # missing or truncated shard files (no manifest to tell)
+            raise InputError(f"{step_dir}: reading the tensors failed ({describe(e)})") from None
     return state, trainer
 
 

@@ -31,9 +31,21 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
 
-    with open(cfg_path, encoding="utf-8") as f:
-        remote = "auto_map" in json.load(f)
-    fill = pipeline("fill-mask", model=a.hf_dir, trust_remote_code=remote, top_k=a.top_k)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"error: {cfg_path}: unreadable ({e})", file=sys.stderr)
+        return 2
+    if "model_type" not in config:
+        print(f"error: {a.hf_dir}: not a HuggingFace export (its config.json has no model_type; a native model "
+              f"directory?); export it first: python tools/convert_to_hf.py {a.hf_dir} --out HF_DIR", file=sys.stderr)
+        return 2
+    try:
+        fill = pipeline("fill-mask", model=a.hf_dir, trust_remote_code="auto_map" in config, top_k=a.top_k)
+    except (OSError, ValueError, KeyError) as e:  # missing weights or tokenizer, an unknown model_type
+        print(f"error: {a.hf_dir}: transformers cannot load it ({' '.join(str(e).split())[:300]})", file=sys.stderr)
+        return 2
     for text in a.text:
         if fill.tokenizer.mask_token not in text:
             print(f"error: {text!r}: no {fill.tokenizer.mask_token} in it", file=sys.stderr)

@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             calib = a.calib or data_dir
             if not calib or not os.path.isdir(calib):
                 raise InputError(f"--method routing needs calibration shards: --calib DIR ({calib!r} not found)")
+            source = "--calib" if a.calib else f"the shards {a.in_dir} was trained on; --calib DIR chooses others"
+            print(f"calibrating the routing shares on {a.calib_batches} train batches of 16 samples from "
+                  f"{os.path.abspath(calib)} ({source})")
             shares = routing_shares(model, calib, a.calib_batches)
         else:
             shares = {g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         merged = merge(model, shares, a.fold)
         after = validation(merged, val_dir, a.val_batches)
         report = {"method": a.method, "fold": a.fold, "val_shards": val_dir,
+                  "calibration": ({"shards": os.path.abspath(calib), "batches": a.calib_batches}
+                                  if a.method == "routing" else None),
                   "expert_weights": {f"group{g}": [round(float(x), 6) for x in s] for g, s in shares.items()},
                   "before": before, "after": after}
         tok = os.path.join(a.in_dir, doc["tokenizer"]) if doc.get("tokenizer") else None

@@ -1,0 +1,7 @@
+"""The exit status of ``pretrain.train`` (and of ``pretrain.torchrun``, which passes it on), for job scripts.
+
+No torch import here: the torchrun wrapper reads these before torch is loaded.
+"""
+
+USER_ERROR = 2  # bad config, data or checkpoint: one line says what to change; relaunching as is fails again
+REQUEUE = 75  # EX_TEMPFAIL: preempted after saving a checkpoint; relaunch the same command to resume
