@@ -16,7 +16,10 @@ import json
 import os
 import sys
 
-from finetune import train
+if __package__ in (None, ""):  # run as a script: the repository root first (else `model` is finetune/model.py)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from finetune import train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

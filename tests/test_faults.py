@@ -268,3 +268,10 @@ def test_native_tools_on_a_huggingface_directory_say_what_they_take(tmp_path):
     r = run_cli(["tools/convert_to_hf.py", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "a HuggingFace model directory (model_type 'modernbert')" in r.stderr
+
+
+@pytest.mark.parametrize("script", ["finetune/train.py", "finetune/benchmark.py"])
+def test_finetune_scripts_also_run_as_plain_scripts(script):
+    """As scripts, finetune/ comes first on sys.path, where finetune/model.py used to shadow the model package."""
+    r = run_cli([script, "--help"])
+    assert r.returncode == 0 and r.stdout.startswith("usage:"), r.stderr[-2000:]
