@@ -11,6 +11,10 @@ independently by a worker process (tokenize → pack into --seq-len samples → 
 byte-identical for any --workers, and an interrupted build rerun with the same arguments keeps every
 finished shard whose sha256 still matches and builds only the rest. Nothing is ever deleted except
 this tool's own temp files.
+
+Across machines: ``--num-tasks N --task-id I`` (defaults from a SLURM array's variables) builds every
+N-th shard into a shared ``--out``; the last task to finish (or ``--finalize``) writes index.json.
+The result is byte-identical to a one-machine build (``TaskShare``; ``slurm/build_shards.sh``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: drop data_prep/ from sys.path 
 
 import numpy as np
 
-from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
+from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, ReadStats, resolve_inputs
 from data_prep.errors import DataPrepError
 from data_prep.packing import pack_documents
 from data_prep.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, ShardWriter, sha256_of, shard_name, token_dtype
@@ -159,10 +163,13 @@ def build_one_shard(task: ShardTask, out_dir: str, seq_len: int, input_hash: str
 class BuildDir:
     """The build's output directory: what an earlier run left there, and the journal of this one."""
 
-    def __init__(self, path: str, fingerprint: str, args_record: dict) -> None:
+    def __init__(self, path: str, fingerprint: str, args_record: dict, journal_file: str = JOURNAL_FILE,
+                 shared: bool = False) -> None:
         self.path = path
         self.fingerprint = fingerprint
         self.args_record = args_record
+        self.journal_file = journal_file
+        self.shared = shared  # other tasks of a distributed build write here at the same time
         self.records: dict[tuple[str, int], dict] = {}  # finished shards known from an earlier run
         self.tokenizer_sha: str | None = None
         self._journal = None
@@ -179,7 +186,7 @@ class BuildDir:
             raise DataPrepError(f"--out {self.path!r}: exists and is not a directory")
         os.makedirs(self.path, exist_ok=True)
         index_path = os.path.join(self.path, INDEX_FILE)
-        journal_path = os.path.join(self.path, JOURNAL_FILE)
+        journal_path = os.path.join(self.path, self.journal_file)
         previous = None
         if os.path.isfile(index_path):
             try:
@@ -205,7 +212,7 @@ class BuildDir:
                         self.tokenizer_sha = rec["sha256"]
                     elif rec["type"] == "shard":
                         self.records[(rec["split"], rec["shard"])] = rec
-        elif os.listdir(self.path):
+        elif os.listdir(self.path) and not (self.shared and any(n.startswith("build_") for n in os.listdir(self.path))):
             raise DataPrepError(
                 f"--out {self.path!r}: directory is not empty and holds no shard build; "
                 "choose an empty or new directory"
@@ -217,12 +224,14 @@ class BuildDir:
                   f"({self._differs(previous[1])})", file=sys.stderr)
             os.remove(journal_path)
             previous, self.tokenizer_sha = None, None
+        if self.shared and previous is None:  # the other tasks of a distributed build must be this build
+            previous = self._other_tasks_build()
         if previous is not None and previous[0] != self.fingerprint:
             raise DataPrepError(
                 f"--out {self.path!r}: holds a different build ({self._differs(previous[1])}); "
                 "choose another directory or delete this one"
             )
-        for name in os.listdir(self.path):
+        for name in os.listdir(self.path) if not self.shared else []:  # (a distributed build: at --finalize)
             if ".tar.tmp" in name or name.endswith(".tmp"):
                 os.remove(os.path.join(self.path, name))  # our own leftovers from an interrupted run
         self._journal = open(journal_path, "a", encoding="utf-8")
@@ -232,6 +241,18 @@ class BuildDir:
                 self.journal(rec)
             if self.tokenizer_sha:
                 self.journal({"type": "tokenizer", "sha256": self.tokenizer_sha})
+
+    def _other_tasks_build(self) -> tuple[str, dict] | None:
+        """(fingerprint, build args) of another task's journal in this directory, if there is one."""
+        for name in sorted(os.listdir(self.path)):
+            if name.startswith("build_journal.") and name.endswith(".jsonl") and name != self.journal_file:
+                try:
+                    with open(os.path.join(self.path, name), encoding="utf-8") as f:
+                        rec = json.loads(f.readline())
+                    return rec["fingerprint"], rec["build_args"]
+                except (OSError, ValueError, KeyError):
+                    continue  # being written right now, or cut short by a kill
+        return None
 
     def journal(self, record: dict) -> None:
         self._journal.write(json.dumps(record, sort_keys=True) + "\n")
@@ -249,15 +270,22 @@ class BuildDir:
         return rec
 
     def finish(self, index: dict) -> None:
-        tmp = os.path.join(self.path, INDEX_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.path, INDEX_FILE))
+        write_index(self.path, index)
         self._journal.close()
-        os.remove(os.path.join(self.path, JOURNAL_FILE))
+        os.remove(os.path.join(self.path, self.journal_file))
+
+    def close(self) -> None:
+        self._journal.close()
+
+
+def write_index(out_dir: str, index: dict) -> None:
+    tmp = os.path.join(out_dir, f"{INDEX_FILE}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(out_dir, INDEX_FILE))
 
 
 # ------------------------------------------------------------------------------------------ the build
@@ -322,26 +350,118 @@ def _tasks(cfg: BuildConfig, reader: CorpusReader) -> Iterator[ShardTask]:
             yield block
 
 
-def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True) -> dict:
-    """Run the whole build; returns index.json's content. Raises DataPrepError on bad input."""
-    cfg.validate()
-    t_start = time.time()
-    files = resolve_inputs(cfg.inputs)
-    args_record = asdict(cfg)
-    identity = {"build_args": args_record, "input_files": [[f.path, f.size] for f in files]}
+def _identity(cfg: BuildConfig, files) -> str:
+    """The build's fingerprint: its arguments, its input files (path, size) and a reused tokenizer's hash."""
+    identity = {"build_args": asdict(cfg), "input_files": [[f.path, f.size] for f in files]}
     if cfg.tokenizer:
         if not os.path.isfile(cfg.tokenizer):
             raise DataPrepError(f"--tokenizer {cfg.tokenizer!r}: no such file")
         identity["tokenizer_sha256"] = file_sha256(cfg.tokenizer)
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
-    out = BuildDir(out_dir, fingerprint, args_record)
+
+@dataclass(frozen=True)
+class TaskShare:
+    """This process's share of a distributed build: task ``task_id`` of ``num_tasks`` (e.g. a SLURM array).
+
+    Every task reads the whole corpus (cheap next to tokenizing) and builds the shards k with
+    k % num_tasks == task_id of the one-machine build's shard sequence, so the shards are the same
+    bytes. Task 0 prepares the tokenizer; the others wait for it. Each task ends with a done file;
+    the task that finds all of them (or ``--finalize``) writes index.json and removes the build's
+    bookkeeping files: the directory then equals a one-machine build's, byte for byte.
+    """
+
+    num_tasks: int = 1
+    task_id: int = 0
+    wait_s: float = 6 * 3600.0  # how long a task waits for task 0's tokenizer
+
+    def validate(self) -> None:
+        if self.num_tasks < 1:
+            raise DataPrepError(f"--num-tasks {self.num_tasks}: must be >= 1")
+        if not 0 <= self.task_id < self.num_tasks:
+            raise DataPrepError(f"--task-id {self.task_id}: must be in [0, {self.num_tasks}) (--num-tasks {self.num_tasks})")
+
+    @property
+    def distributed(self) -> bool:
+        return self.num_tasks > 1
+
+    def tag(self, i: int | None = None) -> str:
+        return f"task{self.task_id if i is None else i:04d}of{self.num_tasks:04d}"
+
+
+TOKENIZER_MARKER = "build_tokenizer.json"
+
+
+def _done_file(share: TaskShare, i: int) -> str:
+    return f"build_{share.tag(i)}.done.json"
+
+
+def _write_json(path: str, doc: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _shared_tokenizer(cfg: BuildConfig, files, out: BuildDir, share: TaskShare, progress: bool) -> tuple[str, str]:
+    """Task 0 prepares the tokenizer and announces it (or its failure); the other tasks wait for that."""
+    marker = os.path.join(out.path, TOKENIZER_MARKER)
+    if share.task_id == 0:
+        try:
+            path, source = _prepare_tokenizer(cfg, files, out, progress)
+        except DataPrepError as e:
+            _write_json(marker, {"fingerprint": out.fingerprint, "error": str(e)})
+            raise
+        _write_json(marker, {"fingerprint": out.fingerprint, "file": os.path.basename(path), "source": source,
+                             "sha256": file_sha256(path)})
+        return path, source
+    deadline, said = time.time() + share.wait_s, False
+    while True:
+        try:
+            with open(marker, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            doc = None
+        if doc is not None and doc.get("fingerprint") == out.fingerprint:
+            if "error" in doc:
+                raise DataPrepError(f"task 0 failed: {doc['error']}")
+            path = os.path.join(out.path, doc["file"])
+            if os.path.isfile(path) and file_sha256(path) == doc["sha256"]:
+                return path, doc["source"]
+        if time.time() > deadline:
+            raise DataPrepError(f"{share.tag()}: task 0 announced no tokenizer in {out.path} within "
+                                f"{share.wait_s / 60:.0f} min; is task 0 running?")
+        if not said:
+            print(f"{share.tag()}: waiting for task 0's tokenizer ({marker})", flush=True)
+            said = True
+        time.sleep(2.0)
+
+
+def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True,
+          share: TaskShare = TaskShare()) -> dict | None:
+    """Run the whole build (or this task's share); returns index.json's content (None from a task that
+    leaves the finalising to another). Raises DataPrepError on bad input."""
+    cfg.validate()
+    share.validate()
+    t_start = time.time()
+    files = resolve_inputs(cfg.inputs)
+    args_record = asdict(cfg)
+    fingerprint = _identity(cfg, files)
+
+    out = BuildDir(out_dir, fingerprint, args_record,
+                   journal_file=f"build_journal.{share.tag()}.jsonl" if share.distributed else JOURNAL_FILE,
+                   shared=share.distributed)
     out.open()
-    tok_path, tok_source = _prepare_tokenizer(cfg, files, out, progress)
+    if share.distributed:
+        tok_path, tok_source = _shared_tokenizer(cfg, files, out, share, progress)
+    else:
+        tok_path, tok_source = _prepare_tokenizer(cfg, files, out, progress)
     tok = Tokenizer(tok_path)
 
     records: list[dict] = []
-    kept = 0
+    kept, built_tokens = 0, 0
     t_tok = time.time()
     with _progress(sum(f.size for f in files), "building shards", progress) as bar:
         reader = CorpusReader(files, cfg.text_field, on_bytes=bar.update)
@@ -354,13 +474,17 @@ def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True) -
         pending: collections.deque = collections.deque()
 
         def collect(fut) -> None:
+            nonlocal built_tokens
             rec = fut.result()
             out.journal(rec)
             records.append(rec)
+            built_tokens += rec["tokens"]
             bar.set_postfix(shards=len(records), tokens=f"{sum(r['tokens'] for r in records) / 1e6:.1f}M")
 
         try:
-            for task in _tasks(cfg, reader):
+            for k, task in enumerate(_tasks(cfg, reader)):
+                if k % share.num_tasks != share.task_id:  # another task's shard
+                    continue
                 h = task.input_hash()
                 rec = out.finished(task.split, task.shard, h)
                 if rec is not None:
@@ -385,9 +509,64 @@ def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True) -
     stats = reader.stats
     if stats.documents == 0:
         raise DataPrepError(f"inputs {cfg.inputs}: the corpus holds no documents (all files empty)")
+    if share.distributed:
+        out.close()
+        _write_json(os.path.join(out.path, _done_file(share, share.task_id)),
+                    {"fingerprint": fingerprint, "records": records, "stats": asdict(stats), "kept": kept,
+                     "built_tokens": built_tokens, "elapsed_s": elapsed, "shard_pass_s": time.time() - t_tok})
+        print(f"{share.tag()}: {len(records) - kept} shards built, {kept} kept ({elapsed:.1f} s)")
+        return finalize(cfg, out_dir, share.num_tasks, only_if_complete=True)
     index = _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, stats)
     out.finish(index)
-    _print_summary(index, out.path, kept, len(records) - kept, elapsed, time.time() - t_tok, records)
+    _print_summary(index, out.path, kept, len(records) - kept, elapsed, time.time() - t_tok, built_tokens)
+    return index
+
+
+def finalize(cfg: BuildConfig, out_dir: str, num_tasks: int, only_if_complete: bool = False) -> dict | None:
+    """Join the tasks of a distributed build: index.json from their done files, then remove the bookkeeping.
+
+    With ``only_if_complete`` (a task that just finished) an unfinished build is left to the last task.
+    """
+    share = TaskShare(num_tasks, 0)
+    share.validate()
+    files = resolve_inputs(cfg.inputs)
+    fingerprint = _identity(cfg, files)
+    paths = [os.path.join(out_dir, _done_file(share, i)) for i in range(num_tasks)]
+    missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+    if missing:
+        if only_if_complete:
+            print(f"waiting for {len(missing)} other task(s); the last to finish writes index.json")
+            return None
+        raise DataPrepError(f"--finalize: task(s) {', '.join(map(str, missing))} of {num_tasks} have not finished "
+                            f"(no {_done_file(share, missing[0])} … in {out_dir}); run them first")
+    try:
+        docs = []
+        for i, p in enumerate(paths):
+            with open(p, encoding="utf-8") as f:
+                docs.append(json.load(f))
+            if docs[-1]["fingerprint"] != fingerprint:
+                raise DataPrepError(f"{p}: task {i} built with other arguments or inputs than these; rerun it "
+                                    "with the same ones")
+        with open(os.path.join(out_dir, TOKENIZER_MARKER), encoding="utf-8") as f:
+            tok_doc = json.load(f)
+    except FileNotFoundError:
+        if only_if_complete:  # another task finished at the same moment and finalised already
+            return None
+        raise
+    tok_path = os.path.join(out_dir, tok_doc["file"])
+    records = [r for d in docs for r in d["records"]]
+    index = _make_index(cfg, files, fingerprint, Tokenizer(tok_path), tok_path, tok_doc["source"], records,
+                        ReadStats(**docs[0]["stats"]))
+    write_index(out_dir, index)
+    for name in os.listdir(out_dir):  # the build's bookkeeping and any task's leftover temp files
+        if name.startswith("build_") or ".tmp" in name:
+            try:
+                os.remove(os.path.join(out_dir, name))
+            except FileNotFoundError:
+                pass
+    kept = sum(d["kept"] for d in docs)
+    _print_summary(index, out_dir, kept, len(records) - kept, max(d["elapsed_s"] for d in docs),
+                   max(d["shard_pass_s"] for d in docs), sum(d["built_tokens"] for d in docs))
     return index
 
 
@@ -436,9 +615,8 @@ def _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, sta
 
 
 def _print_summary(index: dict, out_dir: str, kept: int, built: int, elapsed: float, tok_elapsed: float,
-                   records: list[dict]) -> None:
+                   built_tokens: int) -> None:
     st, sp = index["stats"], index["splits"]
-    built_tokens = sum(r["tokens"] for r in records[-built:]) if built else 0
     lines = [
         f"done: {out_dir}/{INDEX_FILE}",
         f"  documents  {st['documents']:,} (train {sp['train']['documents']:,}, val {sp['val']['documents']:,}; "
@@ -488,6 +666,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Nam
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="tokenizer processes; 0 runs in this process (default: %(default)s, the CPU count)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("distributed build (e.g. a SLURM array; see slurm/build_shards.sh)")
+    env = os.environ
+    g.add_argument("--num-tasks", type=int, default=int(env.get("SLURM_ARRAY_TASK_COUNT", 1)),
+                   help="split the shards over this many tasks (default: SLURM_ARRAY_TASK_COUNT, else 1)")
+    g.add_argument("--task-id", type=int,
+                   default=int(env.get("SLURM_ARRAY_TASK_ID", 0)) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
+                   help="this task, 0-based (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0)")
+    g.add_argument("--finalize", action="store_true",
+                   help="only join the finished tasks' shards into index.json (the last task does it by itself)")
+    g.add_argument("--tokenizer-wait-min", type=float, default=360.0,
+                   help="how long tasks other than 0 wait for task 0's tokenizer (default: %(default)s)")
     a = p.parse_args(argv)
     cfg = BuildConfig(
         inputs=a.inputs or d.inputs, text_field=a.text_field, seq_len=a.seq_len, val_fraction=a.val_fraction,
@@ -505,7 +694,11 @@ def main(argv: list[str] | None = None) -> int:
     if not a.inputs:
         print(f"inputs: the shipped sample corpus ({os.path.relpath(SAMPLE_CORPUS_DIR)})")
     try:
-        build(cfg, a.out, a.workers, progress=not a.no_progress)
+        if a.finalize:
+            finalize(cfg, a.out, a.num_tasks)
+        else:
+            build(cfg, a.out, a.workers, progress=not a.no_progress,
+                  share=TaskShare(a.num_tasks, a.task_id, a.tokenizer_wait_min * 60))
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

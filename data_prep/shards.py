@@ -216,10 +216,21 @@ class ShardIndex:
         if not os.path.isfile(path):
             raise DataPrepError(f"data directory {data_dir!r}: no {INDEX_FILE} (build it with data_prep/build_shards.py)")
         try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
             raise DataPrepError(f"{path}: unreadable index ({e})") from None
+        return cls.parse(data_dir, data, path)
+
+    @classmethod
+    def parse(cls, data_dir: str, data: bytes, path: str) -> "ShardIndex":
+        """The index from the bytes of ``index.json`` (``path`` names it in errors; a file or a URL)."""
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataPrepError(f"{path}: unreadable index ({e})") from None
+        if not isinstance(raw, dict):
+            raise DataPrepError(f"{path}: unreadable index (not a JSON object)")
         if raw.get("format") != INDEX_FORMAT or raw.get("version") != INDEX_VERSION:
             raise DataPrepError(
                 f"{path}: format {raw.get('format')!r} v{raw.get('version')}, expected {INDEX_FORMAT!r} v{INDEX_VERSION}"

@@ -22,8 +22,10 @@ from pretrain.logger import LogConfig
 
 @dataclass
 class DataConfig:
-    dir: str = "runs/quickstart/shards"  # a data_prep/build_shards.py output (index.json)
+    dir: str = "runs/quickstart/shards"  # a data_prep/build_shards.py output (index.json): a path or a URL prefix
     num_workers: int = 2
+    cache_dir: str = ""  # node-local shard cache for a URL dir ("": ~/.cache/modernalbert/shards/<url hash>)
+    cache_gb: float = 50.0  # cache size limit (least recently used shards evicted)
     seed: int = 0
     mlm: MLMConfig = field(default_factory=MLMConfig)
 
@@ -103,6 +105,7 @@ class RunConfig:
         self.data.mlm.validate("data.mlm.")
         o, sc, t, c = self.optim, self.schedule, self.train, self.checkpoint
         check(self.data.num_workers >= 0, "data.num_workers", self.data.num_workers, "must be >= 0")
+        check(self.data.cache_gb > 0, "data.cache_gb", self.data.cache_gb, "must be > 0")
         check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
         check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
         check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1", o.beta1, "beta1, beta2 must be in [0, 1)")

@@ -48,8 +48,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep.errors import DataPrepError
-from data_prep.shards import ShardError, ShardIndex, ShardReader
+from data_prep.shards import ShardError, ShardReader
 from model.config import check
+from pretrain.shard_cache import ShardCache, load_index, local_path
 
 _STATE_VERSION = 1
 _OPEN_SHARDS_PER_WORKER = 8
@@ -81,6 +82,8 @@ class LoaderConfig:
     epochs: int | None = None  # None: cycle forever (training runs by steps)
     verify_shards: bool = True  # sha256 of each shard checked when a worker first opens it
     pin_memory: bool = False
+    cache_dir: str = ""  # node-local cache for a URL data_dir ("": ~/.cache/modernalbert/shards/<url hash>)
+    cache_gb: float = 50.0  # cache size limit; least recently used shards are evicted beyond it
     mlm: MLMConfig = field(default_factory=MLMConfig)
 
     def validate(self) -> None:
@@ -90,6 +93,8 @@ class LoaderConfig:
             raise ValueError(f"num_workers={self.num_workers}: must be >= 0")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs={self.epochs}: must be >= 1 or None")
+        if self.cache_gb <= 0:
+            raise ValueError(f"cache_gb={self.cache_gb}: must be > 0")
         self.mlm.validate()
 
 
@@ -121,6 +126,11 @@ class SampleOrder:
             if len(self._perms) > _OPEN_SHARDS_PER_WORKER:
                 self._perms.popitem(last=False)
         return perm
+
+    def next_shard(self, shard: int) -> int | None:
+        """The shard after ``shard`` in this epoch's order (None for the last)."""
+        k = int(np.flatnonzero(self.shard_order == shard)[0]) + 1
+        return int(self.shard_order[k]) if k < len(self.shard_order) else None
 
     def __getitem__(self, g: int) -> tuple[int, int]:
         k = int(np.searchsorted(self.ends, g, side="right"))
@@ -189,12 +199,35 @@ class _EpochBatches(IterableDataset):
         self.epoch, self.start, self.stop = epoch, start, stop
         self.counts = [e.samples for e in self.index.splits[self.cfg.split]]
         self.masker = MLMMasker(self.cfg.mlm, self.index.vocab_size, self.index.special_ids)
+        self.remote = local_path(self.cfg.data_dir) is None
+        self._cache: ShardCache | None = None  # made in the worker process (it holds a thread pool)
 
-    def _reader(self, readers: OrderedDict, shard: int) -> ShardReader:
+    def _path(self, shard: int, order: SampleOrder) -> str:
+        """The local file of ``shard``: in place, or fetched into the node's cache (next one prefetched)."""
+        entries = self.index.splits[self.cfg.split]
+        entry = entries[shard]
+        if not self.remote:
+            return self.index.shard_path(entry)
+        if self._cache is None:
+            self._cache = ShardCache(self.cfg.data_dir, self.cfg.cache_dir, int(self.cfg.cache_gb * (1 << 30)))
+        path = self._cache.fetch(entry.file, entry.sha256)
+        nxt = order.next_shard(shard)
+        if nxt is not None:
+            self._cache.prefetch(entries[nxt].file, entries[nxt].sha256)
+        return path
+
+    def _reader(self, readers: OrderedDict, shard: int, order: SampleOrder) -> ShardReader:
         r = readers.get(shard)
         if r is None:
             entry = self.index.splits[self.cfg.split][shard]
-            r = ShardReader(self.index.shard_path(entry), entry.sha256 if self.cfg.verify_shards else None, entry.samples)
+            sha = entry.sha256 if self.cfg.verify_shards else None
+            try:
+                r = ShardReader(self._path(shard, order), sha, entry.samples)
+            except ShardError:
+                if not self.remote:
+                    raise
+                self._cache.drop(entry.file)  # a cached copy that went bad on this node's disk: fetch anew
+                r = ShardReader(self._path(shard, order), sha, entry.samples)
             readers[shard] = r
             if len(readers) > _OPEN_SHARDS_PER_WORKER:
                 readers.popitem(last=False)
@@ -215,7 +248,7 @@ class _EpochBatches(IterableDataset):
                 shard, i = order[g]
                 sample_ids.append((shard, i))
                 try:
-                    ids, doc_lens, _ = self._reader(readers, shard).sample(i)
+                    ids, doc_lens, _ = self._reader(readers, shard, order).sample(i)
                 except ShardError as e:
                     # handed over as data: an exception raised in a loader worker reaches the trainer as a
                     # traceback wall; this reaches it as the one line
@@ -243,7 +276,7 @@ class PretrainLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}: must be in [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.index = ShardIndex.load(cfg.data_dir)
+        self.index = load_index(cfg.data_dir)
         if cfg.split not in self.index.splits:
             raise DataPrepError(f"split={cfg.split!r}: not in {cfg.data_dir}/index.json (has {sorted(self.index.splits)})")
         self.num_samples = sum(e.samples for e in self.index.splits[cfg.split])
@@ -310,19 +343,22 @@ class PretrainLoader:
         self._generation += 1
 
 
-def verify_build(data_dir: str, workers: int = 4, log=print) -> list[str]:
+def verify_build(data_dir: str, workers: int = 4, log=print, cache_dir: str = "") -> list[str]:
     """Check every shard of every split against index.json (file, sha256, tar layout, sample count).
 
+    A URL ``data_dir`` is fetched whole into the shard cache (``cache_dir``) on the way.
     Returns one line per bad shard (also passed to ``log``); raises DataPrepError without a readable index.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    index = ShardIndex.load(data_dir)
+    index = load_index(data_dir)
     entries = [e for split in sorted(index.splits) for e in index.splits[split]]
+    cache = ShardCache(data_dir, cache_dir) if local_path(data_dir) is None else None
 
     def check(entry) -> str | None:
-        try:
-            ShardReader(index.shard_path(entry), entry.sha256, entry.samples)
+        try:  # a URL build is fetched into the cache, which checks each download's sha256
+            path = cache.fetch(entry.file, entry.sha256) if cache else index.shard_path(entry)
+            ShardReader(path, entry.sha256, entry.samples)
         except ShardError as e:
             return str(e)
         return None
@@ -348,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m pretrain.data", description=main.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data_dir")
+    p.add_argument("data_dir", help="a shard directory or a URL prefix (https://…, s3://…, pipe:CMD {} …)")
+    p.add_argument("--cache-dir", default="", help="shard cache for a URL (default: ~/.cache/modernalbert/shards/…)")
     p.add_argument("--split", default="train")
     p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--world-size", type=int, default=1, help="pretend this many data-parallel ranks (rank 0 shown)")
@@ -358,24 +395,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify-threads", type=int, default=4, help="shards hashed in parallel")
     a = p.parse_args(argv)
     try:
+        index = load_index(a.data_dir)
         if not a.no_verify:
-            index = ShardIndex.load(a.data_dir)
             total = sum(len(v) for v in index.splits.values())
-            bad = verify_build(a.data_dir, a.verify_threads, log=lambda m: print(m, file=sys.stderr))
+            bad = verify_build(a.data_dir, a.verify_threads, log=lambda m: print(m, file=sys.stderr),
+                               cache_dir=a.cache_dir)
             if bad:
                 print(f"error: {len(bad)} of {total} shards in {a.data_dir} failed verification; rebuild them with "
                       "data_prep/build_shards.py and the build's arguments (index.json: build_args)", file=sys.stderr)
                 return 1
             print(f"verified: {total} shards ({', '.join(f'{s} {len(v)}' for s, v in sorted(index.splits.items()))}) "
                   "match index.json")
-        loader = PretrainLoader(LoaderConfig(a.data_dir, a.micro_batch_size, split=a.split, num_workers=a.num_workers),
-                                rank=0, world_size=a.world_size)
+        loader = PretrainLoader(LoaderConfig(a.data_dir, a.micro_batch_size, split=a.split, num_workers=a.num_workers,
+                                             cache_dir=a.cache_dir), rank=0, world_size=a.world_size)
         batch = next(iter(loader))
+        tok_name = index.raw["tokenizer"]["file"]
+        local = local_path(a.data_dir)
+        tok = Tokenizer(os.path.join(local, tok_name) if local is not None
+                        else ShardCache(a.data_dir, a.cache_dir).fetch(tok_name, None))
     except (DataPrepError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     idx = loader.index
-    tok = Tokenizer(os.path.join(a.data_dir, idx.raw["tokenizer"]["file"]))
     print(f"{a.data_dir} [{a.split}]: {loader.num_samples:,} samples in {len(idx.splits[a.split])} shards, "
           f"seq_len {idx.seq_len}, vocab {idx.vocab_size:,}")
     print(f"per epoch: {loader.batches_per_epoch:,} global batches of {loader.global_batch_samples} samples "

@@ -25,9 +25,9 @@ import sys
 import zlib
 
 from data_prep.errors import DataPrepError
-from data_prep.shards import ShardIndex
 from model.config import ConfigError
 from pretrain.config import load_config
+from pretrain.shard_cache import load_index
 
 
 class TrainJob:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.config, a.overrides)
         if a.nodes < 1 or a.tasks_per_node < 1:
             raise ConfigError(f"--nodes={a.nodes} --tasks-per-node={a.tasks_per_node}: both must be >= 1")
-        ShardIndex.load(cfg.data.dir)  # the jobs would all fail on it, after waiting in the queue
+        load_index(cfg.data.dir)  # the jobs would all fail on it, after waiting in the queue
         if a.cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
             raise ConfigError("--cluster slurm: no sbatch/srun on this machine's PATH; submit from a SLURM login "
                               "node, or run here with --cluster local")

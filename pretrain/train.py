@@ -43,6 +43,7 @@ from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.reduce import all_reduce, first_fault
 from pretrain.schedule import wsd_factor
+from pretrain.shard_cache import load_index
 
 
 class TrainingError(RuntimeError):
@@ -83,7 +84,7 @@ class Runtime:
 
 def setup(cfg: RunConfig) -> Runtime:
     """Check the data and config against each other, start the process group, choose the device."""
-    index = ShardIndex.load(cfg.data.dir)  # a missing data dir fails here, before any process-group work
+    index = load_index(cfg.data.dir)  # a missing data dir fails here, before any process-group work
     init_state = None
     if cfg.init_from:
         init_state = _read_init(cfg)  # its model config replaces cfg.model
@@ -214,11 +215,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule))
         self.engine = build_engine(cfg, rt, self.model, par, optimizer)
+        cache = dict(cache_dir=cfg.data.cache_dir, cache_gb=cfg.data.cache_gb)
         self.loader = PretrainLoader(LoaderConfig(cfg.data.dir, cfg.train.micro_batch_size, seed=cfg.data.seed,
                                                   num_workers=cfg.data.num_workers, mlm=cfg.data.mlm,
-                                                  pin_memory=rt.device.type == "cuda"), rt.rank, rt.world)
+                                                  pin_memory=rt.device.type == "cuda", **cache), rt.rank, rt.world)
         self.val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm,
-                               rt.rank, rt.world) if cfg.eval.every else None)
+                               rt.rank, rt.world, **cache) if cfg.eval.every else None)
         self.flops = TrainingFlops(cfg.model)
         self.aux_names = [k for k in aux_coefficients(cfg.model) if _has_aux(cfg, k)]
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")

@@ -221,3 +221,40 @@ def test_summary_is_printed(tmp_path):
     for word in ("documents  200", "tokens", "shards", "tokens/s"):
         assert word in r.stdout
     assert json.load(open(tmp_path / "s" / "index.json"))["stats"]["documents"] == 200
+
+
+_TINY_CLI = ["--seq-len", "128", "--vocab-size", "4000", "--shard-mb", "0.3", "--val-fraction", "0.05",
+             "--tokenizer-sample-mb", "1.0", "--workers", "0", "--no-progress"]  # conftest's TINY_BUILD
+
+
+def test_a_three_task_slurm_array_build_is_byte_identical_to_one_machine(shards_dir, tmp_path):
+    """slurm/build_shards.sh as the array's 3 tasks, all at once on one shared --out; the last writes the index."""
+    out = tmp_path / "dist"
+    procs = [subprocess.Popen(["bash", "slurm/build_shards.sh", "--out", str(out), *_TINY_CLI], cwd=REPO,
+                              env={**os.environ, "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": str(i + 1),
+                                   "SLURM_ARRAY_TASK_MIN": "1", "SLURM_CPUS_PER_TASK": "0"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in (2, 1, 0)]  # task 0 last: the others wait for its tokenizer
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], logs
+    assert sum(log.count("done: ") for log in logs) >= 1  # someone finalised
+    assert _dir_files(str(out)) == _dir_files(shards_dir)  # no bookkeeping left, every byte equal
+
+
+def test_finalize_names_unfinished_tasks_and_joins_them_once_done(shards_dir, tmp_path, capsys):
+    from data_prep.build_shards import main
+
+    out = str(tmp_path / "dist")
+    base = ["--out", out, *_TINY_CLI, "--num-tasks", "3"]
+    assert main([*base, "--task-id", "0"]) == 0
+    assert "waiting for 2 other task(s)" in capsys.readouterr().out
+    assert main([*base, "--finalize"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --finalize: task(s) 1, 2 of 3 have not finished")
+    assert main([*base, "--task-id", "1", "--seq-len", "64"]) == 2  # another build into the same --out
+    err = capsys.readouterr().err
+    assert "holds a different build" in err and "seq_len: 128 -> 64" in err
+    for i in (1, 2):
+        assert main([*base, "--task-id", str(i)]) == 0
+    assert _dir_files(out) == _dir_files(shards_dir)
+    assert main([*base, "--task-id", "3"]) == 2
+    assert "--task-id 3: must be in [0, 3)" in capsys.readouterr().err
