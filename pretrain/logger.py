@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import secrets
+import string
 import sys
 import time
 from dataclasses import dataclass
@@ -135,7 +137,9 @@ def _start_wandb(cfg: LogConfig, run_dir: str, config: dict):
         raise ConfigError(f"log.wandb={cfg.wandb!r}: the wandb package is not installed (pip install wandb, "
                           "or log.wandb=disabled)") from None
     id_path = os.path.join(run_dir, "wandb_id")
-    run_id = open(id_path).read().strip() if os.path.isfile(id_path) else wandb.util.generate_id()
+    # our own id (W&B's generator moved between releases): kept in run_dir so a requeued run continues it
+    run_id = (open(id_path).read().strip() if os.path.isfile(id_path)
+              else "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)))
     with open(id_path, "w") as f:
         f.write(run_id + "\n")
     return wandb.init(project=cfg.wandb_project, dir=run_dir, id=run_id, resume="allow", mode=cfg.wandb,
