@@ -191,3 +191,32 @@ def test_training_from_a_url_equals_local_and_resumes_exactly(shards_dir, served
         return {r["step"]: r["loss"] for r in map(json.loads, open(tmp_path / run / "metrics.jsonl"))}
 
     assert losses("url") == losses("local")  # the last logging of each step; exact, as from the same bytes
+
+
+def test_s3_urls_through_the_aws_cli_against_a_local_s3_server(shards_dir, tmp_path, monkeypatch):
+    """s3:// through `aws s3 cp` (the AWS CLI reads AWS_ENDPOINT_URL) against moto's S3 server on 127.0.0.1."""
+    pytest.importorskip("moto", reason="moto is a dev requirement (a local S3 server)")
+    if shutil.which("aws") is None:
+        pytest.skip("the AWS CLI (awscli, a dev requirement) is not on PATH")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="corpus")
+        for name in os.listdir(shards_dir):
+            s3.upload_file(os.path.join(shards_dir, name), "corpus", f"shards/{name}")
+        remote = PretrainLoader(LoaderConfig("s3://corpus/shards", micro_batch_size=16, num_workers=0,
+                                             cache_dir=str(tmp_path / "c")))
+        local = PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=16, num_workers=0))
+        _same(_batches(remote, 10), _batches(local, 10))
+        with pytest.raises(ShardError, match=r"^shard nothing\.tar: download failed"):
+            ShardCache("s3://corpus/shards", str(tmp_path / "c")).fetch("nothing.tar", None)
+    finally:
+        server.stop()
