@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import pretrain
+from conftest import pretrain, run_cli
 from data_prep.shards import ShardError, ShardIndex, ShardReader
 from pretrain.data import LoaderConfig, PretrainLoader
 from pretrain.shard_cache import ShardCache, join, load_index
@@ -191,6 +191,15 @@ def test_training_from_a_url_equals_local_and_resumes_exactly(shards_dir, served
         return {r["step"]: r["loss"] for r in map(json.loads, open(tmp_path / run / "metrics.jsonl"))}
 
     assert losses("url") == losses("local")  # the last logging of each step; exact, as from the same bytes
+    # the tools follow the run to its URL: the tokenizer and the calibration/validation shards come through the cache
+    env = {**os.environ, "MODERNALBERT_CACHE": str(tmp_path / "tool-cache")}
+    r = run_cli(["tools/consolidate_checkpoint.py", str(tmp_path / "url"), "--out", str(tmp_path / "native")], env=env)
+    assert r.returncode == 0, r.stderr
+    r = run_cli(["tools/merge_experts.py", str(tmp_path / "native"), "--out", str(tmp_path / "merged"), "--method",
+                 "routing", "--calib-batches", "2", "--val-batches", "2"], env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+    assert report["calibration"]["shards"] == served.url and report["val_shards"] == served.url
 
 
 def test_s3_urls_through_the_aws_cli_against_a_local_s3_server(shards_dir, tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ from model.modernalbert import ModernAlbertForMaskedLM
 from pretrain.checkpoint import describe, latest_pointer, quiet_single_process, read_trainer_state, step_dirs, verify
 from pretrain.deepspeed_engine import is_deepspeed_checkpoint, read_deepspeed_weights
 from model.native_format import OutputDir, InputError, check_keys, save_native, tokenizer_file
+from pretrain.shard_cache import local_path
 
 MODEL_PREFIX = "model."  # the training checkpoint holds {"model": …, "optim": …}
 
@@ -91,6 +92,18 @@ def read_checkpoint(step_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
     return state, trainer
 
 
+def _fetch_tokenizer(data_url: str) -> str:
+    """The tokenizer of shards under a URL prefix, through the node's shard cache."""
+    from data_prep.errors import DataPrepError
+    from pretrain.shard_cache import ShardCache, load_index
+
+    try:
+        tok = load_index(data_url).raw["tokenizer"]
+        return ShardCache(data_url).fetch(tok["file"], tok.get("sha256"))
+    except DataPrepError as e:
+        raise InputError(f"the run's data {data_url!r}: {e}; pass --tokenizer FILE") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/consolidate_checkpoint.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ModelConfig.from_dict(trainer["config"]["model"])
         data_dir = trainer["config"].get("data", {}).get("dir")
         tok = a.tokenizer
-        if tok is None:
+        remote = bool(data_dir) and local_path(data_dir) is None
+        if tok is None and remote:  # trained from a URL: the tokenizer comes through the shard cache
+            tok = _fetch_tokenizer(data_dir)
+        elif tok is None:
             name = tokenizer_file(data_dir) if data_dir and os.path.isdir(data_dir) else None
             if name is None:
                 raise InputError(f"the run's data dir {data_dir!r} has no tokenizer here; pass --tokenizer FILE")
@@ -113,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not os.path.isfile(tok):
             raise InputError(f"--tokenizer {tok}: no such file")
         with OutputDir(a.out, a.overwrite) as tmp:
-            save_native(tmp, state, cfg, tok, os.path.abspath(data_dir) if data_dir else None,
+            save_native(tmp, state, cfg, tok, data_dir if remote else os.path.abspath(data_dir) if data_dir else None,
                         [{"tool": "consolidate_checkpoint", "checkpoint": os.path.abspath(step_dir),
                           "step": trainer["step"]}])
     except InputError as e:

@@ -33,6 +33,7 @@ import torch
 from model.modernalbert import ModernAlbertForMaskedLM, mol_layers
 from model.mol import MoLFFN
 from model.native_format import OutputDir, InputError, load_native, save_native
+from pretrain.shard_cache import local_path
 
 METHODS = ("uniform", "routing")
 
@@ -121,6 +122,15 @@ def validation(model: ModernAlbertForMaskedLM, shards: str | None, max_batches: 
     return evaluate(model, loader, torch.device("cpu"), max_batches)
 
 
+def _where(data_dir: str) -> str:
+    return data_dir if local_path(data_dir) is None else os.path.abspath(data_dir)
+
+
+def _reachable(data_dir: str | None) -> bool:
+    """A shard directory here, or a URL prefix (read through the shard cache)."""
+    return bool(data_dir) and (local_path(data_dir) is None or os.path.isdir(local_path(data_dir)))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/merge_experts.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,15 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, doc = load_native(a.in_dir)
         data_dir = doc.get("data_dir")
-        val_dir = a.val or (data_dir if data_dir and os.path.isdir(data_dir) else None)
+        val_dir = a.val or (data_dir if _reachable(data_dir) else None)
         layers = mol_layers(model)
         if a.method == "routing":
             calib = a.calib or data_dir
-            if not calib or not os.path.isdir(calib):
+            if not _reachable(calib):
                 raise InputError(f"--method routing needs calibration shards: --calib DIR ({calib!r} not found)")
             source = "--calib" if a.calib else f"the shards {a.in_dir} was trained on; --calib DIR chooses others"
             print(f"calibrating the routing shares on {a.calib_batches} train batches of 16 samples from "
-                  f"{os.path.abspath(calib)} ({source})")
+                  f"{_where(calib)} ({source})")
             shares = routing_shares(model, calib, a.calib_batches)
         else:
             shares = {g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = merge(model, shares, a.fold)
         after = validation(merged, val_dir, a.val_batches)
         report = {"method": a.method, "fold": a.fold, "val_shards": val_dir,
-                  "calibration": ({"shards": os.path.abspath(calib), "batches": a.calib_batches}
+                  "calibration": ({"shards": _where(calib), "batches": a.calib_batches}
                                   if a.method == "routing" else None),
                   "expert_weights": {f"group{g}": [round(float(x), 6) for x in s] for g, s in shares.items()},
                   "before": before, "after": after}
