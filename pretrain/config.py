@@ -70,6 +70,13 @@ class ParallelConfig:
     ep: int = 1  # expert-parallel degree: MoL experts split over this many ranks (must divide the world size)
     activation_checkpointing: bool = False  # recompute each block application's activations in the backward
     compile: bool = False  # torch.compile each block (needs a C++ compiler on CPU)
+    # bf16: parameters cast to bf16 for compute, gradients reduced and optimizer state kept in fp32, routers
+    # in fp32 (FSDP2 MixedPrecisionPolicy, or DeepSpeed's bf16); auto: bf16 on CUDA, fp32 on CPU. bf16 on CPU
+    # runs the GPU precision path on gloo, as a stand-in for tests.
+    precision: str = "auto"  # auto | bf16 | fp32
+
+    def bf16(self, device_type: str) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
 
 
 @dataclass
@@ -128,6 +135,8 @@ class RunConfig:
                   "engine=deepspeed runs MoL experts unsplit (ep=1): DeepSpeed's own MoE cannot run under ZeRO-3. "
                   "Use engine=fsdp2 for expert parallelism")
         check(ep >= 1, "parallel.ep", ep, "must be >= 1")
+        check(self.parallel.precision in ("auto", "bf16", "fp32"), "parallel.precision", self.parallel.precision,
+              "allowed: auto, bf16, fp32")
         if ep > 1:
             mol = self.model.mol
             check(bool(mol.groups), "parallel.ep", ep, "> 1 needs MoL experts (model.mol.groups is empty)")

@@ -4,9 +4,11 @@ The model, data, losses, logging, schedule and checkpoint protocol are the FSDP2
 sharding, the gradient reduction and the optimizer step are DeepSpeed's:
 
 - The DeepSpeed config is generated from the project's config (micro-batch, gradient accumulation,
-  clipping, ZeRO stage, bf16 on GPU). A user JSON (``deepspeed.config=path``) is merged over it; every
-  value it changes is printed, and changing the batch geometry (micro-batch, accumulation, train batch)
-  is an error, since the training loop builds the batches.
+  clipping, ZeRO stage, bf16 from ``parallel.precision``). A user JSON (``deepspeed.config=path``) is
+  merged over it; every value it changes is printed, and changing the batch geometry (micro-batch,
+  accumulation, train batch) is an error, since the training loop builds the batches. DeepSpeed's bf16
+  casts the whole module, routers included (their forward upcasts to fp32, but the weights are
+  bf16-rounded; the FSDP2 engine keeps them fp32).
 - The optimizer is torch's AdamW (with the same parameter groups and WSD schedule), wrapped by ZeRO.
 - MoL runs as the project's own layer under ZeRO-3 (DeepSpeed's MoE refuses ZeRO-3); expert
   parallelism is not available with this engine. A shared block applied G times is gathered by

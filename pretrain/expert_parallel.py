@@ -79,7 +79,9 @@ class ExpertParallel(ParallelStyle):
         x_MD = all_to_all_single_autograd(x_TD[tok_N], recv_splits, send_splits, group)
         self._pending = (x_TD.shape, tok_N, w_N, send_splits, recv_splits)
         ones_M1 = torch.ones_like(ids_M, dtype=x_MD.dtype)[:, None]
-        return (x_MD, ids_M[:, None], ones_M1, Wi, Wo, *(p.to_local() for p in experts))
+        # expert slices are left out of FSDP, so its bf16 policy does not cast them: compute in the activations'
+        # dtype here (gradients flow back to the fp32 parameters through the cast)
+        return (x_MD, ids_M[:, None], ones_M1, Wi, Wo, *(p.to_local().to(x_MD.dtype) for p in experts))
 
     def _combine(self, module: nn.Module, y_MD: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
         shape, tok_N, w_N, send_splits, recv_splits = self._pending

@@ -17,7 +17,8 @@ expert parallelism → activation checkpointing → torch.compile → FSDP2.
 - FSDP2 (``fully_shard``, ZeRO-3 semantics) over all ranks. Each ``RecursiveGroup`` is one unit: its
   block is all-gathered once and stays gathered for its G applications (the recursion loop runs
   inside the unit's forward), then resharded. The root unit holds embeddings, final norm and MLM head
-  (the decoder is tied to the embedding). bf16 compute with fp32 reduction on CUDA.
+  (the decoder is tied to the embedding). bf16 compute with fp32 reduction and fp32 routers when
+  parallel.precision is bf16 (auto: on CUDA).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from model.modernalbert import ModernAlbertForMaskedLM
+from model.routing import Router
 from pretrain.expert_parallel import apply_expert_parallel, reduce_expert_grads
 
 
@@ -81,6 +83,8 @@ def build_meshes(device: torch.device, ep: int) -> Parallelism:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         if ep > 1:
             raise ValueError(f"parallel.ep={ep}: needs at least {ep} processes (launch with torchrun)")
+        if dist.is_initialized():  # one process with a group (bf16): a 1-rank mesh, for the precision policy
+            return Parallelism(dp_mesh=init_device_mesh(device.type, (1,), mesh_dim_names=("dp",)))
         return Parallelism()
     world = dist.get_world_size()
     if world % ep:
@@ -105,18 +109,22 @@ def _materialize(module: torch.nn.Module, device: torch.device) -> None:
 
 
 def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Callable[[str], None], *, ep: int = 1,
-                activation_checkpointing: bool = False, compile: bool = False,
-                fsdp: bool = True) -> tuple[ModernAlbertForMaskedLM, Parallelism]:
+                activation_checkpointing: bool = False, compile: bool = False, fsdp: bool = True,
+                bf16: bool = False) -> tuple[ModernAlbertForMaskedLM, Parallelism]:
     """Materialise, initialise and parallelise ``model`` (built on the meta device) unit by unit.
 
     ``init(prefix)`` fills the freshly allocated tensors of the modules under ``prefix`` (a group's
     name, e.g. ``model.groups.0``) or, with ``""``, of everything outside the groups; it must give every
     rank the same values. ``fsdp=False``: everything but the sharding (DeepSpeed shards the model itself).
+    ``bf16``: parameters all-gathered in bf16 for compute, gradients reduced in fp32, the sharded
+    parameters and optimizer state fp32; routers keep fp32 parameters (their own FSDP unit with an
+    fp32 policy), so expert choice and the auxiliary losses do not see bf16 rounding.
     """
     par = build_meshes(device, ep)
     shard = par.dp_mesh is not None and fsdp
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if device.type == "cuda" else MixedPrecisionPolicy())
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
+    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     for g, group in enumerate(model.model.groups):
         _materialize(group, device)
         init(f"model.groups.{g}")
@@ -128,6 +136,9 @@ def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Call
             group.block.compile()
         if shard:
             ignored = set(par.expert_params) & set(group.parameters())
+            if bf16:
+                for router in [m for m in group.modules() if isinstance(m, Router)]:
+                    fully_shard(router, mesh=par.dp_mesh, mp_policy=fp32)
             fully_shard(group, mesh=par.dp_mesh, mp_policy=mp, ignored_params=ignored or None)
     _materialize(model, device)
     init("")

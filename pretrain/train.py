@@ -97,13 +97,15 @@ def setup(cfg: RunConfig) -> Runtime:
     if world_env % cfg.parallel.ep:
         raise ConfigError(f"parallel.ep={cfg.parallel.ep}: must divide the number of processes ({world_env})")
     deepspeed = cfg.engine == "deepspeed"
-    if deepspeed and world_env == 1:  # DeepSpeed needs a process group even for one process
+    cuda = torch.cuda.is_available()
+    # DeepSpeed needs a process group even for one process; so does bf16 under FSDP2 (its precision policy)
+    one_process_group = world_env == 1 and (deepspeed or cfg.parallel.bf16("cuda" if cuda else "cpu"))
+    if one_process_group:
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    cuda = torch.cuda.is_available()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if (world_env > 1 or deepspeed) and not dist.is_initialized():
+    if (world_env > 1 or one_process_group) and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -135,7 +137,7 @@ def build_model(cfg: RunConfig, rt: Runtime) -> tuple[ModernAlbertForMaskedLM, o
     try:
         model, par = parallelize(model, rt.device, init, ep=cfg.parallel.ep, compile=cfg.parallel.compile,
                                  activation_checkpointing=cfg.parallel.activation_checkpointing,
-                                 fsdp=cfg.engine != "deepspeed")
+                                 fsdp=cfg.engine != "deepspeed", bf16=cfg.parallel.bf16(rt.device.type))
     except ValueError as e:  # e.g. parallel.ep does not divide the number of experts
         raise ConfigError(str(e)) from None
     if rt.init_state is not None and rt.rank == 0:
@@ -149,7 +151,7 @@ def build_engine(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, pa
     from pretrain.deepspeed_engine import DeepSpeedEngine, build_config
 
     ds_config, changes = build_config(cfg.deepspeed, cfg.train.micro_batch_size, rt.accum, rt.world,
-                                      cfg.optim.grad_clip, rt.device.type == "cuda")
+                                      cfg.optim.grad_clip, cfg.parallel.bf16(rt.device.type))
     if rt.rank == 0:
         for c in changes:
             print(f"deepspeed config: {c} (from {cfg.deepspeed.config})")
