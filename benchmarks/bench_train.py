@@ -3,7 +3,9 @@
     python benchmarks/bench_train.py --data runs/quickstart/shards --steps 40 --nprocs 1 2
 
 Each configuration is a real training run (FSDP2 when N > 1, gloo on CPU) with validation off; the
-rate is the mean of the logged tokens/s after the first ``--warmup`` steps. Prints a Markdown table.
+rate is the mean of the logged tokens/s after the first ``--warmup`` steps (also TFLOP/s, MFU where the
+peak is known, peak memory). Prints a Markdown table; ``--json FILE`` appends the rows
+(``scripts/gpu_check.sh`` collects them).
 """
 
 from __future__ import annotations
@@ -30,8 +32,12 @@ def run(nproc: int, args: argparse.Namespace, run_dir: str) -> dict:
         sys.exit(f"nproc={nproc} failed:\n{r.stderr[-3000:]}")
     recs = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     timed = [x for x in recs if "tokens_per_s" in x and x["step"] > args.warmup]
-    return {"tokens_per_s": sum(x["tokens_per_s"] for x in timed) / len(timed),
-            "tflops": sum(x["tflops_per_device"] for x in timed) / len(timed), "loss": recs[-1]["loss"]}
+    if not timed:
+        sys.exit(f"nproc={nproc}: no logged step after --warmup {args.warmup}; raise --steps")
+    mean = lambda key: sum(x[key] for x in timed) / len(timed)  # noqa: E731
+    return {"tokens_per_s": mean("tokens_per_s"), "tflops": mean("tflops_per_device"), "loss": recs[-1]["loss"],
+            "mfu": mean("mfu") if all("mfu" in x for x in timed) else None,
+            "memory_gib": max(x.get("memory_gib", 0.0) for x in timed)}
 
 
 def main() -> None:
@@ -43,6 +49,8 @@ def main() -> None:
     p.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process")
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--label", default="", help="a name for this configuration in --json")
+    p.add_argument("--json", help="append one JSON line per row to this file")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     rows = []
@@ -50,10 +58,17 @@ def main() -> None:
         for n in args.nprocs:
             rows.append((n, run(n, args, os.path.join(tmp, f"n{n}"))))
     base = rows[0][1]["tokens_per_s"]
-    print("| processes | tokens/s | TFLOP/s per process | vs first | loss at last step |")
-    print("|---|---|---|---|---|")
+    print("| processes | tokens/s | TFLOP/s per process | MFU | peak memory GiB | vs first | loss at last step |")
+    print("|---|---|---|---|---|---|---|")
     for n, r in rows:
-        print(f"| {n} | {r['tokens_per_s']:,.0f} | {r['tflops']:.4f} | {r['tokens_per_s'] / base:.2f}x | {r['loss']:.4f} |")
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "—"
+        print(f"| {n} | {r['tokens_per_s']:,.0f} | {r['tflops']:.4f} | {mfu} | {r['memory_gib']:.2f} | "
+              f"{r['tokens_per_s'] / base:.2f}x | {r['loss']:.4f} |")
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as f:
+            for n, r in rows:
+                f.write(json.dumps({"label": args.label, "config": args.config, "processes": n,
+                                    "overrides": args.overrides, **r}) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,15 @@ BACKENDS = [
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("window", [None, 64])
-def test_fused_backend_matches_sdpa(backend, window):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_fused_backend_matches_sdpa(backend, window, dtype):
+    if dtype == torch.float32 and backend == "flash_attn":
+        pytest.skip("flash-attn has no fp32 kernels (the model runs it in bf16)")
     torch.manual_seed(0)
     lens = [300, 17, 64, 65, 500, 1]
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device="cuda")
-    q, k, v = (torch.randn(sum(lens), 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    grad = torch.randn(sum(lens), 8, 64, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (torch.randn(sum(lens), 8, 64, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn(sum(lens), 8, 64, device="cuda", dtype=dtype)
 
     def run(b):
         for t in (q, k, v):
@@ -31,8 +34,14 @@ def test_fused_backend_matches_sdpa(backend, window):
         out.backward(grad)
         return out.float(), [t.grad.float() for t in (q, k, v)]
 
-    out, grads = run(backend)
+    try:
+        out, grads = run(backend)
+    except RuntimeError as e:  # a backend without kernels for this dtype says so; that is not a mismatch
+        if dtype == torch.float32 and "dtype" in str(e).lower():
+            pytest.skip(f"{backend} has no fp32 kernels here ({str(e).splitlines()[0][:120]})")
+        raise
     ref, ref_grads = run("sdpa")
-    assert (out - ref).abs().max().item() < 2e-2
+    out_tol, grad_tol = (2e-2, 5e-2) if dtype == torch.bfloat16 else (1e-3, 1e-2)
+    assert (out - ref).abs().max().item() < out_tol
     for g, r in zip(grads, ref_grads):
-        assert (g - r).abs().max().item() < 5e-2
+        assert (g - r).abs().max().item() < grad_tol

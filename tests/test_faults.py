@@ -275,3 +275,13 @@ def test_finetune_scripts_also_run_as_plain_scripts(script):
     """As scripts, finetune/ comes first on sys.path, where finetune/model.py used to shadow the model package."""
     r = run_cli([script, "--help"])
     assert r.returncode == 0 and r.stdout.startswith("usage:"), r.stderr[-2000:]
+
+
+def test_gpu_check_says_in_one_line_that_there_is_no_gpu(tmp_path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi: scripts/gpu_check.sh would run for real")
+    r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "OUT": str(tmp_path / "out")})
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "gpu_check: no CUDA GPU on this machine (nvidia-smi lists none); nothing to check\n"
+    assert not (tmp_path / "out").exists()
