@@ -36,16 +36,13 @@ def _local_bytes(t) -> int:
     return t.numel() * t.element_size()
 
 
-def measure(preset: str, vocab_size: int) -> None:
-    """Run under torchrun: this rank's parameter/gradient/optimizer bytes, gathered and printed by rank 0."""
+def _state_bytes(preset: str, vocab_size: int, rank: int, world: int) -> dict:
+    """This rank's bytes of parameters, gradients and AdamW state after one step (the model is freed on return)."""
     import torch
-    import torch.distributed as dist
 
     from pretrain.config import RunConfig, load_config
     from pretrain.train import Runtime, _param_groups, build_model
 
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     cfg: RunConfig = load_config(None, [f"model.preset={preset}", f"model.vocab_size={vocab_size}"])
     rt = Runtime(index=None, device=torch.device("cpu"), rank=rank, world=world, accum=1, init_state=None)
     model, _ = build_model(cfg, rt)
@@ -54,15 +51,26 @@ def measure(preset: str, vocab_size: int) -> None:
     for p in params:
         p.grad = torch.zeros_like(p)
     opt.step()
-    mine = {"params": sum(_local_bytes(p) for p in params),
+    return {"params": sum(_local_bytes(p) for p in params),
             "grads": sum(_local_bytes(p.grad) for p in params),
             "optimizer": sum(_local_bytes(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v)),
             "unique_params": sum(p.numel() for p in params)}  # global sizes (DTensor.numel is global)
+
+
+def measure(preset: str, vocab_size: int) -> None:
+    """Run under torchrun: this rank's parameter/gradient/optimizer bytes, gathered and printed by rank 0."""
+    import torch.distributed as dist
+
+    from pretrain.train import teardown
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = _state_bytes(preset, vocab_size, rank, world)
     out = [None] * world
     dist.all_gather_object(out, mine)
     if rank == 0:
         print("RESULT " + json.dumps({"preset": preset, "ranks": world, "per_rank": out}))
-    dist.destroy_process_group()
+    teardown(agreed=True)
 
 
 def activation_bytes_per_token(preset: str, vocab_size: int, seq_len: int = 1024, docs: int = 2) -> float:

@@ -145,8 +145,9 @@ def _skip_cpu_shm_op() -> None:
     """Keep DeepSpeed from JIT-building its CPU shared-memory all-reduce op.
 
     The op only speeds up DeepSpeed's inference all-reduce; training with gloo does not use it. Building
-    it costs ~30 s on every fresh machine, and a CI run once aborted ("terminate called without an active
-    exception") in a process that had built it. DeepSpeed has no setting for this, so its op-compatibility
+    it costs ~30 s on every fresh machine. (A CI run once aborted, "terminate called without an active
+    exception", in a process that had built it; that abort turned out to come from leaving the gloo group
+    before the peers, see ``pretrain.train.teardown``.) DeepSpeed has no setting for this, so its op-compatibility
     table is edited (``deepspeed.ops.__compatible_ops__``, read by ``deepspeed.comm.torch.build_shm_op``).
     """
     import deepspeed.ops

@@ -40,7 +40,7 @@ class TrainJob:
         import submitit
 
         from pretrain import preemption
-        from pretrain.train import train
+        from pretrain.train import teardown, train
 
         env = submitit.JobEnvironment()
         host = "127.0.0.1" if env.cluster in ("local", "debug") else env.hostnames[0]
@@ -50,19 +50,18 @@ class TrainJob:
         usr_sig = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)  # USR2 unless SUBMITIT_PREEMPT_SIGNAL
         submitit_handler = signal.getsignal(usr_sig)
         cfg = load_config(self.config, self.overrides)
+        agreed = False
         try:
             train(cfg, extra_signals=(usr_sig,))
+            agreed = True
         except preemption.Preempted as e:
             print(str(e), file=sys.stderr, flush=True)
             if env.global_rank == 0 and callable(submitit_handler):
                 signal.signal(usr_sig, submitit_handler)
                 os.kill(os.getpid(), usr_sig)  # submitit: checkpoint() → requeue → exit
             return "preempted"
-        finally:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        finally:  # no barrier after a preemption: rank 0 may be gone into submitit's requeue by then
+            teardown(agreed)
         return cfg.run_dir
 
     def checkpoint(self):
