@@ -74,7 +74,7 @@ def _consolidated(run_dir, out) -> dict[str, torch.Tensor]:
 _GATHER = r"""
 import sys, torch
 from pretrain.config import load_config
-from pretrain.train import train
+from pretrain.train import teardown, train
 import pretrain.deepspeed_engine as de
 
 captured = {}
@@ -88,6 +88,7 @@ cfg = load_config("pretrain/configs/tiny.yaml", sys.argv[2:])
 train(cfg)  # resumes the finished run: loads, gathers, has nothing left to do
 if torch.distributed.get_rank() == 0:
     torch.save(captured["sd"], sys.argv[1])
+teardown(agreed=True)  # leaving the group unsynchronised can abort a rank at exit
 """
 
 
