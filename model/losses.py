@@ -19,13 +19,9 @@ import torch
 from model.config import ModelConfig
 
 
-def aux_coefficients(cfg: ModelConfig) -> dict[str, float]:
-    return {"mol_load_balance": cfg.mol.aux_loss_coef, "mol_z": cfg.mol.z_loss_coef, "attn_rsl": 1.0}
-
-
-def weighted_aux(cfg: ModelConfig, aux: dict[str, torch.Tensor]) -> torch.Tensor | float:
-    """Σ coef·aux over the auxiliary losses present (0.0 when there are none)."""
-    coefs = aux_coefficients(cfg)
+def weighted_aux(cfg: ModelConfig, aux: dict[str, torch.Tensor | float]) -> torch.Tensor | float:
+    """Σ coef·aux over the auxiliary losses present (0.0 when there are none); tensors or plain sums."""
+    coefs = {"mol_load_balance": cfg.mol.aux_loss_coef, "mol_z": cfg.mol.z_loss_coef, "attn_rsl": 1.0}
     return sum((coefs[name] * value for name, value in aux.items()), 0.0)
 
 

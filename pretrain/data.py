@@ -67,8 +67,9 @@ class MLMConfig:
         check(0.0 < self.mask_prob < 1.0, f"{prefix}mask_prob", self.mask_prob, "must be in (0, 1)")
         for name in ("mask_token_prob", "random_token_prob"):
             check(0.0 <= getattr(self, name) <= 1.0, prefix + name, getattr(self, name), "must be in [0, 1]")
-        check(self.mask_token_prob + self.random_token_prob <= 1.0, f"{prefix}mask_token_prob",
-              self.mask_token_prob, f"{prefix}mask_token_prob + {prefix}random_token_prob must be <= 1")
+        total = self.mask_token_prob + self.random_token_prob
+        check(total <= 1.0, f"{prefix}mask_token_prob", self.mask_token_prob,
+              f"{prefix}mask_token_prob + {prefix}random_token_prob = {total}: must be <= 1")
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Parallelism applied to a single-device ModernALBERT from outside, in a fixed order.
 
 The model is built on the meta device (no memory) and materialised unit by unit: each
-``RecursiveGroup`` is allocated, initialised (``init(name)``, the caller's: fresh weights or a loaded
-state) and sharded before the next one, then the root. No rank ever holds a full replica of the
-model; the largest full tensor is one group's. Per unit, torchtitan's order:
+``RecursiveGroup`` is allocated, initialised (``init``, the caller's: fresh weights or a loaded
+state) and sharded before the next one, then the root. Sharding never needs a full replica of the
+model on a rank; the largest full tensor set is one group's. Per unit, torchtitan's order:
 expert parallelism → activation checkpointing → torch.compile → FSDP2.
 
 - EP (``parallel.ep`` = P > 1): ``pretrain/expert_parallel.py``, an ``ExpertParallel`` style per MoL
@@ -108,13 +108,13 @@ def _materialize(module: torch.nn.Module, device: torch.device) -> None:
                 m._buffers[key] = torch.empty_like(b, device=device)
 
 
-def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Callable[[str], None], *, ep: int = 1,
-                activation_checkpointing: bool = False, compile: bool = False, fsdp: bool = True,
+def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Callable[[Callable[[str], bool]], None],
+                *, ep: int = 1, activation_checkpointing: bool = False, compile: bool = False, fsdp: bool = True,
                 bf16: bool = False) -> tuple[ModernAlbertForMaskedLM, Parallelism]:
     """Materialise, initialise and parallelise ``model`` (built on the meta device) unit by unit.
 
-    ``init(prefix)`` fills the freshly allocated tensors of the modules under ``prefix`` (a group's
-    name, e.g. ``model.groups.0``) or, with ``""``, of everything outside the groups; it must give every
+    ``init(select)`` fills the freshly allocated tensors of the modules whose qualified names ``select``
+    accepts (one group, then everything outside the groups; the root module is ""); it must give every
     rank the same values. ``fsdp=False``: everything but the sharding (DeepSpeed shards the model itself).
     ``bf16``: parameters all-gathered in bf16 for compute, gradients reduced in fp32, the sharded
     parameters and optimizer state fp32; routers keep fp32 parameters (their own FSDP unit with an
@@ -127,7 +127,8 @@ def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Call
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     for g, group in enumerate(model.model.groups):
         _materialize(group, device)
-        init(f"model.groups.{g}")
+        prefix = f"model.groups.{g}"
+        init(lambda name: name == prefix or name.startswith(prefix + "."))
         if par.ep_mesh is not None:
             par.expert_params += apply_expert_parallel(model, par.ep_mesh, groups=[g])
         if activation_checkpointing:
@@ -141,7 +142,7 @@ def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Call
                     fully_shard(router, mesh=par.dp_mesh, mp_policy=fp32)
             fully_shard(group, mesh=par.dp_mesh, mp_policy=mp, ignored_params=ignored or None)
     _materialize(model, device)
-    init("")
+    init(lambda name: not name.startswith("model.groups."))
     if shard:
         fully_shard(model, mesh=par.dp_mesh, mp_policy=mp, ignored_params=set(par.expert_params) or None)
     return model, par

@@ -31,7 +31,7 @@ from data_prep.errors import DataPrepError
 from data_prep.shards import ShardError, ShardIndex
 from model.config import ConfigError
 from model.flops import TrainingFlops
-from model.losses import aux_coefficients, combine_losses, weighted_aux
+from model.losses import combine_losses, weighted_aux
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, exit_codes, faults
 from pretrain.config import RunConfig, load_config
@@ -125,14 +125,12 @@ def build_model(cfg: RunConfig, rt: Runtime) -> tuple[ModernAlbertForMaskedLM, o
     with torch.device("meta"):
         model = ModernAlbertForMaskedLM(cfg.model)
 
-    def init(prefix: str) -> None:  # the same values on every rank: seeded per module, or loaded
-        inside = (lambda n: n == prefix or n.startswith(prefix + ".")) if prefix else \
-            (lambda n: not n.startswith("model.groups."))
-        model.init_weights(cfg.train.seed, select=inside)
+    def init(select) -> None:  # the same values on every rank: seeded per module, or loaded
+        model.init_weights(cfg.train.seed, select=select)
         if rt.init_state is not None:
             with torch.no_grad():
                 for name, t in [*model.named_parameters(), *model.named_buffers()]:
-                    if inside(name.rsplit(".", 1)[0] if "." in name else ""):
+                    if select(name.rpartition(".")[0]):  # the tensor's module
                         t.copy_(rt.init_state[name])
 
     try:
@@ -164,43 +162,46 @@ def build_engine(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, pa
 class StepSums:
     """A step's metric sums over its micro-batches, kept on the device (no host sync until ``reduce``).
 
-    Slots: CE sum, correct predictions, weighted aux sum, distill hidden sum, distill KL sum, then one
-    per auxiliary loss (``aux_names``), then, on log steps, the tokens routed to each expert per layer.
+    Entries: "ce" (CE sum), "correct", "hidden" and "kl" (distillation sums), "aux/<name>" per auxiliary
+    loss, and on log steps "load/<layer>" (tokens routed to each expert). Every rank adds the same
+    entries in the same order, so the flattened sums line up in the all-reduce.
     """
 
-    SCALARS = ("ce", "correct", "aux", "hidden", "kl")
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
 
-    def __init__(self, aux_names: list[str], device: torch.device) -> None:
-        self.aux_names, self.device = aux_names, device
-        self.sums = torch.zeros(len(self.SCALARS) + len(aux_names), dtype=torch.float64, device=device)
-        self.load: dict[str, torch.Tensor] = {}
+    def _add(self, name: str, t: torch.Tensor) -> None:
+        t = t.to(self.device, torch.float64).reshape(-1)
+        self.sums[name] = self.sums[name] + t if name in self.sums else t
 
     @torch.no_grad()
-    def add(self, cfg, out, hidden: torch.Tensor, kl: torch.Tensor, count_load: bool) -> None:
+    def add(self, out, hidden: torch.Tensor, kl: torch.Tensor, count_load: bool) -> None:
         n = out.num_masked
-        aux = [out.aux_losses[k].double() for k in self.aux_names]
-        scalars = [out.mlm_loss.double() * n, out.mlm_accuracy.double() * n,
-                   torch.as_tensor(weighted_aux(cfg, out.aux_losses), dtype=torch.float64, device=self.device),
-                   hidden.double(), kl.double()]
-        self.sums += torch.stack([t.to(self.device).reshape(()) for t in scalars + aux])
+        self._add("ce", out.mlm_loss.double() * n)
+        self._add("correct", out.mlm_accuracy.double() * n)
+        self._add("hidden", hidden)
+        self._add("kl", kl)
+        for name, value in out.aux_losses.items():
+            self._add(f"aux/{name}", value)
         if count_load:
             for layer, st in out.routing_stats.items():
-                c = st["tokens_per_expert"].to(torch.float64)
-                self.load[layer] = self.load[layer] + c if layer in self.load else c
+                self._add(f"load/{layer}", st["tokens_per_expert"])
 
     def reduce(self, grad_norm: torch.Tensor | float) -> tuple[dict[str, float], dict[str, list[int]]]:
-        """Collective: the sums over all ranks, the grad norm appended, read with one host sync."""
-        names = list(self.load)
-        flat = torch.cat([self.sums, *(self.load[n] for n in names)])
-        values = torch.cat([all_reduce(flat), torch.as_tensor(grad_norm, dtype=torch.float64,
-                                                              device=self.device).reshape(1)]).tolist()
-        k = len(self.SCALARS) + len(self.aux_names)
-        scalars = dict(zip([*self.SCALARS, *(f"aux/{a}" for a in self.aux_names)], values[:k]))
-        scalars["grad_norm"] = values[-1]
-        load, i = {}, k
+        """Collective: (scalar sums over all ranks plus "grad_norm", expert load per layer), read with
+        one host sync."""
+        names = list(self.sums)
+        flat = all_reduce(torch.cat([self.sums[n] for n in names]))
+        norm = torch.as_tensor(grad_norm, dtype=torch.float64, device=self.device).reshape(1)
+        values = torch.cat([flat, norm]).tolist()
+        scalars, load, i = {"grad_norm": values[-1]}, {}, 0
         for n in names:
-            e = self.load[n].numel()
-            load[n] = [int(v) for v in values[i:i + e]]
+            e = self.sums[n].numel()
+            if n.startswith("load/"):
+                load[n[len("load/"):]] = [int(v) for v in values[i:i + e]]
+            else:
+                scalars[n] = values[i]
             i += e
         return scalars, load
 
@@ -225,7 +226,6 @@ class Trainer:
         self.val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm,
                                rt.rank, rt.world, **cache) if cfg.eval.every else None)
         self.flops = TrainingFlops(cfg.model)
-        self.aux_names = [k for k in aux_coefficients(cfg.model) if _has_aux(cfg, k)]
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
         self.step_no = self.start_step = 0
         self.resumed_from: str | None = None
@@ -276,7 +276,7 @@ class Trainer:
         global_masked, global_tokens, flops, faults_seen = all_reduce(torch.tensor(local, dtype=torch.float64)).tolist()
         if faults_seen:
             raise self._data_fault(first_fault(fault, already_flagged=True))
-        sums = StepSums(self.aux_names, device)
+        sums = StepSums(device)
         for i, b in enumerate(micro):
             inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
                       for k, v in model_inputs(b).items()}
@@ -286,13 +286,14 @@ class Trainer:
             total = combine_losses(cfg.model, out.mlm_loss, out.aux_losses, extra=extra,
                                    task_scale=out.num_masked * rt.world / global_masked, aux_scale=1 / rt.accum)
             self.engine.backward(total, last=i == rt.accum - 1)
-            sums.add(cfg.model, out, hidden, kl, count_load)
+            sums.add(out, hidden, kl, count_load)
         grad_norm = self.engine.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step_no += 1
 
         m, load = sums.reduce(grad_norm)  # the step's one host sync
+        m["aux"] = weighted_aux(cfg.model, {k[len("aux/"):]: v for k, v in m.items() if k.startswith("aux/")})
         loss = float("nan") if faults.nan_at(self.step_no) else m["ce"] / global_masked
         if not math.isfinite(loss) or not math.isfinite(m["aux"]):
             raise TrainingError(f"step {self.step_no}: loss is {loss} (aux {m['aux']}); stopping. The last good "
@@ -380,10 +381,6 @@ class Trainer:
         if rt.rank == 0:
             print(f"done: {self.step_no} steps; checkpoint {checkpoint.latest_checkpoint(self.ckpt_dir)}")
         return records
-
-
-def _has_aux(cfg: RunConfig, name: str) -> bool:
-    return bool(cfg.model.attn_experts.groups) if name == "attn_rsl" else bool(cfg.model.mol.groups)
 
 
 def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:

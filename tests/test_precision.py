@@ -43,11 +43,8 @@ def test_bf16_computes_in_bf16_but_routers_losses_and_parameters_stay_fp32(shard
         cfg.vocab_size = 4000
         with torch.device("meta"):
             model = ModernAlbertForMaskedLM(cfg)
-        def init(prefix: str) -> None:  # as pretrain/train.py: each unit's modules when it is materialised
-            model.init_weights(0, select=(lambda n: n == prefix or n.startswith(prefix + ".")) if prefix
-                               else (lambda n: not n.startswith("model.groups.")))
-
-        model, _ = parallelize(model, torch.device("cpu"), init, bf16=True)
+        model, _ = parallelize(model, torch.device("cpu"), lambda select: model.init_weights(0, select=select),
+                               bf16=True)
         seen: dict[str, torch.dtype] = {}
         for name, m in model.named_modules():
             if isinstance(m, (Router, torch.nn.Linear)):
