@@ -124,16 +124,21 @@ def _ckpt_state(run_dir: str) -> dict:
             "set_aside": sorted(n for n in names if n.startswith("corrupt-"))}
 
 
-def _last_step(run_dir: str) -> int:
-    """The last step in metrics.jsonl (0 without one); a line cut short by a kill is skipped."""
-    path, last = os.path.join(run_dir, "metrics.jsonl"), 0
+def _records(run_dir: str) -> list[dict]:
+    """metrics.jsonl's records (none without the file); a line cut short by a kill is skipped."""
+    path, out = os.path.join(run_dir, "metrics.jsonl"), []
     if os.path.isfile(path):
         for line in open(path, encoding="utf-8"):
             try:
-                last = json.loads(line)["step"]
-            except (ValueError, KeyError):
+                out.append(json.loads(line))
+            except ValueError:
                 pass
-    return last
+    return out
+
+
+def _last_step(run_dir: str) -> int:
+    records = _records(run_dir)
+    return records[-1]["step"] if records else 0
 
 
 def _final_weights(run_dir: str) -> dict:
@@ -264,11 +269,7 @@ def _early_loss_diff(ref_dir: str, run_dir: str, steps: int) -> float:
     """Max relative difference of the logged losses over the first ``steps`` steps (every logging of a step)."""
     def losses(d: str) -> dict[int, list[float]]:
         out: dict[int, list[float]] = {}
-        for line in open(os.path.join(d, "metrics.jsonl"), encoding="utf-8"):
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
+        for r in _records(d):
             out.setdefault(r["step"], []).append(r["loss"])
         return out
 

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_prep.errors import DataPrepError
 from data_prep.shards import ShardError, ShardReader
 from model.config import check
-from pretrain.shard_cache import ShardCache, load_index, local_path
+from pretrain.shard_cache import ShardCache, load_index, local_path, tokenizer_path
 
 _STATE_VERSION = 1
 _OPEN_SHARDS_PER_WORKER = 8
@@ -344,7 +344,7 @@ class PretrainLoader:
         self._generation += 1
 
 
-def verify_build(data_dir: str, workers: int = 4, log=print, cache_dir: str = "") -> list[str]:
+def verify_build(data_dir: str, workers: int = 4, log=print, cache_dir: str = "", index=None) -> list[str]:
     """Check every shard of every split against index.json (file, sha256, tar layout, sample count).
 
     A URL ``data_dir`` is fetched whole into the shard cache (``cache_dir``) on the way.
@@ -352,7 +352,7 @@ def verify_build(data_dir: str, workers: int = 4, log=print, cache_dir: str = ""
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    index = load_index(data_dir)
+    index = index or load_index(data_dir)  # (given when the caller has it: no second fetch of a URL's index)
     entries = [e for split in sorted(index.splits) for e in index.splits[split]]
     cache = ShardCache(data_dir, cache_dir) if local_path(data_dir) is None else None
 
@@ -378,7 +378,6 @@ def main(argv: list[str] | None = None) -> int:
     cannot be read at all (no index.json, bad arguments).
     """
     import argparse
-    import os
     import sys
 
     from data_prep.tokenizer import Tokenizer
@@ -400,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.no_verify:
             total = sum(len(v) for v in index.splits.values())
             bad = verify_build(a.data_dir, a.verify_threads, log=lambda m: print(m, file=sys.stderr),
-                               cache_dir=a.cache_dir)
+                               cache_dir=a.cache_dir, index=index)
             if bad:
                 print(f"error: {len(bad)} of {total} shards in {a.data_dir} failed verification; rebuild them with "
                       "data_prep/build_shards.py and the build's arguments (index.json: build_args)", file=sys.stderr)
@@ -410,10 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         loader = PretrainLoader(LoaderConfig(a.data_dir, a.micro_batch_size, split=a.split, num_workers=a.num_workers,
                                              cache_dir=a.cache_dir), rank=0, world_size=a.world_size)
         batch = next(iter(loader))
-        tok_name = index.raw["tokenizer"]["file"]
-        local = local_path(a.data_dir)
-        tok = Tokenizer(os.path.join(local, tok_name) if local is not None
-                        else ShardCache(a.data_dir, a.cache_dir).fetch(tok_name, None))
+        tok = Tokenizer(tokenizer_path(a.data_dir, index, a.cache_dir))
     except (DataPrepError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -62,6 +62,16 @@ def load_index(data_dir: str) -> ShardIndex:
     return ShardIndex.parse(data_dir, raw, url)
 
 
+def tokenizer_path(data_dir: str, index: ShardIndex | None = None, cache_dir: str = "") -> str:
+    """The local tokenizer file of a shard build: in place, or fetched (and checked) through the cache."""
+    index = index or load_index(data_dir)
+    tok = index.raw["tokenizer"]
+    local = local_path(data_dir)
+    if local is not None:
+        return os.path.join(local, tok["file"])
+    return ShardCache(data_dir, cache_dir).fetch(tok["file"], tok.get("sha256"))
+
+
 def join(prefix: str, name: str) -> str:
     """The URL of file ``name`` under the URL prefix ``prefix``."""
     if prefix.startswith("pipe:"):

@@ -65,20 +65,21 @@ def test_bf16_computes_in_bf16_but_routers_losses_and_parameters_stay_fp32(shard
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def fp32_run(tmp_path_factory, shards_dir):
-    run = str(tmp_path_factory.mktemp("fp32"))
-    r = pretrain(2, _args(run, shards_dir, ["parallel.precision=fp32"]))
+def _reference(tmp_path_factory, shards_dir, precision: str) -> str:
+    run = str(tmp_path_factory.mktemp(precision))
+    r = pretrain(2, _args(run, shards_dir, [f"parallel.precision={precision}"]))
     assert r.returncode == 0, r.stderr[-3000:]
     return run
+
+
+@pytest.fixture(scope="module")
+def fp32_run(tmp_path_factory, shards_dir):
+    return _reference(tmp_path_factory, shards_dir, "fp32")
 
 
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory, shards_dir):
-    run = str(tmp_path_factory.mktemp("bf16"))
-    r = pretrain(2, _args(run, shards_dir, ["parallel.precision=bf16"]))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return run
+    return _reference(tmp_path_factory, shards_dir, "bf16")
 
 
 # Observed on the dev machine: at most 2.3e-4 relative over the 20 steps (FSDP2), 5.2e-4 (EP=2),

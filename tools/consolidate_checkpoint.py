@@ -95,11 +95,10 @@ def read_checkpoint(step_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
 def _fetch_tokenizer(data_url: str) -> str:
     """The tokenizer of shards under a URL prefix, through the node's shard cache."""
     from data_prep.errors import DataPrepError
-    from pretrain.shard_cache import ShardCache, load_index
+    from pretrain.shard_cache import tokenizer_path
 
     try:
-        tok = load_index(data_url).raw["tokenizer"]
-        return ShardCache(data_url).fetch(tok["file"], tok.get("sha256"))
+        return tokenizer_path(data_url)
     except DataPrepError as e:
         raise InputError(f"the run's data {data_url!r}: {e}; pass --tokenizer FILE") from None
 
