@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROUTING_MODES = ("soft", "topk", "hardsoft")
+RSL_ENTROPY = ("maximise", "minimise")  # model.routing.routing_specialization_loss's entropy_goal
+ROUTE_INPUTS = ("shared", "per_projection")
+EVAL_ROUTING = ("same", "soft", "topk")
 ATTN_BACKENDS = ("auto", "sdpa", "flash_attn", "torch_varlen")
 
 
@@ -65,13 +68,26 @@ class AttnExpertsConfig:
     routing: str = "hardsoft"  # soft | topk | hardsoft (forward top-k, backward soft)
     jitter: float = 0.0
     rsl_alpha: float = 0.01  # load term of the Routing Specialization Loss
-    rsl_lambda: float = 0.0  # entropy term, signed: > 0 sharpens each token's choice
+    rsl_lambda: float = 0.0  # weight (>= 0) of its per-token entropy term
+    rsl_entropy: str = "maximise"  # the paper's printed sign; "minimise" sharpens each token's choice
+    # shared: one router per block on the block input routes Wqkv and Wo alike (a PEFT adapter is one
+    # whole expert); per_projection: Wqkv routed on the block input, Wo by its own router on the attention
+    # output (the paper's placement)
+    route: str = "shared"
+    eval_routing: str = "same"  # routing in eval mode: same as training, or soft / topk (the paper: top-K)
 
     def validate(self, num_groups: int, prefix: str = "attn_experts") -> None:
         MoLConfig(groups=self.groups, num_experts=self.num_experts, top_k=self.top_k, rank=self.rank,
                   alpha=self.alpha, jitter=self.jitter).validate(num_groups, prefix=prefix)
         check(self.routing in ROUTING_MODES, f"{prefix}.routing", self.routing, f"allowed: {', '.join(ROUTING_MODES)}")
         check(self.rsl_alpha >= 0, f"{prefix}.rsl_alpha", self.rsl_alpha, "must be >= 0")
+        check(self.rsl_lambda >= 0, f"{prefix}.rsl_lambda", self.rsl_lambda,
+              "must be >= 0 (the direction is rsl_entropy: maximise or minimise)")
+        check(self.rsl_entropy in RSL_ENTROPY, f"{prefix}.rsl_entropy", self.rsl_entropy,
+              f"allowed: {', '.join(RSL_ENTROPY)}")
+        check(self.eval_routing in EVAL_ROUTING, f"{prefix}.eval_routing", self.eval_routing,
+              f"allowed: {', '.join(EVAL_ROUTING)}")
+        check(self.route in ROUTE_INPUTS, f"{prefix}.route", self.route, f"allowed: {', '.join(ROUTE_INPUTS)}")
 
 
 @dataclass

@@ -75,7 +75,8 @@ def block_flops(cfg: ModelConfig, layer: int, doc_lens: list[int]) -> float:
     if group in cfg.attn_experts.groups:
         a = cfg.attn_experts
         k = a.num_experts if a.routing == "soft" else a.top_k
-        f += 2 * T * d * a.num_experts + k * 2 * T * a.rank * (d + 3 * d + d + d)
+        routers = 2 if a.route == "per_projection" else 1
+        f += routers * 2 * T * d * a.num_experts + k * 2 * T * a.rank * (d + 3 * d + d + d)
     return float(f)
 
 

@@ -117,7 +117,7 @@ def freeze_all_but_routers(model: nn.Module) -> list[str]:
     """Plug-and-play: only the attention experts' routers stay trainable; returns their names."""
     trainable = []
     for name, p in model.named_parameters():
-        p.requires_grad_(name.endswith("attn.router.weight"))
+        p.requires_grad_(name.endswith(("attn.router.weight", "attn.router_o.weight")))
         if p.requires_grad:
             trainable.append(name)
     return trainable

@@ -37,9 +37,19 @@ class ForwardContext:
     max_seqlen: int
     rope: dict[bool, tuple[torch.Tensor, torch.Tensor]]  # is_global → (cos, sin) [T, Dh]
     recorder: RoutingRecorder  # the routed modules' auxiliary losses and statistics
+    expert_ids_T: torch.Tensor | None = None  # LoRA-Mixer domain-forced routing: one expert per token
 
 
 class Attention(nn.Module):
+    """Self-attention; in an ``attn_experts`` group, Wqkv and Wo are LoRA-Mixer ``MixtureLinear``s.
+
+    Routing (``attn_experts.route``): ``shared`` — one router on the block input gives the weights of
+    both projections (a PEFT adapter stays one whole expert); ``per_projection`` — Wqkv is routed on the
+    block input by ``router`` and Wo on the attention output by ``router_o`` (the paper's placement).
+    ``ctx.expert_ids_T`` forces the routing (one-hot: LoRA-Mixer's domain-forced stage); the routers then
+    record how well they predict the forced expert (``attn_route_ce``) instead of the RSL.
+    """
+
     def __init__(self, cfg: ModelConfig, group: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -48,21 +58,31 @@ class Attention(nn.Module):
         self.routed = group in ae.groups
         if self.routed:
             self.router = Router(d, ae.num_experts, ae.top_k, ae.jitter)
+            if ae.route == "per_projection":
+                self.router_o = Router(d, ae.num_experts, ae.top_k, ae.jitter)
             self.Wqkv = MixtureLinear(d, 3 * d, ae.num_experts, ae.rank, ae.alpha)
             self.Wo = MixtureLinear(d, d, ae.num_experts, ae.rank, ae.alpha)
         else:
             self.Wqkv = nn.Linear(d, 3 * d, bias=False)
             self.Wo = nn.Linear(d, d, bias=False)
 
+    def route(self, router: Router, x_TD: torch.Tensor, layer: int, kind: str, ctx: ForwardContext) -> torch.Tensor:
+        """Per-token expert weights [T, E] from ``router`` on ``x_TD``; records its losses and statistics."""
+        ae = self.cfg.attn_experts
+        r = router(x_TD)
+        if ctx.expert_ids_T is not None:
+            ctx.recorder.record(kind, layer, r, {"attn_route_ce": F.cross_entropy(r.logits_TE, ctx.expert_ids_T)})
+            return F.one_hot(ctx.expert_ids_T, ae.num_experts).to(r.probs_TE.dtype)
+        ctx.recorder.record(kind, layer, r, {"attn_rsl": routing_specialization_loss(r, ae.rsl_alpha, ae.rsl_lambda,
+                                                                                     ae.rsl_entropy)})
+        mode = ae.routing if self.training or ae.eval_routing == "same" else ae.eval_routing
+        return mixing_weights(r, mode)
+
     def forward(self, x_TD: torch.Tensor, layer: int, ctx: ForwardContext) -> torch.Tensor:
         cfg = self.cfg
         T = x_TD.shape[0]
         if self.routed:
-            r = self.router(x_TD)
-            ae = cfg.attn_experts
-            ctx.recorder.record("attn", layer, r,
-                                {"attn_rsl": routing_specialization_loss(r, ae.rsl_alpha, ae.rsl_lambda)})
-            w_TE = mixing_weights(r, ae.routing)
+            w_TE = self.route(self.router, x_TD, layer, "attn", ctx)
             qkv = self.Wqkv(x_TD, w_TE)
         else:
             qkv = self.Wqkv(x_TD)
@@ -74,7 +94,11 @@ class Attention(nn.Module):
         o_THD = attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, None if is_global else cfg.local_window // 2,
                           cfg.attn_backend, cfg.attention_dropout if self.training else 0.0)
         o_TD = o_THD.reshape(T, cfg.hidden_size)
-        return self.Wo(o_TD, w_TE) if self.routed else self.Wo(o_TD)
+        if not self.routed:
+            return self.Wo(o_TD)
+        if cfg.attn_experts.route == "per_projection":
+            w_TE = self.route(self.router_o, o_TD, layer, "attn_o", ctx)
+        return self.Wo(o_TD, w_TE)
 
 
 class Block(nn.Module):
@@ -138,21 +162,22 @@ class ModernAlbertModel(nn.Module):
         })
 
     def context(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, dtype: torch.dtype,
-                recorder: RoutingRecorder) -> ForwardContext:
+                recorder: RoutingRecorder, expert_ids_T: torch.Tensor | None = None) -> ForwardContext:
         pos_T = segment_positions(cu_seqlens, total)  # RoPE positions restart in every segment
         rope = {True: self.rope["global"](pos_T, dtype), False: self.rope["local"](pos_T, dtype)}
-        return ForwardContext(cu_seqlens, int(max_seqlen), rope, recorder)
+        return ForwardContext(cu_seqlens, int(max_seqlen), rope, recorder, expert_ids_T)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                output_hidden_states: bool = False,
-                recorder: RoutingRecorder | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                output_hidden_states: bool = False, recorder: RoutingRecorder | None = None,
+                expert_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """input_ids [T], cu_seqlens [N+1] → (last hidden state [T, D], per-group outputs if asked).
 
-        Pass a ``RoutingRecorder`` to receive the routed modules' auxiliary losses and statistics.
+        Pass a ``RoutingRecorder`` to receive the routed modules' auxiliary losses and statistics;
+        ``expert_ids_T`` [T] forces the LoRA-Mixer routing (each token to that expert, weight 1).
         """
         x_TD = self.embeddings(input_ids)
         ctx = self.context(cu_seqlens, max_seqlen, input_ids.shape[0], x_TD.dtype,
-                           recorder if recorder is not None else RoutingRecorder())
+                           recorder if recorder is not None else RoutingRecorder(), expert_ids_T)
         hidden = []
         for group in self.groups:
             x_TD = group(x_TD, ctx)

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.config import RSL_ENTROPY
+
 
 class Routing(NamedTuple):
     """A NamedTuple (not a dataclass) so wrappers that walk module outputs (DeepSpeed ZeRO-3) see its tensors."""
@@ -88,11 +90,20 @@ def entropy(probs_TE: torch.Tensor) -> torch.Tensor:
     return -(probs_TE * probs_TE.clamp_min(1e-12).log()).sum(dim=-1)
 
 
-def routing_specialization_loss(r: Routing, alpha: float, lam: float) -> torch.Tensor:
-    """LoRA-Mixer's RSL = α·E·Σ f̄_j p̄_j + λ·mean_t H(p(x_t)); λ is signed (λ > 0 sharpens the routing)."""
+def routing_specialization_loss(r: Routing, alpha: float, lam: float, entropy_goal: str = "maximise") -> torch.Tensor:
+    """LoRA-Mixer's Routing Specialization Loss (the paper's printed Eq. 5), to be minimised:
+
+        RSL = α·E·Σ_j f̄_j p̄_j − λ·mean_t H(p(x_t))      (entropy_goal="maximise", the default)
+        RSL = α·E·Σ_j f̄_j p̄_j + λ·mean_t H(p(x_t))      (entropy_goal="minimise": sharpens each token's choice)
+
+    The first term spreads the load over the experts globally; λ >= 0 weighs the per-token entropy term.
+    """
+    if entropy_goal not in RSL_ENTROPY:
+        raise ValueError(f"rsl_entropy={entropy_goal!r}: allowed: {', '.join(RSL_ENTROPY)}")
     E = r.probs_TE.shape[1]
     balance = E * (assignment_share(r) * r.probs_TE.mean(dim=0)).sum()
-    return alpha * balance + lam * entropy(r.probs_TE).mean()
+    sign = -1.0 if entropy_goal == "maximise" else 1.0
+    return alpha * balance + sign * lam * entropy(r.probs_TE).mean()
 
 
 class RoutingRecorder:

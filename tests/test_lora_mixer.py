@@ -12,6 +12,7 @@ from model.config import AttnExpertsConfig, MoLConfig, preset
 from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers, load_peft_adapters
 from model.losses import combine_losses
 from model.modernalbert import ModernAlbertForMaskedLM
+from model.routing import RoutingRecorder
 
 peft = pytest.importorskip("peft")
 
@@ -126,3 +127,87 @@ def test_adapter_mismatches_are_named(adapters, tmp_path):
         load_peft_adapters(model, [dirs[0], str(tmp_path)])
     with pytest.raises(AdapterError, match="no attention experts"):
         load_peft_adapters(ModernAlbertForMaskedLM(_base_cfg()), dirs)
+
+
+def _routed_encoder(route: str, routing: str = "hardsoft", eval_routing: str = "same", seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = dataclasses.replace(_base_cfg(), attn_experts=AttnExpertsConfig(
+        groups=(0, 1), num_experts=3, top_k=1, rank=4, alpha=8, routing=routing, route=route,
+        eval_routing=eval_routing))
+    model = ModernAlbertForMaskedLM(cfg)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, MixtureLinear):
+                m.lora_B.normal_(std=0.5)
+    return model
+
+
+def _batch():
+    torch.manual_seed(1)
+    return torch.randint(5, 300, (40,)), torch.tensor([0, 18, 40], dtype=torch.int32), 22
+
+
+@pytest.mark.parametrize("route", ["shared", "per_projection"])
+def test_each_projection_is_routed_on_the_input_the_route_option_names(route):
+    """shared: Wo's weights come from the router on the block input; per_projection: Wo has its own router,
+    which sees exactly Wo's input (the attention output)."""
+    model = _routed_encoder(route)
+    seen = {}
+
+    def keep(name):
+        def hook(mod, args):
+            seen.setdefault(name, args[0].detach().clone())  # returns None: the input is left as it is
+        return hook
+
+    attn = model.model.groups[0].block.attn
+    for name in ("router", "router_o", "Wqkv", "Wo"):
+        if hasattr(attn, name):
+            getattr(attn, name).register_forward_pre_hook(keep(name))
+    recorder = RoutingRecorder()
+    ids, cu, L = _batch()
+    model.model(ids, cu, L, recorder=recorder)
+    assert torch.equal(seen["router"], seen["Wqkv"])
+    kinds = sorted({k.split(".")[1] for k in recorder.stats})
+    if route == "shared":
+        assert not hasattr(attn, "router_o") and kinds == ["attn"]
+    else:
+        assert torch.equal(seen["router_o"], seen["Wo"]) and not torch.equal(seen["router_o"], seen["Wqkv"])
+        assert kinds == ["attn", "attn_o"]
+        # both routers learn from the task loss
+        h, _ = model.model(ids, cu, L)
+        h.square().mean().backward()
+        assert attn.router.weight.grad.abs().sum() > 0 and attn.router_o.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("route", ["shared", "per_projection"])
+def test_forced_routing_equals_the_model_with_that_expert_folded_in(route):
+    """Domain-forced routing (every token to expert j, weight 1) is the plain model with W + ΔW_j; the routers
+    record their cross-entropy to the forced expert instead of the RSL."""
+    model = _routed_encoder(route).eval()
+    ids, cu, L = _batch()
+    plain = ModernAlbertForMaskedLM(_base_cfg()).eval()
+    for j in range(3):
+        state = {k: v for k, v in model.state_dict().items() if "lora_" not in k and "router" not in k}
+        for name, m in model.named_modules():
+            if isinstance(m, MixtureLinear):
+                state[name + ".weight"] = m.weight + m.expert_delta(j)
+        plain.load_state_dict(state)
+        recorder = RoutingRecorder()
+        forced, _ = model.model(ids, cu, L, recorder=recorder, expert_ids_T=torch.full((40,), j))
+        assert torch.allclose(forced, plain.model(ids, cu, L)[0], atol=1e-5), j
+        assert set(recorder.aux_losses) == {"attn_route_ce"}
+        assert recorder.aux_losses["attn_route_ce"].item() > 0
+
+
+def test_eval_routing_topk_serves_a_soft_trained_mixer_with_top_k():
+    soft = _routed_encoder("shared", routing="soft", eval_routing="topk")
+    topk = _routed_encoder("shared", routing="topk")
+    topk.load_state_dict(soft.state_dict())
+    ids, cu, L = _batch()
+    soft.eval(), topk.eval()
+    assert torch.allclose(soft.model(ids, cu, L)[0], topk.model(ids, cu, L)[0], atol=1e-6)
+    soft.train()  # training keeps the soft mixture
+    soft_cfg_same = _routed_encoder("shared", routing="soft").train()
+    soft_cfg_same.load_state_dict(soft.state_dict())
+    assert torch.allclose(soft.model(ids, cu, L)[0], soft_cfg_same.model(ids, cu, L)[0], atol=1e-6)
+    assert not torch.allclose(soft.model(ids, cu, L)[0], topk.train().model(ids, cu, L)[0], atol=1e-4)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import assert_close
 from model.config import MoLConfig
@@ -143,6 +145,45 @@ def test_routing_specialization_loss_terms_and_sign():
     balance = 3 * (torch.tensor([0.5, 0.5, 0.0]) * probs.mean(0)).sum()
     h = entropy(probs).mean()
     assert routing_specialization_loss(r, 0.1, 0.0).item() == pytest.approx(0.1 * balance.item())
-    assert routing_specialization_loss(r, 0.0, 0.5).item() == pytest.approx(0.5 * h.item())
-    assert routing_specialization_loss(r, 0.0, -0.5).item() == pytest.approx(-0.5 * h.item())
+    # the paper's printed Eq. 5 (default): − λ·H; the sharpening variant: + λ·H
+    assert routing_specialization_loss(r, 0.0, 0.5).item() == pytest.approx(-0.5 * h.item())
+    assert routing_specialization_loss(r, 0.0, 0.5, "maximise").item() == pytest.approx(-0.5 * h.item())
+    assert routing_specialization_loss(r, 0.0, 0.5, "minimise").item() == pytest.approx(0.5 * h.item())
+    with pytest.raises(ValueError, match="rsl_entropy='up': allowed: maximise, minimise"):
+        routing_specialization_loss(r, 0.0, 0.5, "up")
     assert entropy(torch.full((1, 4), 0.25)).item() == pytest.approx(math.log(4))
+
+
+@pytest.mark.parametrize("goal, entropy_rises", [("maximise", True), ("minimise", False)])
+def test_rsl_gradient_moves_the_routing_entropy_in_the_chosen_direction(goal, entropy_rises):
+    """The direction, not only the value: a gradient-descent step on the RSL's entropy term raises each
+    token's routing entropy by default (the paper's sign) and lowers it with the sharpening variant."""
+    torch.manual_seed(0)
+    router = Router(16, 4, 2, 0.0)
+    with torch.no_grad():
+        router.weight.normal_(std=1.0)  # far from uniform, so the entropy can move both ways
+    x = torch.randn(64, 16)
+    lam = 0.5
+    loss = routing_specialization_loss(router(x), 0.0, lam, goal)
+    (grad,) = torch.autograd.grad(loss, router.weight)
+    # the gradient is ∓λ·∇H exactly
+    w = router.weight.detach().clone().requires_grad_(True)
+    (grad_h,) = torch.autograd.grad(entropy(F.linear(x, w).softmax(-1)).mean(), w)
+    assert torch.allclose(grad, (-lam if goal == "maximise" else lam) * grad_h, atol=1e-6)
+    h_before = entropy(router(x).probs_TE).mean()
+    with torch.no_grad():
+        router.weight -= 0.05 * grad
+    h_after = entropy(router(x).probs_TE).mean()
+    assert (h_after > h_before + 1e-4) if entropy_rises else (h_after < h_before - 1e-4), (h_before, h_after)
+
+
+def test_attn_experts_config_checks_rsl_and_routing_fields():
+    from model.config import AttnExpertsConfig, ConfigError
+
+    assert AttnExpertsConfig().rsl_entropy == "maximise" and AttnExpertsConfig().route == "shared"
+    for field, value, msg in [("rsl_lambda", -0.1, "attn_experts.rsl_lambda=-0.1: must be >= 0"),
+                              ("rsl_entropy", "sharpen", "attn_experts.rsl_entropy='sharpen': allowed: maximise, minimise"),
+                              ("route", "both", "attn_experts.route='both': allowed: shared, per_projection"),
+                              ("eval_routing", "hard", "attn_experts.eval_routing='hard': allowed: same, soft, topk")]:
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            AttnExpertsConfig(groups=(0,), **{field: value}).validate(2)
