@@ -28,6 +28,29 @@ _HF_SPELLINGS = {
 _MAX_TRAIN_LINE_BYTES = 16384
 
 
+def truncate_pair(parts: list[list[int]], budget: int) -> list[list[int]]:
+    """Longest-first truncation of one or two token lists to ``budget`` tokens in all (as HF tokenizers)."""
+    parts = [list(p) for p in parts]
+    while sum(len(p) for p in parts) > budget:
+        longest = max(range(len(parts)), key=lambda i: (len(parts[i]), i))  # ties: the second, as HF
+        parts[longest].pop()
+    return parts
+
+
+def encode_examples(tok: "Tokenizer", texts: list[tuple[str, ...]], max_len: int) -> list[list[int]]:
+    """Classification inputs: ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` per example, at most ``max_len``
+    tokens (a pair is truncated longest-first, as HF tokenizers do)."""
+    sid = tok.special_ids
+    cols = [tok.encode([t[c] for t in texts]) for c in range(len(texts[0]))] if texts else []
+    out = []
+    for i in range(len(texts)):
+        ids = [sid.cls]
+        for part in truncate_pair([col[i] for col in cols], max_len - 1 - len(cols)):
+            ids += [*part, sid.sep]
+        out.append(ids)
+    return out
+
+
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -1,4 +1,4 @@
-"""GLUE metrics in numpy (tested against scikit-learn and scipy): accuracy, binary F1, Matthews
+"""GLUE metrics in numpy (tested against scikit-learn and scipy): accuracy, binary and macro F1, Matthews
 correlation, Pearson and Spearman correlation; the GLUE task score and the seed summary."""
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ def f1(pred: np.ndarray, gold: np.ndarray, positive: int = 1) -> float:
     tp = float(np.sum(pred & gold))
     denom = float(np.sum(pred) + np.sum(gold))
     return 2 * tp / denom if denom else 0.0
+
+
+def macro_f1(pred: np.ndarray, gold: np.ndarray) -> float:
+    """Unweighted mean of the per-class F1 over the classes in gold or pred (as scikit-learn's macro)."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    return float(np.mean([f1(pred, gold, c) for c in np.union1d(pred, gold)]))
 
 
 def matthews(pred: np.ndarray, gold: np.ndarray) -> float:
@@ -54,7 +60,8 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 def task_metrics(metric_names: tuple[str, ...], scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     """``scores``: [N, C] logits (classification) or [N] predictions (regression)."""
     pred = scores if scores.ndim == 1 else scores.argmax(-1)
-    fns = {"accuracy": accuracy, "f1": f1, "mcc": matthews, "pearson": pearson, "spearman": spearman}
+    fns = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": matthews, "pearson": pearson,
+           "spearman": spearman}
     return {m: fns[m](pred, gold) for m in metric_names}
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from data_prep.tokenizer import encode_examples
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
 from model.native_format import FORMAT, InputError, load_native, read_json, save_native
 
@@ -45,15 +46,6 @@ def model_kind(path: str) -> tuple[str, dict]:
     raise InputError(f"{cfg}: neither a native model ({FORMAT!r}) nor a HuggingFace config (no model_type)")
 
 
-def truncate_pair(parts: list[list[int]], budget: int) -> list[list[int]]:
-    """Longest-first truncation of one or two token lists to ``budget`` tokens in all (as HF tokenizers)."""
-    parts = [list(p) for p in parts]
-    while sum(len(p) for p in parts) > budget:
-        longest = max(range(len(parts)), key=lambda i: (len(parts[i]), i))  # ties: the second, as HF
-        parts[longest].pop()
-    return parts
-
-
 class NativeBackend:
     kind = "native"
 
@@ -69,16 +61,7 @@ class NativeBackend:
         self.family = "native"
 
     def encode(self, texts: list[tuple[str, ...]], max_len: int) -> list[dict]:
-        sid = self.tok.special_ids
-        cols = [self.tok.encode([t[c] for t in texts]) for c in range(len(texts[0]))]
-        out = []
-        for i in range(len(texts)):
-            parts = truncate_pair([col[i] for col in cols], max_len - 1 - len(cols))
-            ids = [sid.cls]
-            for p in parts:
-                ids += [*p, sid.sep]
-            out.append({"input_ids": ids})
-        return out
+        return [{"input_ids": ids} for ids in encode_examples(self.tok, texts, max_len)]
 
     def build(self, head: ClassifierConfig) -> tuple[nn.Module, list[str]]:
         clf = ModernAlbertForSequenceClassification(self.cfg, head)

@@ -1,8 +1,14 @@
-"""Labelled examples from local CSV/TSV/JSONL files, tokenised into the model's unpadded batches.
+"""Labelled tasks for fine-tuning: local CSV/TSV/JSONL directories or GLUE tasks, tokenised into the
+model's unpadded batches.
 
-A task is a directory with ``train`` and ``test`` files (``.jsonl``, ``.csv`` or ``.tsv``) whose rows
-have one or two text columns (a sentence pair is encoded ``[CLS] a [SEP] b [SEP]``) and a label column.
-Labels are strings or numbers; the label set comes from the training file (sorted).
+* A task directory has ``train`` and ``test`` files (``.jsonl``, ``.csv`` or ``.tsv``) whose rows have
+  one or two text columns and a label column. Labels are strings or numbers; the label set comes from
+  the training file (sorted). Scored by accuracy and macro-F1 on ``test``.
+* A GLUE task (``--glue-dir DIR --tasks SST-2 STS-B …``) is read by ``data_prep/glue_data.py`` (the
+  layouts the GLUE runner reads) and scored by GLUE's metrics on every labelled split beside train
+  (dev, and test where the task has one); STS-B is a regression task (one output, MSE).
+
+A sentence pair is encoded ``[CLS] a [SEP] b [SEP]``, truncated longest-first (as the GLUE runner).
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ import csv
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from data_prep.tokenizer import Tokenizer
+from data_prep.tokenizer import Tokenizer, encode_examples
 
 EXTS = (".jsonl", ".csv", ".tsv")
 
@@ -40,12 +46,27 @@ def read_rows(path: str) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","))
 
 
+Examples = list[tuple[list[int], float]]  # (token ids with specials, class index or regression target)
+
+
 @dataclass
 class Task:
     name: str
-    labels: list[str]
-    train: list[tuple[list[int], int]]  # (token ids with specials, label index)
-    test: list[tuple[list[int], int]]
+    labels: list[str]  # class names by index; [] for a regression task
+    train: Examples
+    evals: dict[str, Examples]  # scored splits, e.g. {"test": …} or {"dev": …, "test": …}
+    metrics: tuple[str, ...] = ("accuracy", "macro_f1")  # evaluation.metrics names
+    main: tuple[str, ...] = ("accuracy",)  # the task score: the mean of these
+    report: str = "test"  # the split a results table shows (test where there is one, else dev)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.labels) or 1
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.labels
 
 
 def load_task(task_dir: str, tok: Tokenizer, text_cols: tuple[str, ...] = ("text",), label_col: str = "label",
@@ -59,29 +80,41 @@ def load_task(task_dir: str, tok: Tokenizer, text_cols: tuple[str, ...] = ("text
                 raise DataError(f"{find_split(task_dir, split)} row {i}: no column {missing[0]!r} (has {sorted(r)})")
     labels = sorted({str(r[label_col]) for r in rows["train"]})
     index = {lab: i for i, lab in enumerate(labels)}
-    sid = tok.special_ids
 
-    def encode(rs: list[dict], split: str) -> list[tuple[list[int], int]]:
-        out = []
-        texts = [[str(r[c]) for c in text_cols] for r in rs]
-        per_col = [tok.encode([t[c] for t in texts]) for c in range(len(text_cols))]
+    def encode(rs: list[dict], split: str) -> Examples:
         for i, r in enumerate(rs):
-            lab = str(r[label_col])
-            if lab not in index:
-                raise DataError(f"{find_split(task_dir, split)} row {i}: label {lab!r} not in the training labels {labels}")
-            budget = max_len - 1 - len(text_cols)
-            parts = [per_col[c][i][: budget // len(text_cols)] for c in range(len(text_cols))]
-            ids = [sid.cls]
-            for p in parts:
-                ids += [*p, sid.sep]
-            out.append((ids, index[lab]))
-        return out
+            if str(r[label_col]) not in index:
+                raise DataError(f"{find_split(task_dir, split)} row {i}: label {str(r[label_col])!r} not in the "
+                                f"training labels {labels}")
+        ids = encode_examples(tok, [tuple(str(r[c]) for c in text_cols) for r in rs], max_len)
+        return [(x, float(index[str(r[label_col])])) for x, r in zip(ids, rs)]
 
     train = rows["train"][:max_train] if max_train else rows["train"]
-    return Task(name, labels, encode(train, "train"), encode(rows["test"], "test"))
+    return Task(name, labels, encode(train, "train"), {"test": encode(rows["test"], "test")})
 
 
-def batches(examples: list[tuple[list[int], int, int]], batch_size: int, shuffle: bool, seed: int):
+def load_glue_task(name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128, max_train: int = 0,
+                   max_eval: int = 0) -> Task:
+    """A GLUE task from a local copy (``data_prep/glue_data.py`` layouts), capped to the first
+    ``max_train`` training and ``max_eval`` dev/test examples (0: all)."""
+    from data_prep.glue_data import GlueDataError, load_local, task_spec
+
+    try:
+        spec = task_spec(name)
+        splits = load_local(name, glue_dir)
+    except GlueDataError as e:
+        raise DataError(str(e)) from None
+
+    def encode(examples, cap: int) -> Examples:
+        examples = examples[:cap] if cap else examples
+        return list(zip(encode_examples(tok, [e.texts for e in examples], max_len), [e.label for e in examples]))
+
+    evals = {s: encode(ex, max_eval) for s, ex in splits.items() if s != "train"}
+    return Task(spec.name, list(spec.labels), encode(splits["train"], max_train), evals, spec.metrics, spec.main,
+                "test" if "test" in evals else "dev")
+
+
+def batches(examples: list[tuple[list[int], float, int]], batch_size: int, shuffle: bool, seed: int):
     """(ids, label, task id) triples → dicts of flat input_ids, cu_seqlens, max_seqlen, labels, task_ids."""
     order = list(range(len(examples)))
     if shuffle:
@@ -93,6 +126,6 @@ def batches(examples: list[tuple[list[int], int, int]], batch_size: int, shuffle
             "input_ids": torch.tensor([t for ids, _, _ in chunk for t in ids]),
             "cu_seqlens": torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32),
             "max_seqlen": max(lens),
-            "labels": torch.tensor([lab for _, lab, _ in chunk]),
+            "labels": torch.tensor([float(lab) for _, lab, _ in chunk]),
             "task_ids": torch.tensor([t for _, _, t in chunk]),
         }

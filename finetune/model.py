@@ -3,7 +3,7 @@
 ``TaskClassifier`` = the native encoder (``.model``, the same module path as in
 ``ModernAlbertForMaskedLM``, so adapter keys match the LoRA-Mixer's) + one head per task
 (``model.classification.ClassificationHead``, the head the HF export and the GLUE runner use, on the
-mean of the example's last hidden states or on its [CLS] state). Tasks in a batch may differ: each example uses its own
+mean of the example's last hidden states or on its [CLS] state; one output for a regression task). Tasks in a batch may differ: each example uses its own
 task's head.
 
 ``add_lora`` puts PEFT LoRA layers (``peft.inject_adapter_in_model``: W x + s·B A x, s = α/r; B = 0 at
@@ -46,10 +46,11 @@ class TaskClassifier(nn.Module):
             head.init_weights(cfg.init_std)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                task_ids: torch.Tensor, recorder: RoutingRecorder | None = None) -> list[torch.Tensor]:
-        """Logits per example (a list: tasks have different numbers of classes); ``recorder`` receives
-        the routed modules' auxiliary losses."""
-        h_TD, _ = self.model(input_ids, cu_seqlens, max_seqlen, recorder=recorder)
+                task_ids: torch.Tensor, recorder: RoutingRecorder | None = None,
+                expert_ids_T: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Logits per example (a list: tasks have different numbers of outputs); ``recorder`` receives
+        the routed modules' auxiliary losses; ``expert_ids_T`` forces the LoRA-Mixer routing per token."""
+        h_TD, _ = self.model(input_ids, cu_seqlens, max_seqlen, recorder=recorder, expert_ids_T=expert_ids_T)
         pooled_BD = pool(h_TD, cu_seqlens, self.pooling)
         out: list[torch.Tensor | None] = [None] * len(task_ids)
         for t, name in enumerate(self.tasks):

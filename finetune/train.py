@@ -4,6 +4,11 @@
     python -m finetune.train --model M --tasks data/finetune/sentiment data/finetune/topic --mode multitask --out ft/multi
     python -m finetune.train --model M --tasks T1 T2 --mode mixer-plug --adapters ft/sent ft/topic --out ft/plug
     python -m finetune.train --model M --tasks T1 T2 --mode mixer-joint --out ft/joint
+    python -m finetune.train --model M --glue-dir GLUE --tasks SST-2 STS-B --mode mixer-joint --out ft/glue-joint
+
+Tasks are task directories (train/test .jsonl/.csv/.tsv; accuracy and macro-F1 on test) or, with
+--glue-dir, GLUE task names (SST-2, MRPC, STS-B, RTE, CoLA: GLUE's metrics on dev and test, STS-B a
+regression head).
 
 Modes:
   full         every weight trained (one task)
@@ -11,13 +16,24 @@ Modes:
   multitask    one shared LoRA adapter + one head per task, on the tasks' mixed training sets
   mixer-plug   LoRA-Mixer regime (ii): the N adapters of earlier ``lora`` runs become N frozen attention
                experts of every block (with their runs' frozen heads); only the routers train, on a small
-               mixed set (--train-per-task examples of each task)
-  mixer-joint  LoRA-Mixer regime (i): N fresh experts, routers and heads trained together with hard-soft
-               top-k routing and the Routing Specialization Loss (--rsl-alpha, --rsl-lambda)
+               mixed set (--train-per-task examples of each task), with the task loss and the RSL
+  mixer-joint  LoRA-Mixer regime (i), in the paper's stages:
+                 1. domain-forced (--forced-epochs): each task's tokens go to its own expert (hard, weight
+                    1); experts and heads train on the task loss, the routers learn the forced choice
+                    (cross-entropy, weight --router-ce);
+                 2. routed (--epochs): the routers choose (--joint-routing hardsoft|soft|topk) with the RSL,
+                    plus the expert-preservation loss (weight --preserve): each expert's ΔW_j = s·B_j·A_j
+                    kept near what stage 1 made of it, ‖ΔW_j − ΔW_j⁰‖² / ‖ΔW_j⁰‖² averaged over experts
+                    and projections;
+                 inference routes top-K (--top-k).
+Routing Specialization Loss: α·balance − λ·H (--rsl-alpha, --rsl-lambda; --rsl-entropy minimise for
++λ·H, which sharpens). --route shared|per_projection: one router per block for Wqkv and Wo, or Wo
+routed on the attention output by its own router.
+
 MODEL is a native model directory (tools/consolidate_checkpoint.py or merge_experts.py output). Each run
-writes OUT/results.json (accuracy and macro-F1 per task; for the mixers also routing entropy and the
-share of routed tokens per expert, per task), OUT/heads.safetensors, and for lora/multitask the adapter in
-PEFT format (adapter_config.json + adapter_model.safetensors).
+writes OUT/results.json (per task and split the metrics and the task score; for the mixers the share of
+routed tokens per expert for each task, the routing matrix, and each stage's log), OUT/heads.safetensors,
+and for lora/multitask the adapter in PEFT format (adapter_config.json + adapter_model.safetensors).
 """
 
 from __future__ import annotations
@@ -32,55 +48,60 @@ import time
 if __package__ in (None, ""):  # run as a script: the repository root first (else `model` is finetune/model.py)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from data_prep.tokenizer import Tokenizer
-from finetune.data import DataError, Task, batches, load_task
+from evaluation.metrics import task_metrics, task_score
+from finetune.data import DataError, Task, batches, load_glue_task, load_task
 from finetune.model import TaskClassifier, add_lora, save_adapter
-from model.config import AttnExpertsConfig
-from model.lora_mixer import AdapterError, freeze_all_but_routers, load_peft_adapters
+from model.classification import classification_loss
+from model.config import RSL_ENTROPY, ROUTE_INPUTS, ROUTING_MODES, AttnExpertsConfig
+from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers, load_peft_adapters
 from model.losses import combine_losses
-from model.routing import RoutingRecorder
 from model.native_format import InputError, load_native
+from model.routing import RoutingRecorder
 
 MODES = ("full", "lora", "multitask", "mixer-plug", "mixer-joint")
 
 
-def macro_f1(pred: list[int], gold: list[int], n: int) -> float:
-    f1s = []
-    for c in range(n):
-        tp = sum(p == c and g == c for p, g in zip(pred, gold))
-        fp = sum(p == c and g != c for p, g in zip(pred, gold))
-        fn = sum(p != c and g == c for p, g in zip(pred, gold))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(f1s) / n
+def task_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of each example's own loss (tasks differ in their number of outputs)."""
+    return torch.stack([classification_loss(lg[None], lab[None]) for lg, lab in zip(logits, labels)]).mean()
+
+
+def routed_counts(recorder: RoutingRecorder) -> torch.Tensor | None:
+    """Tokens per expert summed over every routed attention application (and both routers per block)."""
+    counts = [st["tokens_per_expert"].double() for name, st in recorder.stats.items() if ".attn" in name]
+    return torch.stack(counts).sum(0) if counts else None
 
 
 @torch.no_grad()
 def evaluate(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> dict:
+    """Per task: {split: metrics + score}; for a mixer also the routed-token share per expert and the mean
+    router entropy on the task's report split."""
     clf.eval()
     out = {}
     for t, task in enumerate(tasks):
-        pred, gold = [], []
-        load = None
-        entropy, n_calls = 0.0, 0
-        for b in batches([(ids, lab, t) for ids, lab in task.test], batch_size, False, 0):
-            recorder = RoutingRecorder()
-            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder)
-            pred += [int(x.argmax()) for x in logits]
-            gold += b["labels"].tolist()
-            for name, st in recorder.stats.items():
-                if name.endswith(".attn"):
-                    c = st["tokens_per_expert"].double()
+        res = {}
+        for split, examples in task.evals.items():
+            scores, load, entropy, n_calls = [], None, 0.0, 0
+            for b in batches([(ids, lab, t) for ids, lab in examples], batch_size, False, 0):
+                recorder = RoutingRecorder()
+                logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder)
+                scores += [lg.float().numpy() for lg in logits]
+                c = routed_counts(recorder)
+                if c is not None:
                     load = c if load is None else load + c
-                    entropy += float(st["router_entropy"])
-                    n_calls += 1
-        acc = sum(p == g for p, g in zip(pred, gold)) / len(gold)
-        res = {"accuracy": acc, "macro_f1": macro_f1(pred, gold, len(task.labels)), "test_examples": len(gold)}
-        if load is not None:
-            res["expert_share"] = [round(float(x), 4) for x in load / load.sum()]
-            res["router_entropy"] = entropy / n_calls
+                    ents = [float(st["router_entropy"]) for n, st in recorder.stats.items() if ".attn" in n]
+                    entropy, n_calls = entropy + sum(ents), n_calls + len(ents)
+            pred = np.stack(scores)
+            pred = pred[:, 0] if task.is_regression else pred
+            m = task_metrics(task.metrics, pred, np.array([lab for _, lab in examples]))
+            res[split] = {**m, "score": task_score(m, task.main), "examples": len(examples)}
+            if load is not None and split == task.report:
+                res["expert_share"] = [round(float(x), 4) for x in load / load.sum()]
+                res["router_entropy"] = entropy / n_calls
         out[task.name] = res
     clf.train()
     return out
@@ -93,8 +114,10 @@ def build(model_dir: str, tasks: list[Task], mode: str, a: argparse.Namespace) -
     if mode.startswith("mixer"):
         cfg = dataclasses.replace(cfg, attn_experts=AttnExpertsConfig(
             groups=tuple(range(cfg.num_groups)), num_experts=n_exp, top_k=min(a.top_k, n_exp), rank=a.lora_rank,
-            alpha=a.lora_alpha, routing="hardsoft", rsl_alpha=a.rsl_alpha, rsl_lambda=a.rsl_lambda)).validate()
-    clf = TaskClassifier(cfg, {t.name: len(t.labels) for t in tasks}, a.pooling)
+            alpha=a.lora_alpha, routing=a.joint_routing if mode == "mixer-joint" else "hardsoft",
+            rsl_alpha=a.rsl_alpha, rsl_lambda=a.rsl_lambda, rsl_entropy=a.rsl_entropy, route=a.route,
+            eval_routing="topk")).validate()
+    clf = TaskClassifier(cfg, {t.name: t.num_outputs for t in tasks}, a.pooling)
     encoder = {k[len("model."):]: v for k, v in native.state_dict().items() if k.startswith("model.")}
     missing, unexpected = clf.model.load_state_dict(encoder, strict=False)
     if unexpected or any(not (k.endswith(("lora_A", "lora_B", "lora_scale")) or "attn.router" in k) for k in missing):
@@ -104,11 +127,81 @@ def build(model_dir: str, tasks: list[Task], mode: str, a: argparse.Namespace) -
     return clf
 
 
-def main(argv: list[str] | None = None) -> int:
+def expert_deltas(clf: TaskClassifier) -> dict[str, torch.Tensor]:
+    """ΔW_j = s_j·B_j·A_j of every attention expert, stacked per projection: name → [E, Out, In]."""
+    return {n: torch.stack([m.expert_delta(j) for j in range(m.lora_A.shape[0])])
+            for n, m in clf.named_modules() if isinstance(m, MixtureLinear)}
+
+
+def preservation_loss(clf: TaskClassifier, anchors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """LoRA-Mixer's expert preservation: mean over projections and experts of ‖ΔW_j − ΔW_j⁰‖² / ‖ΔW_j⁰‖²."""
+    terms = []
+    for name, delta_EOI in expert_deltas(clf).items():
+        ref = anchors[name]
+        terms.append(((delta_EOI - ref).square().sum((1, 2)) / ref.square().sum((1, 2)).clamp_min(1e-12)).mean())
+    return torch.stack(terms).mean()
+
+
+def load_tasks(a: argparse.Namespace, tok: Tokenizer) -> list[Task]:
+    if a.glue_dir:
+        return [load_glue_task(name, a.glue_dir, tok, a.max_len, a.max_train, a.max_eval) for name in a.tasks]
+    cols = tuple(a.text_columns.split(","))
+    return [load_task(d, tok, cols, a.label_column, a.max_len, a.max_train) for d in a.tasks]
+
+
+def run_stage(clf: TaskClassifier, train: list, stage: dict, a: argparse.Namespace, log) -> list[dict]:
+    """One stage of training; ``stage``: name, epochs, lr, forced (domain-forced routing), anchors (expert
+    preservation) — returns the per-epoch log."""
+    params = [p for p in clf.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=stage["lr"], weight_decay=0.01)
+    steps = max(1, stage["epochs"] * -(-len(train) // a.batch_size))
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9))))
+    history = []
+    for epoch in range(stage["epochs"]):
+        sums: dict[str, float] = {}
+        n = 0
+        for b in batches(train, a.batch_size, True, a.seed * 1000 + stage["seed_offset"] + epoch):
+            recorder = RoutingRecorder()
+            forced = None
+            if stage["forced"]:  # each example's tokens to its task's expert
+                lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).long()
+                forced = torch.repeat_interleave(b["task_ids"], lens)
+            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder, forced)
+            parts = {"task": task_loss(logits, b["labels"])}
+            aux = dict(recorder.close().aux_losses)
+            extra = []
+            if "attn_route_ce" in aux:  # mean over the routed applications
+                n_routed = sum(1 for name in recorder.stats if ".attn" in name)
+                parts["route_ce"] = aux.pop("attn_route_ce") / n_routed
+                extra.append((parts["route_ce"], a.router_ce))
+            if "attn_rsl" in aux:
+                parts["rsl"] = aux["attn_rsl"]
+            if stage.get("anchors"):
+                parts["preserve"] = preservation_loss(clf, stage["anchors"])
+                extra.append((parts["preserve"], a.preserve))
+            loss = combine_losses(clf.cfg, parts["task"], aux, extra=extra)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n += 1
+        row = {"epoch": epoch + 1, **{k: round(v / n, 5) for k, v in sums.items()}}
+        history.append(row)
+        log(f"  [{stage['name']}] epoch {epoch + 1}/{stage['epochs']}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+    return history
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m finetune.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="native model directory")
-    p.add_argument("--tasks", nargs="+", required=True, help="task directories (train/test .jsonl/.csv/.tsv)")
+    p.add_argument("--tasks", nargs="+", required=True,
+                   help="task directories (train/test .jsonl/.csv/.tsv), or GLUE task names with --glue-dir")
+    p.add_argument("--glue-dir", help="directory of GLUE task folders (data_prep/glue_data.py layouts)")
     p.add_argument("--mode", choices=MODES, default="lora")
     p.add_argument("--out", required=True)
     p.add_argument("--adapters", nargs="*", default=[], help="mixer-plug: lora run dirs, one per task, in --tasks order")
@@ -117,29 +210,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     p.add_argument("--max-train", type=int, default=0, help="training examples per task (0: all)")
+    p.add_argument("--max-eval", type=int, default=0, help="GLUE: dev/test examples per task (0: all)")
     p.add_argument("--train-per-task", type=int, default=1000, help="mixer-plug: router training examples per task")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (mixer-joint: of the routed stage)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="default: 2e-4 full, 2e-3 otherwise")
     p.add_argument("--lora-targets", default="attn.Wqkv,attn.Wo")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--top-k", type=int, default=1, help="mixers: experts per token")
-    p.add_argument("--rsl-alpha", type=float, default=0.01)
-    p.add_argument("--rsl-lambda", type=float, default=0.01, help="> 0 sharpens each token's routing")
+    p.add_argument("--top-k", type=int, default=1, help="mixers: experts per token (training and inference)")
+    p.add_argument("--route", choices=ROUTE_INPUTS, default="shared",
+                   help="mixers: one router per block (shared) or Wo routed on its own input (per_projection)")
+    p.add_argument("--rsl-alpha", type=float, default=0.01, help="RSL load-balance weight")
+    p.add_argument("--rsl-lambda", type=float, default=0.01, help="RSL entropy weight (>= 0)")
+    p.add_argument("--rsl-entropy", choices=RSL_ENTROPY, default="maximise",
+                   help="maximise: the paper's printed Eq. 5; minimise: sharpen each token's routing")
+    p.add_argument("--forced-epochs", type=int, default=1, help="mixer-joint: epochs of domain-forced routing (0: skip)")
+    p.add_argument("--router-ce", type=float, default=1.0,
+                   help="mixer-joint, forced stage: weight of the routers' cross-entropy to the forced expert")
+    p.add_argument("--joint-routing", choices=ROUTING_MODES, default="hardsoft", help="mixer-joint, routed stage")
+    p.add_argument("--preserve", type=float, default=1.0,
+                   help="mixer-joint, routed stage: expert-preservation weight (0: off; needs --forced-epochs)")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     torch.manual_seed(a.seed)
     t0 = time.time()
     try:
         doc = load_native(a.model)[1]
         tok = Tokenizer(os.path.join(a.model, doc["tokenizer"]))
-        cols = tuple(a.text_columns.split(","))
-        tasks = [load_task(d, tok, cols, a.label_column, a.max_len, a.max_train) for d in a.tasks]
+        tasks = load_tasks(a, tok)
         if a.mode in ("full", "lora") and len(tasks) != 1:
             raise DataError(f"--mode {a.mode} takes one task (got {len(tasks)}); use multitask or a mixer")
         if a.mode == "mixer-plug" and len(a.adapters) != len(tasks):
             raise DataError(f"--mode mixer-plug: {len(tasks)} tasks need {len(tasks)} --adapters (got {len(a.adapters)})")
+        for name in ("rsl_lambda", "preserve", "router_ce"):
+            if getattr(a, name) < 0:
+                raise DataError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be >= 0")
         clf = build(a.model, tasks, a.mode, a)
         if a.mode == "mixer-plug":
             load_peft_adapters(clf, [os.path.join(d, "adapter") for d in a.adapters])
@@ -149,48 +259,45 @@ def main(argv: list[str] | None = None) -> int:
                 heads = load_file(os.path.join(d, "heads.safetensors"))
                 clf.heads[task.name].load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items()
                                                       if k.startswith(task.name + ".")})
-            trainable = freeze_all_but_routers(clf)
-        elif a.mode == "full":
-            trainable = [n for n, _ in clf.named_parameters()]
-        else:
+            freeze_all_but_routers(clf)
+        elif a.mode != "full":
             for n, prm in clf.named_parameters():
                 prm.requires_grad_(n.startswith("heads.") or "lora_" in n or "attn.router" in n)
-            trainable = [n for n, prm in clf.named_parameters() if prm.requires_grad]
     except (InputError, DataError, AdapterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     train = [(ids, lab, t) for t, task in enumerate(tasks)
              for ids, lab in (task.train[: a.train_per_task] if a.mode == "mixer-plug" else task.train)]
-    params = [prm for prm in clf.parameters() if prm.requires_grad]
+    trainable = [n for n, prm in clf.named_parameters() if prm.requires_grad]
+    n_trainable = sum(prm.numel() for prm in clf.parameters() if prm.requires_grad)
     lr = a.lr or (2e-4 if a.mode == "full" else 2e-3)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    steps = a.epochs * -(-len(train) // a.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps))
     frozen_before = {n: prm.detach().clone() for n, prm in clf.named_parameters() if not prm.requires_grad}
-    print(f"{a.mode}: {len(train)} training examples, {sum(x.numel() for x in params):,} trainable parameters "
-          f"({len(trainable)} tensors), {a.epochs} epochs, lr {lr:g}")
+    print(f"{a.mode}: {len(train)} training examples, {n_trainable:,} trainable parameters "
+          f"({len(trainable)} tensors), lr {lr:g}")
     clf.train()
-    step = 0
-    for epoch in range(a.epochs):
-        total, n = 0.0, 0
-        for b in batches(train, a.batch_size, True, a.seed + epoch):
-            recorder = RoutingRecorder()
-            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder)
-            task_loss = torch.stack([F.cross_entropy(lg[None], lab[None]) for lg, lab in zip(logits, b["labels"])]).mean()
-            loss = combine_losses(clf.cfg, task_loss, recorder.close().aux_losses)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            total, n, step = total + float(loss.detach()), n + 1, step + 1
-        print(f"  epoch {epoch + 1}/{a.epochs}: train loss {total / n:.4f}")
+    stages = []
+    if a.mode == "mixer-joint" and a.forced_epochs > 0:
+        stages.append({"name": "forced", "epochs": a.forced_epochs, "lr": lr, "forced": True, "seed_offset": 0,
+                       "routing": "domain-forced (one-hot by task)"})
+    stages.append({"name": "routed" if a.mode.startswith("mixer") else "train", "epochs": a.epochs, "lr": lr,
+                   "forced": False, "seed_offset": 100, "routing": clf.cfg.attn_experts.routing
+                   if a.mode.startswith("mixer") else None})
+    for stage in stages:
+        if a.mode == "mixer-joint" and not stage["forced"] and a.preserve > 0 and len(stages) > 1:
+            with torch.no_grad():
+                stage["anchors"] = {k: v.detach().clone() for k, v in expert_deltas(clf).items()}
+        print(f"stage {stage['name']}: {stage['epochs']} epochs, routing {stage['routing']}")
+        stage["history"] = run_stage(clf, train, stage, a, print)
+        stage.pop("anchors", None)
     results = evaluate(clf, tasks, a.batch_size)
     changed = [n for n, v in frozen_before.items() if not torch.equal(v, dict(clf.named_parameters())[n])]
-    summary = {"mode": a.mode, "model": os.path.abspath(a.model), "tasks": {t.name: t.labels for t in tasks},
-               "train_examples": len(train), "trainable_parameters": sum(x.numel() for x in params),
+    summary = {"mode": a.mode, "model": os.path.abspath(a.model),
+               "tasks": {t.name: {"labels": t.labels, "metrics": list(t.metrics), "report": t.report} for t in tasks},
+               "train_examples": len(train), "trainable_parameters": n_trainable,
                "frozen_tensors_changed": changed, "seconds": round(time.time() - t0, 1), "results": results,
-               "args": vars(a)}
+               "stages": stages, "args": vars(a)}
+    if a.mode.startswith("mixer"):
+        summary["routing_matrix"] = [results[t.name]["expert_share"] for t in tasks]  # rows: tasks, cols: experts
     os.makedirs(a.out, exist_ok=True)
     from safetensors.torch import save_file
 
@@ -199,10 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         save_adapter(clf, os.path.join(a.out, "adapter"))
     with open(os.path.join(a.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
-    for name, r in results.items():
+    for t in tasks:
+        r = results[t.name]
+        line = "  ".join(f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "examples")
+                         for split, m in r.items() if isinstance(m, dict))
         extra = (f"  router entropy {r['router_entropy']:.3f}  expert share {r['expert_share']}"
                  if "expert_share" in r else "")
-        print(f"  {name}: accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}{extra}")
+        print(f"  {t.name}: {line}{extra}")
     return 0
 
 

@@ -79,7 +79,7 @@ def test_adapter_save_and_load_round_trip_gives_equal_logits(native, tasks, tmp_
     b = classifier()
     load_adapter(b, str(tmp_path / "adapter"))
     b.heads.load_state_dict(a.heads.state_dict())
-    batch = next(batches([(ids, lab, 0) for ids, lab in task.test], 8, False, 0))
+    batch = next(batches([(ids, lab, 0) for ids, lab in task.evals["test"]], 8, False, 0))
     with torch.no_grad():
         la = a(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"], batch["task_ids"])
         lb = b(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"], batch["task_ids"])
@@ -103,10 +103,16 @@ def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(native, tasks
     assert res["trainable_parameters"] == 2 * 2 * 64  # one router (2 experts x d 64) per group, 2 groups
     for task in ("source", "length"):
         r = res["results"][task]
-        assert 0 <= r["accuracy"] <= 1 and len(r["expert_share"]) == 2 and r["router_entropy"] >= 0
+        assert 0 <= r["test"]["accuracy"] <= 1 and r["test"]["score"] == r["test"]["accuracy"]
+        assert len(r["expert_share"]) == 2 and r["router_entropy"] >= 0
+    assert res["routing_matrix"] == [res["results"][t]["expert_share"] for t in ("source", "length")]
     assert train.main([*common, "--tasks", *tasks, "--mode", "mixer-joint", "--out", str(tmp_path / "joint")]) == 0
     joint = json.load(open(tmp_path / "joint" / "results.json"))
     assert joint["args"]["top_k"] == 1 and "expert_share" in joint["results"]["source"]
+    # the paper's stages: domain-forced (routers learn the forced expert), then routed with RSL + preservation
+    assert [s["name"] for s in joint["stages"]] == ["forced", "routed"]
+    assert set(joint["stages"][0]["history"][0]) == {"epoch", "task", "route_ce"}
+    assert set(joint["stages"][1]["history"][0]) == {"epoch", "task", "rsl", "preserve"}
     assert train.main([*common, "--tasks", *tasks, "--mode", "multitask", "--out", str(tmp_path / "multi")]) == 0
     assert os.path.isfile(tmp_path / "multi" / "adapter" / "adapter_model.safetensors")
 
@@ -133,3 +139,64 @@ def test_sentence_pairs_are_encoded_cls_a_sep_b_sep(native, tmp_path):
     a, b = tok.encode(["The hacker wrote code.", "Code was written."])
     assert task.labels == ["no", "yes"]
     assert task.train[0] == ([sid.cls, *a, sid.sep, *b, sid.sep], 1)
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory) -> str:
+    """STS-B (regression, pairs) and RTE (classes, pairs) in the GLUE layouts, from the shipped corpus's text."""
+    root = tmp_path_factory.mktemp("glue")
+    lines = [" ".join(d.split())[:160] for f in resolve_inputs([SAMPLE_CORPUS_DIR]) for d in CorpusReader([f])
+             if len(d) > 20][:240]
+    pairs = list(zip(lines[::2], lines[1::2]))
+    os.makedirs(root / "STS-B")
+    os.makedirs(root / "RTE")
+    for split, part in (("train", pairs[:80]), ("dev", pairs[80:100]), ("test", pairs[100:120])):
+        with open(root / "STS-B" / f"{split}.tsv", "w") as f:
+            if split == "test":
+                f.write("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n")
+            for i, (x, y) in enumerate(part):
+                f.write(f"{i}\tmain\tf\t2012\t{i}\tnone\tnone\t{x}\t{y}\t{(i * 7) % 51 / 10:.1f}\n")
+        with open(root / "RTE" / f"{split}.tsv", "w") as f:
+            f.write("index\tsentence1\tsentence2\tlabel\n")
+            for i, (x, y) in enumerate(part):
+                f.write(f"{i}\t{x}\t{y}\t{'entailment' if i % 2 else 'not_entailment'}\n")
+    return str(root)
+
+
+def test_glue_tasks_train_with_a_regression_head_and_glue_metrics(native, glue_dir, tmp_path):
+    out = tmp_path / "joint"
+    assert train.main(["--model", native, "--glue-dir", glue_dir, "--tasks", "STS-B", "RTE", "--mode", "mixer-joint",
+                       "--epochs", "1", "--forced-epochs", "1", "--batch-size", "16", "--max-len", "64",
+                       "--route", "per_projection", "--out", str(out)]) == 0
+    res = json.load(open(out / "results.json"))
+    sts, rte = res["results"]["STS-B"], res["results"]["RTE"]
+    assert set(sts) == {"dev", "test", "expert_share", "router_entropy"}
+    assert set(sts["test"]) == {"pearson", "spearman", "score", "examples"} and sts["test"]["examples"] == 20
+    assert sts["test"]["score"] == pytest.approx((sts["test"]["pearson"] + sts["test"]["spearman"]) / 2)
+    assert set(rte["dev"]) == {"accuracy", "score", "examples"}
+    assert res["tasks"]["STS-B"] == {"labels": [], "metrics": ["pearson", "spearman"], "report": "test"}
+    heads = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(out / "heads.safetensors"))
+    assert heads["STS-B.out.weight"].shape[0] == 1 and heads["RTE.out.weight"].shape[0] == 2
+    # per-projection routing: both routers of every block are counted in the routing matrix
+    assert len(res["routing_matrix"]) == 2 and all(abs(sum(r) - 1) < 1e-3 for r in res["routing_matrix"])
+
+
+def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_dir, tmp_path):
+    from benchmarks import finetune_regimes
+
+    out = tmp_path / "regimes"
+    assert finetune_regimes.main(["--model", native, "--glue-dir", glue_dir, "--tasks", "STS-B", "RTE",
+                                  "--seeds", "0", "--epochs", "2", "--out", str(out), "--",
+                                  "--batch-size", "16", "--max-len", "48", "--train-per-task", "20"]) == 0
+    doc = json.load(open(out / "regimes.json"))
+    assert list(doc["table"]) == ["lora", "multitask", "plug", "joint"]
+    assert set(doc["targets"]) == {"plug_own_adapter_share", "plug_routes_own_adapter_over_60pct",
+                                   "plug_minus_single_task_points", "plug_within_2_points",
+                                   "joint_minus_multitask_points", "joint_at_least_multitask"}
+    plug = json.load(open(out / "seed0" / "plug" / "results.json"))
+    assert plug["frozen_tensors_changed"] == [] and plug["train_examples"] == 40
+    joint = json.load(open(out / "seed0" / "joint" / "results.json"))
+    assert [(s["name"], s["epochs"]) for s in joint["stages"]] == [("forced", 1), ("routed", 1)]
+    assert os.path.getsize(out / "routing.png") > 1000
+    md = open(out / "regimes.md").read()
+    assert "| single-task LoRAs |" in md and "Routing, LoRA-Mixer (ii) plug-and-play" in md

@@ -32,6 +32,8 @@ def test_metrics_match_scikit_learn_and_scipy():
     assert metrics.accuracy(pred, gold) == pytest.approx(accuracy_score(gold, pred), abs=1e-12)
     assert metrics.f1(pred, gold) == pytest.approx(f1_score(gold, pred), abs=1e-12)
     assert metrics.matthews(pred, gold) == pytest.approx(matthews_corrcoef(gold, pred), abs=1e-12)
+    gold5, pred5 = rng.integers(0, 5, 300), rng.integers(0, 4, 300)  # class 4 never predicted
+    assert metrics.macro_f1(pred5, gold5) == pytest.approx(f1_score(gold5, pred5, average="macro"), abs=1e-12)
     assert metrics.matthews(np.ones(10), gold[:10]) == 0.0  # constant prediction: 0, as scikit-learn
     x = rng.normal(size=300)
     y = x + rng.normal(size=300)
@@ -260,7 +262,7 @@ def test_runner_scores_a_plain_hf_bert_teacher_and_an_hf_export_with_lora(native
 
 
 def test_truncation_is_longest_first():
-    from evaluation.models import truncate_pair
+    from data_prep.tokenizer import truncate_pair
 
     assert [len(p) for p in truncate_pair([[1] * 10, [2] * 3], 8)] == [5, 3]
     assert [len(p) for p in truncate_pair([[1] * 10, [2] * 10], 9)] == [5, 4]

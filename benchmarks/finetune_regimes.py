@@ -1,0 +1,179 @@
+"""Task LoRAs against the LoRA-Mixer regimes, on the same tasks, model and seeds: table, routing heatmap.
+
+    python benchmarks/finetune_regimes.py --model runs/student/native --glue-dir GLUE_DIR \\
+        --tasks SST-2 MRPC STS-B RTE --seeds 0,1,2 --out runs/regimes -- --max-train 1000 --max-eval 500
+    python benchmarks/finetune_regimes.py --model runs/quickstart/native --tasks data/finetune/sentiment \\
+        data/finetune/topic --seeds 0 --out runs/regimes-local
+
+Per seed (every run is ``python -m finetune.train``, so every regime sees the same data and code):
+  lora        one LoRA + head per task (single-task reference)
+  multitask   one shared LoRA, one head per task, on the mixed training sets
+  plug        LoRA-Mixer regime (ii): that seed's task LoRAs as frozen experts, only the routers train
+  joint       LoRA-Mixer regime (i): domain-forced stage (--forced-epochs) then routed stage with the
+              RSL and expert preservation; the same total number of epochs as the others
+  plug-pp, joint-pp (with --per-projection): the same with Wo routed on its own input
+Extra arguments after ``--`` go to every run (e.g. ``-- --max-train 1000 --lr 1e-3``). Runs are cached
+under OUT (a run whose results.json exists is not repeated). Output: OUT/regimes.md (table: each task's
+score on its report split — test where the task has one, else dev — as the median over seeds and the
+range; the average; trainable parameters; routing matrices), OUT/regimes.json and OUT/routing.png (the
+routing matrix of each mixer, mean over seeds: share of each task's routed tokens per expert).
+Targets checked (issue 14): plug-and-play routes > 60 % of each task's tokens to its own adapter and
+stays within 2 points of the single-task LoRAs on the average; joint ≥ multi-task LoRA on the average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: the repository root first (else `model` is finetune/model.py)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+from finetune import train  # noqa: E402
+
+TITLES = {"lora": "single-task LoRAs", "multitask": "multi-task LoRA", "plug": "LoRA-Mixer (ii) plug-and-play",
+          "joint": "LoRA-Mixer (i) joint, staged", "plug-pp": "LoRA-Mixer (ii) plug-and-play, per-projection",
+          "joint-pp": "LoRA-Mixer (i) joint, staged, per-projection"}
+
+
+def run(args: list[str], out: str, log) -> dict:
+    path = os.path.join(out, "results.json")
+    if not os.path.isfile(path):
+        t0 = time.time()
+        if train.main([*args, "--out", out]):
+            raise SystemExit(f"error: finetune.train failed for {out}")
+        log(f"  {out}: {time.time() - t0:.0f} s")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str, dict]:
+    """Every regime for one seed: {regime: {"scores": {task: score}, "params": n, "matrix": rows|None}}."""
+    base = ["--model", a.model, "--seed", str(seed), *(["--glue-dir", a.glue_dir] if a.glue_dir else []), *extra]
+    root = os.path.join(a.out, f"seed{seed}")
+
+    def scores(res: dict, task: str) -> float:
+        return res["results"][task][res["tasks"][task]["report"]]["score"]
+
+    out = {}
+    singles = {}
+    for task, name in zip(a.tasks, names):
+        singles[name] = run([*base, "--tasks", task, "--mode", "lora", "--epochs", str(a.epochs)],
+                            os.path.join(root, f"lora_{name}"), log)
+    out["lora"] = {"scores": {n: scores(r, n) for n, r in singles.items()},
+                   "params": sum(r["trainable_parameters"] for r in singles.values()), "matrix": None}
+    adapters = [os.path.join(root, f"lora_{n}") for n in names]
+    regimes = {"multitask": ["--mode", "multitask", "--epochs", str(a.epochs)],
+               "plug": ["--mode", "mixer-plug", "--adapters", *adapters, "--epochs", str(a.epochs)],
+               "joint": ["--mode", "mixer-joint", "--forced-epochs", str(a.forced_epochs),
+                         "--epochs", str(a.epochs - a.forced_epochs)]}
+    if a.per_projection:
+        regimes["plug-pp"] = [*regimes["plug"], "--route", "per_projection"]
+        regimes["joint-pp"] = [*regimes["joint"], "--route", "per_projection"]
+    for regime, args in regimes.items():
+        res = run([*base, "--tasks", *a.tasks, *args], os.path.join(root, regime), log)
+        out[regime] = {"scores": {n: scores(res, n) for n in names}, "params": res["trainable_parameters"],
+                       "matrix": res.get("routing_matrix"), "seconds": res["seconds"]}
+    return out
+
+
+def heatmap(matrices: dict[str, np.ndarray], names: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.4), squeeze=False)
+    for ax, (regime, m) in zip(axes[0], matrices.items()):
+        ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w" if m[i, j] < 0.6 else "k",
+                        fontsize=8)
+        ax.set_xticks(range(len(names)), [f"E{j}\n({n})" for j, n in enumerate(names)], fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_title(TITLES[regime].replace("LoRA-Mixer ", ""), fontsize=8)
+        ax.set_xlabel("expert (adapter / forced task)", fontsize=7)
+    axes[0][0].set_ylabel("task (its routed tokens)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="benchmarks/finetune_regimes.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="native model directory")
+    p.add_argument("--tasks", nargs="+", required=True, help="task directories, or GLUE names with --glue-dir")
+    p.add_argument("--glue-dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of every regime (joint: forced + routed)")
+    p.add_argument("--forced-epochs", type=int, default=1, help="joint: of --epochs, the domain-forced ones")
+    p.add_argument("--per-projection", action="store_true", help="also the per-projection routing rows")
+    a = p.parse_args(argv)
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    if not 0 <= a.forced_epochs < a.epochs:
+        p.error(f"--forced-epochs {a.forced_epochs}: must be in [0, --epochs={a.epochs})")
+    names = [os.path.basename(os.path.normpath(t)) for t in a.tasks]
+    os.makedirs(a.out, exist_ok=True)
+    per_seed = {s: seed_runs(a, s, names, extra, print) for s in seeds}
+    regimes = list(per_seed[seeds[0]])
+    table = {}
+    for r in regimes:
+        task_scores = {n: [per_seed[s][r]["scores"][n] for s in seeds] for n in names}
+        avgs = [float(np.mean([per_seed[s][r]["scores"][n] for n in names])) for s in seeds]
+        mats = [per_seed[s][r]["matrix"] for s in seeds if per_seed[s][r]["matrix"]]
+        table[r] = {"tasks": {n: {"median": float(np.median(v)), "min": min(v), "max": max(v)}
+                              for n, v in task_scores.items()},
+                    "average": {"median": float(np.median(avgs)), "min": min(avgs), "max": max(avgs), "per_seed": avgs},
+                    "params": per_seed[seeds[0]][r]["params"],
+                    "matrix": np.mean(mats, 0).tolist() if mats else None}
+    targets = {}
+    if "plug" in table:
+        diag = np.diag(np.array(table["plug"]["matrix"]))
+        targets["plug_own_adapter_share"] = dict(zip(names, diag.round(3).tolist()))
+        targets["plug_routes_own_adapter_over_60pct"] = bool((diag > 0.6).all())
+        gap = 100 * (table["plug"]["average"]["median"] - table["lora"]["average"]["median"])
+        targets["plug_minus_single_task_points"] = round(gap, 2)
+        targets["plug_within_2_points"] = bool(gap >= -2.0)
+    if "joint" in table:
+        d = 100 * (table["joint"]["average"]["median"] - table["multitask"]["average"]["median"])
+        targets["joint_minus_multitask_points"] = round(d, 2)
+        targets["joint_at_least_multitask"] = bool(d >= 0)
+    lines = ["| regime | trainable params | " + " | ".join(names) + " | average (median) | average per seed min–max |",
+             "|---|---|" + "---|" * (len(names) + 2)]
+    for r, t in table.items():
+        cells = [f"{100 * t['tasks'][n]['median']:.1f} ({100 * t['tasks'][n]['min']:.1f}–{100 * t['tasks'][n]['max']:.1f})"
+                 for n in names]
+        lines.append(f"| {TITLES[r]} | {t['params']:,} | " + " | ".join(cells)
+                     + f" | **{100 * t['average']['median']:.1f}** | {100 * t['average']['min']:.1f}–"
+                     f"{100 * t['average']['max']:.1f} |")
+    lines.append("")
+    for r, t in table.items():
+        if t["matrix"]:
+            lines.append(f"Routing, {TITLES[r]} (rows: tasks; columns: experts {', '.join(names)}): "
+                         + "; ".join(f"{n} [{', '.join(f'{x:.2f}' for x in row)}]" for n, row in zip(names, t["matrix"])))
+    lines += ["", "Targets: " + json.dumps(targets)]
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(a.out, "regimes.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    with open(os.path.join(a.out, "regimes.json"), "w", encoding="utf-8") as f:
+        json.dump({"tasks": names, "seeds": seeds, "extra_args": extra, "table": table, "targets": targets,
+                   "per_seed": per_seed}, f, indent=1)
+    mats = {r: np.array(t["matrix"]) for r, t in table.items() if t["matrix"]}
+    if mats:
+        heatmap(mats, names, os.path.join(a.out, "routing.png"))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
