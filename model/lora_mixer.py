@@ -5,6 +5,12 @@ experts: ``y = W x + Σ_j w_j s_j B_j A_j x`` with per-token weights w [T, E] fr
 (``model.routing.mixing_weights``: soft, topk or hardsoft). The experts' A and B are applied for all
 experts in one matmul each (E·r is small); unselected experts have weight 0.
 
+Which input routes which projection (``attn_experts.route``, chosen in ``model/modernalbert.py``'s
+``Attention``): ``shared`` — one router on the block input gives the weights of Wqkv and Wo, so a PEFT
+adapter (which adapts both) acts as one whole expert; ``per_projection`` — Wqkv is routed on the block
+input, Wo by a second router (``router_o``) on the attention output, as the paper places its routers.
+At inference ``eval_routing=topk`` serves a soft-trained mixer with top-K routing.
+
 Plug-and-play regime: ``load_peft_adapters`` puts N frozen PEFT LoRA adapters (``adapter_config.json``
 + ``adapter_model.safetensors``) in as the N experts, and ``freeze_all_but_routers`` leaves only the
 routers trainable. Adapters of different ranks are zero-padded to the largest (exact), each keeps its
