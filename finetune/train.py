@@ -70,9 +70,14 @@ def task_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     return torch.stack([classification_loss(lg[None], lab[None]) for lg, lab in zip(logits, labels)]).mean()
 
 
+def attn_stats(recorder: RoutingRecorder) -> list[dict]:
+    """The statistics of every routed attention application (both routers of a block with per_projection)."""
+    return [st for name, st in recorder.stats.items() if ".attn" in name]
+
+
 def routed_counts(recorder: RoutingRecorder) -> torch.Tensor | None:
-    """Tokens per expert summed over every routed attention application (and both routers per block)."""
-    counts = [st["tokens_per_expert"].double() for name, st in recorder.stats.items() if ".attn" in name]
+    """Tokens per expert summed over every routed attention application."""
+    counts = [st["tokens_per_expert"].double() for st in attn_stats(recorder)]
     return torch.stack(counts).sum(0) if counts else None
 
 
@@ -93,7 +98,7 @@ def evaluate(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> dict:
                 c = routed_counts(recorder)
                 if c is not None:
                     load = c if load is None else load + c
-                    ents = [float(st["router_entropy"]) for n, st in recorder.stats.items() if ".attn" in n]
+                    ents = [float(st["router_entropy"]) for st in attn_stats(recorder)]
                     entropy, n_calls = entropy + sum(ents), n_calls + len(ents)
             pred = np.stack(scores)
             pred = pred[:, 0] if task.is_regression else pred
@@ -172,7 +177,7 @@ def run_stage(clf: TaskClassifier, train: list, stage: dict, a: argparse.Namespa
             aux = dict(recorder.close().aux_losses)
             extra = []
             if "attn_route_ce" in aux:  # mean over the routed applications
-                n_routed = sum(1 for name in recorder.stats if ".attn" in name)
+                n_routed = len(attn_stats(recorder))
                 parts["route_ce"] = aux.pop("attn_route_ce") / n_routed
                 extra.append((parts["route_ce"], a.router_ce))
             if "attn_rsl" in aux:
