@@ -12,6 +12,8 @@ Per seed (every run is ``python -m finetune.train``, so every regime sees the sa
   joint       LoRA-Mixer regime (i): domain-forced stage (--forced-epochs) then routed stage with the
               RSL and expert preservation; the same total number of epochs as the others
   plug-pp, joint-pp (with --per-projection): the same with Wo routed on its own input
+  plug-sup, joint-sup (with --router-ce-routed W > 0): the same with the routers also supervised while they
+              route (cross-entropy to each task's own expert, weight W; not in the paper)
 Extra arguments after ``--`` go to every run (e.g. ``-- --max-train 1000 --lr 1e-3``). Runs are cached
 under OUT (a run whose results.json exists is not repeated). Output: OUT/regimes.md (table: each task's
 score on its report split — test where the task has one, else dev — as the median over seeds and the
@@ -38,7 +40,9 @@ from finetune import train  # noqa: E402
 
 TITLES = {"lora": "single-task LoRAs", "multitask": "multi-task LoRA", "plug": "LoRA-Mixer (ii) plug-and-play",
           "joint": "LoRA-Mixer (i) joint, staged", "plug-pp": "LoRA-Mixer (ii) plug-and-play, per-projection",
-          "joint-pp": "LoRA-Mixer (i) joint, staged, per-projection"}
+          "joint-pp": "LoRA-Mixer (i) joint, staged, per-projection",
+          "plug-sup": "LoRA-Mixer (ii) plug-and-play, supervised routers",
+          "joint-sup": "LoRA-Mixer (i) joint, staged, supervised routers"}
 
 
 def run(args: list[str], out: str, log) -> dict:
@@ -75,6 +79,9 @@ def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str
     if a.per_projection:
         regimes["plug-pp"] = [*regimes["plug"], "--route", "per_projection"]
         regimes["joint-pp"] = [*regimes["joint"], "--route", "per_projection"]
+    if a.router_ce_routed > 0:
+        sup = ["--router-ce-routed", str(a.router_ce_routed)]
+        regimes["plug-sup"], regimes["joint-sup"] = [*regimes["plug"], *sup], [*regimes["joint"], *sup]
     for regime, args in regimes.items():
         res = run([*base, "--tasks", *a.tasks, *args], os.path.join(root, regime), log)
         out[regime] = {"scores": {n: scores(res, n) for n in names}, "params": res["trainable_parameters"],
@@ -118,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs of every regime (joint: forced + routed)")
     p.add_argument("--forced-epochs", type=int, default=1, help="joint: of --epochs, the domain-forced ones")
     p.add_argument("--per-projection", action="store_true", help="also the per-projection routing rows")
+    p.add_argument("--router-ce-routed", type=float, default=0.0,
+                   help="> 0: also the rows with supervised routers (finetune.train --router-ce-routed W)")
     a = p.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     if not 0 <= a.forced_epochs < a.epochs:
@@ -137,17 +146,17 @@ def main(argv: list[str] | None = None) -> int:
                     "params": per_seed[seeds[0]][r]["params"],
                     "matrix": np.mean(mats, 0).tolist() if mats else None}
     targets = {}
-    if "plug" in table:
-        diag = np.diag(np.array(table["plug"]["matrix"]))
-        targets["plug_own_adapter_share"] = dict(zip(names, diag.round(3).tolist()))
-        targets["plug_routes_own_adapter_over_60pct"] = bool((diag > 0.6).all())
-        gap = 100 * (table["plug"]["average"]["median"] - table["lora"]["average"]["median"])
-        targets["plug_minus_single_task_points"] = round(gap, 2)
-        targets["plug_within_2_points"] = bool(gap >= -2.0)
-    if "joint" in table:
-        d = 100 * (table["joint"]["average"]["median"] - table["multitask"]["average"]["median"])
-        targets["joint_minus_multitask_points"] = round(d, 2)
-        targets["joint_at_least_multitask"] = bool(d >= 0)
+    for plug in (r for r in table if r.startswith("plug")):
+        diag = np.diag(np.array(table[plug]["matrix"]))
+        targets[f"{plug}_own_adapter_share"] = dict(zip(names, diag.round(3).tolist()))
+        targets[f"{plug}_routes_own_adapter_over_60pct"] = bool((diag > 0.6).all())
+        gap = 100 * (table[plug]["average"]["median"] - table["lora"]["average"]["median"])
+        targets[f"{plug}_minus_single_task_points"] = round(gap, 2)
+        targets[f"{plug}_within_2_points"] = bool(gap >= -2.0)
+    for joint in (r for r in table if r.startswith("joint")):
+        d = 100 * (table[joint]["average"]["median"] - table["multitask"]["average"]["median"])
+        targets[f"{joint}_minus_multitask_points"] = round(d, 2)
+        targets[f"{joint}_at_least_multitask"] = bool(d >= 0)
     lines = ["| regime | trainable params | " + " | ".join(names) + " | average (median) | average per seed min–max |",
              "|---|---|" + "---|" * (len(names) + 2)]
     for r, t in table.items():

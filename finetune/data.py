@@ -96,7 +96,14 @@ def load_task(task_dir: str, tok: Tokenizer, text_cols: tuple[str, ...] = ("text
 def load_glue_task(name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128, max_train: int = 0,
                    max_eval: int = 0) -> Task:
     """A GLUE task from a local copy (``data_prep/glue_data.py`` layouts), capped to the first
-    ``max_train`` training and ``max_eval`` dev/test examples (0: all)."""
+    ``max_train`` training and ``max_eval`` dev/test examples (0: all).
+
+    Regression targets (STS-B's 0–5 similarity) are divided by the largest training target, so the head
+    regresses on [0, 1] (``extra["target_scale"]`` keeps the divisor). On the 0–5 scale the MSE's gradient
+    is some 30× a classification task's, and under the one gradient-norm clip of a multi-task run it
+    starves the other tasks (the joint LoRA-Mixer's SST-2 expert never left chance). Pearson and Spearman
+    do not depend on the scale.
+    """
     from data_prep.glue_data import GlueDataError, load_local, task_spec
 
     try:
@@ -105,13 +112,19 @@ def load_glue_task(name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128,
     except GlueDataError as e:
         raise DataError(str(e)) from None
 
+    train_ex = splits["train"][:max_train] if max_train else splits["train"]
+    scale = 1.0
+    if not spec.labels:
+        scale = max((abs(e.label) for e in train_ex), default=0.0) or 1.0
+
     def encode(examples, cap: int) -> Examples:
         examples = examples[:cap] if cap else examples
-        return list(zip(encode_examples(tok, [e.texts for e in examples], max_len), [e.label for e in examples]))
+        return list(zip(encode_examples(tok, [e.texts for e in examples], max_len),
+                        [e.label / scale for e in examples]))
 
     evals = {s: encode(ex, max_eval) for s, ex in splits.items() if s != "train"}
-    return Task(spec.name, list(spec.labels), encode(splits["train"], max_train), evals, spec.metrics, spec.main,
-                "test" if "test" in evals else "dev")
+    return Task(spec.name, list(spec.labels), encode(train_ex, 0), evals, spec.metrics, spec.main,
+                "test" if "test" in evals else "dev", {"target_scale": scale})
 
 
 def batches(examples: list[tuple[list[int], float, int]], batch_size: int, shuffle: bool, seed: int):

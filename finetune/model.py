@@ -47,10 +47,12 @@ class TaskClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                 task_ids: torch.Tensor, recorder: RoutingRecorder | None = None,
-                expert_ids_T: torch.Tensor | None = None) -> list[torch.Tensor]:
+                expert_ids_T: torch.Tensor | None = None, route_targets_T: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Logits per example (a list: tasks have different numbers of outputs); ``recorder`` receives
-        the routed modules' auxiliary losses; ``expert_ids_T`` forces the LoRA-Mixer routing per token."""
-        h_TD, _ = self.model(input_ids, cu_seqlens, max_seqlen, recorder=recorder, expert_ids_T=expert_ids_T)
+        the routed modules' auxiliary losses; ``expert_ids_T`` forces the LoRA-Mixer routing per token,
+        ``route_targets_T`` only supervises the routers (cross-entropy to that expert)."""
+        h_TD, _ = self.model(input_ids, cu_seqlens, max_seqlen, recorder=recorder, expert_ids_T=expert_ids_T,
+                             route_targets_T=route_targets_T)
         pooled_BD = pool(h_TD, cu_seqlens, self.pooling)
         out: list[torch.Tensor | None] = [None] * len(task_ids)
         for t, name in enumerate(self.tasks):

@@ -26,6 +26,8 @@ Modes:
                     kept near what stage 1 made of it, ‖ΔW_j − ΔW_j⁰‖² / ‖ΔW_j⁰‖² averaged over experts
                     and projections;
                  inference routes top-K (--top-k).
+--router-ce-routed W keeps supervising the routers while they route (mixer-joint's routed stage and
+mixer-plug): cross-entropy to each task's own expert, weight W. Not in the paper; off by default.
 Routing Specialization Loss: α·balance − λ·H (--rsl-alpha, --rsl-lambda; --rsl-entropy minimise for
 +λ·H, which sharpens). --route shared|per_projection: one router per block for Wqkv and Wo, or Wo
 routed on the attention output by its own router.
@@ -155,8 +157,9 @@ def load_tasks(a: argparse.Namespace, tok: Tokenizer) -> list[Task]:
 
 
 def run_stage(clf: TaskClassifier, train: list, stage: dict, a: argparse.Namespace, log) -> list[dict]:
-    """One stage of training; ``stage``: name, epochs, lr, forced (domain-forced routing), anchors (expert
-    preservation) — returns the per-epoch log."""
+    """One stage of training; ``stage``: name, epochs, lr, forced (domain-forced routing), route_ce (weight
+    of the routers' cross-entropy to each task's expert), anchors (expert preservation) — returns the
+    per-epoch log."""
     params = [p for p in clf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=stage["lr"], weight_decay=0.01)
     steps = max(1, stage["epochs"] * -(-len(train) // a.batch_size))
@@ -168,18 +171,19 @@ def run_stage(clf: TaskClassifier, train: list, stage: dict, a: argparse.Namespa
         n = 0
         for b in batches(train, a.batch_size, True, a.seed * 1000 + stage["seed_offset"] + epoch):
             recorder = RoutingRecorder()
-            forced = None
-            if stage["forced"]:  # each example's tokens to its task's expert
+            forced = targets = None
+            if stage["forced"] or stage["route_ce"] > 0:  # expert i belongs to task i
                 lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).long()
-                forced = torch.repeat_interleave(b["task_ids"], lens)
-            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder, forced)
+                task_T = torch.repeat_interleave(b["task_ids"], lens)
+                forced, targets = (task_T, None) if stage["forced"] else (None, task_T)
+            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder, forced, targets)
             parts = {"task": task_loss(logits, b["labels"])}
             aux = dict(recorder.close().aux_losses)
             extra = []
             if "attn_route_ce" in aux:  # mean over the routed applications
                 n_routed = len(attn_stats(recorder))
                 parts["route_ce"] = aux.pop("attn_route_ce") / n_routed
-                extra.append((parts["route_ce"], a.router_ce))
+                extra.append((parts["route_ce"], stage["route_ce"]))
             if "attn_rsl" in aux:
                 parts["rsl"] = aux["attn_rsl"]
             if stage.get("anchors"):
@@ -233,6 +237,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--forced-epochs", type=int, default=1, help="mixer-joint: epochs of domain-forced routing (0: skip)")
     p.add_argument("--router-ce", type=float, default=1.0,
                    help="mixer-joint, forced stage: weight of the routers' cross-entropy to the forced expert")
+    p.add_argument("--router-ce-routed", type=float, default=0.0,
+                   help="mixer-joint routed stage and mixer-plug: weight of the routers' cross-entropy to each "
+                        "task's own expert while they route (supervised routing; 0: off, the paper's setting)")
     p.add_argument("--joint-routing", choices=ROUTING_MODES, default="hardsoft", help="mixer-joint, routed stage")
     p.add_argument("--preserve", type=float, default=1.0,
                    help="mixer-joint, routed stage: expert-preservation weight (0: off; needs --forced-epochs)")
@@ -252,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"--mode {a.mode} takes one task (got {len(tasks)}); use multitask or a mixer")
         if a.mode == "mixer-plug" and len(a.adapters) != len(tasks):
             raise DataError(f"--mode mixer-plug: {len(tasks)} tasks need {len(tasks)} --adapters (got {len(a.adapters)})")
-        for name in ("rsl_lambda", "preserve", "router_ce"):
+        if a.router_ce_routed > 0 and not a.mode.startswith("mixer"):
+            raise DataError(f"--router-ce-routed is for the mixer modes (got --mode {a.mode})")
+        for name in ("rsl_lambda", "preserve", "router_ce", "router_ce_routed"):
             if getattr(a, name) < 0:
                 raise DataError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be >= 0")
         clf = build(a.model, tasks, a.mode, a)
@@ -283,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     stages = []
     if a.mode == "mixer-joint" and a.forced_epochs > 0:
         stages.append({"name": "forced", "epochs": a.forced_epochs, "lr": lr, "forced": True, "seed_offset": 0,
-                       "routing": "domain-forced (one-hot by task)"})
-    stages.append({"name": "routed" if a.mode.startswith("mixer") else "train", "epochs": a.epochs, "lr": lr,
-                   "forced": False, "seed_offset": 100, "routing": clf.cfg.attn_experts.routing
-                   if a.mode.startswith("mixer") else None})
+                       "routing": "domain-forced (one-hot by task)", "route_ce": a.router_ce})
+    mixer = a.mode.startswith("mixer")
+    stages.append({"name": "routed" if mixer else "train", "epochs": a.epochs, "lr": lr, "forced": False,
+                   "seed_offset": 100, "routing": clf.cfg.attn_experts.routing if mixer else None,
+                   "route_ce": a.router_ce_routed if mixer else 0.0})
     for stage in stages:
         if a.mode == "mixer-joint" and not stage["forced"] and a.preserve > 0 and len(stages) > 1:
             with torch.no_grad():

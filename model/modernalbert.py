@@ -38,6 +38,7 @@ class ForwardContext:
     rope: dict[bool, tuple[torch.Tensor, torch.Tensor]]  # is_global → (cos, sin) [T, Dh]
     recorder: RoutingRecorder  # the routed modules' auxiliary losses and statistics
     expert_ids_T: torch.Tensor | None = None  # LoRA-Mixer domain-forced routing: one expert per token
+    route_targets_T: torch.Tensor | None = None  # LoRA-Mixer router supervision: the expert each token should pick
 
 
 class Attention(nn.Module):
@@ -48,6 +49,8 @@ class Attention(nn.Module):
     block input by ``router`` and Wo on the attention output by ``router_o`` (the paper's placement).
     ``ctx.expert_ids_T`` forces the routing (one-hot: LoRA-Mixer's domain-forced stage); the routers then
     record how well they predict the forced expert (``attn_route_ce``) instead of the RSL.
+    ``ctx.route_targets_T`` leaves the routing to the routers and records the same cross-entropy next to
+    the RSL (supervised routing: the routers keep learning each task's expert while they route).
     """
 
     def __init__(self, cfg: ModelConfig, group: int) -> None:
@@ -73,8 +76,10 @@ class Attention(nn.Module):
         if ctx.expert_ids_T is not None:
             ctx.recorder.record(kind, layer, r, {"attn_route_ce": F.cross_entropy(r.logits_TE, ctx.expert_ids_T)})
             return F.one_hot(ctx.expert_ids_T, ae.num_experts).to(r.probs_TE.dtype)
-        ctx.recorder.record(kind, layer, r, {"attn_rsl": routing_specialization_loss(r, ae.rsl_alpha, ae.rsl_lambda,
-                                                                                     ae.rsl_entropy)})
+        losses = {"attn_rsl": routing_specialization_loss(r, ae.rsl_alpha, ae.rsl_lambda, ae.rsl_entropy)}
+        if ctx.route_targets_T is not None:
+            losses["attn_route_ce"] = F.cross_entropy(r.logits_TE, ctx.route_targets_T)
+        ctx.recorder.record(kind, layer, r, losses)
         mode = ae.routing if self.training or ae.eval_routing == "same" else ae.eval_routing
         return mixing_weights(r, mode)
 
@@ -162,22 +167,25 @@ class ModernAlbertModel(nn.Module):
         })
 
     def context(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, dtype: torch.dtype,
-                recorder: RoutingRecorder, expert_ids_T: torch.Tensor | None = None) -> ForwardContext:
+                recorder: RoutingRecorder, expert_ids_T: torch.Tensor | None = None,
+                route_targets_T: torch.Tensor | None = None) -> ForwardContext:
         pos_T = segment_positions(cu_seqlens, total)  # RoPE positions restart in every segment
         rope = {True: self.rope["global"](pos_T, dtype), False: self.rope["local"](pos_T, dtype)}
-        return ForwardContext(cu_seqlens, int(max_seqlen), rope, recorder, expert_ids_T)
+        return ForwardContext(cu_seqlens, int(max_seqlen), rope, recorder, expert_ids_T, route_targets_T)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                 output_hidden_states: bool = False, recorder: RoutingRecorder | None = None,
-                expert_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                expert_ids_T: torch.Tensor | None = None,
+                route_targets_T: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """input_ids [T], cu_seqlens [N+1] → (last hidden state [T, D], per-group outputs if asked).
 
         Pass a ``RoutingRecorder`` to receive the routed modules' auxiliary losses and statistics;
-        ``expert_ids_T`` [T] forces the LoRA-Mixer routing (each token to that expert, weight 1).
+        ``expert_ids_T`` [T] forces the LoRA-Mixer routing (each token to that expert, weight 1);
+        ``route_targets_T`` [T] only supervises the routers (``attn_route_ce``), which still route.
         """
         x_TD = self.embeddings(input_ids)
         ctx = self.context(cu_seqlens, max_seqlen, input_ids.shape[0], x_TD.dtype,
-                           recorder if recorder is not None else RoutingRecorder(), expert_ids_T)
+                           recorder if recorder is not None else RoutingRecorder(), expert_ids_T, route_targets_T)
         hidden = []
         for group in self.groups:
             x_TD = group(x_TD, ctx)

@@ -113,8 +113,21 @@ def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(native, tasks
     assert [s["name"] for s in joint["stages"]] == ["forced", "routed"]
     assert set(joint["stages"][0]["history"][0]) == {"epoch", "task", "route_ce"}
     assert set(joint["stages"][1]["history"][0]) == {"epoch", "task", "rsl", "preserve"}
+    # supervised routers: the cross-entropy to each task's expert is kept in the routed stage
+    assert train.main([*common, "--tasks", *tasks, "--mode", "mixer-joint", "--router-ce-routed", "0.5",
+                       "--out", str(tmp_path / "joint-sup")]) == 0
+    sup = json.load(open(tmp_path / "joint-sup" / "results.json"))
+    assert set(sup["stages"][1]["history"][0]) == {"epoch", "task", "rsl", "preserve", "route_ce"}
+    assert sup["stages"][1]["route_ce"] == 0.5 and joint["stages"][1]["route_ce"] == 0.0
     assert train.main([*common, "--tasks", *tasks, "--mode", "multitask", "--out", str(tmp_path / "multi")]) == 0
     assert os.path.isfile(tmp_path / "multi" / "adapter" / "adapter_model.safetensors")
+
+
+def test_router_supervision_is_for_the_mixers_only(native, tasks, tmp_path, capsys):
+    assert train.main(["--model", native, "--tasks", tasks[0], "--mode", "lora", "--router-ce-routed", "1",
+                       "--out", str(tmp_path / "o")]) == 2
+    assert "--router-ce-routed is for the mixer modes" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_task_data_is_a_clear_error(native, tmp_path, capsys):
@@ -161,6 +174,19 @@ def glue_dir(tmp_path_factory) -> str:
             for i, (x, y) in enumerate(part):
                 f.write(f"{i}\t{x}\t{y}\t{'entailment' if i % 2 else 'not_entailment'}\n")
     return str(root)
+
+
+def test_glue_regression_targets_are_scaled_to_unit_range(native, glue_dir):
+    """STS-B's 0–5 scores become 0–1 targets (train and eval alike); class indices stay as they are."""
+    from finetune.data import load_glue_task
+    from model.native_format import load_native
+
+    tok = Tokenizer(os.path.join(native, load_native(native)[1]["tokenizer"]))
+    sts, rte = (load_glue_task(n, glue_dir, tok, 64) for n in ("STS-B", "RTE"))
+    assert sts.extra["target_scale"] == 5.0 and rte.extra["target_scale"] == 1.0
+    assert max(lab for _, lab in sts.train) == 1.0 and min(lab for _, lab in sts.train) == 0.0
+    assert [lab for _, lab in sts.evals["test"]][:3] == [0.0, pytest.approx(0.14), pytest.approx(0.28)]  # 0, .7, 1.4
+    assert {lab for _, lab in rte.train} == {0, 1}
 
 
 def test_glue_tasks_train_with_a_regression_head_and_glue_metrics(native, glue_dir, tmp_path):

@@ -199,6 +199,34 @@ def test_forced_routing_equals_the_model_with_that_expert_folded_in(route):
         assert recorder.aux_losses["attn_route_ce"].item() > 0
 
 
+@pytest.mark.parametrize("route", ["shared", "per_projection"])
+def test_router_supervision_leaves_the_routing_to_the_routers_and_teaches_them_the_target(route):
+    """route_targets_T: the forward is the routed one (not forced), the routers' cross-entropy to the target
+    expert is recorded next to the RSL, and a descent step on it moves every router towards the target."""
+    model = _routed_encoder(route).eval()
+    ids, cu, L = _batch()
+    target_T = torch.full((40,), 2)
+    free, _ = model.model(ids, cu, L)
+    recorder = RoutingRecorder()
+    supervised, _ = model.model(ids, cu, L, recorder=recorder, route_targets_T=target_T)
+    assert torch.equal(free, supervised)
+    assert set(recorder.aux_losses) == {"attn_rsl", "attn_route_ce"}
+    routers = [p for n, p in model.named_parameters() if "router" in n]
+
+    def route_ce() -> float:  # summed over the routed applications
+        rec = RoutingRecorder()
+        model.model(ids, cu, L, recorder=rec, route_targets_T=target_T)
+        return float(rec.aux_losses["attn_route_ce"])
+
+    before = route_ce()
+    opt = torch.optim.SGD(routers, lr=0.1)
+    opt.zero_grad()
+    recorder.aux_losses["attn_route_ce"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in routers)
+    opt.step()
+    assert route_ce() < 0.95 * before
+
+
 def test_eval_routing_topk_serves_a_soft_trained_mixer_with_top_k():
     soft = _routed_encoder("shared", routing="soft", eval_routing="topk")
     topk = _routed_encoder("shared", routing="topk")
