@@ -8,7 +8,7 @@
 
 Tasks are task directories (train/test .jsonl/.csv/.tsv; accuracy and macro-F1 on test) or, with
 --glue-dir, GLUE task names (SST-2, MRPC, STS-B, RTE, CoLA: GLUE's metrics on dev and test, STS-B a
-regression head).
+regression head on targets scaled to [0, 1]).
 
 Modes:
   full         every weight trained (one task)
