@@ -69,16 +69,23 @@ class Attention(nn.Module):
             self.Wqkv = nn.Linear(d, 3 * d, bias=False)
             self.Wo = nn.Linear(d, d, bias=False)
 
+    @staticmethod
+    def route_ce(router: Router, x_TD: torch.Tensor, target_T: torch.Tensor) -> torch.Tensor:
+        """The router's cross-entropy to the target expert, on a detached input: it trains the router to read
+        the hidden state, never the experts to write their task into it (with the gradient let through, the
+        experts learned to mark their tokens for the later layers' routers instead of the task)."""
+        return F.cross_entropy(F.linear(x_TD.detach().float(), router.weight.float()), target_T)
+
     def route(self, router: Router, x_TD: torch.Tensor, layer: int, kind: str, ctx: ForwardContext) -> torch.Tensor:
         """Per-token expert weights [T, E] from ``router`` on ``x_TD``; records its losses and statistics."""
         ae = self.cfg.attn_experts
         r = router(x_TD)
         if ctx.expert_ids_T is not None:
-            ctx.recorder.record(kind, layer, r, {"attn_route_ce": F.cross_entropy(r.logits_TE, ctx.expert_ids_T)})
+            ctx.recorder.record(kind, layer, r, {"attn_route_ce": self.route_ce(router, x_TD, ctx.expert_ids_T)})
             return F.one_hot(ctx.expert_ids_T, ae.num_experts).to(r.probs_TE.dtype)
         losses = {"attn_rsl": routing_specialization_loss(r, ae.rsl_alpha, ae.rsl_lambda, ae.rsl_entropy)}
         if ctx.route_targets_T is not None:
-            losses["attn_route_ce"] = F.cross_entropy(r.logits_TE, ctx.route_targets_T)
+            losses["attn_route_ce"] = self.route_ce(router, x_TD, ctx.route_targets_T)
         ctx.recorder.record(kind, layer, r, losses)
         mode = ae.routing if self.training or ae.eval_routing == "same" else ae.eval_routing
         return mixing_weights(r, mode)
