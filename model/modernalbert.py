@@ -74,7 +74,7 @@ class Attention(nn.Module):
         """The router's cross-entropy to the target expert, on a detached input: it trains the router to read
         the hidden state, never the experts to write their task into it (with the gradient let through, the
         experts learned to mark their tokens for the later layers' routers instead of the task)."""
-        return F.cross_entropy(F.linear(x_TD.detach().float(), router.weight.float()), target_T)
+        return F.cross_entropy(router.logits(x_TD.detach()), target_T)
 
     def route(self, router: Router, x_TD: torch.Tensor, layer: int, kind: str, ctx: ForwardContext) -> torch.Tensor:
         """Per-token expert weights [T, E] from ``router`` on ``x_TD``; records its losses and statistics."""

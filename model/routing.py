@@ -37,11 +37,15 @@ class Router(nn.Module):
         self.top_k, self.jitter = top_k, jitter
         nn.init.normal_(self.weight, std=0.02)
 
+    def logits(self, x_TD: torch.Tensor) -> torch.Tensor:
+        """[T, E] fp32 logits, no jitter."""
+        return F.linear(x_TD.float(), self.weight.float())
+
     def forward(self, x_TD: torch.Tensor) -> Routing:
         x = x_TD.float()
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        logits_TE = F.linear(x, self.weight.float())
+        logits_TE = self.logits(x)
         probs_TE = logits_TE.softmax(dim=-1)
         top_p, top_i = probs_TE.topk(self.top_k, dim=-1)
         return Routing(logits_TE, probs_TE, top_i, top_p / top_p.sum(dim=-1, keepdim=True))
