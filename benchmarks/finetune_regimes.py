@@ -14,6 +14,7 @@ Per seed (every run is ``python -m finetune.train``, so every regime sees the sa
   plug-pp, joint-pp (with --per-projection): the same with Wo routed on its own input
   plug-sup, joint-sup (with --router-ce-routed W > 0): the same with the routers also supervised while they
               route (cross-entropy to each task's own expert, weight W; not in the paper)
+  joint-topK  (with --joint-top-k K ...): joint with top-K routing in the routed stage and at inference
 Extra arguments after ``--`` go to every run (e.g. ``-- --max-train 1000 --lr 1e-3``). Runs are cached
 under OUT (a run whose results.json exists is not repeated). Output: OUT/regimes.md (table: each task's
 score on its report split — test where the task has one, else dev — as the median over seeds and the
@@ -43,6 +44,13 @@ TITLES = {"lora": "single-task LoRAs", "multitask": "multi-task LoRA", "plug": "
           "joint-pp": "LoRA-Mixer (i) joint, staged, per-projection",
           "plug-sup": "LoRA-Mixer (ii) plug-and-play, supervised routers",
           "joint-sup": "LoRA-Mixer (i) joint, staged, supervised routers"}
+
+
+def title(regime: str) -> str:
+    """Row title; ``joint-topK`` rows (--joint-top-k) are named from K."""
+    if regime.startswith("joint-top"):
+        return f"LoRA-Mixer (i) joint, staged, top-{regime[len('joint-top'):]} routing"
+    return TITLES[regime]
 
 
 def run(args: list[str], out: str, log) -> dict:
@@ -82,6 +90,8 @@ def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str
     if a.router_ce_routed > 0:
         sup = ["--router-ce-routed", str(a.router_ce_routed)]
         regimes["plug-sup"], regimes["joint-sup"] = [*regimes["plug"], *sup], [*regimes["joint"], *sup]
+    for k in a.joint_top_k:
+        regimes[f"joint-top{k}"] = [*regimes["joint"], "--top-k", str(k)]
     for regime, args in regimes.items():
         res = run([*base, "--tasks", *a.tasks, *args], os.path.join(root, regime), log)
         out[regime] = {"scores": {n: scores(res, n) for n in names}, "params": res["trainable_parameters"],
@@ -104,7 +114,7 @@ def heatmap(matrices: dict[str, np.ndarray], names: list[str], path: str) -> Non
                         fontsize=8)
         ax.set_xticks(range(len(names)), [f"E{j}\n({n})" for j, n in enumerate(names)], fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.set_title(TITLES[regime].replace("LoRA-Mixer ", ""), fontsize=8)
+        ax.set_title(title(regime).replace("LoRA-Mixer ", ""), fontsize=8)
         ax.set_xlabel("expert (adapter / forced task)", fontsize=7)
     axes[0][0].set_ylabel("task (its routed tokens)", fontsize=8)
     fig.tight_layout()
@@ -127,10 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-projection", action="store_true", help="also the per-projection routing rows")
     p.add_argument("--router-ce-routed", type=float, default=0.0,
                    help="> 0: also the rows with supervised routers (finetune.train --router-ce-routed W)")
+    p.add_argument("--joint-top-k", type=int, nargs="*", default=[], metavar="K",
+                   help="also a joint row per K with top-K routing in the routed stage and at inference "
+                        "(finetune.train --top-k K; the other rows keep --top-k from the extra arguments, default 1)")
     a = p.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     if not 0 <= a.forced_epochs < a.epochs:
         p.error(f"--forced-epochs {a.forced_epochs}: must be in [0, --epochs={a.epochs})")
+    bad_k = [k for k in a.joint_top_k if not 1 <= k <= len(a.tasks)]
+    if bad_k:
+        p.error(f"--joint-top-k {bad_k[0]}: must be in [1, {len(a.tasks)}] (one expert per task)")
     names = [os.path.basename(os.path.normpath(t)) for t in a.tasks]
     os.makedirs(a.out, exist_ok=True)
     per_seed = {s: seed_runs(a, s, names, extra, print) for s in seeds}
@@ -162,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     for r, t in table.items():
         cells = [f"{100 * t['tasks'][n]['median']:.1f} ({100 * t['tasks'][n]['min']:.1f}–{100 * t['tasks'][n]['max']:.1f})"
                  for n in names]
-        lines.append(f"| {TITLES[r]} | {t['params']:,} | " + " | ".join(cells)
+        lines.append(f"| {title(r)} | {t['params']:,} | " + " | ".join(cells)
                      + f" | **{100 * t['average']['median']:.1f}** | {100 * t['average']['min']:.1f}–"
                      f"{100 * t['average']['max']:.1f} |")
     lines.append("")
     for r, t in table.items():
         if t["matrix"]:
-            lines.append(f"Routing, {TITLES[r]} (rows: tasks; columns: experts {', '.join(names)}): "
+            lines.append(f"Routing, {title(r)} (rows: tasks; columns: experts {', '.join(names)}): "
                          + "; ".join(f"{n} [{', '.join(f'{x:.2f}' for x in row)}]" for n, row in zip(names, t["matrix"])))
     lines += ["", "Targets: " + json.dumps(targets)]
     md = "\n".join(lines) + "\n"

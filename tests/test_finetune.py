@@ -212,13 +212,16 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
 
     out = tmp_path / "regimes"
     assert finetune_regimes.main(["--model", native, "--glue-dir", glue_dir, "--tasks", "STS-B", "RTE",
-                                  "--seeds", "0", "--epochs", "2", "--out", str(out), "--",
+                                  "--seeds", "0", "--epochs", "2", "--joint-top-k", "2", "--out", str(out), "--",
                                   "--batch-size", "16", "--max-len", "48", "--train-per-task", "20"]) == 0
     doc = json.load(open(out / "regimes.json"))
-    assert list(doc["table"]) == ["lora", "multitask", "plug", "joint"]
+    assert list(doc["table"]) == ["lora", "multitask", "plug", "joint", "joint-top2"]
     assert set(doc["targets"]) == {"plug_own_adapter_share", "plug_routes_own_adapter_over_60pct",
                                    "plug_minus_single_task_points", "plug_within_2_points",
-                                   "joint_minus_multitask_points", "joint_at_least_multitask"}
+                                   "joint_minus_multitask_points", "joint_at_least_multitask",
+                                   "joint-top2_minus_multitask_points", "joint-top2_at_least_multitask"}
+    top2 = json.load(open(out / "seed0" / "joint-top2" / "results.json"))
+    assert top2["args"]["top_k"] == 2 and json.load(open(out / "seed0" / "joint" / "results.json"))["args"]["top_k"] == 1
     plug = json.load(open(out / "seed0" / "plug" / "results.json"))
     assert plug["frozen_tensors_changed"] == [] and plug["train_examples"] == 40
     joint = json.load(open(out / "seed0" / "joint" / "results.json"))
@@ -226,3 +229,4 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
     assert os.path.getsize(out / "routing.png") > 1000
     md = open(out / "regimes.md").read()
     assert "| single-task LoRAs |" in md and "Routing, LoRA-Mixer (ii) plug-and-play" in md
+    assert "| LoRA-Mixer (i) joint, staged, top-2 routing |" in md
