@@ -11,7 +11,8 @@ same hyper-parameters. GLUE_DIR holds one folder per task (CoLA, SST-2, STS-B, M
 ``data_prep/glue_data.py``); ``--glue-source hf`` reads the official GLUE through HF ``datasets``.
 
 Per task and seed: a fresh head (``model.classification.ClassificationHead`` for our models; the
-model's own for HF ones; one output with MSE for STS-B) on the pretrained encoder; ``--mode full``
+model's own for HF ones; one output with MSE for STS-B, trained on targets / 5 with the 5 folded back
+into the head afterwards, ``--target-scale``) on the pretrained encoder; ``--mode full``
 trains every weight, ``--mode lora`` a PEFT LoRA on the attention projections plus the head. AdamW,
 linear warm-up (10 %) and decay, ``--epochs`` over at most ``--max-train`` examples (the first N of the
 training file). Scored on dev, and on test where the task has a labelled one (STS-B, MRPC, RTE here).
@@ -73,6 +74,21 @@ def predict(backend, module: torch.nn.Module, rows: list[dict], batch_size: int,
     return scores
 
 
+def fold_output_scale(module: torch.nn.Module, head_names: list[str], scale: float) -> None:
+    """Multiply the one-output layer of a fresh regression head by ``scale`` (weight and bias), so a head
+    trained on targets / scale predicts on the task's own scale: exact, nothing else changes."""
+    names = {n.rsplit(".", 1)[0] for n in head_names}
+    outs = [m for n, m in module.named_modules()
+            if n in names and isinstance(m, torch.nn.Linear) and m.out_features == 1]
+    if len(outs) != 1:
+        raise RuntimeError(f"regression head: expected one 1-output linear layer among {sorted(names)}, "
+                           f"found {len(outs)}")
+    with torch.no_grad():
+        outs[0].weight.mul_(scale)
+        if outs[0].bias is not None:
+            outs[0].bias.mul_(scale)
+
+
 def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a, seed: int,
                  log) -> tuple[dict, torch.nn.Module, ClassifierConfig, int]:
     """One seed on one task: (metrics per eval split, the model, its head config, trainable params)."""
@@ -91,6 +107,11 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9))))
     y = torch.tensor(labels["train"], dtype=torch.float32 if spec.is_regression else torch.long)
+    # Regression on [0, 1]: on STS-B's 0-5 a fresh head's first MSE gradients are ~25x larger and a
+    # short run spends its steps reaching the targets' mean; the scale goes back into the head below.
+    scale = float(np.abs(labels["train"]).max()) if spec.is_regression and a.target_scale == "max" else 1.0
+    scale = scale if scale > 0 else 1.0
+    y = y / scale if spec.is_regression else y
     module.train()
     for epoch in range(a.epochs):
         total, n = 0.0, 0
@@ -104,6 +125,8 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
             sched.step()
             total, n = total + float(loss.detach()), n + 1  # one host sync per step: fine at this scale
         log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{a.epochs}: train loss {total / n:.4f}")
+    if scale != 1.0:
+        fold_output_scale(module, head_names, scale)
     results = {}
     for split in data:
         if split == "train":
@@ -217,6 +240,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.1, help="classifier dropout (our head)")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--target-scale", choices=("max", "none"), default="max",
+                   help="regression (STS-B): max trains on targets divided by the largest training target "
+                        "and folds that factor into the head's output layer, so predictions and a saved "
+                        "model are on the task's scale; none trains on the raw 0-5 (the runner before "
+                        "2026-11-25)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--save-model", help="keep the first seed's model per task under this directory")
     return p

