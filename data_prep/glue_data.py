@@ -78,6 +78,14 @@ class Example:
     label: float  # class index, or the regression target
 
 
+def target_scale(spec: TaskSpec, train_labels) -> float:
+    """The divisor that puts a regression task's training targets in [-1, 1]: the largest |target| (STS-B: 5).
+    1.0 for a classification task, or when every target is 0."""
+    if not spec.is_regression:
+        return 1.0
+    return max((abs(float(x)) for x in train_labels), default=0.0) or 1.0
+
+
 def task_spec(name: str) -> TaskSpec:
     if name not in TASKS:
         raise GlueDataError(f"--tasks {name!r}: allowed: {', '.join(TASKS)}")

@@ -40,7 +40,7 @@ import time
 import numpy as np
 import torch
 
-from data_prep.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, task_spec
+from data_prep.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, target_scale, task_spec
 from evaluation.metrics import summarize, task_metrics, task_score
 from evaluation.models import add_lora, open_backend
 from model.classification import ClassifierConfig, classification_loss
@@ -109,9 +109,9 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
     y = torch.tensor(labels["train"], dtype=torch.float32 if spec.is_regression else torch.long)
     # Regression on [0, 1]: on STS-B's 0-5 a fresh head's MSE gradients are 5x larger (against the clip at
     # 1) and a short run spends its steps reaching the targets' mean; the scale goes back into the head below.
-    scale = float(np.abs(labels["train"]).max()) if spec.is_regression and a.target_scale == "max" else 1.0
-    scale = scale if scale > 0 else 1.0
-    y = y / scale if spec.is_regression else y
+    scale = target_scale(spec, labels["train"]) if a.target_scale == "max" else 1.0
+    if scale != 1.0:
+        y = y / scale
     module.train()
     for epoch in range(a.epochs):
         total, n = 0.0, 0

@@ -104,7 +104,7 @@ def load_glue_task(name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128,
     starves the other tasks (the joint LoRA-Mixer's SST-2 expert never left chance). Pearson and Spearman
     do not depend on the scale.
     """
-    from data_prep.glue_data import GlueDataError, load_local, task_spec
+    from data_prep.glue_data import GlueDataError, load_local, target_scale, task_spec
 
     try:
         spec = task_spec(name)
@@ -113,9 +113,7 @@ def load_glue_task(name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128,
         raise DataError(str(e)) from None
 
     train_ex = splits["train"][:max_train] if max_train else splits["train"]
-    scale = 1.0
-    if not spec.labels:
-        scale = max((abs(e.label) for e in train_ex), default=0.0) or 1.0
+    scale = target_scale(spec, (e.label for e in train_ex))
 
     def encode(examples, cap: int) -> Examples:
         examples = examples[:cap] if cap else examples
