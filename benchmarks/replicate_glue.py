@@ -17,7 +17,7 @@ experts), validation MLM loss, pretraining tokens/s, GLUE per task and average (
 evaluation.glue``: the same caps, hyper-parameters and seeds for every row).
 
 Stages are cached under OUT (corpus, shards, inits, runs, native models, GLUE results); rerunning
-continues where it stopped. The table goes to OUT/replication.md and OUT/replication.json, the plot to
+continues where it stopped, so a changed budget or shard size needs a fresh OUT. The table goes to OUT/replication.md and OUT/replication.json, the plot to
 OUT/replication.png. ``--smoke`` uses the shipped sample corpus, a few pretraining steps and a few GLUE
 examples: it checks the machinery, its numbers mean nothing.
 """
@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=120, help="pretraining steps per student")
     p.add_argument("--batch-tokens", type=int, default=4096, help="global batch in tokens (seq_len 128)")
     p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--shard-mb", type=float, default=0.25,
+                   help="text per shard in MB (default: %(default)s). The loader reads a shard's samples together and "
+                        "each shard holds one source, so small shards mix the corpus's sources within a short run")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--val-batches", type=int, default=0, help="val batches of 16 samples for the MLM loss column (0: all)")
     p.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: hidden-state cosine weight")
@@ -187,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     shards = os.path.join(out, "shards")
     if not os.path.isfile(os.path.join(shards, "index.json")):
         sh([py, "data_prep/build_shards.py", corpus, "--tokenizer", os.path.join(teacher, "vocab.txt"),
-            "--out", shards, "--seq-len", "128", "--val-fraction", "0.01", "--shard-mb", "4", "--workers", "2",
-            "--no-progress"], log)
+            "--out", shards, "--seq-len", "128", "--val-fraction", "0.01", "--shard-mb", str(a.shard_mb),
+            "--workers", "2", "--no-progress"], log)
 
     # student inits
     inits = {r: os.path.join(out, "init", r) for r in ("b", "c", "d")}
