@@ -17,8 +17,8 @@ experts), validation MLM loss, pretraining tokens/s, GLUE per task and average (
 evaluation.glue``: the same caps, hyper-parameters and seeds for every row).
 
 Stages are cached under OUT (corpus, shards, inits, runs, native models, GLUE results); rerunning
-continues where it stopped, so a changed budget or shard size needs a fresh OUT. The table goes to OUT/replication.md and OUT/replication.json, the plot to
-OUT/replication.png. ``--smoke`` uses the shipped sample corpus, a few pretraining steps and a few GLUE
+continues where it stopped, so a changed budget or shard size needs a fresh OUT. The table goes to
+OUT/replication.md and OUT/replication.json, the plot to OUT/replication.png. ``--smoke`` uses the shipped sample corpus, a few pretraining steps and a few GLUE
 examples: it checks the machinery, its numbers mean nothing.
 """
 
