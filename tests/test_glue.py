@@ -301,8 +301,10 @@ def test_replication_smoke(tmp_path):
         pytest.skip(f"the offline GLUE copies ({GLUE_DIR}) exist on the project's machines only")
     out = str(tmp_path / "repl")
     r = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--smoke",
-                 "--rows", "a,b,e-routing"], env={**os.environ, "OMP_NUM_THREADS": "1"})
+                 "--rows", "a,b,e-routing", "--teacher-layers", "1,4"], env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    log = open(os.path.join(out, "replication.log")).read()
+    assert "group 0 (layers 0-2) <- teacher layer 1" in log and "group 1 (layers 3-5) <- teacher layer 4" in log
     res = json.load(open(os.path.join(out, "replication.json")))["rows"]
     assert list(res) == ["a", "b", "e-routing"]
     assert res["a"]["unique_layer_params"] == 6 * 1_774_464  # MiniLM's 6 layers
@@ -311,3 +313,5 @@ def test_replication_smoke(tmp_path):
     assert res["b"]["val_mlm_loss"] > 0 and res["b"]["tokens_per_s"] > 0
     assert os.path.isfile(os.path.join(out, "replication.png"))
     assert "| (b) student, MoL, distilled |" in open(os.path.join(out, "replication.md")).read()
+    bad = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--teacher-layers", "0,9"])
+    assert bad.returncode == 2 and "--teacher-layers 0,9" in bad.stderr
