@@ -177,15 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: --rows {','.join(bad)}: allowed: {', '.join(ROWS)}", file=sys.stderr)
         return 2
+    from model.teacher import read_teacher_config
+
+    teacher = teacher_dir()
+    # checked here, not only by init_from_teacher: a bad map would otherwise fail after the corpus and shards
+    n_teacher = read_teacher_config(teacher).num_layers
     layers = a.teacher_layers.split(",")
-    if len(layers) != 2 or not all(x.strip().isdigit() and int(x) < 6 for x in layers):
-        print(f"error: --teacher-layers {a.teacher_layers}: need two teacher layers in [0, 6), e.g. 0,5",
+    if len(layers) != 2 or not all(x.strip().isdigit() and int(x) < n_teacher for x in layers):
+        print(f"error: --teacher-layers {a.teacher_layers}: need two teacher layers in [0, {n_teacher}), e.g. 0,5",
               file=sys.stderr)
         return 2
     os.makedirs(a.out, exist_ok=True)
     out = os.path.abspath(a.out)
     py = sys.executable
-    teacher = teacher_dir()
     log = os.path.join(out, "replication.log")
 
     # corpus and shards (the teacher's vocabulary)
