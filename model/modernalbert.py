@@ -228,6 +228,7 @@ class MaskedLMOutput(NamedTuple):
     aux_losses: dict[str, torch.Tensor]  # unscaled sums over applications
     routing_stats: dict[str, dict[str, torch.Tensor]]  # "layer{i}.{attn|ffn}" → detached statistics
     hidden_states: list[torch.Tensor]  # per-group outputs when asked for, else empty
+    last_hidden_state: torch.Tensor | None = None  # [T, D] after the final norm, when hidden states are asked for
 
 
 class ModernAlbertForMaskedLM(nn.Module):
@@ -285,15 +286,16 @@ class ModernAlbertForMaskedLM(nn.Module):
         recorder = RoutingRecorder()
         h_TD, hidden = self.model(input_ids, cu_seqlens, max_seqlen, output_hidden_states, recorder)
         recorder.close()
+        last = h_TD if output_hidden_states else None
         logits_MV = self.logits(h_TD[mlm_positions])
         M = len(mlm_positions)
         if mlm_labels is None:
             zero = logits_MV.new_zeros(())
-            return MaskedLMOutput(zero, zero, M, logits_MV, recorder.aux_losses, recorder.stats, hidden)
+            return MaskedLMOutput(zero, zero, M, logits_MV, recorder.aux_losses, recorder.stats, hidden, last)
         mlm_loss = F.cross_entropy(logits_MV.float(), mlm_labels)
         with torch.no_grad():
             acc = (logits_MV.argmax(-1) == mlm_labels).float().mean()
-        return MaskedLMOutput(mlm_loss, acc, M, logits_MV, recorder.aux_losses, recorder.stats, hidden)
+        return MaskedLMOutput(mlm_loss, acc, M, logits_MV, recorder.aux_losses, recorder.stats, hidden, last)
 
 
 def mol_layers(model: nn.Module) -> dict[int, MoLFFN]:

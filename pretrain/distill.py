@@ -1,12 +1,20 @@
-"""Distillation losses against a frozen HuggingFace teacher: cosine on mapped hidden states, KL on masked-token logits.
+"""Distillation losses against a frozen HuggingFace teacher: cosine on mapped hidden states, cosine on
+mean-pooled sentence embeddings, KL on masked-token logits.
 
-    distill.teacher=DIR   distill.hidden_weight=1.0   distill.kl_weight=1.0   distill.temperature=2.0
+    distill.teacher=DIR   distill.hidden_weight=1.0   distill.pooled_weight=0.0   distill.kl_weight=1.0
+    distill.temperature=2.0
 
-Two terms, added to the MLM loss with their weights:
+Three terms, added to the MLM loss with their weights:
   hidden  cosine distance 1 - cos(h_student, h_teacher) between each student group's output and the
           hidden state after its mapped teacher layer (``model/teacher.py``'s evenly spaced map, or
           ``distill.layers``), averaged over groups and over every real token of the global batch.
           Needs the same width.
+  pooled  cosine distance between each document's mean-pooled student output (after the final norm: what
+          a mean-pooling classifier sees) and the mean-pooled last hidden state of the teacher, averaged
+          over documents weighted by their tokens (so it shares the hidden term's normaliser, and a
+          two-token fragment at a sample's edge weighs little). It is the sentence-embedding objective of
+          teachers like all-MiniLM-L6-v2; the per-token term alone lets a student lose what the teacher's
+          pooled vector carries (STS-B, benchmarks/RESULTS.md). Needs the same width. Off by default.
   kl      KL(p_teacher || p_student) of the masked-token distributions at temperature τ, times τ²,
           averaged over every masked token of the global batch. Only with a teacher that has an MLM
           head and the student's vocabulary; otherwise it is off (said at start).
@@ -22,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model.classification import pool
 from model.config import ConfigError, ModelConfig, check
 from model.teacher import TeacherError, layer_map, read_teacher_config
 
@@ -30,12 +39,13 @@ from model.teacher import TeacherError, layer_map, read_teacher_config
 class DistillConfig:
     teacher: str = ""  # HF model directory; empty: no distillation
     hidden_weight: float = 1.0
+    pooled_weight: float = 0.0  # sentence level: mean-pooled student vs teacher embeddings
     kl_weight: float = 1.0
     temperature: float = 2.0
     layers: tuple[int, ...] = ()  # teacher layer per student group; empty: evenly spaced
 
     def validate(self, prefix: str = "distill.") -> None:
-        for name in ("hidden_weight", "kl_weight"):
+        for name in ("hidden_weight", "pooled_weight", "kl_weight"):
             check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
         check(self.temperature > 0, f"{prefix}temperature", self.temperature, "must be > 0")
 
@@ -50,9 +60,10 @@ class Teacher:
         if info.vocab_size != student.vocab_size:
             raise ConfigError(f"distill.teacher: vocabulary {info.vocab_size} differs from the student's "
                               f"{student.vocab_size}; build the shards with the teacher's tokenizer")
-        if cfg.hidden_weight > 0 and info.hidden_size != student.hidden_size:
-            raise ConfigError(f"distill.hidden_weight={cfg.hidden_weight}: the teacher's width {info.hidden_size} "
-                              f"differs from the student's {student.hidden_size} (set it to 0)")
+        for name in ("hidden_weight", "pooled_weight"):
+            if getattr(cfg, name) > 0 and info.hidden_size != student.hidden_size:
+                raise ConfigError(f"distill.{name}={getattr(cfg, name)}: the teacher's width {info.hidden_size} "
+                                  f"differs from the student's {student.hidden_size} (set it to 0)")
         self.layers = list(cfg.layers) or layer_map(student.num_groups, info.num_layers)
         if len(self.layers) != student.num_groups or not all(0 <= t < info.num_layers for t in self.layers):
             raise ConfigError(f"distill.layers={list(cfg.layers)}: need {student.num_groups} teacher layers in "
@@ -76,12 +87,14 @@ class Teacher:
             kl = ("on" if self.kl_on else "off (the teacher has no MLM head)" if cfg.kl_weight > 0 else "off")
             print(f"distill: {info.family} teacher {cfg.teacher} ({type(self.model).__name__}), student group -> "
                   f"teacher layer {self.layers}; hidden-state cosine weight {cfg.hidden_weight}; "
+                  f"pooled-embedding cosine weight {cfg.pooled_weight}; "
                   f"logit KL {kl} (tau {cfg.temperature})")
 
     @torch.no_grad()
     def run(self, input_ids_T: torch.Tensor, cu_seqlens: torch.Tensor, mlm_positions: torch.Tensor
-            ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Teacher hidden states at the mapped layers ([T, d] each) and masked-token logits [M, V] (or None)."""
+            ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """Teacher hidden states at the mapped layers ([T, d] each), masked-token logits [M, V] (or None) and
+        each document's mean-pooled last hidden state [N, d] (or None when ``pooled_weight`` is 0)."""
         cu = cu_seqlens.long()
         lens = cu[1:] - cu[:-1]
         B, L = len(lens), int(lens.max())
@@ -92,13 +105,24 @@ class Teacher:
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         hidden = [out.hidden_states[t + 1][row_T, pos_T].float() for t in self.layers]
         logits = out.logits[row_T, pos_T][mlm_positions].float() if self.kl_on else None
-        return hidden, logits
+        pooled_BD = None
+        if self.cfg.pooled_weight > 0:
+            last_BLD = out.hidden_states[-1].float() * mask[..., None]
+            pooled_BD = last_BLD.sum(1) / lens[:, None]
+        return hidden, logits, pooled_BD
 
 
 def hidden_cosine_sum(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
     """Σ over tokens of the mean over groups of 1 - cos(student, teacher)."""
     per_group = [(1 - F.cosine_similarity(s.float(), t, dim=-1)).sum() for s, t in zip(student, teacher)]
     return torch.stack(per_group).mean()
+
+
+def pooled_cosine_sum(student_TD: torch.Tensor, teacher_ND: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Σ over documents of (its tokens) · (1 - cos(mean-pooled student, teacher's pooled vector))."""
+    lens_N = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    student_ND = pool(student_TD.float(), cu_seqlens, "mean")
+    return (lens_N * (1 - F.cosine_similarity(student_ND, teacher_ND, dim=-1))).sum()
 
 
 def kl_sum(student_MV: torch.Tensor, teacher_MV: torch.Tensor, temperature: float) -> torch.Tensor:

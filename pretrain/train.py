@@ -36,7 +36,7 @@ from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, exit_codes, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader
-from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum
+from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum
 from pretrain.evaluate import evaluate, val_loader
 from pretrain.logger import TrainLogger
 from pretrain.fsdp_engine import FSDPEngine
@@ -162,7 +162,7 @@ def build_engine(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, pa
 class StepSums:
     """A step's metric sums over its micro-batches, kept on the device (no host sync until ``reduce``).
 
-    Entries: "ce" (CE sum), "correct", "hidden" and "kl" (distillation sums), "aux/<name>" per auxiliary
+    Entries: "ce" (CE sum), "correct", "hidden", "pooled" and "kl" (distillation sums), "aux/<name>" per auxiliary
     loss, and on log steps "load/<layer>" (tokens routed to each expert). Every rank adds the same
     entries in the same order, so the flattened sums line up in the all-reduce.
     """
@@ -176,12 +176,12 @@ class StepSums:
         self.sums[name] = self.sums[name] + t if name in self.sums else t
 
     @torch.no_grad()
-    def add(self, out, hidden: torch.Tensor, kl: torch.Tensor, count_load: bool) -> None:
+    def add(self, out, distill: dict[str, torch.Tensor], count_load: bool) -> None:
         n = out.num_masked
         self._add("ce", out.mlm_loss.double() * n)
         self._add("correct", out.mlm_accuracy.double() * n)
-        self._add("hidden", hidden)
-        self._add("kl", kl)
+        for name, value in distill.items():
+            self._add(name, value)
         for name, value in out.aux_losses.items():
             self._add(f"aux/{name}", value)
         if count_load:
@@ -281,12 +281,12 @@ class Trainer:
             inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
                       for k, v in model_inputs(b).items()}
             out = self.engine(**inputs, output_hidden_states=self.teacher is not None)
-            hidden, kl, extra = self._distill(inputs, out, global_masked, global_tokens)
+            distill, extra = self._distill(inputs, out, global_masked, global_tokens)
             # FSDP averages gradients over ranks: scale by world so the average is the global mean
             total = combine_losses(cfg.model, out.mlm_loss, out.aux_losses, extra=extra,
                                    task_scale=out.num_masked * rt.world / global_masked, aux_scale=1 / rt.accum)
             self.engine.backward(total, last=i == rt.accum - 1)
-            sums.add(out, hidden, kl, count_load)
+            sums.add(out, distill, count_load)
         grad_norm = self.engine.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -304,6 +304,8 @@ class Trainer:
                   "grad_norm": m["grad_norm"], "lr": lr, "tokens": int(global_tokens)}
         if self.teacher is not None:
             record["distill/hidden"] = m["hidden"] / global_tokens
+            if self.cfg.distill.pooled_weight > 0:
+                record["distill/pooled"] = m["pooled"] / global_tokens
             if self.teacher.kl_on:
                 record["distill/kl"] = m["kl"] / global_masked
         return record, flops, load
@@ -314,19 +316,23 @@ class Trainer:
                              "would shift all later batches): rebuild it and relaunch, the run resumes exactly")
 
     def _distill(self, inputs: dict, out, global_masked: float, global_tokens: float):
-        """(hidden-state sum, KL sum, extra loss terms with their scales) against the teacher, if any."""
+        """(detached distillation sums by name, extra loss terms with their scales) against the teacher, if any."""
         zero = torch.zeros((), device=self.rt.device)
         if self.teacher is None:
-            return zero, zero, []
+            return {"hidden": zero, "pooled": zero, "kl": zero}, []
         d, world = self.cfg.distill, self.rt.world
-        t_hidden, t_logits = self.teacher.run(inputs["input_ids"], inputs["cu_seqlens"], inputs["mlm_positions"])
+        t_hidden, t_logits, t_pooled = self.teacher.run(inputs["input_ids"], inputs["cu_seqlens"],
+                                                        inputs["mlm_positions"])
         hidden = hidden_cosine_sum(out.hidden_states, t_hidden)
         extra = [(hidden, d.hidden_weight * world / global_tokens)]
-        kl = zero
+        pooled = kl = zero
+        if t_pooled is not None:
+            pooled = pooled_cosine_sum(out.last_hidden_state, t_pooled, inputs["cu_seqlens"])
+            extra.append((pooled, d.pooled_weight * world / global_tokens))
         if t_logits is not None:
             kl = kl_sum(out.logits, t_logits, d.temperature)
             extra.append((kl, d.kl_weight * world / global_masked))
-        return hidden.detach(), kl.detach(), extra
+        return {"hidden": hidden.detach(), "pooled": pooled.detach(), "kl": kl.detach()}, extra
 
     # validate -----------------------------------------------------------------------------------
     def validate(self) -> dict:

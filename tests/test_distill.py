@@ -149,14 +149,61 @@ def _first_last(records, key, n=3):
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
-def test_distillation_from_minilm_lowers_the_hidden_and_mlm_losses(minilm, teacher_shards, student, tmp_path):
-    out, recs = _train(str(tmp_path), teacher_shards, student, minilm, nproc=2, steps=20)
+def test_distillation_from_minilm_lowers_the_hidden_pooled_and_mlm_losses(minilm, teacher_shards, student, tmp_path):
+    out, recs = _train(str(tmp_path), teacher_shards, student, minilm, nproc=2, steps=20,
+                       extra=["distill.pooled_weight=1"])
     assert "logit KL off (the teacher has no MLM head)" in out and "initialised from" in out
+    assert "pooled-embedding cosine weight 1.0" in out
     assert all("distill/kl" not in r for r in recs)
     h0, h1 = _first_last(recs, "distill/hidden")
+    p0, p1 = _first_last(recs, "distill/pooled")
     l0, l1 = _first_last(recs, "loss")
-    print(f"MiniLM distillation, 20 steps: hidden cosine distance {h0:.4f} -> {h1:.4f}, MLM loss {l0:.4f} -> {l1:.4f}")
-    assert h1 < 0.8 * h0 and l1 < l0
+    print(f"MiniLM distillation, 20 steps: hidden cosine distance {h0:.4f} -> {h1:.4f}, pooled {p0:.4f} -> {p1:.4f}, "
+          f"MLM loss {l0:.4f} -> {l1:.4f}")
+    assert h1 < 0.8 * h0 and p1 < 0.8 * p0 and l1 < l0
+
+
+def test_pooled_loss_matches_a_per_document_reference_and_the_teachers_own_mean_pooling(minilm):
+    """Teacher.run's pooled vectors (documents padded into one batch) equal the teacher run on each document
+    alone with sentence-transformers' mean pooling; pooled_cosine_sum equals a per-document loop."""
+    from transformers import AutoModel
+
+    from model.config import ModelConfig
+    from pretrain.distill import DistillConfig, Teacher, pooled_cosine_sum
+
+    torch.manual_seed(0)
+    lens = [5, 17, 2, 9]
+    ids_T = torch.randint(1000, 30000, (sum(lens),))
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    student_cfg = ModelConfig(vocab_size=30522, hidden_size=384, num_heads=6, intermediate_size=96)
+    t = Teacher(DistillConfig(teacher=minilm, pooled_weight=1.0), student_cfg, 128, torch.device("cpu"), verbose=False)
+    _, _, pooled_ND = t.run(ids_T, cu, torch.tensor([0, 3]))
+    ref = AutoModel.from_pretrained(minilm).eval()
+    with torch.no_grad():
+        expected = torch.stack([ref(input_ids=ids_T[cu[i]:cu[i + 1]][None]).last_hidden_state[0].mean(0)
+                                for i in range(len(lens))])
+    torch.testing.assert_close(pooled_ND, expected, atol=2e-5, rtol=1e-4)
+    assert Teacher(DistillConfig(teacher=minilm), student_cfg, 128, torch.device("cpu"), False).run(
+        ids_T, cu, torch.tensor([0]))[2] is None  # off by default: not computed
+
+    student_TD = torch.randn(sum(lens), 384)
+    loop = sum(n * (1 - torch.nn.functional.cosine_similarity(student_TD[cu[i]:cu[i + 1]].mean(0), expected[i], dim=0))
+               for i, n in enumerate(lens))
+    torch.testing.assert_close(pooled_cosine_sum(student_TD, expected, cu), loop)
+    assert float(pooled_cosine_sum(torch.cat([expected[i].expand(n, -1) for i, n in enumerate(lens)]), expected, cu)) \
+        == pytest.approx(0, abs=1e-4)  # a student that equals the teacher's pooled vector everywhere: zero loss
+
+
+def test_pooled_weight_is_validated(minilm):
+    from model.config import ConfigError, ModelConfig
+    from pretrain.distill import DistillConfig, Teacher
+
+    with pytest.raises(ConfigError, match="distill.pooled_weight"):
+        DistillConfig(teacher=minilm, pooled_weight=-1.0).validate()
+    narrow = ModelConfig(vocab_size=30522, hidden_size=64, num_heads=4, intermediate_size=96)
+    with pytest.raises(ConfigError, match=r"distill.pooled_weight=1.0: the teacher's width 384 differs"):
+        Teacher(DistillConfig(teacher=minilm, hidden_weight=0, pooled_weight=1.0), narrow, 128,
+                torch.device("cpu"), verbose=False)
 
 
 def test_modernbert_teacher_maps_exactly_and_its_logit_kl_is_active_and_falls(minilm, teacher_shards, tmp_path):
