@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                         "default: %(default)s)")
     p.add_argument("--distill-layers", default="",
                    help="teacher layer whose output each student group's output is distilled towards "
-                        "(distill.layers; default: the same evenly spaced map as the init, 0,5). 2,5 matches "
+                        "(distill.layers; default: the evenly spaced map 0,5, whatever --teacher-layers says). 2,5 matches "
                         "each group's depth: 3 student layers against 3 teacher layers")
     p.add_argument("--glue-args", default="--seeds 0,1,2 --epochs 3 --max-train 500 --max-eval 500 --lr 1e-4 --threads 2",
                    help="arguments for python -m evaluation.glue, the same for every row")
