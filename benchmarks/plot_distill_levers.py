@@ -25,6 +25,8 @@ def lever(args: dict) -> str:
         parts.append(f"pooled weight {args['pooled_weight']:g}")
     if args.get("teacher_layers", "0,5") != "0,5":
         parts.append(f"init layers {args['teacher_layers']}")
+    if args.get("lr", 5e-4) != 5e-4:
+        parts.append(f"lr {args['lr']:g}")
     if args.get("distill_layers"):
         parts.append(f"distill layers {args['distill_layers']}")
     return ", ".join(parts) if len(parts) > 1 or args["steps"] != 120 else "120 steps (defaults)"
