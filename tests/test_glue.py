@@ -379,3 +379,34 @@ def test_embedding_sts_teacher_ranks_paraphrases_first_and_bad_input_exits_2(tmp
     os.remove(os.path.join(glue, "STS-B", "test.tsv"))
     r = run_cli(["-m", "evaluation.embedding_sts", str(minilm.get_model_path()), "--glue-dir", glue])
     assert r.returncode == 2 and "STS-B/test.tsv: missing" in r.stderr
+
+
+def test_plot_distill_levers_reads_replication_runs(tmp_path):
+    """benchmarks/plot_distill_levers.py: the lever named from the run's arguments, the last-10-step hidden distance,
+    the zero-shot score matched by model path, a PNG; a missing run is one line, exit 2."""
+    pytest.importorskip("matplotlib")
+
+    def fake(name, args, avg, seeds):
+        d = tmp_path / name
+        (d / "runs" / "b").mkdir(parents=True)
+        glue = {"average": avg, "average_per_seed": {"min": seeds[0], "max": seeds[1]},
+                "task_scores": {"SST-2": 0.7, "STS-B": 0.2, "MRPC": 0.73}}
+        doc = {"args": {"steps": 120, "hidden_weight": 1.0, "pooled_weight": 0.0, "teacher_layers": "0,5",
+                        "distill_layers": "", "lr": 5e-4, **args}, "rows": {"b": {"val_mlm_loss": 6.1, "glue": glue}}}
+        (d / "replication.json").write_text(json.dumps(doc))
+        (d / "runs" / "b" / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": i, "distill/hidden": 1.0 if i < 5 else 0.5}) + "\n" for i in range(15)))
+        return str(d)
+
+    base, hw = fake("base", {}, 0.552, (0.542, 0.555)), fake("hw5", {"hidden_weight": 5.0, "lr": 1e-3}, 0.531, (0.534, 0.538))
+    sts = tmp_path / "sts.json"
+    sts.write_text(json.dumps({os.path.join(hw, "native", "b"): {"test": {"score": 66.1}}}))
+    png = str(tmp_path / "levers.png")
+    r = run_cli(["benchmarks/plot_distill_levers.py", base, hw, "--sts", str(sts), "--out", png])
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[2] == "| base | 120 steps (defaults) | 6.100 | 0.500 | 70.0 | 20.0 | 73.0 | **55.2** | 54.2–55.5 | – |"
+    assert lines[3].startswith("| hw5 | 120 steps, hidden weight 5, lr 0.001 |") and lines[3].endswith("| 66.1 |")
+    assert os.path.getsize(png) > 1000
+    r = run_cli(["benchmarks/plot_distill_levers.py", str(tmp_path / "nope"), "--out", png])
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
