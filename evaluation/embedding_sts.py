@@ -31,12 +31,15 @@ from model.native_format import InputError
 
 
 class Encoder:
-    """Mean-pooled last hidden states [B, D] for a list of sentences, for a native or a HuggingFace model."""
+    """Mean-pooled last hidden states [B, D] for a list of sentences, for a native or a HuggingFace model.
+
+    Tokenisation and batching are the GLUE runner's (``evaluation.models``), so both tools see the same inputs;
+    an HF export of this project loads with its own code (``trust_remote_code``, as in the runner)."""
 
     def __init__(self, path: str, max_len: int = 128) -> None:
-        from evaluation.models import model_kind
+        from evaluation.models import HFBackend, NativeBackend, model_kind
 
-        self.kind, _ = model_kind(path)
+        self.kind, doc = model_kind(path)
         self.max_len = max_len
         if self.kind == "native":
             from data_prep.tokenizer import Tokenizer
@@ -45,24 +48,25 @@ class Encoder:
             mlm, doc = load_native(path)
             self.model = mlm.model.eval()
             self.tok = Tokenizer(os.path.join(path, doc["tokenizer"]))
+            self.collate = NativeBackend.collate
         else:
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoModel
 
-            self.model = AutoModel.from_pretrained(path).eval()
-            self.tok = AutoTokenizer.from_pretrained(path)
+            self.backend = HFBackend(path, doc)
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=self.backend.remote).eval()
+            self.collate = self.backend.collate
 
     @torch.no_grad()
     def __call__(self, sentences: list[str]) -> torch.Tensor:
+        texts = [(s,) for s in sentences]
         if self.kind == "native":
             from data_prep.tokenizer import encode_examples
             from model.classification import pool
 
-            ids = encode_examples(self.tok, [(s,) for s in sentences], self.max_len)
-            lens = torch.tensor([len(x) for x in ids])
-            cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
-            h_TD, _ = self.model(torch.tensor([t for x in ids for t in x]), cu, int(lens.max()))
-            return pool(h_TD.float(), cu, "mean")
-        batch = self.tok(sentences, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
+            batch = self.collate([{"input_ids": ids} for ids in encode_examples(self.tok, texts, self.max_len)])
+            h_TD, _ = self.model(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"])
+            return pool(h_TD.float(), batch["cu_seqlens"], "mean")
+        batch = self.collate(self.backend.encode(texts, self.max_len))
         h_BLD = self.model(**batch).last_hidden_state.float()
         mask_BL1 = batch["attention_mask"][..., None].float()
         return (h_BLD * mask_BL1).sum(1) / mask_BL1.sum(1)
@@ -79,7 +83,7 @@ def cosine_scores(encode: Encoder, pairs: list[tuple[str, str]], batch_size: int
 
 def evaluate(path: str, glue_dir: str) -> dict:
     """{split: {"pearson", "spearman", "score", "n"}} on STS-B dev and test (×100)."""
-    from scipy.stats import pearsonr, spearmanr
+    from evaluation.metrics import pearson, spearman
 
     data = load_local("STS-B", glue_dir)
     encode = Encoder(path)
@@ -88,7 +92,7 @@ def evaluate(path: str, glue_dir: str) -> dict:
         ex = data[split]
         pred = cosine_scores(encode, [e.texts for e in ex])
         gold = [e.label for e in ex]
-        p, s = 100 * float(pearsonr(pred, gold)[0]), 100 * float(spearmanr(pred, gold)[0])
+        p, s = 100 * pearson(pred, gold), 100 * spearman(pred, gold)
         res[split] = {"pearson": p, "spearman": s, "score": (p + s) / 2, "n": len(ex)}
     return res
 

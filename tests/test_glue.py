@@ -358,6 +358,12 @@ def test_embedding_sts_matches_a_per_sentence_reference_and_scipy(native_dir, tm
             ids = torch.tensor(encode_examples(tok, [(a,)], 128)[0])
             h, _ = mlm.model.eval()(ids, torch.tensor([0, len(ids)], dtype=torch.int32), len(ids))
             torch.testing.assert_close(batched[i], h.mean(0), atol=1e-5, rtol=1e-4)
+    # our HF export (remote code) through the same tool: the same vectors
+    hf = str(tmp_path / "hf")
+    assert run_cli(["tools/convert_to_hf.py", native_dir, "--out", hf]).returncode == 0
+    hf_enc = Encoder(hf)
+    assert hf_enc.kind == "hf" and hf_enc.backend.remote
+    torch.testing.assert_close(hf_enc([p[0] for p in STS_PAIRS]), batched, atol=1e-4, rtol=1e-4)
     res = evaluate(native_dir, _sts_dir(tmp_path))
     cos = torch.nn.functional.cosine_similarity(enc([p[0] for p in STS_PAIRS]), enc([p[1] for p in STS_PAIRS])).numpy()
     gold = [p[2] for p in STS_PAIRS]
