@@ -2,11 +2,12 @@
 
     python benchmarks/plot_distill_levers.py runs/levers/base runs/levers/hw5 ... [--sts sts.json] --out levers.png
 
-Each argument is one ``replicate_glue.py`` OUT directory (its ``replication.json``, and the run's
-``runs/b/metrics.jsonl``: the hidden-state distance, averaged over the last 10 steps); ``--sts`` is an ``evaluation.embedding_sts``
-JSON whose keys are those directories' ``native/b`` models. Prints a Markdown table (the lever, validation
-MLM, the hidden-state distance at the end, GLUE task medians, their average with the per-seed range, zero-shot STS-B)
-and draws the averages with their per-seed ranges. The benchmark is the runs; this only reads them.
+Each argument is one ``replicate_glue.py`` OUT directory: its ``replication.json``, and the run's
+``runs/b/metrics.jsonl`` for the hidden-state distance (averaged over the last 10 steps). ``--sts`` is an
+``evaluation.embedding_sts`` JSON whose keys are those directories' ``native/b`` models. Prints a Markdown
+table (the lever, validation MLM, the hidden-state distance, GLUE task medians, their average with the
+per-seed range, zero-shot STS-B) and draws the averages with their per-seed ranges. The benchmark is the
+runs; this only reads them.
 """
 
 from __future__ import annotations

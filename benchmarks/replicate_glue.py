@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher = teacher_dir()
     # checked here, not only by init_from_teacher: a bad map would otherwise fail after the corpus and shards
     n_teacher = read_teacher_config(teacher).num_layers
-    for flag, value in (("--teacher-layers", a.teacher_layers), ("--distill-layers", a.distill_layers or "0,0")):
+    maps = [("--teacher-layers", a.teacher_layers)] + ([("--distill-layers", a.distill_layers)] if a.distill_layers else [])
+    for flag, value in maps:
         layers = value.split(",")
         if len(layers) != 2 or not all(x.strip().isdigit() and int(x) < n_teacher for x in layers):
             print(f"error: {flag} {value}: need two teacher layers in [0, {n_teacher}), e.g. 0,5", file=sys.stderr)
