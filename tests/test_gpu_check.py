@@ -1,0 +1,129 @@
+"""scripts/gpu_check.sh rehearsed on CPU, offline: no download, carried wheels installed, every column written.
+
+The GPU machine has no network and its own torch, so the check must run from the interpreter it is given
+and a wheel folder in the checkout. Here the network is replaced by a listening socket that every proxy
+and index variable points at: any download attempt shows up as a connection to it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import REPO
+
+STAGES = ("shards", "tests", "50m", "120m", "nccl")
+
+
+class Trap:
+    """A TCP listener that counts connections: the stand-in for the network (proxy and package index)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def env(self) -> dict:
+        offline = {k: self.url for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                                          "all_proxy", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")}
+        # no config file either: the machine's pip.conf may name local indexes and wheel folders
+        return {**offline, "NO_PROXY": "", "no_proxy": "", "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
+
+
+def _probe_wheel(tmp_path) -> str:
+    """A one-module wheel of a distribution no interpreter has, built offline: what the check must install."""
+    src = tmp_path / "probe_src"
+    (src / "gpu_check_probe").mkdir(parents=True)
+    (src / "gpu_check_probe" / "__init__.py").write_text("VALUE = 42\n")
+    (src / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\nbuild-backend = '
+                                        '"setuptools.build_meta"\n[project]\nname = "gpu-check-probe"\n'
+                                        'version = "0.1"\n[tool.setuptools]\npackages = ["gpu_check_probe"]\n')
+    wheels = tmp_path / "wheels"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-index", "--no-deps", "--no-build-isolation",
+                        "-w", str(wheels), str(src)], capture_output=True, text=True,
+                       env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+    assert r.returncode == 0, r.stderr
+    return str(wheels)
+
+
+def _check(env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=timeout)
+
+
+def test_the_trap_sees_a_download_attempt():
+    trap = Trap()
+    r = subprocess.run([sys.executable, "-c", "import urllib.request\ntry:\n urllib.request.urlopen("
+                        "'http://pypi.org/simple/', timeout=5)\nexcept Exception:\n pass"],
+                       env={**os.environ, **trap.env()}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert trap.connections == 1
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_cpu_rehearsal_runs_every_stage_offline_with_the_carried_wheels(tmp_path):
+    trap = Trap()
+    wheels = _probe_wheel(tmp_path)
+    out = tmp_path / "out"
+    (tmp_path / "tmp").mkdir()
+    r = _check({**trap.env(), "GPU_CHECK_CPU": "1", "PYTHON": sys.executable, "WHEELS": wheels, "OUT": str(out),
+                "TMPDIR": str(tmp_path / "tmp")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert trap.connections == 0, "the check tried to reach the network"
+    # only the missing distribution came from the folder, named in one line
+    assert f"gpu_check: from {wheels}: gpu-check-probe 0.1" in r.stdout
+    assert not list((tmp_path / "tmp").glob("gpu_check_site_*")), "the temporary --target was left behind"
+    md = (out / "gpu_check.md").read_text()
+    assert "| stage | status | seconds | note |" in md
+    assert "| configuration | tokens/s | TFLOP/s per GPU | MFU | peak memory GiB | loss at last step | wall s |" in md
+    for stage in STAGES:
+        assert f"| {stage} | ok |" in md, md
+    rows = [line for line in md.splitlines() if "(cpu rehearsal: tiny, fp32)" in line]
+    assert len(rows) == 5, md  # 50m and 120m, MoL and dense; the 2-process case
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 7 and float(cells[1].replace(",", "")) > 0 and float(cells[5]) > 0, row
+    env_txt = (out / "environment.txt").read_text()
+    assert '"gpu-check-probe 0.1"' in env_txt
+
+
+def test_stages_subset_and_errors_are_one_line(tmp_path):
+    r = _check({"GPU_CHECK_CPU": "1", "PYTHON": sys.executable, "STAGES": "shards bogus", "OUT": str(tmp_path)})
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "STAGES: unknown stage(s) bogus; allowed: shards tests 50m 120m nccl" in r.stderr
+    # a GPU run on a machine whose torch sees no GPU: one line, exit 2, nothing measured
+    r = _check({"GPU_CHECK_CPU": "0", "PYTHON": sys.executable, "OUT": str(tmp_path / "gpu")})
+    assert r.returncode == 2 and "sees no CUDA GPU" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    # no interpreter given and none on PATH with a CUDA torch
+    bindir = os.path.dirname(sys.executable)
+    r = _check({"GPU_CHECK_CPU": "0", "PYTHON": "", "PATH": f"{bindir}:/usr/bin:/bin", "OUT": str(tmp_path / "g2")})
+    assert r.returncode == 2 and "no python3 on PATH imports a CUDA-enabled torch" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_a_stage_subset_runs_alone_and_reuses_the_shards(tmp_path):
+    env = {"GPU_CHECK_CPU": "1", "PYTHON": sys.executable, "OUT": str(tmp_path), "WHEELS": str(tmp_path / "none")}
+    r = _check({**env, "STAGES": "shards tests"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "nothing installed" in r.stdout
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| shards | ok |" in md and "| tests | ok |" in md and "| 50m |" not in md
+    assert "(none measured)" in md
