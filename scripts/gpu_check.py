@@ -75,14 +75,14 @@ class Settings:
         cpu = env.get("GPU_CHECK_CPU", "0") not in ("", "0")
         out = env.get("OUT") or "runs/gpu_check"
         try:
-            steps = int(env.get("STEPS") or (4 if cpu else 30))
+            steps = int(env.get("STEPS") or (3 if cpu else 30))
             warmup = int(env.get("WARMUP") or (1 if cpu else 10))
             peak = float(env.get("PEAK_TFLOPS") or 0)
             deadline = float(env.get("DEADLINE") or 540)
         except ValueError as e:
             fail(f"STEPS, WARMUP, PEAK_TFLOPS and DEADLINE are numbers ({e})")
-        if steps < 1 or warmup < 0 or steps <= warmup:
-            fail(f"STEPS={steps} WARMUP={warmup}: need STEPS > WARMUP >= 0 (timed steps are those after WARMUP)")
+        if steps < 1 or warmup < 0:
+            fail(f"STEPS={steps} WARMUP={warmup}: need STEPS >= 1 timed steps and WARMUP >= 0 untimed ones before them")
         return cls(out=out, wheels=env.get("WHEELS") or os.path.join(REPO, ".gpu_wheels"),
                    shards=env.get("SHARDS") or os.path.join(out, "shards"), stages=stages, steps=steps,
                    warmup=warmup, cpu=cpu, rehearse_compile=env.get("REHEARSE_COMPILE", "0") not in ("", "0"),
@@ -289,7 +289,7 @@ class Check:
                 os.remove(json_path)
             # accumulation 1 (global batch = one micro-batch of 16 x seq per process): every step timed alike
             cmd = [sys.executable, "benchmarks/bench_train.py", "--config", config, "--data", self.s.shards,
-                   "--steps", str(self.s.steps), "--warmup", str(self.s.warmup), "--nprocs", str(nprocs),
+                   "--steps", str(self.s.warmup + self.s.steps), "--warmup", str(self.s.warmup), "--nprocs", str(nprocs),
                    "--num-workers", "1" if self.s.cpu else "4", "--json", json_path, "--label", label,
                    "train.micro_batch_size=16", f"train.global_batch_tokens={16 * seq * nprocs}", "train.log_every=1",
                    f"parallel.compile={str(compile).lower()}", f"parallel.precision={precision}"]
@@ -338,12 +338,14 @@ def write_report(c: Check) -> None:
     s, e = c.s, c.env_info
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip() or "unknown"
+    if commit != "unknown" and subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode:
+        commit += " + uncommitted changes"
     device = ", ".join(e["gpus"]) if e["gpus"] else "CPU (rehearsal)"
     seq = 128 if s.cpu else 1024
     lines = [f"# GPU check{' (CPU rehearsal)' if s.cpu else ''}", "",
              f"{device}; torch {e['torch']} (CUDA {e['cuda'] or '-'}); Python {platform.python_version()} "
              f"({sys.executable}); commit {commit}; {e['flash_attn']}.",
-             f"Per configuration: {s.steps - s.warmup} timed steps after {s.warmup} warm-up, one micro-batch of "
+             f"Per configuration: {s.steps} timed steps after {s.warmup} warm-up, one micro-batch of "
              f"16 x {seq} per process, {'fp32' if s.cpu else 'bf16'}.", "",
              "| stage | status | seconds | note |", "|---|---|---|---|"]
     for r in c.results:

@@ -14,7 +14,7 @@
 #   OUT=dir                results: gpu_check.md, gpu_check.json, stages.log, environment.txt (runs/gpu_check)
 #   SHARDS=dir             where the stage "shards" builds them (default OUT/shards; reused when present)
 #   STAGES="tests 120m"    a subset of: shards tests 50m 120m nccl (default all; 50m/120m/nccl need shards)
-#   STEPS=30 WARMUP=10     steps per configuration, of which the first WARMUP are not timed
+#   STEPS=30 WARMUP=10     timed steps per configuration, after WARMUP untimed ones (compile, allocator)
 #   PEAK_TFLOPS=989        per-GPU peak for MFU (default: known for H100, H200, A100, L40S, A10G, L4)
 #   DEADLINE=540           seconds; a stage that would start later is skipped (each has its own cap too)
 #   GPU_CHECK_CPU=1        the CPU rehearsal (what CI runs): same stages and files, tiny preset, fp32
