@@ -369,7 +369,6 @@ def write_report(c: Check) -> None:
 
 def main() -> int:
     s = Settings.from_env()
-    os.makedirs(s.out, exist_ok=True)
     # nothing in the check needs a hub or an index; make any attempt fail fast instead of hanging offline
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PIP_NO_INDEX="1", WANDB_MODE="disabled",
                       PYTHONUNBUFFERED="1")
@@ -387,6 +386,7 @@ def main() -> int:
                   "stages that import them will fail (scripts/gpu_wheels.sh fetches them)")
         if info["pin_note"]:
             print(f"gpu_check: note: {info['pin_note']}")
+        os.makedirs(s.out, exist_ok=True)  # only once the check can run: a refused start writes nothing
         info["flash_attn"] = flash_attn_status()
         info["from_wheels"], info["missing"] = installed, still
         print(f"gpu_check: {sys.executable} (Python {platform.python_version()}), torch {info['torch']}, "

@@ -283,5 +283,11 @@ def test_gpu_check_says_in_one_line_that_there_is_no_gpu(tmp_path):
     r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "OUT": str(tmp_path / "out")})
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == "gpu_check: no CUDA GPU on this machine (nvidia-smi lists none); nothing to check\n"
+    assert r.stderr.startswith("gpu_check: no python3 on PATH imports a CUDA-enabled torch that sees a GPU (tried: ")
+    assert r.stderr.endswith("; set PYTHON=/path/to/python3\n") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    # given an interpreter whose torch sees no GPU: the same, one line, nothing written
+    r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "sees no CUDA GPU" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
