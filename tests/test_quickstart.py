@@ -28,3 +28,17 @@ def test_quickstart_runs_the_whole_chain_and_prints_what_the_readme_shows(tmp_pa
                  "merged/merge_report.json", "folded/model.safetensors", "hf/modeling_modernalbert.py",
                  "hf/tokenizer.json", "hf-modernbert/config.json"):
         assert (out / path).exists(), path
+
+
+def test_test_script_runs_only_the_tests_it_is_given():
+    """`bash scripts/test.sh tests/test_flops.py` used to run the whole suite (it passed `tests` first)."""
+    r = subprocess.run(["bash", "scripts/test.sh", "--collect-only", "-q", "tests/test_flops.py"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    collected = [line for line in r.stdout.splitlines() if "::" in line]
+    assert collected and all(line.startswith("tests/test_flops.py::") for line in collected), r.stdout[-2000:]
+    # no path: the whole suite (pyproject's testpaths)
+    r = subprocess.run(["bash", "scripts/test.sh", "--collect-only", "-q", "-m", "not slow"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    files = {line.split("::")[0] for line in r.stdout.splitlines() if "::" in line}
+    assert r.returncode == 0 and len(files) > 10 and "tests/test_flops.py" in files, r.stdout[-2000:]
