@@ -18,7 +18,7 @@ if [ ! -f "$stamp" ]; then
     grep -hv '^torch' requirements.txt | sed 's/#.*//' > "$reqs"
     echo "torch==$version" > "$reqs.constraints"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$reqs.constraints" "torch==$version" \
-        -r "$reqs" pytest scipy scikit-learn matplotlib
+        -r "$reqs" pytest scipy scikit-learn matplotlib setuptools wheel
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-teacher.txt
     rm -f "$reqs.constraints"
     touch "$stamp"

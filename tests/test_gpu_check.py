@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import zipfile
 
 import pytest
 
@@ -48,18 +49,18 @@ class Trap:
 
 
 def _probe_wheel(tmp_path) -> str:
-    """A one-module wheel of a distribution no interpreter has, built offline: what the check must install."""
-    src = tmp_path / "probe_src"
-    (src / "gpu_check_probe").mkdir(parents=True)
-    (src / "gpu_check_probe" / "__init__.py").write_text("VALUE = 42\n")
-    (src / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\nbuild-backend = '
-                                        '"setuptools.build_meta"\n[project]\nname = "gpu-check-probe"\n'
-                                        'version = "0.1"\n[tool.setuptools]\npackages = ["gpu_check_probe"]\n')
+    """A one-module wheel of a distribution no interpreter has, written by hand (a wheel is a zip with a
+    dist-info; building one would need setuptools and wheel): what the check must install."""
     wheels = tmp_path / "wheels"
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-index", "--no-deps", "--no-build-isolation",
-                        "-w", str(wheels), str(src)], capture_output=True, text=True,
-                       env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
-    assert r.returncode == 0, r.stderr
+    wheels.mkdir()
+    info = "gpu_check_probe-0.1.dist-info"
+    files = {"gpu_check_probe/__init__.py": "VALUE = 42\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: gpu-check-probe\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    with zipfile.ZipFile(wheels / "gpu_check_probe-0.1-py3-none-any.whl", "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+        z.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]))
     return str(wheels)
 
 
