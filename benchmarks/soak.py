@@ -107,10 +107,10 @@ class Launch:
 
 
 def _train_args(data: str, run_dir: str, a: argparse.Namespace) -> list[str]:
-    # jitter off: its noise comes from each rank's own RNG stream, which another rank count cannot replay
+    # the shipped tiny preset (router jitter on, one loader worker per rank); only the batch is smaller
     return ["--config", "pretrain/configs/tiny.yaml", f"data.dir={data}", f"run_dir={run_dir}", f"train.steps={a.steps}",
             f"checkpoint.every={a.every}", "checkpoint.keep=3", "train.micro_batch_size=8", "train.log_every=1",
-            "model.mol.jitter=0", "eval.every=0", "data.num_workers=1", "log.progress_bar=off"]
+            "eval.every=0", "log.progress_bar=off"]
 
 
 def _ckpt_state(run_dir: str) -> dict:

@@ -34,11 +34,14 @@ Batch (unpadded, ModernBERT-style; T tokens, S segments, M masked positions)::
     mlm_positions int64 [M]    positions in input_ids that carry a prediction target
     mlm_labels    int64 [M]    the original tokens there
     sample_ids    int64 [B, 2] (shard, index in shard) of each sample, for provenance
+    position      (epoch, global position of the first sample): names the micro-batch independently of
+                  world size and workers; ``micro_batch_seed`` turns it into the seed of its random draws
     num_samples, num_tokens    ints
 """
 
 from __future__ import annotations
 
+import signal
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -101,6 +104,30 @@ class LoaderConfig:
 
 def _seed_words(*parts: int) -> list[int]:
     return [int(p) & 0xFFFFFFFF for p in parts]
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """A loader worker's first act: ignore the stop signals (SIGTERM, SIGINT, SIGUSR1, SIGUSR2).
+
+    SLURM signals every process of a job at preemption, and Ctrl-C the whole process group; a worker
+    killed by it takes its rank down with "DataLoader worker killed by signal" before the rank can save.
+    The rank decides when to stop; its workers leave when it does (PyTorch's workers watch their parent).
+    Before this runs, a forked worker has the rank's handler, which only sets a flag: no window either.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def micro_batch_seed(seed: int, epoch: int, first_sample: int) -> int:
+    """The torch RNG seed for the forward and backward of one micro-batch (router jitter, dropout).
+
+    A pure function of (seed, the micro-batch's place in the data stream): two runs of one command, a
+    resumed run and a run on another number of ranks draw the same noise for the same samples, with no
+    RNG state to save; an activation-checkpointing recompute replays it (torch saves and restores the
+    global RNG around a recompute).
+    """
+    words = np.random.SeedSequence(_seed_words(seed, epoch, first_sample, 3)).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
 
 
 class SampleOrder:
@@ -262,7 +289,9 @@ class _EpochBatches(IterableDataset):
                 rng = np.random.default_rng(_seed_words(self.cfg.seed, self.epoch, g, 2))
                 masked, pos, labels = self.masker(ids, rng)
                 batch.append((masked, doc_lens, pos, labels))
-            yield collate(batch, sample_ids)
+            out = collate(batch, sample_ids)
+            out["position"] = (self.epoch, first)
+            yield out
 
 
 class PretrainLoader:
@@ -301,7 +330,8 @@ class PretrainLoader:
         generation = self._generation
         while self.cfg.epochs is None or self._epoch < self.cfg.epochs:
             ds = _EpochBatches(self, self._epoch, self._batch, self.batches_per_epoch)
-            dl = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory)
+            dl = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory,
+                            worker_init_fn=ignore_stop_signals if self.cfg.num_workers else None)
             for batch in dl:
                 if generation != self._generation:
                     raise RuntimeError("PretrainLoader: state was loaded after this iterator was created; iterate anew")

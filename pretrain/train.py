@@ -35,7 +35,7 @@ from model.losses import combine_losses, weighted_aux
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, exit_codes, faults
 from pretrain.config import RunConfig, load_config
-from pretrain.data import LoaderConfig, PretrainLoader
+from pretrain.data import LoaderConfig, PretrainLoader, micro_batch_seed
 from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum
 from pretrain.evaluate import evaluate, val_loader
 from pretrain.logger import TrainLogger
@@ -209,7 +209,7 @@ class StepSums:
 class Trainer:
     """The built run (model, engine, optimizer, schedule, data, logging) and its stages."""
 
-    def __init__(self, cfg: RunConfig, rt: Runtime, extra_signals: tuple = ()) -> None:
+    def __init__(self, cfg: RunConfig, rt: Runtime, preemption: PreemptionWatch) -> None:
         self.cfg, self.rt = cfg, rt
         self.model, par = build_model(cfg, rt)
         self.teacher = (Teacher(cfg.distill, cfg.model, rt.index.seq_len, rt.device, verbose=rt.rank == 0)
@@ -229,7 +229,7 @@ class Trainer:
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
         self.step_no = self.start_step = 0
         self.resumed_from: str | None = None
-        self.preemption = PreemptionWatch(extra_signals)
+        self.preemption = preemption
 
     # resume / save ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -280,6 +280,8 @@ class Trainer:
         for i, b in enumerate(micro):
             inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
                       for k, v in model_inputs(b).items()}
+            # every random draw of this micro-batch (router jitter, dropout) from its place in the data
+            torch.manual_seed(micro_batch_seed(cfg.train.seed, *b["position"]))
             out = self.engine(**inputs, output_hidden_states=self.teacher is not None)
             distill, extra = self._distill(inputs, out, global_masked, global_tokens)
             # FSDP averages gradients over ranks: scale by world so the average is the global mean
@@ -394,9 +396,13 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
 
     ``extra_signals`` are treated like SIGUSR1/SIGTERM (save and stop); the submitit launcher adds its own.
     """
-    trainer = Trainer(cfg, setup(cfg), extra_signals)
-    trainer.resume()
-    return trainer.run()
+    watch = PreemptionWatch(extra_signals)  # first: a signal during start-up stops the run at its first step
+    try:
+        trainer = Trainer(cfg, setup(cfg), watch)
+        trainer.resume()
+        return trainer.run()
+    finally:
+        watch.close()
 
 
 def _free_port() -> int:
@@ -438,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_codes.USER_ERROR
     except Preempted as e:
         agreed = True
-        print(str(e), file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(str(e), file=sys.stderr)
         return REQUEUE_EXIT_CODE
     finally:
         teardown(agreed)

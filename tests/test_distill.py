@@ -138,7 +138,7 @@ def test_vocab_txt_and_tokenizer_json_give_the_same_shards_tokens(minilm, teache
 def _train(run_dir, shards, init, teacher, nproc, steps, extra=()):
     args = [f"data.dir={shards}", f"run_dir={run_dir}", f"init_from={init}", f"distill.teacher={teacher}",
             f"train.steps={steps}", "train.global_batch_tokens=2048", "train.micro_batch_size=8", "eval.every=0",
-            "checkpoint.every=0", "data.num_workers=0", "train.log_every=5", "schedule.warmup_steps=5", *extra]
+            "checkpoint.every=0", "train.log_every=5", "schedule.warmup_steps=5", *extra]
     r = pretrain(nproc, args, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout, [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]

@@ -120,7 +120,7 @@ def test_consolidation_names_the_bad_checkpoint_and_the_newest_intact_one(tmp_pa
 
 def _train_args(run_dir, data_dir, steps, extra=()):
     return [*TINY, f"data.dir={data_dir}", f"run_dir={run_dir}", f"train.steps={steps}", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "model.mol.jitter=0", "schedule.warmup_steps=3", "eval.every=0", *extra]
+            "train.global_batch_tokens=2048", "schedule.warmup_steps=3", "eval.every=0", *extra]
 
 
 def _wrapped(nproc: int, args: list[str], env=None):
@@ -138,12 +138,12 @@ def _error_lines(stderr: str) -> list[str]:
 @pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_on_two_ranks_and_resumes_exactly(shards_dir, tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
-    r = torchrun(1, ["-m", "pretrain.train", *_train_args(ref, shards_dir, 8, ["checkpoint.every=4", "data.num_workers=0"])])
+    r = torchrun(1, ["-m", "pretrain.train", *_train_args(ref, shards_dir, 8, ["checkpoint.every=4"])])
     assert r.returncode == 0, r.stderr[-3000:]
     shutil.copytree(ref, run)
     (run / "metrics.jsonl").unlink()
     _flip_byte(str(run / "checkpoints" / "step_00000008" / "__0_0.distcp"))
-    r = _wrapped(2, _train_args(run, shards_dir, 8, ["checkpoint.every=4", "data.num_workers=0", "train.log_every=1"]))
+    r = _wrapped(2, _train_args(run, shards_dir, 8, ["checkpoint.every=4", "train.log_every=1"]))
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     assert out.count("falling back to the newest intact checkpoint") == 1  # rank 0 only

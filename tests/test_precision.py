@@ -21,7 +21,7 @@ STEPS = 20
 
 def _args(run_dir, shards_dir, extra=()):
     return [f"data.dir={shards_dir}", f"run_dir={run_dir}", f"train.steps={STEPS}", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "data.num_workers=0", "model.mol.jitter=0", "checkpoint.every=5",
+            "train.global_batch_tokens=2048", "checkpoint.every=5",
             "schedule.warmup_steps=3", "train.log_every=1", "eval.every=0", *extra]
 
 
@@ -114,8 +114,6 @@ def test_bf16_resume_after_sigkill_is_exact(bf16_run, shards_dir, tmp_path):
     assert _losses(str(tmp_path)) == _losses(bf16_run)  # every step, bit for bit
 
 
-@pytest.mark.distributed
-@pytest.mark.slow
 try:
     import deepspeed  # noqa: F401
     _NO_DEEPSPEED = None
@@ -123,6 +121,8 @@ except ImportError:
     _NO_DEEPSPEED = "pip install --no-build-isolation -c constraints.txt -r requirements-deepspeed.txt"
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [["parallel.ep=2"], pytest.param(["engine=deepspeed"], marks=pytest.mark.skipif(
     _NO_DEEPSPEED is not None, reason=str(_NO_DEEPSPEED)))], ids=["ep2", "deepspeed"])
 def test_bf16_with_expert_parallelism_and_with_deepspeed_tracks_fp32(fp32_run, shards_dir, tmp_path, extra):

@@ -176,7 +176,7 @@ def test_index_url_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_training_from_a_url_equals_local_and_resumes_exactly(shards_dir, served, tmp_path):
     common = ["train.steps=6", "train.micro_batch_size=8", "train.global_batch_tokens=2048", "data.num_workers=1",
-              "model.mol.jitter=0", "schedule.warmup_steps=3", "train.log_every=1", "eval.every=0",
+              "schedule.warmup_steps=3", "train.log_every=1", "eval.every=0",
               "checkpoint.every=2"]
     ref = pretrain(1, [f"data.dir={shards_dir}", f"run_dir={tmp_path / 'local'}", *common])
     assert ref.returncode == 0, ref.stderr[-3000:]

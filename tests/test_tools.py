@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow]
 
 def _train(run_dir: str, shards_dir: str, nproc: int, extra=()):
     args = [f"data.dir={shards_dir}", f"run_dir={run_dir}", "train.steps=3", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "data.num_workers=0", "model.mol.jitter=0", "eval.every=0",
+            "train.global_batch_tokens=2048", "eval.every=0",
             "schedule.warmup_steps=3", *extra]
     r = pretrain(nproc, args)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -52,7 +52,7 @@ def _history(records) -> list[dict]:
 
 def test_offline_run_holds_the_metrics_and_a_requeued_run_continues_its_id(shards_dir, tmp_path):
     args = [f"data.dir={shards_dir}", f"run_dir={tmp_path}", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "data.num_workers=0", "eval.every=0", "train.log_every=1",
+            "train.global_batch_tokens=2048", "eval.every=0", "train.log_every=1",
             "log.wandb=offline", "checkpoint.every=3"]
     env = {"WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
     first = pretrain(1, [*args, "train.steps=3"], env=env)
