@@ -1,4 +1,4 @@
-"""Preemption: SIGUSR1/SIGTERM (SLURM's pre-timeout signal, a scheduler's kill) → save and exit for requeue.
+"""Preemption: SIGUSR1/SIGTERM/SIGINT (SLURM's pre-timeout signal, a scheduler's kill, Ctrl-C) → save and exit for requeue.
 
 The handler only sets a flag. At every step boundary the ranks agree (all-reduce MAX of the flags), so
 they all stop after the same step, save one checkpoint together, write ``run_dir/preempted`` and exit
@@ -18,7 +18,7 @@ from pretrain.reduce import all_reduce
 
 REQUEUE_EXIT_CODE = exit_codes.REQUEUE
 MARKER = "preempted"
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 class Preempted(Exception):
@@ -28,13 +28,20 @@ class Preempted(Exception):
 
 
 class PreemptionWatch:
+    """Installed before anything slow (model build, resume), so a signal during start-up is kept too;
+    ``close()`` puts the previous handlers back. Repeated signals change nothing."""
+
     def __init__(self, extra_signals: tuple = ()) -> None:
         self.received: int | None = None
-        for sig in (*SIGNALS, *extra_signals):  # extra: e.g. submitit's SIGUSR2
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (*SIGNALS, *extra_signals)}  # extra: submitit's SIGUSR2
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
     def agreed(self) -> bool:
         """Collective: True on every rank if any rank got a signal."""

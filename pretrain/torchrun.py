@@ -12,7 +12,12 @@ with the status of the worker that failed first:
     other the worker's own status after an unexpected error (its traceback is above)
 
 The workers' output is unchanged; torchrun's failure report becomes one line (none for 2 and 75,
-whose worker already said what happened). torchrun's own log is quiet below errors of the launcher
+whose worker already said what happened).
+
+SIGTERM and SIGINT reaching the launcher (a scheduler's stop, Ctrl-C) are passed on to the workers,
+which save at their next step boundary and exit 75; the launcher keeps waiting for them instead of
+raising torchrun's ``SignalException`` and killing them 30 s later. SIGHUP and SIGQUIT keep torchrun's
+own handling. torchrun's own log is quiet below errors of the launcher
 itself; ``LOGLEVEL=WARNING`` brings it back.
 """
 
@@ -31,7 +36,39 @@ def exit_status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def _children() -> list[int]:
+    """This process's direct children (the workers torchrun started), from /proc; [] where there is none."""
+    me, kids = str(os.getpid()), []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return kids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[1] == me:  # field 4, after "pid (comm) state"
+            kids.append(int(entry))
+    return kids
+
+
+def _forward(signum, frame) -> None:
+    for pid in _children():
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    # torchrun's agent turns SIGTERM/SIGINT into an exception that stops the workers before they can save
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGHUP,SIGQUIT")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _forward)
     level = os.environ.setdefault("LOGLEVEL", "CRITICAL")  # read when torchrun's loggers are made, at import
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -39,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("torch.distributed.elastic").setLevel(level)  # its plain module loggers inherit this
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "signals_to_handle", None) == "SIGTERM,SIGINT,SIGHUP,SIGQUIT":  # torchrun's default
+        args.signals_to_handle = os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"]
     try:
         run(args)
     except ChildFailedError as e:

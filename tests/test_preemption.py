@@ -1,0 +1,108 @@
+"""Preemption as a cluster delivers it: SIGTERM/SIGINT to the launcher, the ranks and their loader workers.
+
+SLURM signals every process of a job step at preemption or at the time limit (then SIGKILL after
+KillWait); Ctrl-C signals the terminal's whole process group. Whatever subset of the job's processes a
+signal reaches, the run must save at the next step boundary, print one line, exit 75 through
+``python -m pretrain.torchrun``, and a relaunch must continue bit for bit. The runs use the shipped
+``tiny`` preset (one loader worker per rank, router jitter on) on 2 ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+STEPS = 30
+
+
+def _cmd(run_dir, shards_dir) -> list[str]:
+    return [sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
+            "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}", f"run_dir={run_dir}",
+            f"train.steps={STEPS}", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
+            "train.log_every=1", "checkpoint.every=0", "eval.every=0"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True).stdout.split()
+        out += [int(k) for k in kids]
+        todo += [int(k) for k in kids]
+    return out
+
+
+def _final_weights(run_dir) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    ckpt = os.path.join(run_dir, "checkpoints", open(os.path.join(run_dir, "checkpoints", "latest")).read().strip())
+    dest = os.path.join(run_dir, "final.pt")
+    dcp_to_torch_save(ckpt, dest)
+    return torch.load(dest, weights_only=False)["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, shards_dir):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    r = subprocess.run(_cmd(run_dir, shards_dir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return _final_weights(str(run_dir))
+
+
+def _signal_mid_run(run_dir, shards_dir, sig, who: str) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(_cmd(run_dir, shards_dir), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.005)
+    tree = _descendants(proc.pid)
+    assert len(tree) >= 4, f"expected launcher + 2 ranks + their loader workers, found {tree}"
+    targets = {"launcher": [proc.pid], "tree": [proc.pid, *tree], "group": None,
+               "ranks and workers": tree}[who]
+    if targets is None:
+        os.killpg(proc.pid, sig)  # a terminal's Ctrl-C: the whole process group at once
+    else:
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("sig, who", [(signal.SIGTERM, "tree"), (signal.SIGTERM, "launcher"),
+                                      (signal.SIGTERM, "ranks and workers"), (signal.SIGINT, "group")],
+                         ids=["sigterm-tree", "sigterm-launcher", "sigterm-ranks-workers", "sigint-group"])
+def test_a_signal_to_any_part_of_the_job_saves_exits_75_and_resumes_bitwise(uninterrupted, shards_dir, tmp_path,
+                                                                            sig, who):
+    r = _signal_mid_run(tmp_path, shards_dir, sig, who)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 75, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "SignalException" not in r.stderr, r.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("preempted: saved "), r.stderr[-3000:]
+    stopped = int((tmp_path / "preempted").read_text())
+    assert 2 <= stopped < STEPS and f"after step {stopped};" in lines[0]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
+    # the requeue: the same command again continues from there, bit for bit
+    again = subprocess.run(_cmd(tmp_path, shards_dir), cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"step_{stopped:08d}" in again.stdout and not (tmp_path / "preempted").exists()
+    got = _final_weights(str(tmp_path))
+    for k in uninterrupted:
+        assert torch.equal(got[k], uninterrupted[k]), k
