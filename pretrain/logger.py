@@ -63,6 +63,48 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+SUPERSEDED_SUFFIX = ".superseded.jsonl"
+
+
+def supersede_records(run_dir: str, start_step: int) -> int:
+    """Before a (re)started run logs: move the records it will write again out of its JSONL logs.
+
+    A run killed after its last checkpoint logged steps that the relaunch repeats from ``start_step``.
+    metrics.jsonl keeps steps <= start_step; eval.jsonl keeps the evaluations before the resume point
+    (with the one at start_step, which a resumed run does not repeat; a run starting at step 0 evaluates
+    step 0 again). The rest is appended to ``<name>.superseded.jsonl`` beside it, not deleted. Each file
+    is rewritten through a temporary file and a rename, so a kill here loses nothing. Returns how many
+    records moved.
+    """
+    moved = 0
+    for name, keep in (("metrics.jsonl", lambda s: s <= start_step),
+                       ("eval.jsonl", lambda s: s < start_step or (start_step > 0 and s == start_step))):
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            continue
+        kept, gone = [], []
+        for line in open(path, encoding="utf-8"):
+            if not line.strip():
+                continue
+            line = line if line.endswith("\n") else line + "\n"
+            try:
+                step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                gone.append(line)  # a line torn by the kill: set aside too, or the next record would join it
+                continue
+            (kept if keep(step) else gone).append(line)
+        if not gone:
+            continue
+        with open(path[: -len(".jsonl")] + SUPERSEDED_SUFFIX, "a", encoding="utf-8") as f:
+            f.writelines(gone)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+        moved += len(gone)
+    return moved
+
+
 class TrainLogger:
     def __init__(self, cfg: LogConfig, run_dir: str, total_steps: int, log_every: int, *, rank: int,
                  world: int, device: torch.device, start_step: int, config: dict) -> None:

@@ -38,7 +38,7 @@ from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader, micro_batch_seed
 from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum
 from pretrain.evaluate import evaluate, val_loader
-from pretrain.logger import TrainLogger
+from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, supersede_records
 from pretrain.fsdp_engine import FSDPEngine
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
@@ -113,7 +113,6 @@ def setup(cfg: RunConfig) -> Runtime:
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     accum = cfg.accumulation_steps(index.seq_len, world)
     if rank == 0:
-        _write_resolved_config(cfg)
         print(f"config: {json.dumps(cfg.to_dict())}")
     return Runtime(index, device, rank, world, accum, init_state)
 
@@ -247,9 +246,13 @@ class Trainer:
                 raise checkpoint.CheckpointError(
                     f"checkpoint {latest}: cannot be loaded into this run ({checkpoint.describe(e)}); was the "
                     "model config changed? Resume with the run's config.yaml") from None
+            try:
+                self.loader.load_state_dict(state["loader"])
+            except ValueError as e:  # another shard build, split, data seed or global batch
+                raise ConfigError(f"checkpoint {latest}: its data position does not fit this run: {e}; resume "
+                                  "with the run's config.yaml and data, or start a new run_dir") from None
             self.step_no = self.start_step = state["step"]
             self.scheduler.load_state_dict(state["scheduler"])
-            self.loader.load_state_dict(state["loader"])
             self.resumed_from = latest
             if self.rt.rank == 0:
                 print(f"resumed from {latest} at step {self.step_no}")
@@ -356,6 +359,10 @@ class Trainer:
         steps = cfg.train.steps
         if rt.rank == 0:
             clear_marker(cfg.run_dir)
+            moved = supersede_records(cfg.run_dir, self.step_no)
+            if moved:
+                print(f"logs: {moved} records after step {self.step_no} (written before the relaunch) moved to "
+                      f"*{SUPERSEDED_SUFFIX}")
         logger = TrainLogger(cfg.log, cfg.run_dir, steps, cfg.train.log_every, rank=rt.rank, world=rt.world,
                              device=rt.device, start_step=self.step_no, config=cfg.to_dict())
         if self.val is not None and self.step_no == 0:
@@ -400,6 +407,8 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
     try:
         trainer = Trainer(cfg, setup(cfg), watch)
         trainer.resume()
+        if trainer.rt.rank == 0:  # only now: a launch that fails to resume leaves the run_dir as it was
+            _write_resolved_config(cfg)
         return trainer.run()
     finally:
         watch.close()

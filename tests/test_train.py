@@ -218,7 +218,7 @@ def test_sigusr1_saves_at_a_step_boundary_and_exits_for_requeue(reference, shard
     run_dir = str(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
            "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}", f"run_dir={run_dir}", "train.steps=10",
-           "train.micro_batch_size=8", "train.global_batch_tokens=2048", "data.num_workers=0", "model.mol.jitter=0",
+           "train.micro_batch_size=8", "train.global_batch_tokens=2048",
            "checkpoint.every=5", "schedule.warmup_steps=3", "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -250,7 +250,7 @@ def test_preempted_single_process_exits_with_the_requeue_code(shards_dir, tmp_pa
 
     cmd = [sys.executable, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}",
            f"run_dir={tmp_path}", "train.steps=200", "train.micro_batch_size=8", "train.global_batch_tokens=1024",
-           "data.num_workers=0", "checkpoint.every=0"]
+           "checkpoint.every=0"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
