@@ -98,7 +98,8 @@ def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def save_adapter(model: nn.Module, out_dir: str, task_type: str = "SEQ_CLS") -> None:
     from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
+
+    from model.native_format import save_safetensors
 
     loras = _lora_layers(model)
     if not loras:
@@ -107,7 +108,7 @@ def save_adapter(model: nn.Module, out_dir: str, task_type: str = "SEQ_CLS") -> 
     r, lora_alpha = first.r["default"], first.lora_alpha["default"]
     os.makedirs(out_dir, exist_ok=True)
     tensors = {PEFT_PREFIX + k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"))
+    save_safetensors(tensors, os.path.join(out_dir, "adapter_model.safetensors"))
     cfg = {"peft_type": "LORA", "task_type": task_type, "r": r, "lora_alpha": lora_alpha,
            "target_modules": sorted({n.split("block.", 1)[1] for n in loras}), "lora_dropout": 0.0,
            "bias": "none", "fan_in_fan_out": False, "use_rslora": False}

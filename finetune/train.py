@@ -314,9 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.mode.startswith("mixer"):
         summary["routing_matrix"] = [results[t.name]["expert_share"] for t in tasks]  # rows: tasks, cols: experts
     os.makedirs(a.out, exist_ok=True)
-    from safetensors.torch import save_file
+    from model.native_format import save_safetensors
 
-    save_file({k: v.contiguous() for k, v in clf.heads.state_dict().items()}, os.path.join(a.out, "heads.safetensors"))
+    save_safetensors({k: v.contiguous() for k, v in clf.heads.state_dict().items()},
+                     os.path.join(a.out, "heads.safetensors"))
     if a.mode in ("lora", "multitask"):
         save_adapter(clf, os.path.join(a.out, "adapter"))
     with open(os.path.join(a.out, "results.json"), "w", encoding="utf-8") as f:

@@ -68,12 +68,21 @@ def tokenizer_file(directory: str) -> str | None:
     return None
 
 
-def save_native(out_dir: str, state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_src: str | None,
-                data_dir: str | None, history: list[dict], classifier: ClassifierConfig | None = None) -> None:
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, with the file mode the umask gives (safetensors creates 0600, which a
+    cluster group could not read while every other file of an export is 0644)."""
     from safetensors.torch import save_file
 
+    save_file(tensors, path, metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def save_native(out_dir: str, state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_src: str | None,
+                data_dir: str | None, history: list[dict], classifier: ClassifierConfig | None = None) -> None:
     tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in state.items()}
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": FORMAT})
+    save_safetensors(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": FORMAT})
     tok_name = None
     if tokenizer_src is not None:
         tok_name = os.path.basename(tokenizer_src)

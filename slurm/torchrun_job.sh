@@ -13,12 +13,17 @@
 set -euo pipefail
 
 : "${CONFIG:?CONFIG must name a pretrain/configs/*.yaml}"
+if [[ -z "${SLURM_JOB_NODELIST:-}" ]]; then
+    echo "$(basename "$0"): not inside a SLURM job (SLURM_JOB_NODELIST is unset): submit it with sbatch $0;" \
+         "on one machine use python -m pretrain.torchrun --standalone --nproc-per-node N -m pretrain.train" >&2
+    exit 2
+fi
 RUN_DIR="${RUN_DIR:-runs/$(basename "$CONFIG" .yaml)}"
 NNODES="${SLURM_NNODES:-1}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}"
 # The whole list is read (no `| head`): under pipefail, head closing the pipe early would let SIGPIPE
 # (exit 141) kill the script on a large allocation.
-mapfile -t HOSTS < <(scontrol show hostnames "${SLURM_JOB_NODELIST:?run this under sbatch}")
+mapfile -t HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 MASTER_ADDR="${HOSTS[0]:?scontrol listed no hosts for $SLURM_JOB_NODELIST}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"

@@ -141,3 +141,11 @@ def test_submitit_preemption_saves_requeues_and_resumes(shards_dir, tmp_path):
     assert "resumed from" in out and "done: 40 steps" in out
     # the ranks stopped right after the saved step, so every step appears exactly once
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 41))
+
+
+def test_slurm_scripts_outside_slurm_say_so_in_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    for script in ("slurm/pretrain_120m.sh", "slurm/pretrain_50m.sh"):
+        r = subprocess.run(["bash", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "not inside a SLURM job" in r.stderr and "unbound variable" not in r.stderr

@@ -28,6 +28,12 @@ def test_quickstart_runs_the_whole_chain_and_prints_what_the_readme_shows(tmp_pa
                  "merged/merge_report.json", "folded/model.safetensors", "hf/modeling_modernalbert.py",
                  "hf/tokenizer.json", "hf-modernbert/config.json"):
         assert (out / path).exists(), path
+    # exports are readable by the group and others as the umask allows (safetensors itself writes 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in ("native/model.safetensors", "folded/model.safetensors", "hf/model.safetensors",
+                 "hf-modernbert/model.safetensors", "hf/config.json"):
+        assert (out / path).stat().st_mode & 0o777 == 0o666 & ~umask, path
 
 
 def test_test_script_runs_only_the_tests_it_is_given():

@@ -74,7 +74,7 @@ def _label_fields(head: ClassifierConfig) -> dict:
 
 def write_modernalbert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str,
                        clf: ModernAlbertForSequenceClassification | None = None) -> None:
-    from safetensors.torch import save_file
+    from model.native_format import save_safetensors
 
     for src, dst in NATIVE_SOURCES.items():
         with open(os.path.join(REPO, "model", f"{src}.py"), encoding="utf-8") as f:
@@ -99,7 +99,7 @@ def write_modernalbert(model: ModernAlbertForMaskedLM, special: dict[str, int], 
         state.update({k: v.detach().contiguous() for k, v in clf.state_dict().items()})
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=1)
-    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
 
 
 def modernbert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
