@@ -34,9 +34,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from pretrain import faults
+from pretrain.storage import describe_failure, free_bytes, human, storage_failure, tree_size
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -154,29 +156,84 @@ def _dcp_save(tmp: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
 
 
+class StorageError(CheckpointError):
+    """A checkpoint could not be written (full disk, quota, read-only or foreign-owned directory)."""
+
+
+_warned_short = False
+
+
+def _agree_on_failure(failure: str | None, tmp: str) -> None:
+    """Collective: if any rank failed to write, every rank raises the same ``StorageError`` (rank 0 removes
+    the temp dir first); earlier checkpoints and ``latest`` were never touched."""
+    failures = [f for f in _gather(failure) if f]
+    if not failures:
+        return
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()
+    raise StorageError(f"{failures[0]}. The temporary {os.path.basename(tmp)} was removed; earlier checkpoints and "
+                       "'latest' are untouched: free space (or fix the permissions) and relaunch to resume")
+
+
+def _attempt(fn, what: str, need: int | None, directory: str) -> str | None:
+    """Run this rank's part of the save: None, or one line when a storage fault stopped it (others re-raise)."""
+    try:
+        fn()
+        return None
+    except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
+        err = storage_failure(e, directory)
+        if err is None:
+            raise
+        return describe_failure(err, what, need, directory)
+
+
 def save_with(ckpt_dir: str, step: int, write_state, trainer_state: dict, keep: int) -> str:
-    """The checkpoint protocol around ``write_state(tmp_dir)`` (the engine's model/optimizer writer)."""
+    """The checkpoint protocol around ``write_state(tmp_dir)`` (the engine's model/optimizer writer).
+
+    A storage fault at any stage (ENOSPC, EDQUOT, EROFS, EACCES) on any rank ends in one ``StorageError``
+    on every rank, after the temp dir is removed; the previous checkpoints stay as they were.
+    """
+    global _warned_short
     name = f"step_{step:08d}"
     final = os.path.join(ckpt_dir, name)
     tmp = os.path.join(ckpt_dir, f".tmp_{name}")
-    if _rank() == 0:
+    what = f"checkpoint {final}: cannot be written"
+    previous = latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    need = tree_size(previous) if previous else None
+    if _rank() == 0 and need and not _warned_short:
+        free = free_bytes(ckpt_dir)
+        if free is not None and free < need:
+            _warned_short = True
+            print(f"warning: {human(free)} free under {ckpt_dir}, the last checkpoint took {human(need)}: "
+                  f"the save of step {step} will probably fail", flush=True)
+
+    def prepare() -> None:
         os.makedirs(ckpt_dir, exist_ok=True)
         for stale in [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp_")]:  # left by a killed save
             shutil.rmtree(os.path.join(ckpt_dir, stale), ignore_errors=True)
         os.makedirs(tmp)
-    _barrier()
-    write_state(tmp)
-    torch.save(_rng_state(), os.path.join(tmp, f"rng_rank{_rank()}.pt"))
-    if _rank() == 0:
-        with open(os.path.join(tmp, "trainer.json"), "w", encoding="utf-8") as f:
-            json.dump({"step": step, **trainer_state}, f, indent=1)
-    faults.kill_if("MODERNALBERT_KILL_DURING_SAVE", step)
-    _barrier()
-    _write_manifest(tmp)
-    if _rank() == 0:
+
+    def write() -> None:
+        write_state(tmp)  # collective: DCP hands one rank's failure to every rank itself
+        faults.enospc_if(step, _rank(), tmp)  # after it: this rank's own files
+        torch.save(_rng_state(), os.path.join(tmp, f"rng_rank{_rank()}.pt"))
+        if _rank() == 0:
+            with open(os.path.join(tmp, "trainer.json"), "w", encoding="utf-8") as f:
+                json.dump({"step": step, **trainer_state}, f, indent=1)
+
+    def publish() -> None:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _point_latest(ckpt_dir, name)
+
+    _agree_on_failure(_attempt(prepare, what, need, ckpt_dir) if _rank() == 0 else None, tmp)
+    _agree_on_failure(_attempt(write, what, need, ckpt_dir), tmp)
+    faults.kill_if("MODERNALBERT_KILL_DURING_SAVE", step)
+    _barrier()
+    _agree_on_failure(_attempt(lambda: _write_manifest(tmp), what, need, ckpt_dir), tmp)
+    _agree_on_failure(_attempt(publish, what, need, ckpt_dir) if _rank() == 0 else None, tmp)
+    if _rank() == 0:
         for old in [os.path.basename(p) for p in step_dirs(ckpt_dir)][keep:]:
             shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
     _barrier()

@@ -41,6 +41,8 @@ Batch (unpadded, ModernBERT-style; T tokens, S segments, M masked positions)::
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -104,6 +106,25 @@ class LoaderConfig:
 
 def _seed_words(*parts: int) -> list[int]:
     return [int(p) & 0xFFFFFFFF for p in parts]
+
+
+_exit_hook = False
+
+
+def _kill_loader_workers() -> None:
+    """At exit, before multiprocessing's own hook (atexit runs last-registered first): SIGKILL the loader
+    workers, which ignore SIGTERM, so the interpreter's terminate() + join() of its children cannot hang."""
+    for p in multiprocessing.active_children():
+        if p.daemon:  # DataLoader workers are daemonic; multiprocessing would terminate these anyway
+            p.kill()
+            p.join(timeout=5)
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook
+    if not _exit_hook:
+        atexit.register(_kill_loader_workers)
+        _exit_hook = True
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
@@ -330,6 +351,8 @@ class PretrainLoader:
         generation = self._generation
         while self.cfg.epochs is None or self._epoch < self.cfg.epochs:
             ds = _EpochBatches(self, self._epoch, self._batch, self.batches_per_epoch)
+            if self.cfg.num_workers:
+                _register_exit_hook()
             dl = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory,
                             worker_init_fn=ignore_stop_signals if self.cfg.num_workers else None)
             for batch in dl:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from model.config import ConfigError, check
+from pretrain.storage import STORAGE_ERRNOS, describe_failure
 
 WANDB_MODES = ("disabled", "offline", "online")
 
@@ -64,6 +65,19 @@ def memory_gib(device: torch.device) -> float:
 
 
 SUPERSEDED_SUFFIX = ".superseded.jsonl"
+
+
+def append_line(path: str, line: str) -> str | None:
+    """Append one line; on a storage fault (full disk, quota, read-only, permissions) return it as one
+    line instead of raising, so the caller can stop every rank together (only rank 0 writes logs)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        return describe_failure(e, f"log {path}: cannot be written", None, os.path.dirname(path))
+    return None
 
 
 def supersede_records(run_dir: str, start_step: int) -> int:
@@ -114,6 +128,7 @@ class TrainLogger:
         self.peak = peak_tflops(cfg, device)
         self.t_last, self.tokens, self.flops = time.perf_counter(), 0, 0.0
         self.bar = self.wandb = None
+        self.fault: str | None = None  # a storage fault met writing metrics.jsonl (the trainer stops on it)
         if rank != 0:
             return
         if cfg.progress_bar == "on" or (cfg.progress_bar == "auto" and sys.stderr.isatty()):
@@ -134,8 +149,7 @@ class TrainLogger:
             self.bar.update(1)
         if step % self.every == 0 or step == self.total:
             record = {**record, **self._report(record, expert_load)}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        self.fault = self.fault or append_line(self.path, json.dumps(record))
 
     def _report(self, record: dict, expert_load: dict[str, list[int]]) -> dict:
         """Console line (and W&B) for the steps since the last one; returns the performance fields."""

@@ -38,13 +38,15 @@ from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader, micro_batch_seed
 from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum
 from pretrain.evaluate import evaluate, val_loader
-from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, supersede_records
+from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, append_line, supersede_records
 from pretrain.fsdp_engine import FSDPEngine
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.reduce import all_reduce, first_fault
+from pretrain.run_lock import RunDirBusy, RunLock
 from pretrain.schedule import wsd_factor
 from pretrain.shard_cache import load_index
+from pretrain.storage import STORAGE_ERRNOS, describe_failure
 
 
 class TrainingError(RuntimeError):
@@ -61,12 +63,20 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _write_resolved_config(cfg: RunConfig) -> None:
+def _write_resolved_config(cfg: RunConfig) -> str | None:
+    """Write run_dir/config.yaml; a storage fault comes back as one line (None when written)."""
     import yaml
 
-    os.makedirs(cfg.run_dir, exist_ok=True)
-    with open(os.path.join(cfg.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), f, sort_keys=False)
+    path = os.path.join(cfg.run_dir, "config.yaml")
+    try:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), f, sort_keys=False)
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        return describe_failure(e, f"run_dir {cfg.run_dir}: cannot be written", None, cfg.run_dir)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -229,6 +239,8 @@ class Trainer:
         self.step_no = self.start_step = 0
         self.resumed_from: str | None = None
         self.preemption = preemption
+        self.io_fault: str | None = None  # rank 0 could not write a log: every rank stops at the next step
+        self.logger: TrainLogger | None = None
 
     # resume / save ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -274,9 +286,15 @@ class Trainer:
             micro, fault = [], str(e)
         # the loss is a mean over every masked token of the global batch: count them first (and learn
         # whether any rank met a bad shard, in the same reduction)
+        io_fault = self.io_fault or (self.logger.fault if self.logger is not None else None)
         local = [sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro),
-                 sum(self.flops(b["cu_seqlens"], len(b["mlm_labels"])) for b in micro), float(fault is not None)]
-        global_masked, global_tokens, flops, faults_seen = all_reduce(torch.tensor(local, dtype=torch.float64)).tolist()
+                 sum(self.flops(b["cu_seqlens"], len(b["mlm_labels"])) for b in micro), float(fault is not None),
+                 float(io_fault is not None)]
+        global_masked, global_tokens, flops, faults_seen, io_faults = all_reduce(
+            torch.tensor(local, dtype=torch.float64)).tolist()
+        if io_faults:  # rank 0's message; the others only learn that there was one
+            raise TrainingError(f"{io_fault or 'rank 0 could not write its logs'}. Training stopped before step "
+                                f"{self.step_no + 1}; the last checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}")
         if faults_seen:
             raise self._data_fault(first_fault(fault, already_flagged=True))
         sums = StepSums(device)
@@ -348,8 +366,8 @@ class Trainer:
         if self.rt.rank == 0:
             print(f"eval step {self.step_no:>6}: val loss {result['val_loss']:.4f}  val acc {result['val_accuracy']:.3f}  "
                   f"({result['val_masked']:,} masked tokens)", flush=True)
-            with open(os.path.join(self.cfg.run_dir, "eval.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": self.step_no, **result}) + "\n")
+            self.io_fault = self.io_fault or append_line(os.path.join(self.cfg.run_dir, "eval.jsonl"),
+                                                         json.dumps({"step": self.step_no, **result}))
         return result
 
     # the loop -----------------------------------------------------------------------------------
@@ -363,7 +381,7 @@ class Trainer:
             if moved:
                 print(f"logs: {moved} records after step {self.step_no} (written before the relaunch) moved to "
                       f"*{SUPERSEDED_SUFFIX}")
-        logger = TrainLogger(cfg.log, cfg.run_dir, steps, cfg.train.log_every, rank=rt.rank, world=rt.world,
+        self.logger = logger = TrainLogger(cfg.log, cfg.run_dir, steps, cfg.train.log_every, rank=rt.rank, world=rt.world,
                              device=rt.device, start_step=self.step_no, config=cfg.to_dict())
         if self.val is not None and self.step_no == 0:
             self.validate()
@@ -391,6 +409,9 @@ class Trainer:
                     raise Preempted(step, path)
             if self.step_no > self.start_step or not self.resumed_from:  # a finished run relaunched saves nothing
                 self.save()
+            if self.io_fault or logger.fault:  # rank 0 only: after the last step nothing else would report it
+                raise TrainingError(f"{self.io_fault or logger.fault}; the final checkpoint "
+                                    f"{checkpoint.latest_checkpoint(self.ckpt_dir)} was saved")
         finally:
             logger.close()
         if rt.rank == 0:
@@ -404,14 +425,47 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
     ``extra_signals`` are treated like SIGUSR1/SIGTERM (save and stop); the submitit launcher adds its own.
     """
     watch = PreemptionWatch(extra_signals)  # first: a signal during start-up stops the run at its first step
+    lock = RunLock(cfg.run_dir)
     try:
-        trainer = Trainer(cfg, setup(cfg), watch)
+        rt = setup(cfg)
+        _lock_run_dir(lock, rt)
+        trainer = Trainer(cfg, rt, watch)
         trainer.resume()
-        if trainer.rt.rank == 0:  # only now: a launch that fails to resume leaves the run_dir as it was
-            _write_resolved_config(cfg)
+        # only now: a launch that fails to resume leaves the run_dir as it was
+        failure = _write_resolved_config(cfg) if trainer.rt.rank == 0 else None
+        if dist.is_initialized():  # every rank stops together if rank 0 could not write it
+            box = [failure]
+            dist.broadcast_object_list(box, src=0)
+            failure = box[0]
+        if failure:
+            raise TrainingError(failure)
         return trainer.run()
     finally:
+        lock.release()
         watch.close()
+
+
+def _lock_run_dir(lock: RunLock, rt: Runtime) -> None:
+    """Rank 0 takes run_dir's lock; every rank stops with one line if a live run holds it."""
+    refused = None
+    if rt.rank == 0:
+        try:
+            lock.acquire()
+        except RunDirBusy as e:
+            refused = str(e)
+        except OSError as e:  # the first write into run_dir: a read-only or foreign-owned one ends here
+            if e.errno not in STORAGE_ERRNOS:
+                raise
+            run_dir = os.path.dirname(lock.path)
+            refused = describe_failure(e, f"run_dir {run_dir}: cannot be written", None, run_dir)
+        if lock.note:
+            print(lock.note, flush=True)
+    if dist.is_initialized():
+        box = [refused]
+        dist.broadcast_object_list(box, src=0)
+        refused = box[0]
+    if refused:
+        raise ConfigError(refused)
 
 
 def _free_port() -> int:

@@ -68,3 +68,42 @@ def test_a_failed_resume_leaves_the_run_dir_as_it_was(shards_dir, tmp_path_facto
     r = pretrain(1, ["--config", str(run_dir / "config.yaml"), "train.steps=8"], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from {run_dir}/checkpoints/step_00000004 at step 4" in r.stdout
+
+
+def test_a_second_launch_on_a_live_run_dir_is_refused_and_a_dead_runs_lock_is_taken_over(shards_dir, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    first = subprocess.Popen([sys.executable, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml",
+                              *_args(tmp_path, shards_dir, 400)], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+            time.sleep(0.05)
+        before = _snapshot(tmp_path)
+        # 2 ranks through the wrapper users run: rank 0 decides, both stop, exit 2
+        second = subprocess.run([sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2",
+                                 "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml",
+                                 *_args(tmp_path, shards_dir, 400)], cwd=REPO, capture_output=True, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert (f"error: run_dir {tmp_path} is in use by a live run (host {socket.gethostname()}, pid {first.pid}, "
+                "since ") in second.stderr
+        assert first.poll() is None  # the live run goes on
+        assert _snapshot(tmp_path)["config.yaml"] == before["config.yaml"]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    # the holder died without releasing: the next launch takes over, says so, and resumes
+    third = pretrain(1, _args(tmp_path, shards_dir, 8))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"note: took over the lock of a run that ended without releasing it (host {socket.gethostname()}, " \
+           f"pid {first.pid}, since " in third.stdout
+    assert (tmp_path / ".lock").read_text() == ""  # released at the clean end

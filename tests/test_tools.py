@@ -146,7 +146,8 @@ def test_merging_identical_experts_changes_nothing(native, tmp_path):
         rep = json.loads((out / "merge_report.json").read_text())
         assert rep["before"]["val_masked"] > 1000
         assert rep["after"]["val_loss"] == pytest.approx(rep["before"]["val_loss"], rel=1e-6), rep
-        assert sum(rep["expert_weights"]["group1"]) == pytest.approx(1.0)
+        # the report rounds each of the 8 weights to 6 decimals: their sum may be off by up to 8 x 5e-7
+        assert sum(rep["expert_weights"]["group1"]) == pytest.approx(1.0, abs=4e-6)
 
 
 _FRESH = r"""
