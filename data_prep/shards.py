@@ -9,7 +9,7 @@ per sample, in sample order (webdataset convention: same key, different extensio
 
 Tars are written byte-reproducibly (fixed mtime/owner/mode, USTAR headers). ``index.json`` lists every
 shard with its sample/token counts and sha256, the tokenizer, the build arguments and corpus
-statistics. The loader (``pretrain/data.py``) reads samples by random access through an mmap.
+statistics. The loader (``pretrain/data.py``) reads samples by random access (pread).
 """
 
 from __future__ import annotations
@@ -146,42 +146,71 @@ def sha256_of(path: str) -> str:
 
 
 class ShardReader:
-    """Random access to the samples of one shard; verifies its sha256 when opened (if given)."""
+    """Random access to the samples of one shard; verifies its sha256 when opened (if given).
+
+    Samples are read with ``pread`` on a file descriptor kept open, not through an mmap: a shard
+    truncated in place while a loader worker has it mapped would kill the worker with SIGBUS (reported
+    by PyTorch as "insufficient shared memory"). A short read says exactly what happened. A shard
+    rewritten by ``build_shards.py`` (a new file renamed over the old) changes nothing for an open
+    reader: it keeps reading the file it verified.
+    """
 
     def __init__(self, path: str, expected_sha256: str | None = None, expected_samples: int | None = None) -> None:
         self.path = path
-        name = os.path.basename(path)
+        self.name = name = os.path.basename(path)
         if not os.path.isfile(path):
             raise ShardError(f"shard {name}: missing ({path}); rebuild with data_prep/build_shards.py")
-        with open(path, "rb") as f:
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+        self._f = open(path, "rb")
+        self.size = os.fstat(self._f.fileno()).st_size
         if expected_sha256 is not None:
-            actual = hashlib.sha256(self._mm).hexdigest()
+            h = hashlib.sha256()
+            for block in iter(lambda: self._f.read(1 << 22), b""):
+                h.update(block)
+            actual = h.hexdigest()
             if actual != expected_sha256:
+                self.close()
                 raise ShardError(
                     f"shard {name}: corrupt (sha256 {actual[:12]}… != {expected_sha256[:12]}… in index.json); "
                     f"rerun data_prep/build_shards.py with the same arguments to rebuild it"
                 )
         spans: dict[str, list[tuple[int, int]]] = {f: [] for f in _FIELDS}
         try:
-            with tarfile.open(fileobj=io.BytesIO(self._mm), mode="r:") as tar:
+            self._f.seek(0)
+            with tarfile.open(fileobj=self._f, mode="r:") as tar:
                 for m in tar:
                     field = m.name.split(".")[1]
                     spans[field].append((m.offset_data, m.size))
         except (tarfile.TarError, IndexError, KeyError) as e:
+            self.close()
             raise ShardError(f"shard {name}: not a valid shard tar ({e})") from None
         if len(spans["input_ids"]) != len(spans["segments"]) or (
             expected_samples is not None and len(spans["input_ids"]) != expected_samples
         ):
+            self.close()
             raise ShardError(f"shard {name}: holds {len(spans['input_ids'])} samples, index.json says {expected_samples}")
         self._spans = spans
 
     def __len__(self) -> int:
         return len(self._spans["input_ids"])
 
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __del__(self) -> None:
+        f = getattr(self, "_f", None)
+        if f is not None and not f.closed:
+            f.close()
+
     def _array(self, field: str, i: int) -> np.ndarray:
         off, size = self._spans[field][i]
-        return np.lib.format.read_array(io.BytesIO(self._mm[off:off + size]), allow_pickle=False)
+        data = os.pread(self._f.fileno(), size, off)
+        if len(data) != size:
+            now = os.fstat(self._f.fileno()).st_size
+            raise ShardError(f"shard {self.name}: changed on disk while open ({self.size:,} bytes when opened and "
+                             f"verified, {now:,} now); rebuild it with data_prep/build_shards.py (it writes a new "
+                             "file and renames it) and relaunch: the run resumes exactly")
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(input_ids [T], doc_lens [S], doc_ids [S]) of sample ``i``."""

@@ -279,7 +279,7 @@ class _EpochBatches(IterableDataset):
                 r = ShardReader(self._path(shard, order), sha, entry.samples)
             readers[shard] = r
             if len(readers) > _OPEN_SHARDS_PER_WORKER:
-                readers.popitem(last=False)
+                readers.popitem(last=False)[1].close()
         else:
             readers.move_to_end(shard)
         return r

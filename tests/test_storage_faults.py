@@ -94,3 +94,33 @@ def test_a_read_only_run_dir_is_one_line(shards_dir, tmp_path):
         lines = _errors(r.stderr)
         assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
         assert lines[0].startswith(f"error: run_dir {fs}/run: cannot be written: Read-only file system ("), lines[0]
+
+
+def test_shards_truncated_in_place_under_a_running_job_stop_it_with_one_line(shards_dir, tmp_path):
+    """Shards cut short while the loader workers have them open (they used to be mmapped: SIGBUS, reported
+    by PyTorch as "insufficient shared memory"); the run stops through the collective shard-fault path."""
+    import json
+    import time
+
+    data = tmp_path / "shards"
+    shutil.copytree(shards_dir, data)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
+           "--config", "pretrain/configs/tiny.yaml", f"data.dir={data}", f"run_dir={run_dir}", "train.steps=400",
+           "train.micro_batch_size=8", "train.global_batch_tokens=2048", "checkpoint.every=0", "eval.every=0",
+           "train.log_every=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.01)
+    for entry in json.loads((data / "index.json").read_text())["splits"]["train"]["shards"]:
+        path = data / entry["file"]
+        os.truncate(path, path.stat().st_size // 3)  # in place: the open descriptors see it
+    out, err = proc.communicate(timeout=300)
+    lines = _errors(err)
+    assert proc.returncode == 2, err[-3000:]
+    assert len(lines) == 1 and "Traceback" not in err and "shared memory" not in err, err[-3000:]
+    assert lines[0].startswith("error: shard train-") and ("changed on disk while open" in lines[0]
+                                                            or "corrupt" in lines[0]), lines[0]
