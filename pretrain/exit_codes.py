@@ -5,3 +5,4 @@ No torch import here: the torchrun wrapper reads these before torch is loaded.
 
 USER_ERROR = 2  # bad config, data or checkpoint: one line says what to change; relaunching as is fails again
 REQUEUE = 75  # EX_TEMPFAIL: preempted after saving a checkpoint; relaunch the same command to resume
+PEER_LOST = 3  # this rank stopped because another rank of the job died; the launcher's line names that rank

@@ -7,6 +7,7 @@ with the status of the worker that failed first:
 
     0     finished
     2     user error: bad config, data or checkpoint; the worker printed one line saying what to change
+    3     a rank stopped because another rank died (never reported: the rank that died is)
     75    preempted: a checkpoint was saved; relaunch the same command to resume
     128+N a worker was killed by signal N (e.g. 137: SIGKILL, often the out-of-memory killer)
     other the worker's own status after an unexpected error (its traceback is above)
@@ -67,6 +68,7 @@ def _forward(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     # torchrun's agent turns SIGTERM/SIGINT into an exception that stops the workers before they can save
     os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGHUP,SIGQUIT")
+    os.environ["MODERNALBERT_LAUNCHER_REPORTS"] = "1"  # ranks that lost a peer leave quietly: the line is ours
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _forward)
     level = os.environ.setdefault("LOGLEVEL", "CRITICAL")  # read when torchrun's loggers are made, at import
@@ -81,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
+        # the ranks that stopped only because another one died (exit 3) are not the cause to report
+        causes = {r: f for r, f in e.failures.items() if f.exitcode != exit_codes.PEER_LOST} or e.failures
+        rank = min(causes, key=lambda r: (causes[r].timestamp, r))
+        failure = causes[rank]
         status = exit_status(failure.exitcode)
         if failure.exitcode < 0:
             name = signal.Signals(-failure.exitcode).name if -failure.exitcode in signal.valid_signals() else "a signal"

@@ -510,9 +510,33 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(str(e), file=sys.stderr)
         return REQUEUE_EXIT_CODE
+    except Exception as e:  # noqa: BLE001 - only a lost peer is handled here; anything else is re-raised
+        if not _peer_lost(e):
+            raise
+        # another rank died (SIGKILL, OOM, a node): this rank's collective failed at once. No traceback, and
+        # no teardown (the group is broken): leave now; loader workers follow when they see their parent go.
+        if os.environ.get("MODERNALBERT_LAUNCHER_REPORTS") != "1":  # python -m pretrain.torchrun names the rank
+            print(f"rank {os.environ.get('RANK', '?')}: stopped: another rank of the job died "
+                  f"({str(e).strip().splitlines()[0][:200]})", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(exit_codes.PEER_LOST)
     finally:
         teardown(agreed)
     return 0
+
+
+# What gloo and NCCL say when the process at the other end of a collective is gone.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
+              "NCCL communicator was aborted", "Broken pipe")
+
+
+def _peer_lost(e: BaseException) -> bool:
+    if not dist.is_available() or not dist.is_initialized():
+        return False
+    if isinstance(e, getattr(dist, "DistNetworkError", ())):
+        return True
+    return any(p in str(e) for p in _PEER_LOST)
 
 
 def teardown(agreed: bool) -> None:

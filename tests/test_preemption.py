@@ -106,3 +106,26 @@ def test_a_signal_to_any_part_of_the_job_saves_exits_75_and_resumes_bitwise(unin
     got = _final_weights(str(tmp_path))
     for k in uninterrupted:
         assert torch.equal(got[k], uninterrupted[k]), k
+
+
+def test_a_rank_killed_outright_stops_the_job_quickly_with_one_line(shards_dir, tmp_path):
+    """SIGKILL (the OOM killer, a node failure) gives no chance to save: the other ranks must not hang in
+    their next collective, and the job ends with one line naming the rank and the signal."""
+    proc = subprocess.Popen(_cmd(tmp_path, shards_dir), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.005)
+    ranks = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                            text=True).stdout.split()]
+    assert len(ranks) == 2
+    t0 = time.time()
+    os.kill(max(ranks), signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    took = time.time() - t0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 137, err[-3000:]
+    assert took < 40, took  # bounded: the launcher's 30 s grace at most (README)
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith("torchrun: rank ") and lines[0].endswith("was killed by SIGKILL (exit status 137)")
