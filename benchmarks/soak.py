@@ -12,8 +12,12 @@ by a relaunch of the same command:
   failure would), in turn: inside a random step (a random fraction of a step after a random step
   was logged), the moment a checkpoint write is seen in progress (a ``.tmp_step_…`` folder exists),
   or at a random moment of the start-up (process group, checkpoint verification and load), or
+- SIGTERM to the launcher and all its processes at a random step, as SLURM does at preemption or at
+  the time limit: the run must save at the next step boundary and exit 75 (no step lost), or
 - (once per phase) a byte flipped in the newest checkpoint between two launches: the resume must
-  verify it, set it aside and fall back to the previous one.
+  verify it, set it aside and fall back to the previous one, and
+- (once per phase) a full disk at the next checkpoint (``MODERNALBERT_ENOSPC_AT_SAVE`` on the last
+  rank): the run must stop with exit 2, its temp dir removed and ``latest`` unchanged.
 
 Phase ``same`` relaunches on 2 processes every time: the final weights must equal the reference's bit
 for bit. Phase ``mixed`` relaunches on 1 or 2 processes at random with the same global batch: float
@@ -74,7 +78,7 @@ def _tree(root: int) -> list[int]:
 class Launch:
     """One launch of the training command (its output appended to a log file)."""
 
-    def __init__(self, nproc: int, args: list[str], log_path: str) -> None:
+    def __init__(self, nproc: int, args: list[str], log_path: str, env: dict | None = None) -> None:
         launcher = ([sys.executable, "-m", "pretrain.torchrun", "--standalone", f"--nproc-per-node={nproc}"]
                     if nproc > 1 else [sys.executable])
         self.log = open(log_path, "a", encoding="utf-8")
@@ -82,7 +86,8 @@ class Launch:
         self.log.flush()
         self.proc = subprocess.Popen([*launcher, "-m", "pretrain.train", *args], cwd=REPO, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                                          **(env or {})})
         self.started = time.monotonic()
 
     def kill(self) -> None:
@@ -99,6 +104,14 @@ class Launch:
                     pass
         self.proc.wait()
         self.log.close()
+
+    def signal_tree(self, sig: int) -> None:
+        """``sig`` to the launcher and every descendant at once (SLURM signals every process of a step)."""
+        for pid in _tree(self.proc.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def wait(self) -> int:
         rc = self.proc.wait()
@@ -192,15 +205,28 @@ def phase(name: str, data: str, a: argparse.Namespace, rng: random.Random) -> di
     print(f"[{name}] reference: {a.steps} steps in {ref_s:.0f} s", flush=True)
 
     faults, corrupt_at = [], rng.randrange(1, a.kills)  # the fault index that flips a byte first
+    enospc_at = rng.choice([k for k in range(1, a.kills) if k != corrupt_at])  # the one full-disk fault
     args, log = _train_args(data, run_dir, a), os.path.join(run_dir, "log.txt")
     for k in range(a.kills):
         nproc = 2 if name == "same" else rng.choice((1, 2))
         record = {"fault": k + 1, "processes": nproc, "before": _ckpt_state(run_dir)}
         if k == corrupt_at:
             record["flipped_byte_in"] = _flip_newest_checkpoint(run_dir)
-        launch = Launch(nproc, args, log)
-        kind = ("step", "write", "start")[k % 3]
-        if kind == "write":
+        kind = "enospc" if k == enospc_at else ("step", "write", "start", "sigterm")[k % 4]
+        env = None
+        if kind == "enospc":  # the resume point is the newest intact checkpoint; the next save is `every` later
+            resume = int((record["before"]["latest"] or "step_0").split("_")[1])
+            next_save = resume + a.every
+            env = {"MODERNALBERT_ENOSPC_AT_SAVE": f"{next_save}:{nproc - 1}"}
+        record["kind"] = kind
+        logged_before = _last_step(run_dir)
+        launch = Launch(nproc, args, log, env)
+        if kind == "enospc":
+            rc = launch.wait()
+            record["exit"] = rc
+            record["kill"] = (f"full disk at the step-{next_save} save: exit {rc}" if next_save <= a.steps
+                              else f"none: the run ended before step {next_save} (exit {rc})")
+        elif kind == "write":
             hit = _kill_during_write(launch, os.path.join(run_dir, "checkpoints"), limit_s=4 * ref_s)
             record["kill"] = "during a checkpoint write" if hit else "none: the run finished first"
         elif kind == "start":  # start-up, process-group set-up, checkpoint verification and load
@@ -212,20 +238,36 @@ def phase(name: str, data: str, a: argparse.Namespace, rng: random.Random) -> di
         else:  # inside a step: a random step ahead (leaving room for the faults still to come), then a
             # random fraction of a step later (forward, backward, optimizer, logging)
             done = _last_step(run_dir)
-            left = sum(1 for j in range(k, a.kills) if j % 3 != 2) + 1
+            left = sum(1 for j in range(k, a.kills) if j % 4 != 2) + 1
             target = done + rng.randint(1, max(1, (a.steps - done) // left))
             while _last_step(run_dir) < target and launch.proc.poll() is None:
                 time.sleep(0.005)
             extra = rng.uniform(0.0, 0.3)
             time.sleep(extra)
             finished = launch.proc.poll() is not None
-            launch.kill()
-            record["kill"] = ("none: the run finished first" if finished
-                              else f"{extra:.2f} s after step {target} was logged")
+            if kind == "sigterm":
+                launch.signal_tree(signal.SIGTERM)
+                try:
+                    rc = launch.proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    launch.kill()
+                    rc = None
+                launch.log.close()
+                record["exit"] = rc
+                record["kill"] = ("none: the run finished first" if finished
+                                  else f"SIGTERM to the tree {extra:.2f} s after step {target} was logged: exit {rc}")
+            else:
+                launch.kill()
+                record["kill"] = ("none: the run finished first" if finished
+                                  else f"{extra:.2f} s after step {target} was logged")
         record["after"] = _ckpt_state(run_dir)
+        # the steps the next launch must redo: logged by this launch, but after its newest checkpoint
+        saved = int((record["after"]["latest"] or "step_0").split("_")[1])
+        record["steps_lost"] = max(0, max(_last_step(run_dir), logged_before) - saved)
         faults.append(record)
-        print(f"[{name}] fault {k + 1}: {record['kill']} on {nproc} proc; checkpoint {record['before']['latest']} -> "
-              f"{record['after']['latest']}; temp dirs left {record['after']['temp_left']}", flush=True)
+        print(f"[{name}] fault {k + 1} ({kind}): {record['kill']} on {nproc} proc; checkpoint "
+              f"{record['before']['latest']} -> {record['after']['latest']}; steps lost {record['steps_lost']}; "
+              f"temp dirs left {record['after']['temp_left']}", flush=True)
     nproc = 2 if name == "same" else rng.choice((1, 2))
     rc = Launch(nproc, args, log).wait()
     final = _ckpt_state(run_dir)
@@ -287,15 +329,24 @@ def _markdown(results: list[dict]) -> str:
                         f"{r['baseline_early_loss_rel_diff']:.2g})")
         lines += [f"**Phase `{r['phase']}`** ({r['steps']} steps, checkpoint every {r['every']}; reference "
                   f"{r['reference_s']} s): final weights {verdict} — **{'PASS' if r['ok'] else 'FAIL'}**", "",
-                  "| fault | processes | kill | newest checkpoint before → after | temp dir left | byte flipped in |",
-                  "|---|---|---|---|---|---|"]
+                  "| fault | kind | processes | what happened | newest checkpoint before → after | steps lost | "
+                  "temp dir left | byte flipped in |",
+                  "|---|---|---|---|---|---|---|---|"]
         for f in r["faults"]:
-            lines.append(f"| {f['fault']} | {f['processes']} | {f['kill']} | {f['before']['latest']} → "
-                         f"{f['after']['latest']} | {', '.join(f['after']['temp_left']) or '—'} | "
-                         f"{f.get('flipped_byte_in') or '—'} |")
+            lines.append(f"| {f['fault']} | {f.get('kind', '?')} | {f['processes']} | {f['kill']} | "
+                         f"{f['before']['latest']} → {f['after']['latest']} | {f.get('steps_lost', '?')} | "
+                         f"{', '.join(f['after']['temp_left']) or '—'} | {f.get('flipped_byte_in') or '—'} |")
         fl = r["final_launch"]
-        lines += [f"| final | {fl['processes']} | — (runs to the end, exit {fl['exit']}) | {fl['latest']} | "
+        lines += [f"| final | — | {fl['processes']} | runs to the end, exit {fl['exit']} | {fl['latest']} | — | "
                   f"{', '.join(fl['temp_left']) or '—'} | set aside: {', '.join(fl['set_aside']) or '—'} |", ""]
+        kinds: dict[str, list[dict]] = {}
+        for f in r["faults"]:
+            kinds.setdefault(f.get("kind", "?"), []).append(f)
+        lines += ["| fault kind | faults | survived (final weights as above) | steps lost (total) |", "|---|---|---|---|"]
+        for kind, fs in kinds.items():
+            lines.append(f"| {kind} | {len(fs)} | {len(fs) if r['ok'] else 'see verdict'} | "
+                         f"{sum(f.get('steps_lost', 0) for f in fs)} |")
+        lines.append("")
     return "\n".join(lines)
 
 

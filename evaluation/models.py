@@ -16,6 +16,7 @@ model family (the attention projections, the same choice for every family).
 
 from __future__ import annotations
 
+import glob
 import os
 
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from data_prep.tokenizer import encode_examples
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
-from model.native_format import FORMAT, InputError, load_native, read_json, save_native
+from model.native_format import FORMAT, InputError, follow_umask, load_native, read_json, save_native
 
 # attention projections per model family (PEFT target names: matched as the end of a module path)
 LORA_TARGETS = {"native": ["attn.Wqkv", "attn.Wo"], "modernalbert": ["attn.Wqkv", "attn.Wo"],
@@ -139,6 +140,7 @@ class HFBackend:
     def save(self, module: nn.Module, head: ClassifierConfig, out_dir: str, history: dict) -> None:
         module.save_pretrained(out_dir)
         self.tok.save_pretrained(out_dir)
+        follow_umask(*glob.glob(os.path.join(out_dir, "*.safetensors")))
 
 
 def open_backend(path: str) -> NativeBackend | HFBackend:

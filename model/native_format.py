@@ -74,9 +74,15 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict
     from safetensors.torch import save_file
 
     save_file(tensors, path, metadata=metadata)
+    follow_umask(path)
+
+
+def follow_umask(*paths: str) -> None:
+    """Give files the mode a plain ``open`` would (0666 less the umask): safetensors writes 0600."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    for path in paths:
+        os.chmod(path, 0o666 & ~umask)
 
 
 def save_native(out_dir: str, state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_src: str | None,

@@ -27,6 +27,7 @@ modernbert format is a ``ModernBertForSequenceClassification`` (classifier only)
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -40,7 +41,7 @@ import torch
 
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
 from model.modernalbert import ModernAlbertForMaskedLM
-from model.native_format import OutputDir, InputError, load_native_all
+from model.native_format import InputError, OutputDir, follow_umask, load_native_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("modernalbert", "modernbert")
@@ -156,6 +157,7 @@ def write_modernbert(model: ModernAlbertForMaskedLM, special: dict[str, int], ou
         if missing or unexpected:
             raise InputError(f"ModernBERT key mismatch: missing {missing}, unexpected {unexpected}")
         hf.save_pretrained(out)
+        follow_umask(*glob.glob(os.path.join(out, "*.safetensors")))
         return
     hf = ModernBertForMaskedLM(hf_cfg)
     missing, unexpected = hf.load_state_dict(state, strict=False)
@@ -164,6 +166,7 @@ def write_modernbert(model: ModernAlbertForMaskedLM, special: dict[str, int], ou
         raise InputError(f"ModernBERT key mismatch: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
     hf.save_pretrained(out)
+    follow_umask(*glob.glob(os.path.join(out, "*.safetensors")))  # transformers' safetensors writes 0600
 
 
 def sample_batch(doc: dict, in_dir: str, n_docs: int = 6, max_len: int = 192) -> tuple[torch.Tensor, torch.Tensor]:
