@@ -56,3 +56,15 @@ def assert_close(actual, expected, tol: float = 1e-5, what: str = "") -> None:
     scale = max(1.0, expected.detach().abs().max().item()) if expected.numel() else 1.0
     err = (actual.detach() - expected.detach()).abs().max().item() if expected.numel() else 0.0
     assert err <= tol * scale, f"{what}: max abs diff {err:.3g} > {tol:g} x {scale:.3g}"
+
+
+def final_weights(run_dir) -> dict:
+    """The model weights of ``run_dir``'s latest checkpoint (DCP converted to one torch file)."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    run_dir = str(run_dir)
+    ckpt = os.path.join(run_dir, "checkpoints", open(os.path.join(run_dir, "checkpoints", "latest")).read().strip())
+    dest = os.path.join(run_dir, "final.pt")
+    dcp_to_torch_save(ckpt, dest)
+    return torch.load(dest, weights_only=False)["model"]

@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, final_weights
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -45,21 +45,12 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _final_weights(run_dir) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    ckpt = os.path.join(run_dir, "checkpoints", open(os.path.join(run_dir, "checkpoints", "latest")).read().strip())
-    dest = os.path.join(run_dir, "final.pt")
-    dcp_to_torch_save(ckpt, dest)
-    return torch.load(dest, weights_only=False)["model"]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, shards_dir):
     run_dir = tmp_path_factory.mktemp("uninterrupted")
     r = subprocess.run(_cmd(run_dir, shards_dir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    return _final_weights(str(run_dir))
+    return final_weights(str(run_dir))
 
 
 def _signal_mid_run(run_dir, shards_dir, sig, who: str) -> subprocess.CompletedProcess:
@@ -103,7 +94,7 @@ def test_a_signal_to_any_part_of_the_job_saves_exits_75_and_resumes_bitwise(unin
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"step_{stopped:08d}" in again.stdout and not (tmp_path / "preempted").exists()
-    got = _final_weights(str(tmp_path))
+    got = final_weights(str(tmp_path))
     for k in uninterrupted:
         assert torch.equal(got[k], uninterrupted[k]), k
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, pretrain
+from conftest import REPO, final_weights, pretrain
 from pretrain.config import load_config
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -31,15 +31,6 @@ def _losses(run_dir) -> dict[int, float]:
         r = json.loads(line)
         out[r["step"]] = r["loss"]
     return out
-
-
-def _final_weights(run_dir) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    ckpt = os.path.join(run_dir, "checkpoints", open(os.path.join(run_dir, "checkpoints", "latest")).read().strip())
-    dest = os.path.join(run_dir, "final.pt")
-    dcp_to_torch_save(ckpt, dest)
-    return torch.load(dest, weights_only=False)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +88,7 @@ def test_expert_parallel_gives_the_losses_and_weights_of_ep1(reference, fsdp2_ra
     assert sorted(ep2) == [1, 2, 3, 4, 5]
     for step in ep2:
         assert abs(ep2[step] - ep1[step]) <= 1e-5 * abs(ep1[step]), (step, ep1[step], ep2[step])
-    a, b = _final_weights(fsdp2_ranks), _final_weights(run_dir)
+    a, b = final_weights(fsdp2_ranks), final_weights(run_dir)
     assert a.keys() == b.keys()
     experts = [k for k in a if k.rsplit(".", 1)[-1] in ("A1", "B1", "A2", "B2")]
     assert len(experts) == 4 and all(b[k].shape[0] == 8 for k in experts)  # full [E, ...] tensors saved
@@ -133,7 +124,7 @@ def test_sigkill_then_resume_is_exact_also_on_fewer_ranks(reference, shards_dir,
     ref, got = _losses(reference), _losses(run_dir)  # steps 6-7 appear twice: the resumed run's count
     for step in range(6, 11):
         assert abs(got[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, ref[step], got[step])
-    a, b = _final_weights(reference), _final_weights(run_dir)
+    a, b = final_weights(reference), final_weights(run_dir)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
@@ -151,7 +142,7 @@ def test_the_shipped_preset_is_bitwise_reproducible_and_resumes_bitwise(shards_d
     assert killed.returncode != 0 and open(os.path.join(runs[2], "checkpoints", "latest")).read().strip() == "step_00000003"
     resumed = _run(runs[2], shards_dir, nproc=2, steps=8, extra=["checkpoint.every=3"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b, c = (_final_weights(d) for d in runs)
+    a, b, c = (final_weights(d) for d in runs)
     assert a.keys() == b.keys() == c.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k}: two runs of one command differ"
