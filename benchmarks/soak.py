@@ -214,9 +214,10 @@ def phase(name: str, data: str, a: argparse.Namespace, rng: random.Random) -> di
             record["flipped_byte_in"] = _flip_newest_checkpoint(run_dir)
         kind = "enospc" if k == enospc_at else ("step", "write", "start", "sigterm")[k % 4]
         env = None
-        if kind == "enospc":  # the resume point is the newest intact checkpoint; the next save is `every` later
+        if kind == "enospc":  # the resume point is the newest intact checkpoint; saves fall on multiples of
+            # `every` (a preemption may have saved in between)
             resume = int((record["before"]["latest"] or "step_0").split("_")[1])
-            next_save = resume + a.every
+            next_save = min((resume // a.every + 1) * a.every, a.steps)
             env = {"MODERNALBERT_ENOSPC_AT_SAVE": f"{next_save}:{nproc - 1}"}
         record["kind"] = kind
         logged_before = _last_step(run_dir)
@@ -276,6 +277,14 @@ def phase(name: str, data: str, a: argparse.Namespace, rng: random.Random) -> di
     if rc:
         result.update(ok=False, why=f"the final launch exited {rc}; see {log}")
         return result
+    # the faults that end a run by design must end it as designed
+    wrong = [f"fault {f['fault']} ({f['kind']}): exit {f.get('exit')}" for f in faults
+             if (f["kind"] == "sigterm" and not f["kill"].startswith("none") and f.get("exit") != 75)
+             or (f["kind"] == "enospc" and not f["kill"].startswith("none")
+                 and (f.get("exit") != 2 or f["after"]["latest"] != f["before"]["latest"] or f["after"]["temp_left"]))]
+    if wrong:
+        result.update(ok=False, why="; ".join(wrong))
+        return result
     ref, got = _final_weights(ref_dir), _final_weights(run_dir)
     diff = _max_diff(ref, got)
     equal = ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
@@ -323,6 +332,8 @@ def _markdown(results: list[dict]) -> str:
     lines = []
     for r in results:
         verdict = ("bit-for-bit equal" if r.get("bitwise_equal") else f"max abs diff {r.get('max_abs_diff', float('nan')):.3g}")
+        if r.get("why"):
+            verdict = f"not compared: {r['why']}"
         if "world_size_baseline" in r:
             verdict += (f" (two uninterrupted runs on 1 and on 2 processes: {r['world_size_baseline']:.3g}); losses of "
                         f"the first {EARLY} steps within {r['early_loss_rel_diff']:.2g} relative (1 vs 2 processes: "
