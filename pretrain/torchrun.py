@@ -57,6 +57,17 @@ def _children() -> list[int]:
     return kids
 
 
+def _blame(code: int) -> int:
+    """Which failed worker to report (lowest first): its own exit status, then a death by a signal other
+    than SIGTERM, then SIGTERM (which torchrun itself sends the others once one has failed, and which a
+    rank only dies of outside its own handler), then a rank that only lost a peer (exit 3)."""
+    if code == exit_codes.PEER_LOST:
+        return 3
+    if code == -signal.SIGTERM:
+        return 2
+    return 1 if code < 0 else 0
+
+
 def _forward(signum, frame) -> None:
     for pid in _children():
         try:
@@ -83,10 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        # the ranks that stopped only because another one died (exit 3) are not the cause to report
-        causes = {r: f for r, f in e.failures.items() if f.exitcode != exit_codes.PEER_LOST} or e.failures
-        rank = min(causes, key=lambda r: (causes[r].timestamp, r))
-        failure = causes[rank]
+        failures = e.failures
+        rank = min(failures, key=lambda r: (_blame(failures[r].exitcode), failures[r].timestamp, r))
+        failure = failures[rank]
         status = exit_status(failure.exitcode)
         if failure.exitcode < 0:
             name = signal.Signals(-failure.exitcode).name if -failure.exitcode in signal.valid_signals() else "a signal"

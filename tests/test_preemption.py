@@ -25,11 +25,11 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 STEPS = 30
 
 
-def _cmd(run_dir, shards_dir) -> list[str]:
+def _cmd(run_dir, shards_dir, extra=()) -> list[str]:
     return [sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
             "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}", f"run_dir={run_dir}",
             f"train.steps={STEPS}", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
-            "train.log_every=1", "checkpoint.every=0", "eval.every=0"]
+            "train.log_every=1", "checkpoint.every=0", "eval.every=0", *extra]
 
 
 def _env() -> dict:
@@ -53,8 +53,8 @@ def uninterrupted(tmp_path_factory, shards_dir):
     return final_weights(str(run_dir))
 
 
-def _signal_mid_run(run_dir, shards_dir, sig, who: str) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(_cmd(run_dir, shards_dir), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+def _signal_mid_run(run_dir, shards_dir, sig, who: str, extra=()) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(_cmd(run_dir, shards_dir, extra), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 180
@@ -76,12 +76,19 @@ def _signal_mid_run(run_dir, shards_dir, sig, who: str) -> subprocess.CompletedP
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.mark.parametrize("sig, who", [(signal.SIGTERM, "tree"), (signal.SIGTERM, "launcher"),
-                                      (signal.SIGTERM, "ranks and workers"), (signal.SIGINT, "group")],
-                         ids=["sigterm-tree", "sigterm-launcher", "sigterm-ranks-workers", "sigint-group"])
+# validation every step, 20 batches of it (most of each step's time): a signal then mostly lands inside
+# validation, whose loader workers get it too. Validation changes no weight: the uninterrupted run is the same.
+DURING_VALIDATION = ("eval.every=1", "eval.max_batches=20")
+
+
+@pytest.mark.parametrize("sig, who, extra", [(signal.SIGTERM, "tree", ()), (signal.SIGTERM, "launcher", ()),
+                                             (signal.SIGTERM, "ranks and workers", ()), (signal.SIGINT, "group", ()),
+                                             (signal.SIGTERM, "tree", DURING_VALIDATION)],
+                         ids=["sigterm-tree", "sigterm-launcher", "sigterm-ranks-workers", "sigint-group",
+                              "sigterm-tree-validating"])
 def test_a_signal_to_any_part_of_the_job_saves_exits_75_and_resumes_bitwise(uninterrupted, shards_dir, tmp_path,
-                                                                            sig, who):
-    r = _signal_mid_run(tmp_path, shards_dir, sig, who)
+                                                                            sig, who, extra):
+    r = _signal_mid_run(tmp_path, shards_dir, sig, who, extra)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 75, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "SignalException" not in r.stderr, r.stderr[-3000:]
@@ -90,7 +97,7 @@ def test_a_signal_to_any_part_of_the_job_saves_exits_75_and_resumes_bitwise(unin
     assert 2 <= stopped < STEPS and f"after step {stopped};" in lines[0]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
     # the requeue: the same command again continues from there, bit for bit
-    again = subprocess.run(_cmd(tmp_path, shards_dir), cwd=REPO, env=_env(), capture_output=True, text=True,
+    again = subprocess.run(_cmd(tmp_path, shards_dir, extra), cwd=REPO, env=_env(), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"step_{stopped:08d}" in again.stdout and not (tmp_path / "preempted").exists()
