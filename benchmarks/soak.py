@@ -58,15 +58,9 @@ def _build_shards(out: str) -> str:
 
 def _tree(root: int) -> list[int]:
     """``root`` and all its descendants (Linux: parent ids from /proc/<pid>/stat)."""
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat", encoding="utf-8") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
+    from pretrain.torchrun import children_by_parent
+
+    children = children_by_parent()
     out, todo = [], [root]
     while todo:
         pid = todo.pop()

@@ -38,6 +38,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from pretrain import faults
+from pretrain.reduce import first_fault, from_rank0
 from pretrain.storage import describe_failure, free_bytes, human, storage_failure, tree_size
 
 LATEST = "latest"
@@ -61,15 +62,6 @@ def _barrier() -> None:
 
 def _world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def _from_rank0(obj):
-    """Rank 0's ``obj`` on every rank (listings of a shared directory must agree)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _gather(obj) -> list:
@@ -98,7 +90,7 @@ def _files(step_dir: str) -> list[str]:
 
 def _write_manifest(tmp: str) -> None:
     """Collective: each rank hashes a share of the files; rank 0 writes the manifest."""
-    files = _from_rank0(_files(tmp) if _rank() == 0 else None)
+    files = from_rank0(_files(tmp) if _rank() == 0 else None)
     mine = {f: _digest(os.path.join(tmp, f)) for f in files[_rank()::_world()]}
     entries = {k: v for part in _gather(mine) for k, v in part.items()}
     if _rank() == 0:
@@ -166,13 +158,13 @@ _warned_short = False
 def _agree_on_failure(failure: str | None, tmp: str) -> None:
     """Collective: if any rank failed to write, every rank raises the same ``StorageError`` (rank 0 removes
     the temp dir first); earlier checkpoints and ``latest`` were never touched."""
-    failures = [f for f in _gather(failure) if f]
-    if not failures:
+    failure = first_fault(failure)
+    if failure is None:
         return
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
-    raise StorageError(f"{failures[0]}. The temporary {os.path.basename(tmp)} was removed; earlier checkpoints and "
+    raise StorageError(f"{failure}. The temporary {os.path.basename(tmp)} was removed; earlier checkpoints and "
                        "'latest' are untouched: free space (or fix the permissions) and relaunch to resume")
 
 
@@ -331,7 +323,7 @@ def resume_point(ckpt_dir: str, log=print) -> str | None:
     keep-k purging) once an intact one is found, and ``latest`` is pointed at it. Raises
     ``CheckpointError`` when checkpoints exist but none is intact (nothing is renamed then).
     """
-    candidates = _from_rank0(step_dirs(ckpt_dir) if _rank() == 0 else None)
+    candidates = from_rank0(step_dirs(ckpt_dir) if _rank() == 0 else None)
     bad: list[tuple[str, str]] = []
     for path in candidates:
         problem = verify_collective(path)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from model.config import ConfigError, check
-from pretrain.storage import STORAGE_ERRNOS, describe_failure
+from pretrain.storage import write_fault
 
 WANDB_MODES = ("disabled", "offline", "online")
 
@@ -74,9 +74,7 @@ def append_line(path: str, line: str) -> str | None:
         with open(path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
     except OSError as e:
-        if e.errno not in STORAGE_ERRNOS:
-            raise
-        return describe_failure(e, f"log {path}: cannot be written", None, os.path.dirname(path))
+        return write_fault(e, f"log {path}: cannot be written", os.path.dirname(path))
     return None
 
 
@@ -125,10 +123,11 @@ class TrainLogger:
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.total, self.every = total_steps, log_every
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.eval_path = os.path.join(run_dir, "eval.jsonl")
         self.peak = peak_tflops(cfg, device)
         self.t_last, self.tokens, self.flops = time.perf_counter(), 0, 0.0
         self.bar = self.wandb = None
-        self.fault: str | None = None  # a storage fault met writing metrics.jsonl (the trainer stops on it)
+        self.fault: str | None = None  # a storage fault met writing a log (the trainer stops on it)
         if rank != 0:
             return
         if cfg.progress_bar == "on" or (cfg.progress_bar == "auto" and sys.stderr.isatty()):
@@ -150,6 +149,11 @@ class TrainLogger:
         if step % self.every == 0 or step == self.total:
             record = {**record, **self._report(record, expert_load)}
         self.fault = self.fault or append_line(self.path, json.dumps(record))
+
+    def eval(self, record: dict) -> None:
+        """Append a validation record to run_dir/eval.jsonl (rank 0)."""
+        if self.rank == 0:
+            self.fault = self.fault or append_line(self.eval_path, json.dumps(record))
 
     def _report(self, record: dict, expert_load: dict[str, list[int]]) -> dict:
         """Console line (and W&B) for the steps since the last one; returns the performance fields."""

@@ -19,6 +19,15 @@ def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.
     return on.to(t.device) if on is not t else t
 
 
+def from_rank0(obj):
+    """Collective: rank 0's ``obj`` on every rank (a listing of a shared directory, a decision rank 0 made)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def first_fault(message: str | None, already_flagged: bool | None = None) -> str | None:
     """Collective: the first rank's fault message when any rank has one, else None, on every rank.
 

@@ -84,6 +84,14 @@ def storage_failure(e: BaseException, directory: str) -> OSError | None:
     return _chained_oserror(e) or _probe(directory)
 
 
+def write_fault(e: OSError, what: str, directory: str) -> str:
+    """The one line for an ``OSError`` met writing a log or config under ``directory``; anything that is
+    not a storage fault is re-raised."""
+    if e.errno not in STORAGE_ERRNOS:
+        raise e
+    return describe_failure(e, what, None, directory)
+
+
 def describe_failure(err: OSError, what: str, need: int | None, directory: str) -> str:
     """One line: what could not be written, the errno text and path, the size needed and the space free."""
     where = err.filename or directory

@@ -37,24 +37,23 @@ def exit_status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _children() -> list[int]:
-    """This process's direct children (the workers torchrun started), from /proc; [] where there is none."""
-    me, kids = str(os.getpid()), []
+def children_by_parent() -> dict[int, list[int]]:
+    """Every process's direct children, by parent id, from /proc (Linux); {} where there is no /proc."""
+    children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return kids
+        return children
     for entry in entries:
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-                stat = f.read()
-        except OSError:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # field 4, after "pid (comm) state"
+        except (OSError, ValueError, IndexError):
             continue
-        if stat[stat.rindex(")") + 2:].split()[1] == me:  # field 4, after "pid (comm) state"
-            kids.append(int(entry))
-    return kids
+        children.setdefault(ppid, []).append(int(entry))
+    return children
 
 
 def _blame(code: int) -> int:
@@ -69,7 +68,7 @@ def _blame(code: int) -> int:
 
 
 def _forward(signum, frame) -> None:
-    for pid in _children():
+    for pid in children_by_parent().get(os.getpid(), []):  # the workers torchrun started
         try:
             os.kill(pid, signum)
         except ProcessLookupError:

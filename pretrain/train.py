@@ -38,15 +38,15 @@ from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader, micro_batch_seed
 from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum
 from pretrain.evaluate import evaluate, val_loader
-from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, append_line, supersede_records
+from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, supersede_records
 from pretrain.fsdp_engine import FSDPEngine
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
-from pretrain.reduce import all_reduce, first_fault
+from pretrain.reduce import all_reduce, first_fault, from_rank0
 from pretrain.run_lock import RunDirBusy, RunLock
 from pretrain.schedule import wsd_factor
 from pretrain.shard_cache import load_index
-from pretrain.storage import STORAGE_ERRNOS, describe_failure
+from pretrain.storage import write_fault
 
 
 class TrainingError(RuntimeError):
@@ -73,9 +73,7 @@ def _write_resolved_config(cfg: RunConfig) -> str | None:
         with open(path, "w", encoding="utf-8") as f:
             yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), f, sort_keys=False)
     except OSError as e:
-        if e.errno not in STORAGE_ERRNOS:
-            raise
-        return describe_failure(e, f"run_dir {cfg.run_dir}: cannot be written", None, cfg.run_dir)
+        return write_fault(e, f"run_dir {cfg.run_dir}: cannot be written", cfg.run_dir)
     return None
 
 
@@ -239,8 +237,7 @@ class Trainer:
         self.step_no = self.start_step = 0
         self.resumed_from: str | None = None
         self.preemption = preemption
-        self.io_fault: str | None = None  # rank 0 could not write a log: every rank stops at the next step
-        self.logger: TrainLogger | None = None
+        self.logger: TrainLogger | None = None  # set by run(); rank 0's log-write fault stops every rank
 
     # resume / save ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -286,7 +283,7 @@ class Trainer:
             micro, fault = [], str(e)
         # the loss is a mean over every masked token of the global batch: count them first (and learn
         # whether any rank met a bad shard, in the same reduction)
-        io_fault = self.io_fault or (self.logger.fault if self.logger is not None else None)
+        io_fault = self.logger.fault if self.logger is not None else None
         local = [sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro),
                  sum(self.flops(b["cu_seqlens"], len(b["mlm_labels"])) for b in micro), float(fault is not None),
                  float(io_fault is not None)]
@@ -366,8 +363,7 @@ class Trainer:
         if self.rt.rank == 0:
             print(f"eval step {self.step_no:>6}: val loss {result['val_loss']:.4f}  val acc {result['val_accuracy']:.3f}  "
                   f"({result['val_masked']:,} masked tokens)", flush=True)
-            self.io_fault = self.io_fault or append_line(os.path.join(self.cfg.run_dir, "eval.jsonl"),
-                                                         json.dumps({"step": self.step_no, **result}))
+            self.logger.eval({"step": self.step_no, **result})
         return result
 
     # the loop -----------------------------------------------------------------------------------
@@ -409,8 +405,8 @@ class Trainer:
                     raise Preempted(step, path)
             if self.step_no > self.start_step or not self.resumed_from:  # a finished run relaunched saves nothing
                 self.save()
-            if self.io_fault or logger.fault:  # rank 0 only: after the last step nothing else would report it
-                raise TrainingError(f"{self.io_fault or logger.fault}; the final checkpoint "
+            if logger.fault:  # rank 0 only: after the last step nothing else would report it
+                raise TrainingError(f"{logger.fault}; the final checkpoint "
                                     f"{checkpoint.latest_checkpoint(self.ckpt_dir)} was saved")
         finally:
             logger.close()
@@ -432,11 +428,8 @@ def train(cfg: RunConfig, extra_signals: tuple = ()) -> list[dict]:
         trainer = Trainer(cfg, rt, watch)
         trainer.resume()
         # only now: a launch that fails to resume leaves the run_dir as it was
-        failure = _write_resolved_config(cfg) if trainer.rt.rank == 0 else None
-        if dist.is_initialized():  # every rank stops together if rank 0 could not write it
-            box = [failure]
-            dist.broadcast_object_list(box, src=0)
-            failure = box[0]
+        # every rank stops together if rank 0 could not write it
+        failure = from_rank0(_write_resolved_config(cfg) if trainer.rt.rank == 0 else None)
         if failure:
             raise TrainingError(failure)
         return trainer.run()
@@ -454,16 +447,11 @@ def _lock_run_dir(lock: RunLock, rt: Runtime) -> None:
         except RunDirBusy as e:
             refused = str(e)
         except OSError as e:  # the first write into run_dir: a read-only or foreign-owned one ends here
-            if e.errno not in STORAGE_ERRNOS:
-                raise
             run_dir = os.path.dirname(lock.path)
-            refused = describe_failure(e, f"run_dir {run_dir}: cannot be written", None, run_dir)
+            refused = write_fault(e, f"run_dir {run_dir}: cannot be written", run_dir)
         if lock.note:
             print(lock.note, flush=True)
-    if dist.is_initialized():
-        box = [refused]
-        dist.broadcast_object_list(box, src=0)
-        refused = box[0]
+    refused = from_rank0(refused)
     if refused:
         raise ConfigError(refused)
 

@@ -96,10 +96,6 @@ def fail(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- environment
 
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _requirement_names() -> list[str]:
     names = []
     for fname in REQUIREMENT_FILES:

@@ -42,6 +42,20 @@ def torchrun(nproc: int, module_args: list[str], env: dict | None = None, timeou
                           capture_output=True, text=True, timeout=timeout)
 
 
+def wrapped_cmd(nproc: int, train_args: list[str]) -> list[str]:
+    """``python -m pretrain.torchrun --standalone --nproc-per-node N -m pretrain.train …``: what users run."""
+    return [sys.executable, "-m", "pretrain.torchrun", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "pretrain.train", *train_args]
+
+
+def wrapped_pretrain(nproc: int, train_args: list[str], env: dict | None = None, timeout: int = 600):
+    """``wrapped_cmd`` run to the end from the repo root, one thread per process (output captured)."""
+    import subprocess
+
+    return subprocess.run(wrapped_cmd(nproc, train_args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
 def pretrain(nproc: int, args: list[str], env: dict | None = None, timeout: int = 600):
     """``pretrain.train`` on the tiny config with ``args`` (dotted overrides) on ``nproc`` processes."""
     return torchrun(nproc, ["-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", *args], env, timeout)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, torchrun
+from conftest import REPO, run_cli, torchrun, wrapped_pretrain
 from pretrain import checkpoint
 
 TINY = ["--config", "pretrain/configs/tiny.yaml"]
@@ -123,13 +123,6 @@ def _train_args(run_dir, data_dir, steps, extra=()):
             "train.global_batch_tokens=2048", "schedule.warmup_steps=3", "eval.every=0", *extra]
 
 
-def _wrapped(nproc: int, args: list[str], env=None):
-    """``python -m pretrain.torchrun --standalone --nproc-per-node N -m pretrain.train …``"""
-    return subprocess.run([sys.executable, "-m", "pretrain.torchrun", "--standalone", f"--nproc-per-node={nproc}",
-                           "-m", "pretrain.train", *args], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-
-
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
 
@@ -143,7 +136,7 @@ def test_corrupt_latest_checkpoint_falls_back_on_two_ranks_and_resumes_exactly(s
     shutil.copytree(ref, run)
     (run / "metrics.jsonl").unlink()
     _flip_byte(str(run / "checkpoints" / "step_00000008" / "__0_0.distcp"))
-    r = _wrapped(2, _train_args(run, shards_dir, 8, ["checkpoint.every=4", "train.log_every=1"]))
+    r = wrapped_pretrain(2, _train_args(run, shards_dir, 8, ["checkpoint.every=4", "train.log_every=1"]))
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     assert out.count("falling back to the newest intact checkpoint") == 1  # rank 0 only
@@ -172,7 +165,7 @@ def test_a_bad_shard_mid_run_stops_both_ranks_with_one_line_and_exit_2(shards_di
     _flip_byte(str(data / second.file), 5000)
     first_bad_step = int(order.ends[0]) // 16 + 1  # 16 samples per step (2048 tokens / 128)
     run = tmp_path / "run"
-    r = _wrapped(2, _train_args(run, data, first_bad_step + 5, ["checkpoint.every=10", "data.num_workers=1"]))
+    r = wrapped_pretrain(2, _train_args(run, data, first_bad_step + 5, ["checkpoint.every=10", "data.num_workers=1"]))
     assert r.returncode == 2, r.stderr[-3000:]
     lines = _error_lines(r.stderr)
     assert len(lines) == 1, r.stderr[-3000:]
@@ -182,14 +175,14 @@ def test_a_bad_shard_mid_run_stops_both_ranks_with_one_line_and_exit_2(shards_di
     assert f"the last good checkpoint is {run}/checkpoints/step_{last:08d}" in lines[0]
     # rebuilt (here: restored) shard → the relaunch resumes from that checkpoint and finishes
     shutil.copy(os.path.join(shards_dir, second.file), data / second.file)
-    r = _wrapped(2, _train_args(run, data, first_bad_step + 5, ["checkpoint.every=10", "data.num_workers=1"]))
+    r = wrapped_pretrain(2, _train_args(run, data, first_bad_step + 5, ["checkpoint.every=10", "data.num_workers=1"]))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from {run}/checkpoints/step_{last:08d}" in r.stdout
 
 
 @pytest.mark.distributed
 def test_torchrun_wrapper_passes_the_exit_status_on_with_one_line(shards_dir, tmp_path):
-    r = _wrapped(2, _train_args(tmp_path, shards_dir, 2, ["train.stepz=3"]))
+    r = wrapped_pretrain(2, _train_args(tmp_path, shards_dir, 2, ["train.stepz=3"]))
     assert r.returncode == 2
     assert _error_lines(r.stderr) == ["error: train.stepz: unknown field (allowed: global_batch_tokens, log_every, "
                                       "micro_batch_size, seed, steps)"]

@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import REPO, final_weights
+from conftest import REPO, final_weights, wrapped_cmd
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -26,10 +25,9 @@ STEPS = 30
 
 
 def _cmd(run_dir, shards_dir, extra=()) -> list[str]:
-    return [sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
-            "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}", f"run_dir={run_dir}",
-            f"train.steps={STEPS}", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
-            "train.log_every=1", "checkpoint.every=0", "eval.every=0", *extra]
+    return wrapped_cmd(2, ["--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}", f"run_dir={run_dir}",
+                           f"train.steps={STEPS}", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
+                           "train.log_every=1", "checkpoint.every=0", "eval.every=0", *extra])
 
 
 def _env() -> dict:

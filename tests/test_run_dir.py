@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import TINY_BUILD, pretrain
+from conftest import TINY_BUILD, pretrain, wrapped_pretrain
 from data_prep.build_shards import BuildConfig, build
 
 pytestmark = [pytest.mark.slow]
@@ -88,10 +88,8 @@ def test_a_second_launch_on_a_live_run_dir_is_refused_and_a_dead_runs_lock_is_ta
             time.sleep(0.05)
         before = _snapshot(tmp_path)
         # 2 ranks through the wrapper users run: rank 0 decides, both stop, exit 2
-        second = subprocess.run([sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2",
-                                 "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml",
-                                 *_args(tmp_path, shards_dir, 400)], cwd=REPO, capture_output=True, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        second = wrapped_pretrain(2, ["--config", "pretrain/configs/tiny.yaml", *_args(tmp_path, shards_dir, 400)],
+                                  timeout=300)
         assert second.returncode == 2, second.stderr[-3000:]
         assert second.stderr.count("\n") == 1, second.stderr
         assert (f"error: run_dir {tmp_path} is in use by a live run (host {socket.gethostname()}, pid {first.pid}, "

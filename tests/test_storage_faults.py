@@ -12,22 +12,18 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wrapped_cmd, wrapped_pretrain
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
-def _torchrun(run_dir, shards_dir, steps, env=None, extra=()):
-    cmd = [sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
-           "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}", f"run_dir={run_dir}",
-           f"train.steps={steps}", "train.micro_batch_size=8", "train.global_batch_tokens=2048", "checkpoint.every=2",
-           "eval.every=0", *extra]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+def _torchrun(run_dir, shards_dir, steps, env=None):
+    return wrapped_pretrain(2, ["--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}",
+                                f"run_dir={run_dir}", f"train.steps={steps}", "train.micro_batch_size=8",
+                                "train.global_batch_tokens=2048", "checkpoint.every=2", "eval.every=0"], env)
 
 
 @contextlib.contextmanager
@@ -105,10 +101,9 @@ def test_shards_truncated_in_place_under_a_running_job_stop_it_with_one_line(sha
     data = tmp_path / "shards"
     shutil.copytree(shards_dir, data)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
-           "--config", "pretrain/configs/tiny.yaml", f"data.dir={data}", f"run_dir={run_dir}", "train.steps=400",
-           "train.micro_batch_size=8", "train.global_batch_tokens=2048", "checkpoint.every=0", "eval.every=0",
-           "train.log_every=1"]
+    cmd = wrapped_cmd(2, ["--config", "pretrain/configs/tiny.yaml", f"data.dir={data}", f"run_dir={run_dir}",
+                          "train.steps=400", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
+                          "checkpoint.every=0", "eval.every=0", "train.log_every=1"])
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
