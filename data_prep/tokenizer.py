@@ -143,6 +143,28 @@ class Tokenizer:
             return self._sp.Encode(texts, num_threads=1)
         return [e.ids for e in self._hf.encode_batch_fast(texts, add_special_tokens=False)]
 
+    def encode_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Per text: its ids (no special tokens) and each token's [start, end) character span in the text
+        (what extractive QA maps a predicted token span back through)."""
+        if self.kind == "hf":
+            return [(e.ids, [tuple(o) for o in e.offsets])
+                    for e in self._hf.encode_batch(texts, add_special_tokens=False)]  # _fast skips offsets
+        out = []
+        for text in texts:
+            # sentencepiece gives UTF-8 byte offsets into the original text (a byte-fallback piece of a
+            # multi-byte character may be empty); map them to character offsets
+            char_at = [0] * (len(text.encode("utf-8")) + 1)
+            b = 0
+            for c, ch in enumerate(text):
+                n = len(ch.encode("utf-8"))
+                for k in range(n):
+                    char_at[b + k] = c
+                b += n
+            char_at[b] = len(text)
+            pieces = self._sp.Encode(text, out_type="proto").pieces
+            out.append(([p.id for p in pieces], [(char_at[p.begin], char_at[p.end]) for p in pieces]))
+        return out
+
     def decode(self, ids: list[int]) -> str:
         if self.kind == "sentencepiece":
             return self._sp.Decode(ids)

@@ -10,7 +10,8 @@ fine-tuning (``evaluation.glue``, a cross-encoder over the concatenated pair) le
 all-MiniLM-L6-v2 was trained for exactly this use, so it is the reference.
 
 MODEL is a native model directory or a HuggingFace directory (``AutoModel`` and its tokenizer), as for
-``evaluation.glue``. A bad directory or task folder: one line, exit 2.
+``evaluation.glue``; encoding is ``evaluation.embedder``'s (mean pooling here whatever the model declares,
+128 tokens). A bad directory or task folder: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -27,58 +28,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.glue_data import GlueDataError, load_local
+from evaluation.embedder import Embedder
 from model.native_format import InputError
 
 
-class Encoder:
-    """Mean-pooled last hidden states [B, D] for a list of sentences, for a native or a HuggingFace model.
-
-    Tokenisation and batching are the GLUE runner's (``evaluation.models``), so both tools see the same inputs;
-    an HF export of this project loads with its own code (``trust_remote_code``, as in the runner)."""
-
-    def __init__(self, path: str, max_len: int = 128) -> None:
-        from evaluation.models import HFBackend, NativeBackend, model_kind
-
-        self.kind, doc = model_kind(path)
-        self.max_len = max_len
-        if self.kind == "native":
-            from data_prep.tokenizer import Tokenizer
-            from model.native_format import load_native
-
-            mlm, doc = load_native(path)
-            self.model = mlm.model.eval()
-            self.tok = Tokenizer(os.path.join(path, doc["tokenizer"]))
-            self.collate = NativeBackend.collate
-        else:
-            from transformers import AutoModel
-
-            self.backend = HFBackend(path, doc)
-            self.model = AutoModel.from_pretrained(path, trust_remote_code=self.backend.remote).eval()
-            self.collate = self.backend.collate
-
-    @torch.no_grad()
-    def __call__(self, sentences: list[str]) -> torch.Tensor:
-        texts = [(s,) for s in sentences]
-        if self.kind == "native":
-            from data_prep.tokenizer import encode_examples
-            from model.classification import pool
-
-            batch = self.collate([{"input_ids": ids} for ids in encode_examples(self.tok, texts, self.max_len)])
-            h_TD, _ = self.model(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"])
-            return pool(h_TD.float(), batch["cu_seqlens"], "mean")
-        batch = self.collate(self.backend.encode(texts, self.max_len))
-        h_BLD = self.model(**batch).last_hidden_state.float()
-        mask_BL1 = batch["attention_mask"][..., None].float()
-        return (h_BLD * mask_BL1).sum(1) / mask_BL1.sum(1)
-
-
-def cosine_scores(encode: Encoder, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[float]:
-    out = []
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        a, b = encode([p[0] for p in chunk]), encode([p[1] for p in chunk])
-        out += F.cosine_similarity(a, b, dim=-1).tolist()
-    return out
+def cosine_scores(embed: Embedder, pairs: list[tuple[str, str]]) -> list[float]:
+    a, b = embed([p[0] for p in pairs]), embed([p[1] for p in pairs])
+    return F.cosine_similarity(a, b, dim=-1).tolist()
 
 
 def evaluate(path: str, glue_dir: str) -> dict:
@@ -86,11 +42,11 @@ def evaluate(path: str, glue_dir: str) -> dict:
     from evaluation.metrics import pearson, spearman
 
     data = load_local("STS-B", glue_dir)
-    encode = Encoder(path)
+    embed = Embedder(path, max_len=128, pooling="mean")
     res = {}
     for split in ("dev", "test"):
         ex = data[split]
-        pred = cosine_scores(encode, [e.texts for e in ex])
+        pred = cosine_scores(embed, [e.texts for e in ex])
         gold = [e.label for e in ex]
         p, s = 100 * pearson(pred, gold), 100 * spearman(pred, gold)
         res[split] = {"pearson": p, "spearman": s, "score": (p + s) / 2, "n": len(ex)}

@@ -24,6 +24,29 @@ def shards_dir(tmp_path_factory) -> str:
     return out
 
 
+@pytest.fixture(scope="session")
+def native_dir(tmp_path_factory, shards_dir) -> str:
+    """A tiny random-init native model without MoL (so it also exports to stock ModernBERT), for the
+    evaluation tools' tests."""
+    import dataclasses
+
+    from data_prep.tokenizer import Tokenizer
+    from model.config import MoLConfig, preset
+    from model.modernalbert import ModernAlbertForMaskedLM
+    from model.native_format import save_native
+
+    out = str(tmp_path_factory.mktemp("eval") / "native")
+    os.makedirs(out)
+    tok = os.path.join(shards_dir, "tokenizer.model")
+    import torch
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny", vocab_size=Tokenizer(tok).vocab_size), mol=MoLConfig(groups=()))
+    model = ModernAlbertForMaskedLM(cfg.validate())
+    save_native(out, model.state_dict(), model.cfg, tok, None, [])
+    return out
+
+
 def run_cli(args: list[str], **kw):
     """Run a repo script the way a user does (python path/to/script.py ...), from the repo root."""
     import subprocess

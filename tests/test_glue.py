@@ -124,26 +124,6 @@ def test_cli_bad_layout_is_one_line_exit_2(tmp_path):
 
 # ---- the runner on our models and on HF models -------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def native_dir(tmp_path_factory, shards_dir) -> str:
-    """A tiny native model without MoL (so it also exports to stock ModernBERT)."""
-    import dataclasses
-
-    from data_prep.tokenizer import Tokenizer
-    from model.config import MoLConfig, preset
-    from model.modernalbert import ModernAlbertForMaskedLM
-    from model.native_format import save_native
-
-    out = str(tmp_path_factory.mktemp("glue") / "native")
-    os.makedirs(out)
-    tok = os.path.join(shards_dir, "tokenizer.model")
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(preset("tiny", vocab_size=Tokenizer(tok).vocab_size), mol=MoLConfig(groups=()))
-    model = ModernAlbertForMaskedLM(cfg.validate())
-    save_native(out, model.state_dict(), model.cfg, tok, None, [])
-    return out
-
-
 @need_glue
 @pytest.mark.slow
 def test_runner_on_a_native_model_all_tasks_two_seeds(native_dir, tmp_path):
@@ -321,7 +301,7 @@ def test_replication_smoke(tmp_path):
     assert bad.returncode == 2 and "--distill-layers 5" in bad.stderr
 
 
-# ---- zero-shot sentence similarity (evaluation/embedding_sts.py) -------------------------------------
+# ---- zero-shot sentence similarity (evaluation/embedding_sts.py, evaluation/embedder.py) ---------------
 
 STS_PAIRS = [("A man is playing a guitar.", "A man is playing a guitar.", 5.0),
              ("A woman is slicing an onion.", "A woman is cutting an onion.", 4.6),
@@ -344,10 +324,11 @@ def _sts_dir(tmp_path) -> str:
 def test_embedding_sts_matches_a_per_sentence_reference_and_scipy(native_dir, tmp_path):
     from scipy.stats import pearsonr, spearmanr
 
-    from evaluation.embedding_sts import Encoder, evaluate
+    from evaluation.embedder import Embedder
+    from evaluation.embedding_sts import evaluate
     from model.native_format import load_native
 
-    enc = Encoder(native_dir)
+    enc = Embedder(native_dir, max_len=128, token_budget=40)  # a small budget: several length batches
     batched = enc([p[0] for p in STS_PAIRS])
     mlm, doc = load_native(native_dir)
     from data_prep.tokenizer import Tokenizer, encode_examples
@@ -361,7 +342,7 @@ def test_embedding_sts_matches_a_per_sentence_reference_and_scipy(native_dir, tm
     # our HF export (remote code) through the same tool: the same vectors
     hf = str(tmp_path / "hf")
     assert run_cli(["tools/convert_to_hf.py", native_dir, "--out", hf]).returncode == 0
-    hf_enc = Encoder(hf)
+    hf_enc = Embedder(hf, max_len=128, token_budget=40)
     assert hf_enc.kind == "hf" and hf_enc.backend.remote
     torch.testing.assert_close(hf_enc([p[0] for p in STS_PAIRS]), batched, atol=1e-4, rtol=1e-4)
     res = evaluate(native_dir, _sts_dir(tmp_path))
