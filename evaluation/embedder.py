@@ -73,7 +73,7 @@ class Embedder:
     """``embedder(texts) → [N, D]`` float32 (not normalised); ``embed(rows)`` on one batch with gradients."""
 
     def __init__(self, path: str, max_len: int | None = None, pooling: str | None = None,
-                 token_budget: int = 16384) -> None:
+                 token_budget: int = 4096) -> None:
         from evaluation.models import HFBackend, model_kind
 
         self.kind, doc = model_kind(path)
