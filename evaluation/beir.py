@@ -48,6 +48,7 @@ if __package__ in (None, ""):
 
 from evaluation.embedder import Embedder
 from evaluation.retrieval_metrics import bootstrap_ci, per_query, rank
+from finetune.optim import FinetuneOptimizer
 from model.native_format import InputError
 
 TOP_K = 100  # the deepest cut reported (Recall@100)
@@ -178,10 +179,7 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
     model = embed.model
     params = [p for p in model.parameters() if p.requires_grad]
     steps = a.ft_epochs * math.ceil(len(pairs) / a.ft_batch_size)
-    warm = max(1, steps // 10)
-    opt = torch.optim.AdamW(params, lr=a.ft_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9))))
+    opt = FinetuneOptimizer(params, a.ft_lr, steps)
     q_rows = dict(zip(qids, embed.tokenize([train.queries[q] for q in qids])))
     d_rows: dict[str, dict] = {}
     for epoch in range(1, a.ft_epochs + 1):
@@ -201,11 +199,7 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
             clash = torch.tensor([[i != j and (qs[i] == qs[j] or ds[i] == ds[j]) for j in range(len(batch))]
                                   for i in range(len(batch))])
             loss = F.cross_entropy(logits_BB.masked_fill(clash, float("-inf")), torch.arange(len(batch)))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            opt.step(loss)
             total, n = total + float(loss.detach()), n + 1
         log(f"  epoch {epoch}/{a.ft_epochs}: {n} steps, contrastive loss {total / max(n, 1):.4f}")
         held_out(epoch)

@@ -43,6 +43,7 @@ import torch
 from data_prep.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, target_scale, task_spec
 from evaluation.metrics import summarize, task_metrics, task_score
 from evaluation.models import add_lora, open_backend
+from finetune.optim import FinetuneOptimizer
 from model.classification import ClassifierConfig, classification_loss
 from model.native_format import OutputDir, InputError
 
@@ -103,9 +104,7 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
     params = [p for p in module.parameters() if p.requires_grad]
     n_train = len(data["train"])
     steps = a.epochs * math.ceil(n_train / a.batch_size)
-    warm = max(1, steps // 10)
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9))))
+    opt = FinetuneOptimizer(params, a.lr, steps)
     y = torch.tensor(labels["train"], dtype=torch.float32 if spec.is_regression else torch.long)
     # Regression on [0, 1]: on STS-B's 0-5 a fresh head's MSE gradients are 5x larger (against the clip at
     # 1) and a short run spends its steps reaching the targets' mean; the scale goes back into the head below.
@@ -118,11 +117,7 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
         for idx in batches(n_train, a.batch_size, seed * 1000 + epoch):
             logits = backend.logits(module, backend.collate([data["train"][i] for i in idx]))
             loss = classification_loss(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            opt.step(loss)
             total, n = total + float(loss.detach()), n + 1  # one host sync per step: fine at this scale
         log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{a.epochs}: train loss {total / n:.4f}")
     if scale != 1.0:

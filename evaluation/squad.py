@@ -56,6 +56,7 @@ if __package__ in (None, ""):
 from evaluation.metrics import summarize
 from evaluation.retrieval_metrics import bootstrap_ci
 from evaluation.squad_metric import aggregate, best_null_threshold, per_question, questions, score
+from finetune.optim import FinetuneOptimizer
 from model.native_format import InputError, OutputDir, read_json
 
 NEG = -1e4  # logit of a position that is not a candidate (padding, the question): finite, so CE stays finite
@@ -327,6 +328,9 @@ def predict(backend: QABackend, module: nn.Module, wins: list[Window], a) -> tup
             st = start_BS[b, w.ctx_start:w.ctx_start + n_ctx]
             en = end_BS[b, w.ctx_start:w.ctx_start + n_ctx]
             null[w.qid] = min(null.get(w.qid, math.inf), float(start_BS[b, 0] + end_BS[b, 0]))
+            if n_ctx == 0:  # an empty context: only the null answer
+                best.setdefault(w.qid, (-math.inf, ""))
+                continue
             # all (start, end) pairs with start ≤ end < start + max_answer_len, best first
             pair_SS = st[:, None] + en[None, :]
             i = torch.arange(n_ctx)
@@ -367,21 +371,14 @@ def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[s
     params = [p for p in module.parameters() if p.requires_grad]
     train = wins["train"]
     steps = a.epochs * len(grouped_batches([len(w.input_ids) for w in train], a.batch_size, 0))
-    warm = max(1, steps // 10)
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9))))
+    opt = FinetuneOptimizer(params, a.lr, steps)
     history = []
     for epoch in range(1, a.epochs + 1):
         total, n, t0 = 0.0, 0, time.time()
         for idx in grouped_batches([len(w.input_ids) for w in train], a.batch_size, seed * 1000 + epoch):
             chunk = [train[i] for i in idx]
             loss = span_loss(*backend.logits(module, chunk), chunk)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            opt.step(loss)
             total, n = total + float(loss.detach()), n + 1
         rec = {"epoch": epoch, "train_loss": total / n, "seconds": round(time.time() - t0, 1)}
         if wins["holdout"]:

@@ -57,6 +57,7 @@ from data_prep.tokenizer import Tokenizer
 from evaluation.metrics import task_metrics, task_score
 from finetune.data import DataError, Task, batches, load_glue_task, load_task
 from finetune.model import TaskClassifier, add_lora, save_adapter
+from finetune.optim import FinetuneOptimizer
 from model.classification import classification_loss
 from model.config import RSL_ENTROPY, ROUTE_INPUTS, ROUTING_MODES, AttnExpertsConfig
 from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers, load_peft_adapters
@@ -161,10 +162,7 @@ def run_stage(clf: TaskClassifier, train: list, stage: dict, a: argparse.Namespa
     of the routers' cross-entropy to each task's expert), anchors (expert preservation) — returns the
     per-epoch log."""
     params = [p for p in clf.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=stage["lr"], weight_decay=0.01)
-    steps = max(1, stage["epochs"] * -(-len(train) // a.batch_size))
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9))))
+    opt = FinetuneOptimizer(params, stage["lr"], max(1, stage["epochs"] * -(-len(train) // a.batch_size)))
     history = []
     for epoch in range(stage["epochs"]):
         sums: dict[str, float] = {}
@@ -190,11 +188,7 @@ def run_stage(clf: TaskClassifier, train: list, stage: dict, a: argparse.Namespa
                 parts["preserve"] = preservation_loss(clf, stage["anchors"])
                 extra.append((parts["preserve"], a.preserve))
             loss = combine_losses(clf.cfg, parts["task"], aux, extra=extra)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            opt.step(loss)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n += 1

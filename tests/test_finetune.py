@@ -230,3 +230,19 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
     md = open(out / "regimes.md").read()
     assert "| single-task LoRAs |" in md and "Routing, LoRA-Mixer (ii) plug-and-play" in md
     assert "| LoRA-Mixer (i) joint, staged, top-2 routing |" in md
+
+
+def test_the_shared_finetuning_optimizer_warms_up_decays_and_clips():
+    """finetune/optim.py, used by finetune/, evaluation.glue, evaluation.squad and evaluation.beir."""
+    from finetune.optim import FinetuneOptimizer
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = FinetuneOptimizer([w], lr=0.1, steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.opt.param_groups[0]["lr"])
+        opt.step((w * torch.tensor([1e3, 0.0, 0.0])).sum())  # a huge gradient: clipped to norm 1
+    assert lrs[:3] == pytest.approx([0.05, 0.1, 0.1 * 18 / 18.0])  # 2 warm-up steps (a tenth), then decay
+    assert lrs[-1] == pytest.approx(0.1 * 1 / 18) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert opt.opt.param_groups[0]["lr"] == 0.0
+    assert torch.nn.utils.clip_grad_norm_([w], 1e9) == pytest.approx(1.0)  # the last gradient, after clipping
