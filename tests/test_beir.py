@@ -165,3 +165,22 @@ def test_finetune_reports_held_out_train_queries_and_moves_the_weights(native_di
     assert any("held-out train queries (6)" in s for s in logs)
     moved = [k for k, v in embed.model.state_dict().items() if not torch.equal(v, before[k])]
     assert moved and not embed.model.training
+
+
+def test_plot_squad_beir_reads_both_runners_outputs(tmp_path):
+    pytest.importorskip("matplotlib")
+    beir = tmp_path / "b.json"
+    beir.write_text(json.dumps({"rows": [
+        {"model": "baseline: random ranking", "ndcg_at_10": 0.002, "ndcg_at_10_ci95": [0.0, 0.005]},
+        {"model": "/m/teacher", "ndcg_at_10": 0.64, "ndcg_at_10_ci95": [0.6, 0.69]}]}))
+    sq = tmp_path / "sq"
+    sq.mkdir()
+    (sq / "results.json").write_text(json.dumps({"baseline": {"f1": 48.4}, "models": [
+        {"model": "/m/teacher", "summary": {"f1": {"median": 52.2}}, "ci95_seed_mean": {"f1": [50.1, 54.5]}}]}))
+    png = str(tmp_path / "p.png")
+    r = run_cli(["benchmarks/plot_squad_beir.py", "--beir", str(beir), "--squad", str(sq), "--label",
+                 "/m/teacher=teacher", "--out", png])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert os.path.getsize(png) > 5000
+    r = run_cli(["benchmarks/plot_squad_beir.py", "--squad", str(tmp_path / "nope"), "--out", png])
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
