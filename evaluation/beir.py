@@ -47,6 +47,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.embedder import Embedder
+from evaluation.glue import batches
 from evaluation.retrieval_metrics import bootstrap_ci, per_query, rank
 from finetune.optim import FinetuneOptimizer
 from model.native_format import InputError
@@ -144,14 +145,13 @@ def score_run(scores_QD: np.ndarray, qids: list[str], data: BeirData, seed: int 
     return out
 
 
-def dense_scores(embed: Embedder, data: BeirData, qids: list[str], doc_E: torch.Tensor | None = None):
-    """(cosine [Q, D], document embeddings, seconds spent encoding documents)."""
+def dense_scores(embed: Embedder, data: BeirData, qids: list[str]) -> tuple[np.ndarray, float]:
+    """(cosine [Q, D] of ``qids`` against the whole corpus, seconds spent encoding the documents)."""
     t0 = time.perf_counter()
-    if doc_E is None:
-        doc_E = F.normalize(embed(data.doc_texts), dim=-1)
+    doc_E = F.normalize(embed(data.doc_texts), dim=-1)
     secs = time.perf_counter() - t0
     q_E = F.normalize(embed([data.queries[q] for q in qids]), dim=-1)
-    return (q_E @ doc_E.T).numpy(), doc_E, secs
+    return (q_E @ doc_E.T).numpy(), secs
 
 
 def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
@@ -168,7 +168,7 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
     def held_out(epoch: int) -> None:
         if not held_q:
             return
-        s, _, _ = dense_scores(embed, train, held_q)
+        s, _ = dense_scores(embed, train, held_q)
         r = score_run(s, held_q, train, a.seed)
         history.append({"epoch": epoch, **{k: r[k] for k in ("ndcg_at_10", "recall_at_100", "mrr_at_10")}})
         log(f"  held-out train queries ({len(held_q)}), epoch {epoch}: nDCG@10 {r['ndcg_at_10']:.4f} "
@@ -184,11 +184,9 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
     d_rows: dict[str, dict] = {}
     for epoch in range(1, a.ft_epochs + 1):
         model.train()
-        order = list(range(len(pairs)))
-        random.Random(a.seed * 1000 + epoch).shuffle(order)
         total, n = 0.0, 0
-        for s in range(0, len(order), a.ft_batch_size):
-            batch = [pairs[i] for i in order[s:s + a.ft_batch_size]]
+        for idx in batches(len(pairs), a.ft_batch_size, a.seed * 1000 + epoch):
+            batch = [pairs[i] for i in idx]
             need = [d for _, d in batch if d not in d_rows]
             d_rows.update(zip(need, embed.tokenize([train.doc_texts[doc_row[d]] for d in need])))
             q_BD = F.normalize(embed.embed([q_rows[q] for q, _ in batch]), dim=-1)
@@ -249,7 +247,7 @@ def evaluate(path: str, test: BeirData, a, log, train: BeirData | None = None) -
         row["finetune"] = {"held_out": finetune(embed, train, a, log), "epochs": a.ft_epochs, "lr": a.ft_lr,
                            "batch_size": a.ft_batch_size}
     qids = sorted(test.qrels)
-    scores, _, secs = dense_scores(embed, test, qids)
+    scores, secs = dense_scores(embed, test, qids)
     row.update(score_run(scores, qids, test, a.seed))
     row.update({"pooling": embed.pooling, "max_len": embed.max_len, "encode_seconds": round(secs, 2)})
     return row

@@ -227,25 +227,20 @@ class QABackend:
     """Tokenisation with character offsets and a fresh span model, for one MODEL directory."""
 
     def __init__(self, path: str) -> None:
-        from evaluation.models import HFBackend, model_kind
+        from evaluation.models import HFBackend, NativeBackend, model_kind
 
         self.path = path
         self.kind, doc = model_kind(path)
         if self.kind == "native":
-            from data_prep.tokenizer import Tokenizer
-            from model.native_format import load_native
-
-            mlm, doc = load_native(path)
-            self.state = {k[len("model."):]: v for k, v in mlm.state_dict().items() if k.startswith("model.")}
-            self.cfg = mlm.cfg
-            self.tok = Tokenizer(os.path.join(path, doc["tokenizer"]))
+            self.native = NativeBackend(path)
+            self.tok, self.cfg = self.native.tok, self.native.cfg
             sid = self.tok.special_ids
-            self.cls, self.sep, self.pad, self.token_types = sid.cls, sid.sep, sid.pad, False
+            self.cls, self.sep, self.token_types = sid.cls, sid.sep, False
             self.family = "native"
         else:
             self.hf = HFBackend(path, doc)
             t = self.hf.tok
-            self.cls, self.sep, self.pad = t.cls_token_id, t.sep_token_id, self.hf.pad_id
+            self.cls, self.sep = t.cls_token_id, t.sep_token_id
             if self.cls is None or self.sep is None:
                 raise InputError(f"{path}: its tokenizer has no [CLS]/[SEP] tokens")
             self.token_types = "token_type_ids" in t.model_input_names
@@ -263,7 +258,8 @@ class QABackend:
             from model.modernalbert import ModernAlbertModel
 
             enc = ModernAlbertModel(self.cfg)
-            enc.load_state_dict(self.state)
+            enc.load_state_dict({k[len("model."):]: v for k, v in self.native.mlm_state.items()
+                                 if k.startswith("model.")})
             return NativeQA(enc, self.cfg.hidden_size)
         from transformers import AutoModel, AutoModelForQuestionAnswering
         from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
@@ -275,24 +271,16 @@ class QABackend:
         return HFEncoderQA(enc, cfg.hidden_size)
 
     def collate(self, wins: list[Window]) -> dict:
+        """The GLUE runner's batches (unpadded native, padded HF), plus for native the [B, S] grid position of
+        every token (``NativeQA`` puts its logits back there)."""
+        rows = [{"input_ids": w.input_ids, **({"token_type_ids": w.token_type_ids} if self.token_types else {})}
+                for w in wins]
+        if self.kind != "native":
+            return self.hf.collate(rows)
         lens = [len(w.input_ids) for w in wins]
-        S = max(lens)
-        if self.kind == "native":
-            row_T = torch.repeat_interleave(torch.arange(len(wins)), torch.tensor(lens))
-            col_T = torch.cat([torch.arange(n) for n in lens])
-            return {"input_ids": torch.tensor([t for w in wins for t in w.input_ids]),
-                    "cu_seqlens": F.pad(torch.tensor(lens).cumsum(0), (1, 0)).to(torch.int32),
-                    "max_seqlen": S, "lengths": lens, "row_T": row_T, "col_T": col_T}
-        out = {"input_ids": torch.full((len(wins), S), self.pad, dtype=torch.long),
-               "attention_mask": torch.zeros(len(wins), S, dtype=torch.long)}
-        if self.token_types:
-            out["token_type_ids"] = torch.zeros(len(wins), S, dtype=torch.long)
-        for i, w in enumerate(wins):
-            out["input_ids"][i, :len(w.input_ids)] = torch.tensor(w.input_ids)
-            out["attention_mask"][i, :len(w.input_ids)] = 1
-            if self.token_types:
-                out["token_type_ids"][i, :len(w.input_ids)] = torch.tensor(w.token_type_ids)
-        return out
+        return {**self.native.collate(rows), "lengths": lens,
+                "row_T": torch.repeat_interleave(torch.arange(len(wins)), torch.tensor(lens)),
+                "col_T": torch.cat([torch.arange(n) for n in lens])}
 
     def logits(self, module: nn.Module, wins: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, end) logits [B, S]; padding positions NEG."""
@@ -370,12 +358,13 @@ def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[s
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     train = wins["train"]
-    steps = a.epochs * len(grouped_batches([len(w.input_ids) for w in train], a.batch_size, 0))
-    opt = FinetuneOptimizer(params, a.lr, steps)
+    lengths = [len(w.input_ids) for w in train]
+    # grouping keeps every full group a whole number of batches: ceil(n / batch) per epoch, as unsorted
+    opt = FinetuneOptimizer(params, a.lr, a.epochs * math.ceil(len(train) / a.batch_size))
     history = []
     for epoch in range(1, a.epochs + 1):
         total, n, t0 = 0.0, 0, time.time()
-        for idx in grouped_batches([len(w.input_ids) for w in train], a.batch_size, seed * 1000 + epoch):
+        for idx in grouped_batches(lengths, a.batch_size, seed * 1000 + epoch):
             chunk = [train[i] for i in idx]
             loss = span_loss(*backend.logits(module, chunk), chunk)
             opt.step(loss)
