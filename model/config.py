@@ -15,6 +15,9 @@ RSL_ENTROPY = ("maximise", "minimise")  # model.routing.routing_specialization_l
 ROUTE_INPUTS = ("shared", "per_projection")
 EVAL_ROUTING = ("same", "soft", "topk")
 ATTN_BACKENDS = ("auto", "sdpa", "flash_attn", "torch_varlen")
+POSITION_EMBEDDINGS = ("rope", "absolute")
+NORM_POSITIONS = ("pre", "post")
+FFN_ACTIVATIONS = ("geglu", "gelu")
 
 
 class ConfigError(ValueError):
@@ -108,6 +111,14 @@ class ModelConfig:
     attention_dropout: float = 0.0
     init_std: float = 0.02
     attn_backend: str = "auto"  # auto: flash_attn (CUDA, if installed) > torch_varlen (CUDA) > sdpa
+    # The block's family. The defaults are ModernBERT's; a BERT-family teacher's student (BERT, MiniLM,
+    # E5, BGE, GTE: tools/init_from_teacher.py) takes bias=True, absolute, post and gelu, so that at
+    # K = the teacher's layers, G = 1 it computes exactly what the teacher computes.
+    bias: bool = False  # biases in every Linear of the blocks and the MLM head, and in every LayerNorm
+    position_embedding: str = "rope"  # rope | absolute (a learned d-wide table added before the embedding norm)
+    max_position_embeddings: int = 512  # rows of the absolute table (unused with rope)
+    norm_position: str = "pre"  # pre: x + f(norm(x)), final norm; post: norm(x + f(x)), no final norm
+    ffn_activation: str = "geglu"  # geglu: Wo(gelu(u)·g), Wi d→2I; gelu: Wo(gelu(Wi x)), Wi d→I
     mol: MoLConfig = field(default_factory=MoLConfig)
     attn_experts: AttnExpertsConfig = field(default_factory=AttnExpertsConfig)
 
@@ -130,12 +141,19 @@ class ModelConfig:
             check(getattr(self, name) >= 1, p + name, getattr(self, name), "must be >= 1")
         check(self.hidden_size % self.num_heads == 0, p + "num_heads", self.num_heads,
               f"must divide hidden_size={self.hidden_size}")
-        check(self.head_dim % 2 == 0, p + "num_heads", self.num_heads, "hidden_size / num_heads must be even (RoPE)")
+        if self.position_embedding == "rope":
+            check(self.head_dim % 2 == 0, p + "num_heads", self.num_heads, "hidden_size / num_heads must be even (RoPE)")
         check(self.local_window % 2 == 0, p + "local_window", self.local_window, "must be even (a symmetric window)")
         for name in ("rope_theta_global", "rope_theta_local", "norm_eps", "init_std"):
             check(getattr(self, name) > 0, p + name, getattr(self, name), "must be > 0")
         for name in ("embedding_dropout", "attention_dropout"):
             check(0 <= getattr(self, name) < 1, p + name, getattr(self, name), "must be in [0, 1)")
+        for name, allowed in (("position_embedding", POSITION_EMBEDDINGS), ("norm_position", NORM_POSITIONS),
+                              ("ffn_activation", FFN_ACTIVATIONS)):
+            check(getattr(self, name) in allowed, p + name, getattr(self, name), f"allowed: {', '.join(allowed)}")
+        check(isinstance(self.bias, bool), p + "bias", self.bias, "must be true or false")
+        check(self.max_position_embeddings >= 1, p + "max_position_embeddings", self.max_position_embeddings,
+              "must be >= 1")
         check(self.attn_backend in ATTN_BACKENDS, p + "attn_backend", self.attn_backend,
               f"allowed: {', '.join(ATTN_BACKENDS)}")
         self.mol.validate(self.num_groups, p + "mol")

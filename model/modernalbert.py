@@ -6,6 +6,11 @@ weights gathered across the G applications. Blocks are pre-norm; layer 0 has no 
 embedding norm precedes it). Layer i is global when ``i % global_every == 0``, else local (window
 ``local_window``), with the matching RoPE θ — decided by the layer index, not the group.
 
+The BERT family (``bias``, ``position_embedding="absolute"``, ``norm_position="post"``,
+``ffn_activation="gelu"``; see ``model/config.py``) changes only the block's details: learned positions
+are added to the projected token embedding before the embedding norm, a post-norm block is
+``x = attn_norm(x + attn(x)); x = ffn_norm(x + ffn(x))`` at every layer and there is no final norm.
+
 Everything runs on a flat stream of T real tokens with ``cu_seqlens``; nothing here knows of
 ``torch.distributed``. Shapes: T tokens, D hidden, H heads, Dh head size, M masked positions, V vocab.
 """
@@ -25,7 +30,7 @@ from model.attention import RotaryEmbedding, apply_rotary, attention, segment_po
 from model.config import ModelConfig
 from model.init import fill_, module_generator
 from model.lora_mixer import MixtureLinear
-from model.mol import GeGLUFFN, MoLFFN
+from model.mol import DenseFFN, MoLFFN
 from model.routing import Router, RoutingRecorder, mixing_weights, routing_specialization_loss
 
 
@@ -66,8 +71,8 @@ class Attention(nn.Module):
             self.Wqkv = MixtureLinear(d, 3 * d, ae.num_experts, ae.rank, ae.alpha)
             self.Wo = MixtureLinear(d, d, ae.num_experts, ae.rank, ae.alpha)
         else:
-            self.Wqkv = nn.Linear(d, 3 * d, bias=False)
-            self.Wo = nn.Linear(d, d, bias=False)
+            self.Wqkv = nn.Linear(d, 3 * d, bias=cfg.bias)
+            self.Wo = nn.Linear(d, d, bias=cfg.bias)
 
     @staticmethod
     def route_ce(router: Router, x_TD: torch.Tensor, target_T: torch.Tensor) -> torch.Tensor:
@@ -101,7 +106,9 @@ class Attention(nn.Module):
         # split (not slicing): its backward is one cat, where slices would zero-fill [T, 3, H, Dh] twice
         qk, v = qkv.view(T, 3, cfg.num_heads, cfg.head_dim).split([2, 1], dim=1)
         is_global = cfg.is_global(layer)
-        q, k = apply_rotary(qk, *ctx.rope[is_global]).unbind(dim=1)  # q and k rotated together
+        if ctx.rope:
+            qk = apply_rotary(qk, *ctx.rope[is_global])  # q and k rotated together
+        q, k = qk.unbind(dim=1)
         v = v.squeeze(1)
         o_THD = attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, None if is_global else cfg.local_window // 2,
                           cfg.attn_backend, cfg.attention_dropout if self.training else 0.0)
@@ -114,18 +121,27 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block; ``layer`` says which application (layer index) this call is."""
+    """One transformer block (pre- or post-norm); ``layer`` says which application (layer index) this call is."""
 
     def __init__(self, cfg: ModelConfig, group: int) -> None:
         super().__init__()
         d = cfg.hidden_size
-        # group 0's block also runs at layers 1..G-1, which do normalise: it keeps the norm, layer 0 skips it
-        self.attn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False) if (group > 0 or cfg.group_depth > 1) else None
+        self.post_norm = cfg.norm_position == "post"
+        # pre-norm: group 0's block also runs at layers 1..G-1, which do normalise: it keeps the norm, layer 0
+        # skips it; post-norm: every layer normalises after its attention
+        has_attn_norm = self.post_norm or group > 0 or cfg.group_depth > 1
+        self.attn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias) if has_attn_norm else None
         self.attn = Attention(cfg, group)
-        self.ffn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=False)
-        self.ffn = MoLFFN(d, cfg.intermediate_size, cfg.mol) if group in cfg.mol.groups else GeGLUFFN(d, cfg.intermediate_size)
+        self.ffn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias)
+        if group in cfg.mol.groups:
+            self.ffn = MoLFFN(d, cfg.intermediate_size, cfg.mol, cfg.ffn_activation, cfg.bias)
+        else:
+            self.ffn = DenseFFN(d, cfg.intermediate_size, cfg.ffn_activation, cfg.bias)
 
     def forward(self, x_TD: torch.Tensor, layer: int, ctx: ForwardContext) -> torch.Tensor:
+        if self.post_norm:
+            x_TD = self.attn_norm(x_TD + self.attn(x_TD, layer, ctx))
+            return self.ffn_norm(x_TD + self.ffn(x_TD, layer, ctx.recorder))
         h = x_TD if layer == 0 else self.attn_norm(x_TD)
         x_TD = x_TD + self.attn(h, layer, ctx)
         return x_TD + self.ffn(self.ffn_norm(x_TD), layer, ctx.recorder)
@@ -146,17 +162,23 @@ class RecursiveGroup(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """ALBERT factorisation: token table V×e → linear e→d (no bias) → LayerNorm → dropout."""
+    """ALBERT factorisation: token table V×e → linear e→d (no bias) [+ absolute position] → LayerNorm → dropout."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.embedding_size)
         self.proj = nn.Linear(cfg.embedding_size, cfg.hidden_size, bias=False)
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=False)
+        # BERT's position table (its token-type-0 row folded in by model/teacher.py): d wide, not factorised
+        self.pos_embeddings = (nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+                               if cfg.position_embedding == "absolute" else None)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.embedding_dropout)
 
-    def forward(self, input_ids_T: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.norm(self.proj(self.tok_embeddings(input_ids_T))))
+    def forward(self, input_ids_T: torch.Tensor, pos_T: torch.Tensor | None = None) -> torch.Tensor:
+        x_TD = self.proj(self.tok_embeddings(input_ids_T))
+        if self.pos_embeddings is not None:
+            x_TD = x_TD + self.pos_embeddings(pos_T)
+        return self.drop(self.norm(x_TD))
 
 
 class ModernAlbertModel(nn.Module):
@@ -167,17 +189,20 @@ class ModernAlbertModel(nn.Module):
         self.cfg = cfg.validate()
         self.embeddings = Embeddings(cfg)
         self.groups = nn.ModuleList(RecursiveGroup(cfg, g) for g in range(cfg.num_groups))
-        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=False)
+        # post-norm blocks end normalised: no final norm (BERT has none)
+        self.final_norm = (nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.bias)
+                           if cfg.norm_position == "pre" else nn.Identity())
         self.rope = nn.ModuleDict({
             "global": RotaryEmbedding(cfg.head_dim, cfg.rope_theta_global),
             "local": RotaryEmbedding(cfg.head_dim, cfg.rope_theta_local),
         })
 
-    def context(self, cu_seqlens: torch.Tensor, max_seqlen: int, total: int, dtype: torch.dtype,
+    def context(self, pos_T: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dtype: torch.dtype,
                 recorder: RoutingRecorder, expert_ids_T: torch.Tensor | None = None,
                 route_targets_T: torch.Tensor | None = None) -> ForwardContext:
-        pos_T = segment_positions(cu_seqlens, total)  # RoPE positions restart in every segment
-        rope = {True: self.rope["global"](pos_T, dtype), False: self.rope["local"](pos_T, dtype)}
+        rope = {}
+        if self.cfg.position_embedding == "rope":
+            rope = {True: self.rope["global"](pos_T, dtype), False: self.rope["local"](pos_T, dtype)}
         return ForwardContext(cu_seqlens, int(max_seqlen), rope, recorder, expert_ids_T, route_targets_T)
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
@@ -190,8 +215,12 @@ class ModernAlbertModel(nn.Module):
         ``expert_ids_T`` [T] forces the LoRA-Mixer routing (each token to that expert, weight 1);
         ``route_targets_T`` [T] only supervises the routers (``attn_route_ce``), which still route.
         """
-        x_TD = self.embeddings(input_ids)
-        ctx = self.context(cu_seqlens, max_seqlen, input_ids.shape[0], x_TD.dtype,
+        if self.cfg.position_embedding == "absolute" and max_seqlen > self.cfg.max_position_embeddings:
+            raise ValueError(f"a segment of {max_seqlen} tokens exceeds model.max_position_embeddings="
+                             f"{self.cfg.max_position_embeddings} (absolute positions)")
+        pos_T = segment_positions(cu_seqlens, input_ids.shape[0])  # positions restart in every segment
+        x_TD = self.embeddings(input_ids, pos_T)
+        ctx = self.context(pos_T, cu_seqlens, max_seqlen, x_TD.dtype,
                            recorder if recorder is not None else RoutingRecorder(), expert_ids_T, route_targets_T)
         hidden = []
         for group in self.groups:
@@ -206,8 +235,8 @@ class MLMHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=False)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.bias)
 
     def forward(self, h_MD: torch.Tensor) -> torch.Tensor:
         return self.norm(F.gelu(self.dense(h_MD)))
@@ -266,6 +295,8 @@ class ModernAlbertForMaskedLM(nn.Module):
                 fill_(m.weight, nn.init.trunc_normal_, g, std=s, a=-2 * s, b=2 * s)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
+            if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.bias is not None:  # bias=True configs
+                nn.init.zeros_(m.bias)
             if isinstance(m, (MoLFFN, MixtureLinear)):
                 m.reset_lora(g)
             if isinstance(m, Router):

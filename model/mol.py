@@ -1,10 +1,13 @@
-"""The shared GeGLU FFN and its Mixture-of-LoRAs version (MoL).
+"""The shared FFN and its Mixture-of-LoRAs version (MoL).
 
-Expert j adds LoRA factors to both FFN matrices (scale s = α/r):
-    FFN_j(x) = (Wo + s·B2_j A2_j) · geglu((Wi + s·B1_j A1_j) x),   output Σ_{j ∈ top-k} w_j FFN_j(x).
+The FFN is GeGLU (``act(h) = gelu(u)·g`` with u, g = h.chunk(2), Wi: D→2I; ModernBERT's) or plain GELU
+(``act(h) = gelu(h)``, Wi: D→I; the BERT family's), with optional biases (``ModelConfig.ffn_activation``,
+``bias``). Expert j adds LoRA factors to both FFN matrices (scale s = α/r):
+    FFN_j(x) = (Wo + s·B2_j A2_j) · act((Wi + s·B1_j A1_j) x + b_i) + b_o,   output Σ_{j ∈ top-k} w_j FFN_j(x).
+The top-k weights sum to 1, so the output bias b_o is added once.
 
 The grouped computation never runs k full FFNs: ``Wi x`` once, then per (token, chosen expert) pair
-``h = Wi x + s·B1_j(A1_j x)`` and one GeGLU, ``a = geglu(h)``; by linearity of Wo the output is
+``h = Wi x + s·B1_j(A1_j x)`` and one activation, ``a = act(h)``; by linearity of Wo the output is
 ``Wo(Σ w_j a_j) + s·Σ w_j B2_j(A2_j a_j)``. Pairs are sorted by expert so each expert's low-rank
 matmul runs once on a contiguous block (no Python loop over tokens). The A1 and B2 products are done
 for all experts at once (E·r is small next to 2I); B1 and A2 are per expert. ``reference`` computes
@@ -15,7 +18,7 @@ weights as arguments, so expert parallelism can wrap that one call from outside 
 (``pretrain/expert_parallel.py``: tokens sent to the experts' owners before it, brought back after)
 without renaming a parameter or replacing a method.
 
-Shapes: T tokens, D hidden, F = 2I (Wi output), I intermediate, E experts, K top-k, N = T·K pairs,
+Shapes: T tokens, D hidden, F = Wi's output (2I GeGLU, I GELU), I intermediate, E experts, K top-k, N = T·K pairs,
 R LoRA rank.
 """
 
@@ -37,16 +40,27 @@ def geglu(h_NF: torch.Tensor) -> torch.Tensor:
     return F.gelu(u) * g
 
 
-class GeGLUFFN(nn.Module):
-    """The plain shared FFN: Wo(gelu(u) * g) with u, g = Wi(x).chunk(2)."""
+ACTIVATIONS = {"geglu": geglu, "gelu": F.gelu}  # ModelConfig.ffn_activation → act(Wi x) [N, F] → [N, I]
 
-    def __init__(self, dim: int, intermediate: int) -> None:
+
+def wi_width(intermediate: int, activation: str) -> int:
+    return 2 * intermediate if activation == "geglu" else intermediate
+
+
+class DenseFFN(nn.Module):
+    """The shared FFN without experts: Wo(act(Wi x)), act GeGLU or GELU."""
+
+    def __init__(self, dim: int, intermediate: int, activation: str = "geglu", bias: bool = False) -> None:
         super().__init__()
-        self.Wi = nn.Linear(dim, 2 * intermediate, bias=False)
-        self.Wo = nn.Linear(intermediate, dim, bias=False)
+        self.act = ACTIVATIONS[activation]
+        self.Wi = nn.Linear(dim, wi_width(intermediate, activation), bias=bias)
+        self.Wo = nn.Linear(intermediate, dim, bias=bias)
 
     def forward(self, x_TD: torch.Tensor, layer: int = 0, recorder: RoutingRecorder | None = None) -> torch.Tensor:
-        return self.Wo(geglu(self.Wi(x_TD)))
+        return self.Wo(self.act(self.Wi(x_TD)))
+
+
+GeGLUFFN = DenseFFN  # the name it had while GeGLU was the only activation
 
 
 def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -73,9 +87,10 @@ class GroupedLoRAFFN(nn.Module):
     parallelism, this rank's slice with ``idx_TK`` indexing into it.
     """
 
-    def __init__(self, scale: float) -> None:
+    def __init__(self, scale: float, activation: str = "geglu") -> None:
         super().__init__()
         self.scale = scale
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, x_TD: torch.Tensor, idx_TK: torch.Tensor, w_TK: torch.Tensor, Wi: nn.Module, Wo: nn.Module,
                 A1: torch.Tensor, B1: torch.Tensor, A2: torch.Tensor, B2: torch.Tensor) -> torch.Tensor:
@@ -88,7 +103,7 @@ class GroupedLoRAFFN(nn.Module):
         # the scale goes into the small factors, not the big activations
         u_TER = (x_TD @ A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
         h_NF = F.embedding(tok_N, h_TF).add_(grouped_matmul(u_TER[tok_N, exp_N], s * B1, counts))  # row gather
-        a_NI = geglu(h_NF)
+        a_NI = self.act(h_NF)
         y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add_(0, tok_N, a_NI * w_N[:, None])
         v_NR = grouped_matmul(a_NI, A2, counts) * w_N[:, None]
         z_TER = x_TD.new_zeros(T, E, R).index_put_((tok_N, exp_N), v_NR)
@@ -97,21 +112,23 @@ class GroupedLoRAFFN(nn.Module):
 
 
 class MoLFFN(nn.Module):
-    """GeGLU FFN with E routed LoRA experts on Wi and Wo; keys ``Wi``/``Wo`` match ``GeGLUFFN``."""
+    """The FFN with E routed LoRA experts on Wi and Wo; keys ``Wi``/``Wo`` match ``DenseFFN``."""
 
-    def __init__(self, dim: int, intermediate: int, cfg: MoLConfig) -> None:
+    def __init__(self, dim: int, intermediate: int, cfg: MoLConfig, activation: str = "geglu",
+                 bias: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        E, R = cfg.num_experts, cfg.rank
-        self.Wi = nn.Linear(dim, 2 * intermediate, bias=False)
-        self.Wo = nn.Linear(intermediate, dim, bias=False)
+        E, R, F_ = cfg.num_experts, cfg.rank, wi_width(intermediate, activation)
+        self.act = ACTIVATIONS[activation]
+        self.Wi = nn.Linear(dim, F_, bias=bias)
+        self.Wo = nn.Linear(intermediate, dim, bias=bias)
         self.router = Router(dim, E, cfg.top_k, cfg.jitter)
         self.A1 = nn.Parameter(torch.empty(E, R, dim))
-        self.B1 = nn.Parameter(torch.zeros(E, 2 * intermediate, R))
+        self.B1 = nn.Parameter(torch.zeros(E, F_, R))
         self.A2 = nn.Parameter(torch.empty(E, R, intermediate))
         self.B2 = nn.Parameter(torch.zeros(E, dim, R))
         self.scale = cfg.alpha / cfg.rank
-        self.grouped_ffn = GroupedLoRAFFN(self.scale)
+        self.grouped_ffn = GroupedLoRAFFN(self.scale, activation)
         self.reset_lora()
 
     def reset_lora(self, generator: torch.Generator | None = None) -> None:
@@ -141,9 +158,10 @@ class MoLFFN(nn.Module):
         for j in range(self.cfg.num_experts):
             wi = self.Wi.weight + self.scale * self.B1[j] @ self.A1[j]
             wo = self.Wo.weight + self.scale * self.B2[j] @ self.A2[j]
-            out = out + gate_TE[:, j:j + 1] * F.linear(geglu(F.linear(x_TD, wi)), wo)
+            h = F.linear(x_TD, wi, self.Wi.bias)
+            out = out + gate_TE[:, j:j + 1] * F.linear(self.act(h), wo, self.Wo.bias)
         return out
 
     def delta_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each expert's ΔWi = s·B1A1 [E, 2I, D] and ΔWo = s·B2A2 [E, D, I] (for merging)."""
+        """Each expert's ΔWi = s·B1A1 [E, F, D] and ΔWo = s·B2A2 [E, D, I] (for merging)."""
         return self.scale * self.B1 @ self.A1, self.scale * self.B2 @ self.A2

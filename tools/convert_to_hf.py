@@ -12,6 +12,12 @@ Formats:
                 unrolled into L layers and the factorised embedding E·Pᵀ is folded into one V×d table (the
                 tied decoder). Only for a model without MoL/LoRA-Mixer experts: run
                 ``tools/merge_experts.py --fold`` first.
+  albert        a stock ``AlbertForMaskedLM`` for a BERT-family student (``tools/init_from_teacher.py``
+                from a BERT/MiniLM/E5/BGE/GTE teacher: post-norm, biases, absolute positions, GELU, full
+                attention): ALBERT's ``num_hidden_groups`` shares consecutive layers exactly as our
+                recursive groups do, so the K unique blocks stay K. ALBERT normalises the embedding before
+                its projection, ours after, so the table is folded to V×d (E·Pᵀ) and ALBERT's projection
+                is the identity. Experts must be folded first, as for modernbert.
 
 The tokenizer is saved as a fast tokenizer (``AutoTokenizer.from_pretrained(DIR)``). ``--verify`` (on
 by default) loads the written directory with transformers and compares its logits with the native
@@ -44,7 +50,7 @@ from model.modernalbert import ModernAlbertForMaskedLM
 from model.native_format import InputError, OutputDir, follow_umask, load_native_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FORMATS = ("modernalbert", "modernbert")
+FORMATS = ("modernalbert", "modernbert", "albert")
 # model/ files copied next to the HF classes, and the names they get there
 NATIVE_SOURCES = {"config": "modernalbert_config", "attention": "modernalbert_attention",
                   "routing": "modernalbert_routing", "mol": "modernalbert_mol",
@@ -103,13 +109,87 @@ def write_modernalbert(model: ModernAlbertForMaskedLM, special: dict[str, int], 
     save_safetensors(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
 
 
+def _no_experts(cfg, fmt: str) -> None:
+    if cfg.mol.groups or cfg.attn_experts.groups:
+        raise InputError(f"--format {fmt} needs a model without experts (model.mol.groups="
+                         f"{list(cfg.mol.groups)}, attn_experts.groups={list(cfg.attn_experts.groups)}): run "
+                         "tools/merge_experts.py --fold first, or use --format modernalbert")
+
+
+FAMILY = {"bias": True, "position_embedding": "absolute", "norm_position": "post", "ffn_activation": "gelu"}
+MODERN = {"bias": False, "position_embedding": "rope", "norm_position": "pre", "ffn_activation": "geglu"}
+
+
+def _block_is(cfg, fields: dict, fmt: str, other: str) -> None:
+    bad = [f"{k}={getattr(cfg, k)!r}" for k, v in fields.items() if getattr(cfg, k) != v]
+    if bad:
+        raise InputError(f"--format {fmt} needs the {'BERT-family' if fields is FAMILY else 'ModernBERT-style'} "
+                         f"block, this model has {', '.join(bad)}: use --format {other} or modernalbert")
+
+
+def albert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
+    """The native weights in AlbertForMaskedLM's names: group g → albert_layer_groups.g (shared by G layers)."""
+    cfg, enc = model.cfg, model.model
+    _no_experts(cfg, "albert")
+    _block_is(cfg, FAMILY, "albert", "modernbert")
+    if not all(cfg.is_global(i) for i in range(cfg.num_layers)) and cfg.local_window // 2 < cfg.max_position_embeddings - 1:
+        raise InputError(f"--format albert needs full attention in every layer (model.global_every="
+                         f"{cfg.global_every}, local_window={cfg.local_window}): use --format modernalbert")
+    d, emb = cfg.hidden_size, enc.embeddings
+    sd = {"albert.embeddings.word_embeddings.weight": model.decoder_weight(),
+          "albert.embeddings.position_embeddings.weight": emb.pos_embeddings.weight,
+          # token type 0 is folded into the positions (model/teacher.py); both rows are zero
+          "albert.embeddings.token_type_embeddings.weight": torch.zeros(2, d),
+          "albert.embeddings.LayerNorm.weight": emb.norm.weight, "albert.embeddings.LayerNorm.bias": emb.norm.bias,
+          "albert.encoder.embedding_hidden_mapping_in.weight": torch.eye(d),
+          "albert.encoder.embedding_hidden_mapping_in.bias": torch.zeros(d),
+          "predictions.dense.weight": model.head.dense.weight, "predictions.dense.bias": model.head.dense.bias,
+          "predictions.LayerNorm.weight": model.head.norm.weight, "predictions.LayerNorm.bias": model.head.norm.bias,
+          "predictions.bias": model.decoder_bias, "predictions.decoder.bias": model.decoder_bias}
+    for g, group in enumerate(enc.groups):
+        b, p = group.block, f"albert.encoder.albert_layer_groups.{g}.albert_layers.0."
+        for kind in ("weight", "bias"):
+            for name, w in zip(("query", "key", "value"), getattr(b.attn.Wqkv, kind).chunk(3)):
+                sd[p + f"attention.{name}.{kind}"] = w
+            sd[p + f"attention.dense.{kind}"] = getattr(b.attn.Wo, kind)
+            sd[p + f"attention.LayerNorm.{kind}"] = getattr(b.attn_norm, kind)
+            sd[p + f"ffn.{kind}"] = getattr(b.ffn.Wi, kind)
+            sd[p + f"ffn_output.{kind}"] = getattr(b.ffn.Wo, kind)
+            sd[p + f"full_layer_layer_norm.{kind}"] = getattr(b.ffn_norm, kind)
+    return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+def write_albert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str,
+                 clf: ModernAlbertForSequenceClassification | None = None) -> None:
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    if clf is not None:  # AlbertForSequenceClassification puts a tanh pooler + linear on [CLS]: not our head
+        raise InputError("--format albert exports the masked-LM model only; export a classifier with "
+                         "--format modernalbert")
+    c = model.cfg
+    hf_cfg = AlbertConfig(
+        vocab_size=c.vocab_size, embedding_size=c.hidden_size, hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_layers, num_hidden_groups=c.num_groups, inner_group_num=1,
+        num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size, hidden_act="gelu",
+        hidden_dropout_prob=c.embedding_dropout, attention_probs_dropout_prob=c.attention_dropout,
+        max_position_embeddings=c.max_position_embeddings, type_vocab_size=2, layer_norm_eps=c.norm_eps,
+        initializer_range=c.init_std, pad_token_id=special["pad"], bos_token_id=special["cls"],
+        eos_token_id=special["sep"], tie_word_embeddings=True)
+    hf = AlbertForMaskedLM(hf_cfg)
+    missing, unexpected = hf.load_state_dict(albert_state(model), strict=False)
+    missing = [k for k in missing if k != "predictions.decoder.weight"]  # tied to the word embeddings
+    if missing or unexpected:
+        raise InputError(f"ALBERT key mismatch: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    hf.save_pretrained(out)
+    follow_umask(*glob.glob(os.path.join(out, "*.safetensors")))
+
+
 def modernbert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
     """The native weights unrolled into ModernBertForMaskedLM's names (layer i ← group i // G)."""
     cfg, enc = model.cfg, model.model
-    if cfg.mol.groups or cfg.attn_experts.groups:
-        raise InputError("--format modernbert needs a model without experts (model.mol.groups="
-                        f"{list(cfg.mol.groups)}, attn_experts.groups={list(cfg.attn_experts.groups)}): run "
-                        "tools/merge_experts.py --fold first, or use --format modernalbert")
+    _no_experts(cfg, "modernbert")
+    _block_is(cfg, MODERN, "modernbert", "albert")
     sd = {"model.embeddings.tok_embeddings.weight": model.decoder_weight(),
           "model.embeddings.norm.weight": enc.embeddings.norm.weight,
           "model.final_norm.weight": enc.final_norm.weight,
@@ -255,10 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         if not doc.get("tokenizer"):
             raise InputError(f"{a.in_dir}: no tokenizer in the model directory; the HF export needs one")
         special = _special_ids(doc, a.in_dir)
-        if a.format == "modernbert":
-            modernbert_state(model)  # refuses a model with experts before anything is written
+        if a.format != "modernalbert":  # refuse a model the stock class cannot hold before anything is written
+            (modernbert_state if a.format == "modernbert" else albert_state)(model)
+        writer = {"modernalbert": write_modernalbert, "modernbert": write_modernbert, "albert": write_albert}[a.format]
         with OutputDir(a.out, a.overwrite) as tmp:
-            (write_modernalbert if a.format == "modernalbert" else write_modernbert)(model, special, tmp, clf)
+            writer(model, special, tmp, clf)
             save_hf_tokenizer(os.path.join(a.in_dir, doc["tokenizer"]), special, tmp, a.max_length)
             if a.verify:
                 for head, diff in verify(model, doc, a.in_dir, tmp, a.format, clf).items():
@@ -272,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     auto = "AutoModelForSequenceClassification" if clf is not None else "AutoModelForMaskedLM"
     how = (f"{auto}.from_pretrained(DIR, trust_remote_code=True)" if a.format == "modernalbert"
-           else f"{auto}.from_pretrained(DIR)  # stock ModernBERT")
+           else f"{auto}.from_pretrained(DIR)  # stock {'ModernBERT' if a.format == 'modernbert' else 'ALBERT'}")
     print(f"wrote {a.format} model -> {a.out}\n  load: {how}")
     return 0
 

