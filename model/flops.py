@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from model.config import ModelConfig
+from model.mol import wi_width
 
 
 def count_parameters(cfg: ModelConfig) -> dict[str, int]:
@@ -63,15 +64,16 @@ def block_flops(cfg: ModelConfig, layer: int, doc_lens: list[int]) -> float:
     """Forward FLOPs of one block application at ``layer`` on the tokens of ``doc_lens``."""
     T = sum(doc_lens)
     d, I = cfg.hidden_size, cfg.intermediate_size
+    F = wi_width(I, cfg.ffn_activation)  # Wi's output: 2I (GeGLU) or I (GELU)
     group = layer // cfg.group_depth
     window = None if cfg.is_global(layer) else cfg.local_window // 2
     f = 2 * T * d * 3 * d + 2 * T * d * d  # Wqkv, Wo
     f += 2 * 2 * attention_pairs(doc_lens, window) * d  # QKᵀ and PV over all heads
-    f += 2 * T * d * 2 * I + 2 * T * I * d  # Wi, Wo
+    f += 2 * T * d * F + 2 * T * I * d  # Wi, Wo
     if group in cfg.mol.groups:
         m = cfg.mol
         f += 2 * T * d * m.num_experts  # router
-        f += m.top_k * 2 * T * m.rank * (d + 2 * I + I + d)  # A1, B1, A2, B2 of k experts
+        f += m.top_k * 2 * T * m.rank * (d + F + I + d)  # A1, B1, A2, B2 of k experts
     if group in cfg.attn_experts.groups:
         a = cfg.attn_experts
         k = a.num_experts if a.routing == "soft" else a.top_k

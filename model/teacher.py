@@ -210,18 +210,11 @@ def bert_block(t: dict[str, torch.Tensor], tl: int, need) -> dict[str, torch.Ten
     return out
 
 
-def prune_ffn(block: dict[str, torch.Tensor], keep: torch.Tensor, gated: bool) -> dict[str, torch.Tensor]:
-    """``block`` with only the FFN neurons ``keep`` (both GeGLU halves when ``gated``)."""
+def prune_ffn(block: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``block`` (a plain GELU FFN's names) with only the FFN neurons ``keep``."""
     out = dict(block)
-    wi, wo = block["ffn.Wi.weight"], block["ffn.Wo.weight"]
-    if gated:
-        u, g = wi.chunk(2)
-        out["ffn.Wi.weight"] = torch.cat([u[keep], g[keep]])
-    else:
-        out["ffn.Wi.weight"] = wi[keep]
-        if "ffn.Wi.bias" in block:
-            out["ffn.Wi.bias"] = block["ffn.Wi.bias"][keep]
-    out["ffn.Wo.weight"] = wo[:, keep]
+    out["ffn.Wi.weight"], out["ffn.Wi.bias"] = block["ffn.Wi.weight"][keep], block["ffn.Wi.bias"][keep]
+    out["ffn.Wo.weight"] = block["ffn.Wo.weight"][:, keep]
     return out
 
 
@@ -264,7 +257,6 @@ def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str
     out = dict(student)
     need = lambda k: _need(t, k, info)  # noqa: E731
     family = cfg.norm_position == "post"  # the student has the BERT family's block
-    gated = cfg.ffn_activation == "geglu"
     svd_errs: dict[int, list[float]] = {}
     if info.family == "bert" and family:
         table = need("embeddings.word_embeddings.weight")
@@ -279,10 +271,10 @@ def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str
             full = [bert_block(t, tl, need) for tl in tls]
             shared = mean_blocks(full)
             keep = keep_neurons(shared["ffn.Wi.weight"], shared["ffn.Wo.weight"], cfg.intermediate_size)
-            shared = prune_ffn(shared, keep, gated=False)
+            shared = prune_ffn(shared, keep)
             out.update({p + k: v for k, v in shared.items()})
             if mol_init == "svd" and g in cfg.mol.groups and len(tls) > 1:
-                depths = [prune_ffn(b, keep, gated=False) for b in full]
+                depths = [prune_ffn(b, keep) for b in full]
                 svd_errs[g] = svd_experts(p + "ffn.", shared, depths, out, cfg.mol.alpha / cfg.mol.rank)
         if info.has_mlm_head and "cls.predictions.transform.dense.weight" in t:
             for kind in ("weight", "bias"):

@@ -2,7 +2,7 @@
 mean-pooled sentence embeddings, KL on masked-token logits.
 
     distill.teacher=DIR   distill.hidden_weight=1.0   distill.pooled_weight=0.0   distill.kl_weight=1.0
-    distill.temperature=2.0
+    distill.temperature=2.0   distill.teacher_input=clean
 
 Three terms, added to the MLM loss with their weights:
   hidden  cosine distance 1 - cos(h_student, h_teacher) between each student group's output and the
@@ -18,6 +18,10 @@ Three terms, added to the MLM loss with their weights:
   kl      KL(p_teacher || p_student) of the masked-token distributions at temperature τ, times τ²,
           averaged over every masked token of the global batch. Only with a teacher that has an MLM
           head and the student's vocabulary; otherwise it is off (said at start).
+The teacher reads the clean text (``teacher_input=clean``: the masked positions hold their original
+tokens, the MLM labels) and the student the masked one: the targets are then what the teacher says about
+the text, not about [MASK] tokens it never saw in its own training (an embedding teacher such as
+all-MiniLM-L6-v2 was not trained on them). ``masked`` gives the teacher the student's input, as before.
 The teacher is loaded on every rank (not sharded: teachers for this model size are small), frozen, in
 eval mode and no-grad, bf16 on GPU. Our batches are flat token streams: each document (``cu_seqlens``)
 becomes one row of a padded batch for the teacher, and its outputs are unpadded back.
@@ -43,11 +47,24 @@ class DistillConfig:
     kl_weight: float = 1.0
     temperature: float = 2.0
     layers: tuple[int, ...] = ()  # teacher layer per student group; empty: evenly spaced
+    teacher_input: str = "clean"  # clean: the text before masking; masked: the student's (masked) input
 
     def validate(self, prefix: str = "distill.") -> None:
+        check(self.teacher_input in TEACHER_INPUTS, prefix + "teacher_input", self.teacher_input,
+              f"allowed: {', '.join(TEACHER_INPUTS)}")
         for name in ("hidden_weight", "pooled_weight", "kl_weight"):
             check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
         check(self.temperature > 0, f"{prefix}temperature", self.temperature, "must be > 0")
+
+
+TEACHER_INPUTS = ("clean", "masked")
+
+
+def teacher_ids(inputs: dict, teacher_input: str) -> torch.Tensor:
+    """The teacher's ids [T]: the student's masked input with the original tokens put back (``clean``), or as is."""
+    if teacher_input == "masked":
+        return inputs["input_ids"]
+    return inputs["input_ids"].index_put((inputs["mlm_positions"],), inputs["mlm_labels"])
 
 
 class Teacher:

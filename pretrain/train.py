@@ -36,7 +36,7 @@ from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, exit_codes, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader, micro_batch_seed
-from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum
+from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum, teacher_ids
 from pretrain.evaluate import evaluate, val_loader
 from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, supersede_records
 from pretrain.fsdp_engine import FSDPEngine
@@ -341,7 +341,7 @@ class Trainer:
         if self.teacher is None:
             return {"hidden": zero, "pooled": zero, "kl": zero}, []
         d, world = self.cfg.distill, self.rt.world
-        t_hidden, t_logits, t_pooled = self.teacher.run(inputs["input_ids"], inputs["cu_seqlens"],
+        t_hidden, t_logits, t_pooled = self.teacher.run(teacher_ids(inputs, d.teacher_input), inputs["cu_seqlens"],
                                                         inputs["mlm_positions"])
         hidden = hidden_cosine_sum(out.hidden_states, t_hidden)
         extra = [(hidden, d.hidden_weight * world / global_tokens)]

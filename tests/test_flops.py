@@ -23,6 +23,9 @@ def test_hand_computed_count_on_tiny():
     assert fc.embedding == 2 * T * 64 * d == 245_760
     assert fc.head == 2 * 5 * (d * d + d * 64 + 64 * 32768) == 21_053_440
     assert fc.forward == 31_825_920 and fc.training == 3 * 31_825_920
+    # the BERT family's plain GELU FFN: Wi is d→I, not d→2I (its biases and positions are not counted)
+    bert = count_flops(dataclasses.replace(cfg, ffn_activation="gelu", bias=True), [10, 20], 5)
+    assert dense - bert.layers[0] == 2 * T * d * I and (dense + mol) - bert.layers[2] == 2 * T * d * I * (1 + 2 * 16 / 64)
 
 
 def test_recursion_depth_multiplies_the_shared_part():

@@ -50,19 +50,21 @@ def padded_reference(model: ModernAlbertForMaskedLM, ids: torch.Tensor, doc_lens
     valid = torch.arange(L)[None, :] < torch.tensor(doc_lens)[:, None]  # [N, L]
     tok = torch.zeros(N, L, dtype=torch.long)
     tok[valid] = ids
-    x = enc.embeddings(tok)
     pos = torch.arange(L)
+    x = enc.embeddings(tok, pos.expand(N, L))
+    post = cfg.norm_position == "post"
     for layer in range(cfg.num_layers):
         block = enc.groups[layer // cfg.group_depth].block
         is_global = cfg.is_global(layer)
-        h = x if layer == 0 else block.attn_norm(x)
+        h = x if layer == 0 or post else block.attn_norm(x)
         q, k, v = block.attn.Wqkv(h).view(N, L, 3, H, Dh).unbind(2)
-        theta = cfg.rope_theta_global if is_global else cfg.rope_theta_local
-        inv = 1.0 / theta ** (torch.arange(0, Dh, 2).float() / Dh)
-        ang = torch.outer(pos.float(), inv)
-        cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
-        q = torch.stack([apply_rotary(q[n], cos, sin) for n in range(N)])
-        k = torch.stack([apply_rotary(k[n], cos, sin) for n in range(N)])
+        if cfg.position_embedding == "rope":
+            theta = cfg.rope_theta_global if is_global else cfg.rope_theta_local
+            inv = 1.0 / theta ** (torch.arange(0, Dh, 2).float() / Dh)
+            ang = torch.outer(pos.float(), inv)
+            cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+            q = torch.stack([apply_rotary(q[n], cos, sin) for n in range(N)])
+            k = torch.stack([apply_rotary(k[n], cos, sin) for n in range(N)])
         scores = torch.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(Dh)
         allowed = valid[:, None, None, :].expand(N, 1, L, L)
         if not is_global:
@@ -71,6 +73,12 @@ def padded_reference(model: ModernAlbertForMaskedLM, ids: torch.Tensor, doc_lens
         probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
         o = torch.einsum("nhqk,nkhd->nqhd", probs, v).reshape(N, L, D)
         x = x + block.attn.Wo(o)
+        if post:  # BERT: norm after each residual add
+            x = block.attn_norm(x)
+            out = x.clone()
+            out[valid] = block.ffn_norm(x[valid] + block.ffn(x[valid], layer))
+            x = out
+            continue
         flat = block.ffn_norm(x)[valid]  # FFN/MoL on real tokens only, as routing must never see padding
         out = x.clone()
         out[valid] = x[valid] + block.ffn(flat, layer)
@@ -78,13 +86,22 @@ def padded_reference(model: ModernAlbertForMaskedLM, ids: torch.Tensor, doc_lens
     return enc.final_norm(x)[valid]
 
 
+# the BERT family's block (model/config.py): what a student of a BERT/MiniLM teacher uses
+BERT_FAMILY = dict(bias=True, position_embedding="absolute", norm_position="post", ffn_activation="gelu")
+
+
+@pytest.mark.parametrize("family", [False, True])
 @pytest.mark.parametrize("mol", [False, True])
 @pytest.mark.parametrize("window", [128, 8])
-def test_unpadded_forward_and_grads_equal_the_padded_reference(mol, window):
+def test_unpadded_forward_and_grads_equal_the_padded_reference(mol, window, family):
     torch.manual_seed(0)
-    cfg = _tiny(local_window=window, mol=MoLConfig(groups=(1,) if mol else ()))
+    cfg = _tiny(local_window=window, mol=MoLConfig(groups=(1,) if mol else ()), **(BERT_FAMILY if family else {}))
     model = ModernAlbertForMaskedLM(cfg).eval()
     _random_lora(model)
+    with torch.no_grad():  # biases start at zero: give them values, so the test sees where each is added
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(std=0.1)
     doc_lens = [7, 40, 150, 3, 96, 40, 7]  # several documents, some longer than the windows, some of equal length
     ids, cu, max_len = _stream(doc_lens, cfg.vocab_size)
     weights = torch.randn(sum(doc_lens), cfg.hidden_size)

@@ -17,19 +17,24 @@ from model.routing import (Routing, Router, RoutingRecorder, entropy, load_balan
                            routing_specialization_loss, topk_dense, z_loss)
 
 
-def _mol(num_experts=8, top_k=2, seed=0) -> MoLFFN:
+def _mol(num_experts=8, top_k=2, seed=0, activation="geglu", bias=False) -> MoLFFN:
     torch.manual_seed(seed)
-    m = MoLFFN(32, 48, MoLConfig(groups=(0,), num_experts=num_experts, top_k=top_k, rank=4, alpha=8))
+    m = MoLFFN(32, 48, MoLConfig(groups=(0,), num_experts=num_experts, top_k=top_k, rank=4, alpha=8),
+               activation, bias)
     with torch.no_grad():
+        if bias:
+            m.Wi.bias.normal_(std=0.5)
+            m.Wo.bias.normal_(std=0.5)
         m.B1.normal_(std=0.1)
         m.B2.normal_(std=0.1)
         m.router.weight.normal_(std=1.0)  # spread the routing over experts
     return m
 
 
+@pytest.mark.parametrize("ffn", ["geglu", "gelu+bias"])  # ModernBERT's FFN; the BERT family's
 @pytest.mark.parametrize("top_k", [1, 2, 3])
-def test_grouped_mol_equals_the_reference_outputs_and_gradients(top_k):
-    m = _mol(top_k=top_k).eval()
+def test_grouped_mol_equals_the_reference_outputs_and_gradients(top_k, ffn):
+    m = _mol(top_k=top_k, activation=ffn.split("+")[0], bias="bias" in ffn).eval()
     x = torch.randn(200, 32, requires_grad=True)
     r = m.router(x)
     assert len(set(r.topk_idx_TK.reshape(-1).tolist())) == 8  # every expert gets tokens
