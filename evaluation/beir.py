@@ -48,7 +48,8 @@ if __package__ in (None, ""):
 
 from evaluation.embedder import Embedder
 from evaluation.glue import batches
-from evaluation.retrieval_metrics import bootstrap_ci, per_query, rank
+from evaluation.intervals import bootstrap_ci
+from evaluation.retrieval_metrics import per_query, rank
 from finetune.optim import FinetuneOptimizer
 from model.native_format import InputError
 

@@ -14,11 +14,18 @@ Per task and seed: a fresh head (``model.classification.ClassificationHead`` for
 model's own for HF ones; one output with MSE for STS-B, trained on targets / 5 with the 5 folded back
 into the head afterwards, ``--target-scale``) on the pretrained encoder; ``--mode full``
 trains every weight, ``--mode lora`` a PEFT LoRA on the attention projections plus the head. AdamW,
-linear warm-up (10 %) and decay, ``--epochs`` over at most ``--max-train`` examples (the first N of the
-training file). Scored on dev, and on test where the task has a labelled one (STS-B, MRPC, RTE here).
-Metrics as GLUE: CoLA Matthews corr., SST-2 accuracy, STS-B Pearson/Spearman, MRPC accuracy/F1, RTE
-accuracy; a task's score is the mean of its metrics, the GLUE average the mean of the task scores (on
-test where there is one, else dev), each the median over seeds.
+linear warm-up (10 %) and decay, ``--epochs`` over at most ``--max-train`` examples. Scored on dev, and
+on test where the task has a labelled one (STS-B, MRPC, RTE here). Metrics as GLUE: CoLA Matthews corr.,
+SST-2 accuracy, STS-B Pearson/Spearman, MRPC accuracy/F1, RTE accuracy; a task's score is the mean of its
+metrics, the GLUE average the mean of the task scores (on test where there is one, else dev), each the
+median over seeds.
+
+Protocol (so rows of one comparison can be told apart): ``--max-train``/``--max-eval`` keep a seeded,
+label-stratified random subset (``evaluation/sampling.py``, ``--subset-seed``), the same for every model,
+never the first rows of a file. Every task and the average get a constant-predictor row (the majority
+training label; the mean target for STS-B, whose correlations are then 0) and a 95 % bootstrap interval
+of the seed-mean score over the evaluation examples (``evaluation/intervals.py``; the average's interval
+resamples every task).
 
 Output: OUT/results.json (every seed's metrics, medians and spread, arguments, timings) and
 OUT/results.md (the table). ``--save-model DIR`` keeps the first seed's fine-tuned model per task
@@ -41,7 +48,9 @@ import numpy as np
 import torch
 
 from data_prep.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, target_scale, task_spec
+from evaluation.intervals import bootstrap_draws, constant_scores, percentile_ci
 from evaluation.metrics import summarize, task_metrics, task_score
+from evaluation.sampling import subset_examples
 from evaluation.models import add_lora, open_backend
 from finetune.optim import FinetuneOptimizer
 from model.classification import ClassifierConfig, classification_loss
@@ -91,8 +100,9 @@ def fold_output_scale(module: torch.nn.Module, head_names: list[str], scale: flo
 
 
 def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a, seed: int,
-                 log) -> tuple[dict, torch.nn.Module, ClassifierConfig, int]:
-    """One seed on one task: (metrics per eval split, the model, its head config, trainable params)."""
+                 log) -> tuple[dict, dict, torch.nn.Module, ClassifierConfig, int]:
+    """One seed on one task: (metrics per eval split, scores per eval split, the model, its head config,
+    trainable params)."""
     torch.manual_seed(seed)
     head = ClassifierConfig(num_labels=spec.num_labels, pooling=a.pooling, dropout=a.dropout,
                             labels=list(spec.labels))
@@ -122,14 +132,22 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
         log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{a.epochs}: train loss {total / n:.4f}")
     if scale != 1.0:
         fold_output_scale(module, head_names, scale)
-    results = {}
+    results, all_scores = {}, {}
     for split in data:
         if split == "train":
             continue
         scores = predict(backend, module, data[split], a.eval_batch_size, spec.is_regression)
         m = task_metrics(spec.metrics, scores, labels[split])
-        results[split] = {**m, "score": task_score(m, spec.main)}
-    return results, module, head, sum(p.numel() for p in params)
+        results[split], all_scores[split] = {**m, "score": task_score(m, spec.main)}, scores
+    return results, all_scores, module, head, sum(p.numel() for p in params)
+
+
+def intervals(spec, seed_scores: list[np.ndarray], gold: np.ndarray, seed: int) -> np.ndarray:
+    """Bootstrap draws of the seed-mean task score: each draw resamples the evaluation rows once for all seeds."""
+    def score(idx):
+        return float(np.mean([task_score(task_metrics(spec.metrics, s[idx], gold[idx]), spec.main)
+                              for s in seed_scores]))
+    return bootstrap_draws(score, len(gold), seed)
 
 
 def report_split(spec) -> str:
@@ -137,21 +155,30 @@ def report_split(spec) -> str:
 
 
 def markdown(summary: dict) -> str:
-    rows = ["| task | split | metric | median | min – max | seeds |", "|---|---|---|---|---|---|"]
+    rows = ["| task | split | metric | median | min – max | seeds | seed mean [95 % CI] | constant |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, t in summary["tasks"].items():
         for split, ms in t["summary"].items():
             for metric, s in ms.items():
                 if metric == "score" and len(ms) == 2:
                     continue  # one metric: the score is that metric
+                extra = " | |"
+                if metric == "score" or len(ms) == 2:  # the task score's row carries its interval and baseline
+                    lo, hi = t["ci95"][split]
+                    extra = (f" | {100 * t['seed_mean'][split]:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] | "
+                             f"{100 * t['constant'][split]:.2f} |")
                 rows.append(f"| {name} | {split} | {metric} | {100 * s['median']:.2f} | "
-                            f"{100 * s['min']:.2f} – {100 * s['max']:.2f} | {s['n']} |")
+                            f"{100 * s['min']:.2f} – {100 * s['max']:.2f} | {s['n']}{extra}")
     avg = summary["glue_average"]
+    lo, hi = avg["ci95"]
     rows.append(f"| **GLUE average** | {', '.join(f'{k} {v}' for k, v in avg['splits'].items())} | score | "
-                f"**{100 * avg['median_of_task_medians']:.2f}** | | |")
+                f"**{100 * avg['median_of_task_medians']:.2f}** | | | {100 * avg['seed_mean']:.2f} "
+                f"[{100 * lo:.2f}, {100 * hi:.2f}] | {100 * avg['constant']:.2f} |")
     head = (f"Model `{summary['model']}` ({summary['backend']}), mode {summary['args']['mode']}, "
             f"{summary['args']['epochs']} epochs, ≤ {summary['args']['max_train'] or 'all'} training examples "
-            f"per task, lr {summary['args']['lr']:g}, batch {summary['args']['batch_size']}, seeds "
-            f"{summary['args']['seeds']}. Scores ×100; a task's score is the mean of its metrics.\n")
+            f"per task (stratified, subset seed {summary['args']['subset_seed']}), lr {summary['args']['lr']:g}, "
+            f"batch {summary['args']['batch_size']}, seeds {summary['args']['seeds']}. Scores ×100; a task's "
+            "score is the mean of its metrics; constant: the majority training label (STS-B: the mean target).\n")
     return head + "\n" + "\n".join(rows) + "\n"
 
 
@@ -169,19 +196,22 @@ def run(a: argparse.Namespace, log=print) -> dict:
         torch.set_num_threads(a.threads)
     summary = {"model": a.model, "backend": f"{backend.kind}/{backend.family}", "args": vars(a), "tasks": {}}
     t_all = time.time()
+    draws = {}
     for spec in tasks:
-        splits = raw[spec.name]
-        train = splits["train"][: a.max_train] if a.max_train else splits["train"]
-        splits = {s: (ex[: a.max_eval] if a.max_eval and s != "train" else ex) for s, ex in splits.items()}
-        splits["train"] = train
+        reg = spec.is_regression
+        splits = {s: subset_examples(ex, a.max_train if s == "train" else a.max_eval, a.subset_seed, reg)
+                  for s, ex in raw[spec.name].items()}
+        train = splits["train"]
         data = {s: backend.encode([e.texts for e in ex], a.max_len) for s, ex in splits.items()}
         labels = {s: np.array([e.label for e in ex]) for s, ex in splits.items()}
         per_seed, t0 = [], time.time()
         log(f"== {spec.name}: {len(train)} training examples, "
             f"{', '.join(f'{s} {len(v)}' for s, v in splits.items() if s != 'train')}")
+        seed_scores = []
         for i, seed in enumerate(a.seeds):
-            res, module, head, trainable = finetune_one(backend, spec, data, labels, a, seed, log)
+            res, scores, module, head, trainable = finetune_one(backend, spec, data, labels, a, seed, log)
             per_seed.append({"seed": seed, **res})
+            seed_scores.append(scores)
             log(f"  {spec.name} seed {seed}: " + "  ".join(
                 f"{s} " + " ".join(f"{k} {v:.4f}" for k, v in r.items()) for s, r in res.items()))
             if a.save_model and i == 0:
@@ -190,15 +220,28 @@ def run(a: argparse.Namespace, log=print) -> dict:
                     backend.save(module, head, tmp, {"tool": "evaluation.glue", "task": spec.name, "seed": seed,
                                                      "mode": a.mode, **res})
         splits_eval = [s for s in per_seed[0] if s != "seed"]
+        const = {s: task_score(task_metrics(spec.metrics, constant_scores(labels["train"], len(labels[s]), reg,
+                                                                          spec.num_labels), labels[s]), spec.main)
+                 for s in splits_eval}
+        task_draws = {s: intervals(spec, [sc[s] for sc in seed_scores], labels[s], a.subset_seed) for s in splits_eval}
+        draws[spec.name] = task_draws[report_split(spec)]
         summary["tasks"][spec.name] = {
             "train_examples": len(train), "trainable_parameters": trainable,
             "seconds": round(time.time() - t0, 1), "per_seed": per_seed,
             "summary": {s: {m: summarize([r[s][m] for r in per_seed]) for m in per_seed[0][s]} for s in splits_eval},
+            "seed_mean": {s: float(np.mean([r[s]["score"] for r in per_seed])) for s in splits_eval},
+            "ci95": {s: list(percentile_ci(d)) for s, d in task_draws.items()},
+            "constant": const,
         }
     scores = {n: t["summary"][report_split(TASKS[n])]["score"]["median"] for n, t in summary["tasks"].items()}
+    rep = {n: report_split(TASKS[n]) for n in scores}
+    tasks_out = summary["tasks"]
     summary["glue_average"] = {"median_of_task_medians": float(np.mean(list(scores.values()))),
-                               "task_scores": scores,
-                               "splits": {n: report_split(TASKS[n]) for n in scores}}
+                               "task_scores": scores, "splits": rep,
+                               "seed_mean": float(np.mean([tasks_out[n]["seed_mean"][rep[n]] for n in scores])),
+                               "ci95": list(percentile_ci(np.mean([draws[n] for n in scores], axis=0))),
+                               "constant": float(np.mean([tasks_out[n]["constant"][rep[n]] for n in scores])),
+                               "constant_task_scores": {n: tasks_out[n]["constant"][rep[n]] for n in scores}}
     # per-seed average too, for a spread of the average itself
     per_seed_avg = [float(np.mean([summary["tasks"][n]["per_seed"][i][report_split(TASKS[n])]["score"]
                                    for n in scores])) for i in range(len(a.seeds))]
@@ -224,8 +267,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="full")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; the median and spread are reported")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--max-train", type=int, default=0, help="cap on training examples per task (0: all)")
-    p.add_argument("--max-eval", type=int, default=0, help="cap on dev/test examples (0: all; for smoke runs)")
+    p.add_argument("--max-train", type=int, default=0,
+                   help="training examples per task: a seeded label-stratified random subset (0: all)")
+    p.add_argument("--max-eval", type=int, default=0, help="dev/test examples, subset the same way (0: all)")
+    p.add_argument("--subset-seed", type=int, default=0,
+                   help="seed of the subsets and the bootstrap (keep it fixed across the models you compare)")
     p.add_argument("--lr", type=float, default=None, help="default 5e-5 full, 5e-4 lora")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)

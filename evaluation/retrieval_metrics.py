@@ -5,7 +5,7 @@
 * per-query ``ndcg`` (gain = the qrels grade, discount log2(rank + 1), ideal from every judged document),
   ``recall`` (share of the relevant documents in the top k) and ``mrr`` (1 / rank of the first relevant
   document within the top k, else 0); a document is relevant when its grade is above 0.
-* ``bootstrap_ci``: a percentile interval of the mean over queries (resampled with replacement, seeded).
+Their interval over queries is ``evaluation/intervals.py``'s ``bootstrap_ci``.
 """
 
 from __future__ import annotations
@@ -58,13 +58,3 @@ def per_query(run: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> di
         out["recall_at_100"][q] = recall(ranked, qrels[q], 100)
         out["mrr_at_10"][q] = mrr(ranked, qrels[q], 10)
     return out
-
-
-def bootstrap_ci(values: list[float], seed: int = 0, n: int = 2000, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the mean of ``values`` (resampled with replacement)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    means = v[np.random.default_rng(seed).integers(0, len(v), (n, len(v)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)

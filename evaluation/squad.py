@@ -54,7 +54,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.metrics import summarize
-from evaluation.retrieval_metrics import bootstrap_ci
+from evaluation.intervals import bootstrap_ci
 from evaluation.squad_metric import aggregate, best_null_threshold, per_question, questions, score
 from finetune.optim import FinetuneOptimizer
 from model.native_format import InputError, OutputDir, read_json

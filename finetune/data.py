@@ -95,8 +95,9 @@ def load_task(task_dir: str, tok: Tokenizer, text_cols: tuple[str, ...] = ("text
 
 def load_glue_task(name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128, max_train: int = 0,
                    max_eval: int = 0) -> Task:
-    """A GLUE task from a local copy (``data_prep/glue_data.py`` layouts), capped to the first
-    ``max_train`` training and ``max_eval`` dev/test examples (0: all).
+    """A GLUE task from a local copy (``data_prep/glue_data.py`` layouts), capped to seeded label-stratified
+    subsets of ``max_train`` training and ``max_eval`` dev/test examples (0: all; ``evaluation/sampling.py``,
+    seed 0: the GLUE runner's default subsets).
 
     Regression targets (STS-B's 0–5 similarity) are divided by the largest training target, so the head
     regresses on [0, 1] (``extra["target_scale"]`` keeps the divisor). On the 0–5 scale the MSE's gradient
@@ -112,11 +113,13 @@ def load_glue_task(name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128,
     except GlueDataError as e:
         raise DataError(str(e)) from None
 
-    train_ex = splits["train"][:max_train] if max_train else splits["train"]
+    from evaluation.sampling import subset_examples as subset
+
+    train_ex = subset(splits["train"], max_train, 0, spec.is_regression)
     scale = target_scale(spec, (e.label for e in train_ex))
 
     def encode(examples, cap: int) -> Examples:
-        examples = examples[:cap] if cap else examples
+        examples = subset(examples, cap, 0, spec.is_regression)
         return list(zip(encode_examples(tok, [e.texts for e in examples], max_len),
                         [e.label / scale for e in examples]))
 

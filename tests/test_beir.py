@@ -13,6 +13,7 @@ import torch
 
 from conftest import REPO, run_cli
 from evaluation import retrieval_metrics as rm
+from evaluation.intervals import bootstrap_ci
 
 SCIFACT = os.path.join(os.path.dirname(REPO), "shared", "data", "beir", "scifact")
 need_scifact = pytest.mark.skipif(not os.path.isdir(SCIFACT),
@@ -66,7 +67,7 @@ def test_rank_breaks_ties_by_doc_id_descending_and_hand_computed_values():
     assert rm.ndcg(["z"] * 3, grades, 10) == 0.0
     assert rm.recall(["z", "x"], grades, 100) == 0.5 and rm.mrr(["z", "x"], grades, 10) == 0.5
     assert rm.mrr(["z"] * 10 + ["x"], grades, 10) == 0.0  # first relevant at rank 11: outside the cut
-    lo, hi = rm.bootstrap_ci([0.0, 1.0] * 50)
+    lo, hi = bootstrap_ci([0.0, 1.0] * 50)
     assert 0.38 < lo < 0.5 < hi < 0.62
 
 

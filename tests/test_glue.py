@@ -147,6 +147,15 @@ def test_runner_on_a_native_model_all_tasks_two_seeds(native_dir, tmp_path):
     assert avg["splits"] == {"CoLA": "dev", "SST-2": "dev", "STS-B": "test", "MRPC": "test", "RTE": "test"}
     assert avg["median_of_task_medians"] == pytest.approx(np.mean(list(avg["task_scores"].values())))
     assert "| **GLUE average** |" in open(os.path.join(out, "results.md")).read()
+    # protocol: constant-predictor rows and bootstrap intervals around the seed-mean score
+    for name, t in res["tasks"].items():
+        for split in t["summary"]:
+            lo, hi = t["ci95"][split]
+            assert lo <= t["seed_mean"][split] + 1e-9 and t["seed_mean"][split] - 1e-9 <= hi and hi > lo
+    assert res["tasks"]["CoLA"]["constant"]["dev"] == 0.0 and res["tasks"]["STS-B"]["constant"]["test"] == 0.0
+    assert 0.3 < res["tasks"]["SST-2"]["constant"]["dev"] < 0.7  # majority-class accuracy on a stratified subset
+    assert avg["constant"] == pytest.approx(np.mean(list(avg["constant_task_scores"].values())))
+    assert avg["ci95"][0] < avg["seed_mean"] < avg["ci95"][1]
     # STS-B got a one-output regression head; the saved classifier directory says so
     sts = json.load(open(os.path.join(saved, "STS-B", "config.json")))
     assert sts["classifier"]["num_labels"] == 1 and sts["classifier"]["labels"] == []
@@ -397,3 +406,44 @@ def test_plot_distill_levers_reads_replication_runs(tmp_path):
     assert os.path.getsize(png) > 1000
     r = run_cli(["benchmarks/plot_distill_levers.py", str(tmp_path / "nope"), "--out", png])
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+# ---- the protocol: stratified subsets, constant predictor, bootstrap intervals --------------------------
+
+def test_stratified_subsets_keep_label_shares_are_seeded_and_not_the_first_rows():
+    from evaluation.sampling import stratified_subset
+
+    labels = [0] * 700 + [1] * 300  # sorted, as some files are: the first rows would be all 0
+    got = stratified_subset(labels, 100, seed=0)
+    assert len(got) == 100 and got == sorted(got) and sum(labels[i] for i in got) == 30
+    assert got == stratified_subset(labels, 100, seed=0) != stratified_subset(labels, 100, seed=1)
+    assert stratified_subset(labels, 0, 0) == list(range(1000)) == stratified_subset(labels, 5000, 0)
+    # largest remainders: 3 strata of 5, 3, 2 rows, 5 picked -> quotas 2.5, 1.5, 1.0 -> 3, 1, 1
+    three = [0] * 5 + [1] * 3 + [2] * 2
+    picked = [three[i] for i in stratified_subset(three, 5, 0)]
+    assert sorted(picked) == [0, 0, 0, 1, 2]
+    # regression: STS-B-like scores stratified by 5 equal-width bins of 0-5
+    scores = np.random.default_rng(0).uniform(0, 5, 1000) ** 1.0
+    scores.sort()
+    sub = scores[stratified_subset(list(scores), 200, 0, regression=True)]
+    assert abs(sub.mean() - scores.mean()) < 0.1 and sub.min() < 0.5 and sub.max() > 4.5
+
+
+def test_constant_predictor_and_bootstrap_intervals():
+    from evaluation.intervals import bootstrap_draws, constant_scores, percentile_ci
+    from evaluation.metrics import accuracy, matthews, pearson, task_metrics
+
+    gold = np.array([1] * 68 + [0] * 32)
+    const = constant_scores(np.array([1, 1, 0]), len(gold), regression=False, num_labels=2)
+    pred = const.argmax(-1)
+    assert accuracy(pred, gold) == 0.68 and matthews(pred, gold) == 0.0
+    reg = constant_scores(np.array([1.0, 3.0]), 4, regression=True, num_labels=1)
+    assert reg.tolist() == [2.0] * 4 and pearson(reg, np.array([0.0, 1, 2, 3])) == 0.0
+    # accuracy of a 75 %-right predictor over 400 rows: the interval is about ±1.96·sqrt(p(1-p)/n) = ±4.2 points
+    right = np.array([1] * 300 + [0] * 100)
+    draws = bootstrap_draws(lambda idx: float(right[idx].mean()), 400, seed=0)
+    lo, hi = percentile_ci(draws)
+    assert lo < 0.75 < hi and 0.07 < hi - lo < 0.10
+    assert np.array_equal(draws, bootstrap_draws(lambda idx: float(right[idx].mean()), 400, seed=0))
+    m = task_metrics(("accuracy",), np.eye(2)[right], np.ones(400, int))
+    assert m["accuracy"] == 0.75
