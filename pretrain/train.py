@@ -219,8 +219,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, rt: Runtime, preemption: PreemptionWatch) -> None:
         self.cfg, self.rt = cfg, rt
         self.model, par = build_model(cfg, rt)
-        self.teacher = (Teacher(cfg.distill, cfg.model, rt.index.seq_len, rt.device, verbose=rt.rank == 0)
-                        if cfg.distill.teacher else None)
+        self.teacher = (Teacher(cfg.distill, cfg.model, rt.index.seq_len, rt.device, verbose=rt.rank == 0,
+                                init_from=cfg.init_from) if cfg.distill.teacher else None)
         optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                       betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

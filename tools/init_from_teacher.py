@@ -7,8 +7,9 @@ The student takes the preset's depth (groups K × applications G), embedding siz
 teacher's vocabulary, tokenizer and block family (a BERT/MiniLM/E5/BGE/GTE teacher gives a post-norm
 student with biases, absolute positions and a GELU FFN; ``--block modern`` keeps the ModernBERT-style
 block instead). Its width, heads and FFN size must equal the teacher's, or come from it with
-``--dims teacher``. Group g's block is copied from teacher layer t_g (``--layer-select``: evenly spaced
-by default), the factorised embedding is the rank-e truncated SVD of the teacher's embedding table; the
+``--dims teacher``. Group g's block is the mean of the g-th of K contiguous runs of teacher layers
+(``--layer-select average``, the default when K <= the teacher's layers; ``even`` copies one evenly
+spaced layer), the factorised embedding is the rank-e truncated SVD of the teacher's embedding table; the
 details are in ``model/teacher.py``. With K = the teacher's layers, G = 1, e = d and its FFN size the
 student computes the teacher's function exactly:
 
@@ -85,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="teacher (default): the student's block is the teacher's family (a BERT teacher's student "
                         "has biases, absolute positions, post-norm, GELU: function-preserving); modern: the "
                         "ModernBERT-style block (RoPE, pre-norm, GeGLU, no biases), a lossy mapping for BERT teachers")
-    p.add_argument("--layer-select", choices=LAYER_SELECT, default="even",
-                   help="teacher layers per group: even (one, evenly spaced; default), lower (0..K-1), average "
-                        "(the mean of K contiguous runs)")
+    p.add_argument("--layer-select", choices=LAYER_SELECT,
+                   help="teacher layers per group: average (the mean of K contiguous runs; the default when K <= "
+                        "the teacher's layers, the best at step 0 on dev: benchmarks/RESULTS.md), even (one, evenly "
+                        "spaced, first and last included; the default when K is larger), lower (0..K-1). With K = "
+                        "the teacher's layers all three are the identity map")
     p.add_argument("--layers", help="teacher layer per student group, comma-separated (overrides --layer-select)")
     p.add_argument("--mol-init", choices=MOL_INIT, default="fresh",
                    help="fresh (default): MoL experts start at zero (B = 0); svd: a group applied at several depths "
                         "gets expert j = the truncated SVD of depth j's teacher layer minus the shared block "
-                        "(with --layer-select average/lower-style runs)")
+                        "(with --layer-select average, whose runs give the depths)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parts not taken from the teacher")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             if len(layers) != cfg.num_groups or not all(0 <= x[0] < info.num_layers for x in layers):
                 raise TeacherError(f"--layers {a.layers}: need {cfg.num_groups} teacher layers in [0, {info.num_layers})")
         else:
+            if a.layer_select is None:
+                a.layer_select = "average" if cfg.num_groups <= info.num_layers else "even"
             layers = layer_sets(cfg.num_groups, info.num_layers, a.layer_select)
         teacher = read_teacher_weights(info)
         torch.manual_seed(a.seed)
