@@ -303,7 +303,10 @@ def test_replication_smoke(tmp_path):
     assert res["e-routing"]["unique_layer_params"] < res["b"]["unique_layer_params"]  # experts folded away
     assert res["b"]["val_mlm_loss"] > 0 and res["b"]["tokens_per_s"] > 0
     assert os.path.isfile(os.path.join(out, "replication.png"))
-    assert "| (b) student, MoL, distilled |" in open(os.path.join(out, "replication.md")).read()
+    md = open(os.path.join(out, "replication.md")).read()
+    assert "| (b) student, MoL, distilled |" in md and "| constant predictor (majority label; STS-B 0) |" in md
+    assert "% of teacher's margin" in md and len(res["b"]["glue"]["ci95"]) == 2
+    assert "group 5 (layers 5-5) <- teacher layer 5" in log  # (a): the teacher as an exact native model
     bad = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--teacher-layers", "0,9"])
     assert bad.returncode == 2 and "--teacher-layers 0,9" in bad.stderr
     bad = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--distill-layers", "5"])
