@@ -16,12 +16,16 @@ Rows (every student: width 384 and vocabulary of the teacher, the teacher's BERT
   d  random      (b)'s architecture from random init, MLM only (no teacher), same token budget
   e  merged      (b) after ``tools/merge_experts.py`` (uniform, and routing-weighted on the val shards),
                  both with ``--fold`` (a dense model again)
+  f  relaxed     the baseline the paper positions itself against (Relaxed Recursive Transformers, arXiv
+                 2410.20672): (b)'s init with depth-wise LoRAs instead of routed experts (``mol.routing=depth``:
+                 application j of group 1 always uses LoRA j), their rank chosen for the same parameter count as
+                 (b)'s experts and router, initialised from the truncated SVD of each depth's teacher layer minus
+                 the shared block; distilled like (b)
 Each row: unique encoder-layer parameters (the teacher's 6 layers vs the student's 2 shared blocks + MoL
 experts), validation MLM loss, pretraining tokens/s, GLUE per task and average (``python -m
 evaluation.glue``: the same seeded stratified subsets, hyper-parameters and seeds for every row), the
 average's 95 % bootstrap interval, and the share of the teacher's margin above the constant predictor
-(its own row). The relaxed-recursive baseline (depth-specific LoRAs instead of routed experts) is not a
-row yet: the model has no depth-indexed LoRA.
+(its own row).
 
 Stages are cached under OUT (corpus, shards, inits, runs, native models, GLUE results); rerunning
 continues where it stopped, so a changed budget or shard size needs a fresh OUT. The table goes to
@@ -45,10 +49,11 @@ if __package__ in (None, ""):
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LAYER_SELECT = "average"  # the best at step 0 on dev: benchmarks/teacher_init_study.py, RESULTS.md
-ROWS = ("a", "a-hf", "b", "c", "d", "e-uniform", "e-routing")
-DEFAULT_ROWS = ("a", "b", "c", "d", "e-uniform", "e-routing")
+ROWS = ("a", "a-hf", "b", "c", "d", "e-uniform", "e-routing", "f")
+DEFAULT_ROWS = ("a", "b", "c", "d", "e-uniform", "e-routing", "f")
 LABELS = {"a": "(a) teacher all-MiniLM-L6-v2 (native, our head)", "a-hf": "(a) teacher, HF BERT pooler head",
           "b": "(b) student, MoL, distilled",
+          "f": "(f) depth-wise LoRAs (relaxed recursive, SVD init), distilled",
           "c": "(c) student, no MoL, distilled", "d": "(d) student, MoL, random init, MLM only",
           "e-uniform": "(e) (b) merged uniform + folded", "e-routing": "(e) (b) merged routing + folded"}
 
@@ -104,6 +109,17 @@ def make_variant(init_b: str, out: str, which: str, seed: int = 0) -> None:
     with OutputDir(out, overwrite=True) as tmp:
         save_native(tmp, fresh.state_dict(), cfg, os.path.join(init_b, doc["tokenizer"]), None,
                     [*doc["history"], {"tool": "replicate_glue", "variant": which, "seed": seed}])
+
+
+def depth_lora_rank(init_b: str) -> int:
+    """The rank at which G depth-wise LoRAs hold as many parameters as (b)'s E routed experts plus router."""
+    from model.native_format import load_native
+
+    cfg = load_native(init_b)[0].cfg
+    d, I, m = cfg.hidden_size, cfg.intermediate_size, cfg.mol
+    F = 2 * I if cfg.ffn_activation == "geglu" else I
+    per_rank = d + F + I + d  # A1, B1, A2, B2 of one expert, per unit of rank
+    return max(1, round((m.num_experts * m.rank * per_rank + m.num_experts * d) / (cfg.group_depth * per_rank)))
 
 
 def pretrain_config(p: argparse.Namespace, run_dir: str, init: str, shards: str, distill: bool) -> list[str]:
@@ -236,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             "--workers", "2", "--no-progress"], log)
 
     # student inits
-    inits = {r: os.path.join(out, "init", r) for r in ("b", "c", "d")}
+    inits = {r: os.path.join(out, "init", r) for r in ("b", "c", "d", "f")}
     if not os.path.isfile(os.path.join(inits["b"], "config.json")):
         layers = ["--layers", a.teacher_layers] if a.teacher_layers else ["--layer-select", a.layer_select]
         sh([py, "tools/init_from_teacher.py", teacher, "--preset", "tiny", "--dims", "teacher",
@@ -245,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in ("c", "d"):
         if not os.path.isfile(os.path.join(inits[r], "config.json")):
             make_variant(inits["b"], inits[r], r)
+    if "f" in rows and not os.path.isfile(os.path.join(inits["f"], "config.json")):
+        layers = ["--layers", a.teacher_layers] if a.teacher_layers else ["--layer-select", a.layer_select]
+        sh([py, "tools/init_from_teacher.py", teacher, "--preset", "tiny", "--dims", "teacher",
+            "--intermediate-size", "768", "--set", "group_depth=3", "--set", "embedding_size=128", *layers,
+            *a.init_args.split(), "--mol-routing", "depth", "--mol-rank", str(depth_lora_rank(inits["b"])),
+            "--mol-init", "svd", "--out", inits["f"], "--overwrite"], log)
     # (a): the teacher as a native model (exact; no MoL), so it gets the students' head and pooling
     native_a = os.path.join(out, "native", "a")
     if "a" in rows and not os.path.isfile(os.path.join(native_a, "config.json")):
@@ -256,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # pretraining (2 processes), consolidation, merging
     native = {"a": native_a, "a-hf": teacher}
-    for r in ("b", "c", "d"):
+    for r in ("b", "c", "d", "f"):
         if r not in rows and not (r == "b" and any(x.startswith("e-") for x in rows)):
             continue
         run_dir, nat = os.path.join(out, "runs", r), os.path.join(out, "native", r)

@@ -46,6 +46,9 @@ OPTIONS = {
     "average": ("teacher block, means of layers 0-2 and 3-5", ["--layer-select", "average"]),
     "average-svd": ("average + MoL experts = SVD of each depth's residual", ["--layer-select", "average",
                                                                               "--mol-init", "svd"]),
+    "average-depth-svd": ("average + depth-wise LoRAs (rank 43: the MoL's parameters) = SVD of each depth's "
+                          "residual (the relaxed-recursive init)",
+                          ["--layer-select", "average", "--mol-routing", "depth", "--mol-rank", "43", "--mol-init", "svd"]),
     "even-e384": ("even, no embedding factorisation (e 384)", ["--set", "embedding_size=384"]),
     "even-ffn1536": ("even, no FFN pruning (FFN 1536)", ["--intermediate-size", "1536"]),
     "average-e384-ffn1536": ("average, neither factorised nor pruned", ["--layer-select", "average", "--set",

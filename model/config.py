@@ -14,6 +14,7 @@ ROUTING_MODES = ("soft", "topk", "hardsoft")
 RSL_ENTROPY = ("maximise", "minimise")  # model.routing.routing_specialization_loss's entropy_goal
 ROUTE_INPUTS = ("shared", "per_projection")
 EVAL_ROUTING = ("same", "soft", "topk")
+MOL_ROUTING = ("learned", "depth")
 ATTN_BACKENDS = ("auto", "sdpa", "flash_attn", "torch_varlen")
 POSITION_EMBEDDINGS = ("rope", "absolute")
 NORM_POSITIONS = ("pre", "post")
@@ -44,6 +45,10 @@ class MoLConfig:
     aux_loss_coef: float = 0.01  # Switch load balancing E·Σ f·P
     z_loss_coef: float = 1e-3
     grouped: bool = True  # False: the plain per-expert reference computation
+    # learned: a router picks each token's top-k experts; depth: expert j serves the group's j-th application,
+    # every token, weight 1 (depth-wise LoRAs: the Relaxed Recursive Transformers baseline, arXiv 2410.20672;
+    # needs num_experts = group_depth and top_k = 1; no router)
+    routing: str = "learned"
 
     def validate(self, num_groups: int, prefix: str = "mol") -> None:
         check(self.num_experts >= 1, f"{prefix}.num_experts", self.num_experts, "must be >= 1")
@@ -57,6 +62,7 @@ class MoLConfig:
         for g in self.groups:
             check(0 <= g < num_groups, f"{prefix}.groups", self.groups, f"entries must be in [0, num_groups={num_groups})")
         check(len(set(self.groups)) == len(self.groups), f"{prefix}.groups", self.groups, "must not repeat")
+        check(self.routing in MOL_ROUTING, f"{prefix}.routing", self.routing, f"allowed: {', '.join(MOL_ROUTING)}")
 
 
 @dataclass
@@ -157,6 +163,10 @@ class ModelConfig:
         check(self.attn_backend in ATTN_BACKENDS, p + "attn_backend", self.attn_backend,
               f"allowed: {', '.join(ATTN_BACKENDS)}")
         self.mol.validate(self.num_groups, p + "mol")
+        if self.mol.routing == "depth":
+            check(self.mol.num_experts == self.group_depth and self.mol.top_k == 1, p + "mol.routing", "depth",
+                  f"needs mol.num_experts = group_depth ({self.group_depth}) and mol.top_k = 1, has "
+                  f"{self.mol.num_experts} and {self.mol.top_k}")
         self.attn_experts.validate(self.num_groups, p + "attn_experts")
         return self
 

@@ -72,7 +72,7 @@ def block_flops(cfg: ModelConfig, layer: int, doc_lens: list[int]) -> float:
     f += 2 * T * d * F + 2 * T * I * d  # Wi, Wo
     if group in cfg.mol.groups:
         m = cfg.mol
-        f += 2 * T * d * m.num_experts  # router
+        f += 2 * T * d * m.num_experts if m.routing == "learned" else 0  # router
         f += m.top_k * 2 * T * m.rank * (d + F + I + d)  # A1, B1, A2, B2 of k experts
     if group in cfg.attn_experts.groups:
         a = cfg.attn_experts

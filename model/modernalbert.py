@@ -134,7 +134,7 @@ class Block(nn.Module):
         self.attn = Attention(cfg, group)
         self.ffn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias)
         if group in cfg.mol.groups:
-            self.ffn = MoLFFN(d, cfg.intermediate_size, cfg.mol, cfg.ffn_activation, cfg.bias)
+            self.ffn = MoLFFN(d, cfg.intermediate_size, cfg.mol, cfg.ffn_activation, cfg.bias, cfg.group_depth)
         else:
             self.ffn = DenseFFN(d, cfg.intermediate_size, cfg.ffn_activation, cfg.bias)
 

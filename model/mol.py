@@ -115,14 +115,15 @@ class MoLFFN(nn.Module):
     """The FFN with E routed LoRA experts on Wi and Wo; keys ``Wi``/``Wo`` match ``DenseFFN``."""
 
     def __init__(self, dim: int, intermediate: int, cfg: MoLConfig, activation: str = "geglu",
-                 bias: bool = False) -> None:
+                 bias: bool = False, group_depth: int = 1) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.group_depth = cfg, group_depth
         E, R, F_ = cfg.num_experts, cfg.rank, wi_width(intermediate, activation)
         self.act = ACTIVATIONS[activation]
         self.Wi = nn.Linear(dim, F_, bias=bias)
         self.Wo = nn.Linear(intermediate, dim, bias=bias)
-        self.router = Router(dim, E, cfg.top_k, cfg.jitter)
+        if cfg.routing == "learned":  # depth routing has no router
+            self.router = Router(dim, E, cfg.top_k, cfg.jitter)
         self.A1 = nn.Parameter(torch.empty(E, R, dim))
         self.B1 = nn.Parameter(torch.zeros(E, F_, R))
         self.A2 = nn.Parameter(torch.empty(E, R, intermediate))
@@ -140,12 +141,25 @@ class MoLFFN(nn.Module):
         nn.init.zeros_(self.B2)
 
     def forward(self, x_TD: torch.Tensor, layer: int = 0, recorder: RoutingRecorder | None = None) -> torch.Tensor:
-        r = self.router(x_TD)
-        if recorder is not None:
-            recorder.record("ffn", layer, r, {"mol_load_balance": load_balance_loss(r), "mol_z": z_loss(r)})
+        if self.cfg.routing == "depth":
+            r = self.depth_routing(x_TD, layer)
+            zero = x_TD.new_zeros((), dtype=torch.float32)
+            if recorder is not None:  # the same loss names as learned routing, at zero: nothing to balance
+                recorder.record("ffn", layer, r, {"mol_load_balance": zero, "mol_z": zero})
+        else:
+            r = self.router(x_TD)
+            if recorder is not None:
+                recorder.record("ffn", layer, r, {"mol_load_balance": load_balance_loss(r), "mol_z": z_loss(r)})
         if not self.cfg.grouped:
             return self.reference(x_TD, r)
         return self.grouped(x_TD, r.topk_idx_TK, r.topk_w_TK)
+
+    def depth_routing(self, x_TD: torch.Tensor, layer: int) -> Routing:
+        """Every token to expert j = this application's index in its group (``layer % group_depth``), weight 1."""
+        T, E = x_TD.shape[0], self.cfg.num_experts
+        idx_TK = torch.full((T, 1), layer % self.group_depth, dtype=torch.long, device=x_TD.device)
+        probs_TE = F.one_hot(idx_TK[:, 0], E).float()
+        return Routing(probs_TE, probs_TE, idx_TK, torch.ones(T, 1, device=x_TD.device))
 
     def grouped(self, x_TD: torch.Tensor, idx_TK: torch.Tensor, w_TK: torch.Tensor) -> torch.Tensor:
         """The fast path: ``GroupedLoRAFFN`` over this layer's experts."""

@@ -290,14 +290,17 @@ def test_replication_smoke(tmp_path):
         pytest.skip(f"the offline GLUE copies ({GLUE_DIR}) exist on the project's machines only")
     out = str(tmp_path / "repl")
     r = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--smoke",
-                 "--rows", "a,b,e-routing", "--teacher-layers", "1,4", "--distill-layers", "2,5", "--pooled-weight", "0.5"],
+                 "--rows", "a,b,e-routing,f", "--teacher-layers", "1,4", "--distill-layers", "2,5", "--pooled-weight", "0.5"],
                 env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     log = open(os.path.join(out, "replication.log")).read()
     assert "group 0 (layers 0-2) <- teacher layer 1" in log and "group 1 (layers 3-5) <- teacher layer 4" in log
     assert "student group -> teacher layer [2, 5]" in log and "pooled-embedding cosine weight 0.5" in log
     res = json.load(open(os.path.join(out, "replication.json")))["rows"]
-    assert list(res) == ["a", "b", "e-routing"]
+    assert list(res) == ["a", "b", "e-routing", "f"]
+    # (f): 3 depth-wise LoRAs of rank 43 hold the parameters of (b)'s 8 rank-16 experts and router (to 0.1 %)
+    assert abs(res["f"]["unique_layer_params"] - res["b"]["unique_layer_params"]) < 0.001 * res["b"]["unique_layer_params"]
+    assert "--mol-routing depth --mol-rank 43 --mol-init svd" in r.stdout  # the commands are echoed
     assert res["a"]["unique_layer_params"] == 6 * 1_774_464  # MiniLM's 6 layers
     assert res["b"]["unique_layer_params"] <= res["a"]["unique_layer_params"] / 3
     assert res["e-routing"]["unique_layer_params"] < res["b"]["unique_layer_params"]  # experts folded away

@@ -240,3 +240,65 @@ def test_family_block_trains_the_same_on_two_ranks_with_expert_parallelism(shard
     model, _ = load_native(folded)
     assert model.cfg.norm_position == "post" and model.model.groups[1].block.ffn.Wi.bias is not None
     assert float(model.model.groups[1].block.ffn.Wo.bias.detach().abs().sum()) > 0  # the biases trained
+
+
+def test_depth_routed_lora_serves_each_application_its_own_expert():
+    """mol.routing=depth (the relaxed-recursive baseline): application j of a group uses expert j for every
+    token, grouped = reference, and the recorder sees all tokens on that expert."""
+    from model.config import MoLConfig
+    from model.mol import MoLFFN
+    from model.routing import RoutingRecorder
+
+    torch.manual_seed(0)
+    m = MoLFFN(32, 48, MoLConfig(groups=(0,), num_experts=3, top_k=1, rank=4, alpha=8, routing="depth"), "gelu",
+               True, group_depth=3)
+    assert not hasattr(m, "router")
+    with torch.no_grad():
+        m.B1.normal_(std=0.1)
+        m.B2.normal_(std=0.1)
+    x = torch.randn(20, 32)
+    for layer in (3, 4, 5):  # a group's three applications
+        rec = RoutingRecorder()
+        got = m(x, layer, rec)
+        j = layer % 3
+        wi = m.Wi.weight + m.scale * m.B1[j] @ m.A1[j]
+        wo = m.Wo.weight + m.scale * m.B2[j] @ m.A2[j]
+        want = torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(x, wi, m.Wi.bias)),
+                                          wo, m.Wo.bias)
+        assert float((got - want).detach().abs().max()) < 1e-5
+        assert float((m.reference(x, m.depth_routing(x, layer)) - want).abs().max()) < 1e-5
+        assert rec.stats[f"layer{layer}.ffn"]["tokens_per_expert"].tolist() == [20 if e == j else 0 for e in range(3)]
+    with pytest.raises(ConfigError, match="needs mol.num_experts = group_depth"):
+        preset("tiny", mol=MoLConfig(groups=(1,), num_experts=8, top_k=1, routing="depth"))
+
+
+def test_depth_loras_from_svd_at_full_rank_give_each_depth_its_teacher_ffn(tmp_path):
+    """--mol-routing depth --mol-init svd at full rank: the FFN at application j of group g has exactly the
+    weights of teacher layer (the g-th run's j-th layer) (its biases and the attention stay the run's mean)."""
+    import dataclasses
+
+    from model.config import MoLConfig
+    from model.modernalbert import ModernAlbertForMaskedLM
+    from model.routing import RoutingRecorder
+    from model.teacher import layer_sets, map_weights, read_teacher_config, read_teacher_weights, student_config
+
+    path, teacher = _small_bert(tmp_path)
+    info = read_teacher_config(path)
+    base = dataclasses.replace(preset("tiny"), num_groups=2, group_depth=3, embedding_size=32,
+                               mol=MoLConfig(groups=(0, 1), num_experts=3, top_k=1, rank=32, alpha=32.0,
+                                             routing="depth"))
+    cfg = student_config(info, base, take_dims=True)
+    student = ModernAlbertForMaskedLM(cfg)
+    state, _ = map_weights(info, read_teacher_weights(info), student.state_dict(), cfg, layer_sets(2, 6, "average"),
+                           "svd")
+    student.load_state_dict(state)
+    x = torch.randn(10, 32)
+    with torch.no_grad():
+        for layer in range(6):
+            ffn = student.model.groups[layer // 3].block.ffn
+            t = teacher.encoder.layer[layer]
+            # GELU(W1 x + b1) W2 + b2 with the teacher layer's weights; the biases stay the run's mean (a LoRA
+            # corrects weights only)
+            h = torch.nn.functional.gelu(torch.nn.functional.linear(x, t.intermediate.dense.weight, ffn.Wi.bias))
+            want = torch.nn.functional.linear(h, t.output.dense.weight, ffn.Wo.bias)
+            assert float((ffn(x, layer, RoutingRecorder()) - want).abs().max()) < 1e-4, layer

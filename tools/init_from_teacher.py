@@ -26,6 +26,7 @@ Pretrain from it with the teacher's vocabulary and the distillation losses:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -45,8 +46,6 @@ from model.native_format import OutputDir, InputError, save_native
 
 def parse_sets(items: list[str]) -> dict:
     """``["group_depth=3", …]`` → ``{"group_depth": 3}``; only scalar top-level ``ModelConfig`` fields."""
-    import dataclasses
-
     from model.config import ModelConfig
 
     scalars = {f.name: f.type for f in dataclasses.fields(ModelConfig) if f.name not in ("mol", "attn_experts")}
@@ -96,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="fresh (default): MoL experts start at zero (B = 0); svd: a group applied at several depths "
                         "gets expert j = the truncated SVD of depth j's teacher layer minus the shared block "
                         "(with --layer-select average, whose runs give the depths)")
+    p.add_argument("--mol-routing", choices=("learned", "depth"), default="learned",
+                   help="learned (default): the preset's routed MoL; depth: one expert per application of the "
+                        "group (num_experts = group_depth, top-1, no router): depth-wise LoRAs, the Relaxed "
+                        "Recursive Transformers baseline (with --mol-init svd, their initialisation)")
+    p.add_argument("--mol-rank", type=int, help="MoL/depth LoRA rank (default: the preset's; its scale alpha/rank is kept)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parts not taken from the teacher")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -106,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
             raise TeacherError(f"teacher {a.teacher!r}: no tokenizer.json or vocab.txt (the student uses the "
                                "teacher's vocabulary)")
         base = preset(a.preset, **parse_sets(a.set))
+        mol = base.mol
+        rank = a.mol_rank or mol.rank
+        mol = dataclasses.replace(mol, rank=rank, alpha=mol.alpha / mol.rank * rank)
+        if a.mol_routing == "depth":
+            mol = dataclasses.replace(mol, routing="depth", num_experts=base.group_depth, top_k=1)
+        base = dataclasses.replace(base, mol=mol).validate()
         cfg = student_config(info, base, a.dims == "teacher", a.intermediate_size, a.block)
         if a.layers:
             try:

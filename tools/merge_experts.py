@@ -91,14 +91,15 @@ def merge(model: ModernAlbertForMaskedLM, shares: dict[int, torch.Tensor], fold:
     if fold:
         new_mol = dataclasses.replace(mol, groups=())
     else:  # one expert, scale 1 (alpha = rank): ffn = (W + B A) for every token
-        new_mol = dataclasses.replace(mol, num_experts=1, top_k=1, rank=R, alpha=float(R), jitter=0.0)
+        new_mol = dataclasses.replace(mol, num_experts=1, top_k=1, rank=R, alpha=float(R), jitter=0.0,
+                                      routing="learned")
     cfg = dataclasses.replace(copy.deepcopy(model.cfg), mol=new_mol).validate()
     out = ModernAlbertForMaskedLM(cfg)
     state = {k: v for k, v in model.state_dict().items()}
     for g, m in layers.items():
         prefix = f"model.groups.{g}.block.ffn."
         for k in ("A1", "B1", "A2", "B2", "router.weight"):
-            del state[prefix + k]
+            state.pop(prefix + k, None)  # depth-routed MoL has no router
         if fold:
             dWi_E, dWo_E = m.delta_weights()
             dWi = (shares[g].view(-1, 1, 1) * dWi_E).sum(0)
@@ -108,7 +109,7 @@ def merge(model: ModernAlbertForMaskedLM, shares: dict[int, torch.Tensor], fold:
         else:
             for k, v in merged_factors(m, shares[g].double()).items():
                 state[prefix + k] = v
-            state[prefix + "router.weight"] = torch.zeros(1, m.router.weight.shape[1])  # one expert, z-loss 0
+            state[prefix + "router.weight"] = torch.zeros(1, m.Wi.weight.shape[1])  # one expert, z-loss 0
     out.load_state_dict(state, strict=True)
     return out.eval()
 
