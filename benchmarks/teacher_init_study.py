@@ -157,12 +157,13 @@ def plot(rows: dict, path: str) -> None:
         ax.barh(range(len(names)), vals, xerr=err, color=["#888" if n == "teacher" else "#4878cf" for n in names])
         if key == "probe":
             ax.axvline(100 * rows[names[-1]][key]["constant"], color="k", ls="--", lw=1, label="constant predictor")
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="upper left")
+            ax.set_xlim(50, 85)  # the constant predictor scores 61.6: the bars' differences sit above it
         ax.set_title(title, fontsize=10)
     axes[0].set_yticks(range(len(names)), names, fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle("Step-0 students of all-MiniLM-L6-v2 (K 2 × G 3, FFN 768, e 128 unless named); 95 % bootstrap CIs",
-                 fontsize=10)
+    fig.suptitle("Students of all-MiniLM-L6-v2 at step 0 (distilled-*: after 0.49 M tokens of distillation); "
+                 "K 2 × G 3, FFN 768, e 128 unless named; 95 % bootstrap CIs", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
