@@ -102,6 +102,11 @@ def setup(cfg: RunConfig) -> Runtime:
                               f"{index.vocab_size} ({cfg.data.dir}); build them with the same tokenizer")
     elif cfg.model.vocab_size != index.vocab_size:
         cfg.model.vocab_size = index.vocab_size  # the data's tokenizer decides
+    m = cfg.model
+    if m.position_embedding == "absolute" and index.seq_len > m.max_position_embeddings:
+        raise ConfigError(f"model.max_position_embeddings={m.max_position_embeddings}: the shards' samples have up "
+                          f"to {index.seq_len} tokens ({cfg.data.dir}); rebuild them with --seq-len "
+                          f"{m.max_position_embeddings} or less")
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     if world_env % cfg.parallel.ep:
         raise ConfigError(f"parallel.ep={cfg.parallel.ep}: must divide the number of processes ({world_env})")

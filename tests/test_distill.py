@@ -242,14 +242,17 @@ def test_modernbert_teacher_maps_exactly_and_its_logit_kl_is_active_and_falls(mi
     for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(minilm, f), teacher_dir / f)
     init = str(tmp_path / "init")
-    r = run_cli(["tools/init_from_teacher.py", str(teacher_dir), "--preset", "tiny", "--out", init])
+    r = run_cli(["tools/init_from_teacher.py", str(teacher_dir), "--preset", "tiny", "--layer-select", "average",
+                 "--out", init])
     assert r.returncode == 0, r.stderr
     assert "MLM head: from the teacher" in r.stdout
     student, _ = load_native(init)
     t = _teacher_state(str(teacher_dir))
     s = student.state_dict()
     assert torch.equal(s["model.groups.1.block.attn.Wqkv.weight"], t["model.layers.2.attn.Wqkv.weight"])
-    assert torch.equal(s["model.groups.0.block.ffn.Wi.weight"], t["model.layers.0.mlp.Wi.weight"])
+    # average over 3 teacher layers for 2 groups: group 0 = mean of layers 0 and 1, group 1 = layer 2
+    mean_wi = (t["model.layers.0.mlp.Wi.weight"] + t["model.layers.1.mlp.Wi.weight"]) / 2
+    torch.testing.assert_close(s["model.groups.0.block.ffn.Wi.weight"], mean_wi, rtol=0, atol=1e-7)
     assert torch.equal(s["head.dense.weight"], t["head.dense.weight"])
     # from a fresh student (the initialised one starts with the teacher's bias and a KL near 0)
     out, recs = _train(str(tmp_path / "run"), teacher_shards, "", str(teacher_dir), nproc=1, steps=15,
