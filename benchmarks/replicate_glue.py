@@ -113,12 +113,13 @@ def make_variant(init_b: str, out: str, which: str, seed: int = 0) -> None:
 
 def depth_lora_rank(init_b: str) -> int:
     """The rank at which G depth-wise LoRAs hold as many parameters as (b)'s E routed experts plus router."""
-    from model.native_format import load_native
+    from model.config import ModelConfig
+    from model.mol import wi_width
+    from model.native_format import read_config
 
-    cfg = load_native(init_b)[0].cfg
+    cfg = ModelConfig.from_dict(read_config(init_b)["model"])
     d, I, m = cfg.hidden_size, cfg.intermediate_size, cfg.mol
-    F = 2 * I if cfg.ffn_activation == "geglu" else I
-    per_rank = d + F + I + d  # A1, B1, A2, B2 of one expert, per unit of rank
+    per_rank = d + wi_width(I, cfg.ffn_activation) + I + d  # A1, B1, A2, B2 of one expert, per unit of rank
     return max(1, round((m.num_experts * m.rank * per_rank + m.num_experts * d) / (cfg.group_depth * per_rank)))
 
 

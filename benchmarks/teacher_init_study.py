@@ -35,6 +35,8 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from benchmarks.replicate_glue import unique_layer_params
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEOMETRY = ["--preset", "tiny", "--dims", "teacher", "--intermediate-size", "768", "--set", "group_depth=3",
             "--set", "embedding_size=128"]
@@ -74,12 +76,6 @@ def build(name: str, out: str) -> str:
                "--out", path, "--overwrite"]
         subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return path
-
-
-def unique_layer_params(path: str) -> int:
-    from benchmarks.replicate_glue import unique_layer_params as count
-
-    return count(path)
 
 
 class Scorer:

@@ -19,6 +19,11 @@ ATTN_BACKENDS = ("auto", "sdpa", "flash_attn", "torch_varlen")
 POSITION_EMBEDDINGS = ("rope", "absolute")
 NORM_POSITIONS = ("pre", "post")
 FFN_ACTIVATIONS = ("geglu", "gelu")
+# The two block families as ModelConfig field values: ModernBERT's (the defaults) and the BERT family's
+# (BERT, MiniLM, E5, BGE, GTE), which model/teacher.py gives a BERT teacher's student and the stock ALBERT
+# export requires.
+MODERN_BLOCK = {"bias": False, "position_embedding": "rope", "norm_position": "pre", "ffn_activation": "geglu"}
+BERT_BLOCK = {"bias": True, "position_embedding": "absolute", "norm_position": "post", "ffn_activation": "gelu"}
 
 
 class ConfigError(ValueError):

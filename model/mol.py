@@ -60,9 +60,6 @@ class DenseFFN(nn.Module):
         return self.Wo(self.act(self.Wi(x_TD)))
 
 
-GeGLUFFN = DenseFFN  # the name it had while GeGLU was the only activation
-
-
 def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """Row block e of ``x`` (``counts[e]`` rows, blocks in expert order) times ``w[e]ᵀ``; [N, O]."""
     outs = [blk @ w_EOI[e].t() for e, blk in enumerate(torch.split(x_NI, counts)) if counts[e]]
@@ -141,15 +138,15 @@ class MoLFFN(nn.Module):
         nn.init.zeros_(self.B2)
 
     def forward(self, x_TD: torch.Tensor, layer: int = 0, recorder: RoutingRecorder | None = None) -> torch.Tensor:
-        if self.cfg.routing == "depth":
-            r = self.depth_routing(x_TD, layer)
-            zero = x_TD.new_zeros((), dtype=torch.float32)
-            if recorder is not None:  # the same loss names as learned routing, at zero: nothing to balance
-                recorder.record("ffn", layer, r, {"mol_load_balance": zero, "mol_z": zero})
-        else:
-            r = self.router(x_TD)
-            if recorder is not None:
-                recorder.record("ffn", layer, r, {"mol_load_balance": load_balance_loss(r), "mol_z": z_loss(r)})
+        depth = self.cfg.routing == "depth"
+        r = self.depth_routing(x_TD, layer) if depth else self.router(x_TD)
+        if recorder is not None:
+            if depth:  # the same loss names as learned routing, at zero: nothing to balance
+                zero = x_TD.new_zeros((), dtype=torch.float32)
+                losses = {"mol_load_balance": zero, "mol_z": zero}
+            else:
+                losses = {"mol_load_balance": load_balance_loss(r), "mol_z": z_loss(r)}
+            recorder.record("ffn", layer, r, losses)
         if not self.cfg.grouped:
             return self.reference(x_TD, r)
         return self.grouped(x_TD, r.topk_idx_TK, r.topk_w_TK)

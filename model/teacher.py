@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.config import ModelConfig
+from model.config import BERT_BLOCK, ModelConfig
 
 FAMILIES = {"bert": "bert", "modernbert": "modernbert"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -146,8 +146,8 @@ def family_fields(info: TeacherInfo) -> dict:
     if info.position_embedding_type != "absolute":
         raise TeacherError(f"teacher {info.path!r}: position_embedding_type {info.position_embedding_type!r}; "
                            "only absolute positions are supported")
-    return {"bias": True, "position_embedding": "absolute", "max_position_embeddings": info.max_position_embeddings,
-            "norm_position": "post", "ffn_activation": "gelu", "norm_eps": info.norm_eps, "global_every": 1}
+    return {**BERT_BLOCK, "max_position_embeddings": info.max_position_embeddings, "norm_eps": info.norm_eps,
+            "global_every": 1}
 
 
 def student_config(info: TeacherInfo, base: ModelConfig, take_dims: bool,

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from conftest import assert_close
 from model.attention import apply_rotary, attention
-from model.config import AttnExpertsConfig, ConfigError, ModelConfig, MoLConfig, preset
+from model.config import BERT_BLOCK, AttnExpertsConfig, ConfigError, ModelConfig, MoLConfig, preset
 from model.flops import count_parameters
 from model.losses import combine_losses
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
-from model.mol import GeGLUFFN, MoLFFN
+from model.mol import DenseFFN, MoLFFN
 
 torch.set_default_dtype(torch.float32)
 
@@ -86,16 +86,12 @@ def padded_reference(model: ModernAlbertForMaskedLM, ids: torch.Tensor, doc_lens
     return enc.final_norm(x)[valid]
 
 
-# the BERT family's block (model/config.py): what a student of a BERT/MiniLM teacher uses
-BERT_FAMILY = dict(bias=True, position_embedding="absolute", norm_position="post", ffn_activation="gelu")
-
-
 @pytest.mark.parametrize("family", [False, True])
 @pytest.mark.parametrize("mol", [False, True])
 @pytest.mark.parametrize("window", [128, 8])
 def test_unpadded_forward_and_grads_equal_the_padded_reference(mol, window, family):
     torch.manual_seed(0)
-    cfg = _tiny(local_window=window, mol=MoLConfig(groups=(1,) if mol else ()), **(BERT_FAMILY if family else {}))
+    cfg = _tiny(local_window=window, mol=MoLConfig(groups=(1,) if mol else ()), **(BERT_BLOCK if family else {}))
     model = ModernAlbertForMaskedLM(cfg).eval()
     _random_lora(model)
     with torch.no_grad():  # biases start at zero: give them values, so the test sees where each is added
@@ -168,7 +164,7 @@ def test_mol_at_init_equals_the_plain_ffn():
     torch.manual_seed(0)
     cfg = MoLConfig(groups=(0,), num_experts=4, top_k=2, rank=4, alpha=8)
     mol = MoLFFN(16, 24, cfg)
-    plain = GeGLUFFN(16, 24)
+    plain = DenseFFN(16, 24)
     plain.load_state_dict({"Wi.weight": mol.Wi.weight, "Wo.weight": mol.Wo.weight})
     x = torch.randn(50, 16)
     assert (mol(x) - plain(x)).abs().max().item() <= 1e-6

@@ -12,9 +12,7 @@ import torch
 
 from conftest import pretrain, run_cli
 from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
-from model.config import ConfigError, preset
-
-BERT_FAMILY = dict(bias=True, position_embedding="absolute", norm_position="post", ffn_activation="gelu")
+from model.config import BERT_BLOCK, ConfigError, preset
 
 
 @pytest.fixture(scope="module")
@@ -209,8 +207,7 @@ def test_teacher_reads_the_clean_text_by_default():
 def test_family_block_trains_the_same_on_two_ranks_with_expert_parallelism(shards_dir, tmp_path):
     """The shipped tiny preset with the BERT family's block: 2 ranks (FSDP2 with EP=2, and DeepSpeed ZeRO-3;
     a loader worker each) give the losses of 1 process, and the EP checkpoint consolidates and folds."""
-    family = ["model.bias=true", "model.position_embedding=absolute", "model.norm_position=post",
-              "model.ffn_activation=gelu", "model.global_every=1"]
+    family = [f"model.{k}={str(v).lower()}" for k, v in BERT_BLOCK.items()] + ["model.global_every=1"]
     common = [f"data.dir={shards_dir}", "train.steps=4", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
               "checkpoint.every=4", "schedule.warmup_steps=2", "train.log_every=1", "eval.every=0", *family]
     runs = {}

@@ -46,6 +46,7 @@ if __package__ in (None, ""):
 import torch
 
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
+from model.config import BERT_BLOCK, MODERN_BLOCK
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.native_format import InputError, OutputDir, follow_umask, load_native_all
 
@@ -116,14 +117,10 @@ def _no_experts(cfg, fmt: str) -> None:
                          "tools/merge_experts.py --fold first, or use --format modernalbert")
 
 
-FAMILY = {"bias": True, "position_embedding": "absolute", "norm_position": "post", "ffn_activation": "gelu"}
-MODERN = {"bias": False, "position_embedding": "rope", "norm_position": "pre", "ffn_activation": "geglu"}
-
-
 def _block_is(cfg, fields: dict, fmt: str, other: str) -> None:
     bad = [f"{k}={getattr(cfg, k)!r}" for k, v in fields.items() if getattr(cfg, k) != v]
     if bad:
-        raise InputError(f"--format {fmt} needs the {'BERT-family' if fields is FAMILY else 'ModernBERT-style'} "
+        raise InputError(f"--format {fmt} needs the {'BERT-family' if fields is BERT_BLOCK else 'ModernBERT-style'} "
                          f"block, this model has {', '.join(bad)}: use --format {other} or modernalbert")
 
 
@@ -131,7 +128,7 @@ def albert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
     """The native weights in AlbertForMaskedLM's names: group g → albert_layer_groups.g (shared by G layers)."""
     cfg, enc = model.cfg, model.model
     _no_experts(cfg, "albert")
-    _block_is(cfg, FAMILY, "albert", "modernbert")
+    _block_is(cfg, BERT_BLOCK, "albert", "modernbert")
     if not all(cfg.is_global(i) for i in range(cfg.num_layers)) and cfg.local_window // 2 < cfg.max_position_embeddings - 1:
         raise InputError(f"--format albert needs full attention in every layer (model.global_every="
                          f"{cfg.global_every}, local_window={cfg.local_window}): use --format modernalbert")
@@ -189,7 +186,7 @@ def modernbert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
     """The native weights unrolled into ModernBertForMaskedLM's names (layer i ← group i // G)."""
     cfg, enc = model.cfg, model.model
     _no_experts(cfg, "modernbert")
-    _block_is(cfg, MODERN, "modernbert", "albert")
+    _block_is(cfg, MODERN_BLOCK, "modernbert", "albert")
     sd = {"model.embeddings.tok_embeddings.weight": model.decoder_weight(),
           "model.embeddings.norm.weight": enc.embeddings.norm.weight,
           "model.final_norm.weight": enc.final_norm.weight,
