@@ -21,12 +21,14 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import zlib
 
 from data_prep.errors import DataPrepError
 from model.config import ConfigError
 from pretrain.config import load_config
+from pretrain.dryrun import check_world
 from pretrain.shard_cache import load_index
 
 
@@ -71,6 +73,20 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.overrides))
 
 
+def dry_run(a: argparse.Namespace, world: int) -> None:
+    """The job's dry run (its own process: it starts a simulated process group); its error line if it fails."""
+    cmd = [sys.executable, "-m", "pretrain.dryrun", "--config", a.config, "--world-size", str(world),
+           "--gpus-per-node", str(a.tasks_per_node), "--gpu-memory-gb", str(a.gpu_memory_gb), "--no-reference",
+           *a.overrides]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        lines = [x for x in r.stderr.strip().splitlines() if x.startswith("error: ")]
+        raise ConfigError(lines[-1][len("error: "):] if lines else f"the dry run failed:\n{r.stderr[-2000:]}")
+    total = next((x for x in r.stdout.splitlines() if x.strip().startswith("total")), "")
+    print(f"dry run: {world} ranks, predicted memory per GPU {total.split()[-1] if total else '?'} GiB "
+          "(python -m pretrain.dryrun shows the whole plan)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pretrain.launch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,16 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--signal-delay-s", type=int, default=120, help="preemption signal this long before the time limit")
     p.add_argument("--max-requeues", type=int, default=3, help="timeouts tolerated before giving up")
     p.add_argument("--no-wait", action="store_true", help="return after submitting (slurm never waits)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80,
+                   help="slurm: the dry run (python -m pretrain.dryrun) refuses a job predicted above this per GPU")
+    p.add_argument("--no-dry-run", action="store_true", help="slurm: submit without the dry run's memory check")
     p.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     a = p.parse_args(argv)
     try:
         cfg = load_config(a.config, a.overrides)
         if a.nodes < 1 or a.tasks_per_node < 1:
             raise ConfigError(f"--nodes={a.nodes} --tasks-per-node={a.tasks_per_node}: both must be >= 1")
-        load_index(cfg.data.dir)  # the jobs would all fail on it, after waiting in the queue
+        index = load_index(cfg.data.dir)  # the jobs would all fail on it, after waiting in the queue
+        world = a.nodes * a.tasks_per_node
+        check_world(cfg, world, index.seq_len, a.tasks_per_node)  # the dry run's checks: ep, global batch
         if a.cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
             raise ConfigError("--cluster slurm: no sbatch/srun on this machine's PATH; submit from a SLURM login "
                               "node, or run here with --cluster local")
+        if a.cluster == "slurm" and not a.no_dry_run:
+            dry_run(a, world)
     except (ConfigError, DataPrepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -132,12 +133,17 @@ def setup(cfg: RunConfig) -> Runtime:
 
 # ---------------------------------------------------------------------------------------------- build
 
-def build_model(cfg: RunConfig, rt: Runtime) -> tuple[ModernAlbertForMaskedLM, object]:
-    """The model on the meta device, then materialised, initialised and parallelised unit by unit."""
+def build_model(cfg: RunConfig, rt: Runtime, fill: Callable | None = None) -> tuple[ModernAlbertForMaskedLM, object]:
+    """The model on the meta device, then materialised, initialised and parallelised unit by unit.
+
+    ``fill(model, select)`` replaces the initialisation (the dry run's cheap values; shapes and sharding unchanged).
+    """
     with torch.device("meta"):
         model = ModernAlbertForMaskedLM(cfg.model)
 
     def init(select) -> None:  # the same values on every rank: seeded per module, or loaded
+        if fill is not None:
+            return fill(model, select)
         model.init_weights(cfg.train.seed, select=select)
         if rt.init_state is not None:
             with torch.no_grad():
@@ -221,9 +227,11 @@ class StepSums:
 class Trainer:
     """The built run (model, engine, optimizer, schedule, data, logging) and its stages."""
 
-    def __init__(self, cfg: RunConfig, rt: Runtime, preemption: PreemptionWatch) -> None:
+    def __init__(self, cfg: RunConfig, rt: Runtime, preemption: PreemptionWatch | None,
+                 fill: Callable | None = None, with_data: bool = True) -> None:
+        """``fill`` and ``with_data=False``: the dry run's build (``pretrain/dryrun.py``): cheap weights, no loaders."""
         self.cfg, self.rt = cfg, rt
-        self.model, par = build_model(cfg, rt)
+        self.model, par = build_model(cfg, rt, fill)
         self.teacher = (Teacher(cfg.distill, cfg.model, rt.index.seq_len, rt.device, verbose=rt.rank == 0,
                                 init_from=cfg.init_from) if cfg.distill.teacher else None)
         optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
@@ -231,18 +239,24 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule))
         self.engine = build_engine(cfg, rt, self.model, par, optimizer)
-        cache = dict(cache_dir=cfg.data.cache_dir, cache_gb=cfg.data.cache_gb)
-        self.loader = PretrainLoader(LoaderConfig(cfg.data.dir, cfg.train.micro_batch_size, seed=cfg.data.seed,
-                                                  num_workers=cfg.data.num_workers, mlm=cfg.data.mlm,
-                                                  pin_memory=rt.device.type == "cuda", **cache), rt.rank, rt.world)
-        self.val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm,
-                               rt.rank, rt.world, **cache) if cfg.eval.every else None)
+        self.loader = self.val = None
+        if with_data:
+            self._build_data()
         self.flops = TrainingFlops(cfg.model)
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
         self.step_no = self.start_step = 0
         self.resumed_from: str | None = None
         self.preemption = preemption
         self.logger: TrainLogger | None = None  # set by run(); rank 0's log-write fault stops every rank
+
+    def _build_data(self) -> None:
+        cfg, rt = self.cfg, self.rt
+        cache = dict(cache_dir=cfg.data.cache_dir, cache_gb=cfg.data.cache_gb)
+        self.loader = PretrainLoader(LoaderConfig(cfg.data.dir, cfg.train.micro_batch_size, seed=cfg.data.seed,
+                                                  num_workers=cfg.data.num_workers, mlm=cfg.data.mlm,
+                                                  pin_memory=rt.device.type == "cuda", **cache), rt.rank, rt.world)
+        self.val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm,
+                               rt.rank, rt.world, **cache) if cfg.eval.every else None)
 
     # resume / save ------------------------------------------------------------------------------
     def resume(self) -> None:
