@@ -152,6 +152,9 @@ class RunConfig:
             raise ConfigError(
                 f"train.global_batch_tokens={self.train.global_batch_tokens}: at seq_len {seq_len} that is {samples} "
                 f"samples, not a multiple of train.micro_batch_size x world size = {per_step}"
+                + (f" (a train.micro_batch_size dividing {samples // world_size}, the samples per rank, fits)"
+                   if samples >= world_size and samples % world_size == 0
+                   else f" (the samples do not split evenly over {world_size} ranks)")
             )
         return samples // per_step
 

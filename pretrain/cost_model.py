@@ -44,7 +44,8 @@ class Hardware:
         return self
 
 
-def load_hardware(name: str, path: str = DEFAULT_FILE) -> Hardware:
+def load_hardware(name: str, path: str = DEFAULT_FILE, mfu: float | None = None) -> Hardware:
+    """Entry ``name`` of the YAML at ``path``; ``mfu`` overrides its assumed MFU."""
     with open(path, encoding="utf-8") as f:
         table = yaml.safe_load(f) or {}
     if name not in table:
@@ -55,6 +56,8 @@ def load_hardware(name: str, path: str = DEFAULT_FILE) -> Hardware:
     if unknown or missing:
         raise ConfigError(f"hardware {name} in {path}: unknown keys {sorted(unknown)}, missing {sorted(missing)}"
                           if unknown else f"hardware {name} in {path}: missing keys {sorted(missing)}")
+    if mfu is not None:
+        entry = {**entry, "mfu": mfu}
     return Hardware(name=name, **entry).validate()
 
 

@@ -26,8 +26,12 @@ A config that cannot run at that size stops with one line naming the field, exit
 size and ``parallel.ep`` (divisibility), the global batch (whole micro-batches on every rank), or the
 predicted memory per GPU over ``--gpu-memory-gb`` (default: the hardware's memory).
 
-Check the estimates against real processes (the same step on gloo, every collective counted):
-    torchrun --nproc-per-node 2 -m pretrain.dryrun --config pretrain/configs/tiny.yaml --world-size 2 --real
+Check the estimates against real processes (the same step on N gloo processes, every collective
+counted; tests/test_dryrun.py does it at N = 2, RESULTS.md records N = 8):
+    torchrun --nproc-per-node 8 -m pretrain.dryrun --config pretrain/configs/tiny.yaml --world-size 8 \
+        --seq-len 256 train.micro_batch_size=4 parallel.ep=2 --real --json real8.json
+    python -m pretrain.dryrun --config pretrain/configs/tiny.yaml --world-size 8 --seq-len 256 \
+        train.micro_batch_size=4 parallel.ep=2 --compare real8.json
 """
 
 from __future__ import annotations
@@ -274,9 +278,12 @@ def _bf16(cfg: RunConfig) -> bool:
 
 
 def gpu_precision(cfg: RunConfig) -> RunConfig:
-    """The dry run plans a GPU run: ``parallel.precision=auto`` means bf16 there (FSDP2's bf16 policy)."""
+    """The dry run plans a GPU run: ``parallel.precision=auto`` means bf16 there (FSDP2's bf16 policy).
+    ``parallel.compile`` is not applied (Inductor on CPU takes minutes; shapes and collectives do not change,
+    compiled kernels may save somewhat less activation memory than the eager probe measures)."""
     if cfg.parallel.precision == "auto":
         cfg.parallel.precision = "bf16" if _bf16(cfg) else "fp32"
+    cfg.parallel.compile = False
     return cfg
 
 
@@ -349,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--hardware", default="h100", help="an entry of --hardware-file (h100, h200)")
     p.add_argument("--hardware-file", default=cost_model.DEFAULT_FILE)
+    p.add_argument("--mfu", type=float, default=None, help="override the hardware's assumed MFU (cost model)")
     p.add_argument("--gpu-memory-gb", type=float, default=None, help="refuse above this (default: the hardware's)")
     p.add_argument("--seq-len", type=int, default=None,
                    help=f"tokens per sample (default: the shards' in data.dir, else {DEFAULT_SEQ_LEN})")
@@ -357,12 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the report here")
     p.add_argument("--real", action="store_true",
                    help="under torchrun: the same step on real gloo processes, collectives counted (a check)")
+    p.add_argument("--compare", metavar="REAL_JSON",
+                   help="check this dry run against a --real run's --json: state bytes and every collective")
     p.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     a = p.parse_args(argv)
     started = time.time()
     try:
         cfg = gpu_precision(load_config(a.config, a.overrides))
-        hw = cost_model.load_hardware(a.hardware, a.hardware_file)
+        hw = cost_model.load_hardware(a.hardware, a.hardware_file, mfu=a.mfu)
         seq_len = _seq_len_and_vocab(cfg, a.seq_len)
         if cfg.distill.teacher:
             print("note: distill.teacher is not modelled (its forward and memory are not in the estimates)",
@@ -386,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         if a.json:
             with open(a.json, "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
+        if a.compare:
+            with open(a.compare, encoding="utf-8") as f:
+                differences = compare(measured, json.load(f)["measured"])
+            print("\n".join(differences) or f"equal to {a.compare}: state bytes and every collective of every probe")
+            if differences:
+                return 1
         limit = a.gpu_memory_gb if a.gpu_memory_gb is not None else hw.memory_gb
         total = report["memory_bytes"]["total"] / cost_model.GB
         if total > limit:
@@ -407,6 +423,7 @@ def _reference(a: argparse.Namespace, world: int) -> dict | None:
         cmd = [sys.executable, "-m", "pretrain.dryrun", "--config", a.config, "--world-size", str(a.gpus_per_node),
                "--gpus-per-node", str(a.gpus_per_node), "--hardware", a.hardware, "--hardware-file", a.hardware_file,
                "--probe-tokens", str(a.probe_tokens), "--gpu-memory-gb", "1e9", "--no-reference", "--json", out,
+               *(["--mfu", str(a.mfu)] if a.mfu is not None else []),
                *(["--seq-len", str(a.seq_len)] if a.seq_len else []), *a.overrides]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:  # e.g. the global batch does not split over one node: no reference
@@ -435,6 +452,22 @@ def _real(cfg: RunConfig, world: int, seq_len: int, probe_tokens: int, gpus_per_
     finally:
         teardown(agreed)  # barrier, then the model's objects collected while Python runs: no abort at exit
     return (rank_mean(every), world) if rank == 0 else (None, world)
+
+
+def compare(sim: dict, real: dict) -> list[str]:
+    """Where a dry run's measurements differ from a real run's (``--real``): empty when they are equal."""
+    out = [f"state {k}: dry run {sim['state'][k]}, real {real['state'][k]}"
+           for k in sim["state"] if sim["state"][k] != real["state"].get(k)]
+    if len(sim["probes"]) != len(real["probes"]):
+        return [*out, f"probes: dry run {len(sim['probes'])}, real {len(real['probes'])}"]
+    for i, (ps, pr) in enumerate(zip(sim["probes"], real["probes"])):
+        if len(ps["collectives"]) != len(pr["collectives"]):
+            out.append(f"probe {i}: {len(ps['collectives'])} collectives, real {len(pr['collectives'])}")
+            continue
+        for j, (a, b) in enumerate(zip(ps["collectives"], pr["collectives"])):
+            if list(a[:2]) != list(b[:2]) or [float(x) for x in a[2:]] != [float(x) for x in b[2:]]:
+                out.append(f"probe {i} collective {j}: dry run {a}, real {b}")
+    return out
 
 
 def rank_mean(per_rank: list[dict]) -> dict:

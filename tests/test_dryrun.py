@@ -149,10 +149,10 @@ def test_cost_model_arithmetic():
     intra = collective_seconds(hw, "all_gather", 8, False, 100e6, 800e6)
     assert intra == pytest.approx(10e-6 + 7 * 2e-6 + 700e6 / (450e9 * 0.7))
     assert collective_seconds(hw, "all_gather", 8, True, 100e6, 800e6) > 8 * intra  # 50 vs 450 GB/s
-    s = step_seconds(hw, 989e12 * 0.4, False, fsdp_s=0.5, blocking_s=0.25)
+    s = step_seconds(hw, 989e12 * hw.mfu, False, fsdp_s=0.5, blocking_s=0.25)
     assert s["compute_s"] == pytest.approx(1.0) and s["step_s"] == pytest.approx(1.25)
-    assert s["mfu"] == pytest.approx(0.4 / 1.25) and s["bound"] == "compute"
-    assert step_seconds(hw, 989e12 * 0.4, True, 0.0, 0.0)["compute_s"] == pytest.approx(4 / 3)
+    assert s["mfu"] == pytest.approx(hw.mfu / 1.25) and s["bound"] == "compute"
+    assert step_seconds(hw, 989e12 * hw.mfu, True, 0.0, 0.0)["compute_s"] == pytest.approx(4 / 3)
 
 
 def test_hardware_file_errors_name_the_key(tmp_path):
