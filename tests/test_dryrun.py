@@ -168,3 +168,20 @@ def test_hardware_file_errors_name_the_key(tmp_path):
     f.write_text("x:\n" + "".join(f"  {k}: {v}\n" for k, v in {**good, "mfu": 1.5}.items()))
     with pytest.raises(ConfigError, match=r"hardware x.mfu=1.5: must be in \(0, 1\]"):
         load_hardware("x", str(f))
+
+
+def test_slurm_launch_refuses_a_job_the_dry_run_predicts_out_of_memory(shards_dir, tmp_path):
+    """On --cluster slurm, pretrain.launch runs the dry run before submitting; its refusal is the launch's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "srun"):  # must never run: the dry run refuses first
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\ntouch {tmp_path}/{name}.called\nexit 99\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**ENV, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    r = subprocess.run([sys.executable, "-m", "pretrain.launch", "--cluster", "slurm", "--tasks-per-node", "2",
+                        "--gpu-memory-gb", "1", "--config", TINY, f"run_dir={tmp_path}/run", f"data.dir={shards_dir}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("error: train.micro_batch_size=16: predicted "), line
+    assert not list(tmp_path.glob("*.called")) and not (tmp_path / "run" / "submitit").exists()
