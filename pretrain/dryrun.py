@@ -336,6 +336,16 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _init_config(cfg: RunConfig) -> None:
+    from model.config import ModelConfig
+    from model.native_format import InputError, read_config
+
+    try:
+        cfg.model = ModelConfig.from_dict(read_config(cfg.init_from)["model"])
+    except InputError as e:
+        raise ConfigError(f"init_from: {e}") from None
+
+
 def _seq_len_and_vocab(cfg: RunConfig, seq_len: int | None) -> int:
     """The shards' sequence length and vocabulary when data.dir holds an index here, else ``--seq-len``."""
     index_path = os.path.join(cfg.data.dir, "index.json")
@@ -377,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.distill.teacher:
             print("note: distill.teacher is not modelled (its forward and memory are not in the estimates)",
                   file=sys.stderr)
+            cfg.distill.teacher = ""
+        if cfg.init_from:  # training takes the model config from there (the weights do not matter here)
+            _init_config(cfg)
         if a.real:
             measured, world = _real(cfg, a.world_size, seq_len, a.probe_tokens, a.gpus_per_node)
             if measured is None:

@@ -185,3 +185,15 @@ def test_slurm_launch_refuses_a_job_the_dry_run_predicts_out_of_memory(shards_di
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and line.startswith("error: train.micro_batch_size=16: predicted "), line
     assert not list(tmp_path.glob("*.called")) and not (tmp_path / "run" / "submitit").exists()
+
+
+def test_init_from_decides_the_model_and_a_teacher_is_noted_not_modelled(native_dir, tmp_path):
+    """As in training, init_from's model config replaces the YAML's; the distillation teacher is left out."""
+    from model.native_format import load_native
+
+    out = tmp_path / "plan.json"
+    r = _dryrun([*TINY_ARGS, f"init_from={native_dir}", "distill.teacher=/some/teacher"], out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "note: distill.teacher is not modelled" in r.stderr
+    model = load_native(native_dir)[0]
+    assert json.loads(out.read_text())["unique_params"] == sum(p.numel() for p in model.parameters())
