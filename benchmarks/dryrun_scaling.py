@@ -1,7 +1,7 @@
 """The scaling table of the dry run: presets x expert parallelism x world size, predicted on one CPU machine.
 
-    python benchmarks/dryrun_scaling.py [--presets 50m 120m] [--ep 1 8] [--world-sizes 8 64 256 1024]
-        [--hardware h100] [--out runs/dryrun-scaling]
+    python benchmarks/dryrun_scaling.py [--presets 50m 120m] [--ep 1 8] [--world-sizes 8 64 256 512 1024]
+        [--hardware h100] [--mfu M] [--out runs/dryrun-scaling]
 
 Each point is one ``python -m pretrain.dryrun`` (a fresh process: one simulated process group each) on
 the preset's shipped config. The global batch stays the config's (1 M tokens); where the config's
@@ -9,7 +9,9 @@ micro-batch would leave a rank without a whole micro-batch, it shrinks to the sa
 table says so). Writes OUT/scaling.json, OUT/scaling.md and OUT/scaling.png: memory per GPU, bytes per
 collective kind, predicted tokens/s, MFU, scaling efficiency against the 8-GPU row, and the first
 world size at which FSDP's gathers and reduce-scatters, or the expert-parallel all-to-alls, take
-longer than the compute under the cost model (``pretrain/configs/hardware.yaml``).
+longer than the compute under the cost model (``pretrain/configs/hardware.yaml``). The simulations
+(OUT/<preset>-ep<EP>-n<N>.json) do not depend on the hardware and are kept: a rerun with another
+``--hardware`` or ``--mfu`` only re-prices them (``--mfu`` writes scaling-mfu<M>.md/.png beside).
 """
 
 from __future__ import annotations
