@@ -29,32 +29,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-def _local_bytes(t) -> int:
-    from torch.distributed.tensor import DTensor
-
-    t = t.to_local() if isinstance(t, DTensor) else t
-    return t.numel() * t.element_size()
-
-
 def _state_bytes(preset: str, vocab_size: int, rank: int, world: int) -> dict:
     """This rank's bytes of parameters, gradients and AdamW state after one step (the model is freed on return)."""
     import torch
 
     from pretrain.config import RunConfig, load_config
+    from pretrain.dryrun import state_bytes
     from pretrain.train import Runtime, _param_groups, build_model
 
     cfg: RunConfig = load_config(None, [f"model.preset={preset}", f"model.vocab_size={vocab_size}"])
     rt = Runtime(index=None, device=torch.device("cpu"), rank=rank, world=world, accum=1, init_state=None)
     model, _ = build_model(cfg, rt)
-    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=1e-4)
-    for p in params:
-        p.grad = torch.zeros_like(p)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
     opt.step()
-    return {"params": sum(_local_bytes(p) for p in params),
-            "grads": sum(_local_bytes(p.grad) for p in params),
-            "optimizer": sum(_local_bytes(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v)),
-            "unique_params": sum(p.numel() for p in params)}  # global sizes (DTensor.numel is global)
+    return state_bytes(model, opt)
 
 
 def measure(preset: str, vocab_size: int) -> None:

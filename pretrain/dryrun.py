@@ -109,21 +109,33 @@ def probe_batches(cfg: RunConfig, tokens: int):
         i += 1
 
 
-def _local_bytes(t: torch.Tensor) -> int:
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The part of ``t`` this rank holds (a DTensor's shard, or ``t``)."""
     from torch.distributed.tensor import DTensor
 
-    t = t.to_local() if isinstance(t, DTensor) else t
-    return t.numel() * t.element_size()
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The training state this rank holds after an optimizer step: its parameter shards, their gradients (the
+    training step sets them to None after the step: then counted as the parameters' shape and dtype, which they
+    have) and AdamW state; and the number of parameters (global sizes: DTensor.numel is global).
+    ``benchmarks/bench_memory.py`` counts with it too."""
+    def nbytes(t: torch.Tensor) -> int:
+        return _local(t).numel() * _local(t).element_size()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return {"params": sum(nbytes(p) for p in params),
+            "grads": sum(nbytes(p.grad if p.grad is not None else p) for p in params),
+            "optimizer": sum(nbytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)),
+            "unique_params": sum(p.numel() for p in params)}
 
 
 class SavedActivations:
     """Bytes autograd keeps for the backward, per micro-batch (distinct storages; parameters excluded)."""
 
     def __init__(self, model: nn.Module) -> None:
-        from torch.distributed.tensor import DTensor
-
-        local = [p.to_local() if isinstance(p, DTensor) else p for p in model.parameters()]
-        self.param_ptrs = {t.untyped_storage().data_ptr() for t in local}
+        self.param_ptrs = {_local(p).untyped_storage().data_ptr() for p in model.parameters()}
         self.seen: dict[int, int] = {}
         self.per_micro: list[int] = []
 
@@ -153,7 +165,6 @@ def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, 
 
     rt = Runtime(index=None, device=torch.device("cpu"), rank=rank, world=world, accum=accum, init_state=None)
     trainer = Trainer(cfg, rt, preemption=None, fill=cheap_fill, with_data=False)
-    params = [p for p in trainer.model.parameters() if p.requires_grad]
     probes = []
     backward = trainer.engine.backward
     for scale, micro in PROBES:
@@ -173,13 +184,7 @@ def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, 
                        "activations": max(saved.per_micro),
                        "collectives": [(c.kind, list(c.ranks), c.in_bytes, c.out_bytes) for c in LEDGER.records]})
     trainer.engine.backward, rt.accum = backward, accum
-    optimizer = trainer.engine.optimizer
-    state = {"params": sum(_local_bytes(p) for p in params),
-             "grads": sum(_local_bytes(p) for p in params),  # fp32, the parameters' shards (set to None after the step)
-             "optimizer": sum(_local_bytes(v) for s in optimizer.state.values() for v in s.values()
-                              if torch.is_tensor(v)),
-             "unique_params": sum(p.numel() for p in params)}
-    return {"state": state, "probes": probes}
+    return {"state": state_bytes(trainer.model, trainer.engine.optimizer), "probes": probes}
 
 
 def _buckets(collectives: list) -> dict[tuple, list[float]]:

@@ -18,11 +18,13 @@ Job logs: ``run_dir/submitit/``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import zlib
 
 from data_prep.errors import DataPrepError
@@ -75,15 +77,18 @@ class TrainJob:
 
 def dry_run(a: argparse.Namespace, world: int) -> None:
     """The job's dry run (its own process: it starts a simulated process group); its error line if it fails."""
-    cmd = [sys.executable, "-m", "pretrain.dryrun", "--config", a.config, "--world-size", str(world),
-           "--gpus-per-node", str(a.tasks_per_node), "--gpu-memory-gb", str(a.gpu_memory_gb), "--no-reference",
-           *a.overrides]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        lines = [x for x in r.stderr.strip().splitlines() if x.startswith("error: ")]
-        raise ConfigError(lines[-1][len("error: "):] if lines else f"the dry run failed:\n{r.stderr[-2000:]}")
-    total = next((x for x in r.stdout.splitlines() if x.strip().startswith("total")), "")
-    print(f"dry run: {world} ranks, predicted memory per GPU {total.split()[-1] if total else '?'} GiB "
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = os.path.join(tmp, "plan.json")
+        cmd = [sys.executable, "-m", "pretrain.dryrun", "--config", a.config, "--world-size", str(world),
+               "--gpus-per-node", str(a.tasks_per_node), "--gpu-memory-gb", str(a.gpu_memory_gb), "--no-reference",
+               "--json", plan, *a.overrides]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            lines = [x for x in r.stderr.strip().splitlines() if x.startswith("error: ")]
+            raise ConfigError(lines[-1][len("error: "):] if lines else f"the dry run failed:\n{r.stderr[-2000:]}")
+        with open(plan, encoding="utf-8") as f:
+            total = json.load(f)["memory_bytes"]["total"]
+    print(f"dry run: {world} ranks, predicted memory per GPU {total / 2**30:.2f} GiB "
           "(python -m pretrain.dryrun shows the whole plan)", flush=True)
 
 
