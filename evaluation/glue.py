@@ -32,11 +32,19 @@ OUT/results.md (the table). ``--save-model DIR`` keeps the first seed's fine-tun
 (DIR/<task>; for a native model a native classifier directory that ``tools/convert_to_hf.py`` exports
 with its head). A task directory with another layout or a malformed row: one line naming the file and
 line, exit 2.
+
+Hyper-parameter selection (``--select-lr``, ``--select-epochs``): per task, a seeded label-stratified
+``--holdout`` share of the training subset is set aside; every (lr, epochs) of the grid fine-tunes on the
+rest with the first seed and is scored on that slice; the best (ties: the earlier in the grid) then trains
+on the whole training subset for every seed. Dev and test are not seen by the choice, so every model of a
+comparison gets its own hyper-parameters without touching what is reported. The grid's holdout scores
+and the choice go into results.json and results.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -50,7 +58,7 @@ import torch
 from data_prep.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, target_scale, task_spec
 from evaluation.intervals import bootstrap_draws, constant_scores, percentile_ci
 from evaluation.metrics import summarize, task_metrics, task_score
-from evaluation.sampling import subset_examples
+from evaluation.sampling import stratified_subset, subset_examples
 from evaluation.models import add_lora, open_backend
 from finetune.optim import FinetuneOptimizer
 from model.classification import ClassifierConfig, classification_loss
@@ -99,10 +107,18 @@ def fold_output_scale(module: torch.nn.Module, head_names: list[str], scale: flo
             outs[0].bias.mul_(scale)
 
 
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+    """What the selection chooses per task: the peak learning rate and the number of epochs."""
+    lr: float
+    epochs: int
+
+
 def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a, seed: int,
-                 log) -> tuple[dict, dict, torch.nn.Module, ClassifierConfig, int]:
-    """One seed on one task: (metrics per eval split, scores per eval split, the model, its head config,
-    trainable params)."""
+                 log, hp: Hyper | None = None) -> tuple[dict, dict, torch.nn.Module, ClassifierConfig, int]:
+    """One seed on one task (``hp``: lr and epochs, else the command line's): (metrics per eval split,
+    scores per eval split, the model, its head config, trainable params)."""
+    hp = hp or Hyper(a.lr, a.epochs)
     torch.manual_seed(seed)
     head = ClassifierConfig(num_labels=spec.num_labels, pooling=a.pooling, dropout=a.dropout,
                             labels=list(spec.labels))
@@ -113,8 +129,8 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
             p.requires_grad_("lora_" in n or n in head_names)
     params = [p for p in module.parameters() if p.requires_grad]
     n_train = len(data["train"])
-    steps = a.epochs * math.ceil(n_train / a.batch_size)
-    opt = FinetuneOptimizer(params, a.lr, steps)
+    steps = hp.epochs * math.ceil(n_train / a.batch_size)
+    opt = FinetuneOptimizer(params, hp.lr, steps)
     y = torch.tensor(labels["train"], dtype=torch.float32 if spec.is_regression else torch.long)
     # Regression on [0, 1]: on STS-B's 0-5 a fresh head's MSE gradients are 5x larger (against the clip at
     # 1) and a short run spends its steps reaching the targets' mean; the scale goes back into the head below.
@@ -122,14 +138,14 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
     if scale != 1.0:
         y = y / scale
     module.train()
-    for epoch in range(a.epochs):
+    for epoch in range(hp.epochs):
         total, n = 0.0, 0
         for idx in batches(n_train, a.batch_size, seed * 1000 + epoch):
             logits = backend.logits(module, backend.collate([data["train"][i] for i in idx]))
             loss = classification_loss(logits, y[idx])
             opt.step(loss)
             total, n = total + float(loss.detach()), n + 1  # one host sync per step: fine at this scale
-        log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{a.epochs}: train loss {total / n:.4f}")
+        log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{hp.epochs}: train loss {total / n:.4f}")
     if scale != 1.0:
         fold_output_scale(module, head_names, scale)
     results, all_scores = {}, {}
@@ -140,6 +156,35 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
         m = task_metrics(spec.metrics, scores, labels[split])
         results[split], all_scores[split] = {**m, "score": task_score(m, spec.main)}, scores
     return results, all_scores, module, head, sum(p.numel() for p in params)
+
+
+def grid(a) -> list[Hyper]:
+    """The selection grid (lr-major order, which breaks ties); one point when nothing is to be selected."""
+    lrs = a.select_lr or [a.lr]
+    return [Hyper(lr, ep) for lr in lrs for ep in (a.select_epochs or [a.epochs])]
+
+
+def select(backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a, log) -> tuple[Hyper, dict]:
+    """Choose (lr, epochs) for one task on a held-out slice of its training subset (never dev or test)."""
+    points = grid(a)
+    if len(points) == 1:
+        return points[0], {}
+    n_hold = max(1, round(a.holdout * len(data["train"])))
+    hold = set(stratified_subset(labels["train"], n_hold, a.subset_seed + 1, spec.is_regression))
+    fit = [i for i in range(len(data["train"])) if i not in hold]
+    hold_idx = sorted(hold)
+    sub = {"train": [data["train"][i] for i in fit], "holdout": [data["train"][i] for i in hold_idx]}
+    sub_labels = {"train": labels["train"][fit], "holdout": labels["train"][hold_idx]}
+    tried = []
+    for hp in points:
+        res, _, _, _, _ = finetune_one(backend, spec, sub, sub_labels, a, a.seeds[0], lambda *_: None, hp)
+        tried.append({"lr": hp.lr, "epochs": hp.epochs, "holdout_score": res["holdout"]["score"]})
+        log(f"  {spec.name} select lr {hp.lr:g} epochs {hp.epochs}: holdout score {res['holdout']['score']:.4f}")
+    best = max(range(len(tried)), key=lambda i: (tried[i]["holdout_score"], -i))  # ties: the earlier point
+    chosen = points[best]
+    log(f"  {spec.name} chose lr {chosen.lr:g}, {chosen.epochs} epochs ({len(fit)} fit / {len(hold_idx)} holdout)")
+    return chosen, {"fit_examples": len(fit), "holdout_examples": len(hold_idx), "seed": a.seeds[0],
+                    "grid": tried, "chosen": dataclasses.asdict(chosen)}
 
 
 def intervals(spec, seed_scores: list[np.ndarray], gold: np.ndarray, seed: int) -> np.ndarray:
@@ -174,10 +219,16 @@ def markdown(summary: dict) -> str:
     rows.append(f"| **GLUE average** | {', '.join(f'{k} {v}' for k, v in avg['splits'].items())} | score | "
                 f"**{100 * avg['median_of_task_medians']:.2f}** | | | {100 * avg['seed_mean']:.2f} "
                 f"[{100 * lo:.2f}, {100 * hi:.2f}] | {100 * avg['constant']:.2f} |")
-    head = (f"Model `{summary['model']}` ({summary['backend']}), mode {summary['args']['mode']}, "
-            f"{summary['args']['epochs']} epochs, ≤ {summary['args']['max_train'] or 'all'} training examples "
-            f"per task (stratified, subset seed {summary['args']['subset_seed']}), lr {summary['args']['lr']:g}, "
-            f"batch {summary['args']['batch_size']}, seeds {summary['args']['seeds']}. Scores ×100; a task's "
+    args = summary["args"]
+    hyper = f"{args['epochs']} epochs, lr {args['lr']:g}"
+    if any(t.get("selection") for t in summary["tasks"].values()):
+        hyper = (f"lr and epochs chosen per task on a held-out {100 * args['holdout']:g} % of its training subset "
+                 f"(grid lr {', '.join(f'{x:g}' for x in args['select_lr'] or [args['lr']])} × epochs "
+                 f"{', '.join(str(x) for x in args['select_epochs'] or [args['epochs']])}; seed {args['seeds'][0]}): "
+                 + "; ".join(f"{n} {t['lr']:g}/{t['epochs']}" for n, t in summary["tasks"].items()))
+    head = (f"Model `{summary['model']}` ({summary['backend']}), mode {args['mode']}, {hyper}, "
+            f"≤ {args['max_train'] or 'all'} training examples per task (stratified, subset seed "
+            f"{args['subset_seed']}), batch {args['batch_size']}, seeds {args['seeds']}. Scores ×100; a task's "
             "score is the mean of its metrics; constant: the majority training label (STS-B: the mean target).\n")
     return head + "\n" + "\n".join(rows) + "\n"
 
@@ -207,9 +258,10 @@ def run(a: argparse.Namespace, log=print) -> dict:
         per_seed, t0 = [], time.time()
         log(f"== {spec.name}: {len(train)} training examples, "
             f"{', '.join(f'{s} {len(v)}' for s, v in splits.items() if s != 'train')}")
+        hp, selection = select(backend, spec, data, labels, a, log)
         seed_scores = []
         for i, seed in enumerate(a.seeds):
-            res, scores, module, head, trainable = finetune_one(backend, spec, data, labels, a, seed, log)
+            res, scores, module, head, trainable = finetune_one(backend, spec, data, labels, a, seed, log, hp)
             per_seed.append({"seed": seed, **res})
             seed_scores.append(scores)
             log(f"  {spec.name} seed {seed}: " + "  ".join(
@@ -227,6 +279,7 @@ def run(a: argparse.Namespace, log=print) -> dict:
         draws[spec.name] = task_draws[report_split(spec)]
         summary["tasks"][spec.name] = {
             "train_examples": len(train), "trainable_parameters": trainable,
+            "lr": hp.lr, "epochs": hp.epochs, "selection": selection,
             "seconds": round(time.time() - t0, 1), "per_seed": per_seed,
             "summary": {s: {m: summarize([r[s][m] for r in per_seed]) for m in per_seed[0][s]} for s in splits_eval},
             "seed_mean": {s: float(np.mean([r[s]["score"] for r in per_seed])) for s in splits_eval},
@@ -273,6 +326,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--subset-seed", type=int, default=0,
                    help="seed of the subsets and the bootstrap (keep it fixed across the models you compare)")
     p.add_argument("--lr", type=float, default=None, help="default 5e-5 full, 5e-4 lora")
+    p.add_argument("--select-lr", default="",
+                   help="comma-separated learning rates to choose from per task on the held-out slice "
+                        "(see Hyper-parameter selection above; default: no selection, --lr)")
+    p.add_argument("--select-epochs", default="",
+                   help="comma-separated epoch counts to choose from the same way (default: --epochs)")
+    p.add_argument("--holdout", type=float, default=0.2,
+                   help="share of each task's training subset held out for the selection, label-stratified")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--max-len", type=int, default=128, help="tokens per example (pairs truncated longest-first)")
@@ -300,6 +360,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not a.seeds:
         print("error: --seeds: at least one seed", file=sys.stderr)
+        return 2
+    try:
+        a.select_lr = [float(x) for x in a.select_lr.split(",") if x.strip()]
+        a.select_epochs = [int(x) for x in a.select_epochs.split(",") if x.strip()]
+    except ValueError:
+        print(f"error: --select-lr {a.select_lr!r} / --select-epochs {a.select_epochs!r}: comma-separated "
+              "numbers (learning rates; whole epoch counts)", file=sys.stderr)
+        return 2
+    if any(x <= 0 for x in a.select_lr + a.select_epochs):
+        print("error: --select-lr / --select-epochs: positive values only", file=sys.stderr)
+        return 2
+    if not 0 < a.holdout < 1:
+        print(f"error: --holdout {a.holdout}: a share strictly between 0 and 1", file=sys.stderr)
         return 2
     if a.glue_source == "local" and not a.glue_dir:
         print("error: --glue-dir is required with --glue-source local", file=sys.stderr)

@@ -453,3 +453,46 @@ def test_constant_predictor_and_bootstrap_intervals():
     assert np.array_equal(draws, bootstrap_draws(lambda idx: float(right[idx].mean()), 400, seed=0))
     m = task_metrics(("accuracy",), np.eye(2)[right], np.ones(400, int))
     assert m["accuracy"] == 0.75
+
+
+@need_glue
+def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native_dir, tmp_path):
+    """--select-lr/--select-epochs: each grid point is scored on a stratified slice of the training subset;
+    the best one trains every seed and is reported; dev/test labels are not an input of the choice."""
+    from evaluation import glue
+
+    out = str(tmp_path / "sel")
+    argv = [native_dir, "--glue-dir", GLUE_DIR, "--out", out, "--tasks", "RTE", "--seeds", "0", "--max-train", "30",
+            "--max-eval", "16", "--select-lr", "1e-3,1e-6", "--select-epochs", "1,2", "--holdout", "0.2"]
+    assert glue.main(argv) == 0
+    t = json.load(open(os.path.join(out, "results.json")))["tasks"]["RTE"]
+    sel = t["selection"]
+    assert (sel["fit_examples"], sel["holdout_examples"]) == (24, 6)
+    assert [(g["lr"], g["epochs"]) for g in sel["grid"]] == [(1e-3, 1), (1e-3, 2), (1e-6, 1), (1e-6, 2)]
+    best = max(sel["grid"], key=lambda g: g["holdout_score"])
+    assert sel["chosen"] == {"lr": best["lr"], "epochs": best["epochs"]} == {"lr": t["lr"], "epochs": t["epochs"]}
+    assert "chosen per task on a held-out 20 %" in open(os.path.join(out, "results.md")).read()
+
+    # the choice reads the training subset only: without dev/test it chooses the same
+    spec = TASKS["RTE"]
+    a = glue.parser().parse_args(argv)
+    a.seeds, a.lr = [0], 5e-5
+    a.select_lr, a.select_epochs = [1e-3, 1e-6], [1, 2]
+    from evaluation.models import open_backend
+    from evaluation.sampling import subset_examples
+
+    backend = open_backend(native_dir)
+    train = subset_examples(load_local("RTE", GLUE_DIR)["train"], 30, 0)
+    data = {"train": backend.encode([e.texts for e in train], a.max_len)}
+    labels = {"train": np.array([e.label for e in train])}
+    hp, again = glue.select(backend, spec, data, labels, a, lambda *_: None)
+    assert again["grid"] == sel["grid"] and glue.dataclasses.asdict(hp) == sel["chosen"]
+
+
+def test_selection_flags_are_checked(tmp_path):
+    from evaluation import glue
+
+    base = ["model", "--glue-dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert glue.main(base + ["--select-lr", "1e-4,fast"]) == 2
+    assert glue.main(base + ["--select-epochs", "0,3"]) == 2
+    assert glue.main(base + ["--holdout", "1.0"]) == 2
