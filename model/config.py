@@ -54,6 +54,9 @@ class MoLConfig:
     # every token, weight 1 (depth-wise LoRAs: the Relaxed Recursive Transformers baseline, arXiv 2410.20672;
     # needs num_experts = group_depth and top_k = 1; no router)
     routing: str = "learned"
+    # learned routing: the router adds a learned bias per application of the group (zeros at init), so a
+    # router shared by the group's depths can route them apart (model/routing.py: Router)
+    depth_bias: bool = False
 
     def validate(self, num_groups: int, prefix: str = "mol") -> None:
         check(self.num_experts >= 1, f"{prefix}.num_experts", self.num_experts, "must be >= 1")
@@ -68,6 +71,9 @@ class MoLConfig:
             check(0 <= g < num_groups, f"{prefix}.groups", self.groups, f"entries must be in [0, num_groups={num_groups})")
         check(len(set(self.groups)) == len(self.groups), f"{prefix}.groups", self.groups, "must not repeat")
         check(self.routing in MOL_ROUTING, f"{prefix}.routing", self.routing, f"allowed: {', '.join(MOL_ROUTING)}")
+        check(isinstance(self.depth_bias, bool), f"{prefix}.depth_bias", self.depth_bias, "must be true or false")
+        check(not (self.depth_bias and self.routing != "learned"), f"{prefix}.depth_bias", self.depth_bias,
+              f"needs {prefix}.routing = learned (depth routing has no router)")
 
 
 @dataclass

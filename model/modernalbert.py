@@ -301,6 +301,8 @@ class ModernAlbertForMaskedLM(nn.Module):
                 m.reset_lora(g)
             if isinstance(m, Router):
                 fill_(m.weight, nn.init.normal_, g, std=0.02)
+                if m.depth_bias is not None:
+                    nn.init.zeros_(m.depth_bias)
         if select is None or select(""):
             nn.init.zeros_(self.decoder_bias)
 

@@ -120,7 +120,7 @@ class MoLFFN(nn.Module):
         self.Wi = nn.Linear(dim, F_, bias=bias)
         self.Wo = nn.Linear(intermediate, dim, bias=bias)
         if cfg.routing == "learned":  # depth routing has no router
-            self.router = Router(dim, E, cfg.top_k, cfg.jitter)
+            self.router = Router(dim, E, cfg.top_k, cfg.jitter, group_depth if cfg.depth_bias else 0)
         self.A1 = nn.Parameter(torch.empty(E, R, dim))
         self.B1 = nn.Parameter(torch.zeros(E, F_, R))
         self.A2 = nn.Parameter(torch.empty(E, R, intermediate))
@@ -139,7 +139,10 @@ class MoLFFN(nn.Module):
 
     def forward(self, x_TD: torch.Tensor, layer: int = 0, recorder: RoutingRecorder | None = None) -> torch.Tensor:
         depth = self.cfg.routing == "depth"
-        r = self.depth_routing(x_TD, layer) if depth else self.router(x_TD)
+        if depth:
+            r = self.depth_routing(x_TD, layer)
+        else:
+            r = self.router(x_TD, layer % self.group_depth if self.cfg.depth_bias else None)
         if recorder is not None:
             if depth:  # the same loss names as learned routing, at zero: nothing to balance
                 zero = x_TD.new_zeros((), dtype=torch.float32)

@@ -29,23 +29,35 @@ class Routing(NamedTuple):
 
 
 class Router(nn.Module):
-    """Linear d→E (no bias) in fp32, with multiplicative jitter on its input while training."""
+    """Linear d→E (no bias) in fp32, with multiplicative jitter on its input while training.
 
-    def __init__(self, dim: int, num_experts: int, top_k: int, jitter: float) -> None:
+    ``depths`` > 0 adds a learned bias per application of a recursive group, ``depth_bias`` [depths, E]
+    (zeros at init): the token's hidden state alone does not say which application it is in, so this is
+    how a router shared by a group's depths can tell them apart (``tools/init_from_teacher.py
+    --mol-depth-bias`` starts it towards the expert initialised from each depth).
+    """
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, jitter: float, depths: int = 0) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_experts, dim))
+        self.depth_bias = nn.Parameter(torch.zeros(depths, num_experts)) if depths else None
         self.top_k, self.jitter = top_k, jitter
         nn.init.normal_(self.weight, std=0.02)
 
-    def logits(self, x_TD: torch.Tensor) -> torch.Tensor:
-        """[T, E] fp32 logits, no jitter."""
-        return F.linear(x_TD.float(), self.weight.float())
+    def logits(self, x_TD: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """[T, E] fp32 logits, no jitter; ``depth``: the application whose bias is added (with ``depths``)."""
+        logits_TE = F.linear(x_TD.float(), self.weight.float())
+        if self.depth_bias is not None:
+            if depth is None:
+                raise ValueError("this router has a depth bias: pass the application index (depth)")
+            logits_TE = logits_TE + self.depth_bias[depth].float()
+        return logits_TE
 
-    def forward(self, x_TD: torch.Tensor) -> Routing:
+    def forward(self, x_TD: torch.Tensor, depth: int | None = None) -> Routing:
         x = x_TD.float()
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        logits_TE = self.logits(x)
+        logits_TE = self.logits(x, depth)
         probs_TE = logits_TE.softmax(dim=-1)
         top_p, top_i = probs_TE.topk(self.top_k, dim=-1)
         return Routing(logits_TE, probs_TE, top_i, top_p / top_p.sum(dim=-1, keepdim=True))

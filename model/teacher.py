@@ -244,6 +244,23 @@ def svd_experts(ffn_prefix: str, shared: dict[str, torch.Tensor], depths: list[d
     return errs
 
 
+def depth_router_bias(state: dict[str, torch.Tensor], cfg: ModelConfig, value: float) -> None:
+    """Start each MoL router towards "application j → expert j mod E": ``depth_bias[j, j mod E] = value``.
+
+    With ``mol_init="svd"`` expert j holds depth j's correction to the shared block, so a large enough
+    ``value`` makes the mixture at step 0 close to the teacher's depth-specific layers instead of a random
+    pair of depths' corrections per token; the bias stays trainable. Needs ``cfg.mol.depth_bias``.
+    """
+    if not cfg.mol.depth_bias:
+        raise TeacherError("a depth-aware router bias needs mol.depth_bias = true")
+    for g in cfg.mol.groups:
+        key = f"model.groups.{g}.block.ffn.router.depth_bias"
+        bias = torch.zeros_like(state[key])
+        for j in range(bias.shape[0]):
+            bias[j, j % bias.shape[1]] = value
+        state[key] = bias
+
+
 def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
                 cfg: ModelConfig, layers: list[list[int]] | list[int], mol_init: str = "fresh"
                 ) -> tuple[dict[str, torch.Tensor], dict]:

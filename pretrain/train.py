@@ -60,7 +60,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name.endswith("router.weight") else decay).append(p)
+        (no_decay if p.ndim < 2 or name.endswith(("router.weight", "router.depth_bias")) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

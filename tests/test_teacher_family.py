@@ -207,7 +207,10 @@ def test_teacher_reads_the_clean_text_by_default():
 def test_family_block_trains_the_same_on_two_ranks_with_expert_parallelism(shards_dir, tmp_path):
     """The shipped tiny preset with the BERT family's block: 2 ranks (FSDP2 with EP=2, and DeepSpeed ZeRO-3;
     a loader worker each) give the losses of 1 process, and the EP checkpoint consolidates and folds."""
-    family = [f"model.{k}={str(v).lower()}" for k, v in BERT_BLOCK.items()] + ["model.global_every=1"]
+    # with the depth-aware router bias on (a router parameter per application, sharded with the router; the
+    # default, without it, is the rest of the suite's 2-rank runs)
+    family = [f"model.{k}={str(v).lower()}" for k, v in BERT_BLOCK.items()] + ["model.global_every=1",
+                                                                                "model.mol.depth_bias=true"]
     common = [f"data.dir={shards_dir}", "train.steps=4", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
               "checkpoint.every=4", "schedule.warmup_steps=2", "train.log_every=1", "eval.every=0", *family]
     runs = {}
@@ -237,6 +240,8 @@ def test_family_block_trains_the_same_on_two_ranks_with_expert_parallelism(shard
     model, _ = load_native(folded)
     assert model.cfg.norm_position == "post" and model.model.groups[1].block.ffn.Wi.bias is not None
     assert float(model.model.groups[1].block.ffn.Wo.bias.detach().abs().sum()) > 0  # the biases trained
+    ep2, _ = load_native(native)
+    assert float(ep2.model.groups[1].block.ffn.router.depth_bias.detach().abs().sum()) > 0  # and the depth bias
 
 
 def test_depth_routed_lora_serves_each_application_its_own_expert():
@@ -299,3 +304,56 @@ def test_depth_loras_from_svd_at_full_rank_give_each_depth_its_teacher_ffn(tmp_p
             h = torch.nn.functional.gelu(torch.nn.functional.linear(x, t.intermediate.dense.weight, ffn.Wi.bias))
             want = torch.nn.functional.linear(h, t.output.dense.weight, ffn.Wo.bias)
             assert float((ffn(x, layer, RoutingRecorder()) - want).abs().max()) < 1e-4, layer
+
+
+def test_depth_aware_router_bias_routes_each_application_to_its_svd_expert(tmp_path):
+    """mol.depth_bias: the router adds depth_bias[j] at application j (zeros at init, so a fresh model routes as
+    before); --mol-init svd --mol-depth-bias B at full rank: with B large each application's top-2 mixture is
+    (almost) its own teacher layer's FFN; merging drops the bias; a depth-routed MoL refuses it."""
+    import dataclasses
+
+    from model.config import MoLConfig
+    from model.modernalbert import ModernAlbertForMaskedLM
+    from model.routing import RoutingRecorder
+    mol = MoLConfig(groups=(0, 1), num_experts=4, top_k=2, rank=32, alpha=32.0, jitter=0.0, depth_bias=True)
+    torch.manual_seed(0)
+    fresh = ModernAlbertForMaskedLM(dataclasses.replace(preset("tiny"), group_depth=3, mol=mol))
+    router = fresh.model.groups[1].block.ffn.router
+    assert router.depth_bias.shape == (3, 4) and not router.depth_bias.abs().sum()
+    x = torch.randn(7, router.weight.shape[1])
+    with torch.no_grad():
+        router.depth_bias[2, 1] = 5.0
+        torch.testing.assert_close(router.logits(x, 2), router.logits(x, 0) + torch.tensor([0.0, 5.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="pass the application index"):
+        router(x)
+    with pytest.raises(ConfigError, match="mol.depth_bias=True: needs mol.routing = learned"):
+        preset("tiny", group_depth=3, mol=dataclasses.replace(mol, routing="depth", num_experts=3, top_k=1))
+
+    path, teacher = _small_bert(tmp_path)
+    with open(os.path.join(path, "vocab.txt"), "w") as f:  # the CLI ships the teacher's vocabulary
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(295)]) + "\n")
+    out = str(tmp_path / "student")
+    r = run_cli(["tools/init_from_teacher.py", path, "--dims", "teacher", "--set", "num_groups=2",
+                 "--set", "group_depth=3", "--set", "embedding_size=32", "--mol-rank", "32", "--mol-init", "svd",
+                 "--mol-depth-bias", "30", "--out", out])
+    assert r.returncode == 0, r.stderr
+    from model.native_format import load_native
+
+    student, _ = load_native(out)
+    student.eval()  # no router jitter
+    assert student.cfg.mol.depth_bias and student.cfg.mol.groups == (1,) and student.cfg.mol.num_experts == 8
+    with torch.no_grad():
+        x = torch.randn(10, 32)
+        for layer in (3, 4, 5):  # the MoL group's applications (tiny: top-2 of 8 experts)
+            ffn = student.model.groups[layer // 3].block.ffn
+            t = teacher.encoder.layer[layer]
+            h = torch.nn.functional.gelu(torch.nn.functional.linear(x, t.intermediate.dense.weight, ffn.Wi.bias))
+            want = torch.nn.functional.linear(h, t.output.dense.weight, ffn.Wo.bias)
+            assert float((ffn(x, layer, RoutingRecorder()) - want).abs().max()) < 1e-4, layer
+    r = run_cli(["tools/init_from_teacher.py", path, "--mol-routing", "depth", "--mol-depth-bias", "4",
+                 "--out", str(tmp_path / "bad")])
+    assert r.returncode == 2 and "--mol-depth-bias is for --mol-routing learned" in r.stderr
+    from tools.merge_experts import merge
+
+    merged = merge(student, {1: torch.full((8,), 0.125)}, fold=False)
+    assert not merged.cfg.mol.depth_bias and not any("depth_bias" in n for n, _ in merged.named_parameters())

@@ -39,7 +39,7 @@ import torch
 
 from model.config import PRESETS, ConfigError, preset
 from model.modernalbert import ModernAlbertForMaskedLM
-from model.teacher import (BLOCKS, LAYER_SELECT, MOL_INIT, TeacherError, layer_sets, map_weights,
+from model.teacher import (BLOCKS, LAYER_SELECT, MOL_INIT, TeacherError, layer_sets, map_weights, depth_router_bias,
                            read_teacher_config, read_teacher_weights, student_config)
 from model.native_format import OutputDir, InputError, save_native
 
@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="learned (default): the preset's routed MoL; depth: one expert per application of the "
                         "group (num_experts = group_depth, top-1, no router): depth-wise LoRAs, the Relaxed "
                         "Recursive Transformers baseline (with --mol-init svd, their initialisation)")
+    p.add_argument("--mol-depth-bias", type=float, default=0.0, metavar="B",
+                   help="learned routing: give each MoL router a learned bias per application of its group "
+                        "(mol.depth_bias), started at B for expert j at application j (0, default: no depth bias). "
+                        "With --mol-init svd expert j is depth j's correction, so B 4 (top-2 of 8: about 98 %% of "
+                        "the weight on it) starts the mixture near the teacher's depths")
     p.add_argument("--mol-rank", type=int, help="MoL/depth LoRA rank (default: the preset's; its scale alpha/rank is kept)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parts not taken from the teacher")
     p.add_argument("--out", required=True)
@@ -114,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         rank = a.mol_rank or mol.rank
         mol = dataclasses.replace(mol, rank=rank, alpha=mol.alpha / mol.rank * rank)
         if a.mol_routing == "depth":
+            if a.mol_depth_bias:
+                raise TeacherError("--mol-depth-bias is for --mol-routing learned (depth routing has no router)")
             mol = dataclasses.replace(mol, routing="depth", num_experts=base.group_depth, top_k=1)
+        if a.mol_depth_bias:
+            mol = dataclasses.replace(mol, depth_bias=True)
         base = dataclasses.replace(base, mol=mol).validate()
         cfg = student_config(info, base, a.dims == "teacher", a.intermediate_size, a.block)
         if a.layers:
@@ -132,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(a.seed)
         student = ModernAlbertForMaskedLM(cfg)
         state, report = map_weights(info, teacher, student.state_dict(), cfg, layers, a.mol_init)
+        if a.mol_depth_bias:
+            depth_router_bias(state, cfg, a.mol_depth_bias)
+            report["mol_depth_bias"] = a.mol_depth_bias
         student.load_state_dict(state, strict=True)
         with OutputDir(a.out, a.overwrite) as tmp:
             tok_src = info.tokenizer

@@ -92,14 +92,14 @@ def merge(model: ModernAlbertForMaskedLM, shares: dict[int, torch.Tensor], fold:
         new_mol = dataclasses.replace(mol, groups=())
     else:  # one expert, scale 1 (alpha = rank): ffn = (W + B A) for every token
         new_mol = dataclasses.replace(mol, num_experts=1, top_k=1, rank=R, alpha=float(R), jitter=0.0,
-                                      routing="learned")
+                                      routing="learned", depth_bias=False)
     cfg = dataclasses.replace(copy.deepcopy(model.cfg), mol=new_mol).validate()
     out = ModernAlbertForMaskedLM(cfg)
     state = {k: v for k, v in model.state_dict().items()}
     for g, m in layers.items():
         prefix = f"model.groups.{g}.block.ffn."
-        for k in ("A1", "B1", "A2", "B2", "router.weight"):
-            state.pop(prefix + k, None)  # depth-routed MoL has no router
+        for k in ("A1", "B1", "A2", "B2", "router.weight", "router.depth_bias"):
+            state.pop(prefix + k, None)  # depth-routed MoL has no router, most have no depth bias
         if fold:
             dWi_E, dWo_E = m.delta_weights()
             dWi = (shares[g].view(-1, 1, 1) * dWi_E).sum(0)
