@@ -25,7 +25,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.beir import load  # noqa: E402
 from evaluation.embedder import Embedder  # noqa: E402

@@ -27,13 +27,10 @@ import http.server
 import json
 import os
 import platform
-import sys
 import tempfile
 import threading
 import time
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 

@@ -26,7 +26,6 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def _state_bytes(preset: str, vocab_size: int, rank: int, world: int) -> dict:

@@ -32,8 +32,6 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: the repository root first (else `model` is finetune/model.py)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 

@@ -44,8 +44,6 @@ import subprocess
 import sys
 import time
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LAYER_SELECT = "average"  # the best at step 0 on dev: benchmarks/teacher_init_study.py, RESULTS.md

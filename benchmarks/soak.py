@@ -41,7 +41,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 EARLY = 30  # --early-steps
 
 

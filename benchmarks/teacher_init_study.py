@@ -30,8 +30,6 @@ import sys
 import time
 import warnings
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
@@ -48,6 +46,10 @@ OPTIONS = {
     "average": ("teacher block, means of layers 0-2 and 3-5", ["--layer-select", "average"]),
     "average-svd": ("average + MoL experts = SVD of each depth's residual", ["--layer-select", "average",
                                                                               "--mol-init", "svd"]),
+    "average-svd-bias2": ("average-svd + depth-aware router bias 2 (application j -> expert j, top-2 of 8)",
+                          ["--layer-select", "average", "--mol-init", "svd", "--mol-depth-bias", "2"]),
+    "average-svd-bias4": ("average-svd + depth-aware router bias 4",
+                          ["--layer-select", "average", "--mol-init", "svd", "--mol-depth-bias", "4"]),
     "average-depth-svd": ("average + depth-wise LoRAs (rank 43: the MoL's parameters) = SVD of each depth's "
                           "residual (the relaxed-recursive init)",
                           ["--layer-select", "average", "--mol-routing", "depth", "--mol-rank", "43", "--mol-init", "svd"]),

@@ -38,8 +38,6 @@ import subprocess
 import sys
 import zipfile
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
 from data_prep.fetch_sample_corpus import _b64_number

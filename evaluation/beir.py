@@ -43,8 +43,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.embedder import Embedder
 from evaluation.glue import batches

@@ -50,8 +50,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.metrics import summarize
 from evaluation.intervals import bootstrap_ci

@@ -47,8 +47,8 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: the repository root first (else `model` is finetune/model.py)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script: drop finetune/ from sys.path, or its model.py shadows the model package
+    sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import numpy as np
 import torch
