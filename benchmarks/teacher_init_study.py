@@ -34,6 +34,7 @@ import warnings
 import numpy as np
 
 from benchmarks.replicate_glue import unique_layer_params
+from fileio import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEOMETRY = ["--preset", "tiny", "--dims", "teacher", "--intermediate-size", "768", "--set", "group_depth=3",
@@ -204,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             done[key] = {k: ({kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
                              if isinstance(v, dict) else v) for k, v in res.items()}
             done[key]["params"] = unique_layer_params(path)
-            with open(cache + ".tmp", "w") as f:
-                json.dump(done, f)
-            os.replace(cache + ".tmp", cache)
+            write_json(cache, done)
             print(f"{name}: STS-B {100 * res['sts']['score']:.1f}, probe {100 * res['probe']['score']:.1f} "
                   f"({res['seconds']:.0f} s)", flush=True)
         rows[name] = {**done[key], "what": what}

@@ -43,6 +43,7 @@ from data_prep.errors import DataPrepError
 from data_prep.packing import pack_documents
 from data_prep.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, ShardWriter, sha256_of, shard_name, token_dtype
 from data_prep.tokenizer import Tokenizer, file_sha256, sample_documents, train_sentencepiece
+from fileio import write_json
 
 JOURNAL_FILE = "build_journal.jsonl"
 _ENCODE_CHUNK_CHARS = 1 << 20  # tokenize ~1 MB at a time: bounds the Python-int lists a worker holds
@@ -279,13 +280,7 @@ class BuildDir:
 
 
 def write_index(out_dir: str, index: dict) -> None:
-    tmp = os.path.join(out_dir, f"{INDEX_FILE}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(out_dir, INDEX_FILE))
+    write_json(os.path.join(out_dir, INDEX_FILE), index, fsync=True, newline=True, indent=1, sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------ the build
@@ -397,12 +392,7 @@ def _done_file(share: TaskShare, i: int) -> str:
 
 
 def _write_json(path: str, doc: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, doc, fsync=True, sort_keys=True)
 
 
 def _shared_tokenizer(cfg: BuildConfig, files, out: BuildDir, share: TaskShare, progress: bool) -> tuple[str, str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from data_prep.errors import DataPrepError
+from fileio import atomic_write, sha256_file
 
 SPECIAL_TOKENS = ("pad", "unk", "cls", "sep", "mask")
 # Spellings looked up, in order, in a reused HF tokenizer (BERT/ModernBERT, RoBERTa, T5/ALBERT styles).
@@ -51,12 +52,7 @@ def encode_examples(tok: "Tokenizer", texts: list[tuple[str, ...]], max_len: int
     return out
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the name the data_prep modules use
 
 
 @dataclass(frozen=True)
@@ -246,7 +242,5 @@ def train_sentencepiece(docs: list[str], out_path: str, vocab_size: int, model_t
         )
     except RuntimeError as e:
         raise DataPrepError(f"--vocab-size {vocab_size}: sentencepiece training failed ({e})") from None
-    tmp = out_path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(out_path, "wb") as f:
         f.write(model.getvalue())
-    os.replace(tmp, out_path)

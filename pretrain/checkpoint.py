@@ -22,7 +22,6 @@ before manifests existed is checked for its files only.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -37,6 +36,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from fileio import atomic_write, sha256_file
 from pretrain import faults
 from pretrain.reduce import first_fault, from_rank0
 from pretrain.storage import describe_failure, free_bytes, human, storage_failure, tree_size
@@ -73,11 +73,7 @@ def _gather(obj) -> list:
 
 
 def _digest(path: str) -> dict:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
+    return {"size": os.path.getsize(path), "sha256": sha256_file(path)}
 
 
 def _files(step_dir: str) -> list[str]:
@@ -356,6 +352,5 @@ def describe(e: BaseException) -> str:
 
 
 def _point_latest(ckpt_dir: str, name: str) -> None:
-    with open(os.path.join(ckpt_dir, LATEST + ".tmp"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(ckpt_dir, LATEST)) as f:
         f.write(name + "\n")
-    os.replace(os.path.join(ckpt_dir, LATEST + ".tmp"), os.path.join(ckpt_dir, LATEST))

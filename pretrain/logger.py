@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fileio import atomic_write
 from model.config import ConfigError, check
 from pretrain.storage import write_fault
 
@@ -109,10 +110,8 @@ def supersede_records(run_dir: str, start_step: int) -> int:
             continue
         with open(path[: -len(".jsonl")] + SUPERSEDED_SUFFIX, "a", encoding="utf-8") as f:
             f.writelines(gone)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(path) as f:
             f.writelines(kept)
-        os.replace(tmp, path)
         moved += len(gone)
     return moved
 
