@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# lint first (a second): undefined names, unused imports, syntax errors ([tool.ruff] in pyproject.toml)
+python -m ruff check --quiet .
 # no paths given: pytest takes testpaths (tests/) from pyproject.toml; given ones run alone
 python -m pytest "$@"
