@@ -41,8 +41,8 @@ GEOMETRY = ["--preset", "tiny", "--dims", "teacher", "--intermediate-size", "768
             "--set", "embedding_size=128"]
 # name → (what it changes, extra init_from_teacher arguments; later ones override GEOMETRY's)
 OPTIONS = {
-    "modern-even": ("ModernBERT-style block (the old init), layers 0, 5", ["--block", "modern"]),
-    "even": ("teacher block, layers 0, 5 (evenly spaced)", []),
+    "modern-even": ("ModernBERT-style block (the old init), layers 0, 5", ["--block", "modern", "--layer-select", "even"]),
+    "even": ("teacher block, layers 0, 5 (evenly spaced)", ["--layer-select", "even"]),
     "lower": ("teacher block, layers 0, 1", ["--layer-select", "lower"]),
     "average": ("teacher block, means of layers 0-2 and 3-5", ["--layer-select", "average"]),
     "average-svd": ("average + MoL experts = SVD of each depth's residual", ["--layer-select", "average",
