@@ -1,1 +1,1 @@
-"""Benchmarks and studies, run as scripts (python benchmarks/NAME.py); results in benchmarks/RESULTS.md."""
+"""Benchmarks (speed, memory, scaling), run as scripts: python benchmarks/NAME.py; results in benchmarks/RESULTS.md."""

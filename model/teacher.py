@@ -12,7 +12,7 @@ embedding_size = d, its last hidden state is the teacher's (to fp32 rounding: te
 ``modern`` maps a BERT teacher onto the ModernBERT-style block (pre-norm, GeGLU, RoPE, no biases), which
 loses what that block has no place for: biases and positions are dropped, post-norm norms move to
 pre-norm slots, GELU(W₁h) becomes gelu(h)·h (both GeGLU halves get W₁). Kept for comparison: it
-costs ~30 STS-B points at step 0 (benchmarks/RESULTS.md).
+costs ~30 STS-B points at step 0 (studies/RESULTS.md).
 
 Which teacher layers each group starts from (``layer_sets``, ``--layer-select``): ``even`` — one layer
 per group, evenly spaced with first and last included; ``lower`` — layers 0..K-1; ``average`` — the

@@ -15,7 +15,7 @@ Three terms, added to the MLM loss with their weights:
           over documents weighted by their tokens (so it shares the hidden term's normaliser, and a
           two-token fragment at a sample's edge weighs little). It is the sentence-embedding objective of
           teachers like all-MiniLM-L6-v2. Needs the same width. Off by default: in the replication's short
-          runs it fell to 0.18 without moving GLUE (benchmarks/RESULTS.md, "levers").
+          runs it fell to 0.18 without moving GLUE (studies/RESULTS.md, "levers").
   kl      KL(p_teacher || p_student) of the masked-token distributions at temperature τ, times τ²,
           averaged over every masked token of the global batch. Only with a teacher that has an MLM
           head and the student's vocabulary; otherwise it is off (said at start).

@@ -179,9 +179,9 @@ def test_plot_squad_beir_reads_both_runners_outputs(tmp_path):
     (sq / "results.json").write_text(json.dumps({"baseline": {"f1": 48.4}, "models": [
         {"model": "/m/teacher", "summary": {"f1": {"median": 52.2}}, "ci95_seed_mean": {"f1": [50.1, 54.5]}}]}))
     png = str(tmp_path / "p.png")
-    r = run_cli(["benchmarks/plot_squad_beir.py", "--beir", str(beir), "--squad", str(sq), "--label",
+    r = run_cli(["studies/plot_squad_beir.py", "--beir", str(beir), "--squad", str(sq), "--label",
                  "/m/teacher=teacher", "--out", png])
     assert r.returncode == 0, r.stderr[-2000:]
     assert os.path.getsize(png) > 5000
-    r = run_cli(["benchmarks/plot_squad_beir.py", "--squad", str(tmp_path / "nope"), "--out", png])
+    r = run_cli(["studies/plot_squad_beir.py", "--squad", str(tmp_path / "nope"), "--out", png])
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1

@@ -263,7 +263,7 @@ def test_native_tools_on_a_huggingface_directory_say_what_they_take(tmp_path):
     assert "a HuggingFace model directory (model_type 'modernbert')" in r.stderr
 
 
-@pytest.mark.parametrize("script", ["finetune/train.py", "benchmarks/finetune_regimes.py"])
+@pytest.mark.parametrize("script", ["finetune/train.py", "studies/finetune_regimes.py"])
 def test_finetune_scripts_also_run_as_plain_scripts(script):
     """As scripts, finetune/ comes first on sys.path, where finetune/model.py used to shadow the model package."""
     r = run_cli([script, "--help"])

@@ -208,7 +208,7 @@ def test_glue_tasks_train_with_a_regression_head_and_glue_metrics(native, glue_d
 
 
 def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_dir, tmp_path):
-    from benchmarks import finetune_regimes
+    from studies import finetune_regimes
 
     out = tmp_path / "regimes"
     assert finetune_regimes.main(["--model", native, "--glue-dir", glue_dir, "--tasks", "STS-B", "RTE",

@@ -285,11 +285,11 @@ def test_truncation_is_longest_first():
 
 @pytest.mark.slow
 def test_replication_smoke(tmp_path):
-    """Every stage of benchmarks/replicate_glue.py with tiny budgets: teacher, distilled student, routing merge."""
+    """Every stage of studies/replicate_glue.py with tiny budgets: teacher, distilled student, routing merge."""
     if not os.path.isdir(GLUE_DIR):
         pytest.skip(f"the offline GLUE copies ({GLUE_DIR}) exist on the project's machines only")
     out = str(tmp_path / "repl")
-    r = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--smoke",
+    r = run_cli(["studies/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--smoke",
                  "--rows", "a,b,e-routing,f", "--teacher-layers", "1,4", "--distill-layers", "2,5", "--pooled-weight", "0.5"],
                 env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -310,9 +310,9 @@ def test_replication_smoke(tmp_path):
     assert "| (b) student, MoL, distilled |" in md and "| constant predictor (majority label; STS-B 0) |" in md
     assert "% of teacher's margin" in md and len(res["b"]["glue"]["ci95"]) == 2
     assert "group 5 (layers 5-5) <- teacher layer 5" in log  # (a): the teacher as an exact native model
-    bad = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--teacher-layers", "0,9"])
+    bad = run_cli(["studies/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--teacher-layers", "0,9"])
     assert bad.returncode == 2 and "--teacher-layers 0,9" in bad.stderr
-    bad = run_cli(["benchmarks/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--distill-layers", "5"])
+    bad = run_cli(["studies/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--distill-layers", "5"])
     assert bad.returncode == 2 and "--distill-layers 5" in bad.stderr
 
 
@@ -384,7 +384,7 @@ def test_embedding_sts_teacher_ranks_paraphrases_first_and_bad_input_exits_2(tmp
 
 
 def test_plot_distill_levers_reads_replication_runs(tmp_path):
-    """benchmarks/plot_distill_levers.py: the lever named from the run's arguments, the last-10-step hidden distance,
+    """studies/plot_distill_levers.py: the lever named from the run's arguments, the last-10-step hidden distance,
     the zero-shot score matched by model path, a PNG; a missing run is one line, exit 2."""
     pytest.importorskip("matplotlib")
 
@@ -404,13 +404,13 @@ def test_plot_distill_levers_reads_replication_runs(tmp_path):
     sts = tmp_path / "sts.json"
     sts.write_text(json.dumps({os.path.join(hw, "native", "b"): {"test": {"score": 66.1}}}))
     png = str(tmp_path / "levers.png")
-    r = run_cli(["benchmarks/plot_distill_levers.py", base, hw, "--sts", str(sts), "--out", png])
+    r = run_cli(["studies/plot_distill_levers.py", base, hw, "--sts", str(sts), "--out", png])
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
     assert lines[2] == "| base | 120 steps (defaults) | 6.100 | 0.500 | 70.0 | 20.0 | 73.0 | **55.2** | 54.2–55.5 | – |"
     assert lines[3].startswith("| hw5 | 120 steps, hidden weight 5, lr 0.001 |") and lines[3].endswith("| 66.1 |")
     assert os.path.getsize(png) > 1000
-    r = run_cli(["benchmarks/plot_distill_levers.py", str(tmp_path / "nope"), "--out", png])
+    r = run_cli(["studies/plot_distill_levers.py", str(tmp_path / "nope"), "--out", png])
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
 
 

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ModernBERT-style block (RoPE, pre-norm, GeGLU, no biases), a lossy mapping for BERT teachers")
     p.add_argument("--layer-select", choices=LAYER_SELECT,
                    help="teacher layers per group: average (the mean of K contiguous runs; the default when K <= "
-                        "the teacher's layers, the best at step 0 on dev: benchmarks/RESULTS.md), even (one, evenly "
+                        "the teacher's layers, the best at step 0 on dev: studies/RESULTS.md), even (one, evenly "
                         "spaced, first and last included; the default when K is larger), lower (0..K-1). With K = "
                         "the teacher's layers all three are the identity map")
     p.add_argument("--layers", help="teacher layer per student group, comma-separated (overrides --layer-select)")

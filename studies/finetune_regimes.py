@@ -1,8 +1,8 @@
 """Task LoRAs against the LoRA-Mixer regimes, on the same tasks, model and seeds: table, routing heatmap.
 
-    python benchmarks/finetune_regimes.py --model runs/student/native --glue-dir GLUE_DIR \\
+    python studies/finetune_regimes.py --model runs/student/native --glue-dir GLUE_DIR \\
         --tasks SST-2 MRPC STS-B RTE --seeds 0,1,2 --out runs/regimes -- --max-train 1000 --max-eval 500
-    python benchmarks/finetune_regimes.py --model runs/quickstart/native --tasks data/finetune/sentiment \\
+    python studies/finetune_regimes.py --model runs/quickstart/native --tasks data/finetune/sentiment \\
         data/finetune/topic --seeds 0 --out runs/regimes-local
 
 Per seed (every run is ``python -m finetune.train``, so every regime sees the same data and code):
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="benchmarks/finetune_regimes.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="studies/finetune_regimes.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="native model directory")
     p.add_argument("--tasks", nargs="+", required=True, help="task directories, or GLUE names with --glue-dir")

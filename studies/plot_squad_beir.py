@@ -1,7 +1,7 @@
 """Plot BEIR nDCG@10 and SQuAD 2.0 F1 per model with their 95 % intervals, baselines included.
 
-    python benchmarks/plot_squad_beir.py --beir runs/beir/a.json [runs/beir/b.json ...] \
-        --squad runs/squad/a [runs/squad/b ...] --out benchmarks/squad_beir.png [--label PATH=NAME ...]
+    python studies/plot_squad_beir.py --beir runs/beir/a.json [runs/beir/b.json ...] \
+        --squad runs/squad/a [runs/squad/b ...] --out studies/squad_beir.png [--label PATH=NAME ...]
 
 ``--beir`` takes ``evaluation.beir --out`` files, ``--squad`` ``evaluation.squad --out`` directories (their
 results.json); each model becomes a bar with its bootstrap interval; the baseline rows (random ranking,

@@ -1,7 +1,7 @@
 """The miniature replication: does a distilled recursive MoL student keep its teacher's GLUE quality?
 
-    python benchmarks/replicate_glue.py --glue-dir GLUE_DIR --out runs/replication          # the study (hours, 2 CPUs)
-    python benchmarks/replicate_glue.py --glue-dir GLUE_DIR --out runs/repl-smoke --smoke   # every stage, minutes
+    python studies/replicate_glue.py --glue-dir GLUE_DIR --out runs/replication          # the study (hours, 2 CPUs)
+    python studies/replicate_glue.py --glue-dir GLUE_DIR --out runs/repl-smoke --smoke   # every stage, minutes
 
 Rows (every student: width 384 and vocabulary of the teacher, the teacher's BERT-family block, K 2 groups
 × G 3 applications = 6 layers like the teacher, FFN 768 wide, factorised embedding e 128):
@@ -46,7 +46,7 @@ import time
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_LAYER_SELECT = "average"  # the best at step 0 on dev: benchmarks/teacher_init_study.py, RESULTS.md
+DEFAULT_LAYER_SELECT = "average"  # the best at step 0 on dev: studies/teacher_init_study.py, RESULTS.md
 ROWS = ("a", "a-hf", "b", "c", "d", "e-uniform", "e-routing", "f")
 DEFAULT_ROWS = ("a", "b", "c", "d", "e-uniform", "e-routing", "f")
 LABELS = {"a": "(a) teacher all-MiniLM-L6-v2 (native, our head)", "a-hf": "(a) teacher, HF BERT pooler head",
@@ -175,7 +175,7 @@ def plot(table: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/replicate_glue.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="studies/replicate_glue.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--glue-dir", required=True, help="directory of GLUE task folders (data_prep/glue_data.py)")
     p.add_argument("--out", default="runs/replication")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layer-select", default=DEFAULT_LAYER_SELECT, choices=("even", "lower", "average"),
                    help="teacher layers that initialise each student group (tools/init_from_teacher.py "
                         "--layer-select; default: %(default)s, the best at step 0 on dev in "
-                        "benchmarks/teacher_init_study.py)")
+                        "studies/teacher_init_study.py)")
     p.add_argument("--teacher-layers", default="",
                    help="one teacher layer per student group, e.g. 0,5 (tools/init_from_teacher.py --layers; "
                         "overrides --layer-select)")

@@ -1,8 +1,8 @@
 """Kill-anywhere soak test: a training run SIGKILLed from outside again and again ends where an
 uninterrupted run ends.
 
-    python benchmarks/soak.py --out runs/soak                    # both phases, ~10 minutes on 2 CPUs
-    python benchmarks/soak.py --out runs/soak --phases same --kills 8 --seed 3
+    python tools/soak.py --out runs/soak                    # both phases, ~10 minutes on 2 CPUs
+    python tools/soak.py --out runs/soak --phases same --kills 8 --seed 3
 
 Each phase trains the ``tiny`` preset for ``--steps`` steps (checkpoint every ``--every``) twice:
 once uninterrupted (the reference, on 2 processes), once through a series of faults, each followed

@@ -1,6 +1,6 @@
 """Table and plot of a distillation-lever study: several ``replicate_glue.py --rows b`` runs side by side.
 
-    python benchmarks/plot_distill_levers.py runs/levers/base runs/levers/hw5 ... [--sts sts.json] --out levers.png
+    python studies/plot_distill_levers.py runs/levers/base runs/levers/hw5 ... [--sts sts.json] --out levers.png
 
 Each argument is one ``replicate_glue.py`` OUT directory: its ``replication.json``, and the run's
 ``runs/b/metrics.jsonl`` for the hidden-state distance (averaged over the last 10 steps). ``--sts`` is an
@@ -51,7 +51,7 @@ def rows(dirs: list[str], sts: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/plot_distill_levers.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="studies/plot_distill_levers.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="replicate_glue.py OUT directories")
     p.add_argument("--sts", help="evaluation.embedding_sts --out JSON")
