@@ -19,9 +19,26 @@ import torch
 from model.config import ModelConfig
 
 
+def aux_coefficients(cfg: ModelConfig) -> dict[str, float]:
+    """The auxiliary losses a model of ``cfg`` returns, with their weights: the one list of their names.
+
+    (``attn_route_ce``, returned only when routing targets are given, is weighed by the fine-tuning loop.)
+    """
+    coefs = {}
+    if cfg.mol.groups:
+        coefs.update(mol_load_balance=cfg.mol.aux_loss_coef, mol_z=cfg.mol.z_loss_coef)
+    if cfg.attn_experts.groups:
+        coefs["attn_rsl"] = 1.0
+    return coefs
+
+
 def weighted_aux(cfg: ModelConfig, aux: dict[str, torch.Tensor | float]) -> torch.Tensor | float:
     """Σ coef·aux over the auxiliary losses present (0.0 when there are none); tensors or plain sums."""
-    coefs = {"mol_load_balance": cfg.mol.aux_loss_coef, "mol_z": cfg.mol.z_loss_coef, "attn_rsl": 1.0}
+    coefs = aux_coefficients(cfg)
+    unknown = set(aux) - set(coefs)
+    if unknown:
+        raise ValueError(f"auxiliary losses {sorted(unknown)}: not among this model's ({sorted(coefs)}; "
+                         "model/losses.py: aux_coefficients)")
     return sum((coefs[name] * value for name, value in aux.items()), 0.0)
 
 

@@ -118,8 +118,11 @@ def supersede_records(run_dir: str, start_step: int) -> int:
 
 class TrainLogger:
     def __init__(self, cfg: LogConfig, run_dir: str, total_steps: int, log_every: int, *, rank: int,
-                 world: int, device: torch.device, start_step: int, config: dict) -> None:
+                 world: int, device: torch.device, start_step: int, config: dict,
+                 console: tuple[tuple[str, str, int], ...] = (("loss", "loss", 4), ("mlm_accuracy", "acc", 3))) -> None:
+        """``console``: (record key, label, digits) of the loss terms the console line shows (pretrain/loss_terms.py)."""
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.console = console
         self.total, self.every = total_steps, log_every
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.eval_path = os.path.join(run_dir, "eval.jsonl")
@@ -162,13 +165,10 @@ class TrainLogger:
         if self.peak:
             perf["mfu"] = tflops / self.peak
         imbalance = {k: max(v) * len(v) / max(1, sum(v)) for k, v in expert_load.items()}  # max/mean load
-        line = (f"step {record['step']:>6}/{self.total}  loss {record['loss']:.4f}  acc {record['mlm_accuracy']:.3f}  "
-                f"aux {record['aux_loss']:.4f}  gnorm {record['grad_norm']:.3f}  lr {record['lr']:.2e}  "
+        terms = "".join(f"{label} {record[key]:.{digits}f}  " for key, label, digits in self.console)
+        line = (f"step {record['step']:>6}/{self.total}  {terms}aux {record['aux_loss']:.4f}  "
+                f"gnorm {record['grad_norm']:.3f}  lr {record['lr']:.2e}  "
                 f"{perf['tokens_per_s']:,.0f} tok/s  {tflops:.3f} TFLOP/s")
-        if "distill/hidden" in record:
-            line += f"  distill hid {record['distill/hidden']:.4f}"
-            if "distill/kl" in record:
-                line += f" kl {record['distill/kl']:.4f}"
         if "mfu" in perf:
             line += f"  MFU {perf['mfu']:.1%}"
         line += f"  mem {perf['memory_gib']:.2f} GiB"

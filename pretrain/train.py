@@ -32,14 +32,14 @@ from data_prep.errors import DataPrepError
 from data_prep.shards import ShardError, ShardIndex
 from model.config import ConfigError
 from model.flops import TrainingFlops
-from model.losses import combine_losses, weighted_aux
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, exit_codes, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader, micro_batch_seed
-from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum, teacher_ids
+from pretrain.distill import Teacher
 from pretrain.evaluate import evaluate, val_loader
 from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, supersede_records
+from pretrain.loss_terms import LossTerm, MicroBatch, aux_loss, console_fields, declare
 from pretrain.fsdp_engine import FSDPEngine
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
@@ -180,9 +180,9 @@ def build_engine(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, pa
 class StepSums:
     """A step's metric sums over its micro-batches, kept on the device (no host sync until ``reduce``).
 
-    Entries: "ce" (CE sum), "correct", "hidden", "pooled" and "kl" (distillation sums), "aux/<name>" per auxiliary
-    loss, and on log steps "load/<layer>" (tokens routed to each expert). Every rank adds the same
-    entries in the same order, so the flattened sums line up in the all-reduce.
+    Entries: one per declared loss term (``pretrain/loss_terms.py``), and on log steps "load/<layer>"
+    (tokens routed to each expert). Every rank adds the same entries in the same order, so the flattened
+    sums line up in the all-reduce.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -194,14 +194,9 @@ class StepSums:
         self.sums[name] = self.sums[name] + t if name in self.sums else t
 
     @torch.no_grad()
-    def add(self, out, distill: dict[str, torch.Tensor], count_load: bool) -> None:
-        n = out.num_masked
-        self._add("ce", out.mlm_loss.double() * n)
-        self._add("correct", out.mlm_accuracy.double() * n)
-        for name, value in distill.items():
-            self._add(name, value)
-        for name, value in out.aux_losses.items():
-            self._add(f"aux/{name}", value)
+    def add(self, values: dict[str, torch.Tensor], out, count_load: bool) -> None:
+        for name, value in values.items():
+            self._add(name, value.detach())
         if count_load:
             for layer, st in out.routing_stats.items():
                 self._add(f"load/{layer}", st["tokens_per_expert"])
@@ -234,6 +229,7 @@ class Trainer:
         self.model, par = build_model(cfg, rt, fill)
         self.teacher = (Teacher(cfg.distill, cfg.model, rt.index.seq_len, rt.device, verbose=rt.rank == 0,
                                 init_from=cfg.init_from) if cfg.distill.teacher else None)
+        self.terms: list[LossTerm] = declare(cfg, self.teacher)
         optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                       betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -313,6 +309,8 @@ class Trainer:
                                 f"{self.step_no + 1}; the last checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}")
         if faults_seen:
             raise self._data_fault(first_fault(fault, already_flagged=True))
+        # every term is a global-batch sum over one of these counts (pretrain/loss_terms.py)
+        counts = {"masked": global_masked, "tokens": global_tokens, "micro_batches": float(rt.accum * rt.world)}
         sums = StepSums(device)
         for i, b in enumerate(micro):
             inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
@@ -320,58 +318,34 @@ class Trainer:
             # every random draw of this micro-batch (router jitter, dropout) from its place in the data
             torch.manual_seed(micro_batch_seed(cfg.train.seed, *b["position"]))
             out = self.engine(**inputs, output_hidden_states=self.teacher is not None)
-            distill, extra = self._distill(inputs, out, global_masked, global_tokens)
+            mb = MicroBatch(inputs, out, self.teacher, cfg.distill.teacher_input)
+            values = {t.name: t.value(mb) for t in self.terms}
             # FSDP averages gradients over ranks: scale by world so the average is the global mean
-            total = combine_losses(cfg.model, out.mlm_loss, out.aux_losses, extra=extra,
-                                   task_scale=out.num_masked * rt.world / global_masked, aux_scale=1 / rt.accum)
+            total = sum(values[t.name] * (t.weight * rt.world / counts[t.normaliser])
+                        for t in self.terms if t.weight)
             self.engine.backward(total, last=i == rt.accum - 1)
-            sums.add(out, distill, count_load)
+            sums.add(values, out, count_load)
         grad_norm = self.engine.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step_no += 1
 
         m, load = sums.reduce(grad_norm)  # the step's one host sync
-        m["aux"] = weighted_aux(cfg.model, {k[len("aux/"):]: v for k, v in m.items() if k.startswith("aux/")})
-        loss = float("nan") if faults.nan_at(self.step_no) else m["ce"] / global_masked
-        if not math.isfinite(loss) or not math.isfinite(m["aux"]):
-            raise TrainingError(f"step {self.step_no}: loss is {loss} (aux {m['aux']}); stopping. The last good "
-                                f"checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}")
-        n_micro = rt.accum * rt.world
-        record = {"step": self.step_no, "loss": loss, "mlm_accuracy": m["correct"] / global_masked,
-                  "aux_loss": m["aux"] / n_micro, **{k: m[k] / n_micro for k in m if k.startswith("aux/")},
-                  "grad_norm": m["grad_norm"], "lr": lr, "tokens": int(global_tokens)}
-        if self.teacher is not None:
-            record["distill/hidden"] = m["hidden"] / global_tokens
-            if self.cfg.distill.pooled_weight > 0:
-                record["distill/pooled"] = m["pooled"] / global_tokens
-            if self.teacher.kl_on:
-                record["distill/kl"] = m["kl"] / global_masked
+        record = {"step": self.step_no, **{t.name: m[t.name] / counts[t.normaliser] for t in self.terms}}
+        if faults.nan_at(self.step_no):
+            record["loss"] = float("nan")
+        record.update({"aux_loss": aux_loss(self.terms, record), "grad_norm": m["grad_norm"], "lr": lr,
+                       "tokens": int(global_tokens)})
+        bad = {t.name: record[t.name] for t in self.terms if t.weight and not math.isfinite(record[t.name])}
+        if bad:
+            raise TrainingError(f"step {self.step_no}: " + ", ".join(f"{k} is {v}" for k, v in bad.items())
+                                + f"; stopping. The last good checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}")
         return record, flops, load
 
     def _data_fault(self, message: str) -> TrainingError:
         return TrainingError(f"{message}. Training stopped before step {self.step_no + 1}; the last good checkpoint is "
                              f"{checkpoint.latest_checkpoint(self.ckpt_dir)}. A run does not skip a bad shard (that "
                              "would shift all later batches): rebuild it and relaunch, the run resumes exactly")
-
-    def _distill(self, inputs: dict, out, global_masked: float, global_tokens: float):
-        """(detached distillation sums by name, extra loss terms with their scales) against the teacher, if any."""
-        zero = torch.zeros((), device=self.rt.device)
-        if self.teacher is None:
-            return {"hidden": zero, "pooled": zero, "kl": zero}, []
-        d, world = self.cfg.distill, self.rt.world
-        t_hidden, t_logits, t_pooled = self.teacher.run(teacher_ids(inputs, d.teacher_input), inputs["cu_seqlens"],
-                                                        inputs["mlm_positions"])
-        hidden = hidden_cosine_sum(out.hidden_states, t_hidden)
-        extra = [(hidden, d.hidden_weight * world / global_tokens)]
-        pooled = kl = zero
-        if t_pooled is not None:
-            pooled = pooled_cosine_sum(out.last_hidden_state, t_pooled, inputs["cu_seqlens"])
-            extra.append((pooled, d.pooled_weight * world / global_tokens))
-        if t_logits is not None:
-            kl = kl_sum(out.logits, t_logits, d.temperature)
-            extra.append((kl, d.kl_weight * world / global_masked))
-        return {"hidden": hidden.detach(), "pooled": pooled.detach(), "kl": kl.detach()}, extra
 
     # validate -----------------------------------------------------------------------------------
     def validate(self) -> dict:
@@ -397,7 +371,8 @@ class Trainer:
                 print(f"logs: {moved} records after step {self.step_no} (written before the relaunch) moved to "
                       f"*{SUPERSEDED_SUFFIX}")
         self.logger = logger = TrainLogger(cfg.log, cfg.run_dir, steps, cfg.train.log_every, rank=rt.rank, world=rt.world,
-                             device=rt.device, start_step=self.step_no, config=cfg.to_dict())
+                             device=rt.device, start_step=self.step_no, config=cfg.to_dict(),
+                             console=console_fields(self.terms))
         if self.val is not None and self.step_no == 0:
             self.validate()
         records: list[dict] = []

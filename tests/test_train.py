@@ -279,3 +279,37 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one(reference, shar
     resumed = _run(str(tmp_path), shards_dir, nproc=1, steps=10, extra=["checkpoint.every=3"])
     assert resumed.returncode == 0 and "step_00000003" in resumed.stdout
     assert ".tmp_step_00000006" not in os.listdir(os.path.join(tmp_path, "checkpoints"))
+
+
+_DUMMY_TERM = r"""
+import sys
+import pretrain.train as T
+from pretrain.loss_terms import LossTerm
+
+declared = T.declare
+# one new term, one edit: a constant per micro-batch (normalised by micro-batches), logged, not optimised
+T.declare = lambda cfg, teacher=None: declared(cfg, teacher) + [
+    LossTerm("dummy", "micro_batches", 0.0, lambda mb: mb.out.mlm_loss.detach() * 0 + 3.0, "dummy")]
+sys.exit(T.main(sys.argv[1:]))
+"""
+
+
+def test_a_declared_loss_term_is_summed_reduced_and_logged_on_two_ranks(reference, shards_dir, tmp_path):
+    """pretrain/loss_terms.py is the one place a term is declared: a dummy term added there alone reaches
+    metrics.jsonl (sum over 2 ranks x micro-batches / their count = 3) and the console line, and leaves the
+    losses of the 1-process reference untouched (weight 0)."""
+    from conftest import torchrun
+
+    script = tmp_path / "dummy.py"
+    script.write_text(_DUMMY_TERM)
+    run_dir = str(tmp_path / "run")
+    r = torchrun(2, [str(script), "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}",
+                     f"run_dir={run_dir}", "train.steps=10", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
+                     "checkpoint.every=5", "schedule.warmup_steps=3", "train.log_every=1", "eval.every=0"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert [rec["dummy"] for rec in records] == [3.0] * 10
+    assert "acc" in r.stdout and "dummy 3.0000" in r.stdout
+    ref = _losses(reference)
+    for rec in records[:5]:  # as test_two_fsdp_ranks_give_the_losses_of_one_process (2 x 1 micro-batch of 8)
+        assert abs(rec["loss"] - ref[rec["step"]]) <= 1e-5 * abs(ref[rec["step"]]), rec["step"]
