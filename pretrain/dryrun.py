@@ -56,6 +56,7 @@ from model.init import module_generator
 from model.routing import Router
 from pretrain import cost_model, exit_codes
 from pretrain.config import RunConfig, load_config
+from pretrain.parallel_dims import ParallelDims
 from pretrain.simulated_pg import COUNTING, LEDGER, SIMULATED, register
 
 DEFAULT_SEQ_LEN = 1024  # when data.dir has no shard index to read it from
@@ -72,9 +73,7 @@ def check_world(cfg: RunConfig, world: int, seq_len: int, gpus_per_node: int) ->
         raise ConfigError(f"--gpus-per-node={gpus_per_node}: must be >= 1")
     if world > gpus_per_node and world % gpus_per_node:
         raise ConfigError(f"--world-size={world}: not a whole number of nodes of --gpus-per-node={gpus_per_node}")
-    ep = cfg.parallel.ep
-    if ep < 1 or world % ep:
-        raise ConfigError(f"parallel.ep={ep}: must divide the world size ({world})")
+    ParallelDims(world, cfg.parallel.ep)
     return cfg.accumulation_steps(seq_len, world)
 
 

@@ -36,6 +36,7 @@ from torch.distributed.tensor import DTensor
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.routing import Router
 from pretrain.expert_parallel import apply_expert_parallel, reduce_expert_grads
+from pretrain.parallel_dims import ParallelDims
 
 
 @dataclass
@@ -80,18 +81,15 @@ class Parallelism:
 
 
 def build_meshes(device: torch.device, ep: int) -> Parallelism:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        if ep > 1:
-            raise ValueError(f"parallel.ep={ep}: needs at least {ep} processes (launch with torchrun)")
+    dims = ParallelDims(dist.get_world_size() if dist.is_initialized() else 1, ep)
+    if dims.world == 1:
         if dist.is_initialized():  # one process with a group (bf16): a 1-rank mesh, for the precision policy
             return Parallelism(dp_mesh=init_device_mesh(device.type, (1,), mesh_dim_names=("dp",)))
         return Parallelism()
-    world = dist.get_world_size()
-    if world % ep:
-        raise ValueError(f"parallel.ep={ep}: must divide the number of processes ({world})")
+    world = dims.world
     par = Parallelism(world=world, dp_mesh=init_device_mesh(device.type, (world,), mesh_dim_names=("dp",)))
     if ep > 1:
-        mesh = init_device_mesh(device.type, (world // ep, ep), mesh_dim_names=("edp", "ep"))
+        mesh = init_device_mesh(device.type, (dims.edp, ep), mesh_dim_names=("edp", "ep"))
         par.ep_mesh, par.edp_mesh = mesh["ep"], mesh["edp"]
     return par
 

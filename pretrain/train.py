@@ -41,6 +41,7 @@ from pretrain.evaluate import evaluate, val_loader
 from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, supersede_records
 from pretrain.loss_terms import LossTerm, MicroBatch, aux_loss, console_fields, declare
 from pretrain.fsdp_engine import FSDPEngine
+from pretrain.parallel_dims import ParallelDims
 from pretrain.parallelize import parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.reduce import all_reduce, first_fault, from_rank0
@@ -108,9 +109,7 @@ def setup(cfg: RunConfig) -> Runtime:
         raise ConfigError(f"model.max_position_embeddings={m.max_position_embeddings}: the shards' samples have up "
                           f"to {index.seq_len} tokens ({cfg.data.dir}); rebuild them with --seq-len "
                           f"{m.max_position_embeddings} or less")
-    world_env = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_env % cfg.parallel.ep:
-        raise ConfigError(f"parallel.ep={cfg.parallel.ep}: must divide the number of processes ({world_env})")
+    world_env = ParallelDims(int(os.environ.get("WORLD_SIZE", "1")), cfg.parallel.ep).world
     deepspeed = cfg.engine == "deepspeed"
     cuda = torch.cuda.is_available()
     # DeepSpeed needs a process group even for one process; so does bf16 under FSDP2 (its precision policy)

@@ -104,7 +104,7 @@ def test_extrapolated_step_equals_a_step_at_the_configured_geometry(tmp_path):
      "error: train.global_batch_tokens=1048576: at seq_len 1024 that is 1024 samples, not a multiple of "
      "train.micro_batch_size x world size = 16384"),
     (["--config", "pretrain/configs/120m.yaml", "--world-size", "12", "--gpus-per-node", "4", "parallel.ep=8"],
-     "error: parallel.ep=8: must divide the world size (12)"),
+     "error: parallel.ep=8: must divide the number of processes (12)"),
     (["--config", "pretrain/configs/120m.yaml", "--world-size", "48", "parallel.ep=16", "train.micro_batch_size=1"],
      "error: parallel.ep=16: must divide model.mol.num_experts=8"),
     (["--config", "pretrain/configs/120m.yaml", "--world-size", "12"],
@@ -133,7 +133,7 @@ def test_launch_runs_the_dry_runs_checks_before_submitting(shards_dir, tmp_path)
     r = subprocess.run([sys.executable, "-m", "pretrain.launch", "--config", TINY, "--tasks-per-node", "3",
                         f"run_dir={tmp_path}", f"data.dir={shards_dir}", "parallel.ep=2"], cwd=REPO,
                        capture_output=True, text=True, timeout=120, env=ENV)
-    assert r.returncode == 2 and r.stderr.strip() == "error: parallel.ep=2: must divide the world size (3)", r.stderr
+    assert r.returncode == 2 and r.stderr.strip() == "error: parallel.ep=2: must divide the number of processes (3)", r.stderr
     assert not (tmp_path / "submitit").exists()
 
 
