@@ -9,7 +9,9 @@ Rows (every student: width 384 and vocabulary of the teacher, the teacher's BERT
                  (K 6 × G 1, e 384: ``tools/init_from_teacher.py``, within 4e-6 of it), so the GLUE runner
                  gives it the students' head and pooling; ``a-hf`` is the HF model with BERT's own pooler head
   b  student     ``tools/init_from_teacher.py`` (``--layer-select``, largest-norm FFN neurons, SVD embedding),
-                 MoL on group 1 (E 8, top-2, r 16), distilled on the corpus: MLM + hidden-state cosine
+                 MoL on group 1 (E 8, top-2, r 16; the tool's defaults: expert j = the SVD of depth j's
+                 teacher layer minus the shared block, router depth bias 2; ``--init-args "--mol-init fresh"``
+                 for experts at zero), distilled on the corpus: MLM + hidden-state cosine
                  (+ pooled sentence-embedding cosine with ``--pooled-weight``; each group's output against
                  the last teacher layer of its run, or ``--distill-layers``); the teacher reads the clean text
   c  no-MoL      (b) without MoL, same init, same losses, same token budget

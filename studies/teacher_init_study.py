@@ -41,12 +41,12 @@ GEOMETRY = ["--preset", "tiny", "--dims", "teacher", "--intermediate-size", "768
             "--set", "embedding_size=128"]
 # name → (what it changes, extra init_from_teacher arguments; later ones override GEOMETRY's)
 OPTIONS = {
-    "modern-even": ("ModernBERT-style block (the old init), layers 0, 5", ["--block", "modern", "--layer-select", "even"]),
-    "even": ("teacher block, layers 0, 5 (evenly spaced)", ["--layer-select", "even"]),
-    "lower": ("teacher block, layers 0, 1", ["--layer-select", "lower"]),
-    "average": ("teacher block, means of layers 0-2 and 3-5", ["--layer-select", "average"]),
+    "modern-even": ("ModernBERT-style block (the old init), layers 0, 5", ["--block", "modern", "--layer-select", "even", "--mol-init", "fresh"]),
+    "even": ("teacher block, layers 0, 5 (evenly spaced)", ["--layer-select", "even", "--mol-init", "fresh"]),
+    "lower": ("teacher block, layers 0, 1", ["--layer-select", "lower", "--mol-init", "fresh"]),
+    "average": ("teacher block, means of layers 0-2 and 3-5", ["--layer-select", "average", "--mol-init", "fresh"]),
     "average-svd": ("average + MoL experts = SVD of each depth's residual", ["--layer-select", "average",
-                                                                              "--mol-init", "svd"]),
+                                                                              "--mol-init", "svd", "--mol-depth-bias", "0"]),
     "average-svd-bias2": ("average-svd + depth-aware router bias 2 (application j -> expert j, top-2 of 8)",
                           ["--layer-select", "average", "--mol-init", "svd", "--mol-depth-bias", "2"]),
     "average-svd-bias4": ("average-svd + depth-aware router bias 4",
@@ -54,9 +54,9 @@ OPTIONS = {
     "average-depth-svd": ("average + depth-wise LoRAs (rank 43: the MoL's parameters) = SVD of each depth's "
                           "residual (the relaxed-recursive init)",
                           ["--layer-select", "average", "--mol-routing", "depth", "--mol-rank", "43", "--mol-init", "svd"]),
-    "even-e384": ("even, no embedding factorisation (e 384)", ["--set", "embedding_size=384"]),
-    "even-ffn1536": ("even, no FFN pruning (FFN 1536)", ["--intermediate-size", "1536"]),
-    "average-e384-ffn1536": ("average, neither factorised nor pruned", ["--layer-select", "average", "--set",
+    "even-e384": ("even, no embedding factorisation (e 384)", ["--layer-select", "even", "--mol-init", "fresh", "--set", "embedding_size=384"]),
+    "even-ffn1536": ("even, no FFN pruning (FFN 1536)", ["--layer-select", "even", "--mol-init", "fresh", "--intermediate-size", "1536"]),
+    "average-e384-ffn1536": ("average, neither factorised nor pruned", ["--layer-select", "average", "--mol-init", "fresh", "--set",
                                                                         "embedding_size=384",
                                                                         "--intermediate-size", "1536"]),
     "k6g1-full": ("no compression: K 6 × G 1, e 384, FFN 1536 (= the teacher)",

@@ -89,19 +89,20 @@ def main(argv: list[str] | None = None) -> int:
                         "spaced, first and last included; the default when K is larger), lower (0..K-1). With K = "
                         "the teacher's layers all three are the identity map")
     p.add_argument("--layers", help="teacher layer per student group, comma-separated (overrides --layer-select)")
-    p.add_argument("--mol-init", choices=MOL_INIT, default="fresh",
-                   help="fresh (default): MoL experts start at zero (B = 0); svd: a group applied at several depths "
-                        "gets expert j = the truncated SVD of depth j's teacher layer minus the shared block "
-                        "(with --layer-select average, whose runs give the depths)")
+    p.add_argument("--mol-init", choices=MOL_INIT, default="svd",
+                   help="svd (default): a MoL group applied at several depths gets expert j = the truncated SVD of "
+                        "depth j's teacher layer minus the shared block (with --layer-select average, whose runs "
+                        "give the depths; the best on dev after distillation with --mol-depth-bias 2: "
+                        "studies/RESULTS.md); fresh: MoL experts start at zero (B = 0)")
     p.add_argument("--mol-routing", choices=("learned", "depth"), default="learned",
                    help="learned (default): the preset's routed MoL; depth: one expert per application of the "
                         "group (num_experts = group_depth, top-1, no router): depth-wise LoRAs, the Relaxed "
                         "Recursive Transformers baseline (with --mol-init svd, their initialisation)")
-    p.add_argument("--mol-depth-bias", type=float, default=0.0, metavar="B",
+    p.add_argument("--mol-depth-bias", type=float, default=None, metavar="B",
                    help="learned routing: give each MoL router a learned bias per application of its group "
-                        "(mol.depth_bias), started at B for expert j at application j (0, default: no depth bias). "
-                        "With --mol-init svd expert j is depth j's correction, so B 4 (top-2 of 8: about 98 %% of "
-                        "the weight on it) starts the mixture near the teacher's depths")
+                        "(mol.depth_bias), started at B for expert j at application j; 0: no depth bias. Default: "
+                        "2 with --mol-init svd and groups applied at several depths (expert j is then depth j's "
+                        "correction; top-2 of 8 puts about 88 %% of the weight on it), else 0")
     p.add_argument("--mol-rank", type=int, help="MoL/depth LoRA rank (default: the preset's; its scale alpha/rank is kept)")
     p.add_argument("--seed", type=int, default=0, help="seed of the parts not taken from the teacher")
     p.add_argument("--out", required=True)
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         mol = base.mol
         rank = a.mol_rank or mol.rank
         mol = dataclasses.replace(mol, rank=rank, alpha=mol.alpha / mol.rank * rank)
+        if a.mol_depth_bias is None:  # the default: measured best on dev after distillation (studies/RESULTS.md)
+            a.mol_depth_bias = 2.0 if (a.mol_init == "svd" and a.mol_routing == "learned" and base.group_depth > 1
+                                       and base.mol.groups) else 0.0
         if a.mol_routing == "depth":
             if a.mol_depth_bias:
                 raise TeacherError("--mol-depth-bias is for --mol-routing learned (depth routing has no router)")
