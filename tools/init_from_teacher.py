@@ -89,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
                         "spaced, first and last included; the default when K is larger), lower (0..K-1). With K = "
                         "the teacher's layers all three are the identity map")
     p.add_argument("--layers", help="teacher layer per student group, comma-separated (overrides --layer-select)")
-    p.add_argument("--mol-init", choices=MOL_INIT, default="svd",
-                   help="svd (default): a MoL group applied at several depths gets expert j = the truncated SVD of "
-                        "depth j's teacher layer minus the shared block (with --layer-select average, whose runs "
-                        "give the depths; the best on dev after distillation with --mol-depth-bias 2: "
-                        "studies/RESULTS.md); fresh: MoL experts start at zero (B = 0)")
+    p.add_argument("--mol-init", choices=MOL_INIT, default=None,
+                   help="svd: a MoL group applied at several depths gets expert j = the truncated SVD of depth j's "
+                        "teacher layer minus the shared block (with --layer-select average, whose runs give the "
+                        "depths; the best on dev after distillation, with --mol-depth-bias 2: studies/RESULTS.md); "
+                        "fresh: MoL experts start at zero (B = 0). Default: svd for a BERT-family teacher's own "
+                        "block, fresh otherwise (--block modern, ModernBERT teachers: svd is not implemented there)")
     p.add_argument("--mol-routing", choices=("learned", "depth"), default="learned",
                    help="learned (default): the preset's routed MoL; depth: one expert per application of the "
                         "group (num_experts = group_depth, top-1, no router): depth-wise LoRAs, the Relaxed "
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         mol = base.mol
         rank = a.mol_rank or mol.rank
         mol = dataclasses.replace(mol, rank=rank, alpha=mol.alpha / mol.rank * rank)
+        if a.mol_init is None:
+            a.mol_init = "svd" if (info.family == "bert" and a.block == "teacher") else "fresh"
         if a.mol_depth_bias is None:  # the default: measured best on dev after distillation (studies/RESULTS.md)
             a.mol_depth_bias = 2.0 if (a.mol_init == "svd" and a.mol_routing == "learned" and base.group_depth > 1
                                        and base.mol.groups) else 0.0
