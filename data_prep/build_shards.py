@@ -41,9 +41,9 @@ import numpy as np
 from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, ReadStats, resolve_inputs
 from data_prep.errors import DataPrepError
 from data_prep.packing import pack_documents
-from data_prep.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, ShardWriter, sha256_of, shard_name, token_dtype
-from data_prep.tokenizer import Tokenizer, file_sha256, sample_documents, train_sentencepiece
-from fileio import write_json
+from data_prep.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, ShardWriter, shard_name, token_dtype
+from data_prep.tokenizer import Tokenizer, sample_documents, train_sentencepiece
+from fileio import sha256_file, write_json
 
 JOURNAL_FILE = "build_journal.jsonl"
 _ENCODE_CHUNK_CHARS = 1 << 20  # tokenize ~1 MB at a time: bounds the Python-int lists a worker holds
@@ -266,7 +266,7 @@ class BuildDir:
         if rec is None or rec.get("input_hash") != input_hash:
             return None
         path = os.path.join(self.path, rec["file"])
-        if not os.path.isfile(path) or sha256_of(path) != rec["sha256"]:
+        if not os.path.isfile(path) or sha256_file(path) != rec["sha256"]:
             return None
         return rec
 
@@ -299,16 +299,16 @@ def _prepare_tokenizer(cfg: BuildConfig, files, out: BuildDir, progress: bool) -
         tok = Tokenizer(cfg.tokenizer)  # validates it before anything else happens
         if cfg.tokenizer.endswith(".txt"):  # a BERT vocab.txt: shipped as the equivalent tokenizer.json
             tok.save_json(dest + ".tmp")
-            if not os.path.isfile(dest) or file_sha256(dest) != file_sha256(dest + ".tmp"):
+            if not os.path.isfile(dest) or sha256_file(dest) != sha256_file(dest + ".tmp"):
                 os.replace(dest + ".tmp", dest)
             else:
                 os.remove(dest + ".tmp")
-        elif not os.path.isfile(dest) or file_sha256(dest) != file_sha256(cfg.tokenizer):
+        elif not os.path.isfile(dest) or sha256_file(dest) != sha256_file(cfg.tokenizer):
             shutil.copyfile(cfg.tokenizer, dest + ".tmp")
             os.replace(dest + ".tmp", dest)
         return dest, cfg.tokenizer
     dest = os.path.join(out.path, "tokenizer.model")
-    if out.tokenizer_sha and os.path.isfile(dest) and file_sha256(dest) == out.tokenizer_sha:
+    if out.tokenizer_sha and os.path.isfile(dest) and sha256_file(dest) == out.tokenizer_sha:
         print(f"tokenizer: kept {dest} from the earlier run")
         return dest, "trained"
     t0 = time.time()
@@ -320,7 +320,7 @@ def _prepare_tokenizer(cfg: BuildConfig, files, out: BuildDir, progress: bool) -
     print(f"tokenizer: training {cfg.tokenizer_type} sentencepiece, vocab {cfg.vocab_size}, "
           f"on {len(docs)} documents ({sum(map(len, docs)) / 1e6:.1f} M chars) ...")
     train_sentencepiece(docs, dest, cfg.vocab_size, cfg.tokenizer_type, cfg.tokenizer_threads)
-    out.journal({"type": "tokenizer", "sha256": file_sha256(dest)})
+    out.journal({"type": "tokenizer", "sha256": sha256_file(dest)})
     print(f"tokenizer: {dest} ({time.time() - t0:.1f} s)")
     return dest, "trained"
 
@@ -351,7 +351,7 @@ def _identity(cfg: BuildConfig, files) -> str:
     if cfg.tokenizer:
         if not os.path.isfile(cfg.tokenizer):
             raise DataPrepError(f"--tokenizer {cfg.tokenizer!r}: no such file")
-        identity["tokenizer_sha256"] = file_sha256(cfg.tokenizer)
+        identity["tokenizer_sha256"] = sha256_file(cfg.tokenizer)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -405,7 +405,7 @@ def _shared_tokenizer(cfg: BuildConfig, files, out: BuildDir, share: TaskShare, 
             _write_json(marker, {"fingerprint": out.fingerprint, "error": str(e)})
             raise
         _write_json(marker, {"fingerprint": out.fingerprint, "file": os.path.basename(path), "source": source,
-                             "sha256": file_sha256(path)})
+                             "sha256": sha256_file(path)})
         return path, source
     deadline, said = time.time() + share.wait_s, False
     while True:
@@ -418,7 +418,7 @@ def _shared_tokenizer(cfg: BuildConfig, files, out: BuildDir, share: TaskShare, 
             if "error" in doc:
                 raise DataPrepError(f"task 0 failed: {doc['error']}")
             path = os.path.join(out.path, doc["file"])
-            if os.path.isfile(path) and file_sha256(path) == doc["sha256"]:
+            if os.path.isfile(path) and sha256_file(path) == doc["sha256"]:
                 return path, doc["source"]
         if time.time() > deadline:
             raise DataPrepError(f"{share.tag()}: task 0 announced no tokenizer in {out.path} within "
@@ -581,7 +581,7 @@ def _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, sta
         "token_dtype": token_dtype(tok.vocab_size).name,
         "sample_fields": {"input_ids": "token ids, [T]", "segments": "int64 [S, 2]: (length, document id)"},
         "tokenizer": {
-            "file": os.path.basename(tok_path), "kind": tok.kind, "sha256": file_sha256(tok_path),
+            "file": os.path.basename(tok_path), "kind": tok.kind, "sha256": sha256_file(tok_path),
             "source": tok_source, "vocab_size": tok.vocab_size, "special_ids": tok.special_ids.as_dict(),
         },
         "splits": splits,

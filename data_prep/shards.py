@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_prep.errors import DataPrepError
-from fileio import sha256_file
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "modernalbert-shards"
@@ -137,7 +136,6 @@ class ShardError(DataPrepError):
     """A shard file is missing, corrupt, or does not match index.json."""
 
 
-sha256_of = sha256_file  # the name the shard code uses
 
 
 class ShardReader:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from data_prep.errors import DataPrepError
-from fileio import atomic_write, sha256_file
+from fileio import atomic_write
 
 SPECIAL_TOKENS = ("pad", "unk", "cls", "sep", "mask")
 # Spellings looked up, in order, in a reused HF tokenizer (BERT/ModernBERT, RoBERTa, T5/ALBERT styles).
@@ -52,7 +52,6 @@ def encode_examples(tok: "Tokenizer", texts: list[tuple[str, ...]], max_len: int
     return out
 
 
-file_sha256 = sha256_file  # the name the data_prep modules use
 
 
 @dataclass(frozen=True)

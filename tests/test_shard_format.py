@@ -8,7 +8,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from data_prep.shards import ShardReader, ShardWriter, _npy_header, sha256_of
+from data_prep.shards import ShardReader, ShardWriter, _npy_header
+from fileio import sha256_file
 
 
 def _reference_tar(samples) -> bytes:
@@ -44,7 +45,7 @@ def test_fast_writer_is_byte_equal_to_tarfile_and_np_save(tmp_path, dtype):
     sha = w.close()
     data = (tmp_path / "s.tar").read_bytes()
     assert data == _reference_tar(samples)
-    assert sha == sha256_of(str(tmp_path / "s.tar"))
+    assert sha == sha256_file(str(tmp_path / "s.tar"))
     assert not list(tmp_path.glob("*.tmp*"))
 
 
