@@ -80,8 +80,8 @@ def sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | 
     23 documents, longest 742, fwd+bwd 1.04 s vs 0.10 s).
     """
     T, H, Dh = q_THD.shape
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    starts = cu_seqlens[:-1].tolist()
+    cu = cu_seqlens.tolist()  # one host read per call (a device sync on GPU: the fused backends need none)
+    starts, lens = cu[:-1], [b - a for a, b in zip(cu[:-1], cu[1:])]
     by_len: dict[int, list[int]] = {}
     for start, n in zip(starts, lens):
         by_len.setdefault(n, []).append(start)

@@ -59,7 +59,7 @@ def pool(h_TD: torch.Tensor, cu_seqlens: torch.Tensor, how: str) -> torch.Tensor
     if how == "cls":
         return h_TD[cu[:-1]]
     lens_B = cu[1:] - cu[:-1]
-    ex_T = torch.repeat_interleave(torch.arange(len(lens_B), device=h_TD.device), lens_B)
+    ex_T = torch.repeat_interleave(torch.arange(len(lens_B), device=h_TD.device), lens_B, output_size=h_TD.shape[0])
     return h_TD.new_zeros(len(lens_B), h_TD.shape[1]).index_add_(0, ex_T, h_TD) / lens_B[:, None].to(h_TD.dtype)
 
 

@@ -10,7 +10,9 @@ The grouped computation never runs k full FFNs: ``Wi x`` once, then per (token, 
 ``h = Wi x + s·B1_j(A1_j x)`` and one activation, ``a = act(h)``; by linearity of Wo the output is
 ``Wo(Σ w_j a_j) + s·Σ w_j B2_j(A2_j a_j)``. Pairs are sorted by expert so each expert's low-rank
 matmul runs once on a contiguous block (no Python loop over tokens). The A1 and B2 products are done
-for all experts at once (E·r is small next to 2I); B1 and A2 are per expert. ``reference`` computes
+for all experts at once (E·r is small next to 2I); B1 and A2 are per expert, in one ``F.grouped_mm`` call
+each where its layout fits (the block ends stay on the device: no host sync in the forward), else in a
+matmul per expert (block sizes read on the host; also the reference for the parity tests). ``reference`` computes
 every expert's full FFN with merged weights: slow and obviously right, for the parity tests.
 
 The grouped computation is its own parameterless module (``GroupedLoRAFFN``) that receives the
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 
 from model.config import MoLConfig
 from model.init import fill_
-from model.routing import Routing, Router, RoutingRecorder, load_balance_loss, topk_dense, z_loss
+from model.routing import Routing, Router, RoutingRecorder, expert_counts, load_balance_loss, topk_dense, z_loss
 
 
 def geglu(h_NF: torch.Tensor) -> torch.Tensor:
@@ -60,8 +62,47 @@ class DenseFFN(nn.Module):
         return self.Wo(self.act(self.Wi(x_TD)))
 
 
-def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Row block e of ``x`` (``counts[e]`` rows, blocks in expert order) times ``w[e]ᵀ``; [N, O]."""
+class ExpertBlocks:
+    """Where each expert's rows are in the expert-sorted pairs: ``offsets`` [E] int32, the end of each block,
+    on the device; ``counts()``, the block sizes on the host, only for the reference path (a host sync)."""
+
+    def __init__(self, exp_N: torch.Tensor, num_experts: int) -> None:
+        self.offsets = expert_counts(exp_N, num_experts).cumsum(0).to(torch.int32)
+        self._counts: list[int] | None = None
+
+    def counts(self) -> list[int]:
+        if self._counts is None:
+            self._counts = torch.diff(self.offsets, prepend=self.offsets.new_zeros(1)).tolist()
+        return self._counts
+
+
+def grouped_mm_fits(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
+    """Whether ``F.grouped_mm`` computes ``x_NI`` by blocks times ``w_EOI[e]ᵀ``: bf16 (CUDA: SM >= 8.0), or
+    fp32/fp16 eagerly on CPU (its compiled form is bf16 only), with 16-byte aligned rows and columns."""
+    if not hasattr(F, "grouped_mm") or x_NI.dtype != w_EOI.dtype or x_NI.dim() != 2:
+        return False
+    compiling = torch.compiler.is_compiling()
+    if x_NI.device.type == "cuda":
+        if x_NI.dtype != torch.bfloat16 or torch.cuda.get_device_capability(x_NI.device) < (8, 0):
+            return False
+    elif x_NI.device.type != "cpu":
+        return False
+    elif x_NI.dtype != torch.bfloat16 and (x_NI.dtype not in (torch.float32, torch.float16) or compiling):
+        return False
+    align = 16 // x_NI.element_size()
+    return (x_NI.shape[1] % align == 0 and w_EOI.shape[1] % align == 0 and x_NI.is_contiguous()
+            and w_EOI.is_contiguous() and (compiling or (x_NI.data_ptr() % 16 == 0 and w_EOI.data_ptr() % 16 == 0)))
+
+
+def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, blocks: ExpertBlocks, fast: bool = True) -> torch.Tensor:
+    """Row block e of ``x`` (blocks in expert order) times ``w[e]ᵀ``; [N, O].
+
+    One ``F.grouped_mm`` call where it fits (no host sync: the block ends stay on the device); else, and
+    with ``fast=False``, the reference: a matmul per expert on ``torch.split`` blocks (sizes read on the host).
+    """
+    if fast and grouped_mm_fits(x_NI, w_EOI):
+        return F.grouped_mm(x_NI, w_EOI.transpose(1, 2), offs=blocks.offsets)
+    counts = blocks.counts()
     outs = [blk @ w_EOI[e].t() for e, blk in enumerate(torch.split(x_NI, counts)) if counts[e]]
     return torch.cat(outs) if outs else x_NI.new_zeros(0, w_EOI.shape[1])
 
@@ -88,6 +129,7 @@ class GroupedLoRAFFN(nn.Module):
         super().__init__()
         self.scale = scale
         self.act = ACTIVATIONS[activation]
+        self.grouped_mm = True  # False: the per-expert matmul reference (the parity tests)
 
     def forward(self, x_TD: torch.Tensor, idx_TK: torch.Tensor, w_TK: torch.Tensor, Wi: nn.Module, Wo: nn.Module,
                 A1: torch.Tensor, B1: torch.Tensor, A2: torch.Tensor, B2: torch.Tensor) -> torch.Tensor:
@@ -95,14 +137,15 @@ class GroupedLoRAFFN(nn.Module):
         E, R, s = A1.shape[0], A1.shape[1], self.scale
         h_TF = Wi(x_TD)
         tok_N, exp_N, w_N = sort_pairs(idx_TK, w_TK, x_TD.dtype)
-        counts = torch.bincount(exp_N, minlength=E).tolist()
+        blocks = ExpertBlocks(exp_N, E)
 
         # the scale goes into the small factors, not the big activations
         u_TER = (x_TD @ A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
-        h_NF = F.embedding(tok_N, h_TF).add_(grouped_matmul(u_TER[tok_N, exp_N], s * B1, counts))  # row gather
+        u_NR = u_TER[tok_N, exp_N]
+        h_NF = F.embedding(tok_N, h_TF).add_(grouped_matmul(u_NR, s * B1, blocks, self.grouped_mm))  # row gather
         a_NI = self.act(h_NF)
         y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add_(0, tok_N, a_NI * w_N[:, None])
-        v_NR = grouped_matmul(a_NI, A2, counts) * w_N[:, None]
+        v_NR = grouped_matmul(a_NI, A2, blocks, self.grouped_mm) * w_N[:, None]
         z_TER = x_TD.new_zeros(T, E, R).index_put_((tok_N, exp_N), v_NR)
         B2_DX = (s * B2).permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
         return Wo(y_TI) + z_TER.view(T, E * R) @ B2_DX.t()

@@ -84,10 +84,16 @@ def mixing_weights(r: Routing, mode: str) -> torch.Tensor:
     raise ValueError(f"routing={mode!r}: allowed: soft, topk, hardsoft")
 
 
+def expert_counts(idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """How many entries of ``idx`` name each expert, int64 [E], without a host sync (CUDA's
+    ``torch.bincount`` reads the largest index on the host first)."""
+    flat = idx.reshape(-1)
+    return torch.zeros(num_experts, dtype=torch.long, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def assignment_share(r: Routing) -> torch.Tensor:
     """f_E: share of the T·K top-k assignments that went to each expert."""
-    E = r.probs_TE.shape[1]
-    counts = torch.bincount(r.topk_idx_TK.reshape(-1), minlength=E).float()
+    counts = expert_counts(r.topk_idx_TK, r.probs_TE.shape[1]).float()
     return counts / max(1, r.topk_idx_TK.numel())
 
 
@@ -142,9 +148,8 @@ class RoutingRecorder:
         for name, value in losses.items():
             self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
         with torch.no_grad():
-            E = r.probs_TE.shape[1]
             self.stats[f"layer{layer}.{kind}"] = {
-                "tokens_per_expert": torch.bincount(r.topk_idx_TK.reshape(-1), minlength=E),
+                "tokens_per_expert": expert_counts(r.topk_idx_TK, r.probs_TE.shape[1]),
                 "router_entropy": entropy(r.probs_TE).mean(),
                 **{name: value.detach() for name, value in losses.items()},
             }

@@ -177,8 +177,9 @@ def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, 
         trainer.engine.backward, rt.accum = counted_backward, micro
         LEDGER.records, LEDGER.on = [], True
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-            record, _, _ = trainer.step(probe_batches(cfg, tokens), count_load=False)
-        LEDGER.on = False
+            trainer.step(probe_batches(cfg, tokens), count_load=False)
+        LEDGER.on = False  # the metrics' read below happens on log steps only: not part of a step's collectives
+        record = trainer.flush()[-1][0]
         probes.append({"tokens": tokens, "micro_batches": micro, "loss": record["loss"],
                        "activations": max(saved.per_micro),
                        "collectives": [(c.kind, list(c.ranks), c.in_bytes, c.out_bytes) for c in LEDGER.records]})

@@ -13,7 +13,9 @@ expert parallelism → activation checkpointing → torch.compile → FSDP2.
   shared block recomputes its activations in the backward (G applications → G checkpoints; the
   block's weights are stored once). The RNG state is replayed, so router jitter is the same.
 - ``torch.compile`` (``parallel.compile``): each block's forward, in place (parameter names unchanged).
-  The MoL and attention code read tensor sizes on the host, which splits the graph there.
+  In bf16 the MoL blocks are one ``F.grouped_mm`` each (no host read, no graph break); in fp32 (compiled
+  grouped_mm is bf16 only) and in the CPU attention reference (sdpa) tensor sizes are read on the host,
+  which splits the graph there.
 - FSDP2 (``fully_shard``, ZeRO-3 semantics) over all ranks. Each ``RecursiveGroup`` is one unit: its
   block is all-gathered once and stays gathered for its G applications (the recursion loop runs
   inside the unit's forward), then resharded. The root unit holds embeddings, final norm and MLM head

@@ -1,8 +1,9 @@
 """Preemption: SIGUSR1/SIGTERM/SIGINT (SLURM's pre-timeout signal, a scheduler's kill, Ctrl-C) → save and exit for requeue.
 
-The handler only sets a flag. At every step boundary the ranks agree (all-reduce MAX of the flags), so
-they all stop after the same step, save one checkpoint together, write ``run_dir/preempted`` and exit
-with ``REQUEUE_EXIT_CODE``; a relaunch with the same config resumes from that checkpoint.
+The handler only sets a flag. At the start of every step the ranks agree on it (it rides the step's
+all-reduce of batch counts, ``pretrain/train.py: Trainer.step``), so they all stop after the same step,
+save one checkpoint together, write ``run_dir/preempted`` and exit with ``REQUEUE_EXIT_CODE``; a
+relaunch with the same config resumes from that checkpoint.
 """
 
 from __future__ import annotations
@@ -10,11 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-import torch
-import torch.distributed as dist
-
 from pretrain import exit_codes
-from pretrain.reduce import all_reduce
 
 REQUEUE_EXIT_CODE = exit_codes.REQUEUE
 MARKER = "preempted"
@@ -42,11 +39,6 @@ class PreemptionWatch:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
-
-    def agreed(self) -> bool:
-        """Collective: True on every rank if any rank got a signal."""
-        flag = torch.tensor([1 if self.received is not None else 0])
-        return bool(all_reduce(flag, dist.ReduceOp.MAX).item())
 
 
 def write_marker(run_dir: str, step: int) -> None:

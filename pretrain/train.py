@@ -177,7 +177,7 @@ def build_engine(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, pa
 # ---------------------------------------------------------------------------------------------- step
 
 class StepSums:
-    """A step's metric sums over its micro-batches, kept on the device (no host sync until ``reduce``).
+    """A step's metric sums over its micro-batches, kept on the device (no host sync until ``Trainer.flush``).
 
     Entries: one per declared loss term (``pretrain/loss_terms.py``), and on log steps "load/<layer>"
     (tokens routed to each expert). Every rank adds the same entries in the same order, so the flattened
@@ -200,22 +200,40 @@ class StepSums:
             for layer, st in out.routing_stats.items():
                 self._add(f"load/{layer}", st["tokens_per_expert"])
 
-    def reduce(self, grad_norm: torch.Tensor | float) -> tuple[dict[str, float], dict[str, list[int]]]:
-        """Collective: (scalar sums over all ranks plus "grad_norm", expert load per layer), read with
-        one host sync."""
-        names = list(self.sums)
-        flat = all_reduce(torch.cat([self.sums[n] for n in names]))
-        norm = torch.as_tensor(grad_norm, dtype=torch.float64, device=self.device).reshape(1)
-        values = torch.cat([flat, norm]).tolist()
-        scalars, load, i = {"grad_norm": values[-1]}, {}, 0
-        for n in names:
-            e = self.sums[n].numel()
+    def nonfinite(self, names: list[str]) -> torch.Tensor:
+        """[1] float64 on the device: 1 when this rank's sum of any of ``names`` is NaN or infinite."""
+        sums = [self.sums[n] for n in names if n in self.sums]
+        if not sums:
+            return torch.zeros(1, dtype=torch.float64, device=self.device)
+        return (~torch.isfinite(torch.cat(sums))).any().to(torch.float64).reshape(1)
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat(list(self.sums.values()))
+
+    def unflatten(self, values: list[float]) -> tuple[dict[str, float], dict[str, list[int]]]:
+        """``flat()``'s layout read back: (scalar sums, expert load per layer)."""
+        scalars, load, i = {}, {}, 0
+        for n, t in self.sums.items():
+            e = t.numel()
             if n.startswith("load/"):
                 load[n[len("load/"):]] = [int(v) for v in values[i:i + e]]
             else:
                 scalars[n] = values[i]
             i += e
         return scalars, load
+
+
+@dataclass
+class TakenStep:
+    """An optimizer step whose metrics are still on the device, waiting for ``Trainer.flush``."""
+
+    step: int
+    sums: StepSums
+    counts: dict[str, float]  # the global counts its terms are divided by
+    grad_norm: torch.Tensor | float  # already global (the same on every rank)
+    lr: float
+    tokens: int
+    flops: float
 
 
 class Trainer:
@@ -243,6 +261,9 @@ class Trainer:
         self.resumed_from: str | None = None
         self.preemption = preemption
         self.logger: TrainLogger | None = None  # set by run(); rank 0's log-write fault stops every rank
+        self.pending: list[TakenStep] = []  # steps taken since the last flush (metrics on the device)
+        self._nonfinite: torch.Tensor | None = None  # the last step's flag, read with the next step's counts
+        self._loader_state: dict | None = None  # the data position before the current step's micro-batches
 
     def _build_data(self) -> None:
         cfg, rt = self.cfg, self.rt
@@ -280,34 +301,55 @@ class Trainer:
             if self.rt.rank == 0:
                 print(f"resumed from {latest} at step {self.step_no}")
 
-    def save(self) -> str:
+    def save(self, loader_state: dict | None = None) -> str:
+        """A checkpoint after step ``step_no``; ``loader_state``: the data position at that step, when the
+        loader has already handed out the next step's micro-batches (a stop agreed at the next step's start)."""
         cfg = self.cfg
         return self.engine.save(self.ckpt_dir, self.step_no,
-                                {"scheduler": self.scheduler.state_dict(), "loader": self.loader.state_dict(),
+                                {"scheduler": self.scheduler.state_dict(),
+                                 "loader": loader_state or self.loader.state_dict(),
                                  "config": cfg.to_dict(), "engine": cfg.engine, "world_size": self.rt.world},
                                 cfg.checkpoint.keep)
 
     # step ---------------------------------------------------------------------------------------
-    def step(self, batches, count_load: bool) -> tuple[dict, float, dict[str, list[int]]]:
-        """One optimizer step over ``accum`` micro-batches: (record, FLOPs over all ranks, expert load)."""
+    def step(self, batches, count_load: bool) -> bool:
+        """One optimizer step over ``accum`` micro-batches, its metrics left on the device in ``pending``.
+
+        Its one host sync is the all-reduce of the batch counts at its start, which also carries the flags
+        every rank must agree on: a bad shard, rank 0's log-write fault, a preemption signal, and whether
+        the previous step's weighted loss terms were finite. Returns False, taking no step, when some rank
+        got a preemption signal: every rank then stops after the same step (``run`` saves and exits); a
+        signal before the run's first step stops it after that step.
+        """
         cfg, rt, device = self.cfg, self.rt, self.rt.device
+        self._loader_state = self.loader.state_dict() if self.loader is not None else None
         try:
             micro, fault = [next(batches) for _ in range(rt.accum)], None
         except ShardError as e:
             micro, fault = [], str(e)
-        # the loss is a mean over every masked token of the global batch: count them first (and learn
-        # whether any rank met a bad shard, in the same reduction)
+        # the loss is a mean over every masked token of the global batch: count them first
         io_fault = self.logger.fault if self.logger is not None else None
+        signalled = self.preemption is not None and self.preemption.received is not None
         local = [sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro),
                  sum(self.flops(b["cu_seqlens"], len(b["mlm_labels"])) for b in micro), float(fault is not None),
-                 float(io_fault is not None)]
-        global_masked, global_tokens, flops, faults_seen, io_faults = all_reduce(
-            torch.tensor(local, dtype=torch.float64)).tolist()
+                 float(io_fault is not None), float(signalled)]
+        flags = torch.tensor(local, dtype=torch.float64).to(device)
+        if self._nonfinite is not None:
+            flags = torch.cat([flags, self._nonfinite])
+        # the step's host sync (it waits for the previous step's device work, which computed its flag)
+        global_masked, global_tokens, flops, faults_seen, io_faults, preempt, *nonfinite = all_reduce(flags).tolist()
+        self._nonfinite = None
+        if nonfinite and nonfinite[0]:
+            self.flush()  # raises TrainingError naming the step and term
         if io_faults:  # rank 0's message; the others only learn that there was one
             raise TrainingError(f"{io_fault or 'rank 0 could not write its logs'}. Training stopped before step "
                                 f"{self.step_no + 1}; the last checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}")
         if faults_seen:
-            raise self._data_fault(first_fault(fault, already_flagged=True))
+            message = first_fault(fault, already_flagged=True)
+            self.flush()  # the steps taken are logged before the run stops
+            raise self._data_fault(message)
+        if preempt and self.step_no > self.start_step:  # a signal during start-up: one step first, as documented
+            return False
         # every term is a global-batch sum over one of these counts (pretrain/loss_terms.py)
         counts = {"masked": global_masked, "tokens": global_tokens, "micro_batches": float(rt.accum * rt.world)}
         sums = StepSums(device)
@@ -328,18 +370,39 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step_no += 1
-
-        m, load = sums.reduce(grad_norm)  # the step's one host sync
-        record = {"step": self.step_no, **{t.name: m[t.name] / counts[t.normaliser] for t in self.terms}}
         if faults.nan_at(self.step_no):
-            record["loss"] = float("nan")
-        record.update({"aux_loss": aux_loss(self.terms, record), "grad_norm": m["grad_norm"], "lr": lr,
-                       "tokens": int(global_tokens)})
-        bad = {t.name: record[t.name] for t in self.terms if t.weight and not math.isfinite(record[t.name])}
-        if bad:
-            raise TrainingError(f"step {self.step_no}: " + ", ".join(f"{k} is {v}" for k, v in bad.items())
-                                + f"; stopping. The last good checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}")
-        return record, flops, load
+            sums.sums["loss"] = sums.sums["loss"] * float("nan")
+        self._nonfinite = sums.nonfinite([t.name for t in self.terms if t.weight])
+        self.pending.append(TakenStep(self.step_no, sums, counts, grad_norm, lr, int(global_tokens), flops))
+        return True
+
+    def flush(self) -> list[tuple[dict, float, dict[str, list[int]]]]:
+        """Collective: the records of the steps taken since the last flush, read with one all-reduce and one
+        host sync: [(record, FLOPs over all ranks, expert load)]. Raises TrainingError at the first step with
+        a non-finite weighted term (every rank together: the sums are the same everywhere after the reduce)."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return []
+        device = self.rt.device
+        reduced = all_reduce(torch.cat([p.sums.flat() for p in pending]))
+        norms = [torch.as_tensor(p.grad_norm, dtype=torch.float64, device=device).reshape(1) for p in pending]
+        values = torch.cat([reduced, *norms]).tolist()  # grad norms are global already: not summed
+        out, i = [], 0
+        for k, p in enumerate(pending):
+            n = sum(t.numel() for t in p.sums.sums.values())
+            m, load = p.sums.unflatten(values[i:i + n])
+            i += n
+            record = {"step": p.step, **{t.name: m[t.name] / p.counts[t.normaliser] for t in self.terms}}
+            record.update({"aux_loss": aux_loss(self.terms, record), "grad_norm": values[len(reduced) + k],
+                           "lr": p.lr, "tokens": p.tokens})
+            bad = {t.name: record[t.name] for t in self.terms if t.weight and not math.isfinite(record[t.name])}
+            if bad:
+                raise TrainingError(f"step {p.step}: " + ", ".join(f"{name} is {v}" for name, v in bad.items())
+                                    + f"; stopping. The last good checkpoint is "
+                                    f"{checkpoint.latest_checkpoint(self.ckpt_dir)}")
+            out.append((record, p.flops, load))
+        self._nonfinite = None  # read here: the next step need not carry it
+        return out
 
     def _data_fault(self, message: str) -> TrainingError:
         return TrainingError(f"{message}. Training stopped before step {self.step_no + 1}; the last good checkpoint is "
@@ -359,6 +422,12 @@ class Trainer:
         return result
 
     # the loop -----------------------------------------------------------------------------------
+    def _log(self, taken: list[tuple[dict, float, dict[str, list[int]]]], records: list[dict]) -> None:
+        for record, flops, load in taken:
+            self.logger.step(record, record["tokens"], flops, load)
+            if self.rt.rank == 0:
+                records.append(record)
+
     def run(self) -> list[dict]:
         """Train to ``train.steps``; returns rank 0's records of this process."""
         cfg, rt = self.cfg, self.rt
@@ -377,25 +446,31 @@ class Trainer:
         records: list[dict] = []
         batches = iter(self.loader)
         self.model.train()
+        saved_at = None
         try:
             while self.step_no < steps:
-                is_log = (self.step_no + 1) % cfg.train.log_every == 0 or self.step_no + 1 == steps
-                record, flops, load = self.step(batches, count_load=is_log)
-                step = self.step_no
-                if self.val is not None and (step % cfg.eval.every == 0 or step == steps):
-                    record.update(self.validate())
-                logger.step(record, record["tokens"], flops, load)
-                if rt.rank == 0:
-                    records.append(record)
-                saved_now = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < steps
-                if saved_now:
-                    self.save()
-                faults.kill_if("MODERNALBERT_KILL_AFTER_STEP", step)
-                if self.preemption.agreed() and step < steps:  # every rank stops after this same step
-                    path = checkpoint.latest_checkpoint(self.ckpt_dir) if saved_now else self.save()
+                step = self.step_no + 1
+                is_log = step % cfg.train.log_every == 0 or step == steps
+                is_eval = self.val is not None and (step % cfg.eval.every == 0 or step == steps)
+                is_save = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < steps
+                if not self.step(batches, count_load=is_log):  # a preemption signal: stop after the last step
+                    self._log(self.flush(), records)
+                    path = (checkpoint.latest_checkpoint(self.ckpt_dir) if saved_at == self.step_no
+                            else self.save(self._loader_state))
                     if rt.rank == 0:
-                        write_marker(cfg.run_dir, step)
-                    raise Preempted(step, path)
+                        write_marker(cfg.run_dir, self.step_no)
+                    raise Preempted(self.step_no, path)
+                # metrics are read (one more host sync) only where they are needed: to log them, beside an
+                # evaluation, and before a checkpoint (which must not keep a non-finite step)
+                if is_log or is_eval or is_save:
+                    taken = self.flush()
+                    if is_eval:
+                        taken[-1][0].update(self.validate())
+                    self._log(taken, records)
+                if is_save:
+                    self.save()
+                    saved_at = step
+                faults.kill_if("MODERNALBERT_KILL_AFTER_STEP", step)
             if self.step_no > self.start_step or not self.resumed_from:  # a finished run relaunched saves nothing
                 self.save()
             if logger.fault:  # rank 0 only: after the last step nothing else would report it

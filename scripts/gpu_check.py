@@ -257,7 +257,7 @@ class Check:
     def stage_tests(self, until: float) -> tuple[str, str]:
         # on CPU the fused backends cannot run: the rehearsal runs the unpadded-vs-padded SDPA parity instead
         target = (["tests/test_model.py", "-k", "unpadded_forward"] if self.s.cpu
-                  else ["-m", "gpu", "tests/test_attention_gpu.py"])
+                  else ["-m", "gpu", "tests/test_attention_gpu.py", "tests/test_host_syncs_gpu.py"])
         rc, out = self.sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *target],
                           until - time.monotonic())
         if rc is None:

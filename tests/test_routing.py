@@ -31,10 +31,14 @@ def _mol(num_experts=8, top_k=2, seed=0, activation="geglu", bias=False) -> MoLF
     return m
 
 
+@pytest.mark.parametrize("grouped_mm", [True, False])  # one F.grouped_mm call per factor; a matmul per expert
 @pytest.mark.parametrize("ffn", ["geglu", "gelu+bias"])  # ModernBERT's FFN; the BERT family's
 @pytest.mark.parametrize("top_k", [1, 2, 3])
-def test_grouped_mol_equals_the_reference_outputs_and_gradients(top_k, ffn):
+def test_grouped_mol_equals_the_reference_outputs_and_gradients(top_k, ffn, grouped_mm, monkeypatch):
     m = _mol(top_k=top_k, activation=ffn.split("+")[0], bias="bias" in ffn).eval()
+    m.grouped_ffn.grouped_mm = grouped_mm
+    calls = []
+    monkeypatch.setattr(F, "grouped_mm", lambda *a, **k: calls.append(1) or _GROUPED_MM(*a, **k))
     x = torch.randn(200, 32, requires_grad=True)
     r = m.router(x)
     assert len(set(r.topk_idx_TK.reshape(-1).tolist())) == 8  # every expert gets tokens
@@ -48,11 +52,41 @@ def test_grouped_mol_equals_the_reference_outputs_and_gradients(top_k, ffn):
         return out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in m.named_parameters()}
 
     out_g, dx_g, g_g = run(lambda x, r: m.grouped(x, r.topk_idx_TK, r.topk_w_TK))
+    assert len(calls) == (2 if grouped_mm else 0)  # B1 and A2 (rank 4 and width 48: 16-byte aligned fp32)
     out_r, dx_r, g_r = run(m.reference)
     assert (out_g - out_r).abs().max().item() <= 1e-5
     assert_close(dx_g, dx_r, what="d/dx")
     for n in g_g:
         assert_close(g_g[n], g_r[n], what=n)
+
+
+_GROUPED_MM = F.grouped_mm
+
+
+def test_grouped_mol_reads_nothing_on_the_host_and_handles_idle_experts(monkeypatch):
+    """The fast path's block ends stay on the device: no .tolist()/.item() in its forward or backward (each
+    would be a device sync on GPU), also when experts get no token (their blocks are empty)."""
+    m = _mol(top_k=1).eval()
+    x = torch.randn(64, 32, requires_grad=True)
+    idx_TK = torch.randint(0, 3, (64, 1))  # experts 3..7 idle
+    w_TK = torch.ones(64, 1)
+    m.grouped_ffn.grouped_mm = False
+    want = m.grouped(x, idx_TK, w_TK)
+    (want.square().sum()).backward()
+    want_dx = x.grad.clone()
+    x.grad = None
+
+    def forbidden(self, *a, **k):
+        raise AssertionError("a host read in the grouped MoL fast path")
+
+    m.grouped_ffn.grouped_mm = True
+    with monkeypatch.context() as mp:
+        for name in ("tolist", "item", "__bool__", "__int__", "__float__"):
+            mp.setattr(torch.Tensor, name, forbidden)
+        got = m.grouped(x, idx_TK, w_TK)
+        (got.square().sum()).backward()
+    assert (got - want).abs().max().item() <= 1e-5
+    assert_close(x.grad, want_dx, what="d/dx")
 
 
 def test_top_k_weights_sum_to_one_and_pick_the_largest_probabilities():

@@ -313,3 +313,80 @@ def test_a_declared_loss_term_is_summed_reduced_and_logged_on_two_ranks(referenc
     ref = _losses(reference)
     for rec in records[:5]:  # as test_two_fsdp_ranks_give_the_losses_of_one_process (2 x 1 micro-batch of 8)
         assert abs(rec["loss"] - ref[rec["step"]]) <= 1e-5 * abs(ref[rec["step"]]), rec["step"]
+
+
+_COUNT_HOST_READS = r"""
+import collections, json, os, sys, traceback
+import torch
+import pretrain.train as T
+
+REPO = os.getcwd()
+counts = collections.Counter()
+on = [False]
+
+
+def site():
+    # the innermost frame in the repo names the read; torch.optim's own reads are its step counters
+    for fr in reversed(traceback.extract_stack()[:-2]):
+        if "/torch/optim/" in fr.filename:
+            return "torch.optim"
+        if fr.filename.startswith(REPO + "/") and "site-packages" not in fr.filename:
+            return f"{os.path.relpath(fr.filename, REPO)}:{fr.name}"
+    return "?"
+
+
+def counted(name):
+    orig = getattr(torch.Tensor, name)
+
+    def read(self, *a, **k):
+        if on[0]:
+            counts[site()] += 1
+        return orig(self, *a, **k)
+    setattr(torch.Tensor, name, read)
+
+
+for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+    counted(name)
+run = T.Trainer.run
+
+
+def counting_run(self):
+    on[0] = True
+    try:
+        return run(self)
+    finally:
+        on[0] = False
+        json.dump(dict(counts), open(os.environ["HOST_READS"], "w"))
+
+
+T.Trainer.run = counting_run
+sys.exit(T.main(sys.argv[1:]))
+"""
+
+
+def test_a_step_reads_the_device_once_and_a_log_step_twice(shards_dir, tmp_path):
+    """Host reads of tensors (.item/.tolist/bool/int/float: each a device sync on GPU) during 8 steps with
+    train.log_every=4, by call site: the batch counts' all-reduce (which also carries the preemption, fault
+    and non-finite flags) once per step, the metrics once per log step, none in the model's MoL/routing code
+    or the loss terms. Before this count was taken the loop read 3 times per step and the MoL forward once per
+    application. Host-side tensors are read on CPU too and are listed apart: the loader's batches (FLOPs), torch
+    AdamW's step counters, and the reference attention backend (sdpa, CPU's; on GPU flash_attn/torch_varlen
+    take cu_seqlens as they are)."""
+    from conftest import torchrun
+
+    script = tmp_path / "count.py"
+    script.write_text(_COUNT_HOST_READS)
+    out = tmp_path / "reads.json"
+    r = torchrun(1, [str(script), "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}",
+                     f"run_dir={tmp_path / 'run'}", "train.steps=8", "train.micro_batch_size=8",
+                     "train.global_batch_tokens=2048", "train.log_every=4", "eval.every=0", "checkpoint.every=0"],
+                 env={"HOST_READS": str(out)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    reads = json.loads(out.read_text())
+    host_side = {k: v for k, v in reads.items()
+                 if k == "torch.optim" or k.startswith(("model/flops.py:", "pretrain/data.py:"))
+                 or k == "model/attention.py:sdpa_varlen"}
+    device = {k: v for k, v in reads.items() if k not in host_side}
+    assert device == {"pretrain/train.py:step": 8, "pretrain/train.py:flush": 2}, reads
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [rec["step"] for rec in records] == list(range(1, 9))  # every step's record, written at its log step
