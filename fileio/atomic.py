@@ -21,7 +21,7 @@ def atomic_write(path: str, mode: str = "w", fsync: bool = False) -> Iterator[IO
         raise ValueError(f"atomic_write mode {mode!r}: allowed: w, wb")
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+        with open(tmp, mode, encoding="utf-8" if mode == "w" else None) as f:
             yield f
             f.flush()
             if fsync:

@@ -32,6 +32,8 @@ from model.init import fill_
 
 
 class MixtureLinear(nn.Linear):
+    lora_scale: torch.Tensor  # [E] buffer: each expert's α/r (a PEFT import may set its own)
+
     def __init__(self, in_features: int, out_features: int, num_experts: int, rank: int, alpha: float) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.lora_A = nn.Parameter(torch.empty(num_experts, rank, in_features))

@@ -12,7 +12,7 @@ training loop turn a micro-batch's mean into its share of a global-batch mean.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -24,7 +24,7 @@ def aux_coefficients(cfg: ModelConfig) -> dict[str, float]:
 
     (``attn_route_ce``, returned only when routing targets are given, is weighed by the fine-tuning loop.)
     """
-    coefs = {}
+    coefs: dict[str, float] = {}
     if cfg.mol.groups:
         coefs.update(mol_load_balance=cfg.mol.aux_loss_coef, mol_z=cfg.mol.z_loss_coef)
     if cfg.attn_experts.groups:
@@ -32,7 +32,7 @@ def aux_coefficients(cfg: ModelConfig) -> dict[str, float]:
     return coefs
 
 
-def weighted_aux(cfg: ModelConfig, aux: dict[str, torch.Tensor | float]) -> torch.Tensor | float:
+def weighted_aux(cfg: ModelConfig, aux: Mapping[str, torch.Tensor | float]) -> torch.Tensor | float:
     """Σ coef·aux over the auxiliary losses present (0.0 when there are none); tensors or plain sums."""
     coefs = aux_coefficients(cfg)
     unknown = set(aux) - set(coefs)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn as nn
@@ -68,8 +68,8 @@ class Attention(nn.Module):
             self.router = Router(d, ae.num_experts, ae.top_k, ae.jitter)
             if ae.route == "per_projection":
                 self.router_o = Router(d, ae.num_experts, ae.top_k, ae.jitter)
-            self.Wqkv = MixtureLinear(d, 3 * d, ae.num_experts, ae.rank, ae.alpha)
-            self.Wo = MixtureLinear(d, d, ae.num_experts, ae.rank, ae.alpha)
+            self.Wqkv: nn.Linear = MixtureLinear(d, 3 * d, ae.num_experts, ae.rank, ae.alpha)
+            self.Wo: nn.Linear = MixtureLinear(d, d, ae.num_experts, ae.rank, ae.alpha)
         else:
             self.Wqkv = nn.Linear(d, 3 * d, bias=cfg.bias)
             self.Wo = nn.Linear(d, d, bias=cfg.bias)
@@ -130,19 +130,21 @@ class Block(nn.Module):
         # pre-norm: group 0's block also runs at layers 1..G-1, which do normalise: it keeps the norm, layer 0
         # skips it; post-norm: every layer normalises after its attention
         has_attn_norm = self.post_norm or group > 0 or cfg.group_depth > 1
-        self.attn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias) if has_attn_norm else None
+        self.attn_norm: nn.LayerNorm | None = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias) if has_attn_norm else None
         self.attn = Attention(cfg, group)
         self.ffn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias)
+        self.ffn: MoLFFN | DenseFFN
         if group in cfg.mol.groups:
             self.ffn = MoLFFN(d, cfg.intermediate_size, cfg.mol, cfg.ffn_activation, cfg.bias, cfg.group_depth)
         else:
             self.ffn = DenseFFN(d, cfg.intermediate_size, cfg.ffn_activation, cfg.bias)
 
     def forward(self, x_TD: torch.Tensor, layer: int, ctx: ForwardContext) -> torch.Tensor:
+        attn_norm = cast(nn.LayerNorm, self.attn_norm)  # None only where it is not called (pre-norm, layer 0)
         if self.post_norm:
-            x_TD = self.attn_norm(x_TD + self.attn(x_TD, layer, ctx))
+            x_TD = attn_norm(x_TD + self.attn(x_TD, layer, ctx))
             return self.ffn_norm(x_TD + self.ffn(x_TD, layer, ctx.recorder))
-        h = x_TD if layer == 0 else self.attn_norm(x_TD)
+        h = x_TD if layer == 0 else attn_norm(x_TD)
         x_TD = x_TD + self.attn(h, layer, ctx)
         return x_TD + self.ffn(self.ffn_norm(x_TD), layer, ctx.recorder)
 
@@ -333,7 +335,8 @@ class ModernAlbertForMaskedLM(nn.Module):
 
 def mol_layers(model: nn.Module) -> dict[int, MoLFFN]:
     """Group index → its MoL FFN, for any model whose encoder is ``model.model`` (MLM, classifiers)."""
-    return {g: grp.block.ffn for g, grp in enumerate(model.model.groups) if isinstance(grp.block.ffn, MoLFFN)}
+    groups = cast(list[RecursiveGroup], model.get_submodule("model.groups"))
+    return {g: grp.block.ffn for g, grp in enumerate(groups) if isinstance(grp.block.ffn, MoLFFN)}
 
 
 def model_inputs(batch: dict) -> dict:

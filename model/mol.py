@@ -27,6 +27,7 @@ R LoRA rank.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -42,7 +43,7 @@ def geglu(h_NF: torch.Tensor) -> torch.Tensor:
     return F.gelu(u) * g
 
 
-ACTIVATIONS = {"geglu": geglu, "gelu": F.gelu}  # ModelConfig.ffn_activation → act(Wi x) [N, F] → [N, I]
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"geglu": geglu, "gelu": F.gelu}  # ModelConfig.ffn_activation → act(Wi x) [N, F] → [N, I]
 
 
 def wi_width(intermediate: int, activation: str) -> int:

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -136,7 +137,7 @@ def layer_sets(num_groups: int, teacher_layers: int, how: str = "even") -> list[
     return [list(range(cuts[g], cuts[g + 1])) for g in range(num_groups)]
 
 
-def family_fields(info: TeacherInfo) -> dict:
+def family_fields(info: TeacherInfo) -> dict[str, Any]:
     """The ``ModelConfig`` fields that give the student the teacher's own block (``block="teacher"``)."""
     if info.family == "modernbert":
         return {"norm_eps": info.norm_eps}
@@ -166,7 +167,7 @@ def student_config(info: TeacherInfo, base: ModelConfig, take_dims: bool,
     inter = intermediate_size or info.intermediate_size
     if not 1 <= inter <= info.intermediate_size:
         raise TeacherError(f"--intermediate-size {inter}: must be in [1, the teacher's {info.intermediate_size}]")
-    dims = {"hidden_size": info.hidden_size, "num_heads": info.num_heads, "intermediate_size": inter}
+    dims: dict[str, Any] = {"hidden_size": info.hidden_size, "num_heads": info.num_heads, "intermediate_size": inter}
     if take_dims:
         cfg = dataclasses.replace(cfg, **dims)
     else:

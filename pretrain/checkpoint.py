@@ -3,8 +3,9 @@
 Layout under ``run_dir/checkpoints``::
 
     step_00000050/          DCP shards of model + optimizer (any world size can load them)
-        trainer.json        step, scheduler, data-loader cursor, resolved config (rank 0)
-        rng_rank{r}.pt      each rank's torch/numpy/python RNG states
+        trainer.json        step, scheduler, data-loader cursor, resolved config (rank 0;
+                            pretrain/train_state.py: TrainerState)
+        rng_rank{r}.pt      each rank's torch/numpy/python RNG states (RNGState)
         manifest.json       every other file's size and sha256 (written last)
     latest                  the name of the newest complete checkpoint
     corrupt-step_…/         a checkpoint that failed verification, set aside when a resume fell back
@@ -24,12 +25,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
 import shutil
 import warnings
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -40,6 +39,7 @@ from fileio import atomic_write, sha256_file
 from pretrain import faults
 from pretrain.reduce import first_fault, from_rank0
 from pretrain.storage import describe_failure, free_bytes, human, storage_failure, tree_size
+from pretrain.train_state import RNGState
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -94,19 +94,6 @@ def _write_manifest(tmp: str) -> None:
             json.dump({"files": {k: entries[k] for k in files}}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @contextlib.contextmanager
@@ -205,7 +192,7 @@ def save_with(ckpt_dir: str, step: int, write_state, trainer_state: dict, keep: 
     def write() -> None:
         write_state(tmp)  # collective: DCP hands one rank's failure to every rank itself
         faults.enospc_if(step, _rank(), tmp)  # after it: this rank's own files
-        torch.save(_rng_state(), os.path.join(tmp, f"rng_rank{_rank()}.pt"))
+        torch.save(RNGState().state_dict(), os.path.join(tmp, f"rng_rank{_rank()}.pt"))
         if _rank() == 0:
             with open(os.path.join(tmp, "trainer.json"), "w", encoding="utf-8") as f:
                 json.dump({"step": step, **trainer_state}, f, indent=1)
@@ -235,10 +222,9 @@ def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
 
 def _dcp_load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
     with quiet_single_process():
-        dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)  # in place
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                    options=StateDictOptions(strict=True))
 
 
@@ -252,7 +238,7 @@ def load_with(path: str, read_state) -> dict:
     read_state(path)
     rng = os.path.join(path, f"rng_rank{_rank()}.pt")
     if os.path.isfile(rng):  # a rank that did not exist when it was saved keeps its fresh seed
-        _set_rng_state(torch.load(rng, weights_only=False))
+        RNGState().load_state_dict(torch.load(rng, weights_only=False))
     return read_trainer_state(path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, get_args, get_origin, get_type_hints
 
 from model.config import ConfigError, ModelConfig, check, preset
@@ -214,7 +215,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | None, overrides: Sequence[str] = ()) -> RunConfig:
     """YAML file (``model.preset`` picks the model preset, other model keys override it) + overrides."""
     import yaml
 

@@ -273,7 +273,7 @@ class _EpochBatches(IterableDataset):
             try:
                 r = ShardReader(self._path(shard, order), sha, entry.samples)
             except ShardError:
-                if not self.remote:
+                if not self.remote or self._cache is None:
                     raise
                 self._cache.drop(entry.file)  # a cached copy that went bad on this node's disk: fetch anew
                 r = ShardReader(self._path(shard, order), sha, entry.samples)

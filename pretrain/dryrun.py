@@ -53,6 +53,7 @@ import torch.nn as nn
 from data_prep.errors import DataPrepError
 from model.config import ConfigError
 from model.init import module_generator
+from model.modernalbert import ModernAlbertForMaskedLM
 from model.routing import Router
 from pretrain import cost_model, exit_codes
 from pretrain.config import RunConfig, load_config
@@ -77,7 +78,7 @@ def check_world(cfg: RunConfig, world: int, seq_len: int, gpus_per_node: int) ->
     return cfg.accumulation_steps(seq_len, world)
 
 
-def cheap_fill(model: nn.Module, select) -> None:
+def cheap_fill(model: ModernAlbertForMaskedLM, select) -> None:
     """Seeded uniform weights with the init's scale (norms 1, biases 0): finite, varied routing, fast."""
     std = model.cfg.init_std
     for name, m in model.named_modules():
@@ -162,7 +163,8 @@ def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, 
     held, saved and sent. Needs the process group (simulated or real) to be initialised."""
     from pretrain.train import Runtime, Trainer
 
-    rt = Runtime(index=None, device=torch.device("cpu"), rank=rank, world=world, accum=accum, init_state=None)
+    rt = Runtime(index=None, device=torch.device("cpu"), rank=rank, world=world, accum=accum, init_state=None,
+                 seq_len=seq_len)
     trainer = Trainer(cfg, rt, preemption=None, fill=cheap_fill, with_data=False)
     probes = []
     backward = trainer.engine.backward

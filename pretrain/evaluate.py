@@ -64,8 +64,8 @@ def evaluate(model: torch.nn.Module, loader: PretrainLoader, device: torch.devic
         except ShardError as e:
             b, fault = None, str(e)
         fault = first_fault(fault)  # a bad val shard on one rank stops all of them here, together
-        if fault:
-            raise ShardError(fault)
+        if fault or b is None:
+            raise ShardError(fault or "no batch")
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in model_inputs(b).items()}
         out = model(**inputs)
         n = out.num_masked

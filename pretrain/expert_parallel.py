@@ -59,7 +59,9 @@ class ExpertParallel(ParallelStyle):
             full = getattr(module, name)
             module.register_parameter(name, nn.Parameter(distribute_tensor(full.detach(), device_mesh, [Shard(0)]),
                                                          requires_grad=full.requires_grad))
-        distribute_module(module.grouped_ffn, device_mesh, input_fn=self._dispatch, output_fn=self._combine)
+        # torch's stubs type the hooks as returning None; they return the replaced inputs/outputs
+        distribute_module(module.grouped_ffn, device_mesh, input_fn=self._dispatch,  # type: ignore[arg-type]
+                          output_fn=self._combine)  # type: ignore[arg-type]
         return module
 
     def _dispatch(self, module: nn.Module, inputs: tuple, mesh: DeviceMesh) -> tuple:
@@ -84,6 +86,7 @@ class ExpertParallel(ParallelStyle):
         return (x_MD, ids_M[:, None], ones_M1, Wi, Wo, *(p.to_local().to(x_MD.dtype) for p in experts))
 
     def _combine(self, module: nn.Module, y_MD: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+        assert self._pending is not None, "_combine without its _dispatch"
         shape, tok_N, w_N, send_splits, recv_splits = self._pending
         self._pending = None
         y_ND = all_to_all_single_autograd(y_MD, send_splits, recv_splits, mesh.get_group())

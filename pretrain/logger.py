@@ -95,7 +95,8 @@ def supersede_records(run_dir: str, start_step: int) -> int:
         path = os.path.join(run_dir, name)
         if not os.path.isfile(path):
             continue
-        kept, gone = [], []
+        kept: list[str] = []
+        gone: list[str] = []
         for line in open(path, encoding="utf-8"):
             if not line.strip():
                 continue
@@ -201,5 +202,5 @@ def _start_wandb(cfg: LogConfig, run_dir: str, config: dict):
               else "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)))
     with open(id_path, "w") as f:
         f.write(run_id + "\n")
-    return wandb.init(project=cfg.wandb_project, dir=run_dir, id=run_id, resume="allow", mode=cfg.wandb,
+    return wandb.init(project=cfg.wandb_project, dir=run_dir, id=run_id, resume="allow", mode=cfg.wandb,  # type: ignore[arg-type]
                       config=config, name=os.path.basename(os.path.abspath(run_dir)))

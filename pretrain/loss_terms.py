@@ -22,7 +22,8 @@ import torch
 
 from model.config import ConfigError
 from model.losses import aux_coefficients
-from pretrain.distill import hidden_cosine_sum, kl_sum, pooled_cosine_sum, teacher_ids
+from model.modernalbert import MaskedLMOutput
+from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum, teacher_ids
 
 NORMALISERS = ("masked", "tokens", "micro_batches")
 
@@ -32,14 +33,15 @@ class MicroBatch:
     """What a term reads: the model's inputs and outputs for one micro-batch, and the teacher's (run once, lazily)."""
 
     inputs: dict
-    out: object  # model.modernalbert.MaskedLMOutput
-    teacher: object | None = None  # pretrain.distill.Teacher
+    out: MaskedLMOutput
+    teacher: Teacher | None = None
     teacher_input: str = "clean"
     _teacher_out: tuple | None = field(default=None, repr=False)
 
     def teacher_outputs(self) -> tuple:
         """(hidden states at the mapped layers, masked-token logits or None, pooled embeddings or None)."""
         if self._teacher_out is None:
+            assert self.teacher is not None, "a distillation term without a teacher"
             i = self.inputs
             self._teacher_out = self.teacher.run(teacher_ids(i, self.teacher_input), i["cu_seqlens"],
                                                  i["mlm_positions"])
@@ -67,6 +69,11 @@ def _aux(name: str) -> Callable[[MicroBatch], torch.Tensor]:
     return value
 
 
+def _pooled(mb: MicroBatch) -> torch.Tensor:
+    assert mb.out.last_hidden_state is not None, "the student runs with output_hidden_states when distilling"
+    return pooled_cosine_sum(mb.out.last_hidden_state, mb.teacher_outputs()[2], mb.inputs["cu_seqlens"])
+
+
 def declare(cfg, teacher=None) -> list[LossTerm]:
     """The terms of a run (``cfg``: pretrain.config.RunConfig; ``teacher``: pretrain.distill.Teacher or None)."""
     terms = [
@@ -82,8 +89,7 @@ def declare(cfg, teacher=None) -> list[LossTerm]:
                               "distill hid"))
         if d.pooled_weight > 0:
             terms.append(LossTerm("distill/pooled", "tokens", d.pooled_weight,
-                                  lambda mb: pooled_cosine_sum(mb.out.last_hidden_state, mb.teacher_outputs()[2],
-                                                               mb.inputs["cu_seqlens"]), "pooled"))
+                                  _pooled, "pooled"))
         if teacher.kl_on:
             terms.append(LossTerm("distill/kl", "masked", d.kl_weight,
                                   lambda mb: kl_sum(mb.out.logits, mb.teacher_outputs()[1], d.temperature), "kl"))

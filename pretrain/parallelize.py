@@ -131,10 +131,11 @@ def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Call
         init(lambda name: name == prefix or name.startswith(prefix + "."))
         if par.ep_mesh is not None:
             par.expert_params += apply_expert_parallel(model, par.ep_mesh, groups=[g])
+        block = group.get_submodule("block")
         if activation_checkpointing:
-            checkpoint(group.block)
+            checkpoint(block)
         if compile:
-            group.block.compile()
+            block.compile()
         if shard:
             ignored = set(par.expert_params) & set(group.parameters())
             if bf16:

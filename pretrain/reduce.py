@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 
-def all_reduce(t: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """``t`` reduced over all ranks (sum by default), on ``t``'s device."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return t

@@ -75,7 +75,7 @@ class _Done(dist._Work):
 
     def __init__(self, result=None) -> None:
         super().__init__()
-        self._fut = Future()
+        self._fut: Future = Future()
         self._fut.set_result(result)
 
     def wait(self, timeout=None) -> bool:
@@ -94,7 +94,7 @@ class _Named(dist.ProcessGroup):
     """A Python process group registered with c10d (collectives look groups up by name)."""
 
     def __init__(self, rank: int, size: int) -> None:
-        super().__init__(rank, size)
+        super().__init__(rank, size)  # type: ignore[call-arg]  # the (rank, size) overload, missing from the stubs
         self._rank, self._size = rank, size
 
     def rank(self) -> int:
@@ -104,7 +104,7 @@ class _Named(dist.ProcessGroup):
         return self._size
 
     @property
-    def group_name(self) -> str:
+    def group_name(self) -> str:  # type: ignore[override]  # a method in the stubs, an attribute to c10d
         return dist.distributed_c10d._world.pg_names[self]
 
 

@@ -52,7 +52,7 @@ def _chained_oserror(e: BaseException) -> OSError | None:
         seen.add(id(x))
         if isinstance(x, OSError) and x.errno in STORAGE_ERRNOS:
             return x
-        todo += [x.__cause__, x.__context__]
+        todo += [c for c in (x.__cause__, x.__context__) if c is not None]
         failures = getattr(x, "failures", None)  # DCP's CheckpointException: {rank: (exception, traceback)}
         if isinstance(failures, dict):
             todo += [f[0] if isinstance(f, tuple) else f for f in failures.values()]

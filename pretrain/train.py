@@ -48,6 +48,7 @@ from pretrain.reduce import all_reduce, first_fault, from_rank0
 from pretrain.run_lock import RunDirBusy, RunLock
 from pretrain.schedule import wsd_factor
 from pretrain.shard_cache import load_index
+from pretrain.train_state import ComponentStateError, Stateful, TrainerState
 from pretrain.storage import write_fault
 
 
@@ -57,7 +58,8 @@ class TrainingError(RuntimeError):
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on norms, biases and routers (1-D or routing parameters)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -85,12 +87,13 @@ def _write_resolved_config(cfg: RunConfig) -> str | None:
 class Runtime:
     """Where this process runs and the batch geometry (the set-up stage's result)."""
 
-    index: ShardIndex
+    index: ShardIndex | None  # None in the dry run's build (no data)
     device: torch.device
     rank: int
     world: int
     accum: int  # micro-batches per optimizer step on each rank
     init_state: dict[str, torch.Tensor] | None  # weights of cfg.init_from
+    seq_len: int = 0  # the samples' longest (the shards'; the dry run's probe length)
 
 
 def setup(cfg: RunConfig) -> Runtime:
@@ -127,7 +130,7 @@ def setup(cfg: RunConfig) -> Runtime:
     accum = cfg.accumulation_steps(index.seq_len, world)
     if rank == 0:
         print(f"config: {json.dumps(cfg.to_dict())}")
-    return Runtime(index, device, rank, world, accum, init_state)
+    return Runtime(index, device, rank, world, accum, init_state, index.seq_len)
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -244,7 +247,7 @@ class Trainer:
         """``fill`` and ``with_data=False``: the dry run's build (``pretrain/dryrun.py``): cheap weights, no loaders."""
         self.cfg, self.rt = cfg, rt
         self.model, par = build_model(cfg, rt, fill)
-        self.teacher = (Teacher(cfg.distill, cfg.model, rt.index.seq_len, rt.device, verbose=rt.rank == 0,
+        self.teacher = (Teacher(cfg.distill, cfg.model, rt.seq_len, rt.device, verbose=rt.rank == 0,
                                 init_from=cfg.init_from) if cfg.distill.teacher else None)
         self.terms: list[LossTerm] = declare(cfg, self.teacher)
         optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
@@ -252,12 +255,17 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule))
         self.engine = build_engine(cfg, rt, self.model, par, optimizer)
-        self.loader = self.val = None
+        self.loader: PretrainLoader | None = None
+        self.val: PretrainLoader | None = None
         if with_data:
             self._build_data()
         self.flops = TrainingFlops(cfg.model)
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
-        self.step_no = self.start_step = 0
+        # trainer.json: the step counter and these components (pretrain/train_state.py), with facts a resume checks
+        components: dict[str, Stateful] = {"loader": self.loader} if self.loader is not None else {}
+        self.state = TrainerState({**components, "scheduler": self.scheduler},
+                                  info=lambda: {"config": cfg.to_dict(), "engine": cfg.engine, "world_size": rt.world})
+        self.start_step = 0
         self.resumed_from: str | None = None
         self.preemption = preemption
         self.logger: TrainLogger | None = None  # set by run(); rank 0's log-write fault stops every rank
@@ -265,14 +273,24 @@ class Trainer:
         self._nonfinite: torch.Tensor | None = None  # the last step's flag, read with the next step's counts
         self._loader_state: dict | None = None  # the data position before the current step's micro-batches
 
+    @property
+    def step_no(self) -> int:
+        """Optimizer steps taken (checkpointed in ``self.state``)."""
+        return self.state.step
+
+    @step_no.setter
+    def step_no(self, value: int) -> None:
+        self.state.step = value
+
     def _build_data(self) -> None:
         cfg, rt = self.cfg, self.rt
-        cache = dict(cache_dir=cfg.data.cache_dir, cache_gb=cfg.data.cache_gb)
+        cache_dir, cache_gb = cfg.data.cache_dir, cfg.data.cache_gb
         self.loader = PretrainLoader(LoaderConfig(cfg.data.dir, cfg.train.micro_batch_size, seed=cfg.data.seed,
                                                   num_workers=cfg.data.num_workers, mlm=cfg.data.mlm,
-                                                  pin_memory=rt.device.type == "cuda", **cache), rt.rank, rt.world)
+                                                  pin_memory=rt.device.type == "cuda", cache_dir=cache_dir,
+                                                  cache_gb=cache_gb), rt.rank, rt.world)
         self.val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm,
-                               rt.rank, rt.world, **cache) if cfg.eval.every else None)
+                               rt.rank, rt.world, cache_dir=cache_dir, cache_gb=cache_gb) if cfg.eval.every else None)
 
     # resume / save ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -291,25 +309,20 @@ class Trainer:
                     f"checkpoint {latest}: cannot be loaded into this run ({checkpoint.describe(e)}); was the "
                     "model config changed? Resume with the run's config.yaml") from None
             try:
-                self.loader.load_state_dict(state["loader"])
-            except ValueError as e:  # another shard build, split, data seed or global batch
-                raise ConfigError(f"checkpoint {latest}: its data position does not fit this run: {e}; resume "
-                                  "with the run's config.yaml and data, or start a new run_dir") from None
-            self.step_no = self.start_step = state["step"]
-            self.scheduler.load_state_dict(state["scheduler"])
+                self.state.load_state_dict(state)
+            except ComponentStateError as e:
+                if e.name == "loader":  # another shard build, split, data seed or global batch
+                    raise ConfigError(f"checkpoint {latest}: its data position does not fit this run: {e.cause}; "
+                                      "resume with the run's config.yaml and data, or start a new run_dir") from None
+                raise checkpoint.CheckpointError(f"checkpoint {latest}: trainer.json: {e}") from None
+            self.start_step = self.step_no
             self.resumed_from = latest
             if self.rt.rank == 0:
                 print(f"resumed from {latest} at step {self.step_no}")
 
-    def save(self, loader_state: dict | None = None) -> str:
-        """A checkpoint after step ``step_no``; ``loader_state``: the data position at that step, when the
-        loader has already handed out the next step's micro-batches (a stop agreed at the next step's start)."""
-        cfg = self.cfg
-        return self.engine.save(self.ckpt_dir, self.step_no,
-                                {"scheduler": self.scheduler.state_dict(),
-                                 "loader": loader_state or self.loader.state_dict(),
-                                 "config": cfg.to_dict(), "engine": cfg.engine, "world_size": self.rt.world},
-                                cfg.checkpoint.keep)
+    def save(self) -> str:
+        """A checkpoint after step ``step_no``: model and optimizer (the engine's), ``self.state``, RNGs."""
+        return self.engine.save(self.ckpt_dir, self.step_no, self.state.state_dict(), self.cfg.checkpoint.keep)
 
     # step ---------------------------------------------------------------------------------------
     def step(self, batches, count_load: bool) -> bool:
@@ -345,7 +358,7 @@ class Trainer:
             raise TrainingError(f"{io_fault or 'rank 0 could not write its logs'}. Training stopped before step "
                                 f"{self.step_no + 1}; the last checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}")
         if faults_seen:
-            message = first_fault(fault, already_flagged=True)
+            message = first_fault(fault, already_flagged=True) or "a bad shard"
             self.flush()  # the steps taken are logged before the run stops
             raise self._data_fault(message)
         if preempt and self.step_no > self.start_step:  # a signal during start-up: one step first, as documented
@@ -367,7 +380,7 @@ class Trainer:
             self.engine.backward(total, last=i == rt.accum - 1)
             sums.add(values, out, count_load)
         grad_norm = self.engine.step()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         self.scheduler.step()
         self.step_no += 1
         if faults.nan_at(self.step_no):
@@ -411,6 +424,7 @@ class Trainer:
 
     # validate -----------------------------------------------------------------------------------
     def validate(self) -> dict:
+        assert self.val is not None and self.logger is not None, "validate() needs the data and run()'s logger"
         try:
             result = evaluate(self.model, self.val, self.rt.device, self.cfg.eval.max_batches)
         except ShardError as e:  # raised on every rank together
@@ -423,6 +437,7 @@ class Trainer:
 
     # the loop -----------------------------------------------------------------------------------
     def _log(self, taken: list[tuple[dict, float, dict[str, list[int]]]], records: list[dict]) -> None:
+        assert self.logger is not None, "set by run()"
         for record, flops, load in taken:
             self.logger.step(record, record["tokens"], flops, load)
             if self.rt.rank == 0:
@@ -444,6 +459,7 @@ class Trainer:
         if self.val is not None and self.step_no == 0:
             self.validate()
         records: list[dict] = []
+        assert self.loader is not None, "a Trainer built with_data=False cannot run"
         batches = iter(self.loader)
         self.model.train()
         saved_at = None
@@ -455,8 +471,10 @@ class Trainer:
                 is_save = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < steps
                 if not self.step(batches, count_load=is_log):  # a preemption signal: stop after the last step
                     self._log(self.flush(), records)
-                    path = (checkpoint.latest_checkpoint(self.ckpt_dir) if saved_at == self.step_no
-                            else self.save(self._loader_state))
+                    # the loader handed out the refused step's micro-batches: back to this step's position
+                    assert self._loader_state is not None
+                    self.loader.load_state_dict(self._loader_state)
+                    path = (saved_at == self.step_no and checkpoint.latest_checkpoint(self.ckpt_dir)) or self.save()
                     if rt.rank == 0:
                         write_marker(cfg.run_dir, self.step_no)
                     raise Preempted(self.step_no, path)
