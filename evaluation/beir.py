@@ -48,7 +48,7 @@ from evaluation.embedder import Embedder
 from evaluation.glue import batches
 from evaluation.intervals import bootstrap_ci
 from evaluation.retrieval_metrics import per_query, rank
-from finetune.optim import FinetuneOptimizer
+from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.native_format import InputError
 
 TOP_K = 100  # the deepest cut reported (Recall@100)
@@ -177,29 +177,30 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
     torch.manual_seed(a.seed)
     model = embed.model
     params = [p for p in model.parameters() if p.requires_grad]
-    steps = a.ft_epochs * math.ceil(len(pairs) / a.ft_batch_size)
-    opt = FinetuneOptimizer(params, a.ft_lr, steps)
     q_rows = dict(zip(qids, embed.tokenize([train.queries[q] for q in qids])))
     d_rows: dict[str, dict] = {}
-    for epoch in range(1, a.ft_epochs + 1):
-        model.train()
-        total, n = 0.0, 0
-        for idx in batches(len(pairs), a.ft_batch_size, a.seed * 1000 + epoch):
-            batch = [pairs[i] for i in idx]
-            need = [d for _, d in batch if d not in d_rows]
-            d_rows.update(zip(need, embed.tokenize([train.doc_texts[doc_row[d]] for d in need])))
-            q_BD = F.normalize(embed.embed([q_rows[q] for q, _ in batch]), dim=-1)
-            d_BD = F.normalize(embed.embed([d_rows[d] for _, d in batch]), dim=-1)
-            logits_BB = a.ft_scale * q_BD @ d_BD.T
-            # another pair with the same query or document is not a negative
-            qs, ds = [q for q, _ in batch], [d for _, d in batch]
-            clash = torch.tensor([[i != j and (qs[i] == qs[j] or ds[i] == ds[j]) for j in range(len(batch))]
-                                  for i in range(len(batch))])
-            loss = F.cross_entropy(logits_BB.masked_fill(clash, float("-inf")), torch.arange(len(batch)))
-            opt.step(loss)
-            total, n = total + float(loss.detach()), n + 1
-        log(f"  epoch {epoch}/{a.ft_epochs}: {n} steps, contrastive loss {total / max(n, 1):.4f}")
-        held_out(epoch)
+    per_epoch = steps_per_epoch(len(pairs), a.ft_batch_size)
+
+    def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch = [pairs[i] for i in idx]
+        need = [d for _, d in batch if d not in d_rows]
+        d_rows.update(zip(need, embed.tokenize([train.doc_texts[doc_row[d]] for d in need])))
+        q_BD = F.normalize(embed.embed([q_rows[q] for q, _ in batch]), dim=-1)
+        d_BD = F.normalize(embed.embed([d_rows[d] for _, d in batch]), dim=-1)
+        logits_BB = a.ft_scale * q_BD @ d_BD.T
+        # another pair with the same query or document is not a negative
+        qs, ds = [q for q, _ in batch], [d for _, d in batch]
+        clash = torch.tensor([[i != j and (qs[i] == qs[j] or ds[i] == ds[j]) for j in range(len(batch))]
+                              for i in range(len(batch))])
+        loss = F.cross_entropy(logits_BB.masked_fill(clash, float("-inf")), torch.arange(len(batch)))
+        return loss, {"loss": loss}
+
+    def after_epoch(e: int, m: dict[str, float]) -> None:
+        log(f"  epoch {e + 1}/{a.ft_epochs}: {per_epoch} steps, contrastive loss {m.get('loss', 0.0):.4f}")
+        held_out(e + 1)
+
+    fit(model, params, FitConfig(a.ft_lr, a.ft_epochs, per_epoch),
+        lambda e: batches(len(pairs), a.ft_batch_size, a.seed * 1000 + e + 1), step_loss, after_epoch)
     model.eval()
     return history
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import random
 import sys
@@ -60,7 +59,7 @@ from evaluation.intervals import bootstrap_draws, constant_scores, percentile_ci
 from evaluation.metrics import summarize, task_metrics, task_score
 from evaluation.sampling import stratified_subset, subset_examples
 from evaluation.models import add_lora, open_backend
-from finetune.optim import FinetuneOptimizer
+from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import ClassifierConfig, classification_loss
 from model.native_format import OutputDir, InputError
 
@@ -129,23 +128,20 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
             p.requires_grad_("lora_" in n or n in head_names)
     params = [p for p in module.parameters() if p.requires_grad]
     n_train = len(data["train"])
-    steps = hp.epochs * math.ceil(n_train / a.batch_size)
-    opt = FinetuneOptimizer(params, hp.lr, steps)
     y = torch.tensor(labels["train"], dtype=torch.float32 if spec.is_regression else torch.long)
     # Regression on [0, 1]: on STS-B's 0-5 a fresh head's MSE gradients are 5x larger (against the clip at
     # 1) and a short run spends its steps reaching the targets' mean; the scale goes back into the head below.
     scale = target_scale(spec, labels["train"]) if a.target_scale == "max" else 1.0
     if scale != 1.0:
         y = y / scale
-    module.train()
-    for epoch in range(hp.epochs):
-        total, n = 0.0, 0
-        for idx in batches(n_train, a.batch_size, seed * 1000 + epoch):
-            logits = backend.logits(module, backend.collate([data["train"][i] for i in idx]))
-            loss = classification_loss(logits, y[idx])
-            opt.step(loss)
-            total, n = total + float(loss.detach()), n + 1  # one host sync per step: fine at this scale
-        log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{hp.epochs}: train loss {total / n:.4f}")
+
+    def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = classification_loss(backend.logits(module, backend.collate([data["train"][i] for i in idx])), y[idx])
+        return loss, {"loss": loss}
+
+    fit(module, params, FitConfig(hp.lr, hp.epochs, steps_per_epoch(n_train, a.batch_size)),
+        lambda epoch: batches(n_train, a.batch_size, seed * 1000 + epoch), step_loss,
+        lambda epoch, m: log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{hp.epochs}: train loss {m['loss']:.4f}"))
     if scale != 1.0:
         fold_output_scale(module, head_names, scale)
     results, all_scores = {}, {}

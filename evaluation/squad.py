@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from evaluation.metrics import summarize
 from evaluation.intervals import bootstrap_ci
 from evaluation.squad_metric import aggregate, best_null_threshold, per_question, questions, score
-from finetune.optim import FinetuneOptimizer
+from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.native_format import InputError, OutputDir, read_json
 
 NEG = -1e4  # logit of a position that is not a candidate (padding, the question): finite, so CE stays finite
@@ -353,21 +353,24 @@ def grouped_batches(lengths: list[int], batch_size: int, seed: int, group: int =
 
 def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[str, list[dict]], a, seed: int, log):
     module = backend.build(seed)
-    module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     train = wins["train"]
     lengths = [len(w.input_ids) for w in train]
-    # grouping keeps every full group a whole number of batches: ceil(n / batch) per epoch, as unsorted
-    opt = FinetuneOptimizer(params, a.lr, a.epochs * math.ceil(len(train) / a.batch_size))
-    history = []
-    for epoch in range(1, a.epochs + 1):
-        total, n, t0 = 0.0, 0, time.time()
-        for idx in grouped_batches(lengths, a.batch_size, seed * 1000 + epoch):
-            chunk = [train[i] for i in idx]
-            loss = span_loss(*backend.logits(module, chunk), chunk)
-            opt.step(loss)
-            total, n = total + float(loss.detach()), n + 1
-        rec = {"epoch": epoch, "train_loss": total / n, "seconds": round(time.time() - t0, 1)}
+    history: list[dict] = []
+    t0 = [0.0]
+
+    def epoch_batches(e: int) -> list[list[int]]:
+        t0[0] = time.time()
+        return grouped_batches(lengths, a.batch_size, seed * 1000 + e + 1)
+
+    def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        chunk = [train[i] for i in idx]
+        loss = span_loss(*backend.logits(module, chunk), chunk)
+        return loss, {"loss": loss}
+
+    def after_epoch(e: int, m: dict[str, float]) -> None:
+        epoch = e + 1
+        rec = {"epoch": epoch, "train_loss": m["loss"], "seconds": round(time.time() - t0[0], 1)}
         if wins["holdout"]:
             spans, margin = predict(backend, module, wins["holdout"], a)
             thr, _ = best_null_threshold(arts["holdout"], spans, margin)
@@ -380,6 +383,10 @@ def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[s
             + (f", held-out EM {rec['holdout_exact']:.1f} F1 {rec['holdout_f1']:.1f} HasAns F1 "
                f"{rec.get('holdout_HasAns_f1', 0):.1f} (null threshold {rec['threshold']:.2f}; always answering: "
                f"HasAns F1 {rec['holdout_span_f1']:.1f})" if "threshold" in rec else "") + f" [{rec['seconds']:.0f} s]")
+
+    # grouping keeps every full group a whole number of batches: ceil(n / batch) per epoch, as unsorted
+    fit(module, params, FitConfig(a.lr, a.epochs, steps_per_epoch(len(train), a.batch_size)), epoch_batches,
+        step_loss, after_epoch)
     threshold = history[-1].get("threshold", 0.0)
     spans, margin = predict(backend, module, wins["eval"], a)
     return answers(spans, margin, threshold), history, threshold

@@ -57,7 +57,7 @@ from data_prep.tokenizer import Tokenizer
 from evaluation.metrics import task_metrics, task_score
 from finetune.data import DataError, Task, batches, load_glue_task, load_task
 from finetune.model import TaskClassifier, add_lora, save_adapter
-from finetune.optim import FinetuneOptimizer
+from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import classification_loss
 from model.config import RSL_ENTROPY, ROUTE_INPUTS, ROUTING_MODES, AttnExpertsConfig
 from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers, load_peft_adapters
@@ -157,44 +157,67 @@ def load_tasks(a: argparse.Namespace, tok: Tokenizer) -> list[Task]:
     return [load_task(d, tok, cols, a.label_column, a.max_len, a.max_train) for d in a.tasks]
 
 
-def run_stage(clf: TaskClassifier, train: list, stage: dict, a: argparse.Namespace, log) -> list[dict]:
-    """One stage of training; ``stage``: name, epochs, lr, forced (domain-forced routing), route_ce (weight
-    of the routers' cross-entropy to each task's expert), anchors (expert preservation) — returns the
-    per-epoch log."""
+@dataclasses.dataclass
+class Stage:
+    """One training stage (``--mode mixer-joint`` has a domain-forced one before the routed one)."""
+
+    name: str
+    epochs: int
+    lr: float
+    forced: bool  # domain-forced routing: one-hot by task
+    seed_offset: int  # the stage's batch order: seed · 1000 + seed_offset + epoch
+    routing: str | None
+    route_ce: float  # weight of the routers' cross-entropy to each task's expert
+    batch_size: int
+    seed: int
+    preserve: float = 0.0  # weight of the expert-preservation loss towards ``anchors``
+    anchors: dict[str, torch.Tensor] | None = dataclasses.field(default=None, repr=False)
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    def record(self) -> dict:
+        """Its entry in results.json."""
+        return {"name": self.name, "epochs": self.epochs, "lr": self.lr, "forced": self.forced,
+                "seed_offset": self.seed_offset, "routing": self.routing, "route_ce": self.route_ce,
+                "history": self.history}
+
+
+def run_stage(clf: TaskClassifier, train: list, stage: Stage, log) -> list[dict]:
+    """One stage of training (``finetune/loop.py``); returns the per-epoch log."""
     params = [p for p in clf.parameters() if p.requires_grad]
-    opt = FinetuneOptimizer(params, stage["lr"], max(1, stage["epochs"] * -(-len(train) // a.batch_size)))
-    history = []
-    for epoch in range(stage["epochs"]):
-        sums: dict[str, float] = {}
-        n = 0
-        for b in batches(train, a.batch_size, True, a.seed * 1000 + stage["seed_offset"] + epoch):
-            recorder = RoutingRecorder()
-            forced = targets = None
-            if stage["forced"] or stage["route_ce"] > 0:  # expert i belongs to task i
-                lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).long()
-                task_T = torch.repeat_interleave(b["task_ids"], lens)
-                forced, targets = (task_T, None) if stage["forced"] else (None, task_T)
-            logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder, forced, targets)
-            parts = {"task": task_loss(logits, b["labels"])}
-            aux = dict(recorder.close().aux_losses)
-            extra = []
-            if "attn_route_ce" in aux:  # mean over the routed applications
-                n_routed = len(attn_stats(recorder))
-                parts["route_ce"] = aux.pop("attn_route_ce") / n_routed
-                extra.append((parts["route_ce"], stage["route_ce"]))
-            if "attn_rsl" in aux:
-                parts["rsl"] = aux["attn_rsl"]
-            if stage.get("anchors"):
-                parts["preserve"] = preservation_loss(clf, stage["anchors"])
-                extra.append((parts["preserve"], a.preserve))
-            loss = combine_losses(clf.cfg, parts["task"], aux, extra=extra)
-            opt.step(loss)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n += 1
-        row = {"epoch": epoch + 1, **{k: round(v / n, 5) for k, v in sums.items()}}
+
+    def step_loss(b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        recorder = RoutingRecorder()
+        forced = targets = None
+        if stage.forced or stage.route_ce > 0:  # expert i belongs to task i
+            lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).long()
+            task_T = torch.repeat_interleave(b["task_ids"], lens)
+            forced, targets = (task_T, None) if stage.forced else (None, task_T)
+        logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder, forced, targets)
+        parts = {"task": task_loss(logits, b["labels"])}
+        aux = dict(recorder.close().aux_losses)
+        extra = []
+        if "attn_route_ce" in aux:  # mean over the routed applications
+            n_routed = len(attn_stats(recorder))
+            parts["route_ce"] = aux.pop("attn_route_ce") / n_routed
+            extra.append((parts["route_ce"], stage.route_ce))
+        if "attn_rsl" in aux:
+            parts["rsl"] = aux["attn_rsl"]
+        if stage.anchors:
+            parts["preserve"] = preservation_loss(clf, stage.anchors)
+            extra.append((parts["preserve"], stage.preserve))
+        return combine_losses(clf.cfg, parts["task"], aux, extra=extra), parts
+
+    history: list[dict] = []
+
+    def after_epoch(e: int, means: dict[str, float]) -> None:
+        row = {"epoch": e + 1, **{k: round(v, 5) for k, v in means.items()}}
         history.append(row)
-        log(f"  [{stage['name']}] epoch {epoch + 1}/{stage['epochs']}: " + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+        log(f"  [{stage.name}] epoch {e + 1}/{stage.epochs}: "
+            + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+
+    fit(clf, params, FitConfig(stage.lr, stage.epochs, steps_per_epoch(len(train), stage.batch_size)),
+        lambda e: batches(train, stage.batch_size, True, stage.seed * 1000 + stage.seed_offset + e), step_loss,
+        after_epoch)
     return history
 
 
@@ -285,26 +308,27 @@ def main(argv: list[str] | None = None) -> int:
     clf.train()
     stages = []
     if a.mode == "mixer-joint" and a.forced_epochs > 0:
-        stages.append({"name": "forced", "epochs": a.forced_epochs, "lr": lr, "forced": True, "seed_offset": 0,
-                       "routing": "domain-forced (one-hot by task)", "route_ce": a.router_ce})
+        stages.append(Stage("forced", a.forced_epochs, lr, True, 0, "domain-forced (one-hot by task)", a.router_ce,
+                            a.batch_size, a.seed))
     mixer = a.mode.startswith("mixer")
-    stages.append({"name": "routed" if mixer else "train", "epochs": a.epochs, "lr": lr, "forced": False,
-                   "seed_offset": 100, "routing": clf.cfg.attn_experts.routing if mixer else None,
-                   "route_ce": a.router_ce_routed if mixer else 0.0})
+    stages.append(Stage("routed" if mixer else "train", a.epochs, lr, False, 100,
+                        clf.cfg.attn_experts.routing if mixer else None, a.router_ce_routed if mixer else 0.0,
+                        a.batch_size, a.seed))
     for stage in stages:
-        if a.mode == "mixer-joint" and not stage["forced"] and a.preserve > 0 and len(stages) > 1:
+        if a.mode == "mixer-joint" and not stage.forced and a.preserve > 0 and len(stages) > 1:
             with torch.no_grad():
-                stage["anchors"] = {k: v.detach().clone() for k, v in expert_deltas(clf).items()}
-        print(f"stage {stage['name']}: {stage['epochs']} epochs, routing {stage['routing']}")
-        stage["history"] = run_stage(clf, train, stage, a, print)
-        stage.pop("anchors", None)
+                stage.anchors = {k: v.detach().clone() for k, v in expert_deltas(clf).items()}
+            stage.preserve = a.preserve
+        print(f"stage {stage.name}: {stage.epochs} epochs, routing {stage.routing}")
+        stage.history = run_stage(clf, train, stage, print)
+        stage.anchors = None
     results = evaluate(clf, tasks, a.batch_size)
     changed = [n for n, v in frozen_before.items() if not torch.equal(v, dict(clf.named_parameters())[n])]
     summary = {"mode": a.mode, "model": os.path.abspath(a.model),
                "tasks": {t.name: {"labels": t.labels, "metrics": list(t.metrics), "report": t.report} for t in tasks},
                "train_examples": len(train), "trainable_parameters": n_trainable,
                "frozen_tensors_changed": changed, "seconds": round(time.time() - t0, 1), "results": results,
-               "stages": stages, "args": vars(a)}
+               "stages": [s.record() for s in stages], "args": vars(a)}
     if a.mode.startswith("mixer"):
         summary["routing_matrix"] = [results[t.name]["expert_share"] for t in tasks]  # rows: tasks, cols: experts
     os.makedirs(a.out, exist_ok=True)
