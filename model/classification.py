@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.config import ConfigError, ModelConfig
+from model.config import ModelConfig, check
 from model.modernalbert import ModernAlbertModel
 
 POOLINGS = ("cls", "mean")
@@ -37,15 +37,12 @@ class ClassifierConfig:
     dropout: float = 0.0
     labels: list[str] = field(default_factory=list)  # names of the classes (empty for regression)
 
-    def validate(self) -> "ClassifierConfig":
-        if self.num_labels < 1:
-            raise ConfigError(f"classifier.num_labels={self.num_labels!r}: must be >= 1 (1 = regression)")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"classifier.pooling={self.pooling!r}: allowed: {', '.join(POOLINGS)}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"classifier.dropout={self.dropout!r}: must be in [0, 1)")
-        if self.labels and len(self.labels) != self.num_labels:
-            raise ConfigError(f"classifier.labels: {len(self.labels)} names for num_labels={self.num_labels}")
+    def validate(self, prefix: str = "classifier.") -> "ClassifierConfig":
+        check(self.num_labels >= 1, f"{prefix}num_labels", self.num_labels, "must be >= 1 (1 = regression)")
+        check(self.pooling in POOLINGS, f"{prefix}pooling", self.pooling, f"allowed: {', '.join(POOLINGS)}")
+        check(0 <= self.dropout < 1, f"{prefix}dropout", self.dropout, "must be in [0, 1)")
+        check(not self.labels or len(self.labels) == self.num_labels, f"{prefix}labels", self.labels,
+              f"{len(self.labels)} names for num_labels={self.num_labels}")
         return self
 
     @property

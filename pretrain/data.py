@@ -45,7 +45,7 @@ import atexit
 import multiprocessing
 import signal
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Iterator
 
 import numpy as np
@@ -78,30 +78,44 @@ class MLMConfig:
 
 
 @dataclass
-class LoaderConfig:
-    data_dir: str
+class DataConfig:
+    """The run config's ``data:`` section: where the shards are and how they are read and masked."""
+
+    dir: str = "runs/quickstart/shards"  # a data_prep/build_shards.py output (index.json): a path or a URL prefix
+    _: KW_ONLY  # the rest by name: LoaderConfig(dir, micro_batch_size, ...) keeps its positional pair
+    num_workers: int = 2
+    cache_dir: str = ""  # node-local shard cache for a URL dir ("": ~/.cache/modernalbert/shards/<url hash>)
+    cache_gb: float = 50.0  # cache size limit (least recently used shards evicted)
+    seed: int = 0
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+
+    def validate(self, prefix: str = "data.") -> None:
+        check(self.num_workers >= 0, f"{prefix}num_workers", self.num_workers, "must be >= 0")
+        check(self.cache_gb > 0, f"{prefix}cache_gb", self.cache_gb, "must be > 0")
+        self.mlm.validate(f"{prefix}mlm.")
+
+
+@dataclass
+class LoaderConfig(DataConfig):
+    """One loader: a ``DataConfig`` (its fields, unprefixed in messages) plus the batch and the order."""
+
+    dir: str = field()  # no default here: every loader names its data
     micro_batch_size: int  # samples per rank per batch
     split: str = "train"
-    seed: int = 0
     shuffle: bool = True
-    num_workers: int = 2
     epochs: int | None = None  # None: cycle forever (training runs by steps)
     verify_shards: bool = True  # sha256 of each shard checked when a worker first opens it
     pin_memory: bool = False
-    cache_dir: str = ""  # node-local cache for a URL data_dir ("": ~/.cache/modernalbert/shards/<url hash>)
-    cache_gb: float = 50.0  # cache size limit; least recently used shards are evicted beyond it
-    mlm: MLMConfig = field(default_factory=MLMConfig)
 
-    def validate(self) -> None:
-        if self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size={self.micro_batch_size}: must be >= 1")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers={self.num_workers}: must be >= 0")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs}: must be >= 1 or None")
-        if self.cache_gb <= 0:
-            raise ValueError(f"cache_gb={self.cache_gb}: must be > 0")
-        self.mlm.validate()
+    @classmethod
+    def of(cls, data: DataConfig, micro_batch_size: int, **kw) -> "LoaderConfig":
+        """The loader of a run's ``data:`` section (its fields shared, not copied by hand)."""
+        return cls(**{f.name: getattr(data, f.name) for f in fields(DataConfig)}, micro_batch_size=micro_batch_size, **kw)
+
+    def validate(self, prefix: str = "") -> None:
+        super().validate(prefix)
+        check(self.micro_batch_size >= 1, f"{prefix}micro_batch_size", self.micro_batch_size, "must be >= 1")
+        check(self.epochs is None or self.epochs >= 1, f"{prefix}epochs", self.epochs, "must be >= 1 or None")
 
 
 def _seed_words(*parts: int) -> list[int]:
@@ -248,7 +262,7 @@ class _EpochBatches(IterableDataset):
         self.epoch, self.start, self.stop = epoch, start, stop
         self.counts = [e.samples for e in self.index.splits[self.cfg.split]]
         self.masker = MLMMasker(self.cfg.mlm, self.index.vocab_size, self.index.special_ids)
-        self.remote = local_path(self.cfg.data_dir) is None
+        self.remote = local_path(self.cfg.dir) is None
         self._cache: ShardCache | None = None  # made in the worker process (it holds a thread pool)
 
     def _path(self, shard: int, order: SampleOrder) -> str:
@@ -258,7 +272,7 @@ class _EpochBatches(IterableDataset):
         if not self.remote:
             return self.index.shard_path(entry)
         if self._cache is None:
-            self._cache = ShardCache(self.cfg.data_dir, self.cfg.cache_dir, int(self.cfg.cache_gb * (1 << 30)))
+            self._cache = ShardCache(self.cfg.dir, self.cfg.cache_dir, int(self.cfg.cache_gb * (1 << 30)))
         path = self._cache.fetch(entry.file, entry.sha256)
         nxt = order.next_shard(shard)
         if nxt is not None:
@@ -327,16 +341,16 @@ class PretrainLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}: must be in [0, world_size={world_size})")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.index = load_index(cfg.data_dir)
+        self.index = load_index(cfg.dir)
         if cfg.split not in self.index.splits:
-            raise DataPrepError(f"split={cfg.split!r}: not in {cfg.data_dir}/index.json (has {sorted(self.index.splits)})")
+            raise DataPrepError(f"split={cfg.split!r}: not in {cfg.dir}/index.json (has {sorted(self.index.splits)})")
         self.num_samples = sum(e.samples for e in self.index.splits[cfg.split])
         self.global_batch_samples = cfg.micro_batch_size * world_size
         self.batches_per_epoch = self.num_samples // self.global_batch_samples
         if self.batches_per_epoch == 0:
             raise DataPrepError(
                 f"micro_batch_size={cfg.micro_batch_size} x world_size={world_size}: the {cfg.split!r} split of "
-                f"{cfg.data_dir} has only {self.num_samples} samples, fewer than one global batch"
+                f"{cfg.dir} has only {self.num_samples} samples, fewer than one global batch"
             )
         self.fingerprint = self.index.fingerprint(cfg.split)
         self._epoch = 0
@@ -381,7 +395,7 @@ class PretrainLoader:
         if state["data_fingerprint"] != self.fingerprint or state["split"] != self.cfg.split:
             raise ValueError(
                 f"loader state belongs to other data (split {state['split']!r}, fingerprint "
-                f"{state['data_fingerprint'][:12]}…) than {self.cfg.data_dir} split {self.cfg.split!r} "
+                f"{state['data_fingerprint'][:12]}…) than {self.cfg.dir} split {self.cfg.split!r} "
                 f"({self.fingerprint[:12]}…)"
             )
         if state["seed"] != self.cfg.seed:

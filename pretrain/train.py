@@ -284,13 +284,11 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, rt = self.cfg, self.rt
-        cache_dir, cache_gb = cfg.data.cache_dir, cfg.data.cache_gb
-        self.loader = PretrainLoader(LoaderConfig(cfg.data.dir, cfg.train.micro_batch_size, seed=cfg.data.seed,
-                                                  num_workers=cfg.data.num_workers, mlm=cfg.data.mlm,
-                                                  pin_memory=rt.device.type == "cuda", cache_dir=cache_dir,
-                                                  cache_gb=cache_gb), rt.rank, rt.world)
+        self.loader = PretrainLoader(LoaderConfig.of(cfg.data, cfg.train.micro_batch_size,
+                                                     pin_memory=rt.device.type == "cuda"), rt.rank, rt.world)
         self.val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm,
-                               rt.rank, rt.world, cache_dir=cache_dir, cache_gb=cache_gb) if cfg.eval.every else None)
+                               rt.rank, rt.world, cache_dir=cfg.data.cache_dir, cache_gb=cfg.data.cache_gb)
+                    if cfg.eval.every else None)
 
     # resume / save ------------------------------------------------------------------------------
     def resume(self) -> None:
