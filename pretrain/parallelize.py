@@ -3,8 +3,15 @@
 The model is built on the meta device (no memory) and materialised unit by unit: each
 ``RecursiveGroup`` is allocated, initialised (``init``, the caller's: fresh weights or a loaded
 state) and sharded before the next one, then the root. Sharding never needs a full replica of the
-model on a rank; the largest full tensor set is one group's. Per unit, torchtitan's order:
-expert parallelism → activation checkpointing → torch.compile → FSDP2.
+model on a rank; the largest full tensor set is one group's. Per unit, torchtitan's order, one function
+each: ``apply_ep`` → ``apply_ac`` → ``apply_compile`` → ``apply_fsdp``.
+
+Why per unit rather than torchtitan's passes over the whole meta model followed by ``to_empty`` and one
+``init_weights``: our initialisation draws each module's values from a generator seeded by its name
+(``model/init.py``), on the full tensor, so a model has the same weights on any world size and EP degree
+(the 1 rank = 2 ranks and EP=2 = EP=1 tests compare losses to 1e-5). After ``fully_shard`` a rank holds
+only its shard, and a generator-driven fill of a shard does not reproduce the full tensor's values; so each
+unit is initialised whole, then split, and only one unit is ever whole.
 
 - EP (``parallel.ep`` = P > 1): ``pretrain/expert_parallel.py``, an ``ExpertParallel`` style per MoL
   layer; expert parameters become DTensors on the "ep" sub-mesh and are left out of FSDP.
@@ -122,28 +129,51 @@ def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Call
     """
     par = build_meshes(device, ep)
     shard = par.dp_mesh is not None and fsdp
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
-          else MixedPrecisionPolicy())
-    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     for g, group in enumerate(model.model.groups):
         _materialize(group, device)
         prefix = f"model.groups.{g}"
         init(lambda name: name == prefix or name.startswith(prefix + "."))
-        if par.ep_mesh is not None:
-            par.expert_params += apply_expert_parallel(model, par.ep_mesh, groups=[g])
+        apply_ep(model, g, par)
         block = group.get_submodule("block")
         if activation_checkpointing:
-            checkpoint(block)
+            apply_ac(block)
         if compile:
-            block.compile()
+            apply_compile(block)
         if shard:
-            ignored = set(par.expert_params) & set(group.parameters())
-            if bf16:
-                for router in [m for m in group.modules() if isinstance(m, Router)]:
-                    fully_shard(router, mesh=par.dp_mesh, mp_policy=fp32)
-            fully_shard(group, mesh=par.dp_mesh, mp_policy=mp, ignored_params=ignored or None)
+            apply_fsdp(group, par, bf16)
     _materialize(model, device)
     init(lambda name: not name.startswith("model.groups."))
     if shard:
-        fully_shard(model, mesh=par.dp_mesh, mp_policy=mp, ignored_params=set(par.expert_params) or None)
+        apply_fsdp(model, par, bf16, fp32_routers=False)
     return model, par
+
+
+def apply_ep(model: ModernAlbertForMaskedLM, group: int, par: Parallelism) -> None:
+    """Expert parallelism on group ``group``'s MoL layer (if EP and MoL): its expert slices join ``par.expert_params``."""
+    if par.ep_mesh is not None:
+        par.expert_params += apply_expert_parallel(model, par.ep_mesh, groups=[group])
+
+
+def apply_ac(block: torch.nn.Module) -> None:
+    """Activation checkpointing: every application of the block recomputes its activations in the backward."""
+    checkpoint(block)
+
+
+def apply_compile(block: torch.nn.Module) -> None:
+    """torch.compile of the block's forward, in place (parameter names unchanged)."""
+    block.compile()
+
+
+def apply_fsdp(unit: torch.nn.Module, par: Parallelism, bf16: bool, fp32_routers: bool = True) -> None:
+    """FSDP2 over all ranks: ``unit`` is one all-gather/reshard unit; its EP expert slices stay out (reduced by
+    ``Parallelism.reduce_grads``). ``bf16``: bf16 compute, fp32 reduction; the routers inside (when
+    ``fp32_routers``) are their own units with an fp32 policy."""
+    assert par.dp_mesh is not None
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
+    ignored = set(par.expert_params) & set(unit.parameters())
+    if bf16 and fp32_routers:
+        fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        for router in [m for m in unit.modules() if isinstance(m, Router)]:
+            fully_shard(router, mesh=par.dp_mesh, mp_policy=fp32)
+    fully_shard(unit, mesh=par.dp_mesh, mp_policy=mp, ignored_params=ignored or None)
