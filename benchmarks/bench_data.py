@@ -47,8 +47,12 @@ def main() -> None:
         all_docs = docs * a.repeat
         tok_dir = os.path.join(tmp, "tok")
         t0 = time.perf_counter()
-        build(BuildConfig(inputs=[SAMPLE_CORPUS_DIR], vocab_size=a.vocab_size, seq_len=a.seq_len),
-              tok_dir, workers=0, progress=False)
+        build(
+            BuildConfig(inputs=[SAMPLE_CORPUS_DIR], vocab_size=a.vocab_size, seq_len=a.seq_len),
+            tok_dir,
+            workers=0,
+            progress=False,
+        )
         train_s = time.perf_counter() - t0
         tok_path = os.path.join(tok_dir, "tokenizer.model")
         tok = Tokenizer(tok_path)
@@ -56,7 +60,7 @@ def main() -> None:
         t0 = time.perf_counter()
         n_tokens = 0
         for i in range(0, len(all_docs), 256):
-            n_tokens += sum(len(x) for x in tok.encode(all_docs[i:i + 256]))
+            n_tokens += sum(len(x) for x in tok.encode(all_docs[i : i + 256]))
         raw_s = time.perf_counter() - t0
         raw_tps = n_tokens / raw_s
 
@@ -64,8 +68,12 @@ def main() -> None:
         for w in a.workers:
             out = os.path.join(tmp, f"build-w{w}")
             t0 = time.perf_counter()
-            index = build(BuildConfig(inputs=[corpus], tokenizer=tok_path, seq_len=a.seq_len, shard_mb=4.0),
-                          out, workers=w, progress=False)
+            index = build(
+                BuildConfig(inputs=[corpus], tokenizer=tok_path, seq_len=a.seq_len, shard_mb=4.0),
+                out,
+                workers=w,
+                progress=False,
+            )
             build_s = time.perf_counter() - t0
             content = index["stats"]["content_tokens"]
             assert content == n_tokens, (content, n_tokens)
@@ -76,10 +84,16 @@ def main() -> None:
     import numpy
     import sentencepiece
 
-    print(f"\nhardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; python {platform.python_version()}, "
-          f"sentencepiece {sentencepiece.__version__}, numpy {numpy.__version__}; commit {commit}")
-    print(f"corpus: sample corpus x{a.repeat} = {len(all_docs):,} documents, {n_tokens:,} tokens; seq_len {a.seq_len}; "
-          f"tokenizer training (vocab {a.vocab_size} asked, {tok.vocab_size} reached, on the sample corpus) {train_s:.1f} s")
+    print(
+        f"\nhardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; python "
+        f"{platform.python_version()}, "
+        f"sentencepiece {sentencepiece.__version__}, numpy {numpy.__version__}; commit {commit}"
+    )
+    print(
+        f"corpus: sample corpus x{a.repeat} = {len(all_docs):,} documents, {n_tokens:,} tokens; seq_len {a.seq_len}; "
+        f"tokenizer training (vocab {a.vocab_size} asked, {tok.vocab_size} reached, on the sample corpus) "
+        f"{train_s:.1f} s"
+    )
     print(f"raw encode (1 process, 1 thread): {raw_tps:,.0f} tokens/s")
     print("| workers | build s | build tokens/s | per worker / raw encode |")
     print("|---|---|---|---|")

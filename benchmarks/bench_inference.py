@@ -41,14 +41,17 @@ def main() -> None:
     torch.manual_seed(0)
     batch = real_batch(a.tokens, 32768)
     V, T = batch["vocab_size"], batch["num_tokens"]
-    cfg = dataclasses.replace(preset("50m", vocab_size=V), num_groups=a.layers, group_depth=1,
-                              mol=MoLConfig(groups=(2, 3), jitter=0.0))
+    cfg = dataclasses.replace(
+        preset("50m", vocab_size=V), num_groups=a.layers, group_depth=1, mol=MoLConfig(groups=(2, 3), jitter=0.0)
+    )
     mol = ModernAlbertForMaskedLM(cfg).eval()
     for m in mol_layers(mol).values():  # trained-like experts: B away from its zero init
         m.B1.data.normal_(0, 0.02)
         m.B2.data.normal_(0, 0.02)
-    shares = {g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
-              for g, m in mol_layers(mol).items()}
+    shares = {
+        g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
+        for g, m in mol_layers(mol).items()
+    }
     folded = merge(mol, shares, fold=True)
     dense = ModernAlbertForMaskedLM(dataclasses.replace(cfg, mol=MoLConfig(groups=()))).eval()
     g = torch.Generator().manual_seed(0)
@@ -59,20 +62,27 @@ def main() -> None:
         def run():
             with torch.no_grad():
                 model(*args)
+
         return run
 
     res = race({"mol": step(mol), "folded": step(folded), "dense": step(dense)}, a.steps)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lens = (batch["cu_seqlens"][1:] - batch["cu_seqlens"][:-1]).tolist()
-    print(f"hardware: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
-          f"torch {torch.__version__}; commit {commit}")
-    print(f"batch: {T} real tokens in {len(lens)} documents, {len(positions)} predicted positions; vocab {V}; "
-          f"{a.layers} layers (50m width); median of {a.steps} forward passes after a warm-up\n")
+    print(
+        f"hardware: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
+        f"torch {torch.__version__}; commit {commit}"
+    )
+    print(
+        f"batch: {T} real tokens in {len(lens)} documents, {len(positions)} predicted positions; vocab {V}; "
+        f"{a.layers} layers (50m width); median of {a.steps} forward passes after a warm-up\n"
+    )
     print("| model | s/forward | tokens/s | vs dense |\n|---|---|---|---|")
     for k in ("dense", "folded", "mol"):
         print(f"| {k} | {res[k]:.4f} | {T / res[k]:,.0f} | {res['dense'] / res[k]:.3f} |")
-    print(f"\nfolded/dense throughput: {res['dense'] / res['folded']:.3f} (target >= 0.98); "
-          f"MoL active/dense: {res['dense'] / res['mol']:.3f}")
+    print(
+        f"\nfolded/dense throughput: {res['dense'] / res['folded']:.3f} (target >= 0.98); "
+        f"MoL active/dense: {res['dense'] / res['mol']:.3f}"
+    )
 
 
 if __name__ == "__main__":

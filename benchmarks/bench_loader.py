@@ -85,8 +85,12 @@ def main() -> None:
                 for d in docs:
                     f.write(json.dumps({"text": d}) + "\n")
         shards = os.path.join(tmp, "shards")
-        index = build(BuildConfig(inputs=[corpus], seq_len=1024, vocab_size=32768, shard_mb=2.0, val_fraction=0.01),
-                      shards, workers=os.cpu_count() or 1, progress=False)
+        index = build(
+            BuildConfig(inputs=[corpus], seq_len=1024, vocab_size=32768, shard_mb=2.0, val_fraction=0.01),
+            shards,
+            workers=os.cpu_count() or 1,
+            progress=False,
+        )
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=shards))
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -99,11 +103,16 @@ def main() -> None:
             rows.append((name, local, cold, warm))
         httpd.shutdown()
     train = index["splits"]["train"]
-    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}; "
-          f"{train['tokens']:,} train tokens in {len(train['shards'])} shards of seq_len 1024; micro-batch "
-          f"{a.micro_batch}; {a.batches} batches per row")
-    print(f"# target: 120m at 45 % MFU on one H100 = 0.45 x 989e12 / {per_token / 1e9:.3f} GFLOP per token "
-          f"= {target:,.0f} tokens/s, i.e. {target * 2 / 1e6:.2f} MB/s of uint16 shard data")
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
+        f"{torch.__version__}; "
+        f"{train['tokens']:,} train tokens in {len(train['shards'])} shards of seq_len 1024; micro-batch "
+        f"{a.micro_batch}; {a.batches} batches per row"
+    )
+    print(
+        f"# target: 120m at 45 % MFU on one H100 = 0.45 x 989e12 / {per_token / 1e9:.3f} GFLOP per token "
+        f"= {target:,.0f} tokens/s, i.e. {target * 2 / 1e6:.2f} MB/s of uint16 shard data"
+    )
     print("| loader | local dir, tokens/s | HTTP cold cache | HTTP warm cache | local ÷ target |")
     print("|---|---|---|---|---|")
     for name, local, cold, warm in rows:

@@ -124,8 +124,10 @@ def predict_h100(results: list[dict], micro_batch: int = 32, seq_len: int = 1024
         reduce = act["largest_unit_params"] * 4  # one unit's unsharded fp32 gradients before the reduce-scatter
         acts = act["activation_bytes_per_token"] * micro_batch * seq_len
         gib = 1 << 30
-        lines.append(f"| {act['preset']} | {s / gib:.2f} | {(gathered + reduce) / gib:.2f} | {acts / gib:.1f} | "
-                     f"**{(s + gathered + reduce + acts) / gib:.1f}** |")
+        lines.append(
+            f"| {act['preset']} | {s / gib:.2f} | {(gathered + reduce) / gib:.2f} | {acts / gib:.1f} | "
+            f"**{(s + gathered + reduce + acts) / gib:.1f}** |"
+        )
     return lines
 
 
@@ -135,8 +137,11 @@ def main() -> int:
     p.add_argument("--ranks", type=int, nargs="*", default=[1, 2, 4, 8])
     p.add_argument("--vocab-size", type=int, default=32768)
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--activations", action="store_true",
-                   help="also measure the activation bytes per token (bf16, one forward per preset on CPU)")
+    p.add_argument(
+        "--activations",
+        action="store_true",
+        help="also measure the activation bytes per token (bf16, one forward per preset on CPU)",
+    )
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the per-rank part, under torchrun
     a = p.parse_args()
     if a.measure:
@@ -145,26 +150,45 @@ def main() -> int:
     results = []
     for preset in a.presets:
         for n in a.ranks:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-                   os.path.abspath(__file__), "--measure", preset, "--vocab-size", str(a.vocab_size)]
-            r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={n}",
+                os.path.abspath(__file__),
+                "--measure",
+                preset,
+                "--vocab-size",
+                str(a.vocab_size),
+            ]
+            r = subprocess.run(
+                cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            )
             line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
             if r.returncode or line is None:
                 sys.exit(f"{preset} on {n} ranks failed:\n{r.stderr[-3000:]}")
-            results.append(json.loads(line[len("RESULT "):]))
+            results.append(json.loads(line[len("RESULT ") :]))
             print(f"{preset} x {n}: done", file=sys.stderr, flush=True)
     if a.activations:
         for preset in a.presets:
             per_token = activation_bytes_per_token(preset, a.vocab_size)
-            results.append({"preset": preset, "activation_bytes_per_token": per_token,
-                            "largest_unit_params": _largest_unit(preset, a.vocab_size)})
+            results.append(
+                {
+                    "preset": preset,
+                    "activation_bytes_per_token": per_token,
+                    "largest_unit_params": _largest_unit(preset, a.vocab_size),
+                }
+            )
             print(f"{preset}: {per_token / 1024:,.1f} KiB of saved activations per token (bf16)", file=sys.stderr)
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
     mib = 1 << 20
-    print("| preset | ranks | params MiB/rank | grads MiB/rank | AdamW state MiB/rank | total MiB/rank | "
-          "× ranks ÷ total on 1 rank |")
+    print(
+        "| preset | ranks | params MiB/rank | grads MiB/rank | AdamW state MiB/rank | total MiB/rank | "
+        "× ranks ÷ total on 1 rank |"
+    )
     print("|---|---|---|---|---|---|---|")
     single = {}
     for r in results:
@@ -174,13 +198,18 @@ def main() -> int:
         total = worst["params"] + worst["grads"] + worst["optimizer"]
         single.setdefault(r["preset"], total) if r["ranks"] == 1 else None
         ratio = total * r["ranks"] / single[r["preset"]] if r["preset"] in single else float("nan")
-        print(f"| {r['preset']} ({worst['unique_params'] / 1e6:.1f} M params) | {r['ranks']} | {worst['params'] / mib:,.1f} | "
-              f"{worst['grads'] / mib:,.1f} | {worst['optimizer'] / mib:,.1f} | {total / mib:,.1f} | {ratio:.3f} |")
+        print(
+            f"| {r['preset']} ({worst['unique_params'] / 1e6:.1f} M params) | {r['ranks']} | "
+            f"{worst['params'] / mib:,.1f} | "
+            f"{worst['grads'] / mib:,.1f} | {worst['optimizer'] / mib:,.1f} | {total / mib:,.1f} | {ratio:.3f} |"
+        )
     rows = predict_h100(results)
     if rows:
         print("\nPredicted per GPU, 8 x H100, bf16, micro-batch 32 x 1024, no activation checkpointing (GiB):\n")
-        print("| preset | fp32 state (measured, 8 ranks) | gathered bf16 units + fp32 unit grads | saved activations "
-              "(measured per token × 32 768) | total |")
+        print(
+            "| preset | fp32 state (measured, 8 ranks) | gathered bf16 units + fp32 unit grads | saved activations "
+            "(measured per token × 32 768) | total |"
+        )
         print("|---|---|---|---|---|")
         print("\n".join(rows))
     return 0

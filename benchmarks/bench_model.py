@@ -89,8 +89,9 @@ def main() -> None:
     torch.manual_seed(0)
     batch = real_batch(a.tokens, 32768)
     V, T = batch["vocab_size"], batch["num_tokens"]
-    base = dataclasses.replace(preset("50m", vocab_size=V), num_groups=a.layers, group_depth=1,
-                               mol=MoLConfig(groups=(2, 3)))
+    base = dataclasses.replace(
+        preset("50m", vocab_size=V), num_groups=a.layers, group_depth=1, mol=MoLConfig(groups=(2, 3))
+    )
     args = (batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"], batch["mlm_positions"], batch["mlm_labels"])
 
     # (a) MoL vs no MoL: full training step of the MLM model
@@ -102,6 +103,7 @@ def main() -> None:
             out = model(*args)
             combine_losses(model.cfg, out.mlm_loss, out.aux_losses).backward()
             model.zero_grad(set_to_none=True)
+
         return run
 
     res_a = race({"mol": mlm_step(mol_model), "no_mol": mlm_step(plain_model)}, a.steps) if "a" in a.parts else {}
@@ -110,10 +112,20 @@ def main() -> None:
     # (b) encoders: ours (unpadded) vs HF ModernBertModel (padded), same documents
     from transformers import ModernBertConfig, ModernBertModel
 
-    hf_cfg = ModernBertConfig(vocab_size=V, hidden_size=768, intermediate_size=1152, num_hidden_layers=a.layers,
-                              num_attention_heads=12, local_attention=128, pad_token_id=0, bos_token_id=2,
-                              eos_token_id=3, cls_token_id=2, sep_token_id=3,
-                              attn_implementation="sdpa")
+    hf_cfg = ModernBertConfig(
+        vocab_size=V,
+        hidden_size=768,
+        intermediate_size=1152,
+        num_hidden_layers=a.layers,
+        num_attention_heads=12,
+        local_attention=128,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        cls_token_id=2,
+        sep_token_id=3,
+        attn_implementation="sdpa",
+    )
     hf = ModernBertModel(hf_cfg).train()
     ours = plain_model.model
     ids_pad, mask = padded(batch)
@@ -123,6 +135,7 @@ def main() -> None:
             h, _ = ours(ids, cu, max_len)
             h.float().square().mean().backward()
             ours.zero_grad(set_to_none=True)
+
         return run
 
     def hf_step(ids, m):
@@ -130,34 +143,58 @@ def main() -> None:
             h = hf(input_ids=ids, attention_mask=m).last_hidden_state
             h[m.bool()].float().square().mean().backward()
             hf.zero_grad(set_to_none=True)
+
         return run
 
-    res_b = race({"ours": ours_step(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"]),
-                  "hf": hf_step(ids_pad, mask)}, a.steps) if "b" in a.parts else {}
+    res_b = (
+        race(
+            {
+                "ours": ours_step(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"]),
+                "hf": hf_step(ids_pad, mask),
+            },
+            a.steps,
+        )
+        if "b" in a.parts
+        else {}
+    )
     n_eq, L_eq = max(1, T // 512), 512  # equal-length documents: no padding for HF either
     ids_eq = batch["input_ids"][: n_eq * L_eq].clone()
     cu_eq = torch.arange(0, n_eq * L_eq + 1, L_eq, dtype=torch.int32)
-    res_c = race({"ours": ours_step(ids_eq, cu_eq, L_eq),
-                  "hf": hf_step(ids_eq.view(n_eq, L_eq), torch.ones(n_eq, L_eq, dtype=torch.long))},
-                 a.steps) if "c" in a.parts else {}
+    res_c = (
+        race(
+            {
+                "ours": ours_step(ids_eq, cu_eq, L_eq),
+                "hf": hf_step(ids_eq.view(n_eq, L_eq), torch.ones(n_eq, L_eq, dtype=torch.long)),
+            },
+            a.steps,
+        )
+        if "c" in a.parts
+        else {}
+    )
 
     import transformers
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lens = (batch["cu_seqlens"][1:] - batch["cu_seqlens"][:-1]).tolist()
-    print(f"\nhardware: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
-          f"torch {torch.__version__}, transformers {transformers.__version__}; commit {commit}")
-    print(f"batch: {T} real tokens in {len(lens)} documents (longest {max(lens)}, padded HF batch "
-          f"{ids_pad.numel()} positions), {len(batch['mlm_positions'])} MLM targets; vocab {V}; "
-          f"{a.layers} layers; median of {a.steps} steps after a warm-up")
+    print(
+        f"\nhardware: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}; commit {commit}"
+    )
+    print(
+        f"batch: {T} real tokens in {len(lens)} documents (longest {max(lens)}, padded HF batch "
+        f"{ids_pad.numel()} positions), {len(batch['mlm_positions'])} MLM targets; vocab {V}; "
+        f"{a.layers} layers; median of {a.steps} steps after a warm-up"
+    )
     if res_a:
         print("\n(a) MoL overhead, 50m shape, MLM forward+backward")
         print("| model | s/step | tokens/s |\n|---|---|---|")
         for k in ("no_mol", "mol"):
             print(f"| {k} | {res_a[k]:.3f} | {T / res_a[k]:,.0f} |")
         print(f"MoL overhead: {res_a['mol'] / res_a['no_mol'] - 1:+.1%} step time")
-    for title, res, tokens in (("(b) encoder forward+backward, real documents", res_b, T),
-                               (f"(c) encoder forward+backward, {n_eq} documents of {L_eq}", res_c, n_eq * L_eq)):
+    for title, res, tokens in (
+        ("(b) encoder forward+backward, real documents", res_b, T),
+        (f"(c) encoder forward+backward, {n_eq} documents of {L_eq}", res_c, n_eq * L_eq),
+    ):
         if not res:
             continue
         print(f"\n{title}")

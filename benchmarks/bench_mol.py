@@ -21,8 +21,9 @@ from model.mol import MoLFFN, grouped_mm_fits
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/bench_mol.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/bench_mol.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -58,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         times["loop"].append(step(False))
         times["grouped_mm"].append(step(True))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"MoL FFN fwd+bwd, {a.tokens} tokens, d {cfg.hidden_size}, I {cfg.intermediate_size}, "
-          f"E {cfg.mol.num_experts}, r {cfg.mol.rank}, top-{cfg.mol.top_k}, {a.dtype} on {a.device} "
-          f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})")
+    print(
+        f"MoL FFN fwd+bwd, {a.tokens} tokens, d {cfg.hidden_size}, I {cfg.intermediate_size}, "
+        f"E {cfg.mol.num_experts}, r {cfg.mol.rank}, top-{cfg.mol.top_k}, {a.dtype} on {a.device} "
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})"
+    )
     for k, v in med.items():
         print(f"  {k:<11} {v * 1e3:8.2f} ms  ({a.tokens / v:,.0f} tokens/s)")
     print(f"  loop / grouped_mm = {med['loop'] / med['grouped_mm']:.2f}")

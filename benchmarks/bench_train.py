@@ -21,11 +21,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(nproc: int, args: argparse.Namespace, run_dir: str) -> dict:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-                if nproc > 1 else [sys.executable])
-    cmd = [*launcher, "-m", "pretrain.train", "--config", args.config, f"data.dir={args.data}", f"run_dir={run_dir}",
-           f"train.steps={args.steps}", "train.log_every=5", "eval.every=0", "checkpoint.every=0",
-           f"data.num_workers={args.num_workers}", *args.overrides]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
+    cmd = [
+        *launcher,
+        "-m",
+        "pretrain.train",
+        "--config",
+        args.config,
+        f"data.dir={args.data}",
+        f"run_dir={run_dir}",
+        f"train.steps={args.steps}",
+        "train.log_every=5",
+        "eval.every=0",
+        "checkpoint.every=0",
+        f"data.num_workers={args.num_workers}",
+        *args.overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if r.returncode:
@@ -35,9 +50,13 @@ def run(nproc: int, args: argparse.Namespace, run_dir: str) -> dict:
     if not timed:
         sys.exit(f"nproc={nproc}: no logged step after --warmup {args.warmup}; raise --steps")
     mean = lambda key: sum(x[key] for x in timed) / len(timed)  # noqa: E731
-    return {"tokens_per_s": mean("tokens_per_s"), "tflops": mean("tflops_per_device"), "loss": recs[-1]["loss"],
-            "mfu": mean("mfu") if all("mfu" in x for x in timed) else None,
-            "memory_gib": max(x.get("memory_gib", 0.0) for x in timed)}
+    return {
+        "tokens_per_s": mean("tokens_per_s"),
+        "tflops": mean("tflops_per_device"),
+        "loss": recs[-1]["loss"],
+        "mfu": mean("mfu") if all("mfu" in x for x in timed) else None,
+        "memory_gib": max(x.get("memory_gib", 0.0) for x in timed),
+    }
 
 
 def main() -> None:
@@ -62,13 +81,19 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for n, r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "—"
-        print(f"| {n} | {r['tokens_per_s']:,.0f} | {r['tflops']:.4f} | {mfu} | {r['memory_gib']:.2f} | "
-              f"{r['tokens_per_s'] / base:.2f}x | {r['loss']:.4f} |")
+        print(
+            f"| {n} | {r['tokens_per_s']:,.0f} | {r['tflops']:.4f} | {mfu} | {r['memory_gib']:.2f} | "
+            f"{r['tokens_per_s'] / base:.2f}x | {r['loss']:.4f} |"
+        )
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
             for n, r in rows:
-                f.write(json.dumps({"label": args.label, "config": args.config, "processes": n,
-                                    "overrides": args.overrides, **r}) + "\n")
+                f.write(
+                    json.dumps(
+                        {"label": args.label, "config": args.config, "processes": n, "overrides": args.overrides, **r}
+                    )
+                    + "\n"
+                )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,23 @@ def point(preset: str, ep: int, world: int, hardware: str, mfu: float | None, ou
     overrides = [f"parallel.ep={ep}", f"train.micro_batch_size={micro}", "data.dir=/nonexistent"]
     path = os.path.join(out, f"{preset}-ep{ep}-n{world}.json")
     if not os.path.isfile(path):  # the simulation does not depend on the hardware: cached across --hardware
-        cmd = [sys.executable, "-m", "pretrain.dryrun", "--config", cfg_path, "--world-size", str(world),
-               "--seq-len", str(SEQ_LEN), "--gpu-memory-gb", "1e9", "--no-reference", "--json", path, *overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pretrain.dryrun",
+            "--config",
+            cfg_path,
+            "--world-size",
+            str(world),
+            "--seq-len",
+            str(SEQ_LEN),
+            "--gpu-memory-gb",
+            "1e9",
+            "--no-reference",
+            "--json",
+            path,
+            *overrides,
+        ]
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
         if r.returncode:
             sys.exit(f"{preset} ep {ep} N {world}: {r.stderr.strip().splitlines()[-1]}")
@@ -53,18 +68,23 @@ def point(preset: str, ep: int, world: int, hardware: str, mfu: float | None, ou
 
     cfg = gpu_precision(load_config(cfg_path, overrides))
     rep = plan(cfg, world, 8, SEQ_LEN, load_hardware(hardware, mfu=mfu), measured["probe_tokens"], measured["measured"])
-    rep.update(preset=preset, micro_changed=micro != train["micro_batch_size"],
-               mfu_assumed=load_hardware(hardware, mfu=mfu).mfu,
-               dry_run_seconds=measured["dry_run_seconds"])
+    rep.update(
+        preset=preset,
+        micro_changed=micro != train["micro_batch_size"],
+        mfu_assumed=load_hardware(hardware, mfu=mfu).mfu,
+        dry_run_seconds=measured["dry_run_seconds"],
+    )
     return rep
 
 
 def table(points: list[dict]) -> list[str]:
     # collective columns: MiB on the wire per GPU and step
-    lines = ["| preset | EP | GPUs | micro-batch × accum | memory/GPU GiB (activations) | all-gather MiB | "
-             "reduce-scatter MiB | all-to-all MiB | all-reduce MiB | step ms (compute / FSDP / a2a) | "
-             "tokens/s | MFU | efficiency vs 8 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| preset | EP | GPUs | micro-batch × accum | memory/GPU GiB (activations) | all-gather MiB | "
+        "reduce-scatter MiB | all-to-all MiB | all-reduce MiB | step ms (compute / FSDP / a2a) | "
+        "tokens/s | MFU | efficiency vs 8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     base = {}
     for p in points:
         key = (p["preset"], p["ep"])
@@ -83,7 +103,8 @@ def table(points: list[dict]) -> list[str]:
             f"{mib['all_gather']:,.0f} | {mib['reduce_scatter']:,.0f} | {mib['all_to_all']:,.0f} | "
             f"{mib['all_reduce']:,.2f} | {1e3 * pred['step_s']:,.1f} ({1e3 * pred['compute_s']:,.1f} / "
             f"{1e3 * pred['fsdp_comm_s']:,.1f} / {1e3 * pred['ep_comm_s']:,.1f}) | {pred['tokens_per_s']:,.0f} | "
-            f"{100 * pred['mfu']:.1f} % | {100 * eff:.1f} % |")
+            f"{100 * pred['mfu']:.1f} % | {100 * eff:.1f} % |"
+        )
     return lines
 
 
@@ -95,9 +116,11 @@ def crossovers(points: list[dict]) -> list[str]:
         fsdp = next((n for n, q in pred if q["fsdp_comm_s"] > q["compute_s"]), None)
         a2a = next((n for n, q in pred if q["ep_comm_s"] > q["compute_s"]), None)
         top = rows[-1]["world_size"]
-        out.append(f"- {key[0]}, EP {key[1]}: FSDP gathers + reduce-scatters exceed the compute "
-                   f"{f'from N = {fsdp}' if fsdp else f'at no N up to {top}'}; all-to-alls "
-                   f"{f'from N = {a2a}' if a2a else (f'at no N up to {top}' if key[1] > 1 else 'none (EP 1)')}")
+        out.append(
+            f"- {key[0]}, EP {key[1]}: FSDP gathers + reduce-scatters exceed the compute "
+            f"{f'from N = {fsdp}' if fsdp else f'at no N up to {top}'}; all-to-alls "
+            f"{f'from N = {a2a}' if a2a else (f'at no N up to {top}' if key[1] > 1 else 'none (EP 1)')}"
+        )
     return out
 
 
@@ -111,13 +134,23 @@ def plot(points: list[dict], path: str) -> None:
     for key in dict.fromkeys((p["preset"], p["ep"]) for p in points):
         rows = [p for p in points if (p["preset"], p["ep"]) == key]
         n = [p["world_size"] for p in rows]
-        axes[0].plot(n, [p["prediction"]["tokens_per_s_per_gpu"] for p in rows], marker="o",
-                     label=f"{key[0]} EP {key[1]}")
-        axes[1].plot(n, [p["prediction"]["fsdp_comm_s"] / p["prediction"]["compute_s"] for p in rows], marker="o",
-                     label=f"{key[0]} EP {key[1]} FSDP")
+        axes[0].plot(
+            n, [p["prediction"]["tokens_per_s_per_gpu"] for p in rows], marker="o", label=f"{key[0]} EP {key[1]}"
+        )
+        axes[1].plot(
+            n,
+            [p["prediction"]["fsdp_comm_s"] / p["prediction"]["compute_s"] for p in rows],
+            marker="o",
+            label=f"{key[0]} EP {key[1]} FSDP",
+        )
         if key[1] > 1:
-            axes[1].plot(n, [p["prediction"]["ep_comm_s"] / p["prediction"]["compute_s"] for p in rows],
-                         marker="x", linestyle="--", label=f"{key[0]} EP {key[1]} all-to-all")
+            axes[1].plot(
+                n,
+                [p["prediction"]["ep_comm_s"] / p["prediction"]["compute_s"] for p in rows],
+                marker="x",
+                linestyle="--",
+                label=f"{key[0]} EP {key[1]} all-to-all",
+            )
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("GPUs (global batch fixed at 1 M tokens)")
@@ -126,15 +159,18 @@ def plot(points: list[dict], path: str) -> None:
     axes[1].axhline(1.0, color="grey", linewidth=0.8)
     axes[1].set_yscale("log")
     axes[1].set_ylabel("communication time / compute time")
-    fig.suptitle(f"pretrain.dryrun scaling ({points[0]['hardware']}, MFU {points[0]['mfu_assumed']:.3f}; "
-                 "cost model of pretrain/configs/hardware.yaml)")
+    fig.suptitle(
+        f"pretrain.dryrun scaling ({points[0]['hardware']}, MFU {points[0]['mfu_assumed']:.3f}; "
+        "cost model of pretrain/configs/hardware.yaml)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/dryrun_scaling.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="benchmarks/dryrun_scaling.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--presets", nargs="+", default=["50m", "120m"])
     p.add_argument("--ep", type=int, nargs="+", default=[1, 8])
     p.add_argument("--world-sizes", type=int, nargs="+", default=[8, 64, 256, 512, 1024])
@@ -152,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{preset} ep {ep} N {n}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
     with open(os.path.join(a.out, "scaling.json"), "w", encoding="utf-8") as f:
         json.dump(points, f, indent=1)
-    lines = [*table(points), "", *crossovers(points), "",
-             "\\* micro-batch lowered to the samples per rank (1 024 samples of 1 024 tokens per step)."]
-    with open(os.path.join(a.out, "scaling.md" if a.mfu is None else f"scaling-mfu{a.mfu:g}.md"), "w",
-              encoding="utf-8") as f:
+    lines = [
+        *table(points),
+        "",
+        *crossovers(points),
+        "",
+        "\\* micro-batch lowered to the samples per rank (1 024 samples of 1 024 tokens per step).",
+    ]
+    with open(
+        os.path.join(a.out, "scaling.md" if a.mfu is None else f"scaling-mfu{a.mfu:g}.md"), "w", encoding="utf-8"
+    ) as f:
         f.write("\n".join(lines) + "\n")
     plot(points, os.path.join(a.out, "scaling.png" if a.mfu is None else f"scaling-mfu{a.mfu:g}.png"))
     print("\n".join(lines))

@@ -139,8 +139,9 @@ def build_one_shard(task: ShardTask, out_dir: str, seq_len: int, input_hash: str
         lens.extend(chunk_lens)
         start = end
     tokens = np.concatenate(flat_parts) if flat_parts else np.zeros(0, dtype)
-    block = pack_documents(tokens, np.asarray(lens), np.asarray(task.doc_ids), seq_len,
-                           tok.special_ids.cls, tok.special_ids.sep)
+    block = pack_documents(
+        tokens, np.asarray(lens), np.asarray(task.doc_ids), seq_len, tok.special_ids.cls, tok.special_ids.sep
+    )
     name = shard_name(task.split, task.shard)
     writer = ShardWriter(os.path.join(out_dir, name))
     try:
@@ -151,21 +152,31 @@ def build_one_shard(task: ShardTask, out_dir: str, seq_len: int, input_hash: str
         writer.abort()
         raise
     return {
-        "type": "shard", "split": task.split, "shard": task.shard, "file": name, "sha256": sha,
-        "input_hash": input_hash, "samples": writer.samples, "tokens": writer.tokens,
-        "documents": len(task.texts), "content_tokens": int(tokens.size),
-        "split_documents": block.split_documents, "tokenless_documents": block.empty_documents,
+        "type": "shard",
+        "split": task.split,
+        "shard": task.shard,
+        "file": name,
+        "sha256": sha,
+        "input_hash": input_hash,
+        "samples": writer.samples,
+        "tokens": writer.tokens,
+        "documents": len(task.texts),
+        "content_tokens": int(tokens.size),
+        "split_documents": block.split_documents,
+        "tokenless_documents": block.empty_documents,
         "segments": int(len(block.seg_lens_P)),
     }
 
 
 # ------------------------------------------------------------------------------------- the output dir
 
+
 class BuildDir:
     """The build's output directory: what an earlier run left there, and the journal of this one."""
 
-    def __init__(self, path: str, fingerprint: str, args_record: dict, journal_file: str = JOURNAL_FILE,
-                 shared: bool = False) -> None:
+    def __init__(
+        self, path: str, fingerprint: str, args_record: dict, journal_file: str = JOURNAL_FILE, shared: bool = False
+    ) -> None:
         self.path = path
         self.fingerprint = fingerprint
         self.args_record = args_record
@@ -177,8 +188,11 @@ class BuildDir:
 
     def _differs(self, other_args: dict) -> str:
         keys = sorted(set(other_args) | set(self.args_record))
-        diff = [f"{k}: {other_args.get(k)!r} -> {self.args_record.get(k)!r}"
-                for k in keys if other_args.get(k) != self.args_record.get(k)]
+        diff = [
+            f"{k}: {other_args.get(k)!r} -> {self.args_record.get(k)!r}"
+            for k in keys
+            if other_args.get(k) != self.args_record.get(k)
+        ]
         return "; ".join(diff) or "input file sizes or tokenizer contents"
 
     def open(self) -> None:
@@ -194,7 +208,9 @@ class BuildDir:
                 with open(index_path, encoding="utf-8") as f:
                     index = json.load(f)
             except (OSError, json.JSONDecodeError) as e:
-                raise DataPrepError(f"--out {self.path!r}: holds an unreadable {INDEX_FILE} ({e}); use another directory") from None
+                raise DataPrepError(
+                    f"--out {self.path!r}: holds an unreadable {INDEX_FILE} ({e}); use another directory"
+                ) from None
             previous = (index.get("fingerprint"), index.get("build_args", {}))
             for split, info in index.get("splits", {}).items():
                 for rec in info.get("shards", []):
@@ -221,8 +237,10 @@ class BuildDir:
         if previous is not None and previous[0] != self.fingerprint and not self.records:
             # an earlier build that failed before it finished a shard (e.g. a corpus with no documents):
             # nothing to keep, so the corrected build takes the directory over
-            print(f"--out {self.path}: replacing an earlier build that finished no shard "
-                  f"({self._differs(previous[1])})", file=sys.stderr)
+            print(
+                f"--out {self.path}: replacing an earlier build that finished no shard ({self._differs(previous[1])})",
+                file=sys.stderr,
+            )
             os.remove(journal_path)
             previous, self.tokenizer_sha = None, None
         if self.shared and previous is None:  # the other tasks of a distributed build must be this build
@@ -285,11 +303,20 @@ def write_index(out_dir: str, index: dict) -> None:
 
 # ------------------------------------------------------------------------------------------ the build
 
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=None if enabled else True, dynamic_ncols=True, leave=False)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=None if enabled else True,
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
 def _prepare_tokenizer(cfg: BuildConfig, files, out: BuildDir, progress: bool) -> tuple[str, str]:
@@ -317,8 +344,10 @@ def _prepare_tokenizer(cfg: BuildConfig, files, out: BuildDir, progress: bool) -
         docs = sample_documents(itertools.islice(reader, cfg.max_docs), int(cfg.tokenizer_sample_mb * 1e6), cfg.seed)
     if not docs:
         raise DataPrepError(f"inputs {cfg.inputs}: the corpus holds no documents (all files empty)")
-    print(f"tokenizer: training {cfg.tokenizer_type} sentencepiece, vocab {cfg.vocab_size}, "
-          f"on {len(docs)} documents ({sum(map(len, docs)) / 1e6:.1f} M chars) ...")
+    print(
+        f"tokenizer: training {cfg.tokenizer_type} sentencepiece, vocab {cfg.vocab_size}, "
+        f"on {len(docs)} documents ({sum(map(len, docs)) / 1e6:.1f} M chars) ..."
+    )
     train_sentencepiece(docs, dest, cfg.vocab_size, cfg.tokenizer_type, cfg.tokenizer_threads)
     out.journal({"type": "tokenizer", "sha256": sha256_file(dest)})
     print(f"tokenizer: {dest} ({time.time() - t0:.1f} s)")
@@ -374,7 +403,9 @@ class TaskShare:
         if self.num_tasks < 1:
             raise DataPrepError(f"--num-tasks {self.num_tasks}: must be >= 1")
         if not 0 <= self.task_id < self.num_tasks:
-            raise DataPrepError(f"--task-id {self.task_id}: must be in [0, {self.num_tasks}) (--num-tasks {self.num_tasks})")
+            raise DataPrepError(
+                f"--task-id {self.task_id}: must be in [0, {self.num_tasks}) (--num-tasks {self.num_tasks})"
+            )
 
     @property
     def distributed(self) -> bool:
@@ -404,8 +435,15 @@ def _shared_tokenizer(cfg: BuildConfig, files, out: BuildDir, share: TaskShare, 
         except DataPrepError as e:
             _write_json(marker, {"fingerprint": out.fingerprint, "error": str(e)})
             raise
-        _write_json(marker, {"fingerprint": out.fingerprint, "file": os.path.basename(path), "source": source,
-                             "sha256": sha256_file(path)})
+        _write_json(
+            marker,
+            {
+                "fingerprint": out.fingerprint,
+                "file": os.path.basename(path),
+                "source": source,
+                "sha256": sha256_file(path),
+            },
+        )
         return path, source
     deadline, said = time.time() + share.wait_s, False
     while True:
@@ -421,16 +459,19 @@ def _shared_tokenizer(cfg: BuildConfig, files, out: BuildDir, share: TaskShare, 
             if os.path.isfile(path) and sha256_file(path) == doc["sha256"]:
                 return path, doc["source"]
         if time.time() > deadline:
-            raise DataPrepError(f"{share.tag()}: task 0 announced no tokenizer in {out.path} within "
-                                f"{share.wait_s / 60:.0f} min; is task 0 running?")
+            raise DataPrepError(
+                f"{share.tag()}: task 0 announced no tokenizer in {out.path} within "
+                f"{share.wait_s / 60:.0f} min; is task 0 running?"
+            )
         if not said:
             print(f"{share.tag()}: waiting for task 0's tokenizer ({marker})", flush=True)
             said = True
         time.sleep(2.0)
 
 
-def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True,
-          share: TaskShare = TaskShare()) -> dict | None:
+def build(
+    cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True, share: TaskShare = TaskShare()
+) -> dict | None:
     """Run the whole build (or this task's share); returns index.json's content (None from a task that
     leaves the finalising to another). Raises DataPrepError on bad input."""
     cfg.validate()
@@ -440,9 +481,13 @@ def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True,
     args_record = asdict(cfg)
     fingerprint = _identity(cfg, files)
 
-    out = BuildDir(out_dir, fingerprint, args_record,
-                   journal_file=f"build_journal.{share.tag()}.jsonl" if share.distributed else JOURNAL_FILE,
-                   shared=share.distributed)
+    out = BuildDir(
+        out_dir,
+        fingerprint,
+        args_record,
+        journal_file=f"build_journal.{share.tag()}.jsonl" if share.distributed else JOURNAL_FILE,
+        shared=share.distributed,
+    )
     out.open()
     if share.distributed:
         tok_path, tok_source = _shared_tokenizer(cfg, files, out, share, progress)
@@ -457,8 +502,12 @@ def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True,
         reader = CorpusReader(files, cfg.text_field, on_bytes=bar.update)
         pool = None
         if workers > 0:
-            pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                          initializer=_init_worker, initargs=(tok_path, True))
+            pool = cf.ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(tok_path, True),
+            )
         else:
             _init_worker(tok_path)
         pending: collections.deque = collections.deque()
@@ -501,9 +550,18 @@ def build(cfg: BuildConfig, out_dir: str, workers: int, progress: bool = True,
         raise DataPrepError(f"inputs {cfg.inputs}: the corpus holds no documents (all files empty)")
     if share.distributed:
         out.close()
-        _write_json(os.path.join(out.path, _done_file(share, share.task_id)),
-                    {"fingerprint": fingerprint, "records": records, "stats": asdict(stats), "kept": kept,
-                     "built_tokens": built_tokens, "elapsed_s": elapsed, "shard_pass_s": time.time() - t_tok})
+        _write_json(
+            os.path.join(out.path, _done_file(share, share.task_id)),
+            {
+                "fingerprint": fingerprint,
+                "records": records,
+                "stats": asdict(stats),
+                "kept": kept,
+                "built_tokens": built_tokens,
+                "elapsed_s": elapsed,
+                "shard_pass_s": time.time() - t_tok,
+            },
+        )
         print(f"{share.tag()}: {len(records) - kept} shards built, {kept} kept ({elapsed:.1f} s)")
         return finalize(cfg, out_dir, share.num_tasks, only_if_complete=True)
     index = _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, stats)
@@ -527,16 +585,19 @@ def finalize(cfg: BuildConfig, out_dir: str, num_tasks: int, only_if_complete: b
         if only_if_complete:
             print(f"waiting for {len(missing)} other task(s); the last to finish writes index.json")
             return None
-        raise DataPrepError(f"--finalize: task(s) {', '.join(map(str, missing))} of {num_tasks} have not finished "
-                            f"(no {_done_file(share, missing[0])} … in {out_dir}); run them first")
+        raise DataPrepError(
+            f"--finalize: task(s) {', '.join(map(str, missing))} of {num_tasks} have not finished "
+            f"(no {_done_file(share, missing[0])} … in {out_dir}); run them first"
+        )
     try:
         docs = []
         for i, p in enumerate(paths):
             with open(p, encoding="utf-8") as f:
                 docs.append(json.load(f))
             if docs[-1]["fingerprint"] != fingerprint:
-                raise DataPrepError(f"{p}: task {i} built with other arguments or inputs than these; rerun it "
-                                    "with the same ones")
+                raise DataPrepError(
+                    f"{p}: task {i} built with other arguments or inputs than these; rerun it with the same ones"
+                )
         with open(os.path.join(out_dir, TOKENIZER_MARKER), encoding="utf-8") as f:
             tok_doc = json.load(f)
     except FileNotFoundError:
@@ -545,8 +606,16 @@ def finalize(cfg: BuildConfig, out_dir: str, num_tasks: int, only_if_complete: b
         raise
     tok_path = os.path.join(out_dir, tok_doc["file"])
     records = [r for d in docs for r in d["records"]]
-    index = _make_index(cfg, files, fingerprint, Tokenizer(tok_path), tok_path, tok_doc["source"], records,
-                        ReadStats(**docs[0]["stats"]))
+    index = _make_index(
+        cfg,
+        files,
+        fingerprint,
+        Tokenizer(tok_path),
+        tok_path,
+        tok_doc["source"],
+        records,
+        ReadStats(**docs[0]["stats"]),
+    )
     write_index(out_dir, index)
     for name in os.listdir(out_dir):  # the build's bookkeeping and any task's leftover temp files
         if name.startswith("build_") or ".tmp" in name:
@@ -555,8 +624,15 @@ def finalize(cfg: BuildConfig, out_dir: str, num_tasks: int, only_if_complete: b
             except FileNotFoundError:
                 pass
     kept = sum(d["kept"] for d in docs)
-    _print_summary(index, out_dir, kept, len(records) - kept, max(d["elapsed_s"] for d in docs),
-                   max(d["shard_pass_s"] for d in docs), sum(d["built_tokens"] for d in docs))
+    _print_summary(
+        index,
+        out_dir,
+        kept,
+        len(records) - kept,
+        max(d["elapsed_s"] for d in docs),
+        max(d["shard_pass_s"] for d in docs),
+        sum(d["built_tokens"] for d in docs),
+    )
     return index
 
 
@@ -581,13 +657,25 @@ def _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, sta
         "token_dtype": token_dtype(tok.vocab_size).name,
         "sample_fields": {"input_ids": "token ids, [T]", "segments": "int64 [S, 2]: (length, document id)"},
         "tokenizer": {
-            "file": os.path.basename(tok_path), "kind": tok.kind, "sha256": sha256_file(tok_path),
-            "source": tok_source, "vocab_size": tok.vocab_size, "special_ids": tok.special_ids.as_dict(),
+            "file": os.path.basename(tok_path),
+            "kind": tok.kind,
+            "sha256": sha256_file(tok_path),
+            "source": tok_source,
+            "vocab_size": tok.vocab_size,
+            "special_ids": tok.special_ids.as_dict(),
         },
         "splits": splits,
         "stats": {
-            "input_files": [{"path": f.path, "format": f.format, "compression": f.compression, "bytes": f.size,
-                             "documents": stats.documents_per_file.get(f.path, 0)} for f in files],
+            "input_files": [
+                {
+                    "path": f.path,
+                    "format": f.format,
+                    "compression": f.compression,
+                    "bytes": f.size,
+                    "documents": stats.documents_per_file.get(f.path, 0),
+                }
+                for f in files
+            ],
             "documents": stats.documents,
             "empty_documents_skipped": stats.empty_documents,
             "tokenless_documents_skipped": sum(r["tokenless_documents"] for r in records),
@@ -604,8 +692,9 @@ def _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, sta
     }
 
 
-def _print_summary(index: dict, out_dir: str, kept: int, built: int, elapsed: float, tok_elapsed: float,
-                   built_tokens: int) -> None:
+def _print_summary(
+    index: dict, out_dir: str, kept: int, built: int, elapsed: float, tok_elapsed: float, built_tokens: int
+) -> None:
     st, sp = index["stats"], index["splits"]
     lines = [
         f"done: {out_dir}/{INDEX_FILE}",
@@ -615,8 +704,10 @@ def _print_summary(index: dict, out_dir: str, kept: int, built: int, elapsed: fl
         f"(fill {st['mean_sample_fill']:.1%}, {st['chars_per_token']} chars/token)",
         f"  shards     train {len(sp['train']['shards'])}, val {len(sp['val']['shards'])} "
         f"(built {built}, kept {kept} verified from an earlier run)",
-        f"  speed      {built_tokens / max(tok_elapsed, 1e-9):,.0f} tokens/s over the shard pass; {elapsed:.1f} s in all"
-        if built else f"  speed      nothing to build; {elapsed:.1f} s in all",
+        f"  speed      {built_tokens / max(tok_elapsed, 1e-9):,.0f} tokens/s over the shard pass; {elapsed:.1f} s in "
+        "all"
+        if built
+        else f"  speed      nothing to build; {elapsed:.1f} s in all",
     ]
     if st["replaced_undecodable_bytes"]:
         lines.append(f"  warning    {st['replaced_undecodable_bytes']:,} undecodable bytes replaced by U+FFFD")
@@ -628,50 +719,107 @@ def _print_summary(index: dict, out_dir: str, kept: int, built: int, elapsed: fl
 def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Namespace]:
     d = BuildConfig()
     p = argparse.ArgumentParser(
-        prog="python data_prep/build_shards.py", description=__doc__,
+        prog="python data_prep/build_shards.py",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", help="files, directories or quoted globs (.txt .jsonl[.gz|.zst] .parquet); "
-                   f"default: the shipped sample corpus ({os.path.relpath(SAMPLE_CORPUS_DIR)})")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        help="files, directories or quoted globs (.txt .jsonl[.gz|.zst] .parquet); "
+        f"default: the shipped sample corpus ({os.path.relpath(SAMPLE_CORPUS_DIR)})",
+    )
     p.add_argument("--out", required=True, help="output directory (created; an earlier run of the same build resumes)")
     g = p.add_argument_group("corpus")
-    g.add_argument("--text-field", default=d.text_field, help="JSONL field / Parquet column with the text (default: %(default)s)")
+    g.add_argument(
+        "--text-field", default=d.text_field, help="JSONL field / Parquet column with the text (default: %(default)s)"
+    )
     g.add_argument("--max-docs", type=int, default=None, help="use only the first N documents")
     g = p.add_argument_group("samples and shards")
-    g.add_argument("--seq-len", type=int, default=d.seq_len, help="max tokens per sample, specials included (default: %(default)s)")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of documents for validation (default: %(default)s)")
-    g.add_argument("--shard-mb", type=float, default=d.shard_mb, help="input text per shard, in MB (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of the split and the tokenizer sample (default: %(default)s)")
+    g.add_argument(
+        "--seq-len", type=int, default=d.seq_len, help="max tokens per sample, specials included (default: %(default)s)"
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="share of documents for validation (default: %(default)s)",
+    )
+    g.add_argument(
+        "--shard-mb", type=float, default=d.shard_mb, help="input text per shard, in MB (default: %(default)s)"
+    )
+    g.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the split and the tokenizer sample (default: %(default)s)"
+    )
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer", default=None, help="reuse a tokenizer: a sentencepiece .model, a HF tokenizer.json or a BERT vocab.txt "
-                   "(default: train one)")
-    g.add_argument("--tokenizer-type", default=d.tokenizer_type, choices=("unigram", "bpe"), help="(default: %(default)s)")
+    g.add_argument(
+        "--tokenizer",
+        default=None,
+        help="reuse a tokenizer: a sentencepiece .model, a HF tokenizer.json or a BERT vocab.txt (default: train one)",
+    )
+    g.add_argument(
+        "--tokenizer-type", default=d.tokenizer_type, choices=("unigram", "bpe"), help="(default: %(default)s)"
+    )
     g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="(default: %(default)s)")
-    g.add_argument("--tokenizer-sample-mb", type=float, default=d.tokenizer_sample_mb,
-                   help="train the tokenizer on a uniform random sample of this much text (default: %(default)s)")
-    g.add_argument("--tokenizer-threads", type=int, default=d.tokenizer_threads,
-                   help="sentencepiece training threads; part of the build's identity, since the model depends on it "
-                   "(default: %(default)s)")
+    g.add_argument(
+        "--tokenizer-sample-mb",
+        type=float,
+        default=d.tokenizer_sample_mb,
+        help="train the tokenizer on a uniform random sample of this much text (default: %(default)s)",
+    )
+    g.add_argument(
+        "--tokenizer-threads",
+        type=int,
+        default=d.tokenizer_threads,
+        help="sentencepiece training threads; part of the build's identity, since the model depends on it "
+        "(default: %(default)s)",
+    )
     g = p.add_argument_group("execution (does not change the output)")
-    g.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="tokenizer processes; 0 runs in this process (default: %(default)s, the CPU count)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="tokenizer processes; 0 runs in this process (default: %(default)s, the CPU count)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("distributed build (e.g. a SLURM array; see slurm/build_shards.sh)")
     env = os.environ
-    g.add_argument("--num-tasks", type=int, default=int(env.get("SLURM_ARRAY_TASK_COUNT", 1)),
-                   help="split the shards over this many tasks (default: SLURM_ARRAY_TASK_COUNT, else 1)")
-    g.add_argument("--task-id", type=int,
-                   default=int(env.get("SLURM_ARRAY_TASK_ID", 0)) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
-                   help="this task, 0-based (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0)")
-    g.add_argument("--finalize", action="store_true",
-                   help="only join the finished tasks' shards into index.json (the last task does it by itself)")
-    g.add_argument("--tokenizer-wait-min", type=float, default=360.0,
-                   help="how long tasks other than 0 wait for task 0's tokenizer (default: %(default)s)")
+    g.add_argument(
+        "--num-tasks",
+        type=int,
+        default=int(env.get("SLURM_ARRAY_TASK_COUNT", 1)),
+        help="split the shards over this many tasks (default: SLURM_ARRAY_TASK_COUNT, else 1)",
+    )
+    g.add_argument(
+        "--task-id",
+        type=int,
+        default=int(env.get("SLURM_ARRAY_TASK_ID", 0)) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
+        help="this task, 0-based (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0)",
+    )
+    g.add_argument(
+        "--finalize",
+        action="store_true",
+        help="only join the finished tasks' shards into index.json (the last task does it by itself)",
+    )
+    g.add_argument(
+        "--tokenizer-wait-min",
+        type=float,
+        default=360.0,
+        help="how long tasks other than 0 wait for task 0's tokenizer (default: %(default)s)",
+    )
     a = p.parse_args(argv)
     cfg = BuildConfig(
-        inputs=a.inputs or d.inputs, text_field=a.text_field, seq_len=a.seq_len, val_fraction=a.val_fraction,
-        shard_mb=a.shard_mb, seed=a.seed, max_docs=a.max_docs, tokenizer=a.tokenizer,
-        tokenizer_type=a.tokenizer_type, vocab_size=a.vocab_size, tokenizer_sample_mb=a.tokenizer_sample_mb,
+        inputs=a.inputs or d.inputs,
+        text_field=a.text_field,
+        seq_len=a.seq_len,
+        val_fraction=a.val_fraction,
+        shard_mb=a.shard_mb,
+        seed=a.seed,
+        max_docs=a.max_docs,
+        tokenizer=a.tokenizer,
+        tokenizer_type=a.tokenizer_type,
+        vocab_size=a.vocab_size,
+        tokenizer_sample_mb=a.tokenizer_sample_mb,
         tokenizer_threads=a.tokenizer_threads,
     )
     if a.workers < 0:
@@ -687,8 +835,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.finalize:
             finalize(cfg, a.out, a.num_tasks)
         else:
-            build(cfg, a.out, a.workers, progress=not a.no_progress,
-                  share=TaskShare(a.num_tasks, a.task_id, a.tokenizer_wait_min * 60))
+            build(
+                cfg,
+                a.out,
+                a.workers,
+                progress=not a.no_progress,
+                share=TaskShare(a.num_tasks, a.task_id, a.tokenizer_wait_min * 60),
+            )
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,8 +26,12 @@ SAMPLE_CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sa
 
 _COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _FORMATS = {
-    ".txt": "text", ".text": "text", ".md": "text",
-    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
     ".parquet": "parquet",
 }
 SUPPORTED_SUFFIXES = sorted(
@@ -84,7 +88,9 @@ def resolve_inputs(specs: list[str]) -> list[InputFile]:
                 if any(n.lower().endswith(s) for s in SUPPORTED_SUFFIXES)
             )
             if not paths:
-                raise DataPrepError(f"input {spec!r}: directory holds no supported files ({', '.join(SUPPORTED_SUFFIXES)})")
+                raise DataPrepError(
+                    f"input {spec!r}: directory holds no supported files ({', '.join(SUPPORTED_SUFFIXES)})"
+                )
         elif os.path.isfile(spec):
             paths = [spec]
         elif glob.has_magic(spec):
@@ -174,8 +180,9 @@ class CorpusReader:
     ``on_bytes`` is called with the number of on-disk bytes consumed (progress reporting).
     """
 
-    def __init__(self, files: list[InputFile], text_field: str = "text",
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, files: list[InputFile], text_field: str = "text", on_bytes: Callable[[int], None] | None = None
+    ) -> None:
         self.files = files
         self.text_field = text_field
         self._stats = ReadStats()
@@ -235,7 +242,8 @@ class CorpusReader:
                 text = obj[self.text_field]
                 if not isinstance(text, str):
                     raise DataPrepError(
-                        f"input {f.path!r} line {lineno}: field {self.text_field!r} is {type(text).__name__}, not a string"
+                        f"input {f.path!r} line {lineno}: field {self.text_field!r} is {type(text).__name__}, not a "
+                        "string"
                     )
                 yield text
 

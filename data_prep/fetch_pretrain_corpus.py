@@ -58,8 +58,22 @@ def download(cache: str) -> None:
             subprocess.run(["dpkg", "-x", glob.glob(os.path.join(cache, f"{pkg}_*.deb"))[0], target], check=True)
     for name, version in WHEELS.items():
         if not glob.glob(os.path.join(cache, f"{name}-{version}-*.whl")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--only-binary", ":all:",
-                            f"{name}=={version}", "-d", cache], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "-q",
+                    "--only-binary",
+                    ":all:",
+                    f"{name}=={version}",
+                    "-d",
+                    cache,
+                ],
+                check=True,
+            )
 
 
 def _wheel(cache: str, name: str) -> str:
@@ -80,9 +94,10 @@ def dictd(cache: str, pkg: str, db: str, encoding: str = "utf-8"):
             if (start, length) in seen:
                 continue
             seen.add((start, length))
-            raw = data[start:start + length].decode(encoding, errors="replace")
-            paras = [re.sub(r"\s+", " ", p.replace("{", "").replace("}", "")).strip()
-                     for p in re.split(r"\n\s*\n", raw)]
+            raw = data[start : start + length].decode(encoding, errors="replace")
+            paras = [
+                re.sub(r"\s+", " ", p.replace("{", "").replace("}", "")).strip() for p in re.split(r"\n\s*\n", raw)
+            ]
             text = "\n".join(p for p in paras if p)
             if len(text) > 40:
                 yield text
@@ -171,7 +186,7 @@ def sample():
 
 def ngrams(text: str) -> set[int]:
     words = _WORD.findall(text.lower())
-    return {hash(tuple(words[i:i + NGRAM])) for i in range(len(words) - NGRAM + 1)}
+    return {hash(tuple(words[i : i + NGRAM])) for i in range(len(words) - NGRAM + 1)}
 
 
 def glue_ngrams(glue_dir: str) -> set[int]:
@@ -186,15 +201,23 @@ def glue_ngrams(glue_dir: str) -> set[int]:
     return out
 
 
-SOURCES = {"gcide": lambda c: dictd(c, "dict-gcide", "gcide", "latin-1"),
-           "foldoc": lambda c: dictd(c, "dict-foldoc", "foldoc"),
-           "fortunes": fortunes, "bbc_news": bbc, "wikipedia_sample": wikipedia, "lee_news": lee,
-           "sample_corpus": lambda c: sample()}
+SOURCES = {
+    "gcide": lambda c: dictd(c, "dict-gcide", "gcide", "latin-1"),
+    "foldoc": lambda c: dictd(c, "dict-foldoc", "foldoc"),
+    "fortunes": fortunes,
+    "bbc_news": bbc,
+    "wikipedia_sample": wikipedia,
+    "lee_news": lee,
+    "sample_corpus": lambda c: sample(),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="data_prep/fetch_pretrain_corpus.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="data_prep/fetch_pretrain_corpus.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", required=True, help="output directory (one JSONL per source + SOURCES.md)")
     p.add_argument("--exclude-glue", help="GLUE task directory: drop documents sharing a 13-gram with GLUE")
     a = p.parse_args(argv)
@@ -215,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                 n_docs, n_bytes = n_docs + 1, n_bytes + len(text.encode("utf-8"))
         os.replace(tmp, os.path.join(a.out, f"{name}.jsonl"))
         rows.append((name, n_docs, n_bytes, dropped))
-        print(f"{name:18s} {n_docs:8,d} documents {n_bytes / 1e6:7.1f} MB" +
-              (f"  ({dropped} dropped: GLUE 13-gram overlap)" if banned else ""))
+        print(
+            f"{name:18s} {n_docs:8,d} documents {n_bytes / 1e6:7.1f} MB"
+            + (f"  ({dropped} dropped: GLUE 13-gram overlap)" if banned else "")
+        )
     total = sum(r[2] for r in rows)
     with open(os.path.join(a.out, "SOURCES.md"), "w", encoding="utf-8") as f:
         f.write("# Pretraining corpus (written by data_prep/fetch_pretrain_corpus.py)\n\n")

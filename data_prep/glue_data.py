@@ -58,18 +58,76 @@ class TaskSpec:
         return len(self.text_fields) == 2
 
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in (
-    TaskSpec("CoLA", "cola", ("sentence",), ("unacceptable", "acceptable"), ("mcc",), ("mcc",),
-             ("train", "dev"), 2, (0,), 1, ""),
-    TaskSpec("SST-2", "sst2", ("sentence",), ("negative", "positive"), ("accuracy",), ("accuracy",),
-             ("train", "dev"), 2, (1,), 0, ""),
-    TaskSpec("STS-B", "stsb", ("sentence1", "sentence2"), (), ("pearson", "spearman"), ("pearson", "spearman"),
-             ("train", "dev", "test"), 10, (7, 8), 9, "index"),
-    TaskSpec("MRPC", "mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("accuracy", "f1"),
-             ("accuracy", "f1"), ("train", "dev", "test"), 5, (3, 4), 0, "Quality"),
-    TaskSpec("RTE", "rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",),
-             ("accuracy",), ("train", "dev", "test"), 4, (1, 2), 3, "index"),
-)}
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec(
+            "CoLA",
+            "cola",
+            ("sentence",),
+            ("unacceptable", "acceptable"),
+            ("mcc",),
+            ("mcc",),
+            ("train", "dev"),
+            2,
+            (0,),
+            1,
+            "",
+        ),
+        TaskSpec(
+            "SST-2",
+            "sst2",
+            ("sentence",),
+            ("negative", "positive"),
+            ("accuracy",),
+            ("accuracy",),
+            ("train", "dev"),
+            2,
+            (1,),
+            0,
+            "",
+        ),
+        TaskSpec(
+            "STS-B",
+            "stsb",
+            ("sentence1", "sentence2"),
+            (),
+            ("pearson", "spearman"),
+            ("pearson", "spearman"),
+            ("train", "dev", "test"),
+            10,
+            (7, 8),
+            9,
+            "index",
+        ),
+        TaskSpec(
+            "MRPC",
+            "mrpc",
+            ("sentence1", "sentence2"),
+            ("not_equivalent", "equivalent"),
+            ("accuracy", "f1"),
+            ("accuracy", "f1"),
+            ("train", "dev", "test"),
+            5,
+            (3, 4),
+            0,
+            "Quality",
+        ),
+        TaskSpec(
+            "RTE",
+            "rte",
+            ("sentence1", "sentence2"),
+            ("entailment", "not_entailment"),
+            ("accuracy",),
+            ("accuracy",),
+            ("train", "dev", "test"),
+            4,
+            (1, 2),
+            3,
+            "index",
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -125,8 +183,9 @@ def read_split(spec: TaskSpec, path: str) -> list[Example]:
         if spec.header and fields[0].lstrip("\ufeff") == spec.header:
             continue
         if len(fields) != spec.columns:
-            raise GlueDataError(f"{where}: {len(fields)} tab-separated fields, the {spec.name} layout has "
-                                f"{spec.columns}")
+            raise GlueDataError(
+                f"{where}: {len(fields)} tab-separated fields, the {spec.name} layout has {spec.columns}"
+            )
         texts = tuple(fields[c].strip() for c in spec.text_cols)
         if not all(texts):
             raise GlueDataError(f"{where}: empty text field")
@@ -141,8 +200,9 @@ def load_local(name: str, glue_dir: str) -> dict[str, list[Example]]:
     spec = task_spec(name)
     task_dir = os.path.join(glue_dir, spec.name)
     if not os.path.isdir(task_dir):
-        raise GlueDataError(f"{task_dir}: no such task directory (--glue-dir holds one folder per task: "
-                            f"{', '.join(TASKS)})")
+        raise GlueDataError(
+            f"{task_dir}: no such task directory (--glue-dir holds one folder per task: {', '.join(TASKS)})"
+        )
     out = {}
     for split in spec.splits:
         path = os.path.join(task_dir, f"{split}.tsv")

@@ -36,11 +36,12 @@ class PackedBlock:
         tok_bounds = np.concatenate([[0], np.cumsum(self.seg_lens_P, dtype=np.int64)])
         for n in range(self.num_samples):
             s0, s1 = self.sample_seg_bounds[n], self.sample_seg_bounds[n + 1]
-            yield (self.tokens_T[tok_bounds[s0]:tok_bounds[s1]], self.seg_lens_P[s0:s1], self.seg_doc_ids_P[s0:s1])
+            yield (self.tokens_T[tok_bounds[s0] : tok_bounds[s1]], self.seg_lens_P[s0:s1], self.seg_doc_ids_P[s0:s1])
 
 
-def pack_documents(tokens: np.ndarray, doc_lens: np.ndarray, doc_ids: np.ndarray, seq_len: int,
-                   cls_id: int, sep_id: int) -> PackedBlock:
+def pack_documents(
+    tokens: np.ndarray, doc_lens: np.ndarray, doc_ids: np.ndarray, seq_len: int, cls_id: int, sep_id: int
+) -> PackedBlock:
     """Pack one block's documents (in order) into samples; see the module docstring.
 
     ``tokens`` holds the documents' ids back to back (no specials), ``doc_lens``/``doc_ids`` one entry
@@ -80,7 +81,10 @@ def pack_documents(tokens: np.ndarray, doc_lens: np.ndarray, doc_ids: np.ndarray
     if len(seg_lens_P):
         bounds.append(len(seg_lens_P))
     return PackedBlock(
-        tokens_T=tokens_T, seg_lens_P=seg_lens_P, seg_doc_ids_P=doc_ids_D[piece_doc_P],
+        tokens_T=tokens_T,
+        seg_lens_P=seg_lens_P,
+        seg_doc_ids_P=doc_ids_D[piece_doc_P],
         sample_seg_bounds=np.asarray(bounds, dtype=np.int64),
-        split_documents=int((pieces_D > 1).sum()), empty_documents=int((~kept).sum()),
+        split_documents=int((pieces_D > 1).sum()),
+        empty_documents=int((~kept).sum()),
     )

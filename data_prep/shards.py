@@ -55,11 +55,18 @@ def _npy_header(arr: np.ndarray) -> bytes:
 
 def _ustar_header(name: str, size: int) -> bytes:
     """A USTAR member header, byte-equal to tarfile's for mode 0444, mtime 0, root-less owner."""
+
     def octal(v: int, width: int) -> bytes:
         return b"%0*o\0" % (width - 1, v)
 
-    head = (name.encode("ascii").ljust(100, b"\0") + octal(0o444, 8) + octal(0, 8) + octal(0, 8)
-            + octal(size, 12) + octal(0, 12))
+    head = (
+        name.encode("ascii").ljust(100, b"\0")
+        + octal(0o444, 8)
+        + octal(0, 8)
+        + octal(0, 8)
+        + octal(size, 12)
+        + octal(0, 12)
+    )
     tail = (b"0" + b"\0" * 100 + b"ustar\x0000").ljust(_BLOCK - 156, b"\0")  # empty owner names, no device
     chksum = sum(head) + 8 * 32 + sum(tail)
     return head + b"%06o\0 " % chksum + tail
@@ -136,8 +143,6 @@ class ShardError(DataPrepError):
     """A shard file is missing, corrupt, or does not match index.json."""
 
 
-
-
 class ShardReader:
     """Random access to the samples of one shard; verifies its sha256 when opened (if given).
 
@@ -180,7 +185,9 @@ class ShardReader:
             expected_samples is not None and len(spans["input_ids"]) != expected_samples
         ):
             self.close()
-            raise ShardError(f"shard {name}: holds {len(spans['input_ids'])} samples, index.json says {expected_samples}")
+            raise ShardError(
+                f"shard {name}: holds {len(spans['input_ids'])} samples, index.json says {expected_samples}"
+            )
         self._spans = spans
 
     def __len__(self) -> int:
@@ -200,9 +207,11 @@ class ShardReader:
         data = os.pread(self._f.fileno(), size, off)
         if len(data) != size:
             now = os.fstat(self._f.fileno()).st_size
-            raise ShardError(f"shard {self.name}: changed on disk while open ({self.size:,} bytes when opened and "
-                             f"verified, {now:,} now); rebuild it with data_prep/build_shards.py (it writes a new "
-                             "file and renames it) and relaunch: the run resumes exactly")
+            raise ShardError(
+                f"shard {self.name}: changed on disk while open ({self.size:,} bytes when opened and "
+                f"verified, {now:,} now); rebuild it with data_prep/build_shards.py (it writes a new "
+                "file and renames it) and relaunch: the run resumes exactly"
+            )
         return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -236,7 +245,9 @@ class ShardIndex:
         if not os.path.isdir(data_dir):
             raise DataPrepError(f"data directory {data_dir!r}: no such directory")
         if not os.path.isfile(path):
-            raise DataPrepError(f"data directory {data_dir!r}: no {INDEX_FILE} (build it with data_prep/build_shards.py)")
+            raise DataPrepError(
+                f"data directory {data_dir!r}: no {INDEX_FILE} (build it with data_prep/build_shards.py)"
+            )
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -255,7 +266,8 @@ class ShardIndex:
             raise DataPrepError(f"{path}: unreadable index (not a JSON object)")
         if raw.get("format") != INDEX_FORMAT or raw.get("version") != INDEX_VERSION:
             raise DataPrepError(
-                f"{path}: format {raw.get('format')!r} v{raw.get('version')}, expected {INDEX_FORMAT!r} v{INDEX_VERSION}"
+                f"{path}: format {raw.get('format')!r} v{raw.get('version')}, expected {INDEX_FORMAT!r} "
+                f"v{INDEX_VERSION}"
             )
         splits = {
             s: [ShardEntry(e["file"], e["sha256"], e["samples"], e["tokens"]) for e in raw["splits"][s]["shards"]]

@@ -52,8 +52,6 @@ def encode_examples(tok: "Tokenizer", texts: list[tuple[str, ...]], max_len: int
     return out
 
 
-
-
 @dataclass(frozen=True)
 class SpecialIds:
     pad: int
@@ -92,8 +90,13 @@ class Tokenizer:
         except (OSError, RuntimeError) as e:
             raise DataPrepError(f"--tokenizer {path!r}: not a sentencepiece model ({e})") from None
         self.vocab_size = self._sp.GetPieceSize()
-        ids = {"pad": self._sp.pad_id(), "unk": self._sp.unk_id(), "cls": self._sp.bos_id(),
-               "sep": self._sp.eos_id(), "mask": self._sp.PieceToId("[MASK]")}
+        ids = {
+            "pad": self._sp.pad_id(),
+            "unk": self._sp.unk_id(),
+            "cls": self._sp.bos_id(),
+            "sep": self._sp.eos_id(),
+            "mask": self._sp.PieceToId("[MASK]"),
+        }
         if ids["mask"] == ids["unk"]:
             ids["mask"] = -1
         missing = [k for k, v in ids.items() if v < 0]
@@ -125,7 +128,9 @@ class Tokenizer:
             else:
                 missing.append(f"{name} ({' or '.join(spellings)})")
         if missing:
-            raise DataPrepError(f"--tokenizer {path!r}: special tokens not found in the vocabulary: {', '.join(missing)}")
+            raise DataPrepError(
+                f"--tokenizer {path!r}: special tokens not found in the vocabulary: {', '.join(missing)}"
+            )
         self.special_ids = SpecialIds(**ids)
 
     def save_json(self, path: str) -> None:
@@ -142,8 +147,9 @@ class Tokenizer:
         """Per text: its ids (no special tokens) and each token's [start, end) character span in the text
         (what extractive QA maps a predicted token span back through)."""
         if self.kind == "hf":
-            return [(e.ids, [tuple(o) for o in e.offsets])
-                    for e in self._hf.encode_batch(texts, add_special_tokens=False)]  # _fast skips offsets
+            return [
+                (e.ids, [tuple(o) for o in e.offsets]) for e in self._hf.encode_batch(texts, add_special_tokens=False)
+            ]  # _fast skips offsets
         out = []
         for text in texts:
             # sentencepiece gives UTF-8 byte offsets into the original text (a byte-fallback piece of a
@@ -217,7 +223,7 @@ def _training_lines(docs: list[str]) -> Iterator[str]:
         for line in doc.split("\n"):
             line = line.strip()
             if line:
-                yield line[:_MAX_TRAIN_LINE_BYTES // 4]  # at most 4 bytes per char in UTF-8
+                yield line[: _MAX_TRAIN_LINE_BYTES // 4]  # at most 4 bytes per char in UTF-8
 
 
 def train_sentencepiece(docs: list[str], out_path: str, vocab_size: int, model_type: str, threads: int) -> None:
@@ -231,13 +237,27 @@ def train_sentencepiece(docs: list[str], out_path: str, vocab_size: int, model_t
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.Train(
-            sentence_iterator=_training_lines(docs), model_writer=model,
-            vocab_size=vocab_size, model_type=model_type, num_threads=threads,
-            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-            pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[CLS]", eos_piece="[SEP]",
-            user_defined_symbols=["[MASK]"], byte_fallback=True, split_digits=True,
-            character_coverage=0.9995, max_sentence_length=_MAX_TRAIN_LINE_BYTES,
-            hard_vocab_limit=False, shuffle_input_sentence=False, minloglevel=2,
+            sentence_iterator=_training_lines(docs),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            num_threads=threads,
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=3,
+            pad_piece="[PAD]",
+            unk_piece="[UNK]",
+            bos_piece="[CLS]",
+            eos_piece="[SEP]",
+            user_defined_symbols=["[MASK]"],
+            byte_fallback=True,
+            split_digits=True,
+            character_coverage=0.9995,
+            max_sentence_length=_MAX_TRAIN_LINE_BYTES,
+            hard_vocab_limit=False,
+            shuffle_input_sentence=False,
+            minloglevel=2,
         )
     except RuntimeError as e:
         raise DataPrepError(f"--vocab-size {vocab_size}: sentencepiece training failed ({e})") from None

@@ -108,8 +108,10 @@ def load(beir_dir: str, split: str) -> BeirData:
     known = set(ids)
     missing_d = sorted({d for g in qrels.values() for d in g} - known)
     if missing_q or missing_d:
-        raise InputError(f"{beir_dir}/qrels/{split}.tsv: {len(missing_q)} query ids not in queries.jsonl "
-                         f"{missing_q[:3]}, {len(missing_d)} document ids not in corpus.jsonl {missing_d[:3]}")
+        raise InputError(
+            f"{beir_dir}/qrels/{split}.tsv: {len(missing_q)} query ids not in queries.jsonl "
+            f"{missing_q[:3]}, {len(missing_d)} document ids not in corpus.jsonl {missing_d[:3]}"
+        )
     texts = [(r.get("title") or "") + " " + (r.get("text") or "") for r in corpus]
     return BeirData(ids, texts, queries, qrels)
 
@@ -129,8 +131,9 @@ def subset(data: BeirData, max_queries: int, max_docs: int, seed: int) -> BeirDa
         rows = sorted({i for i, d in enumerate(data.doc_ids) if d in keep} | set(extra))
     else:
         rows = range(len(data.doc_ids))
-    return BeirData([data.doc_ids[i] for i in rows], [data.doc_texts[i] for i in rows],
-                    {q: data.queries[q] for q in qids}, qrels)
+    return BeirData(
+        [data.doc_ids[i] for i in rows], [data.doc_texts[i] for i in rows], {q: data.queries[q] for q in qids}, qrels
+    )
 
 
 def score_run(scores_QD: np.ndarray, qids: list[str], data: BeirData, seed: int = 0) -> dict:
@@ -170,8 +173,10 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
         s, _ = dense_scores(embed, train, held_q)
         r = score_run(s, held_q, train, a.seed)
         history.append({"epoch": epoch, **{k: r[k] for k in ("ndcg_at_10", "recall_at_100", "mrr_at_10")}})
-        log(f"  held-out train queries ({len(held_q)}), epoch {epoch}: nDCG@10 {r['ndcg_at_10']:.4f} "
-            f"Recall@100 {r['recall_at_100']:.4f}")
+        log(
+            f"  held-out train queries ({len(held_q)}), epoch {epoch}: nDCG@10 {r['ndcg_at_10']:.4f} "
+            f"Recall@100 {r['recall_at_100']:.4f}"
+        )
 
     held_out(0)
     torch.manual_seed(a.seed)
@@ -190,8 +195,9 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
         logits_BB = a.ft_scale * q_BD @ d_BD.T
         # another pair with the same query or document is not a negative
         qs, ds = [q for q, _ in batch], [d for _, d in batch]
-        clash = torch.tensor([[i != j and (qs[i] == qs[j] or ds[i] == ds[j]) for j in range(len(batch))]
-                              for i in range(len(batch))])
+        clash = torch.tensor(
+            [[i != j and (qs[i] == qs[j] or ds[i] == ds[j]) for j in range(len(batch))] for i in range(len(batch))]
+        )
         loss = F.cross_entropy(logits_BB.masked_fill(clash, float("-inf")), torch.arange(len(batch)))
         return loss, {"loss": loss}
 
@@ -199,8 +205,14 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
         log(f"  epoch {e + 1}/{a.ft_epochs}: {per_epoch} steps, contrastive loss {m.get('loss', 0.0):.4f}")
         held_out(e + 1)
 
-    fit(model, params, FitConfig(a.ft_lr, a.ft_epochs, per_epoch),
-        lambda e: batches(len(pairs), a.ft_batch_size, a.seed * 1000 + e + 1), step_loss, after_epoch)
+    fit(
+        model,
+        params,
+        FitConfig(a.ft_lr, a.ft_epochs, per_epoch),
+        lambda e: batches(len(pairs), a.ft_batch_size, a.seed * 1000 + e + 1),
+        step_loss,
+        after_epoch,
+    )
     model.eval()
     return history
 
@@ -234,18 +246,25 @@ def bm25_scores(data: BeirData, qids: list[str], k1: float = 0.9, b: float = 0.4
 
 def baseline_rows(data: BeirData, qids: list[str], seed: int) -> list[dict]:
     rnd = np.random.default_rng(seed).random((len(qids), len(data.doc_ids)))
-    return [{"model": "baseline: random ranking", **score_run(rnd, qids, data, seed)},
-            {"model": "baseline: BM25 (words, no stemming)", **score_run(bm25_scores(data, qids), qids, data, seed)}]
+    return [
+        {"model": "baseline: random ranking", **score_run(rnd, qids, data, seed)},
+        {"model": "baseline: BM25 (words, no stemming)", **score_run(bm25_scores(data, qids), qids, data, seed)},
+    ]
 
 
 # ---- command line ------------------------------------------------------------------------------------
+
 
 def evaluate(path: str, test: BeirData, a, log, train: BeirData | None = None) -> dict:
     embed = Embedder(path, max_len=a.max_len, pooling=a.pooling, token_budget=a.token_budget)
     row: dict = {"model": path}
     if train is not None:
-        row["finetune"] = {"held_out": finetune(embed, train, a, log), "epochs": a.ft_epochs, "lr": a.ft_lr,
-                           "batch_size": a.ft_batch_size}
+        row["finetune"] = {
+            "held_out": finetune(embed, train, a, log),
+            "epochs": a.ft_epochs,
+            "lr": a.ft_lr,
+            "batch_size": a.ft_batch_size,
+        }
     qids = sorted(test.qrels)
     scores, secs = dense_scores(embed, test, qids)
     row.update(score_run(scores, qids, test, a.seed))
@@ -254,17 +273,26 @@ def evaluate(path: str, test: BeirData, a, log, train: BeirData | None = None) -
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation.beir", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.beir", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("models", nargs="*", help="native or HuggingFace model directories")
     p.add_argument("--beir-dir", required=True, help="BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)")
     p.add_argument("--split", default="test", help="qrels file scored (qrels/SPLIT.tsv)")
     p.add_argument("--baselines", action="store_true", help="also print the random-ranking and BM25 rows")
-    p.add_argument("--max-len", type=int, default=None,
-                   help="tokens per text (default: the model's declared max_seq_length, else 512)")
+    p.add_argument(
+        "--max-len",
+        type=int,
+        default=None,
+        help="tokens per text (default: the model's declared max_seq_length, else 512)",
+    )
     p.add_argument("--pooling", choices=("mean", "cls"), default=None, help="default: as declared, else mean")
-    p.add_argument("--token-budget", type=int, default=4096,
-                   help="tokens per encoding batch (rows × longest row when padded; 4096 measured fastest on 2 CPUs)")
+    p.add_argument(
+        "--token-budget",
+        type=int,
+        default=4096,
+        help="tokens per encoding batch (rows × longest row when padded; 4096 measured fastest on 2 CPUs)",
+    )
     p.add_argument("--max-queries", type=int, default=0, help="seeded random subset of queries (smoke runs)")
     p.add_argument("--max-docs", type=int, default=0, help="seeded random corpus subset (smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="subsets, bootstrap, fine-tuning")

@@ -33,13 +33,19 @@ def declared(path: str) -> tuple[str | None, int | None]:
     if os.path.isfile(pool_cfg):
         with open(pool_cfg, encoding="utf-8") as f:
             doc = json.load(f)
-        modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"))
-                 if doc.get(key)]
-        others = [k for k, v in doc.items() if k.startswith("pooling_mode_") and v and
-                  k not in ("pooling_mode_mean_tokens", "pooling_mode_cls_token")]
+        modes = [
+            m for m, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token")) if doc.get(key)
+        ]
+        others = [
+            k
+            for k, v in doc.items()
+            if k.startswith("pooling_mode_") and v and k not in ("pooling_mode_mean_tokens", "pooling_mode_cls_token")
+        ]
         if len(modes) != 1 or others:
-            raise InputError(f"{pool_cfg}: pooling {sorted(k for k, v in doc.items() if k.startswith('pooling_mode_') and v)}"
-                             f" (supported: exactly one of {', '.join(POOLINGS)})")
+            raise InputError(
+                f"{pool_cfg}: pooling {sorted(k for k, v in doc.items() if k.startswith('pooling_mode_') and v)}"
+                f" (supported: exactly one of {', '.join(POOLINGS)})"
+            )
         pooling = modes[0]
     st_cfg = os.path.join(path, "sentence_bert_config.json")
     if os.path.isfile(st_cfg):
@@ -72,8 +78,9 @@ def length_batches(lengths: list[int], token_budget: int, padded: bool, max_rows
 class Embedder:
     """``embedder(texts) → [N, D]`` float32 (not normalised); ``embed(rows)`` on one batch with gradients."""
 
-    def __init__(self, path: str, max_len: int | None = None, pooling: str | None = None,
-                 token_budget: int = 4096) -> None:
+    def __init__(
+        self, path: str, max_len: int | None = None, pooling: str | None = None, token_budget: int = 4096
+    ) -> None:
         from evaluation.models import HFBackend, model_kind
 
         self.kind, doc = model_kind(path)
@@ -129,8 +136,7 @@ class Embedder:
         was_training = self.model.training
         self.model.eval()
         out = None
-        for idx in length_batches([len(r["input_ids"]) for r in rows], self.token_budget,
-                                  padded=self.kind != "native"):
+        for idx in length_batches([len(r["input_ids"]) for r in rows], self.token_budget, padded=self.kind != "native"):
             e_BD = self.embed([rows[i] for i in idx]).float()
             if out is None:
                 out = e_BD.new_zeros(len(rows), e_BD.shape[1])

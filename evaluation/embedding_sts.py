@@ -51,8 +51,11 @@ def evaluate(path: str, glue_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluation.embedding_sts", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.embedding_sts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("models", nargs="+", help="native or HuggingFace model directories")
     p.add_argument("--glue-dir", required=True, help="directory of GLUE task folders (its STS-B folder is read)")
     p.add_argument("--out", help="write the results as JSON here")
@@ -71,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         results[m] = r
         d, t = r["dev"], r["test"]
-        print(f"| {m} | {d['pearson']:.1f} | {d['spearman']:.1f} | {t['pearson']:.1f} | {t['spearman']:.1f} | "
-              f"{t['score']:.1f} |", flush=True)
+        print(
+            f"| {m} | {d['pearson']:.1f} | {d['spearman']:.1f} | {t['pearson']:.1f} | {t['spearman']:.1f} | "
+            f"{t['score']:.1f} |",
+            flush=True,
+        )
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

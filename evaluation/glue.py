@@ -71,7 +71,7 @@ def batches(n: int, batch_size: int, seed: int | None):
     if seed is not None:
         random.Random(seed).shuffle(order)
     for s in range(0, n, batch_size):
-        yield order[s:s + batch_size]
+        yield order[s : s + batch_size]
 
 
 @torch.no_grad()
@@ -95,11 +95,13 @@ def fold_output_scale(module: torch.nn.Module, head_names: list[str], scale: flo
     """Multiply the one-output layer of a fresh regression head by ``scale`` (weight and bias), so a head
     trained on targets / scale predicts on the task's own scale: exact, nothing else changes."""
     names = {n.rsplit(".", 1)[0] for n in head_names}
-    outs = [m for n, m in module.named_modules()
-            if n in names and isinstance(m, torch.nn.Linear) and m.out_features == 1]
+    outs = [
+        m for n, m in module.named_modules() if n in names and isinstance(m, torch.nn.Linear) and m.out_features == 1
+    ]
     if len(outs) != 1:
-        raise RuntimeError(f"regression head: expected one 1-output linear layer among {sorted(names)}, "
-                           f"found {len(outs)}")
+        raise RuntimeError(
+            f"regression head: expected one 1-output linear layer among {sorted(names)}, found {len(outs)}"
+        )
     with torch.no_grad():
         outs[0].weight.mul_(scale)
         if outs[0].bias is not None:
@@ -109,18 +111,26 @@ def fold_output_scale(module: torch.nn.Module, head_names: list[str], scale: flo
 @dataclasses.dataclass(frozen=True)
 class Hyper:
     """What the selection chooses per task: the peak learning rate and the number of epochs."""
+
     lr: float
     epochs: int
 
 
-def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a, seed: int,
-                 log, hp: Hyper | None = None) -> tuple[dict, dict, torch.nn.Module, ClassifierConfig, int]:
+def finetune_one(
+    backend,
+    spec,
+    data: dict[str, list[dict]],
+    labels: dict[str, np.ndarray],
+    a,
+    seed: int,
+    log,
+    hp: Hyper | None = None,
+) -> tuple[dict, dict, torch.nn.Module, ClassifierConfig, int]:
     """One seed on one task (``hp``: lr and epochs, else the command line's): (metrics per eval split,
     scores per eval split, the model, its head config, trainable params)."""
     hp = hp or Hyper(a.lr, a.epochs)
     torch.manual_seed(seed)
-    head = ClassifierConfig(num_labels=spec.num_labels, pooling=a.pooling, dropout=a.dropout,
-                            labels=list(spec.labels))
+    head = ClassifierConfig(num_labels=spec.num_labels, pooling=a.pooling, dropout=a.dropout, labels=list(spec.labels))
     module, head_names = backend.build(head)
     if a.mode == "lora":
         add_lora(module, backend.family, a.lora_rank, a.lora_alpha)
@@ -139,9 +149,14 @@ def finetune_one(backend, spec, data: dict[str, list[dict]], labels: dict[str, n
         loss = classification_loss(backend.logits(module, backend.collate([data["train"][i] for i in idx])), y[idx])
         return loss, {"loss": loss}
 
-    fit(module, params, FitConfig(hp.lr, hp.epochs, steps_per_epoch(n_train, a.batch_size)),
-        lambda epoch: batches(n_train, a.batch_size, seed * 1000 + epoch), step_loss,
-        lambda epoch, m: log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{hp.epochs}: train loss {m['loss']:.4f}"))
+    fit(
+        module,
+        params,
+        FitConfig(hp.lr, hp.epochs, steps_per_epoch(n_train, a.batch_size)),
+        lambda epoch: batches(n_train, a.batch_size, seed * 1000 + epoch),
+        step_loss,
+        lambda epoch, m: log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{hp.epochs}: train loss {m['loss']:.4f}"),
+    )
     if scale != 1.0:
         fold_output_scale(module, head_names, scale)
     results, all_scores = {}, {}
@@ -179,15 +194,23 @@ def select(backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndar
     best = max(range(len(tried)), key=lambda i: (tried[i]["holdout_score"], -i))  # ties: the earlier point
     chosen = points[best]
     log(f"  {spec.name} chose lr {chosen.lr:g}, {chosen.epochs} epochs ({len(fit)} fit / {len(hold_idx)} holdout)")
-    return chosen, {"fit_examples": len(fit), "holdout_examples": len(hold_idx), "seed": a.seeds[0],
-                    "grid": tried, "chosen": dataclasses.asdict(chosen)}
+    return chosen, {
+        "fit_examples": len(fit),
+        "holdout_examples": len(hold_idx),
+        "seed": a.seeds[0],
+        "grid": tried,
+        "chosen": dataclasses.asdict(chosen),
+    }
 
 
 def intervals(spec, seed_scores: list[np.ndarray], gold: np.ndarray, seed: int) -> np.ndarray:
     """Bootstrap draws of the seed-mean task score: each draw resamples the evaluation rows once for all seeds."""
+
     def score(idx):
-        return float(np.mean([task_score(task_metrics(spec.metrics, s[idx], gold[idx]), spec.main)
-                              for s in seed_scores]))
+        return float(
+            np.mean([task_score(task_metrics(spec.metrics, s[idx], gold[idx]), spec.main) for s in seed_scores])
+        )
+
     return bootstrap_draws(score, len(gold), seed)
 
 
@@ -196,8 +219,10 @@ def report_split(spec) -> str:
 
 
 def markdown(summary: dict) -> str:
-    rows = ["| task | split | metric | median | min – max | seeds | seed mean [95 % CI] | constant |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| task | split | metric | median | min – max | seeds | seed mean [95 % CI] | constant |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, t in summary["tasks"].items():
         for split, ms in t["summary"].items():
             for metric, s in ms.items():
@@ -206,26 +231,36 @@ def markdown(summary: dict) -> str:
                 extra = " | |"
                 if metric == "score" or len(ms) == 2:  # the task score's row carries its interval and baseline
                     lo, hi = t["ci95"][split]
-                    extra = (f" | {100 * t['seed_mean'][split]:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] | "
-                             f"{100 * t['constant'][split]:.2f} |")
-                rows.append(f"| {name} | {split} | {metric} | {100 * s['median']:.2f} | "
-                            f"{100 * s['min']:.2f} – {100 * s['max']:.2f} | {s['n']}{extra}")
+                    extra = (
+                        f" | {100 * t['seed_mean'][split]:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] | "
+                        f"{100 * t['constant'][split]:.2f} |"
+                    )
+                rows.append(
+                    f"| {name} | {split} | {metric} | {100 * s['median']:.2f} | "
+                    f"{100 * s['min']:.2f} – {100 * s['max']:.2f} | {s['n']}{extra}"
+                )
     avg = summary["glue_average"]
     lo, hi = avg["ci95"]
-    rows.append(f"| **GLUE average** | {', '.join(f'{k} {v}' for k, v in avg['splits'].items())} | score | "
-                f"**{100 * avg['median_of_task_medians']:.2f}** | | | {100 * avg['seed_mean']:.2f} "
-                f"[{100 * lo:.2f}, {100 * hi:.2f}] | {100 * avg['constant']:.2f} |")
+    rows.append(
+        f"| **GLUE average** | {', '.join(f'{k} {v}' for k, v in avg['splits'].items())} | score | "
+        f"**{100 * avg['median_of_task_medians']:.2f}** | | | {100 * avg['seed_mean']:.2f} "
+        f"[{100 * lo:.2f}, {100 * hi:.2f}] | {100 * avg['constant']:.2f} |"
+    )
     args = summary["args"]
     hyper = f"{args['epochs']} epochs, lr {args['lr']:g}"
     if any(t.get("selection") for t in summary["tasks"].values()):
-        hyper = (f"lr and epochs chosen per task on a held-out {100 * args['holdout']:g} % of its training subset "
-                 f"(grid lr {', '.join(f'{x:g}' for x in args['select_lr'] or [args['lr']])} × epochs "
-                 f"{', '.join(str(x) for x in args['select_epochs'] or [args['epochs']])}; seed {args['seeds'][0]}): "
-                 + "; ".join(f"{n} {t['lr']:g}/{t['epochs']}" for n, t in summary["tasks"].items()))
-    head = (f"Model `{summary['model']}` ({summary['backend']}), mode {args['mode']}, {hyper}, "
-            f"≤ {args['max_train'] or 'all'} training examples per task (stratified, subset seed "
-            f"{args['subset_seed']}), batch {args['batch_size']}, seeds {args['seeds']}. Scores ×100; a task's "
-            "score is the mean of its metrics; constant: the majority training label (STS-B: the mean target).\n")
+        hyper = (
+            f"lr and epochs chosen per task on a held-out {100 * args['holdout']:g} % of its training subset "
+            f"(grid lr {', '.join(f'{x:g}' for x in args['select_lr'] or [args['lr']])} × epochs "
+            f"{', '.join(str(x) for x in args['select_epochs'] or [args['epochs']])}; seed {args['seeds'][0]}): "
+            + "; ".join(f"{n} {t['lr']:g}/{t['epochs']}" for n, t in summary["tasks"].items())
+        )
+    head = (
+        f"Model `{summary['model']}` ({summary['backend']}), mode {args['mode']}, {hyper}, "
+        f"≤ {args['max_train'] or 'all'} training examples per task (stratified, subset seed "
+        f"{args['subset_seed']}), batch {args['batch_size']}, seeds {args['seeds']}. Scores ×100; a task's "
+        "score is the mean of its metrics; constant: the majority training label (STS-B: the mean target).\n"
+    )
     return head + "\n" + "\n".join(rows) + "\n"
 
 
@@ -246,37 +281,57 @@ def run(a: argparse.Namespace, log=print) -> dict:
     draws = {}
     for spec in tasks:
         reg = spec.is_regression
-        splits = {s: subset_examples(ex, a.max_train if s == "train" else a.max_eval, a.subset_seed, reg)
-                  for s, ex in raw[spec.name].items()}
+        splits = {
+            s: subset_examples(ex, a.max_train if s == "train" else a.max_eval, a.subset_seed, reg)
+            for s, ex in raw[spec.name].items()
+        }
         train = splits["train"]
         data = {s: backend.encode([e.texts for e in ex], a.max_len) for s, ex in splits.items()}
         labels = {s: np.array([e.label for e in ex]) for s, ex in splits.items()}
         per_seed, t0 = [], time.time()
-        log(f"== {spec.name}: {len(train)} training examples, "
-            f"{', '.join(f'{s} {len(v)}' for s, v in splits.items() if s != 'train')}")
+        log(
+            f"== {spec.name}: {len(train)} training examples, "
+            f"{', '.join(f'{s} {len(v)}' for s, v in splits.items() if s != 'train')}"
+        )
         hp, selection = select(backend, spec, data, labels, a, log)
         seed_scores = []
         for i, seed in enumerate(a.seeds):
             res, scores, module, head, trainable = finetune_one(backend, spec, data, labels, a, seed, log, hp)
             per_seed.append({"seed": seed, **res})
             seed_scores.append(scores)
-            log(f"  {spec.name} seed {seed}: " + "  ".join(
-                f"{s} " + " ".join(f"{k} {v:.4f}" for k, v in r.items()) for s, r in res.items()))
+            log(
+                f"  {spec.name} seed {seed}: "
+                + "  ".join(f"{s} " + " ".join(f"{k} {v:.4f}" for k, v in r.items()) for s, r in res.items())
+            )
             if a.save_model and i == 0:
                 out = os.path.join(a.save_model, spec.name)
                 with OutputDir(out, overwrite=True) as tmp:
-                    backend.save(module, head, tmp, {"tool": "evaluation.glue", "task": spec.name, "seed": seed,
-                                                     "mode": a.mode, **res})
+                    backend.save(
+                        module,
+                        head,
+                        tmp,
+                        {"tool": "evaluation.glue", "task": spec.name, "seed": seed, "mode": a.mode, **res},
+                    )
         splits_eval = [s for s in per_seed[0] if s != "seed"]
-        const = {s: task_score(task_metrics(spec.metrics, constant_scores(labels["train"], len(labels[s]), reg,
-                                                                          spec.num_labels), labels[s]), spec.main)
-                 for s in splits_eval}
+        const = {
+            s: task_score(
+                task_metrics(
+                    spec.metrics, constant_scores(labels["train"], len(labels[s]), reg, spec.num_labels), labels[s]
+                ),
+                spec.main,
+            )
+            for s in splits_eval
+        }
         task_draws = {s: intervals(spec, [sc[s] for sc in seed_scores], labels[s], a.subset_seed) for s in splits_eval}
         draws[spec.name] = task_draws[report_split(spec)]
         summary["tasks"][spec.name] = {
-            "train_examples": len(train), "trainable_parameters": trainable,
-            "lr": hp.lr, "epochs": hp.epochs, "selection": selection,
-            "seconds": round(time.time() - t0, 1), "per_seed": per_seed,
+            "train_examples": len(train),
+            "trainable_parameters": trainable,
+            "lr": hp.lr,
+            "epochs": hp.epochs,
+            "selection": selection,
+            "seconds": round(time.time() - t0, 1),
+            "per_seed": per_seed,
             "summary": {s: {m: summarize([r[s][m] for r in per_seed]) for m in per_seed[0][s]} for s in splits_eval},
             "seed_mean": {s: float(np.mean([r[s]["score"] for r in per_seed])) for s in splits_eval},
             "ci95": {s: list(percentile_ci(d)) for s, d in task_draws.items()},
@@ -285,15 +340,20 @@ def run(a: argparse.Namespace, log=print) -> dict:
     scores = {n: t["summary"][report_split(TASKS[n])]["score"]["median"] for n, t in summary["tasks"].items()}
     rep = {n: report_split(TASKS[n]) for n in scores}
     tasks_out = summary["tasks"]
-    summary["glue_average"] = {"median_of_task_medians": float(np.mean(list(scores.values()))),
-                               "task_scores": scores, "splits": rep,
-                               "seed_mean": float(np.mean([tasks_out[n]["seed_mean"][rep[n]] for n in scores])),
-                               "ci95": list(percentile_ci(np.mean([draws[n] for n in scores], axis=0))),
-                               "constant": float(np.mean([tasks_out[n]["constant"][rep[n]] for n in scores])),
-                               "constant_task_scores": {n: tasks_out[n]["constant"][rep[n]] for n in scores}}
+    summary["glue_average"] = {
+        "median_of_task_medians": float(np.mean(list(scores.values()))),
+        "task_scores": scores,
+        "splits": rep,
+        "seed_mean": float(np.mean([tasks_out[n]["seed_mean"][rep[n]] for n in scores])),
+        "ci95": list(percentile_ci(np.mean([draws[n] for n in scores], axis=0))),
+        "constant": float(np.mean([tasks_out[n]["constant"][rep[n]] for n in scores])),
+        "constant_task_scores": {n: tasks_out[n]["constant"][rep[n]] for n in scores},
+    }
     # per-seed average too, for a spread of the average itself
-    per_seed_avg = [float(np.mean([summary["tasks"][n]["per_seed"][i][report_split(TASKS[n])]["score"]
-                                   for n in scores])) for i in range(len(a.seeds))]
+    per_seed_avg = [
+        float(np.mean([summary["tasks"][n]["per_seed"][i][report_split(TASKS[n])]["score"] for n in scores]))
+        for i in range(len(a.seeds))
+    ]
     summary["glue_average"]["per_seed"] = summarize(per_seed_avg)
     summary["seconds"] = round(time.time() - t_all, 1)
     with OutputDir(a.out, overwrite=True) as tmp:
@@ -305,43 +365,74 @@ def run(a: argparse.Namespace, log=print) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation.glue", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.glue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("model", help="native model dir, HF export of one, or a HF BERT-family model dir")
     p.add_argument("--out", required=True, help="results directory (results.json, results.md)")
-    p.add_argument("--glue-source", choices=("local", "hf"), default="local",
-                   help="local: --glue-dir; hf: the official GLUE via HF datasets (network)")
+    p.add_argument(
+        "--glue-source",
+        choices=("local", "hf"),
+        default="local",
+        help="local: --glue-dir; hf: the official GLUE via HF datasets (network)",
+    )
     p.add_argument("--glue-dir", help="directory with CoLA/ SST-2/ STS-B/ MRPC/ RTE/ (--glue-source local)")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
     p.add_argument("--mode", choices=MODES, default="full")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; the median and spread are reported")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--max-train", type=int, default=0,
-                   help="training examples per task: a seeded label-stratified random subset (0: all)")
+    p.add_argument(
+        "--max-train",
+        type=int,
+        default=0,
+        help="training examples per task: a seeded label-stratified random subset (0: all)",
+    )
     p.add_argument("--max-eval", type=int, default=0, help="dev/test examples, subset the same way (0: all)")
-    p.add_argument("--subset-seed", type=int, default=0,
-                   help="seed of the subsets and the bootstrap (keep it fixed across the models you compare)")
+    p.add_argument(
+        "--subset-seed",
+        type=int,
+        default=0,
+        help="seed of the subsets and the bootstrap (keep it fixed across the models you compare)",
+    )
     p.add_argument("--lr", type=float, default=None, help="default 5e-5 full, 5e-4 lora")
-    p.add_argument("--select-lr", default="",
-                   help="comma-separated learning rates to choose from per task on the held-out slice "
-                        "(see Hyper-parameter selection above; default: no selection, --lr)")
-    p.add_argument("--select-epochs", default="",
-                   help="comma-separated epoch counts to choose from the same way (default: --epochs)")
-    p.add_argument("--holdout", type=float, default=0.2,
-                   help="share of each task's training subset held out for the selection, label-stratified")
+    p.add_argument(
+        "--select-lr",
+        default="",
+        help="comma-separated learning rates to choose from per task on the held-out slice "
+        "(see Hyper-parameter selection above; default: no selection, --lr)",
+    )
+    p.add_argument(
+        "--select-epochs",
+        default="",
+        help="comma-separated epoch counts to choose from the same way (default: --epochs)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="share of each task's training subset held out for the selection, label-stratified",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--max-len", type=int, default=128, help="tokens per example (pairs truncated longest-first)")
-    p.add_argument("--pooling", choices=("cls", "mean"), default="mean",
-                   help="our models and ModernBERT (BERT uses its own pooler)")
+    p.add_argument(
+        "--pooling",
+        choices=("cls", "mean"),
+        default="mean",
+        help="our models and ModernBERT (BERT uses its own pooler)",
+    )
     p.add_argument("--dropout", type=float, default=0.1, help="classifier dropout (our head)")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--target-scale", choices=("max", "none"), default="max",
-                   help="regression (STS-B): max trains on targets divided by the largest training target "
-                        "and folds that factor into the head's output layer, so predictions and a saved "
-                        "model are on the task's scale; none trains on the raw 0-5 (the runner before "
-                        "2026-11-25)")
+    p.add_argument(
+        "--target-scale",
+        choices=("max", "none"),
+        default="max",
+        help="regression (STS-B): max trains on targets divided by the largest training target "
+        "and folds that factor into the head's output layer, so predictions and a saved "
+        "model are on the task's scale; none trains on the raw 0-5 (the runner before "
+        "2026-11-25)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--save-model", help="keep the first seed's model per task under this directory")
     return p
@@ -361,8 +452,11 @@ def main(argv: list[str] | None = None) -> int:
         a.select_lr = [float(x) for x in a.select_lr.split(",") if x.strip()]
         a.select_epochs = [int(x) for x in a.select_epochs.split(",") if x.strip()]
     except ValueError:
-        print(f"error: --select-lr {a.select_lr!r} / --select-epochs {a.select_epochs!r}: comma-separated "
-              "numbers (learning rates; whole epoch counts)", file=sys.stderr)
+        print(
+            f"error: --select-lr {a.select_lr!r} / --select-epochs {a.select_epochs!r}: comma-separated "
+            "numbers (learning rates; whole epoch counts)",
+            file=sys.stderr,
+        )
         return 2
     if any(x <= 0 for x in a.select_lr + a.select_epochs):
         print("error: --select-lr / --select-epochs: positive values only", file=sys.stderr)

@@ -60,8 +60,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 def task_metrics(metric_names: tuple[str, ...], scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     """``scores``: [N, C] logits (classification) or [N] predictions (regression)."""
     pred = scores if scores.ndim == 1 else scores.argmax(-1)
-    fns = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": matthews, "pearson": pearson,
-           "spearman": spearman}
+    fns = {
+        "accuracy": accuracy,
+        "f1": f1,
+        "macro_f1": macro_f1,
+        "mcc": matthews,
+        "pearson": pearson,
+        "spearman": spearman,
+    }
     return {m: fns[m](pred, gold) for m in metric_names}
 
 
@@ -73,5 +79,10 @@ def task_score(metrics: dict[str, float], main: tuple[str, ...]) -> float:
 def summarize(values: list[float]) -> dict[str, float]:
     """Median and spread over seeds."""
     v = np.asarray(values, np.float64)
-    return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
-            "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+    return {
+        "median": float(np.median(v)),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "n": len(v),
+    }

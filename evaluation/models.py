@@ -28,17 +28,19 @@ from model.classification import ClassifierConfig, ModernAlbertForSequenceClassi
 from model.native_format import FORMAT, InputError, follow_umask, load_native, read_json, save_native
 
 # attention projections per model family (PEFT target names: matched as the end of a module path)
-LORA_TARGETS = {"native": ["attn.Wqkv", "attn.Wo"], "modernalbert": ["attn.Wqkv", "attn.Wo"],
-                "modernbert": ["attn.Wqkv", "attn.Wo"],
-                "bert": ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"]}
+LORA_TARGETS = {
+    "native": ["attn.Wqkv", "attn.Wo"],
+    "modernalbert": ["attn.Wqkv", "attn.Wo"],
+    "modernbert": ["attn.Wqkv", "attn.Wo"],
+    "bert": ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"],
+}
 
 
 def model_kind(path: str) -> tuple[str, dict]:
     """("native" or "hf", the directory's config.json)."""
     cfg = os.path.join(path, "config.json")
     if not os.path.isfile(cfg):
-        raise InputError(f"{path}: no config.json (expected a native model directory or a HuggingFace model "
-                        "directory)")
+        raise InputError(f"{path}: no config.json (expected a native model directory or a HuggingFace model directory)")
     doc = read_json(cfg)
     if doc.get("format") == FORMAT:
         return "native", doc
@@ -75,9 +77,11 @@ class NativeBackend:
     @staticmethod
     def collate(rows: list[dict]) -> dict:
         lens = [len(r["input_ids"]) for r in rows]
-        return {"input_ids": torch.tensor([t for r in rows for t in r["input_ids"]]),
-                "cu_seqlens": F.pad(torch.tensor(lens).cumsum(0), (1, 0)).to(torch.int32),
-                "max_seqlen": max(lens)}
+        return {
+            "input_ids": torch.tensor([t for r in rows for t in r["input_ids"]]),
+            "cu_seqlens": F.pad(torch.tensor(lens).cumsum(0), (1, 0)).to(torch.int32),
+            "max_seqlen": max(lens),
+        }
 
     @staticmethod
     def logits(module: nn.Module, batch: dict) -> torch.Tensor:
@@ -86,8 +90,15 @@ class NativeBackend:
     def save(self, module: nn.Module, head: ClassifierConfig, out_dir: str, history: dict) -> None:
         """A native classifier directory: the pretrained MLM head kept, the fine-tuned encoder + head."""
         state = {**self.mlm_state, **module.state_dict()}
-        save_native(out_dir, state, self.cfg, os.path.join(self.path, self.doc["tokenizer"]),
-                    self.doc.get("data_dir"), [*self.doc.get("history", []), history], head)
+        save_native(
+            out_dir,
+            state,
+            self.cfg,
+            os.path.join(self.path, self.doc["tokenizer"]),
+            self.doc.get("data_dir"),
+            [*self.doc.get("history", []), history],
+            head,
+        )
 
 
 class HFBackend:
@@ -114,15 +125,22 @@ class HFBackend:
 
         extra = {"classifier_pooling": head.pooling} if hasattr(self.config, "classifier_pooling") else {}
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            self.path, num_labels=head.num_labels, trust_remote_code=self.remote, output_loading_info=True,
-            problem_type="regression" if head.is_regression else "single_label_classification", **extra)
+            self.path,
+            num_labels=head.num_labels,
+            trust_remote_code=self.remote,
+            output_loading_info=True,
+            problem_type="regression" if head.is_regression else "single_label_classification",
+            **extra,
+        )
         fresh = set(info["missing_keys"])
         return model, [n for n, _ in model.named_parameters() if n in fresh]
 
     def collate(self, rows: list[dict]) -> dict:
         S = max(len(r["input_ids"]) for r in rows)
-        out = {"input_ids": torch.full((len(rows), S), self.pad_id, dtype=torch.long),
-               "attention_mask": torch.zeros(len(rows), S, dtype=torch.long)}
+        out = {
+            "input_ids": torch.full((len(rows), S), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros(len(rows), S, dtype=torch.long),
+        }
         if "token_type_ids" in rows[0]:
             out["token_type_ids"] = torch.zeros(len(rows), S, dtype=torch.long)
         for i, r in enumerate(rows):

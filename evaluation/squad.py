@@ -62,6 +62,7 @@ NEG = -1e4  # logit of a position that is not a candidate (padding, the question
 
 # ---- data --------------------------------------------------------------------------------------------
 
+
 def read_squad(path: str) -> list[dict]:
     doc = read_json(path)
     data = doc.get("data") if isinstance(doc, dict) else None
@@ -76,8 +77,10 @@ def read_squad(path: str) -> list[dict]:
                     for ans in qa.get("answers", []):
                         assert isinstance(ans["text"], str) and isinstance(ans["answer_start"], int)
         except (KeyError, TypeError, AssertionError):
-            raise InputError(f"{path}: article {i} ({art.get('title', '?') if isinstance(art, dict) else '?'}) "
-                             "is not SQuAD-shaped (paragraphs[].context, qas[].id/question/answers)") from None
+            raise InputError(
+                f"{path}: article {i} ({art.get('title', '?') if isinstance(art, dict) else '?'}) "
+                "is not SQuAD-shaped (paragraphs[].context, qas[].id/question/answers)"
+            ) from None
     return data
 
 
@@ -92,14 +95,18 @@ def splits(squad_dir: str, train_articles: int, holdout_articles: int, seed: int
     else:
         arts = read_squad(dev)
         if not 0 < train_articles < len(arts):
-            raise InputError(f"--train-articles {train_articles}: {dev} has {len(arts)} articles; "
-                             f"expected 1..{len(arts) - 1}")
+            raise InputError(
+                f"--train-articles {train_articles}: {dev} has {len(arts)} articles; expected 1..{len(arts) - 1}"
+            )
         train, scored = arts[:train_articles], arts[train_articles:]
     if not 0 <= holdout_articles < len(train):
         raise InputError(f"--holdout-articles {holdout_articles}: expected 0..{len(train) - 1}")
     held = set(random.Random(seed).sample(range(len(train)), holdout_articles))
-    return {"train": [a for i, a in enumerate(train) if i not in held],
-            "holdout": [a for i, a in enumerate(train) if i in held], "eval": scored}
+    return {
+        "train": [a for i, a in enumerate(train) if i not in held],
+        "holdout": [a for i, a in enumerate(train) if i in held],
+        "eval": scored,
+    }
 
 
 def sample_questions(articles: list[dict], n: int, seed: int) -> list[dict]:
@@ -126,10 +133,10 @@ class Window:
     qid: str
     input_ids: list[int]
     token_type_ids: list[int] | None
-    ctx_start: int                      # index in input_ids of the window's first context token
-    offsets: list[tuple[int, int]]      # character span of each context token of the window
+    ctx_start: int  # index in input_ids of the window's first context token
+    offsets: list[tuple[int, int]]  # character span of each context token of the window
     context: str
-    start: int = 0                      # training targets (token indices; 0 = [CLS] = no answer here)
+    start: int = 0  # training targets (token indices; 0 = [CLS] = no answer here)
     end: int = 0
 
 
@@ -138,7 +145,7 @@ def answer_chars(qa: dict, context: str) -> tuple[int, int] | None:
         return None
     a = qa["answers"][0]
     s = a["answer_start"]
-    if context[s:s + len(a["text"])] != a["text"]:  # a stale offset: fall back to the text's first occurrence
+    if context[s : s + len(a["text"])] != a["text"]:  # a stale offset: fall back to the text's first occurrence
         s = context.find(a["text"])
         if s < 0:
             return None
@@ -157,17 +164,24 @@ def make_windows(tok, articles: list[dict], max_len: int, max_query_len: int, do
                 q_ids = q_ids[:max_query_len]
                 room = max_len - len(q_ids) - 3
                 if room < 1:
-                    raise InputError(f"--max-len {max_len}: no room for context after a {len(q_ids)}-token question "
-                                     f"(raise --max-len or lower --max-query-len)")
+                    raise InputError(
+                        f"--max-len {max_len}: no room for context after a {len(q_ids)}-token question "
+                        f"(raise --max-len or lower --max-query-len)"
+                    )
                 span = answer_chars(qa, ctx)
                 pos = 0
                 while True:
-                    ids = ctx_ids[pos:pos + room]
-                    offs = ctx_offs[pos:pos + room]
+                    ids = ctx_ids[pos : pos + room]
+                    offs = ctx_offs[pos : pos + room]
                     head = [tok.cls, *q_ids, tok.sep]
-                    w = Window(qa["id"], [*head, *ids, tok.sep],
-                               [0] * len(head) + [1] * (len(ids) + 1) if tok.token_types else None,
-                               len(head), offs, ctx)
+                    w = Window(
+                        qa["id"],
+                        [*head, *ids, tok.sep],
+                        [0] * len(head) + [1] * (len(ids) + 1) if tok.token_types else None,
+                        len(head),
+                        offs,
+                        ctx,
+                    )
                     if span is not None:
                         inside = [i for i, (a, b) in enumerate(offs) if b > span[0] and a < span[1] and b > a]
                         if inside and offs[0][0] <= span[0] and offs[-1][1] >= span[1]:
@@ -180,6 +194,7 @@ def make_windows(tok, articles: list[dict], max_len: int, max_query_len: int, do
 
 
 # ---- models ------------------------------------------------------------------------------------------
+
 
 class SpanHead(nn.Module):
     """Start and end logits per token: one linear layer d → 2 (BERT's ``qa_outputs``)."""
@@ -256,8 +271,9 @@ class QABackend:
             from model.modernalbert import ModernAlbertModel
 
             enc = ModernAlbertModel(self.cfg)
-            enc.load_state_dict({k[len("model."):]: v for k, v in self.native.mlm_state.items()
-                                 if k.startswith("model.")})
+            enc.load_state_dict(
+                {k[len("model.") :]: v for k, v in self.native.mlm_state.items() if k.startswith("model.")}
+            )
             return NativeQA(enc, self.cfg.hidden_size)
         from transformers import AutoModel, AutoModelForQuestionAnswering
         from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
@@ -271,14 +287,19 @@ class QABackend:
     def collate(self, wins: list[Window]) -> dict:
         """The GLUE runner's batches (unpadded native, padded HF), plus for native the [B, S] grid position of
         every token (``NativeQA`` puts its logits back there)."""
-        rows = [{"input_ids": w.input_ids, **({"token_type_ids": w.token_type_ids} if self.token_types else {})}
-                for w in wins]
+        rows = [
+            {"input_ids": w.input_ids, **({"token_type_ids": w.token_type_ids} if self.token_types else {})}
+            for w in wins
+        ]
         if self.kind != "native":
             return self.hf.collate(rows)
         lens = [len(w.input_ids) for w in wins]
-        return {**self.native.collate(rows), "lengths": lens,
-                "row_T": torch.repeat_interleave(torch.arange(len(wins)), torch.tensor(lens)),
-                "col_T": torch.cat([torch.arange(n) for n in lens])}
+        return {
+            **self.native.collate(rows),
+            "lengths": lens,
+            "row_T": torch.repeat_interleave(torch.arange(len(wins)), torch.tensor(lens)),
+            "col_T": torch.cat([torch.arange(n) for n in lens]),
+        }
 
     def logits(self, module: nn.Module, wins: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, end) logits [B, S]; padding positions NEG."""
@@ -291,6 +312,7 @@ class QABackend:
 
 
 # ---- training and prediction -------------------------------------------------------------------------
+
 
 def span_loss(start_BS: torch.Tensor, end_BS: torch.Tensor, wins: list[Window]) -> torch.Tensor:
     s = torch.tensor([w.start for w in wins])
@@ -306,13 +328,13 @@ def predict(backend: QABackend, module: nn.Module, wins: list[Window], a) -> tup
     null: dict[str, float] = {}
     order = sorted(range(len(wins)), key=lambda i: len(wins[i].input_ids))
     for s in range(0, len(order), a.eval_batch_size):
-        chunk = [wins[i] for i in order[s:s + a.eval_batch_size]]
+        chunk = [wins[i] for i in order[s : s + a.eval_batch_size]]
         start_BS, end_BS = backend.logits(module, chunk)
         start_BS, end_BS = start_BS.float(), end_BS.float()
         for b, w in enumerate(chunk):
             n_ctx = len(w.offsets)
-            st = start_BS[b, w.ctx_start:w.ctx_start + n_ctx]
-            en = end_BS[b, w.ctx_start:w.ctx_start + n_ctx]
+            st = start_BS[b, w.ctx_start : w.ctx_start + n_ctx]
+            en = end_BS[b, w.ctx_start : w.ctx_start + n_ctx]
             null[w.qid] = min(null.get(w.qid, math.inf), float(start_BS[b, 0] + end_BS[b, 0]))
             if n_ctx == 0:  # an empty context: only the null answer
                 best.setdefault(w.qid, (-math.inf, ""))
@@ -326,7 +348,7 @@ def predict(backend: QABackend, module: nn.Module, wins: list[Window], a) -> tup
             si, ei = divmod(flat, n_ctx)
             sc = float(pair_SS[si, ei])
             if sc > best.get(w.qid, (-math.inf, ""))[0]:
-                text = w.context[w.offsets[si][0]:w.offsets[ei][1]].strip()
+                text = w.context[w.offsets[si][0] : w.offsets[ei][1]].strip()
                 best[w.qid] = (sc, text)
     module.train()
     return {q: t for q, (_, t) in best.items()}, {q: null[q] - best[q][0] for q in best}
@@ -345,8 +367,8 @@ def grouped_batches(lengths: list[int], batch_size: int, seed: int, group: int =
     span = group * batch_size
     batches = []
     for s in range(0, len(order), span):
-        part = sorted(order[s:s + span], key=lambda i: lengths[i])
-        batches += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+        part = sorted(order[s : s + span], key=lambda i: lengths[i])
+        batches += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -374,19 +396,36 @@ def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[s
         if wins["holdout"]:
             spans, margin = predict(backend, module, wins["holdout"], a)
             thr, _ = best_null_threshold(arts["holdout"], spans, margin)
-            rec.update({"threshold": thr, **{f"holdout_{k}": v for k, v in
-                                            score(arts["holdout"], answers(spans, margin, thr)).items()}})
+            rec.update(
+                {
+                    "threshold": thr,
+                    **{f"holdout_{k}": v for k, v in score(arts["holdout"], answers(spans, margin, thr)).items()},
+                }
+            )
             # the span head alone: F1 on the answerable questions when every question is answered
             rec["holdout_span_f1"] = score(arts["holdout"], spans).get("HasAns_f1", 0.0)
         history.append(rec)
-        log(f"    seed {seed} epoch {epoch}/{a.epochs}: loss {rec['train_loss']:.4f}"
-            + (f", held-out EM {rec['holdout_exact']:.1f} F1 {rec['holdout_f1']:.1f} HasAns F1 "
-               f"{rec.get('holdout_HasAns_f1', 0):.1f} (null threshold {rec['threshold']:.2f}; always answering: "
-               f"HasAns F1 {rec['holdout_span_f1']:.1f})" if "threshold" in rec else "") + f" [{rec['seconds']:.0f} s]")
+        log(
+            f"    seed {seed} epoch {epoch}/{a.epochs}: loss {rec['train_loss']:.4f}"
+            + (
+                f", held-out EM {rec['holdout_exact']:.1f} F1 {rec['holdout_f1']:.1f} HasAns F1 "
+                f"{rec.get('holdout_HasAns_f1', 0):.1f} (null threshold {rec['threshold']:.2f}; always answering: "
+                f"HasAns F1 {rec['holdout_span_f1']:.1f})"
+                if "threshold" in rec
+                else ""
+            )
+            + f" [{rec['seconds']:.0f} s]"
+        )
 
     # grouping keeps every full group a whole number of batches: ceil(n / batch) per epoch, as unsorted
-    fit(module, params, FitConfig(a.lr, a.epochs, steps_per_epoch(len(train), a.batch_size)), epoch_batches,
-        step_loss, after_epoch)
+    fit(
+        module,
+        params,
+        FitConfig(a.lr, a.epochs, steps_per_epoch(len(train), a.batch_size)),
+        epoch_batches,
+        step_loss,
+        after_epoch,
+    )
     threshold = history[-1].get("threshold", 0.0)
     spans, margin = predict(backend, module, wins["eval"], a)
     return answers(spans, margin, threshold), history, threshold
@@ -400,43 +439,59 @@ def run_model(path: str, arts: dict[str, list[dict]], a, log) -> dict:
     backend = QABackend(path)
     t0 = time.time()
     wins = {k: make_windows(backend, v, a.max_len, a.max_query_len, a.doc_stride) for k, v in arts.items()}
-    log(f"== {path} ({backend.kind}/{backend.family}): windows " +
-        ", ".join(f"{k} {len(v)}" for k, v in wins.items()))
+    log(f"== {path} ({backend.kind}/{backend.family}): windows " + ", ".join(f"{k} {len(v)}" for k, v in wins.items()))
     seeds, rows = [], {}
     for seed in a.seeds:
         preds, history, thr = finetune_one(backend, wins, arts, a, seed, log)
         rows[seed] = per_question(arts["eval"], preds)
         res = aggregate(rows[seed])
         seeds.append({"seed": seed, "threshold": thr, "history": history, "eval": res, "predictions": preds})
-        log(f"  seed {seed}: EM {res['exact']:.2f} F1 {res['f1']:.2f} HasAns F1 {res.get('HasAns_f1', 0):.2f} "
-            f"NoAns F1 {res.get('NoAns_f1', 0):.2f}")
+        log(
+            f"  seed {seed}: EM {res['exact']:.2f} F1 {res['f1']:.2f} HasAns F1 {res.get('HasAns_f1', 0):.2f} "
+            f"NoAns F1 {res.get('NoAns_f1', 0):.2f}"
+        )
     keys = [k for k in seeds[0]["eval"] if not k.endswith("total")]
     qids = list(rows[a.seeds[0]])
-    ci = {m: [100 * x for x in bootstrap_ci([float(np.mean([rows[s][q][j] for s in a.seeds])) for q in qids], seed=0)]
-          for m, j in (("exact", 0), ("f1", 1))}
-    return {"model": path, "backend": f"{backend.kind}/{backend.family}", "per_seed": seeds,
-            "summary": {k: summarize([s["eval"][k] for s in seeds]) for k in keys}, "ci95_seed_mean": ci,
-            "windows": {k: len(v) for k, v in wins.items()}, "seconds": round(time.time() - t0, 1)}
+    ci = {
+        m: [100 * x for x in bootstrap_ci([float(np.mean([rows[s][q][j] for s in a.seeds])) for q in qids], seed=0)]
+        for m, j in (("exact", 0), ("f1", 1))
+    }
+    return {
+        "model": path,
+        "backend": f"{backend.kind}/{backend.family}",
+        "per_seed": seeds,
+        "summary": {k: summarize([s["eval"][k] for s in seeds]) for k in keys},
+        "ci95_seed_mean": ci,
+        "windows": {k: len(v) for k, v in wins.items()},
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 def markdown(doc: dict) -> str:
     a = doc["args"]
-    lines = [f"SQuAD 2.0 on {doc['questions']['eval']} eval questions ({doc['data']}); trained on "
-             f"{doc['questions']['train']} questions, null threshold and choices on {doc['questions']['holdout']} "
-             f"held-out training questions. {a['epochs']} epochs, lr {a['lr']:g}, batch {a['batch_size']}, "
-             f"max_len {a['max_len']}, stride {a['doc_stride']}, seeds {a['seeds']}. Median over seeds "
-             "(min – max); interval: 95 % bootstrap over questions of the seed-averaged score.", "",
-             "| model | EM | F1 | F1 95 % CI | HasAns F1 | NoAns F1 | seeds (F1 min – max) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"SQuAD 2.0 on {doc['questions']['eval']} eval questions ({doc['data']}); trained on "
+        f"{doc['questions']['train']} questions, null threshold and choices on {doc['questions']['holdout']} "
+        f"held-out training questions. {a['epochs']} epochs, lr {a['lr']:g}, batch {a['batch_size']}, "
+        f"max_len {a['max_len']}, stride {a['doc_stride']}, seeds {a['seeds']}. Median over seeds "
+        "(min – max); interval: 95 % bootstrap over questions of the seed-averaged score.",
+        "",
+        "| model | EM | F1 | F1 95 % CI | HasAns F1 | NoAns F1 | seeds (F1 min – max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     b = doc["baseline"]
-    lines.append(f"| baseline: always \"\" | {b['exact']:.2f} | {b['f1']:.2f} | | {b.get('HasAns_f1', 0):.2f} | "
-                 f"{b.get('NoAns_f1', 0):.2f} | |")
+    lines.append(
+        f'| baseline: always "" | {b["exact"]:.2f} | {b["f1"]:.2f} | | {b.get("HasAns_f1", 0):.2f} | '
+        f"{b.get('NoAns_f1', 0):.2f} | |"
+    )
     for r in doc["models"]:
         s = r["summary"]
         lo, hi = r["ci95_seed_mean"]["f1"]
-        lines.append(f"| {r['model']} | {s['exact']['median']:.2f} | **{s['f1']['median']:.2f}** | {lo:.1f} – {hi:.1f} | "
-                     f"{s.get('HasAns_f1', {}).get('median', 0):.2f} | {s.get('NoAns_f1', {}).get('median', 0):.2f} | "
-                     f"{s['f1']['min']:.2f} – {s['f1']['max']:.2f} ({s['f1']['n']}) |")
+        lines.append(
+            f"| {r['model']} | {s['exact']['median']:.2f} | **{s['f1']['median']:.2f}** | {lo:.1f} – {hi:.1f} | "
+            f"{s.get('HasAns_f1', {}).get('median', 0):.2f} | {s.get('NoAns_f1', {}).get('median', 0):.2f} | "
+            f"{s['f1']['min']:.2f} – {s['f1']['max']:.2f} ({s['f1']['n']}) |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -446,17 +501,25 @@ def run(a, log) -> dict:
     arts["holdout"] = sample_questions(arts["holdout"], a.max_holdout, a.split_seed)
     arts["eval"] = [] if a.holdout_only else sample_questions(arts["eval"], a.max_eval, a.split_seed)
     n_q = {k: len(questions(v)) for k, v in arts.items()}
-    doc = {"args": vars(a), "questions": n_q,
-           "data": "train-v2.0.json → dev-v2.0.json" if os.path.isfile(os.path.join(a.squad_dir, "train-v2.0.json"))
-           else f"dev-v2.0.json split by article at {a.train_articles}",
-           "baseline": score(arts["eval"], {q["id"]: "" for q in questions(arts["eval"])}), "models": []}
+    doc = {
+        "args": vars(a),
+        "questions": n_q,
+        "data": "train-v2.0.json → dev-v2.0.json"
+        if os.path.isfile(os.path.join(a.squad_dir, "train-v2.0.json"))
+        else f"dev-v2.0.json split by article at {a.train_articles}",
+        "baseline": score(arts["eval"], {q["id"]: "" for q in questions(arts["eval"])}),
+        "models": [],
+    }
     for m in a.models:
         doc["models"].append(run_model(m, arts, a, log))
     with OutputDir(a.out, overwrite=True) as tmp:
         for r in doc["models"]:
             for s in r["per_seed"]:
-                with open(os.path.join(tmp, f"predictions_{safe_name(r['model'])}_seed{s['seed']}.json"), "w",
-                          encoding="utf-8") as f:
+                with open(
+                    os.path.join(tmp, f"predictions_{safe_name(r['model'])}_seed{s['seed']}.json"),
+                    "w",
+                    encoding="utf-8",
+                ) as f:
                     json.dump(s.pop("predictions"), f, indent=0)
         with open(os.path.join(tmp, "results.json"), "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1)
@@ -466,8 +529,9 @@ def run(a, log) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation.squad", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.squad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("models", nargs="+", help="native or HuggingFace model directories")
     p.add_argument("--squad-dir", required=True, help="folder with dev-v2.0.json (and train-v2.0.json if you have it)")
     p.add_argument("--out", required=True, help="results directory (results.json, results.md, predictions)")
@@ -477,8 +541,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, default=0, help="seeded random training questions (0: all)")
     p.add_argument("--max-holdout", type=int, default=0, help="seeded random held-out questions (0: all)")
     p.add_argument("--max-eval", type=int, default=0, help="seeded random eval questions (0: all; smoke runs)")
-    p.add_argument("--holdout-only", action="store_true",
-                   help="choosing hyper-parameters: train and score the held-out articles only, never read the eval split")
+    p.add_argument(
+        "--holdout-only",
+        action="store_true",
+        help="choosing hyper-parameters: train and score the held-out articles only, never read the eval split",
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated fine-tuning seeds")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -493,11 +560,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def score_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluation.squad score",
-                                description="The official SQuAD 2.0 scoring of a predictions file (see "
-                                            "python -m evaluation.squad --help).")
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.squad score",
+        description="The official SQuAD 2.0 scoring of a predictions file (see python -m evaluation.squad --help).",
+    )
     p.add_argument("data", help="SQuAD 2.0 JSON (e.g. dev-v2.0.json)")
-    p.add_argument("preds", help="JSON object: question id → answer text (\"\" for no answer)")
+    p.add_argument("preds", help='JSON object: question id → answer text ("" for no answer)')
     a = p.parse_args(argv)
     try:
         data = read_squad(a.data)

@@ -64,8 +64,11 @@ def per_question(dataset: list[dict], preds: dict[str, str]) -> dict[str, tuple[
 def aggregate(rows: dict[str, tuple[int, float, bool]]) -> dict:
     def part(items):
         n = len(items)
-        return {"exact": 100.0 * sum(e for e, _, _ in items) / n if n else 0.0,
-                "f1": 100.0 * sum(f for _, f, _ in items) / n if n else 0.0, "total": n}
+        return {
+            "exact": 100.0 * sum(e for e, _, _ in items) / n if n else 0.0,
+            "f1": 100.0 * sum(f for _, f, _ in items) / n if n else 0.0,
+            "total": n,
+        }
 
     all_, has = list(rows.values()), [r for r in rows.values() if r[2]]
     no = [r for r in rows.values() if not r[2]]
@@ -80,7 +83,9 @@ def score(dataset: list[dict], preds: dict[str, str]) -> dict:
     return aggregate(per_question(dataset, preds))
 
 
-def best_null_threshold(dataset: list[dict], preds: dict[str, str], null_margin: dict[str, float]) -> tuple[float, float]:
+def best_null_threshold(
+    dataset: list[dict], preds: dict[str, str], null_margin: dict[str, float]
+) -> tuple[float, float]:
     """(threshold, F1 at it): predict "" when ``null_margin[q]`` (null score − best span score) is above the
     threshold. Scans every margin as the official script does; the threshold maximising F1 wins."""
     qs = questions(dataset)

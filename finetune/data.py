@@ -69,8 +69,14 @@ class Task:
         return not self.labels
 
 
-def load_task(task_dir: str, tok: Tokenizer, text_cols: tuple[str, ...] = ("text",), label_col: str = "label",
-              max_len: int = 128, max_train: int = 0) -> Task:
+def load_task(
+    task_dir: str,
+    tok: Tokenizer,
+    text_cols: tuple[str, ...] = ("text",),
+    label_col: str = "label",
+    max_len: int = 128,
+    max_train: int = 0,
+) -> Task:
     name = os.path.basename(os.path.normpath(task_dir))
     rows = {s: read_rows(find_split(task_dir, s)) for s in ("train", "test")}
     for split, rs in rows.items():
@@ -84,8 +90,10 @@ def load_task(task_dir: str, tok: Tokenizer, text_cols: tuple[str, ...] = ("text
     def encode(rs: list[dict], split: str) -> Examples:
         for i, r in enumerate(rs):
             if str(r[label_col]) not in index:
-                raise DataError(f"{find_split(task_dir, split)} row {i}: label {str(r[label_col])!r} not in the "
-                                f"training labels {labels}")
+                raise DataError(
+                    f"{find_split(task_dir, split)} row {i}: label {str(r[label_col])!r} not in the "
+                    f"training labels {labels}"
+                )
         ids = encode_examples(tok, [tuple(str(r[c]) for c in text_cols) for r in rs], max_len)
         return [(x, float(index[str(r[label_col])])) for x, r in zip(ids, rs)]
 
@@ -93,8 +101,9 @@ def load_task(task_dir: str, tok: Tokenizer, text_cols: tuple[str, ...] = ("text
     return Task(name, labels, encode(train, "train"), {"test": encode(rows["test"], "test")})
 
 
-def load_glue_task(name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128, max_train: int = 0,
-                   max_eval: int = 0) -> Task:
+def load_glue_task(
+    name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128, max_train: int = 0, max_eval: int = 0
+) -> Task:
     """A GLUE task from a local copy (``data_prep/glue_data.py`` layouts), capped to seeded label-stratified
     subsets of ``max_train`` training and ``max_eval`` dev/test examples (0: all; ``evaluation/sampling.py``,
     seed 0: the GLUE runner's default subsets).
@@ -120,12 +129,21 @@ def load_glue_task(name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128,
 
     def encode(examples, cap: int) -> Examples:
         examples = subset(examples, cap, 0, spec.is_regression)
-        return list(zip(encode_examples(tok, [e.texts for e in examples], max_len),
-                        [e.label / scale for e in examples]))
+        return list(
+            zip(encode_examples(tok, [e.texts for e in examples], max_len), [e.label / scale for e in examples])
+        )
 
     evals = {s: encode(ex, max_eval) for s, ex in splits.items() if s != "train"}
-    return Task(spec.name, list(spec.labels), encode(train_ex, 0), evals, spec.metrics, spec.main,
-                "test" if "test" in evals else "dev", {"target_scale": scale})
+    return Task(
+        spec.name,
+        list(spec.labels),
+        encode(train_ex, 0),
+        evals,
+        spec.metrics,
+        spec.main,
+        "test" if "test" in evals else "dev",
+        {"target_scale": scale},
+    )
 
 
 def batches(examples: list[tuple[list[int], float, int]], batch_size: int, shuffle: bool, seed: int):
@@ -134,7 +152,7 @@ def batches(examples: list[tuple[list[int], float, int]], batch_size: int, shuff
     if shuffle:
         random.Random(seed).shuffle(order)
     for s in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[s:s + batch_size]]
+        chunk = [examples[i] for i in order[s : s + batch_size]]
         lens = [len(ids) for ids, _, _ in chunk]
         yield {
             "input_ids": torch.tensor([t for ids, _, _ in chunk for t in ids]),

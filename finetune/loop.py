@@ -27,8 +27,11 @@ class FitConfig:
     clip: float = 1.0
 
     def __post_init__(self) -> None:
-        for name, value, ok in (("lr", self.lr, self.lr > 0), ("epochs", self.epochs, self.epochs >= 0),
-                                ("steps_per_epoch", self.steps_per_epoch, self.steps_per_epoch >= 0)):
+        for name, value, ok in (
+            ("lr", self.lr, self.lr > 0),
+            ("epochs", self.epochs, self.epochs >= 0),
+            ("steps_per_epoch", self.steps_per_epoch, self.steps_per_epoch >= 0),
+        ):
             if not ok:
                 raise ValueError(f"fine-tuning {name}={value}: must be {'> 0' if name == 'lr' else '>= 0'}")
 
@@ -38,18 +41,21 @@ def steps_per_epoch(examples: int, batch_size: int) -> int:
     return -(-examples // batch_size)
 
 
-def fit(module: torch.nn.Module, params: Sequence[torch.nn.Parameter], cfg: FitConfig,
-        epoch_batches: Callable[[int], Iterable[Any]],
-        step_loss: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
-        after_epoch: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+def fit(
+    module: torch.nn.Module,
+    params: Sequence[torch.nn.Parameter],
+    cfg: FitConfig,
+    epoch_batches: Callable[[int], Iterable[Any]],
+    step_loss: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    after_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
     """Train ``params`` of ``module``; returns each epoch's means of the logged parts.
 
     ``epoch_batches(e)``: the batches of epoch e (0-based; the caller seeds its order). ``step_loss(batch)``:
     (the loss to minimise, the parts to log: name → scalar tensor). ``after_epoch(e, means)``: logging or a
     held-out evaluation (it may switch the module to eval: the next epoch switches it back).
     """
-    opt = FinetuneOptimizer(list(params), cfg.lr, max(1, cfg.epochs * cfg.steps_per_epoch), cfg.weight_decay,
-                            cfg.clip)
+    opt = FinetuneOptimizer(list(params), cfg.lr, max(1, cfg.epochs * cfg.steps_per_epoch), cfg.weight_decay, cfg.clip)
     history = []
     for epoch in range(cfg.epochs):
         module.train()

@@ -3,7 +3,8 @@
 ``TaskClassifier`` = the native encoder (``.model``, the same module path as in
 ``ModernAlbertForMaskedLM``, so adapter keys match the LoRA-Mixer's) + one head per task
 (``model.classification.ClassificationHead``, the head the HF export and the GLUE runner use, on the
-mean of the example's last hidden states or on its [CLS] state; one output for a regression task). Tasks in a batch may differ: each example uses its own
+mean of the example's last hidden states or on its [CLS] state; one output for a regression task). Tasks in a batch
+may differ: each example uses its own
 task's head.
 
 ``add_lora`` puts PEFT LoRA layers (``peft.inject_adapter_in_model``: W x + s·B A x, s = α/r; B = 0 at
@@ -45,14 +46,27 @@ class TaskClassifier(nn.Module):
         for head in self.heads.values():
             head.init_weights(cfg.init_std)
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                task_ids: torch.Tensor, recorder: RoutingRecorder | None = None,
-                expert_ids_T: torch.Tensor | None = None, route_targets_T: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        task_ids: torch.Tensor,
+        recorder: RoutingRecorder | None = None,
+        expert_ids_T: torch.Tensor | None = None,
+        route_targets_T: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
         """Logits per example (a list: tasks have different numbers of outputs); ``recorder`` receives
         the routed modules' auxiliary losses; ``expert_ids_T`` forces the LoRA-Mixer routing per token,
         ``route_targets_T`` only supervises the routers (cross-entropy to that expert)."""
-        h_TD, _ = self.model(input_ids, cu_seqlens, max_seqlen, recorder=recorder, expert_ids_T=expert_ids_T,
-                             route_targets_T=route_targets_T)
+        h_TD, _ = self.model(
+            input_ids,
+            cu_seqlens,
+            max_seqlen,
+            recorder=recorder,
+            expert_ids_T=expert_ids_T,
+            route_targets_T=route_targets_T,
+        )
         pooled_BD = pool(h_TD, cu_seqlens, self.pooling)
         out: list[torch.Tensor | None] = [None] * len(task_ids)
         for t, name in enumerate(self.tasks):
@@ -87,8 +101,9 @@ def add_lora(model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float
     for name in names:
         if isinstance(model.get_submodule(name), MixtureLinear):
             raise ValueError(f"{name} already carries LoRA-Mixer experts")
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
-                                       target_modules=names), model)
+    inject_adapter_in_model(
+        LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=names), model
+    )
     return names
 
 
@@ -109,9 +124,17 @@ def save_adapter(model: nn.Module, out_dir: str, task_type: str = "SEQ_CLS") -> 
     os.makedirs(out_dir, exist_ok=True)
     tensors = {PEFT_PREFIX + k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_safetensors(tensors, os.path.join(out_dir, "adapter_model.safetensors"))
-    cfg = {"peft_type": "LORA", "task_type": task_type, "r": r, "lora_alpha": lora_alpha,
-           "target_modules": sorted({n.split("block.", 1)[1] for n in loras}), "lora_dropout": 0.0,
-           "bias": "none", "fan_in_fan_out": False, "use_rslora": False}
+    cfg = {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "r": r,
+        "lora_alpha": lora_alpha,
+        "target_modules": sorted({n.split("block.", 1)[1] for n in loras}),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+    }
     with open(os.path.join(out_dir, "adapter_config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=1)
 
@@ -127,8 +150,10 @@ def load_adapter(model: nn.Module, adapter_dir: str) -> None:
     sd = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
     expected = {f"{PEFT_PREFIX}{n}.lora_{x}.weight" for n in _lora_layers(model) for x in "AB"}
     if set(sd) != expected:
-        raise ValueError(f"adapter {adapter_dir}: keys do not match the model "
-                         f"(missing {sorted(expected - set(sd))[:2]}, unexpected {sorted(set(sd) - expected)[:2]})")
-    result = set_peft_model_state_dict(model, {k[len(PEFT_PREFIX):]: v for k, v in sd.items()})
+        raise ValueError(
+            f"adapter {adapter_dir}: keys do not match the model "
+            f"(missing {sorted(expected - set(sd))[:2]}, unexpected {sorted(set(sd) - expected)[:2]})"
+        )
+    result = set_peft_model_state_dict(model, {k[len(PEFT_PREFIX) :]: v for k, v in sd.items()})
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"adapter {adapter_dir}: tensors not loaded: {result.unexpected_keys[:2]}")

@@ -14,8 +14,9 @@ def linear_warmup_decay(steps: int):
 
 
 class FinetuneOptimizer:
-    def __init__(self, params: list[torch.nn.Parameter], lr: float, steps: int, weight_decay: float = 0.01,
-                 clip: float = 1.0) -> None:
+    def __init__(
+        self, params: list[torch.nn.Parameter], lr: float, steps: int, weight_decay: float = 0.01, clip: float = 1.0
+    ) -> None:
         self.params, self.clip = list(params), clip
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, linear_warmup_decay(max(1, steps)))

@@ -1,7 +1,8 @@
 """Fine-tune a pretrained ModernALBERT on labelled tasks: task LoRAs and the two LoRA-Mixer regimes.
 
     python -m finetune.train --model runs/quickstart/native --tasks data/finetune/sentiment --mode lora --out ft/sent
-    python -m finetune.train --model M --tasks data/finetune/sentiment data/finetune/topic --mode multitask --out ft/multi
+    python -m finetune.train --model M --tasks data/finetune/sentiment data/finetune/topic --mode multitask \
+        --out ft/multi
     python -m finetune.train --model M --tasks T1 T2 --mode mixer-plug --adapters ft/sent ft/topic --out ft/plug
     python -m finetune.train --model M --tasks T1 T2 --mode mixer-joint --out ft/joint
     python -m finetune.train --model M --glue-dir GLUE --tasks SST-2 STS-B --mode mixer-joint --out ft/glue-joint
@@ -47,7 +48,10 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: drop finetune/ from sys.path, or its model.py shadows the model package
+if __package__ in (
+    None,
+    "",
+):  # run as a script: drop finetune/ from sys.path, or its model.py shadows the model package
     sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import numpy as np
@@ -120,13 +124,24 @@ def build(model_dir: str, tasks: list[Task], mode: str, a: argparse.Namespace) -
     cfg = native.cfg
     n_exp = len(a.adapters) if mode == "mixer-plug" else len(tasks)
     if mode.startswith("mixer"):
-        cfg = dataclasses.replace(cfg, attn_experts=AttnExpertsConfig(
-            groups=tuple(range(cfg.num_groups)), num_experts=n_exp, top_k=min(a.top_k, n_exp), rank=a.lora_rank,
-            alpha=a.lora_alpha, routing=a.joint_routing if mode == "mixer-joint" else "hardsoft",
-            rsl_alpha=a.rsl_alpha, rsl_lambda=a.rsl_lambda, rsl_entropy=a.rsl_entropy, route=a.route,
-            eval_routing="topk")).validate()
+        cfg = dataclasses.replace(
+            cfg,
+            attn_experts=AttnExpertsConfig(
+                groups=tuple(range(cfg.num_groups)),
+                num_experts=n_exp,
+                top_k=min(a.top_k, n_exp),
+                rank=a.lora_rank,
+                alpha=a.lora_alpha,
+                routing=a.joint_routing if mode == "mixer-joint" else "hardsoft",
+                rsl_alpha=a.rsl_alpha,
+                rsl_lambda=a.rsl_lambda,
+                rsl_entropy=a.rsl_entropy,
+                route=a.route,
+                eval_routing="topk",
+            ),
+        ).validate()
     clf = TaskClassifier(cfg, {t.name: t.num_outputs for t in tasks}, a.pooling)
-    encoder = {k[len("model."):]: v for k, v in native.state_dict().items() if k.startswith("model.")}
+    encoder = {k[len("model.") :]: v for k, v in native.state_dict().items() if k.startswith("model.")}
     missing, unexpected = clf.model.load_state_dict(encoder, strict=False)
     if unexpected or any(not (k.endswith(("lora_A", "lora_B", "lora_scale")) or "attn.router" in k) for k in missing):
         raise InputError(f"{model_dir}: encoder keys do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -137,8 +152,11 @@ def build(model_dir: str, tasks: list[Task], mode: str, a: argparse.Namespace) -
 
 def expert_deltas(clf: TaskClassifier) -> dict[str, torch.Tensor]:
     """ΔW_j = s_j·B_j·A_j of every attention expert, stacked per projection: name → [E, Out, In]."""
-    return {n: torch.stack([m.expert_delta(j) for j in range(m.lora_A.shape[0])])
-            for n, m in clf.named_modules() if isinstance(m, MixtureLinear)}
+    return {
+        n: torch.stack([m.expert_delta(j) for j in range(m.lora_A.shape[0])])
+        for n, m in clf.named_modules()
+        if isinstance(m, MixtureLinear)
+    }
 
 
 def preservation_loss(clf: TaskClassifier, anchors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -176,9 +194,16 @@ class Stage:
 
     def record(self) -> dict:
         """Its entry in results.json."""
-        return {"name": self.name, "epochs": self.epochs, "lr": self.lr, "forced": self.forced,
-                "seed_offset": self.seed_offset, "routing": self.routing, "route_ce": self.route_ce,
-                "history": self.history}
+        return {
+            "name": self.name,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "forced": self.forced,
+            "seed_offset": self.seed_offset,
+            "routing": self.routing,
+            "route_ce": self.route_ce,
+            "history": self.history,
+        }
 
 
 def run_stage(clf: TaskClassifier, train: list, stage: Stage, log) -> list[dict]:
@@ -212,25 +237,39 @@ def run_stage(clf: TaskClassifier, train: list, stage: Stage, log) -> list[dict]
     def after_epoch(e: int, means: dict[str, float]) -> None:
         row = {"epoch": e + 1, **{k: round(v, 5) for k, v in means.items()}}
         history.append(row)
-        log(f"  [{stage.name}] epoch {e + 1}/{stage.epochs}: "
-            + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+        log(
+            f"  [{stage.name}] epoch {e + 1}/{stage.epochs}: "
+            + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
+        )
 
-    fit(clf, params, FitConfig(stage.lr, stage.epochs, steps_per_epoch(len(train), stage.batch_size)),
-        lambda e: batches(train, stage.batch_size, True, stage.seed * 1000 + stage.seed_offset + e), step_loss,
-        after_epoch)
+    fit(
+        clf,
+        params,
+        FitConfig(stage.lr, stage.epochs, steps_per_epoch(len(train), stage.batch_size)),
+        lambda e: batches(train, stage.batch_size, True, stage.seed * 1000 + stage.seed_offset + e),
+        step_loss,
+        after_epoch,
+    )
     return history
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m finetune.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m finetune.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", required=True, help="native model directory")
-    p.add_argument("--tasks", nargs="+", required=True,
-                   help="task directories (train/test .jsonl/.csv/.tsv), or GLUE task names with --glue-dir")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        required=True,
+        help="task directories (train/test .jsonl/.csv/.tsv), or GLUE task names with --glue-dir",
+    )
     p.add_argument("--glue-dir", help="directory of GLUE task folders (data_prep/glue_data.py layouts)")
     p.add_argument("--mode", choices=MODES, default="lora")
     p.add_argument("--out", required=True)
-    p.add_argument("--adapters", nargs="*", default=[], help="mixer-plug: lora run dirs, one per task, in --tasks order")
+    p.add_argument(
+        "--adapters", nargs="*", default=[], help="mixer-plug: lora run dirs, one per task, in --tasks order"
+    )
     p.add_argument("--text-columns", default="text", help="one or two comma-separated columns (a pair)")
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-len", type=int, default=128)
@@ -245,21 +284,43 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--top-k", type=int, default=1, help="mixers: experts per token (training and inference)")
-    p.add_argument("--route", choices=ROUTE_INPUTS, default="shared",
-                   help="mixers: one router per block (shared) or Wo routed on its own input (per_projection)")
+    p.add_argument(
+        "--route",
+        choices=ROUTE_INPUTS,
+        default="shared",
+        help="mixers: one router per block (shared) or Wo routed on its own input (per_projection)",
+    )
     p.add_argument("--rsl-alpha", type=float, default=0.01, help="RSL load-balance weight")
     p.add_argument("--rsl-lambda", type=float, default=0.01, help="RSL entropy weight (>= 0)")
-    p.add_argument("--rsl-entropy", choices=RSL_ENTROPY, default="maximise",
-                   help="maximise: the paper's printed Eq. 5; minimise: sharpen each token's routing")
-    p.add_argument("--forced-epochs", type=int, default=1, help="mixer-joint: epochs of domain-forced routing (0: skip)")
-    p.add_argument("--router-ce", type=float, default=1.0,
-                   help="mixer-joint, forced stage: weight of the routers' cross-entropy to the forced expert")
-    p.add_argument("--router-ce-routed", type=float, default=0.0,
-                   help="mixer-joint routed stage and mixer-plug: weight of the routers' cross-entropy to each "
-                        "task's own expert while they route (supervised routing; 0: off, the paper's setting)")
+    p.add_argument(
+        "--rsl-entropy",
+        choices=RSL_ENTROPY,
+        default="maximise",
+        help="maximise: the paper's printed Eq. 5; minimise: sharpen each token's routing",
+    )
+    p.add_argument(
+        "--forced-epochs", type=int, default=1, help="mixer-joint: epochs of domain-forced routing (0: skip)"
+    )
+    p.add_argument(
+        "--router-ce",
+        type=float,
+        default=1.0,
+        help="mixer-joint, forced stage: weight of the routers' cross-entropy to the forced expert",
+    )
+    p.add_argument(
+        "--router-ce-routed",
+        type=float,
+        default=0.0,
+        help="mixer-joint routed stage and mixer-plug: weight of the routers' cross-entropy to each "
+        "task's own expert while they route (supervised routing; 0: off, the paper's setting)",
+    )
     p.add_argument("--joint-routing", choices=ROUTING_MODES, default="hardsoft", help="mixer-joint, routed stage")
-    p.add_argument("--preserve", type=float, default=1.0,
-                   help="mixer-joint, routed stage: expert-preservation weight (0: off; needs --forced-epochs)")
+    p.add_argument(
+        "--preserve",
+        type=float,
+        default=1.0,
+        help="mixer-joint, routed stage: expert-preservation weight (0: off; needs --forced-epochs)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -275,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.mode in ("full", "lora") and len(tasks) != 1:
             raise DataError(f"--mode {a.mode} takes one task (got {len(tasks)}); use multitask or a mixer")
         if a.mode == "mixer-plug" and len(a.adapters) != len(tasks):
-            raise DataError(f"--mode mixer-plug: {len(tasks)} tasks need {len(tasks)} --adapters (got {len(a.adapters)})")
+            raise DataError(
+                f"--mode mixer-plug: {len(tasks)} tasks need {len(tasks)} --adapters (got {len(a.adapters)})"
+            )
         if a.router_ce_routed > 0 and not a.mode.startswith("mixer"):
             raise DataError(f"--router-ce-routed is for the mixer modes (got --mode {a.mode})")
         for name in ("rsl_lambda", "preserve", "router_ce", "router_ce_routed"):
@@ -288,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
 
             for task, d in zip(tasks, a.adapters):  # each task keeps the head trained with its adapter
                 heads = load_file(os.path.join(d, "heads.safetensors"))
-                clf.heads[task.name].load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items()
-                                                      if k.startswith(task.name + ".")})
+                clf.heads[task.name].load_state_dict(
+                    {k.split(".", 1)[1]: v for k, v in heads.items() if k.startswith(task.name + ".")}
+                )
             freeze_all_but_routers(clf)
         elif a.mode != "full":
             for n, prm in clf.named_parameters():
@@ -297,23 +361,49 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, DataError, AdapterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    train = [(ids, lab, t) for t, task in enumerate(tasks)
-             for ids, lab in (task.train[: a.train_per_task] if a.mode == "mixer-plug" else task.train)]
+    train = [
+        (ids, lab, t)
+        for t, task in enumerate(tasks)
+        for ids, lab in (task.train[: a.train_per_task] if a.mode == "mixer-plug" else task.train)
+    ]
     trainable = [n for n, prm in clf.named_parameters() if prm.requires_grad]
     n_trainable = sum(prm.numel() for prm in clf.parameters() if prm.requires_grad)
     lr = a.lr or (2e-4 if a.mode == "full" else 2e-3)
     frozen_before = {n: prm.detach().clone() for n, prm in clf.named_parameters() if not prm.requires_grad}
-    print(f"{a.mode}: {len(train)} training examples, {n_trainable:,} trainable parameters "
-          f"({len(trainable)} tensors), lr {lr:g}")
+    print(
+        f"{a.mode}: {len(train)} training examples, {n_trainable:,} trainable parameters "
+        f"({len(trainable)} tensors), lr {lr:g}"
+    )
     clf.train()
     stages = []
     if a.mode == "mixer-joint" and a.forced_epochs > 0:
-        stages.append(Stage("forced", a.forced_epochs, lr, True, 0, "domain-forced (one-hot by task)", a.router_ce,
-                            a.batch_size, a.seed))
+        stages.append(
+            Stage(
+                "forced",
+                a.forced_epochs,
+                lr,
+                True,
+                0,
+                "domain-forced (one-hot by task)",
+                a.router_ce,
+                a.batch_size,
+                a.seed,
+            )
+        )
     mixer = a.mode.startswith("mixer")
-    stages.append(Stage("routed" if mixer else "train", a.epochs, lr, False, 100,
-                        clf.cfg.attn_experts.routing if mixer else None, a.router_ce_routed if mixer else 0.0,
-                        a.batch_size, a.seed))
+    stages.append(
+        Stage(
+            "routed" if mixer else "train",
+            a.epochs,
+            lr,
+            False,
+            100,
+            clf.cfg.attn_experts.routing if mixer else None,
+            a.router_ce_routed if mixer else 0.0,
+            a.batch_size,
+            a.seed,
+        )
+    )
     for stage in stages:
         if a.mode == "mixer-joint" and not stage.forced and a.preserve > 0 and len(stages) > 1:
             with torch.no_grad():
@@ -324,28 +414,42 @@ def main(argv: list[str] | None = None) -> int:
         stage.anchors = None
     results = evaluate(clf, tasks, a.batch_size)
     changed = [n for n, v in frozen_before.items() if not torch.equal(v, dict(clf.named_parameters())[n])]
-    summary = {"mode": a.mode, "model": os.path.abspath(a.model),
-               "tasks": {t.name: {"labels": t.labels, "metrics": list(t.metrics), "report": t.report} for t in tasks},
-               "train_examples": len(train), "trainable_parameters": n_trainable,
-               "frozen_tensors_changed": changed, "seconds": round(time.time() - t0, 1), "results": results,
-               "stages": [s.record() for s in stages], "args": vars(a)}
+    summary = {
+        "mode": a.mode,
+        "model": os.path.abspath(a.model),
+        "tasks": {t.name: {"labels": t.labels, "metrics": list(t.metrics), "report": t.report} for t in tasks},
+        "train_examples": len(train),
+        "trainable_parameters": n_trainable,
+        "frozen_tensors_changed": changed,
+        "seconds": round(time.time() - t0, 1),
+        "results": results,
+        "stages": [s.record() for s in stages],
+        "args": vars(a),
+    }
     if a.mode.startswith("mixer"):
         summary["routing_matrix"] = [results[t.name]["expert_share"] for t in tasks]  # rows: tasks, cols: experts
     os.makedirs(a.out, exist_ok=True)
     from model.native_format import save_safetensors
 
-    save_safetensors({k: v.contiguous() for k, v in clf.heads.state_dict().items()},
-                     os.path.join(a.out, "heads.safetensors"))
+    save_safetensors(
+        {k: v.contiguous() for k, v in clf.heads.state_dict().items()}, os.path.join(a.out, "heads.safetensors")
+    )
     if a.mode in ("lora", "multitask"):
         save_adapter(clf, os.path.join(a.out, "adapter"))
     with open(os.path.join(a.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     for t in tasks:
         r = results[t.name]
-        line = "  ".join(f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "examples")
-                         for split, m in r.items() if isinstance(m, dict))
-        extra = (f"  router entropy {r['router_entropy']:.3f}  expert share {r['expert_share']}"
-                 if "expert_share" in r else "")
+        line = "  ".join(
+            f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "examples")
+            for split, m in r.items()
+            if isinstance(m, dict)
+        )
+        extra = (
+            f"  router entropy {r['router_entropy']:.3f}  expert share {r['expert_share']}"
+            if "expert_share" in r
+            else ""
+        )
         print(f"  {t.name}: {line}{extra}")
     return 0
 

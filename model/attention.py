@@ -71,8 +71,9 @@ def _window_mask(n: int, window: int | None, device) -> torch.Tensor | None:
     return (ar[:, None] - ar[None, :]).abs() <= window
 
 
-def sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None,
-                dropout_p: float = 0.0) -> torch.Tensor:
+def sdpa_varlen(
+    q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None, dropout_p: float = 0.0
+) -> torch.Tensor:
     """The reference backend: segments of equal length are batched into one SDPA call each.
 
     No padding and, for global layers (and local ones on segments that fit the window), no mask, so
@@ -93,11 +94,15 @@ def sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | 
         return o.transpose(1, 2).reshape(T, H, Dh)
     outs, index = [], []
     for n, group_starts in sorted(by_len.items()):
-        idx = (torch.tensor(group_starts, device=q_THD.device)[:, None]
-               + torch.arange(n, device=q_THD.device)[None, :]).reshape(-1)
-        q, k, v = (t.index_select(0, idx).view(len(group_starts), n, H, Dh).transpose(1, 2) for t in (q_THD, k_THD, v_THD))
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(n, window, q_THD.device),
-                                           dropout_p=dropout_p)
+        idx = (
+            torch.tensor(group_starts, device=q_THD.device)[:, None] + torch.arange(n, device=q_THD.device)[None, :]
+        ).reshape(-1)
+        q, k, v = (
+            t.index_select(0, idx).view(len(group_starts), n, H, Dh).transpose(1, 2) for t in (q_THD, k_THD, v_THD)
+        )
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=_window_mask(n, window, q_THD.device), dropout_p=dropout_p
+        )
         outs.append(o.transpose(1, 2).reshape(-1, H, Dh))
         index.append(idx)
     inverse = torch.empty(T, dtype=torch.long, device=q_THD.device)
@@ -106,16 +111,27 @@ def sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | 
     return torch.cat(outs)[inverse]
 
 
-def attention(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None, backend: str = "auto",
-              dropout_p: float = 0.0) -> torch.Tensor:
+def attention(
+    q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None, backend: str = "auto", dropout_p: float = 0.0
+) -> torch.Tensor:
     """Segment-local (optionally sliding-window) attention on a flat token stream; returns [T, H, Dh]."""
     backend = resolve_backend(backend, q_THD)
     if backend == "sdpa":
         return sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, window, dropout_p)
     win = (window, window) if window is not None else (-1, -1)
     if backend == "flash_attn":
-        return _flash_attn_fn()(q_THD, k_THD, v_THD, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                dropout_p=dropout_p, causal=False, window_size=win)
+        return _flash_attn_fn()(
+            q_THD,
+            k_THD,
+            v_THD,
+            cu_seqlens,
+            cu_seqlens,
+            max_seqlen,
+            max_seqlen,
+            dropout_p=dropout_p,
+            causal=False,
+            window_size=win,
+        )
     if dropout_p:
         raise RuntimeError("attn_backend='torch_varlen' has no attention dropout; use flash_attn or sdpa")
     return _torch_varlen_fn()(q_THD, k_THD, v_THD, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, window_size=win)
@@ -131,7 +147,9 @@ class RotaryEmbedding(torch.nn.Module):
         self.head_dim, self.theta = head_dim, theta
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
-        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim))
+        return 1.0 / (
+            self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim)
+        )
 
     def forward(self, pos_T: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs_TD = torch.outer(pos_T.float(), self.inv_freq(pos_T.device))

@@ -41,8 +41,12 @@ class ClassifierConfig:
         check(self.num_labels >= 1, f"{prefix}num_labels", self.num_labels, "must be >= 1 (1 = regression)")
         check(self.pooling in POOLINGS, f"{prefix}pooling", self.pooling, f"allowed: {', '.join(POOLINGS)}")
         check(0 <= self.dropout < 1, f"{prefix}dropout", self.dropout, "must be in [0, 1)")
-        check(not self.labels or len(self.labels) == self.num_labels, f"{prefix}labels", self.labels,
-              f"{len(self.labels)} names for num_labels={self.num_labels}")
+        check(
+            not self.labels or len(self.labels) == self.num_labels,
+            f"{prefix}labels",
+            self.labels,
+            f"{len(self.labels)} names for num_labels={self.num_labels}",
+        )
         return self
 
     @property

@@ -60,20 +60,34 @@ class MoLConfig:
 
     def validate(self, num_groups: int, prefix: str = "mol") -> None:
         check(self.num_experts >= 1, f"{prefix}.num_experts", self.num_experts, "must be >= 1")
-        check(1 <= self.top_k <= self.num_experts, f"{prefix}.top_k", self.top_k,
-               f"must be in [1, num_experts={self.num_experts}]")
+        check(
+            1 <= self.top_k <= self.num_experts,
+            f"{prefix}.top_k",
+            self.top_k,
+            f"must be in [1, num_experts={self.num_experts}]",
+        )
         check(self.rank >= 1, f"{prefix}.rank", self.rank, "must be >= 1")
         check(self.alpha > 0, f"{prefix}.alpha", self.alpha, "must be > 0")
         check(0 <= self.jitter < 1, f"{prefix}.jitter", self.jitter, "must be in [0, 1)")
-        check(self.aux_loss_coef >= 0 and self.z_loss_coef >= 0, f"{prefix}.aux_loss_coef/z_loss_coef",
-               (self.aux_loss_coef, self.z_loss_coef), "must be >= 0")
+        check(
+            self.aux_loss_coef >= 0 and self.z_loss_coef >= 0,
+            f"{prefix}.aux_loss_coef/z_loss_coef",
+            (self.aux_loss_coef, self.z_loss_coef),
+            "must be >= 0",
+        )
         for g in self.groups:
-            check(0 <= g < num_groups, f"{prefix}.groups", self.groups, f"entries must be in [0, num_groups={num_groups})")
+            check(
+                0 <= g < num_groups, f"{prefix}.groups", self.groups, f"entries must be in [0, num_groups={num_groups})"
+            )
         check(len(set(self.groups)) == len(self.groups), f"{prefix}.groups", self.groups, "must not repeat")
         check(self.routing in MOL_ROUTING, f"{prefix}.routing", self.routing, f"allowed: {', '.join(MOL_ROUTING)}")
         check(isinstance(self.depth_bias, bool), f"{prefix}.depth_bias", self.depth_bias, "must be true or false")
-        check(not (self.depth_bias and self.routing != "learned"), f"{prefix}.depth_bias", self.depth_bias,
-              f"needs {prefix}.routing = learned (depth routing has no router)")
+        check(
+            not (self.depth_bias and self.routing != "learned"),
+            f"{prefix}.depth_bias",
+            self.depth_bias,
+            f"needs {prefix}.routing = learned (depth routing has no router)",
+        )
 
 
 @dataclass
@@ -97,16 +111,34 @@ class AttnExpertsConfig:
     eval_routing: str = "same"  # routing in eval mode: same as training, or soft / topk (the paper: top-K)
 
     def validate(self, num_groups: int, prefix: str = "attn_experts") -> None:
-        MoLConfig(groups=self.groups, num_experts=self.num_experts, top_k=self.top_k, rank=self.rank,
-                  alpha=self.alpha, jitter=self.jitter).validate(num_groups, prefix=prefix)
+        MoLConfig(
+            groups=self.groups,
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            rank=self.rank,
+            alpha=self.alpha,
+            jitter=self.jitter,
+        ).validate(num_groups, prefix=prefix)
         check(self.routing in ROUTING_MODES, f"{prefix}.routing", self.routing, f"allowed: {', '.join(ROUTING_MODES)}")
         check(self.rsl_alpha >= 0, f"{prefix}.rsl_alpha", self.rsl_alpha, "must be >= 0")
-        check(self.rsl_lambda >= 0, f"{prefix}.rsl_lambda", self.rsl_lambda,
-              "must be >= 0 (the direction is rsl_entropy: maximise or minimise)")
-        check(self.rsl_entropy in RSL_ENTROPY, f"{prefix}.rsl_entropy", self.rsl_entropy,
-              f"allowed: {', '.join(RSL_ENTROPY)}")
-        check(self.eval_routing in EVAL_ROUTING, f"{prefix}.eval_routing", self.eval_routing,
-              f"allowed: {', '.join(EVAL_ROUTING)}")
+        check(
+            self.rsl_lambda >= 0,
+            f"{prefix}.rsl_lambda",
+            self.rsl_lambda,
+            "must be >= 0 (the direction is rsl_entropy: maximise or minimise)",
+        )
+        check(
+            self.rsl_entropy in RSL_ENTROPY,
+            f"{prefix}.rsl_entropy",
+            self.rsl_entropy,
+            f"allowed: {', '.join(RSL_ENTROPY)}",
+        )
+        check(
+            self.eval_routing in EVAL_ROUTING,
+            f"{prefix}.eval_routing",
+            self.eval_routing,
+            f"allowed: {', '.join(EVAL_ROUTING)}",
+        )
         check(self.route in ROUTE_INPUTS, f"{prefix}.route", self.route, f"allowed: {', '.join(ROUTE_INPUTS)}")
 
 
@@ -153,31 +185,61 @@ class ModelConfig:
     def validate(self, prefix: str = "") -> "ModelConfig":
         """``prefix``: where this config sits in a larger one (``"model."`` in a run config)."""
         p = prefix
-        for name in ("vocab_size", "embedding_size", "hidden_size", "intermediate_size", "num_heads",
-                     "num_groups", "group_depth", "global_every", "local_window"):
+        for name in (
+            "vocab_size",
+            "embedding_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_heads",
+            "num_groups",
+            "group_depth",
+            "global_every",
+            "local_window",
+        ):
             check(getattr(self, name) >= 1, p + name, getattr(self, name), "must be >= 1")
-        check(self.hidden_size % self.num_heads == 0, p + "num_heads", self.num_heads,
-              f"must divide hidden_size={self.hidden_size}")
+        check(
+            self.hidden_size % self.num_heads == 0,
+            p + "num_heads",
+            self.num_heads,
+            f"must divide hidden_size={self.hidden_size}",
+        )
         if self.position_embedding == "rope":
-            check(self.head_dim % 2 == 0, p + "num_heads", self.num_heads, "hidden_size / num_heads must be even (RoPE)")
+            check(
+                self.head_dim % 2 == 0, p + "num_heads", self.num_heads, "hidden_size / num_heads must be even (RoPE)"
+            )
         check(self.local_window % 2 == 0, p + "local_window", self.local_window, "must be even (a symmetric window)")
         for name in ("rope_theta_global", "rope_theta_local", "norm_eps", "init_std"):
             check(getattr(self, name) > 0, p + name, getattr(self, name), "must be > 0")
         for name in ("embedding_dropout", "attention_dropout"):
             check(0 <= getattr(self, name) < 1, p + name, getattr(self, name), "must be in [0, 1)")
-        for name, allowed in (("position_embedding", POSITION_EMBEDDINGS), ("norm_position", NORM_POSITIONS),
-                              ("ffn_activation", FFN_ACTIVATIONS)):
+        for name, allowed in (
+            ("position_embedding", POSITION_EMBEDDINGS),
+            ("norm_position", NORM_POSITIONS),
+            ("ffn_activation", FFN_ACTIVATIONS),
+        ):
             check(getattr(self, name) in allowed, p + name, getattr(self, name), f"allowed: {', '.join(allowed)}")
         check(isinstance(self.bias, bool), p + "bias", self.bias, "must be true or false")
-        check(self.max_position_embeddings >= 1, p + "max_position_embeddings", self.max_position_embeddings,
-              "must be >= 1")
-        check(self.attn_backend in ATTN_BACKENDS, p + "attn_backend", self.attn_backend,
-              f"allowed: {', '.join(ATTN_BACKENDS)}")
+        check(
+            self.max_position_embeddings >= 1,
+            p + "max_position_embeddings",
+            self.max_position_embeddings,
+            "must be >= 1",
+        )
+        check(
+            self.attn_backend in ATTN_BACKENDS,
+            p + "attn_backend",
+            self.attn_backend,
+            f"allowed: {', '.join(ATTN_BACKENDS)}",
+        )
         self.mol.validate(self.num_groups, p + "mol")
         if self.mol.routing == "depth":
-            check(self.mol.num_experts == self.group_depth and self.mol.top_k == 1, p + "mol.routing", "depth",
-                  f"needs mol.num_experts = group_depth ({self.group_depth}) and mol.top_k = 1, has "
-                  f"{self.mol.num_experts} and {self.mol.top_k}")
+            check(
+                self.mol.num_experts == self.group_depth and self.mol.top_k == 1,
+                p + "mol.routing",
+                "depth",
+                f"needs mol.num_experts = group_depth ({self.group_depth}) and mol.top_k = 1, has "
+                f"{self.mol.num_experts} and {self.mol.top_k}",
+            )
         self.attn_experts.validate(self.num_groups, p + "attn_experts")
         return self
 
@@ -208,10 +270,24 @@ def preset(name: str, **overrides) -> ModelConfig:
 
 PRESETS = {
     # tiny uses e = 64 [decision]: with V = 32 768 the e = 128 table alone (4.2 M) would break "< 3 M".
-    "tiny": lambda: ModelConfig(embedding_size=64, hidden_size=64, intermediate_size=96, num_heads=4,
-                                num_groups=2, group_depth=2, mol=MoLConfig(groups=(1,))),
-    "50m": lambda: ModelConfig(hidden_size=768, intermediate_size=1152, num_heads=12, num_groups=9, group_depth=3,
-                               mol=MoLConfig(groups=(2, 3))),
-    "120m": lambda: ModelConfig(hidden_size=1024, intermediate_size=2624, num_heads=16, num_groups=9, group_depth=3,
-                                mol=MoLConfig(groups=(2, 3, 4, 5))),
+    "tiny": lambda: ModelConfig(
+        embedding_size=64,
+        hidden_size=64,
+        intermediate_size=96,
+        num_heads=4,
+        num_groups=2,
+        group_depth=2,
+        mol=MoLConfig(groups=(1,)),
+    ),
+    "50m": lambda: ModelConfig(
+        hidden_size=768, intermediate_size=1152, num_heads=12, num_groups=9, group_depth=3, mol=MoLConfig(groups=(2, 3))
+    ),
+    "120m": lambda: ModelConfig(
+        hidden_size=1024,
+        intermediate_size=2624,
+        num_heads=16,
+        num_groups=9,
+        group_depth=3,
+        mol=MoLConfig(groups=(2, 3, 4, 5)),
+    ),
 }

@@ -113,6 +113,10 @@ class TrainingFlops:
         n = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.float64)
         w = self.window
         local = torch.where(w >= n - 1, n * n, n * (2 * w + 1) - w * (w + 1))
-        forward = (self.per_token * float(n.sum()) + self.per_masked * num_masked
-                   + self.per_pair[True] * float((n * n).sum()) + self.per_pair[False] * float(local.sum()))
+        forward = (
+            self.per_token * float(n.sum())
+            + self.per_masked * num_masked
+            + self.per_pair[True] * float((n * n).sum())
+            + self.per_pair[False] * float(local.sum())
+        )
         return 3 * forward

@@ -37,13 +37,22 @@ def weighted_aux(cfg: ModelConfig, aux: Mapping[str, torch.Tensor | float]) -> t
     coefs = aux_coefficients(cfg)
     unknown = set(aux) - set(coefs)
     if unknown:
-        raise ValueError(f"auxiliary losses {sorted(unknown)}: not among this model's ({sorted(coefs)}; "
-                         "model/losses.py: aux_coefficients)")
+        raise ValueError(
+            f"auxiliary losses {sorted(unknown)}: not among this model's ({sorted(coefs)}; "
+            "model/losses.py: aux_coefficients)"
+        )
     return sum((coefs[name] * value for name, value in aux.items()), 0.0)
 
 
-def combine_losses(cfg: ModelConfig, task: torch.Tensor, aux: dict[str, torch.Tensor], *, task_scale: float = 1.0,
-                   aux_scale: float = 1.0, extra: Iterable[tuple[torch.Tensor, float]] = ()) -> torch.Tensor:
+def combine_losses(
+    cfg: ModelConfig,
+    task: torch.Tensor,
+    aux: dict[str, torch.Tensor],
+    *,
+    task_scale: float = 1.0,
+    aux_scale: float = 1.0,
+    extra: Iterable[tuple[torch.Tensor, float]] = (),
+) -> torch.Tensor:
     """The scalar to call ``backward`` on (see the module docstring); ``extra``: (loss, scale) pairs."""
     total = task * task_scale + weighted_aux(cfg, aux) * aux_scale
     for value, scale in extra:

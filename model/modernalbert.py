@@ -110,8 +110,16 @@ class Attention(nn.Module):
             qk = apply_rotary(qk, *ctx.rope[is_global])  # q and k rotated together
         q, k = qk.unbind(dim=1)
         v = v.squeeze(1)
-        o_THD = attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, None if is_global else cfg.local_window // 2,
-                          cfg.attn_backend, cfg.attention_dropout if self.training else 0.0)
+        o_THD = attention(
+            q,
+            k,
+            v,
+            ctx.cu_seqlens,
+            ctx.max_seqlen,
+            None if is_global else cfg.local_window // 2,
+            cfg.attn_backend,
+            cfg.attention_dropout if self.training else 0.0,
+        )
         o_TD = o_THD.reshape(T, cfg.hidden_size)
         if not self.routed:
             return self.Wo(o_TD)
@@ -130,7 +138,9 @@ class Block(nn.Module):
         # pre-norm: group 0's block also runs at layers 1..G-1, which do normalise: it keeps the norm, layer 0
         # skips it; post-norm: every layer normalises after its attention
         has_attn_norm = self.post_norm or group > 0 or cfg.group_depth > 1
-        self.attn_norm: nn.LayerNorm | None = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias) if has_attn_norm else None
+        self.attn_norm: nn.LayerNorm | None = (
+            nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias) if has_attn_norm else None
+        )
         self.attn = Attention(cfg, group)
         self.ffn_norm = nn.LayerNorm(d, eps=cfg.norm_eps, bias=cfg.bias)
         self.ffn: MoLFFN | DenseFFN
@@ -171,8 +181,9 @@ class Embeddings(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.embedding_size)
         self.proj = nn.Linear(cfg.embedding_size, cfg.hidden_size, bias=False)
         # BERT's position table (its token-type-0 row folded in by model/teacher.py): d wide, not factorised
-        self.pos_embeddings = (nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-                               if cfg.position_embedding == "absolute" else None)
+        self.pos_embeddings = (
+            nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size) if cfg.position_embedding == "absolute" else None
+        )
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.embedding_dropout)
 
@@ -192,25 +203,43 @@ class ModernAlbertModel(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.groups = nn.ModuleList(RecursiveGroup(cfg, g) for g in range(cfg.num_groups))
         # post-norm blocks end normalised: no final norm (BERT has none)
-        self.final_norm = (nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.bias)
-                           if cfg.norm_position == "pre" else nn.Identity())
-        self.rope = nn.ModuleDict({
-            "global": RotaryEmbedding(cfg.head_dim, cfg.rope_theta_global),
-            "local": RotaryEmbedding(cfg.head_dim, cfg.rope_theta_local),
-        })
+        self.final_norm = (
+            nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.bias)
+            if cfg.norm_position == "pre"
+            else nn.Identity()
+        )
+        self.rope = nn.ModuleDict(
+            {
+                "global": RotaryEmbedding(cfg.head_dim, cfg.rope_theta_global),
+                "local": RotaryEmbedding(cfg.head_dim, cfg.rope_theta_local),
+            }
+        )
 
-    def context(self, pos_T: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dtype: torch.dtype,
-                recorder: RoutingRecorder, expert_ids_T: torch.Tensor | None = None,
-                route_targets_T: torch.Tensor | None = None) -> ForwardContext:
+    def context(
+        self,
+        pos_T: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        dtype: torch.dtype,
+        recorder: RoutingRecorder,
+        expert_ids_T: torch.Tensor | None = None,
+        route_targets_T: torch.Tensor | None = None,
+    ) -> ForwardContext:
         rope = {}
         if self.cfg.position_embedding == "rope":
             rope = {True: self.rope["global"](pos_T, dtype), False: self.rope["local"](pos_T, dtype)}
         return ForwardContext(cu_seqlens, int(max_seqlen), rope, recorder, expert_ids_T, route_targets_T)
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                output_hidden_states: bool = False, recorder: RoutingRecorder | None = None,
-                expert_ids_T: torch.Tensor | None = None,
-                route_targets_T: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        output_hidden_states: bool = False,
+        recorder: RoutingRecorder | None = None,
+        expert_ids_T: torch.Tensor | None = None,
+        route_targets_T: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """input_ids [T], cu_seqlens [N+1] → (last hidden state [T, D], per-group outputs if asked).
 
         Pass a ``RoutingRecorder`` to receive the routed modules' auxiliary losses and statistics;
@@ -218,12 +247,21 @@ class ModernAlbertModel(nn.Module):
         ``route_targets_T`` [T] only supervises the routers (``attn_route_ce``), which still route.
         """
         if self.cfg.position_embedding == "absolute" and max_seqlen > self.cfg.max_position_embeddings:
-            raise ValueError(f"a segment of {max_seqlen} tokens exceeds model.max_position_embeddings="
-                             f"{self.cfg.max_position_embeddings} (absolute positions)")
+            raise ValueError(
+                f"a segment of {max_seqlen} tokens exceeds model.max_position_embeddings="
+                f"{self.cfg.max_position_embeddings} (absolute positions)"
+            )
         pos_T = segment_positions(cu_seqlens, input_ids.shape[0])  # positions restart in every segment
         x_TD = self.embeddings(input_ids, pos_T)
-        ctx = self.context(pos_T, cu_seqlens, max_seqlen, x_TD.dtype,
-                           recorder if recorder is not None else RoutingRecorder(), expert_ids_T, route_targets_T)
+        ctx = self.context(
+            pos_T,
+            cu_seqlens,
+            max_seqlen,
+            x_TD.dtype,
+            recorder if recorder is not None else RoutingRecorder(),
+            expert_ids_T,
+            route_targets_T,
+        )
         hidden = []
         for group in self.groups:
             x_TD = group(x_TD, ctx)
@@ -315,9 +353,15 @@ class ModernAlbertForMaskedLM(nn.Module):
     def logits(self, h_MD: torch.Tensor) -> torch.Tensor:
         return tied_logits(self.model.embeddings, self.head, self.decoder_bias, h_MD)
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                mlm_positions: torch.Tensor, mlm_labels: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> MaskedLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        mlm_positions: torch.Tensor,
+        mlm_labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> MaskedLMOutput:
         recorder = RoutingRecorder()
         h_TD, hidden = self.model(input_ids, cu_seqlens, max_seqlen, output_hidden_states, recorder)
         recorder.close()

@@ -43,7 +43,10 @@ def geglu(h_NF: torch.Tensor) -> torch.Tensor:
     return F.gelu(u) * g
 
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"geglu": geglu, "gelu": F.gelu}  # ModelConfig.ffn_activation → act(Wi x) [N, F] → [N, I]
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "geglu": geglu,
+    "gelu": F.gelu,
+}  # ModelConfig.ffn_activation → act(Wi x) [N, F] → [N, I]
 
 
 def wi_width(intermediate: int, activation: str) -> int:
@@ -91,8 +94,13 @@ def grouped_mm_fits(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
     elif x_NI.dtype != torch.bfloat16 and (x_NI.dtype not in (torch.float32, torch.float16) or compiling):
         return False
     align = 16 // x_NI.element_size()
-    return (x_NI.shape[1] % align == 0 and w_EOI.shape[1] % align == 0 and x_NI.is_contiguous()
-            and w_EOI.is_contiguous() and (compiling or (x_NI.data_ptr() % 16 == 0 and w_EOI.data_ptr() % 16 == 0)))
+    return (
+        x_NI.shape[1] % align == 0
+        and w_EOI.shape[1] % align == 0
+        and x_NI.is_contiguous()
+        and w_EOI.is_contiguous()
+        and (compiling or (x_NI.data_ptr() % 16 == 0 and w_EOI.data_ptr() % 16 == 0))
+    )
 
 
 def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, blocks: ExpertBlocks, fast: bool = True) -> torch.Tensor:
@@ -108,8 +116,9 @@ def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, blocks: ExpertBlocks
     return torch.cat(outs) if outs else x_NI.new_zeros(0, w_EOI.shape[1])
 
 
-def sort_pairs(idx_TK: torch.Tensor, w_TK: torch.Tensor, dtype: torch.dtype
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sort_pairs(
+    idx_TK: torch.Tensor, w_TK: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The N = T·K (token, expert) pairs sorted by expert: token [N], expert [N], weight [N] (stable)."""
     K = idx_TK.shape[1]
     exp_N = idx_TK.reshape(-1)
@@ -132,8 +141,18 @@ class GroupedLoRAFFN(nn.Module):
         self.act = ACTIVATIONS[activation]
         self.grouped_mm = True  # False: the per-expert matmul reference (the parity tests)
 
-    def forward(self, x_TD: torch.Tensor, idx_TK: torch.Tensor, w_TK: torch.Tensor, Wi: nn.Module, Wo: nn.Module,
-                A1: torch.Tensor, B1: torch.Tensor, A2: torch.Tensor, B2: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x_TD: torch.Tensor,
+        idx_TK: torch.Tensor,
+        w_TK: torch.Tensor,
+        Wi: nn.Module,
+        Wo: nn.Module,
+        A1: torch.Tensor,
+        B1: torch.Tensor,
+        A2: torch.Tensor,
+        B2: torch.Tensor,
+    ) -> torch.Tensor:
         T, D = x_TD.shape
         E, R, s = A1.shape[0], A1.shape[1], self.scale
         h_TF = Wi(x_TD)
@@ -155,8 +174,15 @@ class GroupedLoRAFFN(nn.Module):
 class MoLFFN(nn.Module):
     """The FFN with E routed LoRA experts on Wi and Wo; keys ``Wi``/``Wo`` match ``DenseFFN``."""
 
-    def __init__(self, dim: int, intermediate: int, cfg: MoLConfig, activation: str = "geglu",
-                 bias: bool = False, group_depth: int = 1) -> None:
+    def __init__(
+        self,
+        dim: int,
+        intermediate: int,
+        cfg: MoLConfig,
+        activation: str = "geglu",
+        bias: bool = False,
+        group_depth: int = 1,
+    ) -> None:
         super().__init__()
         self.cfg, self.group_depth = cfg, group_depth
         E, R, F_ = cfg.num_experts, cfg.rank, wi_width(intermediate, activation)
@@ -217,7 +243,7 @@ class MoLFFN(nn.Module):
             wi = self.Wi.weight + self.scale * self.B1[j] @ self.A1[j]
             wo = self.Wo.weight + self.scale * self.B2[j] @ self.A2[j]
             h = F.linear(x_TD, wi, self.Wi.bias)
-            out = out + gate_TE[:, j:j + 1] * F.linear(self.act(h), wo, self.Wo.bias)
+            out = out + gate_TE[:, j : j + 1] * F.linear(self.act(h), wo, self.Wo.bias)
         return out
 
     def delta_weights(self) -> tuple[torch.Tensor, torch.Tensor]:

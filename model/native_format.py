@@ -85,16 +85,29 @@ def follow_umask(*paths: str) -> None:
         os.chmod(path, 0o666 & ~umask)
 
 
-def save_native(out_dir: str, state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer_src: str | None,
-                data_dir: str | None, history: list[dict], classifier: ClassifierConfig | None = None) -> None:
+def save_native(
+    out_dir: str,
+    state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    tokenizer_src: str | None,
+    data_dir: str | None,
+    history: list[dict],
+    classifier: ClassifierConfig | None = None,
+) -> None:
     tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in state.items()}
     save_safetensors(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": FORMAT})
     tok_name = None
     if tokenizer_src is not None:
         tok_name = os.path.basename(tokenizer_src)
         shutil.copyfile(tokenizer_src, os.path.join(out_dir, tok_name))
-    doc = {"format": FORMAT, "format_version": 1, "model": cfg.to_dict(), "tokenizer": tok_name,
-           "data_dir": data_dir, "history": history}
+    doc = {
+        "format": FORMAT,
+        "format_version": 1,
+        "model": cfg.to_dict(),
+        "tokenizer": tok_name,
+        "data_dir": data_dir,
+        "history": history,
+    }
     if classifier is not None:
         doc["classifier"] = dataclasses.asdict(classifier.validate())
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
@@ -115,13 +128,16 @@ def read_config(in_dir: str) -> dict:
     if not os.path.isdir(in_dir):
         raise InputError(f"{in_dir}: no such directory")
     if not os.path.isfile(path):
-        raise InputError(f"{in_dir}: not a native model directory (no config.json; make one with "
-                        "tools/consolidate_checkpoint.py)")
+        raise InputError(
+            f"{in_dir}: not a native model directory (no config.json; make one with tools/consolidate_checkpoint.py)"
+        )
     doc = read_json(path)
     if doc.get("format") != FORMAT:
         if "model_type" in doc:
-            raise InputError(f"{in_dir}: a HuggingFace model directory (model_type {doc['model_type']!r}); this tool "
-                             "takes a native model directory (tools/consolidate_checkpoint.py writes one)")
+            raise InputError(
+                f"{in_dir}: a HuggingFace model directory (model_type {doc['model_type']!r}); this tool "
+                "takes a native model directory (tools/consolidate_checkpoint.py writes one)"
+            )
         raise InputError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
     return doc
 
@@ -146,7 +162,7 @@ def classifier_config(doc: dict) -> ClassifierConfig | None:
     try:
         return ClassifierConfig(**doc["classifier"]).validate()
     except (TypeError, ConfigError) as e:
-        raise InputError(f"config.json: bad \"classifier\" entry ({e})") from None
+        raise InputError(f'config.json: bad "classifier" entry ({e})') from None
 
 
 def _mlm(doc: dict, state: dict[str, torch.Tensor], weights: str) -> ModernAlbertForMaskedLM:
@@ -158,8 +174,9 @@ def _mlm(doc: dict, state: dict[str, torch.Tensor], weights: str) -> ModernAlber
     return model.eval()
 
 
-def _classifier(doc: dict, head: ClassifierConfig, state: dict[str, torch.Tensor],
-                weights: str) -> ModernAlbertForSequenceClassification:
+def _classifier(
+    doc: dict, head: ClassifierConfig, state: dict[str, torch.Tensor], weights: str
+) -> ModernAlbertForSequenceClassification:
     model = ModernAlbertForSequenceClassification(ModelConfig.from_dict(doc["model"]), head)
     state = {k: v for k, v in state.items() if k.startswith(("model.", "classifier."))}
     check_keys(model.state_dict(), state, weights)
@@ -180,8 +197,10 @@ def load_native_classifier(in_dir: str) -> tuple[ModernAlbertForSequenceClassifi
     doc = read_config(in_dir)
     head = classifier_config(doc)
     if head is None:
-        raise InputError(f"{in_dir}: no classification head in config.json (a pretrained model; fine-tune it "
-                        "first, e.g. python -m evaluation.glue --save-model)")
+        raise InputError(
+            f"{in_dir}: no classification head in config.json (a pretrained model; fine-tune it "
+            "first, e.g. python -m evaluation.glue --save-model)"
+        )
     return _classifier(doc, head, *_read_weights(in_dir)), doc
 
 
@@ -199,11 +218,15 @@ def check_keys(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], 
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     if missing or unexpected:
-        raise InputError(f"{where}: key mismatch: missing {missing[:5]}{'…' if len(missing) > 5 else ''} "
-                        f"({len(missing)}), unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''} "
-                        f"({len(unexpected)})")
+        raise InputError(
+            f"{where}: key mismatch: missing {missing[:5]}{'…' if len(missing) > 5 else ''} "
+            f"({len(missing)}), unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''} "
+            f"({len(unexpected)})"
+        )
     bad = [k for k in expected if tuple(expected[k].shape) != tuple(got[k].shape)]
     if bad:
         k = bad[0]
-        raise InputError(f"{where}: {len(bad)} tensors with the wrong shape, e.g. {k}: "
-                        f"{tuple(got[k].shape)} instead of {tuple(expected[k].shape)}")
+        raise InputError(
+            f"{where}: {len(bad)} tensors with the wrong shape, e.g. {k}: "
+            f"{tuple(got[k].shape)} instead of {tuple(expected[k].shape)}"
+        )

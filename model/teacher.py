@@ -77,21 +77,30 @@ def read_teacher_config(path: str) -> TeacherInfo:
         c = json.load(f)
     family = FAMILIES.get(c.get("model_type", ""))
     if family is None:
-        raise TeacherError(f"teacher {path!r}: model_type {c.get('model_type')!r} "
-                           f"({', '.join(c.get('architectures') or ['no architectures'])}) is not supported; "
-                           f"supported: {', '.join(FAMILIES)} (BertModel/BertForMaskedLM, ModernBert*)")
+        raise TeacherError(
+            f"teacher {path!r}: model_type {c.get('model_type')!r} "
+            f"({', '.join(c.get('architectures') or ['no architectures'])}) is not supported; "
+            f"supported: {', '.join(FAMILIES)} (BertModel/BertForMaskedLM, ModernBert*)"
+        )
     archs = c.get("architectures") or []
     tok = next((os.path.join(path, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(path, n))), None)
     bert = family == "bert"
-    return TeacherInfo(path=path, family=family, architectures=archs, hidden_size=c["hidden_size"],
-                       num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
-                       intermediate_size=c["intermediate_size"], vocab_size=c["vocab_size"],
-                       has_mlm_head=any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in archs),
-                       tokenizer=tok,
-                       hidden_act=c.get("hidden_act" if bert else "hidden_activation", "gelu"),
-                       norm_eps=c.get("layer_norm_eps" if bert else "norm_eps", 1e-12 if bert else 1e-5),
-                       max_position_embeddings=c.get("max_position_embeddings", 512),
-                       position_embedding_type=c.get("position_embedding_type", "absolute"))
+    return TeacherInfo(
+        path=path,
+        family=family,
+        architectures=archs,
+        hidden_size=c["hidden_size"],
+        num_layers=c["num_hidden_layers"],
+        num_heads=c["num_attention_heads"],
+        intermediate_size=c["intermediate_size"],
+        vocab_size=c["vocab_size"],
+        has_mlm_head=any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in archs),
+        tokenizer=tok,
+        hidden_act=c.get("hidden_act" if bert else "hidden_activation", "gelu"),
+        norm_eps=c.get("layer_norm_eps" if bert else "norm_eps", 1e-12 if bert else 1e-5),
+        max_position_embeddings=c.get("max_position_embeddings", 512),
+        position_embedding_type=c.get("position_embedding_type", "absolute"),
+    )
 
 
 def read_teacher_weights(info: TeacherInfo) -> dict[str, torch.Tensor]:
@@ -111,7 +120,7 @@ def read_teacher_weights(info: TeacherInfo) -> dict[str, torch.Tensor]:
     prefix = "bert." if info.family == "bert" else "model."
     out = {}
     for k, v in state.items():
-        out[k[len(prefix):] if k.startswith(prefix) else k] = v.float()
+        out[k[len(prefix) :] if k.startswith(prefix) else k] = v.float()
     return out
 
 
@@ -129,8 +138,10 @@ def layer_sets(num_groups: int, teacher_layers: int, how: str = "even") -> list[
     if how == "even":
         return [[t] for t in layer_map(num_groups, teacher_layers)]
     if num_groups > teacher_layers:
-        raise TeacherError(f"layer selection {how!r}: the student's {num_groups} groups exceed the teacher's "
-                           f"{teacher_layers} layers (use even)")
+        raise TeacherError(
+            f"layer selection {how!r}: the student's {num_groups} groups exceed the teacher's "
+            f"{teacher_layers} layers (use even)"
+        )
     if how == "lower":
         return [[g] for g in range(num_groups)]
     cuts = [round(g * teacher_layers / num_groups) for g in range(num_groups + 1)]
@@ -142,17 +153,26 @@ def family_fields(info: TeacherInfo) -> dict[str, Any]:
     if info.family == "modernbert":
         return {"norm_eps": info.norm_eps}
     if info.hidden_act != "gelu":
-        raise TeacherError(f"teacher {info.path!r}: hidden_act {info.hidden_act!r}; the BERT-family student "
-                           "computes exact GELU only (use --block modern to map it anyway)")
+        raise TeacherError(
+            f"teacher {info.path!r}: hidden_act {info.hidden_act!r}; the BERT-family student "
+            "computes exact GELU only (use --block modern to map it anyway)"
+        )
     if info.position_embedding_type != "absolute":
-        raise TeacherError(f"teacher {info.path!r}: position_embedding_type {info.position_embedding_type!r}; "
-                           "only absolute positions are supported")
-    return {**BERT_BLOCK, "max_position_embeddings": info.max_position_embeddings, "norm_eps": info.norm_eps,
-            "global_every": 1}
+        raise TeacherError(
+            f"teacher {info.path!r}: position_embedding_type {info.position_embedding_type!r}; "
+            "only absolute positions are supported"
+        )
+    return {
+        **BERT_BLOCK,
+        "max_position_embeddings": info.max_position_embeddings,
+        "norm_eps": info.norm_eps,
+        "global_every": 1,
+    }
 
 
-def student_config(info: TeacherInfo, base: ModelConfig, take_dims: bool,
-                   intermediate_size: int | None = None, block: str = "teacher") -> ModelConfig:
+def student_config(
+    info: TeacherInfo, base: ModelConfig, take_dims: bool, intermediate_size: int | None = None, block: str = "teacher"
+) -> ModelConfig:
     """``base`` with the teacher's vocabulary and (``block="teacher"``) its block family; with ``take_dims``
     also its width, heads and FFN size.
 
@@ -173,12 +193,16 @@ def student_config(info: TeacherInfo, base: ModelConfig, take_dims: bool,
     else:
         bad = [f"{k} {getattr(cfg, k)} (teacher {v})" for k, v in dims.items() if getattr(cfg, k) != v]
         if bad:
-            raise TeacherError(f"student and teacher dimensions differ: {', '.join(bad)}; pass --dims teacher "
-                               "to take the teacher's width, heads and FFN size (the preset keeps its depth, "
-                               "groups, embedding size and MoL)")
+            raise TeacherError(
+                f"student and teacher dimensions differ: {', '.join(bad)}; pass --dims teacher "
+                "to take the teacher's width, heads and FFN size (the preset keeps its depth, "
+                "groups, embedding size and MoL)"
+            )
     if cfg.embedding_size > min(cfg.vocab_size, cfg.hidden_size):
-        raise TeacherError(f"embedding_size {cfg.embedding_size}: the SVD rank must be <= min(V, d) = "
-                           f"{min(cfg.vocab_size, cfg.hidden_size)}")
+        raise TeacherError(
+            f"embedding_size {cfg.embedding_size}: the SVD rank must be <= min(V, d) = "
+            f"{min(cfg.vocab_size, cfg.hidden_size)}"
+        )
     return cfg.validate()
 
 
@@ -202,7 +226,9 @@ def bert_block(t: dict[str, torch.Tensor], tl: int, need) -> dict[str, torch.Ten
     q = f"encoder.layer.{tl}."
     out = {}
     for kind in ("weight", "bias"):
-        out[f"attn.Wqkv.{kind}"] = torch.cat([need(q + f"attention.self.{n}.{kind}") for n in ("query", "key", "value")])
+        out[f"attn.Wqkv.{kind}"] = torch.cat(
+            [need(q + f"attention.self.{n}.{kind}") for n in ("query", "key", "value")]
+        )
         out[f"attn.Wo.{kind}"] = need(q + f"attention.output.dense.{kind}")
         out[f"attn_norm.{kind}"] = need(q + f"attention.output.LayerNorm.{kind}")
         out[f"ffn.Wi.{kind}"] = need(q + f"intermediate.dense.{kind}")
@@ -223,8 +249,13 @@ def mean_blocks(blocks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
     return {k: torch.stack([b[k] for b in blocks]).mean(0) for k in blocks[0]}
 
 
-def svd_experts(ffn_prefix: str, shared: dict[str, torch.Tensor], depths: list[dict[str, torch.Tensor]],
-                out: dict[str, torch.Tensor], scale: float) -> list[float]:
+def svd_experts(
+    ffn_prefix: str,
+    shared: dict[str, torch.Tensor],
+    depths: list[dict[str, torch.Tensor]],
+    out: dict[str, torch.Tensor],
+    scale: float,
+) -> list[float]:
     """Expert j ← the rank-r truncated SVD of depth j's (Wi, Wo) minus the shared ones: s·B·A ≈ ΔW.
 
     Writes A1/B1/A2/B2 rows j < len(depths) into ``out``; returns each depth's relative squared error of ΔWi.
@@ -232,7 +263,7 @@ def svd_experts(ffn_prefix: str, shared: dict[str, torch.Tensor], depths: list[d
     errs = []
     A1, B1, A2, B2 = (out[ffn_prefix + n].clone() for n in ("A1", "B1", "A2", "B2"))
     R = A1.shape[1]
-    for j, blk in enumerate(depths[:A1.shape[0]]):
+    for j, blk in enumerate(depths[: A1.shape[0]]):
         for w, A, B in (("ffn.Wi.weight", A1, B1), ("ffn.Wo.weight", A2, B2)):
             delta = (blk[w] - shared[w]).double()
             U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
@@ -262,9 +293,14 @@ def depth_router_bias(state: dict[str, torch.Tensor], cfg: ModelConfig, value: f
         state[key] = bias
 
 
-def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
-                cfg: ModelConfig, layers: list[list[int]] | list[int], mol_init: str = "fresh"
-                ) -> tuple[dict[str, torch.Tensor], dict]:
+def map_weights(
+    info: TeacherInfo,
+    t: dict[str, torch.Tensor],
+    student: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    layers: list[list[int]] | list[int],
+    mol_init: str = "fresh",
+) -> tuple[dict[str, torch.Tensor], dict]:
     """A copy of ``student`` (a fresh native state dict) with the teacher's tensors mapped in.
 
     ``layers``: per group, the teacher layers it starts from (their mean), or one layer per group.
@@ -309,12 +345,17 @@ def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str
         for g, tls in enumerate(sets):
             p = f"model.groups.{g}.block."
             avg = lambda key: torch.stack([need(f"encoder.layer.{tl}." + key) for tl in tls]).mean(0)  # noqa: E731
-            out[p + "attn.Wqkv.weight"] = torch.cat([avg(f"attention.self.{n}.weight") for n in ("query", "key", "value")])
+            out[p + "attn.Wqkv.weight"] = torch.cat(
+                [avg(f"attention.self.{n}.weight") for n in ("query", "key", "value")]
+            )
             out[p + "attn.Wo.weight"] = avg("attention.output.dense.weight")
             if p + "attn_norm.weight" in out:
                 tl = tls[0]
-                out[p + "attn_norm.weight"] = (need(f"encoder.layer.{tl - 1}.output.LayerNorm.weight") if tl > 0
-                                               else need("embeddings.LayerNorm.weight"))
+                out[p + "attn_norm.weight"] = (
+                    need(f"encoder.layer.{tl - 1}.output.LayerNorm.weight")
+                    if tl > 0
+                    else need("embeddings.LayerNorm.weight")
+                )
             out[p + "ffn_norm.weight"] = avg("attention.output.LayerNorm.weight")
             up, down = avg("intermediate.dense.weight"), avg("output.dense.weight")
             keep = keep_neurons(up, down, cfg.intermediate_size)
@@ -336,8 +377,9 @@ def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str
             out[p + "attn.Wqkv.weight"] = avg("attn.Wqkv.weight")
             out[p + "attn.Wo.weight"] = avg("attn.Wo.weight")
             if p + "attn_norm.weight" in out:
-                out[p + "attn_norm.weight"] = torch.stack([t.get(f"layers.{tl}.attn_norm.weight", torch.ones(cfg.hidden_size))
-                                                           for tl in tls]).mean(0)
+                out[p + "attn_norm.weight"] = torch.stack(
+                    [t.get(f"layers.{tl}.attn_norm.weight", torch.ones(cfg.hidden_size)) for tl in tls]
+                ).mean(0)
             out[p + "ffn_norm.weight"] = avg("mlp_norm.weight")
             (u, gate), down = avg("mlp.Wi.weight").chunk(2), avg("mlp.Wo.weight")
             keep = keep_neurons(u, down, cfg.intermediate_size)
@@ -355,14 +397,22 @@ def map_weights(info: TeacherInfo, t: dict[str, torch.Tensor], student: dict[str
         if k not in student:
             raise TeacherError(f"the student has no tensor {k} for the teacher's (block family mismatch)")
         if tuple(v.shape) != tuple(student[k].shape):
-            raise TeacherError(f"teacher tensor for {k} has shape {tuple(v.shape)}, the student needs "
-                               f"{tuple(student[k].shape)}")
-    report = {"teacher": os.path.abspath(info.path), "family": info.family, "architectures": info.architectures,
-              "block": "teacher" if family or info.family == "modernbert" else "modern",
-              "group_to_teacher_layers": sets, "embedding_svd_rank": cfg.embedding_size,
-              "embedding_svd_sq_error": err, "embedding_sq_norm": float(table.double().square().sum()),
-              "mlm_head_from_teacher": info.has_mlm_head,
-              "ffn_neurons_kept": f"{cfg.intermediate_size} of {info.intermediate_size}", "mol_init": mol_init}
+            raise TeacherError(
+                f"teacher tensor for {k} has shape {tuple(v.shape)}, the student needs {tuple(student[k].shape)}"
+            )
+    report = {
+        "teacher": os.path.abspath(info.path),
+        "family": info.family,
+        "architectures": info.architectures,
+        "block": "teacher" if family or info.family == "modernbert" else "modern",
+        "group_to_teacher_layers": sets,
+        "embedding_svd_rank": cfg.embedding_size,
+        "embedding_svd_sq_error": err,
+        "embedding_sq_norm": float(table.double().square().sum()),
+        "mlm_head_from_teacher": info.has_mlm_head,
+        "ffn_neurons_kept": f"{cfg.intermediate_size} of {info.intermediate_size}",
+        "mol_init": mol_init,
+    }
     if svd_errs:
         report["mol_svd_rel_sq_error_wi"] = {str(g): e for g, e in svd_errs.items()}
     return out, report

@@ -77,7 +77,8 @@ def _digest(path: str) -> dict:
 
 
 def _files(step_dir: str) -> list[str]:
-    """Every file under ``step_dir`` but the manifest, relative, sorted (DeepSpeed writes no subfolders, DCP neither)."""
+    """Every file under ``step_dir`` but the manifest, relative, sorted (DeepSpeed writes no subfolders, DCP
+    neither)."""
     out = []
     for root, _, names in os.walk(step_dir):
         out += [os.path.relpath(os.path.join(root, n), step_dir) for n in names]
@@ -87,7 +88,7 @@ def _files(step_dir: str) -> list[str]:
 def _write_manifest(tmp: str) -> None:
     """Collective: each rank hashes a share of the files; rank 0 writes the manifest."""
     files = from_rank0(_files(tmp) if _rank() == 0 else None)
-    mine = {f: _digest(os.path.join(tmp, f)) for f in files[_rank()::_world()]}
+    mine = {f: _digest(os.path.join(tmp, f)) for f in files[_rank() :: _world()]}
     entries = {k: v for part in _gather(mine) for k, v in part.items()}
     if _rank() == 0:
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
@@ -119,8 +120,9 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
     return full if full and os.path.isfile(os.path.join(full, "trainer.json")) else None
 
 
-def save(ckpt_dir: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         trainer_state: dict, keep: int) -> str:
+def save(
+    ckpt_dir: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict, keep: int
+) -> str:
     """Collective: every rank calls it. Returns the checkpoint's path."""
     return save_with(ckpt_dir, step, lambda tmp: _dcp_save(tmp, model, optimizer), trainer_state, keep)
 
@@ -147,8 +149,10 @@ def _agree_on_failure(failure: str | None, tmp: str) -> None:
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
-    raise StorageError(f"{failure}. The temporary {os.path.basename(tmp)} was removed; earlier checkpoints and "
-                       "'latest' are untouched: free space (or fix the permissions) and relaunch to resume")
+    raise StorageError(
+        f"{failure}. The temporary {os.path.basename(tmp)} was removed; earlier checkpoints and "
+        "'latest' are untouched: free space (or fix the permissions) and relaunch to resume"
+    )
 
 
 def _attempt(fn, what: str, need: int | None, directory: str) -> str | None:
@@ -180,8 +184,11 @@ def save_with(ckpt_dir: str, step: int, write_state, trainer_state: dict, keep: 
         free = free_bytes(ckpt_dir)
         if free is not None and free < need:
             _warned_short = True
-            print(f"warning: {human(free)} free under {ckpt_dir}, the last checkpoint took {human(need)}: "
-                  f"the save of step {step} will probably fail", flush=True)
+            print(
+                f"warning: {human(free)} free under {ckpt_dir}, the last checkpoint took {human(need)}: "
+                f"the save of step {step} will probably fail",
+                flush=True,
+            )
 
     def prepare() -> None:
         os.makedirs(ckpt_dir, exist_ok=True)
@@ -224,8 +231,9 @@ def _dcp_load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimize
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with quiet_single_process():
         dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)  # in place
-    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
-                   options=StateDictOptions(strict=True))
+    set_state_dict(
+        model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=StateDictOptions(strict=True)
+    )
 
 
 def read_trainer_state(path: str) -> dict:
@@ -243,6 +251,7 @@ def load_with(path: str, read_state) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- verification
+
 
 def step_dirs(ckpt_dir: str) -> list[str]:
     """The complete checkpoints (renamed ``step_XXXXXXXX`` folders) under ``ckpt_dir``, newest first."""
@@ -277,7 +286,7 @@ def verify(step_dir: str, share: tuple[int, int] = (0, 1)) -> str | None:
             size = os.path.getsize(path)
             how = "truncated" if size < files[name]["size"] else "changed"
             return f"{name} {how}: {size:,} bytes, the manifest says {files[name]['size']:,}"
-    for name in names[share[0]::share[1]]:
+    for name in names[share[0] :: share[1]]:
         if _digest(os.path.join(step_dir, name))["sha256"] != files[name]["sha256"]:
             return f"{name} does not match its sha256 in {MANIFEST} (corrupted)"
     return _trainer_json_problem(step_dir)
@@ -323,8 +332,10 @@ def resume_point(ckpt_dir: str, log=print) -> str | None:
         bad.append((path, problem))
     if bad:
         listing = "; ".join(f"{os.path.basename(b)}: {why}" for b, why in bad)
-        raise CheckpointError(f"no intact checkpoint in {ckpt_dir} ({listing}); restore one from a copy, or start "
-                              "over with a new run_dir (or checkpoint.resume=false, which overwrites them)")
+        raise CheckpointError(
+            f"no intact checkpoint in {ckpt_dir} ({listing}); restore one from a copy, or start "
+            "over with a new run_dir (or checkpoint.resume=false, which overwrites them)"
+        )
     return None
 
 

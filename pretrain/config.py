@@ -129,17 +129,27 @@ class RunConfig:
         ep = self.parallel.ep
         if self.engine == "deepspeed":
             self.deepspeed.validate("deepspeed.")
-            check(ep == 1, "parallel.ep", ep,
-                  "engine=deepspeed runs MoL experts unsplit (ep=1): DeepSpeed's own MoE cannot run under ZeRO-3. "
-                  "Use engine=fsdp2 for expert parallelism")
+            check(
+                ep == 1,
+                "parallel.ep",
+                ep,
+                "engine=deepspeed runs MoL experts unsplit (ep=1): DeepSpeed's own MoE cannot run under ZeRO-3. "
+                "Use engine=fsdp2 for expert parallelism",
+            )
         check(ep >= 1, "parallel.ep", ep, "must be >= 1")
-        check(self.parallel.precision in ("auto", "bf16", "fp32"), "parallel.precision", self.parallel.precision,
-              "allowed: auto, bf16, fp32")
+        check(
+            self.parallel.precision in ("auto", "bf16", "fp32"),
+            "parallel.precision",
+            self.parallel.precision,
+            "allowed: auto, bf16, fp32",
+        )
         if ep > 1:
             mol = self.model.mol
             check(bool(mol.groups), "parallel.ep", ep, "> 1 needs MoL experts (model.mol.groups is empty)")
             check(mol.num_experts % ep == 0, "parallel.ep", ep, f"must divide model.mol.num_experts={mol.num_experts}")
-            check(mol.grouped, "parallel.ep", ep, "> 1 needs model.mol.grouped=true (the reference path is single-device)")
+            check(
+                mol.grouped, "parallel.ep", ep, "> 1 needs model.mol.grouped=true (the reference path is single-device)"
+            )
         return self
 
     def accumulation_steps(self, seq_len: int, world_size: int) -> int:
@@ -150,9 +160,11 @@ class RunConfig:
             raise ConfigError(
                 f"train.global_batch_tokens={self.train.global_batch_tokens}: at seq_len {seq_len} that is {samples} "
                 f"samples, not a multiple of train.micro_batch_size x world size = {per_step}"
-                + (f" (a train.micro_batch_size dividing {samples // world_size}, the samples per rank, fits)"
-                   if samples >= world_size and samples % world_size == 0
-                   else f" (the samples do not split evenly over {world_size} ranks)")
+                + (
+                    f" (a train.micro_batch_size dividing {samples // world_size}, the samples per rank, fits)"
+                    if samples >= world_size and samples % world_size == 0
+                    else f" (the samples do not split evenly over {world_size} ranks)"
+                )
             )
         return samples // per_step
 
@@ -229,8 +241,9 @@ def load_config(path: str | None, overrides: Sequence[str] = ()) -> RunConfig:
                 what = " ".join(str(getattr(e, "problem", None) or e).split())
                 raise ConfigError(f"{where}: not valid YAML ({what})") from None
         if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: a YAML mapping of sections (model:, train:, …) expected, "
-                              f"found a {type(doc).__name__}")
+            raise ConfigError(
+                f"{path}: a YAML mapping of sections (model:, train:, …) expected, found a {type(doc).__name__}"
+            )
     for item in overrides:
         keys, value = _parse_override(item)
         node = doc

@@ -54,8 +54,11 @@ def load_hardware(name: str, path: str = DEFAULT_FILE, mfu: float | None = None)
     entry = table[name] or {}
     unknown, missing = set(entry) - known, known - set(entry)
     if unknown or missing:
-        raise ConfigError(f"hardware {name} in {path}: unknown keys {sorted(unknown)}, missing {sorted(missing)}"
-                          if unknown else f"hardware {name} in {path}: missing keys {sorted(missing)}")
+        raise ConfigError(
+            f"hardware {name} in {path}: unknown keys {sorted(unknown)}, missing {sorted(missing)}"
+            if unknown
+            else f"hardware {name} in {path}: missing keys {sorted(missing)}"
+        )
     if mfu is not None:
         entry = {**entry, "mfu": mfu}
     return Hardware(name=name, **entry).validate()
@@ -66,8 +69,12 @@ def wire_bytes(kind: str, n: int, in_bytes: float, out_bytes: float) -> float:
     if n <= 1:
         return 0.0
     share = (n - 1) / n
-    return {"all_gather": out_bytes * share, "reduce_scatter": in_bytes * share, "all_reduce": 2 * in_bytes * share,
-            "all_to_all": in_bytes * share}.get(kind, in_bytes)
+    return {
+        "all_gather": out_bytes * share,
+        "reduce_scatter": in_bytes * share,
+        "all_reduce": 2 * in_bytes * share,
+        "all_to_all": in_bytes * share,
+    }.get(kind, in_bytes)
 
 
 def collective_seconds(hw: Hardware, kind: str, n: int, inter_node: bool, in_bytes: float, out_bytes: float) -> float:
@@ -82,5 +89,9 @@ def step_seconds(hw: Hardware, flops: float, recompute: bool, fsdp_s: float, blo
     """Compute time (with the recompute of activation checkpointing), the step time and what bounds it."""
     compute = flops * (4 / 3 if recompute else 1) / (hw.peak_tflops * 1e12 * hw.mfu)
     step = max(compute, fsdp_s) + blocking_s
-    return {"compute_s": compute, "step_s": step, "mfu": flops / (step * hw.peak_tflops * 1e12),
-            "bound": "compute" if compute >= fsdp_s else "fsdp_comm"}
+    return {
+        "compute_s": compute,
+        "step_s": step,
+        "mfu": flops / (step * hw.peak_tflops * 1e12),
+        "bound": "compute" if compute >= fsdp_s else "fsdp_comm",
+    }

@@ -73,8 +73,12 @@ class MLMConfig:
         for name in ("mask_token_prob", "random_token_prob"):
             check(0.0 <= getattr(self, name) <= 1.0, prefix + name, getattr(self, name), "must be in [0, 1]")
         total = self.mask_token_prob + self.random_token_prob
-        check(total <= 1.0, f"{prefix}mask_token_prob", self.mask_token_prob,
-              f"{prefix}mask_token_prob + {prefix}random_token_prob = {total}: must be <= 1")
+        check(
+            total <= 1.0,
+            f"{prefix}mask_token_prob",
+            self.mask_token_prob,
+            f"{prefix}mask_token_prob + {prefix}random_token_prob = {total}: must be <= 1",
+        )
 
 
 @dataclass
@@ -110,7 +114,9 @@ class LoaderConfig(DataConfig):
     @classmethod
     def of(cls, data: DataConfig, micro_batch_size: int, **kw) -> "LoaderConfig":
         """The loader of a run's ``data:`` section (its fields shared, not copied by hand)."""
-        return cls(**{f.name: getattr(data, f.name) for f in fields(DataConfig)}, micro_batch_size=micro_batch_size, **kw)
+        return cls(
+            **{f.name: getattr(data, f.name) for f in fields(DataConfig)}, micro_batch_size=micro_batch_size, **kw
+        )
 
     def validate(self, prefix: str = "") -> None:
         super().validate(prefix)
@@ -183,8 +189,11 @@ class SampleOrder:
     def _perm(self, shard: int, count: int) -> np.ndarray:
         perm = self._perms.get(shard)
         if perm is None:
-            perm = (np.random.default_rng(_seed_words(self.seed, self.epoch, shard, 1)).permutation(count)
-                    if self.shuffle else np.arange(count))
+            perm = (
+                np.random.default_rng(_seed_words(self.seed, self.epoch, shard, 1)).permutation(count)
+                if self.shuffle
+                else np.arange(count)
+            )
             self._perms[shard] = perm
             if len(self._perms) > _OPEN_SHARDS_PER_WORKER:
                 self._perms.popitem(last=False)
@@ -228,7 +237,9 @@ class MLMMasker:
         return out, pos, labels
 
 
-def collate(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], sample_ids: list[tuple[int, int]]) -> dict:
+def collate(
+    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], sample_ids: list[tuple[int, int]]
+) -> dict:
     """Masked samples (ids, doc_lens, target positions, labels) → one unpadded batch."""
     ids, seg_lens, positions, labels = [], [], [], []
     offset = 0
@@ -367,8 +378,13 @@ class PretrainLoader:
             ds = _EpochBatches(self, self._epoch, self._batch, self.batches_per_epoch)
             if self.cfg.num_workers:
                 _register_exit_hook()
-            dl = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory,
-                            worker_init_fn=ignore_stop_signals if self.cfg.num_workers else None)
+            dl = DataLoader(
+                ds,
+                batch_size=None,
+                num_workers=self.cfg.num_workers,
+                pin_memory=self.cfg.pin_memory,
+                worker_init_fn=ignore_stop_signals if self.cfg.num_workers else None,
+            )
             for batch in dl:
                 if generation != self._generation:
                     raise RuntimeError("PretrainLoader: state was loaded after this iterator was created; iterate anew")
@@ -449,49 +465,77 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_prep.tokenizer import Tokenizer
 
-    p = argparse.ArgumentParser(prog="python -m pretrain.data", description=main.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pretrain.data", description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("data_dir", help="a shard directory or a URL prefix (https://…, s3://…, pipe:CMD {} …)")
     p.add_argument("--cache-dir", default="", help="shard cache for a URL (default: ~/.cache/modernalbert/shards/…)")
     p.add_argument("--split", default="train")
     p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--world-size", type=int, default=1, help="pretend this many data-parallel ranks (rank 0 shown)")
     p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip checking every shard (sha256, tar layout, sample count against index.json)")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip checking every shard (sha256, tar layout, sample count against index.json)",
+    )
     p.add_argument("--verify-threads", type=int, default=4, help="shards hashed in parallel")
     a = p.parse_args(argv)
     try:
         index = load_index(a.data_dir)
         if not a.no_verify:
             total = sum(len(v) for v in index.splits.values())
-            bad = verify_build(a.data_dir, a.verify_threads, log=lambda m: print(m, file=sys.stderr),
-                               cache_dir=a.cache_dir, index=index)
+            bad = verify_build(
+                a.data_dir,
+                a.verify_threads,
+                log=lambda m: print(m, file=sys.stderr),
+                cache_dir=a.cache_dir,
+                index=index,
+            )
             if bad:
-                print(f"error: {len(bad)} of {total} shards in {a.data_dir} failed verification; rebuild them with "
-                      "data_prep/build_shards.py and the build's arguments (index.json: build_args)", file=sys.stderr)
+                print(
+                    f"error: {len(bad)} of {total} shards in {a.data_dir} failed verification; rebuild them with "
+                    "data_prep/build_shards.py and the build's arguments (index.json: build_args)",
+                    file=sys.stderr,
+                )
                 return 1
-            print(f"verified: {total} shards ({', '.join(f'{s} {len(v)}' for s, v in sorted(index.splits.items()))}) "
-                  "match index.json")
-        loader = PretrainLoader(LoaderConfig(a.data_dir, a.micro_batch_size, split=a.split, num_workers=a.num_workers,
-                                             cache_dir=a.cache_dir), rank=0, world_size=a.world_size)
+            print(
+                f"verified: {total} shards ({', '.join(f'{s} {len(v)}' for s, v in sorted(index.splits.items()))}) "
+                "match index.json"
+            )
+        loader = PretrainLoader(
+            LoaderConfig(
+                a.data_dir, a.micro_batch_size, split=a.split, num_workers=a.num_workers, cache_dir=a.cache_dir
+            ),
+            rank=0,
+            world_size=a.world_size,
+        )
         batch = next(iter(loader))
         tok = Tokenizer(tokenizer_path(a.data_dir, index, a.cache_dir))
     except (DataPrepError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     idx = loader.index
-    print(f"{a.data_dir} [{a.split}]: {loader.num_samples:,} samples in {len(idx.splits[a.split])} shards, "
-          f"seq_len {idx.seq_len}, vocab {idx.vocab_size:,}")
-    print(f"per epoch: {loader.batches_per_epoch:,} global batches of {loader.global_batch_samples} samples "
-          f"({loader.dropped_samples_per_epoch} dropped)")
-    print(f"batch 0 (rank 0): {batch['num_tokens']} tokens, {len(batch['cu_seqlens']) - 1} segments, "
-          f"max_seqlen {batch['max_seqlen']}, {len(batch['mlm_positions'])} MLM targets "
-          f"({len(batch['mlm_positions']) / batch['num_tokens']:.1%} of tokens)")
+    print(
+        f"{a.data_dir} [{a.split}]: {loader.num_samples:,} samples in {len(idx.splits[a.split])} shards, "
+        f"seq_len {idx.seq_len}, vocab {idx.vocab_size:,}"
+    )
+    print(
+        f"per epoch: {loader.batches_per_epoch:,} global batches of {loader.global_batch_samples} samples "
+        f"({loader.dropped_samples_per_epoch} dropped)"
+    )
+    print(
+        f"batch 0 (rank 0): {batch['num_tokens']} tokens, {len(batch['cu_seqlens']) - 1} segments, "
+        f"max_seqlen {batch['max_seqlen']}, {len(batch['mlm_positions'])} MLM targets "
+        f"({len(batch['mlm_positions']) / batch['num_tokens']:.1%} of tokens)"
+    )
     end = int(batch["cu_seqlens"][1])
     ids = batch["input_ids"][:end].tolist()
-    print("first segment as the model sees it:\n  " + " ".join(tok.id_to_token(i) for i in ids[:60])
-          + (" …" if len(ids) > 60 else ""))
+    print(
+        "first segment as the model sees it:\n  "
+        + " ".join(tok.id_to_token(i) for i in ids[:60])
+        + (" …" if len(ids) > 60 else "")
+    )
     return 0
 
 

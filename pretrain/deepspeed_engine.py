@@ -50,8 +50,9 @@ def _merge(base: dict, user: dict, prefix: str, changes: list[str]) -> dict:
     return out
 
 
-def build_config(ds: DeepSpeedConfig, micro_batch: int, accum: int, world: int, grad_clip: float,
-                 bf16: bool) -> tuple[dict, list[str]]:
+def build_config(
+    ds: DeepSpeedConfig, micro_batch: int, accum: int, world: int, grad_clip: float, bf16: bool
+) -> tuple[dict, list[str]]:
     """The generated DeepSpeed config with the user's JSON merged over it, and the list of changes."""
     cfg = {
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -74,8 +75,10 @@ def build_config(ds: DeepSpeedConfig, micro_batch: int, accum: int, world: int, 
         cfg = _merge(cfg, user, "", changes)
         bad = [c for c in changes if c.split(":")[0] in BATCH_KEYS]
         if bad:
-            raise ConfigError(f"deepspeed.config={ds.config!r} changes the batch geometry ({'; '.join(bad)}); "
-                              "set train.micro_batch_size / train.global_batch_tokens instead")
+            raise ConfigError(
+                f"deepspeed.config={ds.config!r} changes the batch geometry ({'; '.join(bad)}); "
+                "set train.micro_batch_size / train.global_batch_tokens instead"
+            )
     return cfg, changes
 
 
@@ -126,15 +129,20 @@ class DeepSpeedEngine:
         state = checkpoint.read_trainer_state(path)
         saved = state.get("world_size")
         if state.get("engine") != "deepspeed":
-            raise ConfigError(f"engine=deepspeed: {path} was written by engine={state.get('engine', 'fsdp2')!r}; "
-                              "resume it with that engine")
+            raise ConfigError(
+                f"engine=deepspeed: {path} was written by engine={state.get('engine', 'fsdp2')!r}; "
+                "resume it with that engine"
+            )
         if saved != world:
-            raise ConfigError(f"engine=deepspeed: {path} holds ZeRO partitions of {saved} ranks; resume it on "
-                              f"{saved} ranks (this run has {world})")
+            raise ConfigError(
+                f"engine=deepspeed: {path} holds ZeRO partitions of {saved} ranks; resume it on "
+                f"{saved} ranks (this run has {world})"
+            )
 
         def read(p: str) -> None:
-            load_path, _ = self.engine.load_checkpoint(os.path.dirname(p), tag=os.path.basename(p),
-                                                       load_optimizer_states=True, load_lr_scheduler_states=False)
+            load_path, _ = self.engine.load_checkpoint(
+                os.path.dirname(p), tag=os.path.basename(p), load_optimizer_states=True, load_lr_scheduler_states=False
+            )
             if load_path is None:
                 raise RuntimeError(f"DeepSpeed could not load {p}")
 

@@ -51,8 +51,12 @@ class DistillConfig:
     teacher_input: str = "clean"  # clean: the text before masking; masked: the student's (masked) input
 
     def validate(self, prefix: str = "distill.") -> None:
-        check(self.teacher_input in TEACHER_INPUTS, prefix + "teacher_input", self.teacher_input,
-              f"allowed: {', '.join(TEACHER_INPUTS)}")
+        check(
+            self.teacher_input in TEACHER_INPUTS,
+            prefix + "teacher_input",
+            self.teacher_input,
+            f"allowed: {', '.join(TEACHER_INPUTS)}",
+        )
         for name in ("hidden_weight", "pooled_weight", "kl_weight"):
             check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
         check(self.temperature > 0, f"{prefix}temperature", self.temperature, "must be > 0")
@@ -84,24 +88,39 @@ def init_layers(init_from: str, num_groups: int) -> list[int]:
 
 
 class Teacher:
-    def __init__(self, cfg: DistillConfig, student: ModelConfig, seq_len: int, device: torch.device,
-                 verbose: bool, init_from: str = "") -> None:
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        student: ModelConfig,
+        seq_len: int,
+        device: torch.device,
+        verbose: bool,
+        init_from: str = "",
+    ) -> None:
         try:
             info = read_teacher_config(cfg.teacher)
         except TeacherError as e:
             raise ConfigError(f"distill.teacher: {e}") from None
         if info.vocab_size != student.vocab_size:
-            raise ConfigError(f"distill.teacher: vocabulary {info.vocab_size} differs from the student's "
-                              f"{student.vocab_size}; build the shards with the teacher's tokenizer")
+            raise ConfigError(
+                f"distill.teacher: vocabulary {info.vocab_size} differs from the student's "
+                f"{student.vocab_size}; build the shards with the teacher's tokenizer"
+            )
         for name in ("hidden_weight", "pooled_weight"):
             if getattr(cfg, name) > 0 and info.hidden_size != student.hidden_size:
-                raise ConfigError(f"distill.{name}={getattr(cfg, name)}: the teacher's width {info.hidden_size} "
-                                  f"differs from the student's {student.hidden_size} (set it to 0)")
-        self.layers = list(cfg.layers) or init_layers(init_from, student.num_groups) or layer_map(
-            student.num_groups, info.num_layers)
+                raise ConfigError(
+                    f"distill.{name}={getattr(cfg, name)}: the teacher's width {info.hidden_size} "
+                    f"differs from the student's {student.hidden_size} (set it to 0)"
+                )
+        self.layers = (
+            list(cfg.layers)
+            or init_layers(init_from, student.num_groups)
+            or layer_map(student.num_groups, info.num_layers)
+        )
         if len(self.layers) != student.num_groups or not all(0 <= t < info.num_layers for t in self.layers):
-            raise ConfigError(f"distill.layers={list(cfg.layers)}: need {student.num_groups} teacher layers in "
-                              f"[0, {info.num_layers})")
+            raise ConfigError(
+                f"distill.layers={list(cfg.layers)}: need {student.num_groups} teacher layers in [0, {info.num_layers})"
+            )
         self.cfg, self.device = cfg, device
         self.kl_on = cfg.kl_weight > 0 and info.has_mlm_head
         from transformers import AutoModel, AutoModelForMaskedLM
@@ -115,18 +134,20 @@ class Teacher:
         self.model.requires_grad_(False)
         max_pos = getattr(self.model.config, "max_position_embeddings", None)
         if max_pos is not None and seq_len > max_pos:
-            raise ConfigError(f"distill.teacher: samples of {seq_len} tokens exceed the teacher's "
-                              f"{max_pos} positions")
+            raise ConfigError(f"distill.teacher: samples of {seq_len} tokens exceed the teacher's {max_pos} positions")
         if verbose:
-            kl = ("on" if self.kl_on else "off (the teacher has no MLM head)" if cfg.kl_weight > 0 else "off")
-            print(f"distill: {info.family} teacher {cfg.teacher} ({type(self.model).__name__}), student group -> "
-                  f"teacher layer {self.layers}; hidden-state cosine weight {cfg.hidden_weight}; "
-                  f"pooled-embedding cosine weight {cfg.pooled_weight}; "
-                  f"logit KL {kl} (tau {cfg.temperature})")
+            kl = "on" if self.kl_on else "off (the teacher has no MLM head)" if cfg.kl_weight > 0 else "off"
+            print(
+                f"distill: {info.family} teacher {cfg.teacher} ({type(self.model).__name__}), student group -> "
+                f"teacher layer {self.layers}; hidden-state cosine weight {cfg.hidden_weight}; "
+                f"pooled-embedding cosine weight {cfg.pooled_weight}; "
+                f"logit KL {kl} (tau {cfg.temperature})"
+            )
 
     @torch.no_grad()
-    def run(self, input_ids_T: torch.Tensor, cu_seqlens: torch.Tensor, mlm_positions: torch.Tensor
-            ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    def run(
+        self, input_ids_T: torch.Tensor, cu_seqlens: torch.Tensor, mlm_positions: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
         """Teacher hidden states at the mapped layers ([T, d] each), masked-token logits [M, V] (or None) and
         each document's mean-pooled last hidden state [N, d] (or None when ``pooled_weight`` is 0)."""
         cu = cu_seqlens.long()
@@ -163,4 +184,4 @@ def kl_sum(student_MV: torch.Tensor, teacher_MV: torch.Tensor, temperature: floa
     """Σ over masked tokens of τ²·KL(softmax(teacher/τ) || softmax(student/τ))."""
     t = F.log_softmax(teacher_MV / temperature, dim=-1)
     s = F.log_softmax(student_MV.float() / temperature, dim=-1)
-    return (t.exp() * (t - s)).sum() * temperature ** 2
+    return (t.exp() * (t - s)).sum() * temperature**2

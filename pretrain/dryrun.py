@@ -104,8 +104,15 @@ def probe_batches(cfg: RunConfig, tokens: int):
     while True:
         ids = torch.randint(5, cfg.model.vocab_size, (tokens,), generator=g)
         pos = torch.randperm(tokens, generator=g)[:masked].sort().values
-        yield {"input_ids": ids, "cu_seqlens": torch.tensor([0, tokens], dtype=torch.int32), "max_seqlen": tokens,
-               "mlm_positions": pos, "mlm_labels": ids[pos], "num_tokens": tokens, "position": (0, i)}
+        yield {
+            "input_ids": ids,
+            "cu_seqlens": torch.tensor([0, tokens], dtype=torch.int32),
+            "max_seqlen": tokens,
+            "mlm_positions": pos,
+            "mlm_labels": ids[pos],
+            "num_tokens": tokens,
+            "position": (0, i),
+        }
         i += 1
 
 
@@ -121,14 +128,17 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     training step sets them to None after the step: then counted as the parameters' shape and dtype, which they
     have) and AdamW state; and the number of parameters (global sizes: DTensor.numel is global).
     ``benchmarks/bench_memory.py`` counts with it too."""
+
     def nbytes(t: torch.Tensor) -> int:
         return _local(t).numel() * _local(t).element_size()
 
     params = [p for p in model.parameters() if p.requires_grad]
-    return {"params": sum(nbytes(p) for p in params),
-            "grads": sum(nbytes(p.grad if p.grad is not None else p) for p in params),
-            "optimizer": sum(nbytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)),
-            "unique_params": sum(p.numel() for p in params)}
+    return {
+        "params": sum(nbytes(p) for p in params),
+        "grads": sum(nbytes(p.grad if p.grad is not None else p) for p in params),
+        "optimizer": sum(nbytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)),
+        "unique_params": sum(p.numel() for p in params),
+    }
 
 
 class SavedActivations:
@@ -163,8 +173,9 @@ def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, 
     held, saved and sent. Needs the process group (simulated or real) to be initialised."""
     from pretrain.train import Runtime, Trainer
 
-    rt = Runtime(index=None, device=torch.device("cpu"), rank=rank, world=world, accum=accum, init_state=None,
-                 seq_len=seq_len)
+    rt = Runtime(
+        index=None, device=torch.device("cpu"), rank=rank, world=world, accum=accum, init_state=None, seq_len=seq_len
+    )
     trainer = Trainer(cfg, rt, preemption=None, fill=cheap_fill, with_data=False)
     probes = []
     backward = trainer.engine.backward
@@ -182,9 +193,15 @@ def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, 
             trainer.step(probe_batches(cfg, tokens), count_load=False)
         LEDGER.on = False  # the metrics' read below happens on log steps only: not part of a step's collectives
         record = trainer.flush()[-1][0]
-        probes.append({"tokens": tokens, "micro_batches": micro, "loss": record["loss"],
-                       "activations": max(saved.per_micro),
-                       "collectives": [(c.kind, list(c.ranks), c.in_bytes, c.out_bytes) for c in LEDGER.records]})
+        probes.append(
+            {
+                "tokens": tokens,
+                "micro_batches": micro,
+                "loss": record["loss"],
+                "activations": max(saved.per_micro),
+                "collectives": [(c.kind, list(c.ranks), c.in_bytes, c.out_bytes) for c in LEDGER.records],
+            }
+        )
     trainer.engine.backward, rt.accum = backward, accum
     return {"state": state_bytes(trainer.model, trainer.engine.optimizer), "probes": probes}
 
@@ -216,10 +233,12 @@ def extrapolate(probes: list[dict], tokens: int, micro_batches: int) -> tuple[li
         per_micro = [m - b for m, b in zip(bm[key], b0[key])]
         slope = [(t - b) / dt for t, b in zip(bt[key], b0[key])]
         per_step = [b - m for b, m in zip(b0[key], per_micro)]
-        count, in_b, out_b = (c + micro_batches * (m + s * (tokens - t0))
-                              for c, m, s in zip(per_step, per_micro, slope))
-        rows.append({"kind": key[0], "ranks": list(key[1]), "count": round(count), "in_bytes": in_b,
-                     "out_bytes": out_b})
+        count, in_b, out_b = (
+            c + micro_batches * (m + s * (tokens - t0)) for c, m, s in zip(per_step, per_micro, slope)
+        )
+        rows.append(
+            {"kind": key[0], "ranks": list(key[1]), "count": round(count), "in_bytes": in_b, "out_bytes": out_b}
+        )
     acts = base["activations"] + (more_tokens["activations"] - base["activations"]) * (tokens - t0) / dt
     return rows, acts
 
@@ -235,13 +254,21 @@ def summarize(collectives: list[dict], hw: cost_model.Hardware, gpus_per_node: i
         row["bytes"] += c["in_bytes"]
         row["wire_bytes"] += cost_model.wire_bytes(c["kind"], n, c["in_bytes"], c["out_bytes"])
         # priced per call (latency each time), on the group's mean payload
-        row["seconds"] += k * cost_model.collective_seconds(hw, c["kind"], n, inter, c["in_bytes"] / k,
-                                                            c["out_bytes"] / k)
+        row["seconds"] += k * cost_model.collective_seconds(
+            hw, c["kind"], n, inter, c["in_bytes"] / k, c["out_bytes"] / k
+        )
     return [{"kind": k, "scope": s, "group_size": n, **v} for (k, s, n), v in sorted(rows.items())]
 
 
-def plan(cfg: RunConfig, world: int, gpus_per_node: int, seq_len: int, hw: cost_model.Hardware,
-         probe_tokens: int, measured: dict) -> dict:
+def plan(
+    cfg: RunConfig,
+    world: int,
+    gpus_per_node: int,
+    seq_len: int,
+    hw: cost_model.Hardware,
+    probe_tokens: int,
+    measured: dict,
+) -> dict:
     """The report: memory per GPU, collectives per step, FLOPs and the predicted step (cost model)."""
     from model.flops import TrainingFlops
 
@@ -254,8 +281,14 @@ def plan(cfg: RunConfig, world: int, gpus_per_node: int, seq_len: int, hw: cost_
     gathers = [out_b for kind, _, _, out_b in base if kind == "all_gather"]
     scatters = [in_b for kind, _, in_b, _ in base if kind == "reduce_scatter"]
     transient = 2 * max(gathers, default=0) + max(scatters, default=0)
-    memory = {"params": state["params"], "grads": state["grads"], "optimizer": state["optimizer"],
-              "gathered_units": transient, "activations": acts, "reserved": hw.reserved_gb * cost_model.GB}
+    memory = {
+        "params": state["params"],
+        "grads": state["grads"],
+        "optimizer": state["optimizer"],
+        "gathered_units": transient,
+        "activations": acts,
+        "reserved": hw.reserved_gb * cost_model.GB,
+    }
     memory["total"] = sum(memory.values())
     cu = torch.arange(cfg.train.micro_batch_size + 1, dtype=torch.int32) * seq_len  # one document per sample
     masked = round(cfg.data.mlm.mask_prob * micro_tokens)
@@ -266,17 +299,31 @@ def plan(cfg: RunConfig, world: int, gpus_per_node: int, seq_len: int, hw: cost_
     step = cost_model.step_seconds(hw, flops, cfg.parallel.activation_checkpointing, fsdp_s, ep_s + other_s)
     tokens_per_rank = micro_tokens * accum
     return {
-        "world_size": world, "gpus_per_node": gpus_per_node, "nodes": -(-world // gpus_per_node),
+        "world_size": world,
+        "gpus_per_node": gpus_per_node,
+        "nodes": -(-world // gpus_per_node),
         "hardware": hw.name,
-        "unique_params": state["unique_params"], "ep": cfg.parallel.ep, "seq_len": seq_len,
-        "micro_batch_size": cfg.train.micro_batch_size, "accumulation_steps": accum,
-        "global_batch_tokens": tokens_per_rank * world, "precision": "bf16" if _bf16(cfg) else "fp32",
-        "activation_checkpointing": cfg.parallel.activation_checkpointing, "probe_tokens": probe_tokens,
+        "unique_params": state["unique_params"],
+        "ep": cfg.parallel.ep,
+        "seq_len": seq_len,
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "accumulation_steps": accum,
+        "global_batch_tokens": tokens_per_rank * world,
+        "precision": "bf16" if _bf16(cfg) else "fp32",
+        "activation_checkpointing": cfg.parallel.activation_checkpointing,
+        "probe_tokens": probe_tokens,
         "probe_loss": measured["probes"][0]["loss"],
-        "memory_bytes": memory, "collectives": kinds, "flops_per_rank_step": flops,
-        "prediction": {**step, "fsdp_comm_s": fsdp_s, "ep_comm_s": ep_s, "other_comm_s": other_s,
-                       "tokens_per_s": tokens_per_rank * world / step["step_s"],
-                       "tokens_per_s_per_gpu": tokens_per_rank / step["step_s"]},
+        "memory_bytes": memory,
+        "collectives": kinds,
+        "flops_per_rank_step": flops,
+        "prediction": {
+            **step,
+            "fsdp_comm_s": fsdp_s,
+            "ep_comm_s": ep_s,
+            "other_comm_s": other_s,
+            "tokens_per_s": tokens_per_rank * world / step["step_s"],
+            "tokens_per_s_per_gpu": tokens_per_rank / step["step_s"],
+        },
     }
 
 
@@ -320,14 +367,19 @@ def format_report(r: dict) -> str:
         f"micro-batch(es) per rank and step, {r['global_batch_tokens']:,} tokens per step",
         "",
         "memory per GPU (GiB)",
-        *(f"  {k:<16}{m[k] / GIB:9.2f}" for k in ("params", "grads", "optimizer", "gathered_units", "activations",
-                                                  "reserved")),
+        *(
+            f"  {k:<16}{m[k] / GIB:9.2f}"
+            for k in ("params", "grads", "optimizer", "gathered_units", "activations", "reserved")
+        ),
         f"  {'total':<16}{m['total'] / GIB:9.2f}",
         "",
         "collectives per step (rank 0)",
         f"  {'kind':<15}{'scope':<7}{'ranks':>6}{'count':>7}{'MiB sent':>12}{'MiB on wire':>13}{'ms':>9}",
-        *(f"  {c['kind']:<15}{c['scope']:<7}{c['group_size']:>6}{c['count']:>7}{c['bytes'] / 2**20:>12.1f}"
-          f"{c['wire_bytes'] / 2**20:>13.1f}{1e3 * c['seconds']:>9.2f}" for c in r["collectives"]),
+        *(
+            f"  {c['kind']:<15}{c['scope']:<7}{c['group_size']:>6}{c['count']:>7}{c['bytes'] / 2**20:>12.1f}"
+            f"{c['wire_bytes'] / 2**20:>13.1f}{1e3 * c['seconds']:>9.2f}"
+            for c in r["collectives"]
+        ),
         "",
         f"FLOPs per rank and step: {r['flops_per_rank_step']:.3e}",
         f"predicted step: {p['step_s'] * 1e3:.1f} ms (compute {p['compute_s'] * 1e3:.1f}, FSDP comm "
@@ -337,8 +389,9 @@ def format_report(r: dict) -> str:
         f"MFU {100 * p['mfu']:.1f} %",
     ]
     if r.get("scaling_efficiency") is not None:
-        lines.append(f"scaling efficiency against 1 node ({r['gpus_per_node']} GPUs): "
-                     f"{100 * r['scaling_efficiency']:.1f} %")
+        lines.append(
+            f"scaling efficiency against 1 node ({r['gpus_per_node']} GPUs): {100 * r['scaling_efficiency']:.1f} %"
+        )
     lines.append(f"(dry run took {r['dry_run_seconds']:.1f} s; cost model: pretrain/configs/hardware.yaml)")
     return "\n".join(lines)
 
@@ -366,8 +419,9 @@ def _seq_len_and_vocab(cfg: RunConfig, seq_len: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain.dryrun", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pretrain.dryrun", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="YAML config (pretrain/configs/50m.yaml, 120m.yaml, …)")
     p.add_argument("--world-size", type=int, required=True, help="ranks (GPUs) of the planned job")
     p.add_argument("--gpus-per-node", type=int, default=8)
@@ -375,15 +429,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hardware-file", default=cost_model.DEFAULT_FILE)
     p.add_argument("--mfu", type=float, default=None, help="override the hardware's assumed MFU (cost model)")
     p.add_argument("--gpu-memory-gb", type=float, default=None, help="refuse above this (default: the hardware's)")
-    p.add_argument("--seq-len", type=int, default=None,
-                   help=f"tokens per sample (default: the shards' in data.dir, else {DEFAULT_SEQ_LEN})")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help=f"tokens per sample (default: the shards' in data.dir, else {DEFAULT_SEQ_LEN})",
+    )
     p.add_argument("--probe-tokens", type=int, default=16, help="stand-in micro-batch size (then twice that)")
     p.add_argument("--no-reference", action="store_true", help="skip the 1-node run for the scaling efficiency")
     p.add_argument("--json", help="also write the report here")
-    p.add_argument("--real", action="store_true",
-                   help="under torchrun: the same step on real gloo processes, collectives counted (a check)")
-    p.add_argument("--compare", metavar="REAL_JSON",
-                   help="check this dry run against a --real run's --json: state bytes and every collective")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="under torchrun: the same step on real gloo processes, collectives counted (a check)",
+    )
+    p.add_argument(
+        "--compare",
+        metavar="REAL_JSON",
+        help="check this dry run against a --real run's --json: state bytes and every collective",
+    )
     p.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     a = p.parse_args(argv)
     started = time.time()
@@ -392,8 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         hw = cost_model.load_hardware(a.hardware, a.hardware_file, mfu=a.mfu)
         seq_len = _seq_len_and_vocab(cfg, a.seq_len)
         if cfg.distill.teacher:
-            print("note: distill.teacher is not modelled (its forward and memory are not in the estimates)",
-                  file=sys.stderr)
+            print(
+                "note: distill.teacher is not modelled (its forward and memory are not in the estimates)",
+                file=sys.stderr,
+            )
             cfg.distill.teacher = ""
         if cfg.init_from:  # training takes the model config from there (the weights do not matter here)
             _init_config(cfg)
@@ -409,8 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         if not a.real and not a.no_reference and world > a.gpus_per_node:
             ref = _reference(a, world)
             if ref is not None:
-                report["scaling_efficiency"] = (report["prediction"]["tokens_per_s_per_gpu"]
-                                                / ref["prediction"]["tokens_per_s_per_gpu"])
+                report["scaling_efficiency"] = (
+                    report["prediction"]["tokens_per_s_per_gpu"] / ref["prediction"]["tokens_per_s_per_gpu"]
+                )
         report["dry_run_seconds"] = time.time() - started
         print(format_report(report), flush=True)
         if a.json:
@@ -425,11 +492,15 @@ def main(argv: list[str] | None = None) -> int:
         limit = a.gpu_memory_gb if a.gpu_memory_gb is not None else hw.memory_gb
         total = report["memory_bytes"]["total"] / cost_model.GB
         if total > limit:
-            biggest = max(("params", "grads", "optimizer", "gathered_units", "activations"),
-                          key=lambda k: report["memory_bytes"][k])
-            raise ConfigError(f"train.micro_batch_size={cfg.train.micro_batch_size}: predicted {total:.1f} GB per GPU "
-                              f"at world size {world} exceeds --gpu-memory-gb {limit:g} (largest part: {biggest}); "
-                              "lower it, or set parallel.activation_checkpointing=true")
+            biggest = max(
+                ("params", "grads", "optimizer", "gathered_units", "activations"),
+                key=lambda k: report["memory_bytes"][k],
+            )
+            raise ConfigError(
+                f"train.micro_batch_size={cfg.train.micro_batch_size}: predicted {total:.1f} GB per GPU "
+                f"at world size {world} exceeds --gpu-memory-gb {limit:g} (largest part: {biggest}); "
+                "lower it, or set parallel.activation_checkpointing=true"
+            )
     except (ConfigError, DataPrepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return exit_codes.USER_ERROR
@@ -440,11 +511,31 @@ def _reference(a: argparse.Namespace, world: int) -> dict | None:
     """The same dry run at one node (a fresh process: one process group per process), for scaling efficiency."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ref.json")
-        cmd = [sys.executable, "-m", "pretrain.dryrun", "--config", a.config, "--world-size", str(a.gpus_per_node),
-               "--gpus-per-node", str(a.gpus_per_node), "--hardware", a.hardware, "--hardware-file", a.hardware_file,
-               "--probe-tokens", str(a.probe_tokens), "--gpu-memory-gb", "1e9", "--no-reference", "--json", out,
-               *(["--mfu", str(a.mfu)] if a.mfu is not None else []),
-               *(["--seq-len", str(a.seq_len)] if a.seq_len else []), *a.overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pretrain.dryrun",
+            "--config",
+            a.config,
+            "--world-size",
+            str(a.gpus_per_node),
+            "--gpus-per-node",
+            str(a.gpus_per_node),
+            "--hardware",
+            a.hardware,
+            "--hardware-file",
+            a.hardware_file,
+            "--probe-tokens",
+            str(a.probe_tokens),
+            "--gpu-memory-gb",
+            "1e9",
+            "--no-reference",
+            "--json",
+            out,
+            *(["--mfu", str(a.mfu)] if a.mfu is not None else []),
+            *(["--seq-len", str(a.seq_len)] if a.seq_len else []),
+            *a.overrides,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:  # e.g. the global batch does not split over one node: no reference
             print(f"note: no 1-node reference ({(r.stderr.strip().splitlines() or ['?'])[-1]})", file=sys.stderr)
@@ -476,8 +567,11 @@ def _real(cfg: RunConfig, world: int, seq_len: int, probe_tokens: int, gpus_per_
 
 def compare(sim: dict, real: dict) -> list[str]:
     """Where a dry run's measurements differ from a real run's (``--real``): empty when they are equal."""
-    out = [f"state {k}: dry run {sim['state'][k]}, real {real['state'][k]}"
-           for k in sim["state"] if sim["state"][k] != real["state"].get(k)]
+    out = [
+        f"state {k}: dry run {sim['state'][k]}, real {real['state'][k]}"
+        for k in sim["state"]
+        if sim["state"][k] != real["state"].get(k)
+    ]
     if len(sim["probes"]) != len(real["probes"]):
         return [*out, f"probes: dry run {len(sim['probes'])}, real {len(real['probes'])}"]
     for i, (ps, pr) in enumerate(zip(sim["probes"], real["probes"])):
@@ -500,9 +594,15 @@ def rank_mean(per_rank: list[dict]) -> dict:
     out = {"state": per_rank[0]["state"], "probes": [], "per_rank": per_rank}
     for i, p0 in enumerate(per_rank[0]["probes"]):
         ps = [r["probes"][i] for r in per_rank]
-        rows = [(k, ranks, sum(p["collectives"][j][2] for p in ps) / len(ps),
-                 sum(p["collectives"][j][3] for p in ps) / len(ps))
-                for j, (k, ranks, _, _) in enumerate(p0["collectives"])]
+        rows = [
+            (
+                k,
+                ranks,
+                sum(p["collectives"][j][2] for p in ps) / len(ps),
+                sum(p["collectives"][j][3] for p in ps) / len(ps),
+            )
+            for j, (k, ranks, _, _) in enumerate(p0["collectives"])
+        ]
         out["probes"].append({**p0, "collectives": rows, "activations": sum(p["activations"] for p in ps) / len(ps)})
     return out
 

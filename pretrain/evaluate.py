@@ -31,15 +31,21 @@ class EvalConfig:
             check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
 
 
-def val_loader(data_dir: str, micro_batch_size: int, mlm: MLMConfig, rank: int, world: int,
-               **cache) -> PretrainLoader | None:
+def val_loader(
+    data_dir: str, micro_batch_size: int, mlm: MLMConfig, rank: int, world: int, **cache
+) -> PretrainLoader | None:
     """The validation loader, or None (with the reason printed on rank 0) when the data has no usable val split.
 
     ``cache``: ``cache_dir``/``cache_gb`` of ``LoaderConfig`` for a URL ``data_dir``.
     """
     try:
-        return PretrainLoader(LoaderConfig(data_dir, micro_batch_size, split="val", shuffle=False, num_workers=0,
-                                           epochs=1, mlm=mlm, **cache), rank, world)
+        return PretrainLoader(
+            LoaderConfig(
+                data_dir, micro_batch_size, split="val", shuffle=False, num_workers=0, epochs=1, mlm=mlm, **cache
+            ),
+            rank,
+            world,
+        )
     except DataPrepError as e:
         if rank == 0:
             print(f"validation skipped: {e}")

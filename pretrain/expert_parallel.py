@@ -57,11 +57,19 @@ class ExpertParallel(ParallelStyle):
             raise ValueError(f"parallel.ep={P}: must divide model.mol.num_experts={module.cfg.num_experts}")
         for name in EXPERT_PARAMS:
             full = getattr(module, name)
-            module.register_parameter(name, nn.Parameter(distribute_tensor(full.detach(), device_mesh, [Shard(0)]),
-                                                         requires_grad=full.requires_grad))
+            module.register_parameter(
+                name,
+                nn.Parameter(
+                    distribute_tensor(full.detach(), device_mesh, [Shard(0)]), requires_grad=full.requires_grad
+                ),
+            )
         # torch's stubs type the hooks as returning None; they return the replaced inputs/outputs
-        distribute_module(module.grouped_ffn, device_mesh, input_fn=self._dispatch,  # type: ignore[arg-type]
-                          output_fn=self._combine)  # type: ignore[arg-type]
+        distribute_module(
+            module.grouped_ffn,
+            device_mesh,
+            input_fn=self._dispatch,  # type: ignore[arg-type]
+            output_fn=self._combine,  # type: ignore[arg-type]
+        )
         return module
 
     def _dispatch(self, module: nn.Module, inputs: tuple, mesh: DeviceMesh) -> tuple:
@@ -93,8 +101,7 @@ class ExpertParallel(ParallelStyle):
         return y_ND.new_zeros(shape).index_add_(0, tok_N, y_ND * w_N[:, None])
 
 
-def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh, groups: list[int] | None = None
-                          ) -> list[nn.Parameter]:
+def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh, groups: list[int] | None = None) -> list[nn.Parameter]:
     """``ExpertParallel`` on the MoL layers of ``groups`` (all by default); returns their expert parameters.
 
     Every rank must hold the same full expert weights when this is called (same seed, or loaded).

@@ -1,10 +1,10 @@
 """Fault injection for the tests of the failure paths (debug switches; all off unless set).
 
-    MODERNALBERT_KILL_AFTER_STEP=N    SIGKILL this process after step N (and its checkpoint, if any)
-    MODERNALBERT_KILL_DURING_SAVE=N   SIGKILL while the checkpoint of step N is half written
-    MODERNALBERT_NAN_AT_STEP=N        make the loss of step N NaN
-    MODERNALBERT_ENOSPC_AT_SAVE=N:R   rank R's write of checkpoint N fails as on a full disk (where the
-                                      tests cannot mount a small tmpfs: they need root for that)
+MODERNALBERT_KILL_AFTER_STEP=N    SIGKILL this process after step N (and its checkpoint, if any)
+MODERNALBERT_KILL_DURING_SAVE=N   SIGKILL while the checkpoint of step N is half written
+MODERNALBERT_NAN_AT_STEP=N        make the loss of step N NaN
+MODERNALBERT_ENOSPC_AT_SAVE=N:R   rank R's write of checkpoint N fails as on a full disk (where the
+                                  tests cannot mount a small tmpfs: they need root for that)
 """
 
 from __future__ import annotations

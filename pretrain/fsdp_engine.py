@@ -14,8 +14,9 @@ from pretrain.parallelize import Parallelism
 
 
 class FSDPEngine:
-    def __init__(self, model: ModernAlbertForMaskedLM, par: Parallelism, optimizer: torch.optim.Optimizer,
-                 grad_clip: float) -> None:
+    def __init__(
+        self, model: ModernAlbertForMaskedLM, par: Parallelism, optimizer: torch.optim.Optimizer, grad_clip: float
+    ) -> None:
         self.module, self.par, self.optimizer, self.grad_clip = model, par, optimizer, grad_clip
 
     def __call__(self, **inputs):

@@ -48,9 +48,14 @@ class TrainJob:
 
         env = submitit.JobEnvironment()
         host = "127.0.0.1" if env.cluster in ("local", "debug") else env.hostnames[0]
-        os.environ.update(MASTER_ADDR=host, MASTER_PORT=str(20000 + zlib.crc32(str(env.job_id).encode()) % 20000),
-                          RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank),
-                          WORLD_SIZE=str(env.num_tasks), LOCAL_WORLD_SIZE=str(env.num_tasks // max(1, env.num_nodes)))
+        os.environ.update(
+            MASTER_ADDR=host,
+            MASTER_PORT=str(20000 + zlib.crc32(str(env.job_id).encode()) % 20000),
+            RANK=str(env.global_rank),
+            LOCAL_RANK=str(env.local_rank),
+            WORLD_SIZE=str(env.num_tasks),
+            LOCAL_WORLD_SIZE=str(env.num_tasks // max(1, env.num_nodes)),
+        )
         usr_sig = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)  # USR2 unless SUBMITIT_PREEMPT_SIGNAL
         submitit_handler = signal.getsignal(usr_sig)
         cfg = load_config(self.config, self.overrides)
@@ -79,24 +84,46 @@ def dry_run(a: argparse.Namespace, world: int) -> None:
     """The job's dry run (its own process: it starts a simulated process group); its error line if it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         plan = os.path.join(tmp, "plan.json")
-        cmd = [sys.executable, "-m", "pretrain.dryrun", "--config", a.config, "--world-size", str(world),
-               "--gpus-per-node", str(a.tasks_per_node), "--gpu-memory-gb", str(a.gpu_memory_gb), "--no-reference",
-               "--json", plan, *a.overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pretrain.dryrun",
+            "--config",
+            a.config,
+            "--world-size",
+            str(world),
+            "--gpus-per-node",
+            str(a.tasks_per_node),
+            "--gpu-memory-gb",
+            str(a.gpu_memory_gb),
+            "--no-reference",
+            "--json",
+            plan,
+            *a.overrides,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             lines = [x for x in r.stderr.strip().splitlines() if x.startswith("error: ")]
-            raise ConfigError(lines[-1][len("error: "):] if lines else f"the dry run failed:\n{r.stderr[-2000:]}")
+            raise ConfigError(lines[-1][len("error: ") :] if lines else f"the dry run failed:\n{r.stderr[-2000:]}")
         with open(plan, encoding="utf-8") as f:
             total = json.load(f)["memory_bytes"]["total"]
-    print(f"dry run: {world} ranks, predicted memory per GPU {total / 2**30:.2f} GiB "
-          "(python -m pretrain.dryrun shows the whole plan)", flush=True)
+    print(
+        f"dry run: {world} ranks, predicted memory per GPU {total / 2**30:.2f} GiB "
+        "(python -m pretrain.dryrun shows the whole plan)",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain.launch", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cluster", choices=("local", "slurm", "debug"), default="local",
-                   help="local: processes on this machine; slurm: sbatch; debug: in this process")
+    p = argparse.ArgumentParser(
+        prog="python -m pretrain.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--cluster",
+        choices=("local", "slurm", "debug"),
+        default="local",
+        help="local: processes on this machine; slurm: sbatch; debug: in this process",
+    )
     p.add_argument("--config", required=True, help="YAML config (pretrain/configs/*.yaml)")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--tasks-per-node", type=int, default=1, help="processes per node (one per GPU)")
@@ -108,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--signal-delay-s", type=int, default=120, help="preemption signal this long before the time limit")
     p.add_argument("--max-requeues", type=int, default=3, help="timeouts tolerated before giving up")
     p.add_argument("--no-wait", action="store_true", help="return after submitting (slurm never waits)")
-    p.add_argument("--gpu-memory-gb", type=float, default=80,
-                   help="slurm: the dry run (python -m pretrain.dryrun) refuses a job predicted above this per GPU")
+    p.add_argument(
+        "--gpu-memory-gb",
+        type=float,
+        default=80,
+        help="slurm: the dry run (python -m pretrain.dryrun) refuses a job predicted above this per GPU",
+    )
     p.add_argument("--no-dry-run", action="store_true", help="slurm: submit without the dry run's memory check")
     p.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     a = p.parse_args(argv)
@@ -121,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         world = a.nodes * a.tasks_per_node
         check_world(cfg, world, index.seq_len, a.tasks_per_node)  # the dry run's checks: ep, global batch
         if a.cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
-            raise ConfigError("--cluster slurm: no sbatch/srun on this machine's PATH; submit from a SLURM login "
-                              "node, or run here with --cluster local")
+            raise ConfigError(
+                "--cluster slurm: no sbatch/srun on this machine's PATH; submit from a SLURM login "
+                "node, or run here with --cluster local"
+            )
         if a.cluster == "slurm" and not a.no_dry_run:
             dry_run(a, world)
     except (ConfigError, DataPrepError) as e:
@@ -137,11 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     folder = os.path.join(cfg.run_dir, "submitit")
     executor = submitit.AutoExecutor(folder=folder, cluster=a.cluster, slurm_max_num_timeout=a.max_requeues)
     gpus = a.gpus_per_node if a.gpus_per_node is not None else (a.tasks_per_node if a.cluster == "slurm" else 0)
-    params = dict(name=f"modernalbert-{os.path.basename(os.path.abspath(cfg.run_dir))}", nodes=a.nodes,
-                  tasks_per_node=a.tasks_per_node, timeout_min=a.timeout_min)
+    params = dict(
+        name=f"modernalbert-{os.path.basename(os.path.abspath(cfg.run_dir))}",
+        nodes=a.nodes,
+        tasks_per_node=a.tasks_per_node,
+        timeout_min=a.timeout_min,
+    )
     if a.cluster == "slurm":
-        params.update(gpus_per_node=gpus, slurm_signal_delay_s=a.signal_delay_s,
-                      slurm_additional_parameters={"requeue": True})
+        params.update(
+            gpus_per_node=gpus, slurm_signal_delay_s=a.signal_delay_s, slurm_additional_parameters={"requeue": True}
+        )
         if a.cpus_per_task:
             params["cpus_per_task"] = a.cpus_per_task
         if a.partition:
@@ -154,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # sbatch refused the job (partition, account, limits): its message says why
         print(f"error: submitting to {a.cluster} failed: {' '.join(str(e).split())[:1000]}", file=sys.stderr)
         return 1
-    print(f"submitted job {job.job_id} ({a.cluster}, {a.nodes} x {a.tasks_per_node} tasks); logs in {folder}",
-          flush=True)
+    print(
+        f"submitted job {job.job_id} ({a.cluster}, {a.nodes} x {a.tasks_per_node} tasks); logs in {folder}", flush=True
+    )
     if a.cluster == "slurm" or a.no_wait:
         return 0
     try:

@@ -42,8 +42,12 @@ class LogConfig:
 
     def validate(self, prefix: str = "log.") -> None:
         check(self.wandb in WANDB_MODES, f"{prefix}wandb", self.wandb, f"allowed: {', '.join(WANDB_MODES)}")
-        check(self.progress_bar in ("auto", "on", "off"), f"{prefix}progress_bar", self.progress_bar,
-              "allowed: auto, on, off")
+        check(
+            self.progress_bar in ("auto", "on", "off"),
+            f"{prefix}progress_bar",
+            self.progress_bar,
+            "allowed: auto, on, off",
+        )
         check(self.peak_tflops >= 0, f"{prefix}peak_tflops", self.peak_tflops, "must be >= 0")
 
 
@@ -90,8 +94,10 @@ def supersede_records(run_dir: str, start_step: int) -> int:
     records moved.
     """
     moved = 0
-    for name, keep in (("metrics.jsonl", lambda s: s <= start_step),
-                       ("eval.jsonl", lambda s: s < start_step or (start_step > 0 and s == start_step))):
+    for name, keep in (
+        ("metrics.jsonl", lambda s: s <= start_step),
+        ("eval.jsonl", lambda s: s < start_step or (start_step > 0 and s == start_step)),
+    ):
         path = os.path.join(run_dir, name)
         if not os.path.isfile(path):
             continue
@@ -118,10 +124,22 @@ def supersede_records(run_dir: str, start_step: int) -> int:
 
 
 class TrainLogger:
-    def __init__(self, cfg: LogConfig, run_dir: str, total_steps: int, log_every: int, *, rank: int,
-                 world: int, device: torch.device, start_step: int, config: dict,
-                 console: tuple[tuple[str, str, int], ...] = (("loss", "loss", 4), ("mlm_accuracy", "acc", 3))) -> None:
-        """``console``: (record key, label, digits) of the loss terms the console line shows (pretrain/loss_terms.py)."""
+    def __init__(
+        self,
+        cfg: LogConfig,
+        run_dir: str,
+        total_steps: int,
+        log_every: int,
+        *,
+        rank: int,
+        world: int,
+        device: torch.device,
+        start_step: int,
+        config: dict,
+        console: tuple[tuple[str, str, int], ...] = (("loss", "loss", 4), ("mlm_accuracy", "acc", 3)),
+    ) -> None:
+        """``console``: (record key, label, digits) of the loss terms the console line shows
+        (pretrain/loss_terms.py)."""
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.console = console
         self.total, self.every = total_steps, log_every
@@ -167,9 +185,11 @@ class TrainLogger:
             perf["mfu"] = tflops / self.peak
         imbalance = {k: max(v) * len(v) / max(1, sum(v)) for k, v in expert_load.items()}  # max/mean load
         terms = "".join(f"{label} {record[key]:.{digits}f}  " for key, label, digits in self.console)
-        line = (f"step {record['step']:>6}/{self.total}  {terms}aux {record['aux_loss']:.4f}  "
-                f"gnorm {record['grad_norm']:.3f}  lr {record['lr']:.2e}  "
-                f"{perf['tokens_per_s']:,.0f} tok/s  {tflops:.3f} TFLOP/s")
+        line = (
+            f"step {record['step']:>6}/{self.total}  {terms}aux {record['aux_loss']:.4f}  "
+            f"gnorm {record['grad_norm']:.3f}  lr {record['lr']:.2e}  "
+            f"{perf['tokens_per_s']:,.0f} tok/s  {tflops:.3f} TFLOP/s"
+        )
         if "mfu" in perf:
             line += f"  MFU {perf['mfu']:.1%}"
         line += f"  mem {perf['memory_gib']:.2f} GiB"
@@ -178,8 +198,9 @@ class TrainLogger:
         (self.bar.write if self.bar is not None else print)(line)
         sys.stdout.flush()
         if self.wandb is not None:
-            self.wandb.log({**record, **perf, **{f"expert_load/{k}": v for k, v in imbalance.items()}},
-                           step=record["step"])
+            self.wandb.log(
+                {**record, **perf, **{f"expert_load/{k}": v for k, v in imbalance.items()}}, step=record["step"]
+            )
         self.t_last, self.tokens, self.flops = time.perf_counter(), 0, 0.0
         return {**perf, "tokens_per_expert": expert_load}
 
@@ -194,13 +215,24 @@ def _start_wandb(cfg: LogConfig, run_dir: str, config: dict):
     try:
         import wandb
     except ImportError:
-        raise ConfigError(f"log.wandb={cfg.wandb!r}: the wandb package is not installed (pip install wandb, "
-                          "or log.wandb=disabled)") from None
+        raise ConfigError(
+            f"log.wandb={cfg.wandb!r}: the wandb package is not installed (pip install wandb, or log.wandb=disabled)"
+        ) from None
     id_path = os.path.join(run_dir, "wandb_id")
     # our own id (W&B's generator moved between releases): kept in run_dir so a requeued run continues it
-    run_id = (open(id_path).read().strip() if os.path.isfile(id_path)
-              else "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)))
+    run_id = (
+        open(id_path).read().strip()
+        if os.path.isfile(id_path)
+        else "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    )
     with open(id_path, "w") as f:
         f.write(run_id + "\n")
-    return wandb.init(project=cfg.wandb_project, dir=run_dir, id=run_id, resume="allow", mode=cfg.wandb,  # type: ignore[arg-type]
-                      config=config, name=os.path.basename(os.path.abspath(run_dir)))
+    return wandb.init(
+        project=cfg.wandb_project,
+        dir=run_dir,
+        id=run_id,
+        resume="allow",
+        mode=cfg.wandb,  # type: ignore[arg-type]
+        config=config,
+        name=os.path.basename(os.path.abspath(run_dir)),
+    )

@@ -43,8 +43,9 @@ class MicroBatch:
         if self._teacher_out is None:
             assert self.teacher is not None, "a distillation term without a teacher"
             i = self.inputs
-            self._teacher_out = self.teacher.run(teacher_ids(i, self.teacher_input), i["cu_seqlens"],
-                                                 i["mlm_positions"])
+            self._teacher_out = self.teacher.run(
+                teacher_ids(i, self.teacher_input), i["cu_seqlens"], i["mlm_positions"]
+            )
         return self._teacher_out
 
 
@@ -59,13 +60,15 @@ class LossTerm:
 
     def __post_init__(self) -> None:
         if self.normaliser not in NORMALISERS:
-            raise ConfigError(f"loss term {self.name!r}: normaliser {self.normaliser!r}: allowed: "
-                              f"{', '.join(NORMALISERS)}")
+            raise ConfigError(
+                f"loss term {self.name!r}: normaliser {self.normaliser!r}: allowed: {', '.join(NORMALISERS)}"
+            )
 
 
 def _aux(name: str) -> Callable[[MicroBatch], torch.Tensor]:
     def value(mb: MicroBatch) -> torch.Tensor:
         return mb.out.aux_losses[name]
+
     return value
 
 
@@ -80,19 +83,32 @@ def declare(cfg, teacher=None) -> list[LossTerm]:
         LossTerm("loss", "masked", 1.0, lambda mb: mb.out.mlm_loss * mb.out.num_masked, "loss"),
         LossTerm("mlm_accuracy", "masked", 0.0, lambda mb: mb.out.mlm_accuracy * mb.out.num_masked, "acc", 3),
     ]
-    terms += [LossTerm(f"aux/{name}", "micro_batches", coef, _aux(name))
-              for name, coef in aux_coefficients(cfg.model).items()]
+    terms += [
+        LossTerm(f"aux/{name}", "micro_batches", coef, _aux(name)) for name, coef in aux_coefficients(cfg.model).items()
+    ]
     if teacher is not None:
         d = cfg.distill
-        terms.append(LossTerm("distill/hidden", "tokens", d.hidden_weight,
-                              lambda mb: hidden_cosine_sum(mb.out.hidden_states, mb.teacher_outputs()[0]),
-                              "distill hid"))
+        terms.append(
+            LossTerm(
+                "distill/hidden",
+                "tokens",
+                d.hidden_weight,
+                lambda mb: hidden_cosine_sum(mb.out.hidden_states, mb.teacher_outputs()[0]),
+                "distill hid",
+            )
+        )
         if d.pooled_weight > 0:
-            terms.append(LossTerm("distill/pooled", "tokens", d.pooled_weight,
-                                  _pooled, "pooled"))
+            terms.append(LossTerm("distill/pooled", "tokens", d.pooled_weight, _pooled, "pooled"))
         if teacher.kl_on:
-            terms.append(LossTerm("distill/kl", "masked", d.kl_weight,
-                                  lambda mb: kl_sum(mb.out.logits, mb.teacher_outputs()[1], d.temperature), "kl"))
+            terms.append(
+                LossTerm(
+                    "distill/kl",
+                    "masked",
+                    d.kl_weight,
+                    lambda mb: kl_sum(mb.out.logits, mb.teacher_outputs()[1], d.temperature),
+                    "kl",
+                )
+            )
     return terms
 
 

@@ -108,16 +108,25 @@ def _materialize(module: torch.nn.Module, device: torch.device) -> None:
     for m in module.modules():
         for key, p in m._parameters.items():
             if p is not None and p.is_meta:
-                m._parameters[key] = torch.nn.Parameter(torch.empty_like(p, device=device),
-                                                        requires_grad=p.requires_grad)
+                m._parameters[key] = torch.nn.Parameter(
+                    torch.empty_like(p, device=device), requires_grad=p.requires_grad
+                )
         for key, b in m._buffers.items():
             if b is not None and b.is_meta:
                 m._buffers[key] = torch.empty_like(b, device=device)
 
 
-def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Callable[[Callable[[str], bool]], None],
-                *, ep: int = 1, activation_checkpointing: bool = False, compile: bool = False, fsdp: bool = True,
-                bf16: bool = False) -> tuple[ModernAlbertForMaskedLM, Parallelism]:
+def parallelize(
+    model: ModernAlbertForMaskedLM,
+    device: torch.device,
+    init: Callable[[Callable[[str], bool]], None],
+    *,
+    ep: int = 1,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+    fsdp: bool = True,
+    bf16: bool = False,
+) -> tuple[ModernAlbertForMaskedLM, Parallelism]:
     """Materialise, initialise and parallelise ``model`` (built on the meta device) unit by unit.
 
     ``init(select)`` fills the freshly allocated tensors of the modules whose qualified names ``select``
@@ -149,7 +158,8 @@ def parallelize(model: ModernAlbertForMaskedLM, device: torch.device, init: Call
 
 
 def apply_ep(model: ModernAlbertForMaskedLM, group: int, par: Parallelism) -> None:
-    """Expert parallelism on group ``group``'s MoL layer (if EP and MoL): its expert slices join ``par.expert_params``."""
+    """Expert parallelism on group ``group``'s MoL layer (if EP and MoL): its expert slices join
+    ``par.expert_params``."""
     if par.ep_mesh is not None:
         par.expert_params += apply_expert_parallel(model, par.ep_mesh, groups=[group])
 
@@ -169,8 +179,9 @@ def apply_fsdp(unit: torch.nn.Module, par: Parallelism, bf16: bool, fp32_routers
     ``Parallelism.reduce_grads``). ``bf16``: bf16 compute, fp32 reduction; the routers inside (when
     ``fp32_routers``) are their own units with an fp32 policy."""
     assert par.dp_mesh is not None
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
-          else MixedPrecisionPolicy())
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
     ignored = set(par.expert_params) & set(unit.parameters())
     if bf16 and fp32_routers:
         fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)

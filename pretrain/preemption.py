@@ -1,4 +1,5 @@
-"""Preemption: SIGUSR1/SIGTERM/SIGINT (SLURM's pre-timeout signal, a scheduler's kill, Ctrl-C) → save and exit for requeue.
+"""Preemption: SIGUSR1/SIGTERM/SIGINT (SLURM's pre-timeout signal, a scheduler's kill, Ctrl-C) → save, exit,
+requeue.
 
 The handler only sets a flag. At the start of every step the ranks agree on it (it rides the step's
 all-reduce of batch counts, ``pretrain/train.py: Trainer.step``), so they all stop after the same step,
@@ -30,7 +31,9 @@ class PreemptionWatch:
 
     def __init__(self, extra_signals: tuple = ()) -> None:
         self.received: int | None = None
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (*SIGNALS, *extra_signals)}  # extra: submitit's SIGUSR2
+        self._previous = {
+            sig: signal.signal(sig, self._handle) for sig in (*SIGNALS, *extra_signals)
+        }  # extra: submitit's SIGUSR2
 
     def _handle(self, signum, frame) -> None:
         self.received = signum

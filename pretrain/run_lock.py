@@ -37,17 +37,30 @@ class RunLock:
         except OSError:
             holder = _read(fd)
             os.close(fd)
-            who = (f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {holder.get('since', '?')}"
-                   if holder else "a process that has not written its name yet")
-            raise RunDirBusy(f"run_dir {os.path.dirname(self.path)} is in use by a live run ({who}); wait for it "
-                             f"to end, stop it, or choose another run_dir") from None
+            who = (
+                f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {holder.get('since', '?')}"
+                if holder
+                else "a process that has not written its name yet"
+            )
+            raise RunDirBusy(
+                f"run_dir {os.path.dirname(self.path)} is in use by a live run ({who}); wait for it "
+                f"to end, stop it, or choose another run_dir"
+            ) from None
         previous = _read(fd)
         if previous.get("pid"):
-            self.note = (f"note: took over the lock of a run that ended without releasing it (host "
-                         f"{previous.get('host', '?')}, pid {previous['pid']}, since {previous.get('since', '?')})")
+            self.note = (
+                f"note: took over the lock of a run that ended without releasing it (host "
+                f"{previous.get('host', '?')}, pid {previous['pid']}, since {previous.get('since', '?')})"
+            )
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode() + b"\n", 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            ).encode()
+            + b"\n",
+            0,
+        )
         self.fd = fd
         return self
 

@@ -178,8 +178,10 @@ class ShardCache:
         if sha256 is not None and digest.hexdigest() != sha256:
             size = os.path.getsize(tmp)
             _remove(tmp)
-            return (f"downloaded {size:,} bytes with sha256 {digest.hexdigest()[:12]}… != {sha256[:12]}… in "
-                    "index.json (truncated or changed at the source?)")
+            return (
+                f"downloaded {size:,} bytes with sha256 {digest.hexdigest()[:12]}… != {sha256[:12]}… in "
+                "index.json (truncated or changed at the source?)"
+            )
         os.replace(tmp, path)
         return ""
 

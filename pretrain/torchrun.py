@@ -1,4 +1,6 @@
-"""torchrun that passes the workers' exit status on: ``python -m pretrain.torchrun [torchrun options] -m pretrain.train …``.
+"""torchrun that passes the workers' exit status on:
+
+    python -m pretrain.torchrun [torchrun options] -m pretrain.train …
 
 torchrun ends every failed run the same way: exit status 1 and its own report (a Python traceback and
 a table per rank), so neither a person nor a job script can tell a typo in the config from a

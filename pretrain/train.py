@@ -83,6 +83,7 @@ def _write_resolved_config(cfg: RunConfig) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- set-up
 
+
 @dataclass
 class Runtime:
     """Where this process runs and the batch geometry (the set-up stage's result)."""
@@ -103,15 +104,19 @@ def setup(cfg: RunConfig) -> Runtime:
     if cfg.init_from:
         init_state = _read_init(cfg)  # its model config replaces cfg.model
         if cfg.model.vocab_size != index.vocab_size:
-            raise ConfigError(f"init_from={cfg.init_from!r}: vocabulary {cfg.model.vocab_size} differs from the shards' "
-                              f"{index.vocab_size} ({cfg.data.dir}); build them with the same tokenizer")
+            raise ConfigError(
+                f"init_from={cfg.init_from!r}: vocabulary {cfg.model.vocab_size} differs from the shards' "
+                f"{index.vocab_size} ({cfg.data.dir}); build them with the same tokenizer"
+            )
     elif cfg.model.vocab_size != index.vocab_size:
         cfg.model.vocab_size = index.vocab_size  # the data's tokenizer decides
     m = cfg.model
     if m.position_embedding == "absolute" and index.seq_len > m.max_position_embeddings:
-        raise ConfigError(f"model.max_position_embeddings={m.max_position_embeddings}: the shards' samples have up "
-                          f"to {index.seq_len} tokens ({cfg.data.dir}); rebuild them with --seq-len "
-                          f"{m.max_position_embeddings} or less")
+        raise ConfigError(
+            f"model.max_position_embeddings={m.max_position_embeddings}: the shards' samples have up "
+            f"to {index.seq_len} tokens ({cfg.data.dir}); rebuild them with --seq-len "
+            f"{m.max_position_embeddings} or less"
+        )
     world_env = ParallelDims(int(os.environ.get("WORLD_SIZE", "1")), cfg.parallel.ep).world
     deepspeed = cfg.engine == "deepspeed"
     cuda = torch.cuda.is_available()
@@ -135,6 +140,7 @@ def setup(cfg: RunConfig) -> Runtime:
 
 # ---------------------------------------------------------------------------------------------- build
 
+
 def build_model(cfg: RunConfig, rt: Runtime, fill: Callable | None = None) -> tuple[ModernAlbertForMaskedLM, object]:
     """The model on the meta device, then materialised, initialised and parallelised unit by unit.
 
@@ -154,9 +160,16 @@ def build_model(cfg: RunConfig, rt: Runtime, fill: Callable | None = None) -> tu
                         t.copy_(rt.init_state[name])
 
     try:
-        model, par = parallelize(model, rt.device, init, ep=cfg.parallel.ep, compile=cfg.parallel.compile,
-                                 activation_checkpointing=cfg.parallel.activation_checkpointing,
-                                 fsdp=cfg.engine != "deepspeed", bf16=cfg.parallel.bf16(rt.device.type))
+        model, par = parallelize(
+            model,
+            rt.device,
+            init,
+            ep=cfg.parallel.ep,
+            compile=cfg.parallel.compile,
+            activation_checkpointing=cfg.parallel.activation_checkpointing,
+            fsdp=cfg.engine != "deepspeed",
+            bf16=cfg.parallel.bf16(rt.device.type),
+        )
     except ValueError as e:  # e.g. parallel.ep does not divide the number of experts
         raise ConfigError(str(e)) from None
     if rt.init_state is not None and rt.rank == 0:
@@ -169,8 +182,14 @@ def build_engine(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, pa
         return FSDPEngine(model, par, optimizer, cfg.optim.grad_clip)
     from pretrain.deepspeed_engine import DeepSpeedEngine, build_config
 
-    ds_config, changes = build_config(cfg.deepspeed, cfg.train.micro_batch_size, rt.accum, rt.world,
-                                      cfg.optim.grad_clip, cfg.parallel.bf16(rt.device.type))
+    ds_config, changes = build_config(
+        cfg.deepspeed,
+        cfg.train.micro_batch_size,
+        rt.accum,
+        rt.world,
+        cfg.optim.grad_clip,
+        cfg.parallel.bf16(rt.device.type),
+    )
     if rt.rank == 0:
         for c in changes:
             print(f"deepspeed config: {c} (from {cfg.deepspeed.config})")
@@ -178,6 +197,7 @@ def build_engine(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, pa
 
 
 # ---------------------------------------------------------------------------------------------- step
+
 
 class StepSums:
     """A step's metric sums over its micro-batches, kept on the device (no host sync until ``Trainer.flush``).
@@ -219,7 +239,7 @@ class StepSums:
         for n, t in self.sums.items():
             e = t.numel()
             if n.startswith("load/"):
-                load[n[len("load/"):]] = [int(v) for v in values[i:i + e]]
+                load[n[len("load/") :]] = [int(v) for v in values[i : i + e]]
             else:
                 scalars[n] = values[i]
             i += e
@@ -242,18 +262,32 @@ class TakenStep:
 class Trainer:
     """The built run (model, engine, optimizer, schedule, data, logging) and its stages."""
 
-    def __init__(self, cfg: RunConfig, rt: Runtime, preemption: PreemptionWatch | None,
-                 fill: Callable | None = None, with_data: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        rt: Runtime,
+        preemption: PreemptionWatch | None,
+        fill: Callable | None = None,
+        with_data: bool = True,
+    ) -> None:
         """``fill`` and ``with_data=False``: the dry run's build (``pretrain/dryrun.py``): cheap weights, no loaders."""
         self.cfg, self.rt = cfg, rt
         self.model, par = build_model(cfg, rt, fill)
-        self.teacher = (Teacher(cfg.distill, cfg.model, rt.seq_len, rt.device, verbose=rt.rank == 0,
-                                init_from=cfg.init_from) if cfg.distill.teacher else None)
+        self.teacher = (
+            Teacher(cfg.distill, cfg.model, rt.seq_len, rt.device, verbose=rt.rank == 0, init_from=cfg.init_from)
+            if cfg.distill.teacher
+            else None
+        )
         self.terms: list[LossTerm] = declare(cfg, self.teacher)
-        optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                      betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+        optimizer = torch.optim.AdamW(
+            _param_groups(self.model, cfg.optim.weight_decay),
+            lr=cfg.optim.lr,
+            betas=(cfg.optim.beta1, cfg.optim.beta2),
+            eps=cfg.optim.eps,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule))
+            optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule)
+        )
         self.engine = build_engine(cfg, rt, self.model, par, optimizer)
         self.loader: PretrainLoader | None = None
         self.val: PretrainLoader | None = None
@@ -263,8 +297,10 @@ class Trainer:
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
         # trainer.json: the step counter and these components (pretrain/train_state.py), with facts a resume checks
         components: dict[str, Stateful] = {"loader": self.loader} if self.loader is not None else {}
-        self.state = TrainerState({**components, "scheduler": self.scheduler},
-                                  info=lambda: {"config": cfg.to_dict(), "engine": cfg.engine, "world_size": rt.world})
+        self.state = TrainerState(
+            {**components, "scheduler": self.scheduler},
+            info=lambda: {"config": cfg.to_dict(), "engine": cfg.engine, "world_size": rt.world},
+        )
         self.start_step = 0
         self.resumed_from: str | None = None
         self.preemption = preemption
@@ -284,11 +320,24 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, rt = self.cfg, self.rt
-        self.loader = PretrainLoader(LoaderConfig.of(cfg.data, cfg.train.micro_batch_size,
-                                                     pin_memory=rt.device.type == "cuda"), rt.rank, rt.world)
-        self.val = (val_loader(cfg.data.dir, cfg.eval.micro_batch_size or cfg.train.micro_batch_size, cfg.data.mlm,
-                               rt.rank, rt.world, cache_dir=cfg.data.cache_dir, cache_gb=cfg.data.cache_gb)
-                    if cfg.eval.every else None)
+        self.loader = PretrainLoader(
+            LoaderConfig.of(cfg.data, cfg.train.micro_batch_size, pin_memory=rt.device.type == "cuda"),
+            rt.rank,
+            rt.world,
+        )
+        self.val = (
+            val_loader(
+                cfg.data.dir,
+                cfg.eval.micro_batch_size or cfg.train.micro_batch_size,
+                cfg.data.mlm,
+                rt.rank,
+                rt.world,
+                cache_dir=cfg.data.cache_dir,
+                cache_gb=cfg.data.cache_gb,
+            )
+            if cfg.eval.every
+            else None
+        )
 
     # resume / save ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -305,13 +354,16 @@ class Trainer:
             except (Exception, CheckpointException) as e:  # verified, yet not loadable into this model
                 raise checkpoint.CheckpointError(
                     f"checkpoint {latest}: cannot be loaded into this run ({checkpoint.describe(e)}); was the "
-                    "model config changed? Resume with the run's config.yaml") from None
+                    "model config changed? Resume with the run's config.yaml"
+                ) from None
             try:
                 self.state.load_state_dict(state)
             except ComponentStateError as e:
                 if e.name == "loader":  # another shard build, split, data seed or global batch
-                    raise ConfigError(f"checkpoint {latest}: its data position does not fit this run: {e.cause}; "
-                                      "resume with the run's config.yaml and data, or start a new run_dir") from None
+                    raise ConfigError(
+                        f"checkpoint {latest}: its data position does not fit this run: {e.cause}; "
+                        "resume with the run's config.yaml and data, or start a new run_dir"
+                    ) from None
                 raise checkpoint.CheckpointError(f"checkpoint {latest}: trainer.json: {e}") from None
             self.start_step = self.step_no
             self.resumed_from = latest
@@ -341,9 +393,14 @@ class Trainer:
         # the loss is a mean over every masked token of the global batch: count them first
         io_fault = self.logger.fault if self.logger is not None else None
         signalled = self.preemption is not None and self.preemption.received is not None
-        local = [sum(len(b["mlm_labels"]) for b in micro), sum(b["num_tokens"] for b in micro),
-                 sum(self.flops(b["cu_seqlens"], len(b["mlm_labels"])) for b in micro), float(fault is not None),
-                 float(io_fault is not None), float(signalled)]
+        local = [
+            sum(len(b["mlm_labels"]) for b in micro),
+            sum(b["num_tokens"] for b in micro),
+            sum(self.flops(b["cu_seqlens"], len(b["mlm_labels"])) for b in micro),
+            float(fault is not None),
+            float(io_fault is not None),
+            float(signalled),
+        ]
         flags = torch.tensor(local, dtype=torch.float64).to(device)
         if self._nonfinite is not None:
             flags = torch.cat([flags, self._nonfinite])
@@ -353,8 +410,10 @@ class Trainer:
         if nonfinite and nonfinite[0]:
             self.flush()  # raises TrainingError naming the step and term
         if io_faults:  # rank 0's message; the others only learn that there was one
-            raise TrainingError(f"{io_fault or 'rank 0 could not write its logs'}. Training stopped before step "
-                                f"{self.step_no + 1}; the last checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}")
+            raise TrainingError(
+                f"{io_fault or 'rank 0 could not write its logs'}. Training stopped before step "
+                f"{self.step_no + 1}; the last checkpoint is {checkpoint.latest_checkpoint(self.ckpt_dir)}"
+            )
         if faults_seen:
             message = first_fault(fault, already_flagged=True) or "a bad shard"
             self.flush()  # the steps taken are logged before the run stops
@@ -365,16 +424,16 @@ class Trainer:
         counts = {"masked": global_masked, "tokens": global_tokens, "micro_batches": float(rt.accum * rt.world)}
         sums = StepSums(device)
         for i, b in enumerate(micro):
-            inputs = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
-                      for k, v in model_inputs(b).items()}
+            inputs = {
+                k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in model_inputs(b).items()
+            }
             # every random draw of this micro-batch (router jitter, dropout) from its place in the data
             torch.manual_seed(micro_batch_seed(cfg.train.seed, *b["position"]))
             out = self.engine(**inputs, output_hidden_states=self.teacher is not None)
             mb = MicroBatch(inputs, out, self.teacher, cfg.distill.teacher_input)
             values = {t.name: t.value(mb) for t in self.terms}
             # FSDP averages gradients over ranks: scale by world so the average is the global mean
-            total = sum(values[t.name] * (t.weight * rt.world / counts[t.normaliser])
-                        for t in self.terms if t.weight)
+            total = sum(values[t.name] * (t.weight * rt.world / counts[t.normaliser]) for t in self.terms if t.weight)
             self.engine.backward(total, last=i == rt.accum - 1)
             sums.add(values, out, count_load)
         grad_norm = self.engine.step()
@@ -401,24 +460,35 @@ class Trainer:
         out, i = [], 0
         for k, p in enumerate(pending):
             n = sum(t.numel() for t in p.sums.sums.values())
-            m, load = p.sums.unflatten(values[i:i + n])
+            m, load = p.sums.unflatten(values[i : i + n])
             i += n
             record = {"step": p.step, **{t.name: m[t.name] / p.counts[t.normaliser] for t in self.terms}}
-            record.update({"aux_loss": aux_loss(self.terms, record), "grad_norm": values[len(reduced) + k],
-                           "lr": p.lr, "tokens": p.tokens})
+            record.update(
+                {
+                    "aux_loss": aux_loss(self.terms, record),
+                    "grad_norm": values[len(reduced) + k],
+                    "lr": p.lr,
+                    "tokens": p.tokens,
+                }
+            )
             bad = {t.name: record[t.name] for t in self.terms if t.weight and not math.isfinite(record[t.name])}
             if bad:
-                raise TrainingError(f"step {p.step}: " + ", ".join(f"{name} is {v}" for name, v in bad.items())
-                                    + f"; stopping. The last good checkpoint is "
-                                    f"{checkpoint.latest_checkpoint(self.ckpt_dir)}")
+                raise TrainingError(
+                    f"step {p.step}: "
+                    + ", ".join(f"{name} is {v}" for name, v in bad.items())
+                    + f"; stopping. The last good checkpoint is "
+                    f"{checkpoint.latest_checkpoint(self.ckpt_dir)}"
+                )
             out.append((record, p.flops, load))
         self._nonfinite = None  # read here: the next step need not carry it
         return out
 
     def _data_fault(self, message: str) -> TrainingError:
-        return TrainingError(f"{message}. Training stopped before step {self.step_no + 1}; the last good checkpoint is "
-                             f"{checkpoint.latest_checkpoint(self.ckpt_dir)}. A run does not skip a bad shard (that "
-                             "would shift all later batches): rebuild it and relaunch, the run resumes exactly")
+        return TrainingError(
+            f"{message}. Training stopped before step {self.step_no + 1}; the last good checkpoint is "
+            f"{checkpoint.latest_checkpoint(self.ckpt_dir)}. A run does not skip a bad shard (that "
+            "would shift all later batches): rebuild it and relaunch, the run resumes exactly"
+        )
 
     # validate -----------------------------------------------------------------------------------
     def validate(self) -> dict:
@@ -428,8 +498,12 @@ class Trainer:
         except ShardError as e:  # raised on every rank together
             raise self._data_fault(str(e)) from None
         if self.rt.rank == 0:
-            print(f"eval step {self.step_no:>6}: val loss {result['val_loss']:.4f}  val acc {result['val_accuracy']:.3f}  "
-                  f"({result['val_masked']:,} masked tokens)", flush=True)
+            print(
+                f"eval step {self.step_no:>6}: val loss {result['val_loss']:.4f}  val acc "
+                f"{result['val_accuracy']:.3f}  "
+                f"({result['val_masked']:,} masked tokens)",
+                flush=True,
+            )
             self.logger.eval({"step": self.step_no, **result})
         return result
 
@@ -449,11 +523,22 @@ class Trainer:
             clear_marker(cfg.run_dir)
             moved = supersede_records(cfg.run_dir, self.step_no)
             if moved:
-                print(f"logs: {moved} records after step {self.step_no} (written before the relaunch) moved to "
-                      f"*{SUPERSEDED_SUFFIX}")
-        self.logger = logger = TrainLogger(cfg.log, cfg.run_dir, steps, cfg.train.log_every, rank=rt.rank, world=rt.world,
-                             device=rt.device, start_step=self.step_no, config=cfg.to_dict(),
-                             console=console_fields(self.terms))
+                print(
+                    f"logs: {moved} records after step {self.step_no} (written before the relaunch) moved to "
+                    f"*{SUPERSEDED_SUFFIX}"
+                )
+        self.logger = logger = TrainLogger(
+            cfg.log,
+            cfg.run_dir,
+            steps,
+            cfg.train.log_every,
+            rank=rt.rank,
+            world=rt.world,
+            device=rt.device,
+            start_step=self.step_no,
+            config=cfg.to_dict(),
+            console=console_fields(self.terms),
+        )
         if self.val is not None and self.step_no == 0:
             self.validate()
         records: list[dict] = []
@@ -490,8 +575,9 @@ class Trainer:
             if self.step_no > self.start_step or not self.resumed_from:  # a finished run relaunched saves nothing
                 self.save()
             if logger.fault:  # rank 0 only: after the last step nothing else would report it
-                raise TrainingError(f"{logger.fault}; the final checkpoint "
-                                    f"{checkpoint.latest_checkpoint(self.ckpt_dir)} was saved")
+                raise TrainingError(
+                    f"{logger.fault}; the final checkpoint {checkpoint.latest_checkpoint(self.ckpt_dir)} was saved"
+                )
         finally:
             logger.close()
         if rt.rank == 0:
@@ -561,8 +647,9 @@ def _read_init(cfg: RunConfig) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pretrain.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="YAML config (pretrain/configs/tiny.yaml, 50m.yaml, 120m.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.steps=100 optim.lr=1e-3")
     a = p.parse_args(argv)
@@ -588,8 +675,11 @@ def main(argv: list[str] | None = None) -> int:
         # another rank died (SIGKILL, OOM, a node): this rank's collective failed at once. No traceback, and
         # no teardown (the group is broken): leave now; loader workers follow when they see their parent go.
         if os.environ.get("MODERNALBERT_LAUNCHER_REPORTS") != "1":  # python -m pretrain.torchrun names the rank
-            print(f"rank {os.environ.get('RANK', '?')}: stopped: another rank of the job died "
-                  f"({str(e).strip().splitlines()[0][:200]})", file=sys.stderr)
+            print(
+                f"rank {os.environ.get('RANK', '?')}: stopped: another rank of the job died "
+                f"({str(e).strip().splitlines()[0][:200]})",
+                file=sys.stderr,
+            )
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(exit_codes.PEER_LOST)
@@ -599,8 +689,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # What gloo and NCCL say when the process at the other end of a collective is gone.
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
-              "NCCL communicator was aborted", "Broken pipe")
+_PEER_LOST = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote worker crashing",
+    "NCCL communicator was aborted",
+    "Broken pipe",
+)
 
 
 def _peer_lost(e: BaseException) -> bool:

@@ -35,15 +35,19 @@ class TrainerState(Stateful):
     def __init__(self, components: dict[str, Stateful], info: Callable[[], dict] | None = None) -> None:
         for name, c in components.items():
             if not isinstance(c, Stateful):
-                raise TypeError(f"training-state component {name!r}: {type(c).__name__} has no "
-                                "state_dict/load_state_dict")
+                raise TypeError(
+                    f"training-state component {name!r}: {type(c).__name__} has no state_dict/load_state_dict"
+                )
         self.step = 0
         self.components = components
         self.info = info  # written beside the components, read back by the checks of a resume, never loaded
 
     def state_dict(self) -> dict:
-        return {"step": self.step, **{n: c.state_dict() for n, c in self.components.items()},
-                **(self.info() if self.info else {})}
+        return {
+            "step": self.step,
+            **{n: c.state_dict() for n, c in self.components.items()},
+            **(self.info() if self.info else {}),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Each component in order; the first that refuses its state raises ``ComponentStateError``."""
@@ -61,8 +65,12 @@ class RNGState(Stateful):
     """This process's random generators; loading puts them back exactly (dropout, router jitter, masking)."""
 
     def state_dict(self) -> dict:
-        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])

@@ -83,10 +83,18 @@ class Settings:
             fail(f"STEPS, WARMUP, PEAK_TFLOPS and DEADLINE are numbers ({e})")
         if steps < 1 or warmup < 0:
             fail(f"STEPS={steps} WARMUP={warmup}: need STEPS >= 1 timed steps and WARMUP >= 0 untimed ones before them")
-        return cls(out=out, wheels=env.get("WHEELS") or os.path.join(REPO, ".gpu_wheels"),
-                   shards=env.get("SHARDS") or os.path.join(out, "shards"), stages=stages, steps=steps,
-                   warmup=warmup, cpu=cpu, rehearse_compile=env.get("REHEARSE_COMPILE", "0") not in ("", "0"),
-                   peak_tflops=peak, deadline_s=deadline)
+        return cls(
+            out=out,
+            wheels=env.get("WHEELS") or os.path.join(REPO, ".gpu_wheels"),
+            shards=env.get("SHARDS") or os.path.join(out, "shards"),
+            stages=stages,
+            steps=steps,
+            warmup=warmup,
+            cpu=cpu,
+            rehearse_compile=env.get("REHEARSE_COMPILE", "0") not in ("", "0"),
+            peak_tflops=peak,
+            deadline_s=deadline,
+        )
 
 
 def fail(msg: str) -> None:
@@ -95,6 +103,7 @@ def fail(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- environment
+
 
 def _requirement_names() -> list[str]:
     names = []
@@ -145,9 +154,21 @@ def install_missing(s: Settings) -> tuple[list[str], str | None]:
     if not best:
         return [], None
     target = tempfile.mkdtemp(prefix="gpu_check_site_")
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile",
-           "--disable-pip-version-check", "--no-cache-dir", "-q", "--target", target,
-           *[f for _, f in best.values()]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--disable-pip-version-check",
+        "--no-cache-dir",
+        "-q",
+        "--target",
+        target,
+        *[f for _, f in best.values()],
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIP_NO_INDEX": "1"})
     if r.returncode:
         fail(f"installing from {s.wheels} failed (pip --no-index): {r.stderr.strip().splitlines()[-1:]}")
@@ -166,14 +187,22 @@ def torch_summary(s: Settings) -> dict:
     m = re.match(r"(\d+)\.(\d+)", torch.__version__)
     if not m or (int(m.group(1)), int(m.group(2))) < MIN_TORCH:
         fail(f"torch {torch.__version__} at {sys.executable} is older than 2.6, the oldest this check supports")
-    pin = next((line.split("==", 1)[1].strip() for line in open(os.path.join(REPO, "constraints.txt"))
-                if line.startswith("torch==")), None)
+    pin = next(
+        (
+            line.split("==", 1)[1].strip()
+            for line in open(os.path.join(REPO, "constraints.txt"))
+            if line.startswith("torch==")
+        ),
+        None,
+    )
     note = None
     if pin and torch.__version__.split("+")[0] != pin:
         note = f"torch {torch.__version__} differs from the pin {pin} (constraints.txt); the check runs on it"
     if not s.cpu and not torch.cuda.is_available():
-        fail(f"torch {torch.__version__} at {sys.executable} sees no CUDA GPU (CUDA build: "
-             f"{torch.version.cuda or 'no'}); nothing to check. GPU_CHECK_CPU=1 rehearses the stages on CPU")
+        fail(
+            f"torch {torch.__version__} at {sys.executable} sees no CUDA GPU (CUDA build: "
+            f"{torch.version.cuda or 'no'}); nothing to check. GPU_CHECK_CPU=1 rehearses the stages on CPU"
+        )
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if not s.cpu else []
     return {"torch": torch.__version__, "cuda": torch.version.cuda, "gpus": gpus, "pin_note": note}
 
@@ -184,6 +213,7 @@ def flash_attn_status() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- stages
+
 
 @dataclasses.dataclass
 class StageResult:
@@ -206,8 +236,9 @@ class Check:
         self.log.write(f"\n$ {' '.join(cmd)}\n")
         self.log.flush()
         try:
-            r = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               timeout=max(timeout, 1))
+            r = subprocess.run(
+                cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=max(timeout, 1)
+            )
         except subprocess.TimeoutExpired as e:
             out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             self.log.write(out + f"\n[stopped after {timeout:.0f} s]\n")
@@ -226,7 +257,9 @@ class Check:
                 continue
             budget = min(STAGE_TIMEOUT[stage] * (3 if self.s.cpu else 1), self.remaining())
             if budget < 10:
-                self.record(StageResult(stage, "skipped", 0.0, f"over the time budget (DEADLINE={self.s.deadline_s:.0f} s)"))
+                self.record(
+                    StageResult(stage, "skipped", 0.0, f"over the time budget (DEADLINE={self.s.deadline_s:.0f} s)")
+                )
                 continue
             print(f"== {stage}", flush=True)
             t = time.monotonic()
@@ -234,9 +267,11 @@ class Check:
             self.record(StageResult(stage, status, time.monotonic() - t, note))
         bad = [r for r in self.results if r.status in ("failed", "timed out")]
         total = time.monotonic() - self.t0
-        print(f"gpu_check: {len(self.results) - len(bad)}/{len(self.results)} stages ok or skipped in {total:.0f} s; "
-              f"results in {self.s.out}/gpu_check.md" + (f"; failed: {', '.join(r.stage for r in bad)} "
-                                                         f"(see {self.s.out}/stages.log)" if bad else ""))
+        print(
+            f"gpu_check: {len(self.results) - len(bad)}/{len(self.results)} stages ok or skipped in {total:.0f} s; "
+            f"results in {self.s.out}/gpu_check.md"
+            + (f"; failed: {', '.join(r.stage for r in bad)} (see {self.s.out}/stages.log)" if bad else "")
+        )
         return 1 if bad else 0
 
     def record(self, r: StageResult) -> None:
@@ -246,34 +281,65 @@ class Check:
 
     def stage_shards(self, until: float) -> tuple[str, str]:
         seq, vocab, extra = (128, 4000, ["--shard-mb", "0.3"]) if self.s.cpu else (1024, 32768, [])
-        rc, out = self.sh([sys.executable, "data_prep/build_shards.py", "--out", self.s.shards, "--seq-len", str(seq),
-                           "--vocab-size", str(vocab), "--no-progress", *extra], until - time.monotonic())
+        rc, out = self.sh(
+            [
+                sys.executable,
+                "data_prep/build_shards.py",
+                "--out",
+                self.s.shards,
+                "--seq-len",
+                str(seq),
+                "--vocab-size",
+                str(vocab),
+                "--no-progress",
+                *extra,
+            ],
+            until - time.monotonic(),
+        )
         if rc is None:
             return "timed out", ""
         tokens = re.search(r"tokens\s+([\d,]+)", out)
-        return ("ok" if rc == 0 else "failed"), (f"{tokens.group(1)} tokens, seq {seq}, vocabulary {vocab}"
-                                                if rc == 0 and tokens else out.strip().splitlines()[-1:][0] if out.strip() else "")
+        return ("ok" if rc == 0 else "failed"), (
+            f"{tokens.group(1)} tokens, seq {seq}, vocabulary {vocab}"
+            if rc == 0 and tokens
+            else out.strip().splitlines()[-1:][0]
+            if out.strip()
+            else ""
+        )
 
     def stage_tests(self, until: float) -> tuple[str, str]:
         # on CPU the fused backends cannot run: the rehearsal runs the unpadded-vs-padded SDPA parity instead
-        target = (["tests/test_model.py", "-k", "unpadded_forward"] if self.s.cpu
-                  else ["-m", "gpu", "tests/test_attention_gpu.py", "tests/test_host_syncs_gpu.py"])
-        rc, out = self.sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *target],
-                          until - time.monotonic())
+        target = (
+            ["tests/test_model.py", "-k", "unpadded_forward"]
+            if self.s.cpu
+            else ["-m", "gpu", "tests/test_attention_gpu.py", "tests/test_host_syncs_gpu.py"]
+        )
+        rc, out = self.sh(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *target], until - time.monotonic()
+        )
         if rc is None:
             return "timed out", ""
-        summary = next((line.strip("= ") for line in reversed(out.splitlines())
-                        if re.search(r"\d+ (passed|failed|skipped|error)", line)), "no summary")
+        summary = next(
+            (
+                line.strip("= ")
+                for line in reversed(out.splitlines())
+                if re.search(r"\d+ (passed|failed|skipped|error)", line)
+            ),
+            "no summary",
+        )
         return ("ok" if rc == 0 else "failed"), summary
 
-    def _train(self, until: float, preset: str, compile: bool, nprocs: int = 1,
-               variants: tuple[str, ...] = ("mol", "dense")) -> tuple[str, str]:
+    def _train(
+        self, until: float, preset: str, compile: bool, nprocs: int = 1, variants: tuple[str, ...] = ("mol", "dense")
+    ) -> tuple[str, str]:
         config = "pretrain/configs/tiny.yaml" if self.s.cpu else f"pretrain/configs/{preset}.yaml"
         precision = "fp32" if self.s.cpu else "bf16"
         seq = 128 if self.s.cpu else 1024
         notes, status = [], "ok"
         for variant in variants:
-            label = f"{preset} {variant} compile={'on' if compile else 'off'}" + (f" {nprocs} processes" if nprocs > 1 else "")
+            label = f"{preset} {variant} compile={'on' if compile else 'off'}" + (
+                f" {nprocs} processes" if nprocs > 1 else ""
+            )
             if self.s.cpu:
                 label += " (cpu rehearsal: tiny, fp32)"
             if until - time.monotonic() < 10:
@@ -284,11 +350,31 @@ class Check:
             if os.path.exists(json_path):
                 os.remove(json_path)
             # accumulation 1 (global batch = one micro-batch of 16 x seq per process): every step timed alike
-            cmd = [sys.executable, "benchmarks/bench_train.py", "--config", config, "--data", self.s.shards,
-                   "--steps", str(self.s.warmup + self.s.steps), "--warmup", str(self.s.warmup), "--nprocs", str(nprocs),
-                   "--num-workers", "1" if self.s.cpu else "4", "--json", json_path, "--label", label,
-                   "train.micro_batch_size=16", f"train.global_batch_tokens={16 * seq * nprocs}", "train.log_every=1",
-                   f"parallel.compile={str(compile).lower()}", f"parallel.precision={precision}"]
+            cmd = [
+                sys.executable,
+                "benchmarks/bench_train.py",
+                "--config",
+                config,
+                "--data",
+                self.s.shards,
+                "--steps",
+                str(self.s.warmup + self.s.steps),
+                "--warmup",
+                str(self.s.warmup),
+                "--nprocs",
+                str(nprocs),
+                "--num-workers",
+                "1" if self.s.cpu else "4",
+                "--json",
+                json_path,
+                "--label",
+                label,
+                "train.micro_batch_size=16",
+                f"train.global_batch_tokens={16 * seq * nprocs}",
+                "train.log_every=1",
+                f"parallel.compile={str(compile).lower()}",
+                f"parallel.precision={precision}",
+            ]
             if self.s.peak_tflops:
                 cmd.append(f"log.peak_tflops={self.s.peak_tflops}")
             if variant == "dense":
@@ -330,44 +416,69 @@ class Check:
 
 # ---------------------------------------------------------------------------------------------- report
 
+
 def write_report(c: Check) -> None:
     s, e = c.s, c.env_info
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        or "unknown"
+    )
     if commit != "unknown" and subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode:
         commit += " + uncommitted changes"
     device = ", ".join(e["gpus"]) if e["gpus"] else "CPU (rehearsal)"
     seq = 128 if s.cpu else 1024
-    lines = [f"# GPU check{' (CPU rehearsal)' if s.cpu else ''}", "",
-             f"{device}; torch {e['torch']} (CUDA {e['cuda'] or '-'}); Python {platform.python_version()} "
-             f"({sys.executable}); commit {commit}; {e['flash_attn']}.",
-             f"Per configuration: {s.steps} timed steps after {s.warmup} warm-up, one micro-batch of "
-             f"16 x {seq} per process, {'fp32' if s.cpu else 'bf16'}.", "",
-             "| stage | status | seconds | note |", "|---|---|---|---|"]
+    lines = [
+        f"# GPU check{' (CPU rehearsal)' if s.cpu else ''}",
+        "",
+        f"{device}; torch {e['torch']} (CUDA {e['cuda'] or '-'}); Python {platform.python_version()} "
+        f"({sys.executable}); commit {commit}; {e['flash_attn']}.",
+        f"Per configuration: {s.steps} timed steps after {s.warmup} warm-up, one micro-batch of "
+        f"16 x {seq} per process, {'fp32' if s.cpu else 'bf16'}.",
+        "",
+        "| stage | status | seconds | note |",
+        "|---|---|---|---|",
+    ]
     for r in c.results:
         lines.append(f"| {r.stage} | {r.status} | {r.seconds:.1f} | {r.note} |")
     total = sum(r.seconds for r in c.results)
-    lines += [f"| total | | {total:.1f} | |", "",
-              "| configuration | tokens/s | TFLOP/s per GPU | MFU | peak memory GiB | loss at last step | wall s |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| total | | {total:.1f} | |",
+        "",
+        "| configuration | tokens/s | TFLOP/s per GPU | MFU | peak memory GiB | loss at last step | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in c.rows:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "—"
-        lines.append(f"| {r['label']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.2f} | {mfu} | "
-                     f"{r['memory_gib']:.2f} | {r['loss']:.4f} | {r['wall_s']:.1f} |")
+        lines.append(
+            f"| {r['label']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.2f} | {mfu} | "
+            f"{r['memory_gib']:.2f} | {r['loss']:.4f} | {r['wall_s']:.1f} |"
+        )
     if not c.rows:
         lines.append("| (none measured) | | | | | | |")
     with open(os.path.join(s.out, "gpu_check.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(s.out, "gpu_check.json"), "w", encoding="utf-8") as f:
-        json.dump({"environment": e, "commit": commit, "steps": s.steps, "warmup": s.warmup, "cpu_rehearsal": s.cpu,
-                   "stages": [dataclasses.asdict(r) for r in c.results], "rows": c.rows}, f, indent=1)
+        json.dump(
+            {
+                "environment": e,
+                "commit": commit,
+                "steps": s.steps,
+                "warmup": s.warmup,
+                "cpu_rehearsal": s.cpu,
+                "stages": [dataclasses.asdict(r) for r in c.results],
+                "rows": c.rows,
+            },
+            f,
+            indent=1,
+        )
 
 
 def main() -> int:
     s = Settings.from_env()
     # nothing in the check needs a hub or an index; make any attempt fail fast instead of hanging offline
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PIP_NO_INDEX="1", WANDB_MODE="disabled",
-                      PYTHONUNBUFFERED="1")
+    os.environ.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PIP_NO_INDEX="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1"
+    )
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
     installed, target = install_missing(s)
     try:
@@ -378,15 +489,20 @@ def main() -> int:
             print(f"gpu_check: nothing installed (every wheel in {s.wheels} is already present, or there is none)")
         still = [n for n in _requirement_names() if _installed(n) is None]
         if still:
-            print(f"gpu_check: still missing (no wheel in {s.wheels}): {', '.join(still)}; "
-                  "stages that import them will fail (scripts/gpu_wheels.sh fetches them)")
+            print(
+                f"gpu_check: still missing (no wheel in {s.wheels}): {', '.join(still)}; "
+                "stages that import them will fail (scripts/gpu_wheels.sh fetches them)"
+            )
         if info["pin_note"]:
             print(f"gpu_check: note: {info['pin_note']}")
         os.makedirs(s.out, exist_ok=True)  # only once the check can run: a refused start writes nothing
         info["flash_attn"] = flash_attn_status()
         info["from_wheels"], info["missing"] = installed, still
-        print(f"gpu_check: {sys.executable} (Python {platform.python_version()}), torch {info['torch']}, "
-              f"{', '.join(info['gpus']) or 'CPU rehearsal'}; {info['flash_attn']}", flush=True)
+        print(
+            f"gpu_check: {sys.executable} (Python {platform.python_version()}), torch {info['torch']}, "
+            f"{', '.join(info['gpus']) or 'CPU rehearsal'}; {info['flash_attn']}",
+            flush=True,
+        )
         with open(os.path.join(s.out, "environment.txt"), "w", encoding="utf-8") as f:
             f.write(json.dumps(info, indent=1) + "\n")
             smi = shutil.which("nvidia-smi")

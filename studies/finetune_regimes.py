@@ -37,17 +37,22 @@ import numpy as np
 
 from finetune import train  # noqa: E402
 
-TITLES = {"lora": "single-task LoRAs", "multitask": "multi-task LoRA", "plug": "LoRA-Mixer (ii) plug-and-play",
-          "joint": "LoRA-Mixer (i) joint, staged", "plug-pp": "LoRA-Mixer (ii) plug-and-play, per-projection",
-          "joint-pp": "LoRA-Mixer (i) joint, staged, per-projection",
-          "plug-sup": "LoRA-Mixer (ii) plug-and-play, supervised routers",
-          "joint-sup": "LoRA-Mixer (i) joint, staged, supervised routers"}
+TITLES = {
+    "lora": "single-task LoRAs",
+    "multitask": "multi-task LoRA",
+    "plug": "LoRA-Mixer (ii) plug-and-play",
+    "joint": "LoRA-Mixer (i) joint, staged",
+    "plug-pp": "LoRA-Mixer (ii) plug-and-play, per-projection",
+    "joint-pp": "LoRA-Mixer (i) joint, staged, per-projection",
+    "plug-sup": "LoRA-Mixer (ii) plug-and-play, supervised routers",
+    "joint-sup": "LoRA-Mixer (i) joint, staged, supervised routers",
+}
 
 
 def title(regime: str) -> str:
     """Row title; ``joint-topK`` rows (--joint-top-k) are named from K."""
     if regime.startswith("joint-top"):
-        return f"LoRA-Mixer (i) joint, staged, top-{regime[len('joint-top'):]} routing"
+        return f"LoRA-Mixer (i) joint, staged, top-{regime[len('joint-top') :]} routing"
     return TITLES[regime]
 
 
@@ -73,15 +78,29 @@ def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str
     out = {}
     singles = {}
     for task, name in zip(a.tasks, names):
-        singles[name] = run([*base, "--tasks", task, "--mode", "lora", "--epochs", str(a.epochs)],
-                            os.path.join(root, f"lora_{name}"), log)
-    out["lora"] = {"scores": {n: scores(r, n) for n, r in singles.items()},
-                   "params": sum(r["trainable_parameters"] for r in singles.values()), "matrix": None}
+        singles[name] = run(
+            [*base, "--tasks", task, "--mode", "lora", "--epochs", str(a.epochs)],
+            os.path.join(root, f"lora_{name}"),
+            log,
+        )
+    out["lora"] = {
+        "scores": {n: scores(r, n) for n, r in singles.items()},
+        "params": sum(r["trainable_parameters"] for r in singles.values()),
+        "matrix": None,
+    }
     adapters = [os.path.join(root, f"lora_{n}") for n in names]
-    regimes = {"multitask": ["--mode", "multitask", "--epochs", str(a.epochs)],
-               "plug": ["--mode", "mixer-plug", "--adapters", *adapters, "--epochs", str(a.epochs)],
-               "joint": ["--mode", "mixer-joint", "--forced-epochs", str(a.forced_epochs),
-                         "--epochs", str(a.epochs - a.forced_epochs)]}
+    regimes = {
+        "multitask": ["--mode", "multitask", "--epochs", str(a.epochs)],
+        "plug": ["--mode", "mixer-plug", "--adapters", *adapters, "--epochs", str(a.epochs)],
+        "joint": [
+            "--mode",
+            "mixer-joint",
+            "--forced-epochs",
+            str(a.forced_epochs),
+            "--epochs",
+            str(a.epochs - a.forced_epochs),
+        ],
+    }
     if a.per_projection:
         regimes["plug-pp"] = [*regimes["plug"], "--route", "per_projection"]
         regimes["joint-pp"] = [*regimes["joint"], "--route", "per_projection"]
@@ -92,8 +111,12 @@ def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str
         regimes[f"joint-top{k}"] = [*regimes["joint"], "--top-k", str(k)]
     for regime, args in regimes.items():
         res = run([*base, "--tasks", *a.tasks, *args], os.path.join(root, regime), log)
-        out[regime] = {"scores": {n: scores(res, n) for n in names}, "params": res["trainable_parameters"],
-                       "matrix": res.get("routing_matrix"), "seconds": res["seconds"]}
+        out[regime] = {
+            "scores": {n: scores(res, n) for n in names},
+            "params": res["trainable_parameters"],
+            "matrix": res.get("routing_matrix"),
+            "seconds": res["seconds"],
+        }
     return out
 
 
@@ -108,8 +131,9 @@ def heatmap(matrices: dict[str, np.ndarray], names: list[str], path: str) -> Non
         ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w" if m[i, j] < 0.6 else "k",
-                        fontsize=8)
+                ax.text(
+                    j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w" if m[i, j] < 0.6 else "k", fontsize=8
+                )
         ax.set_xticks(range(len(names)), [f"E{j}\n({n})" for j, n in enumerate(names)], fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_title(title(regime).replace("LoRA-Mixer ", ""), fontsize=8)
@@ -121,10 +145,11 @@ def heatmap(matrices: dict[str, np.ndarray], names: list[str], path: str) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="studies/finetune_regimes.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="studies/finetune_regimes.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", required=True, help="native model directory")
     p.add_argument("--tasks", nargs="+", required=True, help="task directories, or GLUE names with --glue-dir")
     p.add_argument("--glue-dir")
@@ -133,11 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs of every regime (joint: forced + routed)")
     p.add_argument("--forced-epochs", type=int, default=1, help="joint: of --epochs, the domain-forced ones")
     p.add_argument("--per-projection", action="store_true", help="also the per-projection routing rows")
-    p.add_argument("--router-ce-routed", type=float, default=0.0,
-                   help="> 0: also the rows with supervised routers (finetune.train --router-ce-routed W)")
-    p.add_argument("--joint-top-k", type=int, nargs="*", default=[], metavar="K",
-                   help="also a joint row per K with top-K routing in the routed stage and at inference "
-                        "(finetune.train --top-k K; the other rows keep --top-k from the extra arguments, default 1)")
+    p.add_argument(
+        "--router-ce-routed",
+        type=float,
+        default=0.0,
+        help="> 0: also the rows with supervised routers (finetune.train --router-ce-routed W)",
+    )
+    p.add_argument(
+        "--joint-top-k",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="K",
+        help="also a joint row per K with top-K routing in the routed stage and at inference "
+        "(finetune.train --top-k K; the other rows keep --top-k from the extra arguments, default 1)",
+    )
     a = p.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     if not 0 <= a.forced_epochs < a.epochs:
@@ -154,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         task_scores = {n: [per_seed[s][r]["scores"][n] for s in seeds] for n in names}
         avgs = [float(np.mean([per_seed[s][r]["scores"][n] for n in names])) for s in seeds]
         mats = [per_seed[s][r]["matrix"] for s in seeds if per_seed[s][r]["matrix"]]
-        table[r] = {"tasks": {n: {"median": float(np.median(v)), "min": min(v), "max": max(v)}
-                              for n, v in task_scores.items()},
-                    "average": {"median": float(np.median(avgs)), "min": min(avgs), "max": max(avgs), "per_seed": avgs},
-                    "params": per_seed[seeds[0]][r]["params"],
-                    "matrix": np.mean(mats, 0).tolist() if mats else None}
+        table[r] = {
+            "tasks": {n: {"median": float(np.median(v)), "min": min(v), "max": max(v)} for n, v in task_scores.items()},
+            "average": {"median": float(np.median(avgs)), "min": min(avgs), "max": max(avgs), "per_seed": avgs},
+            "params": per_seed[seeds[0]][r]["params"],
+            "matrix": np.mean(mats, 0).tolist() if mats else None,
+        }
     targets = {}
     for plug in (r for r in table if r.startswith("plug")):
         diag = np.diag(np.array(table[plug]["matrix"]))
@@ -171,26 +207,45 @@ def main(argv: list[str] | None = None) -> int:
         d = 100 * (table[joint]["average"]["median"] - table["multitask"]["average"]["median"])
         targets[f"{joint}_minus_multitask_points"] = round(d, 2)
         targets[f"{joint}_at_least_multitask"] = bool(d >= 0)
-    lines = ["| regime | trainable params | " + " | ".join(names) + " | average (median) | average per seed min–max |",
-             "|---|---|" + "---|" * (len(names) + 2)]
+    lines = [
+        "| regime | trainable params | " + " | ".join(names) + " | average (median) | average per seed min–max |",
+        "|---|---|" + "---|" * (len(names) + 2),
+    ]
     for r, t in table.items():
-        cells = [f"{100 * t['tasks'][n]['median']:.1f} ({100 * t['tasks'][n]['min']:.1f}–{100 * t['tasks'][n]['max']:.1f})"
-                 for n in names]
-        lines.append(f"| {title(r)} | {t['params']:,} | " + " | ".join(cells)
-                     + f" | **{100 * t['average']['median']:.1f}** | {100 * t['average']['min']:.1f}–"
-                     f"{100 * t['average']['max']:.1f} |")
+        cells = [
+            f"{100 * t['tasks'][n]['median']:.1f} ({100 * t['tasks'][n]['min']:.1f}–{100 * t['tasks'][n]['max']:.1f})"
+            for n in names
+        ]
+        lines.append(
+            f"| {title(r)} | {t['params']:,} | "
+            + " | ".join(cells)
+            + f" | **{100 * t['average']['median']:.1f}** | {100 * t['average']['min']:.1f}–"
+            f"{100 * t['average']['max']:.1f} |"
+        )
     lines.append("")
     for r, t in table.items():
         if t["matrix"]:
-            lines.append(f"Routing, {title(r)} (rows: tasks; columns: experts {', '.join(names)}): "
-                         + "; ".join(f"{n} [{', '.join(f'{x:.2f}' for x in row)}]" for n, row in zip(names, t["matrix"])))
+            lines.append(
+                f"Routing, {title(r)} (rows: tasks; columns: experts {', '.join(names)}): "
+                + "; ".join(f"{n} [{', '.join(f'{x:.2f}' for x in row)}]" for n, row in zip(names, t["matrix"]))
+            )
     lines += ["", "Targets: " + json.dumps(targets)]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "regimes.md"), "w", encoding="utf-8") as f:
         f.write(md)
     with open(os.path.join(a.out, "regimes.json"), "w", encoding="utf-8") as f:
-        json.dump({"tasks": names, "seeds": seeds, "extra_args": extra, "table": table, "targets": targets,
-                   "per_seed": per_seed}, f, indent=1)
+        json.dump(
+            {
+                "tasks": names,
+                "seeds": seeds,
+                "extra_args": extra,
+                "table": table,
+                "targets": targets,
+                "per_seed": per_seed,
+            },
+            f,
+            indent=1,
+        )
     mats = {r: np.array(t["matrix"]) for r, t in table.items() if t["matrix"]}
     if mats:
         heatmap(mats, names, os.path.join(a.out, "routing.png"))

@@ -41,18 +41,28 @@ def rows(dirs: list[str], sts: dict) -> list[dict]:
         b = doc["rows"]["b"]
         with open(os.path.join(d, "runs", "b", "metrics.jsonl"), encoding="utf-8") as f:
             tail = [json.loads(x) for x in f if x.strip()][-10:]  # one batch is noisy: the last 10 steps
-        zs = next((v for k, v in sts.items() if os.path.abspath(k) == os.path.abspath(os.path.join(d, "native", "b"))),
-                  None)
-        out.append({"name": os.path.basename(os.path.normpath(d)), "lever": lever(doc["args"]),
-                    "val": b["val_mlm_loss"], "hidden": sum(r.get("distill/hidden", 0) for r in tail) / len(tail),
-                    "tasks": b["glue"]["task_scores"], "avg": b["glue"]["average"],
-                    "seeds": b["glue"]["average_per_seed"], "sts": zs["test"]["score"] if zs else None})
+        zs = next(
+            (v for k, v in sts.items() if os.path.abspath(k) == os.path.abspath(os.path.join(d, "native", "b"))), None
+        )
+        out.append(
+            {
+                "name": os.path.basename(os.path.normpath(d)),
+                "lever": lever(doc["args"]),
+                "val": b["val_mlm_loss"],
+                "hidden": sum(r.get("distill/hidden", 0) for r in tail) / len(tail),
+                "tasks": b["glue"]["task_scores"],
+                "avg": b["glue"]["average"],
+                "seeds": b["glue"]["average_per_seed"],
+                "sts": zs["test"]["score"] if zs else None,
+            }
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="studies/plot_distill_levers.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="studies/plot_distill_levers.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("runs", nargs="+", help="replicate_glue.py OUT directories")
     p.add_argument("--sts", help="evaluation.embedding_sts --out JSON")
     p.add_argument("--out", required=True, help="the PNG to write")
@@ -67,15 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     tasks = list(table[0]["tasks"])
-    print("| run | lever | val MLM loss | hidden distance (last 10 steps) | " + " | ".join(tasks)
-          + " | average (median) | per seed min–max | zero-shot STS-B test |")
+    print(
+        "| run | lever | val MLM loss | hidden distance (last 10 steps) | "
+        + " | ".join(tasks)
+        + " | average (median) | per seed min–max | zero-shot STS-B test |"
+    )
     print("|---|---|---|---|" + "---|" * (len(tasks) + 3))
     for r in table:
         hidden = f"{r['hidden']:.3f}"
         sts_cell = f"{r['sts']:.1f}" if r["sts"] is not None else "–"
-        print(f"| {r['name']} | {r['lever']} | {r['val']:.3f} | {hidden} | "
-              + " | ".join(f"{100 * r['tasks'][t]:.1f}" for t in tasks)
-              + f" | **{100 * r['avg']:.1f}** | {100 * r['seeds']['min']:.1f}–{100 * r['seeds']['max']:.1f} | {sts_cell} |")
+        print(
+            f"| {r['name']} | {r['lever']} | {r['val']:.3f} | {hidden} | "
+            + " | ".join(f"{100 * r['tasks'][t]:.1f}" for t in tasks)
+            + f" | **{100 * r['avg']:.1f}** | {100 * r['seeds']['min']:.1f}–{100 * r['seeds']['max']:.1f} | "
+            f"{sts_cell} |"
+        )
 
     import matplotlib
 
@@ -88,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     # the average is the median of the task medians, which can lie outside the per-seed averages' range:
     # the range is drawn as its own segment, not as error bars around the bar
     axes[0].bar(names, avg, color="tab:blue")
-    axes[0].vlines(range(len(table)), [100 * r["seeds"]["min"] for r in table],
-                   [100 * r["seeds"]["max"] for r in table], color="black", lw=2)
+    axes[0].vlines(
+        range(len(table)),
+        [100 * r["seeds"]["min"] for r in table],
+        [100 * r["seeds"]["max"] for r in table],
+        color="black",
+        lw=2,
+    )
     axes[0].set_ylabel(f"GLUE probe average ({', '.join(tasks)})")
     axes[0].set_ylim(min(avg) - 5, max(avg) + 5)
     axes[0].set_title("fine-tuned: median of task medians; black: per-seed min–max", fontsize=9)

@@ -30,8 +30,9 @@ def main() -> int:
             with open(f, encoding="utf-8") as fh:
                 for r in json.load(fh)["rows"]:
                     lo, hi = r["ndcg_at_10_ci95"]
-                    beir.append((names.get(r["model"], r["model"]), r["ndcg_at_10"], lo, hi,
-                                 r["model"].startswith("baseline")))
+                    beir.append(
+                        (names.get(r["model"], r["model"]), r["ndcg_at_10"], lo, hi, r["model"].startswith("baseline"))
+                    )
         for d in a.squad:
             with open(os.path.join(d, "results.json"), encoding="utf-8") as fh:
                 doc = json.load(fh)
@@ -47,8 +48,11 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(t, rows) for t, rows in (("BEIR SciFact nDCG@10 (test)", beir), ("SQuAD 2.0 F1 (eval articles)", squad))
-              if rows]
+    panels = [
+        (t, rows)
+        for t, rows in (("BEIR SciFact nDCG@10 (test)", beir), ("SQuAD 2.0 F1 (eval articles)", squad))
+        if rows
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
     for ax, (title, rows) in zip(axes[0], panels):
         seen = {}

@@ -51,11 +51,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LAYER_SELECT = "average"  # the best at step 0 on dev: studies/teacher_init_study.py, RESULTS.md
 ROWS = ("a", "a-hf", "b", "c", "d", "e-uniform", "e-routing", "f")
 DEFAULT_ROWS = ("a", "b", "c", "d", "e-uniform", "e-routing", "f")
-LABELS = {"a": "(a) teacher all-MiniLM-L6-v2 (native, our head)", "a-hf": "(a) teacher, HF BERT pooler head",
-          "b": "(b) student, MoL, distilled",
-          "f": "(f) depth-wise LoRAs (relaxed recursive, SVD init), distilled",
-          "c": "(c) student, no MoL, distilled", "d": "(d) student, MoL, random init, MLM only",
-          "e-uniform": "(e) (b) merged uniform + folded", "e-routing": "(e) (b) merged routing + folded"}
+LABELS = {
+    "a": "(a) teacher all-MiniLM-L6-v2 (native, our head)",
+    "a-hf": "(a) teacher, HF BERT pooler head",
+    "b": "(b) student, MoL, distilled",
+    "f": "(f) depth-wise LoRAs (relaxed recursive, SVD init), distilled",
+    "c": "(c) student, no MoL, distilled",
+    "d": "(d) student, MoL, random init, MLM only",
+    "e-uniform": "(e) (b) merged uniform + folded",
+    "e-routing": "(e) (b) merged routing + folded",
+}
 
 
 def sh(cmd: list[str], log: str | None = None, env: dict | None = None) -> None:
@@ -107,8 +112,14 @@ def make_variant(init_b: str, out: str, which: str, seed: int = 0) -> None:
         state.update({k: v for k, v in model.state_dict().items() if k in state})
         fresh.load_state_dict(state)
     with OutputDir(out, overwrite=True) as tmp:
-        save_native(tmp, fresh.state_dict(), cfg, os.path.join(init_b, doc["tokenizer"]), None,
-                    [*doc["history"], {"tool": "replicate_glue", "variant": which, "seed": seed}])
+        save_native(
+            tmp,
+            fresh.state_dict(),
+            cfg,
+            os.path.join(init_b, doc["tokenizer"]),
+            None,
+            [*doc["history"], {"tool": "replicate_glue", "variant": which, "seed": seed}],
+        )
 
 
 def depth_lora_rank(init_b: str) -> int:
@@ -124,15 +135,30 @@ def depth_lora_rank(init_b: str) -> int:
 
 
 def pretrain_config(p: argparse.Namespace, run_dir: str, init: str, shards: str, distill: bool) -> list[str]:
-    overrides = [f"run_dir={run_dir}", f"init_from={init}", f"data.dir={shards}", "data.num_workers=1",
-                 f"train.steps={p.steps}", f"train.global_batch_tokens={p.batch_tokens}",
-                 f"train.micro_batch_size={p.micro_batch}", "train.log_every=10", f"optim.lr={p.lr}",
-                 f"schedule.warmup_steps={max(1, p.steps // 20)}", "schedule.decay_fraction=0.2",
-                 f"eval.every={max(1, p.steps // 2)}", "eval.max_batches=10", f"checkpoint.every={max(1, p.steps // 4)}",
-                 "checkpoint.keep=1"]
+    overrides = [
+        f"run_dir={run_dir}",
+        f"init_from={init}",
+        f"data.dir={shards}",
+        "data.num_workers=1",
+        f"train.steps={p.steps}",
+        f"train.global_batch_tokens={p.batch_tokens}",
+        f"train.micro_batch_size={p.micro_batch}",
+        "train.log_every=10",
+        f"optim.lr={p.lr}",
+        f"schedule.warmup_steps={max(1, p.steps // 20)}",
+        "schedule.decay_fraction=0.2",
+        f"eval.every={max(1, p.steps // 2)}",
+        "eval.max_batches=10",
+        f"checkpoint.every={max(1, p.steps // 4)}",
+        "checkpoint.keep=1",
+    ]
     if distill:
-        overrides += [f"distill.teacher={teacher_dir()}", f"distill.hidden_weight={p.hidden_weight}",
-                      f"distill.pooled_weight={p.pooled_weight}", "distill.kl_weight=0"]
+        overrides += [
+            f"distill.teacher={teacher_dir()}",
+            f"distill.hidden_weight={p.hidden_weight}",
+            f"distill.pooled_weight={p.pooled_weight}",
+            "distill.kl_weight=0",
+        ]
         if p.distill_layers:
             overrides.append(f"distill.layers=[{p.distill_layers}]")
     return overrides
@@ -151,7 +177,7 @@ def val_mlm(native_dir: str, shards: str, batches: int) -> dict:
 def mean_tokens_per_s(path: str) -> float:
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(x) for x in f if x.strip()]
-    vals = [r["tokens_per_s"] for r in rows[len(rows) // 5:] if "tokens_per_s" in r]
+    vals = [r["tokens_per_s"] for r in rows[len(rows) // 5 :] if "tokens_per_s" in r]
     return sum(vals) / len(vals) if vals else float("nan")
 
 
@@ -177,8 +203,9 @@ def plot(table: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="studies/replicate_glue.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="studies/replicate_glue.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--glue-dir", required=True, help="directory of GLUE task folders (data_prep/glue_data.py)")
     p.add_argument("--out", default="runs/replication")
     p.add_argument("--smoke", action="store_true", help="every stage with tiny budgets (a machinery check)")
@@ -186,33 +213,61 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=120, help="pretraining steps per student")
     p.add_argument("--batch-tokens", type=int, default=4096, help="global batch in tokens (seq_len 128)")
     p.add_argument("--micro-batch", type=int, default=16)
-    p.add_argument("--shard-mb", type=float, default=0.25,
-                   help="text per shard in MB (default: %(default)s). The loader reads a shard's samples together and "
-                        "each shard holds one source, so small shards mix the corpus's sources within a short run")
+    p.add_argument(
+        "--shard-mb",
+        type=float,
+        default=0.25,
+        help="text per shard in MB (default: %(default)s). The loader reads a shard's samples together and "
+        "each shard holds one source, so small shards mix the corpus's sources within a short run",
+    )
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--val-batches", type=int, default=0, help="val batches of 16 samples for the MLM loss column (0: all)")
+    p.add_argument(
+        "--val-batches", type=int, default=0, help="val batches of 16 samples for the MLM loss column (0: all)"
+    )
     p.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: hidden-state cosine weight")
-    p.add_argument("--pooled-weight", type=float, default=0.0,
-                   help="distillation: weight of the cosine between mean-pooled student and teacher sentence "
-                        "embeddings (distill.pooled_weight; default: %(default)s, off)")
-    p.add_argument("--layer-select", default=DEFAULT_LAYER_SELECT, choices=("even", "lower", "average"),
-                   help="teacher layers that initialise each student group (tools/init_from_teacher.py "
-                        "--layer-select; default: %(default)s, the best at step 0 on dev in "
-                        "studies/teacher_init_study.py)")
-    p.add_argument("--teacher-layers", default="",
-                   help="one teacher layer per student group, e.g. 0,5 (tools/init_from_teacher.py --layers; "
-                        "overrides --layer-select)")
-    p.add_argument("--distill-layers", default="",
-                   help="teacher layer whose output each student group's output is distilled towards "
-                        "(distill.layers; default: pretraining's, the last layer of each group's run in the "
-                        "init's teacher_map.json: 2,5 for average)")
-    p.add_argument("--init-args", default="",
-                   help="more tools/init_from_teacher.py arguments for (b)'s init, e.g. \"--mol-init svd\" or "
-                        "\"--block modern\"")
-    p.add_argument("--skip-glue", action="store_true",
-                   help="stop after pretraining, consolidation and merging (the native models under OUT/native)")
-    p.add_argument("--glue-args", default="--seeds 0,1,2 --epochs 3 --max-train 500 --max-eval 500 --lr 1e-4 --threads 2",
-                   help="arguments for python -m evaluation.glue, the same for every row")
+    p.add_argument(
+        "--pooled-weight",
+        type=float,
+        default=0.0,
+        help="distillation: weight of the cosine between mean-pooled student and teacher sentence "
+        "embeddings (distill.pooled_weight; default: %(default)s, off)",
+    )
+    p.add_argument(
+        "--layer-select",
+        default=DEFAULT_LAYER_SELECT,
+        choices=("even", "lower", "average"),
+        help="teacher layers that initialise each student group (tools/init_from_teacher.py "
+        "--layer-select; default: %(default)s, the best at step 0 on dev in "
+        "studies/teacher_init_study.py)",
+    )
+    p.add_argument(
+        "--teacher-layers",
+        default="",
+        help="one teacher layer per student group, e.g. 0,5 (tools/init_from_teacher.py --layers; "
+        "overrides --layer-select)",
+    )
+    p.add_argument(
+        "--distill-layers",
+        default="",
+        help="teacher layer whose output each student group's output is distilled towards "
+        "(distill.layers; default: pretraining's, the last layer of each group's run in the "
+        "init's teacher_map.json: 2,5 for average)",
+    )
+    p.add_argument(
+        "--init-args",
+        default="",
+        help='more tools/init_from_teacher.py arguments for (b)\'s init, e.g. "--mol-init svd" or "--block modern"',
+    )
+    p.add_argument(
+        "--skip-glue",
+        action="store_true",
+        help="stop after pretraining, consolidation and merging (the native models under OUT/native)",
+    )
+    p.add_argument(
+        "--glue-args",
+        default="--seeds 0,1,2 --epochs 3 --max-train 500 --max-eval 500 --lr 1e-4 --threads 2",
+        help="arguments for python -m evaluation.glue, the same for every row",
+    )
     a = p.parse_args(argv)
     if a.smoke:
         a.steps, a.batch_tokens, a.micro_batch = 4, 2048, 8
@@ -248,33 +303,116 @@ def main(argv: list[str] | None = None) -> int:
         sh([py, "data_prep/fetch_pretrain_corpus.py", "--out", corpus, "--exclude-glue", a.glue_dir], log)
     shards = os.path.join(out, "shards")
     if not os.path.isfile(os.path.join(shards, "index.json")):
-        sh([py, "data_prep/build_shards.py", corpus, "--tokenizer", os.path.join(teacher, "vocab.txt"),
-            "--out", shards, "--seq-len", "128", "--val-fraction", "0.01", "--shard-mb", str(a.shard_mb),
-            "--workers", "2", "--no-progress"], log)
+        sh(
+            [
+                py,
+                "data_prep/build_shards.py",
+                corpus,
+                "--tokenizer",
+                os.path.join(teacher, "vocab.txt"),
+                "--out",
+                shards,
+                "--seq-len",
+                "128",
+                "--val-fraction",
+                "0.01",
+                "--shard-mb",
+                str(a.shard_mb),
+                "--workers",
+                "2",
+                "--no-progress",
+            ],
+            log,
+        )
 
     # student inits
     inits = {r: os.path.join(out, "init", r) for r in ("b", "c", "d", "f")}
     if not os.path.isfile(os.path.join(inits["b"], "config.json")):
         layers = ["--layers", a.teacher_layers] if a.teacher_layers else ["--layer-select", a.layer_select]
-        sh([py, "tools/init_from_teacher.py", teacher, "--preset", "tiny", "--dims", "teacher",
-            "--intermediate-size", "768", "--set", "group_depth=3", "--set", "embedding_size=128",
-            *layers, *a.init_args.split(), "--out", inits["b"], "--overwrite"], log)
+        sh(
+            [
+                py,
+                "tools/init_from_teacher.py",
+                teacher,
+                "--preset",
+                "tiny",
+                "--dims",
+                "teacher",
+                "--intermediate-size",
+                "768",
+                "--set",
+                "group_depth=3",
+                "--set",
+                "embedding_size=128",
+                *layers,
+                *a.init_args.split(),
+                "--out",
+                inits["b"],
+                "--overwrite",
+            ],
+            log,
+        )
     for r in ("c", "d"):
         if not os.path.isfile(os.path.join(inits[r], "config.json")):
             make_variant(inits["b"], inits[r], r)
     if "f" in rows and not os.path.isfile(os.path.join(inits["f"], "config.json")):
         layers = ["--layers", a.teacher_layers] if a.teacher_layers else ["--layer-select", a.layer_select]
-        sh([py, "tools/init_from_teacher.py", teacher, "--preset", "tiny", "--dims", "teacher",
-            "--intermediate-size", "768", "--set", "group_depth=3", "--set", "embedding_size=128", *layers,
-            *a.init_args.split(), "--mol-routing", "depth", "--mol-rank", str(depth_lora_rank(inits["b"])),
-            "--mol-init", "svd", "--out", inits["f"], "--overwrite"], log)
+        sh(
+            [
+                py,
+                "tools/init_from_teacher.py",
+                teacher,
+                "--preset",
+                "tiny",
+                "--dims",
+                "teacher",
+                "--intermediate-size",
+                "768",
+                "--set",
+                "group_depth=3",
+                "--set",
+                "embedding_size=128",
+                *layers,
+                *a.init_args.split(),
+                "--mol-routing",
+                "depth",
+                "--mol-rank",
+                str(depth_lora_rank(inits["b"])),
+                "--mol-init",
+                "svd",
+                "--out",
+                inits["f"],
+                "--overwrite",
+            ],
+            log,
+        )
     # (a): the teacher as a native model (exact; no MoL), so it gets the students' head and pooling
     native_a = os.path.join(out, "native", "a")
     if "a" in rows and not os.path.isfile(os.path.join(native_a, "config.json")):
         tmp_a = os.path.join(out, "init", "a-with-mol")
-        sh([py, "tools/init_from_teacher.py", teacher, "--preset", "tiny", "--dims", "teacher", "--set",
-            "num_groups=6", "--set", "group_depth=1", "--set", "embedding_size=384", "--intermediate-size", "1536",
-            "--out", tmp_a, "--overwrite"], log)
+        sh(
+            [
+                py,
+                "tools/init_from_teacher.py",
+                teacher,
+                "--preset",
+                "tiny",
+                "--dims",
+                "teacher",
+                "--set",
+                "num_groups=6",
+                "--set",
+                "group_depth=1",
+                "--set",
+                "embedding_size=384",
+                "--intermediate-size",
+                "1536",
+                "--out",
+                tmp_a,
+                "--overwrite",
+            ],
+            log,
+        )
         make_variant(tmp_a, native_a, "c")
 
     # pretraining (2 processes), consolidation, merging
@@ -284,9 +422,21 @@ def main(argv: list[str] | None = None) -> int:
             continue
         run_dir, nat = os.path.join(out, "runs", r), os.path.join(out, "native", r)
         if not os.path.isfile(os.path.join(nat, "config.json")):
-            sh(["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "pretrain.train",
-                "--config", "pretrain/configs/tiny.yaml", *pretrain_config(a, run_dir, inits[r], shards, r != "d")],
-               log, {"OMP_NUM_THREADS": "1"})
+            sh(
+                [
+                    "torchrun",
+                    "--standalone",
+                    "--nproc-per-node",
+                    "2",
+                    "-m",
+                    "pretrain.train",
+                    "--config",
+                    "pretrain/configs/tiny.yaml",
+                    *pretrain_config(a, run_dir, inits[r], shards, r != "d"),
+                ],
+                log,
+                {"OMP_NUM_THREADS": "1"},
+            )
             sh([py, "tools/consolidate_checkpoint.py", run_dir, "--out", nat, "--overwrite"], log)
         native[r] = nat
     for method in ("uniform", "routing"):
@@ -296,8 +446,21 @@ def main(argv: list[str] | None = None) -> int:
         nat = os.path.join(out, "native", r)
         if not os.path.isfile(os.path.join(nat, "config.json")):
             calib = ["--calib", shards] if method == "routing" else []
-            sh([py, "tools/merge_experts.py", native["b"], "--out", nat, "--method", method, "--fold",
-                *calib, "--overwrite"], log)
+            sh(
+                [
+                    py,
+                    "tools/merge_experts.py",
+                    native["b"],
+                    "--out",
+                    nat,
+                    "--method",
+                    method,
+                    "--fold",
+                    *calib,
+                    "--overwrite",
+                ],
+                log,
+            )
         native[r] = nat
 
     if a.skip_glue:
@@ -309,19 +472,37 @@ def main(argv: list[str] | None = None) -> int:
         res_dir = os.path.join(out, "glue", r)
         if not os.path.isfile(os.path.join(res_dir, "results.json")):
             t0 = time.time()
-            sh([py, "-m", "evaluation.glue", native[r], "--glue-dir", a.glue_dir, "--out", res_dir,
-                *a.glue_args.split()], log)
+            sh(
+                [
+                    py,
+                    "-m",
+                    "evaluation.glue",
+                    native[r],
+                    "--glue-dir",
+                    a.glue_dir,
+                    "--out",
+                    res_dir,
+                    *a.glue_args.split(),
+                ],
+                log,
+            )
             print(f"  GLUE {r}: {time.time() - t0:.0f} s", flush=True)
         with open(os.path.join(res_dir, "results.json"), encoding="utf-8") as f:
             glue = json.load(f)
-        entry = {"model": native[r], "unique_layer_params": unique_layer_params(native[r]),
-                 "glue": {"average": glue["glue_average"]["median_of_task_medians"],
-                          "average_per_seed": glue["glue_average"]["per_seed"],
-                          "task_scores": glue["glue_average"]["task_scores"],
-                          "splits": glue["glue_average"]["splits"]}}
+        entry = {
+            "model": native[r],
+            "unique_layer_params": unique_layer_params(native[r]),
+            "glue": {
+                "average": glue["glue_average"]["median_of_task_medians"],
+                "average_per_seed": glue["glue_average"]["per_seed"],
+                "task_scores": glue["glue_average"]["task_scores"],
+                "splits": glue["glue_average"]["splits"],
+            },
+        }
         run = os.path.join(out, "runs", "b" if r.startswith("e-") else r)
-        entry["glue"].update({k: glue["glue_average"][k] for k in ("ci95", "seed_mean", "constant",
-                                                                    "constant_task_scores")})
+        entry["glue"].update(
+            {k: glue["glue_average"][k] for k in ("ci95", "seed_mean", "constant", "constant_task_scores")}
+        )
         if not r.startswith("a"):
             entry.update(val_mlm(native[r], shards, a.val_batches))
             entry["tokens_per_s"] = mean_tokens_per_s(os.path.join(run, "metrics.jsonl"))
@@ -333,9 +514,12 @@ def main(argv: list[str] | None = None) -> int:
     teacher_row = table.get("a") or table.get("a-hf") or {}
     teacher_params = teacher_row.get("unique_layer_params")
     tasks = list(next(iter(table.values()))["glue"]["task_scores"])
-    lines = ["| row | unique layer params | val MLM loss | tokens/s | " + " | ".join(tasks)
-             + " | GLUE avg (median) | seed-mean avg [95 % CI] | % of teacher | % of teacher's margin |",
-             "|---|---|---|---|" + "---|" * (len(tasks) + 4)]
+    lines = [
+        "| row | unique layer params | val MLM loss | tokens/s | "
+        + " | ".join(tasks)
+        + " | GLUE avg (median) | seed-mean avg [95 % CI] | % of teacher | % of teacher's margin |",
+        "|---|---|---|---|" + "---|" * (len(tasks) + 4),
+    ]
     const = next(iter(table.values()))["glue"]["constant"]
     for r, e in table.items():
         share = f" ({e['unique_layer_params'] / teacher_params:.0%})" if teacher_params else ""
@@ -348,14 +532,18 @@ def main(argv: list[str] | None = None) -> int:
             rel = f"{g['average'] / t_avg:.0%}"
             margin = f"{(g['average'] - const) / (t_avg - const):.0%}" if t_avg != const else "–"
         lo, hi = g["ci95"]
-        lines.append(f"| {LABELS[r]} | {e['unique_layer_params']:,}{share} | {val} | {tps} | "
-                     + " | ".join(f"{100 * v:.1f}" for v in g["task_scores"].values())
-                     + f" | **{100 * g['average']:.1f}** | {100 * g['seed_mean']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-                     f" | {rel} | {margin} |")
+        lines.append(
+            f"| {LABELS[r]} | {e['unique_layer_params']:,}{share} | {val} | {tps} | "
+            + " | ".join(f"{100 * v:.1f}" for v in g["task_scores"].values())
+            + f" | **{100 * g['average']:.1f}** | {100 * g['seed_mean']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+            f" | {rel} | {margin} |"
+        )
     consts = next(iter(table.values()))["glue"]
-    lines.append("| constant predictor (majority label; STS-B 0) | – | – | – | "
-                 + " | ".join(f"{100 * consts['constant_task_scores'][t]:.1f}" for t in tasks)
-                 + f" | {100 * consts['constant']:.1f} | | | 0% |")
+    lines.append(
+        "| constant predictor (majority label; STS-B 0) | – | – | – | "
+        + " | ".join(f"{100 * consts['constant_task_scores'][t]:.1f}" for t in tasks)
+        + f" | {100 * consts['constant']:.1f} | | | 0% |"
+    )
     md = "\n".join(lines) + "\n"
     with open(os.path.join(out, "replication.md"), "w", encoding="utf-8") as f:
         f.write(md)

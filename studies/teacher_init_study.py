@@ -37,31 +37,78 @@ from studies.replicate_glue import unique_layer_params
 from fileio import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GEOMETRY = ["--preset", "tiny", "--dims", "teacher", "--intermediate-size", "768", "--set", "group_depth=3",
-            "--set", "embedding_size=128"]
+GEOMETRY = [
+    "--preset",
+    "tiny",
+    "--dims",
+    "teacher",
+    "--intermediate-size",
+    "768",
+    "--set",
+    "group_depth=3",
+    "--set",
+    "embedding_size=128",
+]
 # name → (what it changes, extra init_from_teacher arguments; later ones override GEOMETRY's)
 OPTIONS = {
-    "modern-even": ("ModernBERT-style block (the old init), layers 0, 5", ["--block", "modern", "--layer-select", "even", "--mol-init", "fresh"]),
+    "modern-even": (
+        "ModernBERT-style block (the old init), layers 0, 5",
+        ["--block", "modern", "--layer-select", "even", "--mol-init", "fresh"],
+    ),
     "even": ("teacher block, layers 0, 5 (evenly spaced)", ["--layer-select", "even", "--mol-init", "fresh"]),
     "lower": ("teacher block, layers 0, 1", ["--layer-select", "lower", "--mol-init", "fresh"]),
     "average": ("teacher block, means of layers 0-2 and 3-5", ["--layer-select", "average", "--mol-init", "fresh"]),
-    "average-svd": ("average + MoL experts = SVD of each depth's residual", ["--layer-select", "average",
-                                                                              "--mol-init", "svd", "--mol-depth-bias", "0"]),
-    "average-svd-bias2": ("average-svd + depth-aware router bias 2 (application j -> expert j, top-2 of 8)",
-                          ["--layer-select", "average", "--mol-init", "svd", "--mol-depth-bias", "2"]),
-    "average-svd-bias4": ("average-svd + depth-aware router bias 4",
-                          ["--layer-select", "average", "--mol-init", "svd", "--mol-depth-bias", "4"]),
-    "average-depth-svd": ("average + depth-wise LoRAs (rank 43: the MoL's parameters) = SVD of each depth's "
-                          "residual (the relaxed-recursive init)",
-                          ["--layer-select", "average", "--mol-routing", "depth", "--mol-rank", "43", "--mol-init", "svd"]),
-    "even-e384": ("even, no embedding factorisation (e 384)", ["--layer-select", "even", "--mol-init", "fresh", "--set", "embedding_size=384"]),
-    "even-ffn1536": ("even, no FFN pruning (FFN 1536)", ["--layer-select", "even", "--mol-init", "fresh", "--intermediate-size", "1536"]),
-    "average-e384-ffn1536": ("average, neither factorised nor pruned", ["--layer-select", "average", "--mol-init", "fresh", "--set",
-                                                                        "embedding_size=384",
-                                                                        "--intermediate-size", "1536"]),
-    "k6g1-full": ("no compression: K 6 × G 1, e 384, FFN 1536 (= the teacher)",
-                  ["--set", "num_groups=6", "--set", "group_depth=1", "--set", "embedding_size=384",
-                   "--intermediate-size", "1536"]),
+    "average-svd": (
+        "average + MoL experts = SVD of each depth's residual",
+        ["--layer-select", "average", "--mol-init", "svd", "--mol-depth-bias", "0"],
+    ),
+    "average-svd-bias2": (
+        "average-svd + depth-aware router bias 2 (application j -> expert j, top-2 of 8)",
+        ["--layer-select", "average", "--mol-init", "svd", "--mol-depth-bias", "2"],
+    ),
+    "average-svd-bias4": (
+        "average-svd + depth-aware router bias 4",
+        ["--layer-select", "average", "--mol-init", "svd", "--mol-depth-bias", "4"],
+    ),
+    "average-depth-svd": (
+        "average + depth-wise LoRAs (rank 43: the MoL's parameters) = SVD of each depth's "
+        "residual (the relaxed-recursive init)",
+        ["--layer-select", "average", "--mol-routing", "depth", "--mol-rank", "43", "--mol-init", "svd"],
+    ),
+    "even-e384": (
+        "even, no embedding factorisation (e 384)",
+        ["--layer-select", "even", "--mol-init", "fresh", "--set", "embedding_size=384"],
+    ),
+    "even-ffn1536": (
+        "even, no FFN pruning (FFN 1536)",
+        ["--layer-select", "even", "--mol-init", "fresh", "--intermediate-size", "1536"],
+    ),
+    "average-e384-ffn1536": (
+        "average, neither factorised nor pruned",
+        [
+            "--layer-select",
+            "average",
+            "--mol-init",
+            "fresh",
+            "--set",
+            "embedding_size=384",
+            "--intermediate-size",
+            "1536",
+        ],
+    ),
+    "k6g1-full": (
+        "no compression: K 6 × G 1, e 384, FFN 1536 (= the teacher)",
+        [
+            "--set",
+            "num_groups=6",
+            "--set",
+            "group_depth=1",
+            "--set",
+            "embedding_size=384",
+            "--intermediate-size",
+            "1536",
+        ],
+    ),
 }
 PROBE_TASKS = ("SST-2", "MRPC")
 
@@ -75,8 +122,16 @@ def teacher_dir() -> str:
 def build(name: str, out: str) -> str:
     path = os.path.join(out, "init", name)
     if not os.path.isfile(os.path.join(path, "config.json")):
-        cmd = [sys.executable, "tools/init_from_teacher.py", teacher_dir(), *GEOMETRY, *OPTIONS[name][1],
-               "--out", path, "--overwrite"]
+        cmd = [
+            sys.executable,
+            "tools/init_from_teacher.py",
+            teacher_dir(),
+            *GEOMETRY,
+            *OPTIONS[name][1],
+            "--out",
+            path,
+            "--overwrite",
+        ]
         subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return path
 
@@ -129,13 +184,20 @@ class Scorer:
             sc = lambda idx, s=scores: task_score(task_metrics(spec.metrics, s[idx], ydev[idx]), spec.main)  # noqa: E731
             draws = bootstrap_draws(sc, len(ydev), self.seed)
             const = constant_scores(ytr, len(ydev), False, spec.num_labels)
-            out[t] = {"score": sc(np.arange(len(ydev))), "ci95": percentile_ci(draws), "draws": draws,
-                      "C": float(clf.C_[0]),
-                      "constant": task_score(task_metrics(spec.metrics, const, ydev), spec.main)}
+            out[t] = {
+                "score": sc(np.arange(len(ydev))),
+                "ci95": percentile_ci(draws),
+                "draws": draws,
+                "C": float(clf.C_[0]),
+                "constant": task_score(task_metrics(spec.metrics, const, ydev), spec.main),
+            }
         probe_draws = np.mean([out[t]["draws"] for t in PROBE_TASKS], axis=0)
-        out["probe"] = {"score": float(np.mean([out[t]["score"] for t in PROBE_TASKS])),
-                        "ci95": percentile_ci(probe_draws), "draws": probe_draws,
-                        "constant": float(np.mean([out[t]["constant"] for t in PROBE_TASKS]))}
+        out["probe"] = {
+            "score": float(np.mean([out[t]["score"] for t in PROBE_TASKS])),
+            "ci95": percentile_ci(probe_draws),
+            "draws": probe_draws,
+            "constant": float(np.mean([out[t]["constant"] for t in PROBE_TASKS])),
+        }
         out["seconds"] = round(time.time() - t0, 1)
         return out
 
@@ -148,11 +210,20 @@ def plot(rows: dict, path: str) -> None:
 
     names = list(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    for ax, key, title in ((axes[0], "sts", "zero-shot STS-B dev (Spearman ×100)"),
-                           (axes[1], "probe", "frozen probe, SST-2 + MRPC dev (×100)")):
+    for ax, key, title in (
+        (axes[0], "sts", "zero-shot STS-B dev (Spearman ×100)"),
+        (axes[1], "probe", "frozen probe, SST-2 + MRPC dev (×100)"),
+    ):
         vals = [100 * rows[n][key]["score"] for n in names]
-        err = np.array([[100 * (rows[n][key]["score"] - rows[n][key]["ci95"][0]),
-                         100 * (rows[n][key]["ci95"][1] - rows[n][key]["score"])] for n in names]).T
+        err = np.array(
+            [
+                [
+                    100 * (rows[n][key]["score"] - rows[n][key]["ci95"][0]),
+                    100 * (rows[n][key]["ci95"][1] - rows[n][key]["score"]),
+                ]
+                for n in names
+            ]
+        ).T
         ax.barh(range(len(names)), vals, xerr=err, color=["#888" if n == "teacher" else "#4878cf" for n in names])
         if key == "probe":
             ax.axvline(100 * rows[names[-1]][key]["constant"], color="k", ls="--", lw=1, label="constant predictor")
@@ -161,20 +232,28 @@ def plot(rows: dict, path: str) -> None:
         ax.set_title(title, fontsize=10)
     axes[0].set_yticks(range(len(names)), names, fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle("Students of all-MiniLM-L6-v2 at step 0 (distilled-*: after 0.49 M tokens of distillation); "
-                 "K 2 × G 3, FFN 768, e 128 unless named; 95 % bootstrap CIs", fontsize=9)
+    fig.suptitle(
+        "Students of all-MiniLM-L6-v2 at step 0 (distilled-*: after 0.49 M tokens of distillation); "
+        "K 2 × G 3, FFN 768, e 128 unless named; 95 % bootstrap CIs",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="studies/teacher_init_study.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="studies/teacher_init_study.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--glue-dir", required=True, help="directory of GLUE task folders (STS-B, SST-2, MRPC are read)")
     p.add_argument("--out", default="runs/init-study")
     p.add_argument("--options", default=",".join(OPTIONS), help=f"subset of {','.join(OPTIONS)}")
-    p.add_argument("--models", nargs="*", default=[],
-                   help="more model directories to score the same way (NAME=DIR), e.g. distilled students")
+    p.add_argument(
+        "--models",
+        nargs="*",
+        default=[],
+        help="more model directories to score the same way (NAME=DIR), e.g. distilled students",
+    )
     p.add_argument("--probe-train", type=int, default=2000, help="training examples per probe task (stratified)")
     p.add_argument("--seed", type=int, default=0, help="subset and bootstrap seed")
     p.add_argument("--reference", default="even", help="the option the Δ columns compare against")
@@ -202,12 +281,21 @@ def main(argv: list[str] | None = None) -> int:
         key = f"{name}:{os.path.abspath(path)}:{a.probe_train}:{a.seed}:cv"
         if key not in done:
             res = scorer.score(path)
-            done[key] = {k: ({kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
-                             if isinstance(v, dict) else v) for k, v in res.items()}
+            done[key] = {
+                k: (
+                    {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
+                    if isinstance(v, dict)
+                    else v
+                )
+                for k, v in res.items()
+            }
             done[key]["params"] = unique_layer_params(path)
             write_json(cache, done)
-            print(f"{name}: STS-B {100 * res['sts']['score']:.1f}, probe {100 * res['probe']['score']:.1f} "
-                  f"({res['seconds']:.0f} s)", flush=True)
+            print(
+                f"{name}: STS-B {100 * res['sts']['score']:.1f}, probe {100 * res['probe']['score']:.1f} "
+                f"({res['seconds']:.0f} s)",
+                flush=True,
+            )
         rows[name] = {**done[key], "what": what}
     teacher = rows["teacher"]
     const = teacher["probe"]["constant"]
@@ -220,24 +308,37 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = np.quantile(d, [0.025, 0.975])
         return f"{100 * (r[key]['score'] - ref[key]['score']):+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
-    lines = ["| option | what | unique layer params | STS-B dev [95 % CI] | Δ STS-B vs " + a.reference
-             + " | SST-2 | MRPC | probe avg [95 % CI] | Δ probe vs " + a.reference
-             + " | share of the teacher's probe margin |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| option | what | unique layer params | STS-B dev [95 % CI] | Δ STS-B vs "
+        + a.reference
+        + " | SST-2 | MRPC | probe avg [95 % CI] | Δ probe vs "
+        + a.reference
+        + " | share of the teacher's probe margin |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         share = (r["probe"]["score"] - const) / (teacher["probe"]["score"] - const)
         ci, pci = r["sts"]["ci95"], r["probe"]["ci95"]
-        lines.append(f"| {name} | {r['what']} | {r['params']:,} | {100 * r['sts']['score']:.1f} "
-                     f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] | {delta(r, 'sts')} | {100 * r['SST-2']['score']:.1f} | "
-                     f"{100 * r['MRPC']['score']:.1f} | {100 * r['probe']['score']:.1f} [{100 * pci[0]:.1f}, "
-                     f"{100 * pci[1]:.1f}] | {delta(r, 'probe')} | {share:.0%} |")
-    lines.append(f"| constant | majority label | – | 0.0 | | {100 * teacher['SST-2']['constant']:.1f} | "
-                 f"{100 * teacher['MRPC']['constant']:.1f} | {100 * const:.1f} | | 0% |")
+        lines.append(
+            f"| {name} | {r['what']} | {r['params']:,} | {100 * r['sts']['score']:.1f} "
+            f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] | {delta(r, 'sts')} | {100 * r['SST-2']['score']:.1f} | "
+            f"{100 * r['MRPC']['score']:.1f} | {100 * r['probe']['score']:.1f} [{100 * pci[0]:.1f}, "
+            f"{100 * pci[1]:.1f}] | {delta(r, 'probe')} | {share:.0%} |"
+        )
+    lines.append(
+        f"| constant | majority label | – | 0.0 | | {100 * teacher['SST-2']['constant']:.1f} | "
+        f"{100 * teacher['MRPC']['constant']:.1f} | {100 * const:.1f} | | 0% |"
+    )
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "init_study.md"), "w", encoding="utf-8") as f:
         f.write(md)
     with open(os.path.join(a.out, "init_study.json"), "w", encoding="utf-8") as f:
-        json.dump({"args": vars(a), "rows": {n: {k: v for k, v in r.items() if k != "draws"} for n, r in rows.items()}},
-                  f, indent=1, default=str)
+        json.dump(
+            {"args": vars(a), "rows": {n: {k: v for k, v in r.items() if k != "draws"} for n, r in rows.items()}},
+            f,
+            indent=1,
+            default=str,
+        )
     try:
         plot(rows, os.path.join(a.out, "init_study.png"))
     except ImportError:

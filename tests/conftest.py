@@ -13,8 +13,9 @@ from data_prep.corpus import SAMPLE_CORPUS_DIR
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Small but real: the whole shipped corpus, short samples, a small vocabulary, several shards per split.
-TINY_BUILD = dict(inputs=[SAMPLE_CORPUS_DIR], seq_len=128, vocab_size=4000, shard_mb=0.3, val_fraction=0.05,
-                  tokenizer_sample_mb=1.0)
+TINY_BUILD = dict(
+    inputs=[SAMPLE_CORPUS_DIR], seq_len=128, vocab_size=4000, shard_mb=0.3, val_fraction=0.05, tokenizer_sample_mb=1.0
+)
 
 
 @pytest.fixture(scope="session")
@@ -59,24 +60,47 @@ def torchrun(nproc: int, module_args: list[str], env: dict | None = None, timeou
     one thread per process; returns the CompletedProcess (text output captured)."""
     import subprocess
 
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-                if nproc > 1 else [sys.executable])
-    return subprocess.run([*launcher, *module_args], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
+    return subprocess.run(
+        [*launcher, *module_args],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wrapped_cmd(nproc: int, train_args: list[str]) -> list[str]:
     """``python -m pretrain.torchrun --standalone --nproc-per-node N -m pretrain.train …``: what users run."""
-    return [sys.executable, "-m", "pretrain.torchrun", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "pretrain.train", *train_args]
+    return [
+        sys.executable,
+        "-m",
+        "pretrain.torchrun",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "pretrain.train",
+        *train_args,
+    ]
 
 
 def wrapped_pretrain(nproc: int, train_args: list[str], env: dict | None = None, timeout: int = 600):
     """``wrapped_cmd`` run to the end from the repo root, one thread per process (output captured)."""
     import subprocess
 
-    return subprocess.run(wrapped_cmd(nproc, train_args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        wrapped_cmd(nproc, train_args),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def pretrain(nproc: int, args: list[str], env: dict | None = None, timeout: int = 600):

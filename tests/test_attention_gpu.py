@@ -48,7 +48,7 @@ def _math_reference(q, k, v, lens, window):
     """Per-segment softmax(q k^T / sqrt(d)) v in float64 on the CPU, with the |i - j| <= window band."""
     outs, start = [], 0
     for n in lens:
-        qs, ks, vs = (t[start:start + n].double().cpu().transpose(0, 1) for t in (q, k, v))  # [H, n, Dh]
+        qs, ks, vs = (t[start : start + n].double().cpu().transpose(0, 1) for t in (q, k, v))  # [H, n, Dh]
         s = qs @ ks.transpose(1, 2) / qs.shape[-1] ** 0.5
         if window is not None:
             i = torch.arange(n)

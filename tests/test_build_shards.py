@@ -35,7 +35,7 @@ def _recover_documents(data_dir: str) -> dict[int, list[int]]:
                 assert len(ids) <= index.seq_len and lens.sum() == len(ids)
                 off = 0
                 for n, d in zip(lens.tolist(), doc_ids.tolist()):
-                    seg = ids[off:off + n].tolist()
+                    seg = ids[off : off + n].tolist()
                     assert seg[0] == cls and seg[-1] == sep
                     docs.setdefault(d, []).extend(seg[1:-1])
                     off += n
@@ -86,16 +86,29 @@ def test_two_builds_are_byte_identical_whatever_the_worker_count(shards_dir, tmp
 def test_a_killed_build_resumes_to_the_same_bytes(shards_dir, tmp_path):
     # Many small shards so the kill lands midway; reuse the session's tokenizer to skip training.
     tok = os.path.join(shards_dir, "tokenizer.model")
-    args = ["data_prep/build_shards.py", "--out", None, "--tokenizer", tok, "--seq-len", "128",
-            "--shard-mb", "0.02", "--workers", "1", "--no-progress"]
+    args = [
+        "data_prep/build_shards.py",
+        "--out",
+        None,
+        "--tokenizer",
+        tok,
+        "--seq-len",
+        "128",
+        "--shard-mb",
+        "0.02",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     ref = str(tmp_path / "ref")
     args[2] = ref
     assert run_cli(args).returncode == 0
 
     out = str(tmp_path / "killed")
     args[2] = out
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     journal = os.path.join(out, JOURNAL_FILE)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -140,13 +153,23 @@ def test_hf_tokenizer_json_is_used_with_its_special_tokens(tmp_path):
     hf = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
     hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     docs = list(CorpusReader(resolve_inputs([os.path.join(SAMPLE_CORPUS_DIR, "devils_dictionary.txt")])))
-    hf.train_from_iterator(docs, trainers.WordPieceTrainer(
-        vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    hf.train_from_iterator(
+        docs, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    )
     path = str(tmp_path / "tokenizer.json")
     hf.save(path)
     out = str(tmp_path / "hf")
-    index = build(BuildConfig(inputs=[os.path.join(SAMPLE_CORPUS_DIR, "devils_dictionary.txt")], tokenizer=path,
-                              seq_len=64, val_fraction=0.0), out, workers=0, progress=False)
+    index = build(
+        BuildConfig(
+            inputs=[os.path.join(SAMPLE_CORPUS_DIR, "devils_dictionary.txt")],
+            tokenizer=path,
+            seq_len=64,
+            val_fraction=0.0,
+        ),
+        out,
+        workers=0,
+        progress=False,
+    )
     assert index["tokenizer"]["kind"] == "hf" and index["tokenizer"]["file"] == "tokenizer.json"
     assert index["tokenizer"]["special_ids"] == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
     recovered = _recover_documents(out)
@@ -156,9 +179,18 @@ def test_hf_tokenizer_json_is_used_with_its_special_tokens(tmp_path):
 
 def test_bpe_tokenizer_option(tmp_path):
     out = str(tmp_path / "bpe")
-    index = build(BuildConfig(inputs=[os.path.join(SAMPLE_CORPUS_DIR, "devils_dictionary.txt")],
-                              tokenizer_type="bpe", vocab_size=1000, seq_len=64, val_fraction=0.0),
-                  out, workers=0, progress=False)
+    index = build(
+        BuildConfig(
+            inputs=[os.path.join(SAMPLE_CORPUS_DIR, "devils_dictionary.txt")],
+            tokenizer_type="bpe",
+            vocab_size=1000,
+            seq_len=64,
+            val_fraction=0.0,
+        ),
+        out,
+        workers=0,
+        progress=False,
+    )
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
@@ -181,8 +213,12 @@ def test_all_input_formats_give_the_same_documents(tmp_path):
     pq.write_table(pa.table({"text": docs}), tmp_path / "c.parquet")
     hashes = set()
     for name in ("c.txt", "c.jsonl", "c.jsonl.gz", "c.jsonl.zst", "c.parquet"):
-        index = build(BuildConfig(inputs=[str(tmp_path / name)], vocab_size=800, seq_len=64, val_fraction=0.0),
-                      str(tmp_path / f"out-{name}"), workers=0, progress=False)
+        index = build(
+            BuildConfig(inputs=[str(tmp_path / name)], vocab_size=800, seq_len=64, val_fraction=0.0),
+            str(tmp_path / f"out-{name}"),
+            workers=0,
+            progress=False,
+        )
         assert index["stats"]["documents"] == 300
         hashes.add(tuple(s["sha256"] for s in index["splits"]["train"]["shards"]))
     assert len(hashes) == 1
@@ -191,8 +227,12 @@ def test_all_input_formats_give_the_same_documents(tmp_path):
 def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
     p = tmp_path / "bad.txt"
     p.write_bytes(b"good text here\n\nbroken \xff\xfe bytes and more words\n\nthe end of it\n")
-    index = build(BuildConfig(inputs=[str(p)], vocab_size=300, seq_len=16, val_fraction=0.0,
-                              tokenizer_sample_mb=1.0), str(tmp_path / "o"), workers=0, progress=False)
+    index = build(
+        BuildConfig(inputs=[str(p)], vocab_size=300, seq_len=16, val_fraction=0.0, tokenizer_sample_mb=1.0),
+        str(tmp_path / "o"),
+        workers=0,
+        progress=False,
+    )
     assert index["stats"]["replaced_undecodable_bytes"] == 2
     assert index["stats"]["documents"] == 3
 
@@ -214,8 +254,22 @@ def test_help_works_from_the_repo_root():
 
 
 def test_summary_is_printed(tmp_path):
-    r = run_cli(["data_prep/build_shards.py", "--out", str(tmp_path / "s"), "--max-docs", "200",
-                 "--vocab-size", "500", "--seq-len", "64", "--workers", "0", "--no-progress"])
+    r = run_cli(
+        [
+            "data_prep/build_shards.py",
+            "--out",
+            str(tmp_path / "s"),
+            "--max-docs",
+            "200",
+            "--vocab-size",
+            "500",
+            "--seq-len",
+            "64",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "shipped sample corpus" in r.stdout
     for word in ("documents  200", "tokens", "shards", "tokens/s"):
@@ -223,18 +277,43 @@ def test_summary_is_printed(tmp_path):
     assert json.load(open(tmp_path / "s" / "index.json"))["stats"]["documents"] == 200
 
 
-_TINY_CLI = ["--seq-len", "128", "--vocab-size", "4000", "--shard-mb", "0.3", "--val-fraction", "0.05",
-             "--tokenizer-sample-mb", "1.0", "--workers", "0", "--no-progress"]  # conftest's TINY_BUILD
+_TINY_CLI = [
+    "--seq-len",
+    "128",
+    "--vocab-size",
+    "4000",
+    "--shard-mb",
+    "0.3",
+    "--val-fraction",
+    "0.05",
+    "--tokenizer-sample-mb",
+    "1.0",
+    "--workers",
+    "0",
+    "--no-progress",
+]  # conftest's TINY_BUILD
 
 
 def test_a_three_task_slurm_array_build_is_byte_identical_to_one_machine(shards_dir, tmp_path):
     """slurm/build_shards.sh as the array's 3 tasks, all at once on one shared --out; the last writes the index."""
     out = tmp_path / "dist"
-    procs = [subprocess.Popen(["bash", "slurm/build_shards.sh", "--out", str(out), *_TINY_CLI], cwd=REPO,
-                              env={**os.environ, "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": str(i + 1),
-                                   "SLURM_ARRAY_TASK_MIN": "1", "SLURM_CPUS_PER_TASK": "0"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in (2, 1, 0)]  # task 0 last: the others wait for its tokenizer
+    procs = [
+        subprocess.Popen(
+            ["bash", "slurm/build_shards.sh", "--out", str(out), *_TINY_CLI],
+            cwd=REPO,
+            env={
+                **os.environ,
+                "SLURM_ARRAY_TASK_COUNT": "3",
+                "SLURM_ARRAY_TASK_ID": str(i + 1),
+                "SLURM_ARRAY_TASK_MIN": "1",
+                "SLURM_CPUS_PER_TASK": "0",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (2, 1, 0)
+    ]  # task 0 last: the others wait for its tokenizer
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], logs
     assert sum(log.count("done: ") for log in logs) >= 1  # someone finalised

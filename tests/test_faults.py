@@ -20,6 +20,7 @@ TINY = ["--config", "pretrain/configs/tiny.yaml"]
 
 def _fake_checkpoint(ckpt_dir: str, step: int) -> str:
     """A checkpoint written by the real protocol (one process), with a stand-in for the model state."""
+
     def write(tmp: str) -> None:
         with open(os.path.join(tmp, "__0_0.distcp"), "wb") as f:
             f.write(np.random.default_rng(step).bytes(50_000))
@@ -36,12 +37,17 @@ def _flip_byte(path: str, at: int = 1000) -> None:
 
 # ---------------------------------------------------------------------------------------------- verify
 
+
 def test_verify_names_truncated_changed_missing_and_corrupted_files(tmp_path):
     ckpt = str(tmp_path)
     paths = [_fake_checkpoint(ckpt, s) for s in (1, 2, 3, 4, 5)]
     assert [checkpoint.verify(p) for p in paths] == [None] * 5
     assert json.load(open(os.path.join(paths[0], "manifest.json")))["files"].keys() == {
-        ".metadata", "__0_0.distcp", "rng_rank0.pt", "trainer.json"}
+        ".metadata",
+        "__0_0.distcp",
+        "rng_rank0.pt",
+        "trainer.json",
+    }
     os.truncate(os.path.join(paths[0], "__0_0.distcp"), 100)
     assert checkpoint.verify(paths[0]) == "__0_0.distcp truncated: 100 bytes, the manifest says 50,000"
     _flip_byte(os.path.join(paths[1], "__0_0.distcp"))  # same size: only the hash can tell
@@ -66,7 +72,10 @@ def test_hash_shares_cover_every_file(tmp_path):
     # the cheap size checks pass; of the 4 files (.metadata, __0_0.distcp, rng, trainer.json) rank 1 of 3
     # hashes the 2nd only: it alone finds the corruption, as verify_collective gathers every rank's answer
     assert [checkpoint.verify(path, (r, 3)) for r in range(3)] == [
-        None, "__0_0.distcp does not match its sha256 in manifest.json (corrupted)", None]
+        None,
+        "__0_0.distcp does not match its sha256 in manifest.json (corrupted)",
+        None,
+    ]
 
 
 def test_resume_point_falls_back_and_sets_bad_ones_aside(tmp_path):
@@ -111,16 +120,28 @@ def test_consolidation_names_the_bad_checkpoint_and_the_newest_intact_one(tmp_pa
     os.truncate(os.path.join(bad, "__0_0.distcp"), 7)
     r = run_cli(["tools/consolidate_checkpoint.py", str(tmp_path), "--out", str(tmp_path / "native")])
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert r.stderr.strip() == (f"error: checkpoint {bad}: __0_0.distcp truncated: 7 bytes, the manifest says 50,000; "
-                                f"the newest intact checkpoint is {intact}: pass it instead")
+    assert r.stderr.strip() == (
+        f"error: checkpoint {bad}: __0_0.distcp truncated: 7 bytes, the manifest says 50,000; "
+        f"the newest intact checkpoint is {intact}: pass it instead"
+    )
     assert not (tmp_path / "native").exists()
 
 
 # ---------------------------------------------------------------------------------------------- training
 
+
 def _train_args(run_dir, data_dir, steps, extra=()):
-    return [*TINY, f"data.dir={data_dir}", f"run_dir={run_dir}", f"train.steps={steps}", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "schedule.warmup_steps=3", "eval.every=0", *extra]
+    return [
+        *TINY,
+        f"data.dir={data_dir}",
+        f"run_dir={run_dir}",
+        f"train.steps={steps}",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "schedule.warmup_steps=3",
+        "eval.every=0",
+        *extra,
+    ]
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -184,17 +205,24 @@ def test_a_bad_shard_mid_run_stops_both_ranks_with_one_line_and_exit_2(shards_di
 def test_torchrun_wrapper_passes_the_exit_status_on_with_one_line(shards_dir, tmp_path):
     r = wrapped_pretrain(2, _train_args(tmp_path, shards_dir, 2, ["train.stepz=3"]))
     assert r.returncode == 2
-    assert _error_lines(r.stderr) == ["error: train.stepz: unknown field (allowed: global_batch_tokens, log_every, "
-                                      "micro_batch_size, seed, steps)"]
+    assert _error_lines(r.stderr) == [
+        "error: train.stepz: unknown field (allowed: global_batch_tokens, log_every, micro_batch_size, seed, steps)"
+    ]
     killed = tmp_path / "kill.py"
     killed.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
-    r = subprocess.run([sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2", str(killed)],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pretrain.torchrun", "--standalone", "--nproc-per-node=2", str(killed)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 137
     assert _error_lines(r.stderr)[-1].endswith("was killed by SIGKILL (exit status 137)")
 
 
 # ---------------------------------------------------------------------------------------------- CLIs
+
 
 def test_pretrain_data_verifies_every_shard_and_names_each_bad_one(shards_dir, tmp_path, capsys):
     from pretrain.data import main
@@ -229,7 +257,9 @@ def test_launcher_checks_data_and_slurm_before_submitting(shards_dir, tmp_path):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # no sbatch/srun on it
     base = [sys.executable, "-m", "pretrain.launch", "--cluster", "slurm", *TINY, f"run_dir={tmp_path}"]
     r = subprocess.run([*base, f"data.dir={tmp_path / 'nowhere'}"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip() == f"error: data directory '{tmp_path / 'nowhere'}': no such directory"
+    assert (
+        r.returncode == 2 and r.stderr.strip() == f"error: data directory '{tmp_path / 'nowhere'}': no such directory"
+    )
     r = subprocess.run([*base, f"data.dir={shards_dir}"], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --cluster slurm: no sbatch/srun on this")
     assert not os.listdir(tmp_path)
@@ -273,14 +303,26 @@ def test_finetune_scripts_also_run_as_plain_scripts(script):
 def test_gpu_check_says_in_one_line_that_there_is_no_gpu(tmp_path):
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has nvidia-smi: scripts/gpu_check.sh would run for real")
-    r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "OUT": str(tmp_path / "out")})
+    r = subprocess.run(
+        ["bash", "scripts/gpu_check.sh"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OUT": str(tmp_path / "out")},
+    )
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("gpu_check: no python3 on PATH imports a CUDA-enabled torch that sees a GPU (tried: ")
     assert r.stderr.endswith("; set PYTHON=/path/to/python3\n") and r.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
     # given an interpreter whose torch sees no GPU: the same, one line, nothing written
-    r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable})
+    r = subprocess.run(
+        ["bash", "scripts/gpu_check.sh"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable},
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "sees no CUDA GPU" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()

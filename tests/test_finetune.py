@@ -94,9 +94,25 @@ def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(native, tasks
     common = ["--model", native, "--epochs", "1", "--batch-size", "16", "--max-len", "64"]
     for name, task in zip(("source", "length"), tasks):
         assert train.main([*common, "--tasks", task, "--mode", "lora", "--out", str(tmp_path / name)]) == 0
-    assert train.main([*common, "--tasks", *tasks, "--mode", "mixer-plug", "--train-per-task", "40",
-                       "--adapters", str(tmp_path / "source"), str(tmp_path / "length"),
-                       "--out", str(tmp_path / "plug")]) == 0
+    assert (
+        train.main(
+            [
+                *common,
+                "--tasks",
+                *tasks,
+                "--mode",
+                "mixer-plug",
+                "--train-per-task",
+                "40",
+                "--adapters",
+                str(tmp_path / "source"),
+                str(tmp_path / "length"),
+                "--out",
+                str(tmp_path / "plug"),
+            ]
+        )
+        == 0
+    )
     res = json.load(open(tmp_path / "plug" / "results.json"))
     assert res["train_examples"] == 80
     assert res["frozen_tensors_changed"] == []  # experts (the adapters), heads and encoder untouched
@@ -114,8 +130,22 @@ def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(native, tasks
     assert set(joint["stages"][0]["history"][0]) == {"epoch", "task", "route_ce"}
     assert set(joint["stages"][1]["history"][0]) == {"epoch", "task", "rsl", "preserve"}
     # supervised routers: the cross-entropy to each task's expert is kept in the routed stage
-    assert train.main([*common, "--tasks", *tasks, "--mode", "mixer-joint", "--router-ce-routed", "0.5",
-                       "--out", str(tmp_path / "joint-sup")]) == 0
+    assert (
+        train.main(
+            [
+                *common,
+                "--tasks",
+                *tasks,
+                "--mode",
+                "mixer-joint",
+                "--router-ce-routed",
+                "0.5",
+                "--out",
+                str(tmp_path / "joint-sup"),
+            ]
+        )
+        == 0
+    )
     sup = json.load(open(tmp_path / "joint-sup" / "results.json"))
     assert set(sup["stages"][1]["history"][0]) == {"epoch", "task", "rsl", "preserve", "route_ce"}
     assert sup["stages"][1]["route_ce"] == 0.5 and joint["stages"][1]["route_ce"] == 0.0
@@ -124,8 +154,23 @@ def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(native, tasks
 
 
 def test_router_supervision_is_for_the_mixers_only(native, tasks, tmp_path, capsys):
-    assert train.main(["--model", native, "--tasks", tasks[0], "--mode", "lora", "--router-ce-routed", "1",
-                       "--out", str(tmp_path / "o")]) == 2
+    assert (
+        train.main(
+            [
+                "--model",
+                native,
+                "--tasks",
+                tasks[0],
+                "--mode",
+                "lora",
+                "--router-ce-routed",
+                "1",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "--router-ce-routed is for the mixer modes" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -158,8 +203,9 @@ def test_sentence_pairs_are_encoded_cls_a_sep_b_sep(native, tmp_path):
 def glue_dir(tmp_path_factory) -> str:
     """STS-B (regression, pairs) and RTE (classes, pairs) in the GLUE layouts, from the shipped corpus's text."""
     root = tmp_path_factory.mktemp("glue")
-    lines = [" ".join(d.split())[:160] for f in resolve_inputs([SAMPLE_CORPUS_DIR]) for d in CorpusReader([f])
-             if len(d) > 20][:240]
+    lines = [
+        " ".join(d.split())[:160] for f in resolve_inputs([SAMPLE_CORPUS_DIR]) for d in CorpusReader([f]) if len(d) > 20
+    ][:240]
     pairs = list(zip(lines[::2], lines[1::2]))
     os.makedirs(root / "STS-B")
     os.makedirs(root / "RTE")
@@ -191,9 +237,34 @@ def test_glue_regression_targets_are_scaled_to_unit_range(native, glue_dir):
 
 def test_glue_tasks_train_with_a_regression_head_and_glue_metrics(native, glue_dir, tmp_path):
     out = tmp_path / "joint"
-    assert train.main(["--model", native, "--glue-dir", glue_dir, "--tasks", "STS-B", "RTE", "--mode", "mixer-joint",
-                       "--epochs", "1", "--forced-epochs", "1", "--batch-size", "16", "--max-len", "64",
-                       "--route", "per_projection", "--out", str(out)]) == 0
+    assert (
+        train.main(
+            [
+                "--model",
+                native,
+                "--glue-dir",
+                glue_dir,
+                "--tasks",
+                "STS-B",
+                "RTE",
+                "--mode",
+                "mixer-joint",
+                "--epochs",
+                "1",
+                "--forced-epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--max-len",
+                "64",
+                "--route",
+                "per_projection",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.load(open(out / "results.json"))
     sts, rte = res["results"]["STS-B"], res["results"]["RTE"]
     assert set(sts) == {"dev", "test", "expert_share", "router_entropy"}
@@ -211,17 +282,51 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
     from studies import finetune_regimes
 
     out = tmp_path / "regimes"
-    assert finetune_regimes.main(["--model", native, "--glue-dir", glue_dir, "--tasks", "STS-B", "RTE",
-                                  "--seeds", "0", "--epochs", "2", "--joint-top-k", "2", "--out", str(out), "--",
-                                  "--batch-size", "16", "--max-len", "48", "--train-per-task", "20"]) == 0
+    assert (
+        finetune_regimes.main(
+            [
+                "--model",
+                native,
+                "--glue-dir",
+                glue_dir,
+                "--tasks",
+                "STS-B",
+                "RTE",
+                "--seeds",
+                "0",
+                "--epochs",
+                "2",
+                "--joint-top-k",
+                "2",
+                "--out",
+                str(out),
+                "--",
+                "--batch-size",
+                "16",
+                "--max-len",
+                "48",
+                "--train-per-task",
+                "20",
+            ]
+        )
+        == 0
+    )
     doc = json.load(open(out / "regimes.json"))
     assert list(doc["table"]) == ["lora", "multitask", "plug", "joint", "joint-top2"]
-    assert set(doc["targets"]) == {"plug_own_adapter_share", "plug_routes_own_adapter_over_60pct",
-                                   "plug_minus_single_task_points", "plug_within_2_points",
-                                   "joint_minus_multitask_points", "joint_at_least_multitask",
-                                   "joint-top2_minus_multitask_points", "joint-top2_at_least_multitask"}
+    assert set(doc["targets"]) == {
+        "plug_own_adapter_share",
+        "plug_routes_own_adapter_over_60pct",
+        "plug_minus_single_task_points",
+        "plug_within_2_points",
+        "joint_minus_multitask_points",
+        "joint_at_least_multitask",
+        "joint-top2_minus_multitask_points",
+        "joint-top2_at_least_multitask",
+    }
     top2 = json.load(open(out / "seed0" / "joint-top2" / "results.json"))
-    assert top2["args"]["top_k"] == 2 and json.load(open(out / "seed0" / "joint" / "results.json"))["args"]["top_k"] == 1
+    assert (
+        top2["args"]["top_k"] == 2 and json.load(open(out / "seed0" / "joint" / "results.json"))["args"]["top_k"] == 1
+    )
     plug = json.load(open(out / "seed0" / "plug" / "results.json"))
     assert plug["frozen_tensors_changed"] == [] and plug["train_examples"] == 40
     joint = json.load(open(out / "seed0" / "joint" / "results.json"))

@@ -39,8 +39,9 @@ def test_fit_runs_the_schedule_over_every_step_and_reports_epoch_means(monkeypat
         lrs.append(e)
         module.eval()  # a held-out evaluation: the next epoch must train again
 
-    history = fit(module, list(module.parameters()), FitConfig(0.1, 2, per_epoch), epoch_batches, step_loss,
-                  after_epoch)
+    history = fit(
+        module, list(module.parameters()), FitConfig(0.1, 2, per_epoch), epoch_batches, step_loss, after_epoch
+    )
     assert per_epoch == 3 and lrs == [0, 1] and all(modes)
     assert [h["mse"] for h in history] == pytest.approx([sum(seen[:3]) / 3, sum(seen[3:]) / 3])
     assert [h["twice"] for h in history] == pytest.approx([2 * h["mse"] for h in history])
@@ -49,8 +50,9 @@ def test_fit_runs_the_schedule_over_every_step_and_reports_epoch_means(monkeypat
     assert used == pytest.approx([0.1 * f(s) for s in range(6)]) and used[0] > used[3] > used[5] > 0
 
 
-@pytest.mark.parametrize("field,value,message", [("lr", 0.0, "lr=0.0: must be > 0"),
-                                                 ("epochs", -1, "epochs=-1: must be >= 0")])
+@pytest.mark.parametrize(
+    "field,value,message", [("lr", 0.0, "lr=0.0: must be > 0"), ("epochs", -1, "epochs=-1: must be >= 0")]
+)
 def test_fit_config_names_the_bad_field(field, value, message):
     kw = {"lr": 1e-4, "epochs": 1, "steps_per_epoch": 1, field: value}
     with pytest.raises(ValueError, match=message):

@@ -25,7 +25,9 @@ def test_hand_computed_count_on_tiny():
     assert fc.forward == 31_825_920 and fc.training == 3 * 31_825_920
     # the BERT family's plain GELU FFN: Wi is d→I, not d→2I (its biases and positions are not counted)
     bert = count_flops(dataclasses.replace(cfg, ffn_activation="gelu", bias=True), [10, 20], 5)
-    assert dense - bert.layers[0] == 2 * T * d * I and (dense + mol) - bert.layers[2] == 2 * T * d * I * (1 + 2 * 16 / 64)
+    assert dense - bert.layers[0] == 2 * T * d * I and (dense + mol) - bert.layers[2] == 2 * T * d * I * (
+        1 + 2 * 16 / 64
+    )
 
 
 def test_recursion_depth_multiplies_the_shared_part():
@@ -54,8 +56,11 @@ def test_vectorised_training_count_equals_the_per_layer_count():
     from model.config import AttnExpertsConfig
     from model.flops import TrainingFlops
 
-    configs = [preset("tiny"), preset("120m"),
-               dataclasses.replace(preset("tiny"), attn_experts=AttnExpertsConfig(groups=(0,), routing="soft"))]
+    configs = [
+        preset("tiny"),
+        preset("120m"),
+        dataclasses.replace(preset("tiny"), attn_experts=AttnExpertsConfig(groups=(0,), routing="soft")),
+    ]
     lens = [1, 2, 5, 64, 65, 66, 129, 300, 1024]  # around the tiny window (±64) and far beyond it
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
     for cfg in configs:

@@ -16,11 +16,13 @@ from data_prep.glue_data import TASKS, GlueDataError, from_rows, load_local, rea
 from conftest import REPO, run_cli
 
 GLUE_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "glue")
-need_glue = pytest.mark.skipif(not os.path.isdir(GLUE_DIR),
-                               reason=f"the offline GLUE copies ({GLUE_DIR}) exist on the project's machines only")
+need_glue = pytest.mark.skipif(
+    not os.path.isdir(GLUE_DIR), reason=f"the offline GLUE copies ({GLUE_DIR}) exist on the project's machines only"
+)
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
+
 
 def test_metrics_match_scikit_learn_and_scipy():
     from scipy.stats import pearsonr, spearmanr
@@ -48,10 +50,16 @@ def test_metrics_match_scikit_learn_and_scipy():
 
 # ---- data layouts ----------------------------------------------------------------------------------
 
+
 @need_glue
 def test_every_task_loads_with_the_documented_row_counts():
-    counts = {"CoLA": (8551, 516), "SST-2": (6920, 1821), "STS-B": (4249, 1500, 1500),
-              "MRPC": (2576, 1500, 1725), "RTE": (1244, 139, 1384)}
+    counts = {
+        "CoLA": (8551, 516),
+        "SST-2": (6920, 1821),
+        "STS-B": (4249, 1500, 1500),
+        "MRPC": (2576, 1500, 1725),
+        "RTE": (1244, 139, 1384),
+    }
     for name, want in counts.items():
         splits = load_local(name, GLUE_DIR)
         assert tuple(len(v) for v in splits.values()) == want, name
@@ -101,9 +109,11 @@ def test_malformed_rows_and_layouts_name_the_file_and_line(tmp_path):
 
 
 def test_hf_datasets_rows_map_to_the_same_examples():
-    rows = {"train": [{"sentence1": "a", "sentence2": "b", "label": 1, "idx": 0}],
-            "validation": [{"sentence1": "c", "sentence2": "d", "label": 0, "idx": 0}],
-            "test": [{"sentence1": "e", "sentence2": "f", "label": -1, "idx": 0}]}
+    rows = {
+        "train": [{"sentence1": "a", "sentence2": "b", "label": 1, "idx": 0}],
+        "validation": [{"sentence1": "c", "sentence2": "d", "label": 0, "idx": 0}],
+        "test": [{"sentence1": "e", "sentence2": "f", "label": -1, "idx": 0}],
+    }
     out = from_rows("RTE", rows)
     assert set(out) == {"train", "dev"}  # GLUE's test labels are hidden
     assert out["train"][0] == glue_data.Example(("a", "b"), 1.0)
@@ -114,8 +124,19 @@ def test_hf_datasets_rows_map_to_the_same_examples():
 def test_cli_bad_layout_is_one_line_exit_2(tmp_path):
     _write(tmp_path / "glue" / "SST-2" / "train.tsv", "1\tgood\n")
     _write(tmp_path / "glue" / "SST-2" / "dev.tsv", "1\tgood\nx\n")
-    r = run_cli(["-m", "evaluation.glue", str(tmp_path / "nomodel"), "--glue-dir", str(tmp_path / "glue"),
-                 "--tasks", "SST-2", "--out", str(tmp_path / "o")])
+    r = run_cli(
+        [
+            "-m",
+            "evaluation.glue",
+            str(tmp_path / "nomodel"),
+            "--glue-dir",
+            str(tmp_path / "glue"),
+            "--tasks",
+            "SST-2",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0
     assert r.stderr.startswith("error: ") and "SST-2/dev.tsv:2: 1 tab-separated fields" in r.stderr
@@ -124,14 +145,34 @@ def test_cli_bad_layout_is_one_line_exit_2(tmp_path):
 
 # ---- the runner on our models and on HF models -------------------------------------------------------
 
+
 @need_glue
 @pytest.mark.slow
 def test_runner_on_a_native_model_all_tasks_two_seeds(native_dir, tmp_path):
     from evaluation import glue
 
     out, saved = str(tmp_path / "res"), str(tmp_path / "saved")
-    rc = glue.main([native_dir, "--glue-dir", GLUE_DIR, "--out", out, "--seeds", "0,1", "--epochs", "1",
-                    "--max-train", "24", "--max-eval", "20", "--lr", "1e-3", "--save-model", saved])
+    rc = glue.main(
+        [
+            native_dir,
+            "--glue-dir",
+            GLUE_DIR,
+            "--out",
+            out,
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "1",
+            "--max-train",
+            "24",
+            "--max-eval",
+            "20",
+            "--lr",
+            "1e-3",
+            "--save-model",
+            saved,
+        ]
+    )
     assert rc == 0
     res = json.load(open(os.path.join(out, "results.json")))
     assert list(res["tasks"]) == list(TASKS)
@@ -159,17 +200,21 @@ def test_runner_on_a_native_model_all_tasks_two_seeds(native_dir, tmp_path):
     # STS-B got a one-output regression head; the saved classifier directory says so
     sts = json.load(open(os.path.join(saved, "STS-B", "config.json")))
     assert sts["classifier"]["num_labels"] == 1 and sts["classifier"]["labels"] == []
-    assert json.load(open(os.path.join(saved, "RTE", "config.json")))["classifier"]["labels"] == \
-        ["entailment", "not_entailment"]
+    assert json.load(open(os.path.join(saved, "RTE", "config.json")))["classifier"]["labels"] == [
+        "entailment",
+        "not_entailment",
+    ]
 
 
 def _fresh_process_logits(hf_dir: str, ids: torch.Tensor, mask: torch.Tensor, tmp_path, remote: bool) -> torch.Tensor:
     torch.save({"ids": ids, "mask": mask}, tmp_path / "in.pt")
-    code = ("import sys, torch; from transformers import AutoModelForSequenceClassification as A; "
-            f"d = torch.load({str(tmp_path / 'in.pt')!r}); "
-            f"m = A.from_pretrained({hf_dir!r}, trust_remote_code={remote}).eval(); "
-            "out = m(input_ids=d['ids'], attention_mask=d['mask']).logits; "
-            f"torch.save(out, {str(tmp_path / 'out.pt')!r})")
+    code = (
+        "import sys, torch; from transformers import AutoModelForSequenceClassification as A; "
+        f"d = torch.load({str(tmp_path / 'in.pt')!r}); "
+        f"m = A.from_pretrained({hf_dir!r}, trust_remote_code={remote}).eval(); "
+        "out = m(input_ids=d['ids'], attention_mask=d['mask']).logits; "
+        f"torch.save(out, {str(tmp_path / 'out.pt')!r})"
+    )
     r = run_cli(["-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     return torch.load(tmp_path / "out.pt")
@@ -188,8 +233,12 @@ def test_classifier_exports_with_its_head_and_hf_gives_the_same_logits(native_di
     head = ClassifierConfig(num_labels=num_labels, pooling="mean", labels=["no", "yes"] if num_labels == 2 else [])
     torch.manual_seed(1)
     clf, fresh = backend.build(head)
-    assert fresh == ["classifier.dense.weight", "classifier.norm.weight", "classifier.out.weight",
-                     "classifier.out.bias"]
+    assert fresh == [
+        "classifier.dense.weight",
+        "classifier.norm.weight",
+        "classifier.out.weight",
+        "classifier.out.bias",
+    ]
     with torch.no_grad():  # a head that is not at its init values, and an encoder that moved
         for p in clf.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -264,8 +313,30 @@ def test_runner_scores_a_plain_hf_bert_teacher_and_an_hf_export_with_lora(native
     assert run_cli(["tools/convert_to_hf.py", native_dir, "--out", hf]).returncode == 0
     for model in (teacher, hf):
         out = str(tmp_path / ("res-" + os.path.basename(model)))
-        assert glue.main([model, "--glue-dir", GLUE_DIR, "--out", out, "--tasks", "MRPC,STS-B", "--mode", "lora",
-                          "--seeds", "0", "--epochs", "1", "--max-train", "16", "--max-eval", "16"]) == 0
+        assert (
+            glue.main(
+                [
+                    model,
+                    "--glue-dir",
+                    GLUE_DIR,
+                    "--out",
+                    out,
+                    "--tasks",
+                    "MRPC,STS-B",
+                    "--mode",
+                    "lora",
+                    "--seeds",
+                    "0",
+                    "--epochs",
+                    "1",
+                    "--max-train",
+                    "16",
+                    "--max-eval",
+                    "16",
+                ]
+            )
+            == 0
+        )
         res = json.load(open(os.path.join(out, "results.json")))
         assert res["backend"] == ("hf/bert" if model == teacher else "hf/modernalbert")
         assert set(res["glue_average"]["task_scores"]) == {"MRPC", "STS-B"}
@@ -289,9 +360,25 @@ def test_replication_smoke(tmp_path):
     if not os.path.isdir(GLUE_DIR):
         pytest.skip(f"the offline GLUE copies ({GLUE_DIR}) exist on the project's machines only")
     out = str(tmp_path / "repl")
-    r = run_cli(["studies/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--smoke",
-                 "--rows", "a,b,e-routing,f", "--teacher-layers", "1,4", "--distill-layers", "2,5", "--pooled-weight", "0.5"],
-                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = run_cli(
+        [
+            "studies/replicate_glue.py",
+            "--glue-dir",
+            GLUE_DIR,
+            "--out",
+            out,
+            "--smoke",
+            "--rows",
+            "a,b,e-routing,f",
+            "--teacher-layers",
+            "1,4",
+            "--distill-layers",
+            "2,5",
+            "--pooled-weight",
+            "0.5",
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     log = open(os.path.join(out, "replication.log")).read()
     assert "group 0 (layers 0-2) <- teacher layer 1" in log and "group 1 (layers 3-5) <- teacher layer 4" in log
@@ -299,7 +386,9 @@ def test_replication_smoke(tmp_path):
     res = json.load(open(os.path.join(out, "replication.json")))["rows"]
     assert list(res) == ["a", "b", "e-routing", "f"]
     # (f): 3 depth-wise LoRAs of rank 43 hold the parameters of (b)'s 8 rank-16 experts and router (to 0.1 %)
-    assert abs(res["f"]["unique_layer_params"] - res["b"]["unique_layer_params"]) < 0.001 * res["b"]["unique_layer_params"]
+    assert (
+        abs(res["f"]["unique_layer_params"] - res["b"]["unique_layer_params"]) < 0.001 * res["b"]["unique_layer_params"]
+    )
     assert "--mol-routing depth --mol-rank 43 --mol-init svd" in r.stdout  # the commands are echoed
     assert res["a"]["unique_layer_params"] == 6 * 1_774_464  # MiniLM's 6 layers
     assert res["b"]["unique_layer_params"] <= res["a"]["unique_layer_params"] / 3
@@ -318,19 +407,23 @@ def test_replication_smoke(tmp_path):
 
 # ---- zero-shot sentence similarity (evaluation/embedding_sts.py, evaluation/embedder.py) ---------------
 
-STS_PAIRS = [("A man is playing a guitar.", "A man is playing a guitar.", 5.0),
-             ("A woman is slicing an onion.", "A woman is cutting an onion.", 4.6),
-             ("A dog runs in the park.", "A dog is running through a park.", 4.2),
-             ("The stock market fell sharply today.", "Shares dropped a lot on Monday.", 3.0),
-             ("A child is reading a book.", "A kid reads.", 2.8),
-             ("A cat sleeps on the sofa.", "The parliament passed a new budget law.", 0.0),
-             ("Two men are playing chess.", "Heavy rain flooded the coastal town.", 0.2),
-             ("The chef cooks pasta.", "A satellite was launched into orbit.", 0.4)]
+STS_PAIRS = [
+    ("A man is playing a guitar.", "A man is playing a guitar.", 5.0),
+    ("A woman is slicing an onion.", "A woman is cutting an onion.", 4.6),
+    ("A dog runs in the park.", "A dog is running through a park.", 4.2),
+    ("The stock market fell sharply today.", "Shares dropped a lot on Monday.", 3.0),
+    ("A child is reading a book.", "A kid reads.", 2.8),
+    ("A cat sleeps on the sofa.", "The parliament passed a new budget law.", 0.0),
+    ("Two men are playing chess.", "Heavy rain flooded the coastal town.", 0.2),
+    ("The chef cooks pasta.", "A satellite was launched into orbit.", 0.4),
+]
 
 
 def _sts_dir(tmp_path) -> str:
-    rows = "".join(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{a}\t{b}\t{s:.3f}\n"
-                   for i, (a, b, s) in enumerate(STS_PAIRS))
+    rows = "".join(
+        f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{a}\t{b}\t{s:.3f}\n"
+        for i, (a, b, s) in enumerate(STS_PAIRS)
+    )
     for split in ("train", "dev", "test"):
         _write(str(tmp_path / "glue" / "STS-B" / f"{split}.tsv"), rows)
     return str(tmp_path / "glue")
@@ -391,16 +484,33 @@ def test_plot_distill_levers_reads_replication_runs(tmp_path):
     def fake(name, args, avg, seeds):
         d = tmp_path / name
         (d / "runs" / "b").mkdir(parents=True)
-        glue = {"average": avg, "average_per_seed": {"min": seeds[0], "max": seeds[1]},
-                "task_scores": {"SST-2": 0.7, "STS-B": 0.2, "MRPC": 0.73}}
-        doc = {"args": {"steps": 120, "hidden_weight": 1.0, "pooled_weight": 0.0, "teacher_layers": "0,5",
-                        "distill_layers": "", "lr": 5e-4, **args}, "rows": {"b": {"val_mlm_loss": 6.1, "glue": glue}}}
+        glue = {
+            "average": avg,
+            "average_per_seed": {"min": seeds[0], "max": seeds[1]},
+            "task_scores": {"SST-2": 0.7, "STS-B": 0.2, "MRPC": 0.73},
+        }
+        doc = {
+            "args": {
+                "steps": 120,
+                "hidden_weight": 1.0,
+                "pooled_weight": 0.0,
+                "teacher_layers": "0,5",
+                "distill_layers": "",
+                "lr": 5e-4,
+                **args,
+            },
+            "rows": {"b": {"val_mlm_loss": 6.1, "glue": glue}},
+        }
         (d / "replication.json").write_text(json.dumps(doc))
         (d / "runs" / "b" / "metrics.jsonl").write_text(
-            "".join(json.dumps({"step": i, "distill/hidden": 1.0 if i < 5 else 0.5}) + "\n" for i in range(15)))
+            "".join(json.dumps({"step": i, "distill/hidden": 1.0 if i < 5 else 0.5}) + "\n" for i in range(15))
+        )
         return str(d)
 
-    base, hw = fake("base", {}, 0.552, (0.542, 0.555)), fake("hw5", {"hidden_weight": 5.0, "lr": 1e-3}, 0.531, (0.534, 0.538))
+    base, hw = (
+        fake("base", {}, 0.552, (0.542, 0.555)),
+        fake("hw5", {"hidden_weight": 5.0, "lr": 1e-3}, 0.531, (0.534, 0.538)),
+    )
     sts = tmp_path / "sts.json"
     sts.write_text(json.dumps({os.path.join(hw, "native", "b"): {"test": {"score": 66.1}}}))
     png = str(tmp_path / "levers.png")
@@ -415,6 +525,7 @@ def test_plot_distill_levers_reads_replication_runs(tmp_path):
 
 
 # ---- the protocol: stratified subsets, constant predictor, bootstrap intervals --------------------------
+
 
 def test_stratified_subsets_keep_label_shares_are_seeded_and_not_the_first_rows():
     from evaluation.sampling import stratified_subset
@@ -462,8 +573,27 @@ def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native
     from evaluation import glue
 
     out = str(tmp_path / "sel")
-    argv = [native_dir, "--glue-dir", GLUE_DIR, "--out", out, "--tasks", "RTE", "--seeds", "0", "--max-train", "30",
-            "--max-eval", "16", "--select-lr", "1e-3,1e-6", "--select-epochs", "1,2", "--holdout", "0.2"]
+    argv = [
+        native_dir,
+        "--glue-dir",
+        GLUE_DIR,
+        "--out",
+        out,
+        "--tasks",
+        "RTE",
+        "--seeds",
+        "0",
+        "--max-train",
+        "30",
+        "--max-eval",
+        "16",
+        "--select-lr",
+        "1e-3,1e-6",
+        "--select-epochs",
+        "1,2",
+        "--holdout",
+        "0.2",
+    ]
     assert glue.main(argv) == 0
     t = json.load(open(os.path.join(out, "results.json")))["tasks"]["RTE"]
     sel = t["selection"]

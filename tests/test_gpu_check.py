@@ -42,8 +42,19 @@ class Trap:
             conn.close()
 
     def env(self) -> dict:
-        offline = {k: self.url for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                                          "all_proxy", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")}
+        offline = {
+            k: self.url
+            for k in (
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "ALL_PROXY",
+                "http_proxy",
+                "https_proxy",
+                "all_proxy",
+                "PIP_INDEX_URL",
+                "PIP_EXTRA_INDEX_URL",
+            )
+        }
         # no config file either: the machine's pip.conf may name local indexes and wheel folders
         return {**offline, "NO_PROXY": "", "no_proxy": "", "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
 
@@ -54,9 +65,11 @@ def _probe_wheel(tmp_path) -> str:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     info = "gpu_check_probe-0.1.dist-info"
-    files = {"gpu_check_probe/__init__.py": "VALUE = 42\n",
-             f"{info}/METADATA": "Metadata-Version: 2.1\nName: gpu-check-probe\nVersion: 0.1\n",
-             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files = {
+        "gpu_check_probe/__init__.py": "VALUE = 42\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: gpu-check-probe\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     with zipfile.ZipFile(wheels / "gpu_check_probe-0.1-py3-none-any.whl", "w") as z:
         for name, text in files.items():
             z.writestr(name, text)
@@ -65,15 +78,30 @@ def _probe_wheel(tmp_path) -> str:
 
 
 def _check(env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=timeout)
+    return subprocess.run(
+        ["bash", "scripts/gpu_check.sh"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        timeout=timeout,
+    )
 
 
 def test_the_trap_sees_a_download_attempt():
     trap = Trap()
-    r = subprocess.run([sys.executable, "-c", "import urllib.request\ntry:\n urllib.request.urlopen("
-                        "'http://pypi.org/simple/', timeout=5)\nexcept Exception:\n pass"],
-                       env={**os.environ, **trap.env()}, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import urllib.request\ntry:\n urllib.request.urlopen("
+            "'http://pypi.org/simple/', timeout=5)\nexcept Exception:\n pass",
+        ],
+        env={**os.environ, **trap.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert trap.connections == 1
 
@@ -85,8 +113,16 @@ def test_cpu_rehearsal_runs_every_stage_offline_with_the_carried_wheels(tmp_path
     wheels = _probe_wheel(tmp_path)
     out = tmp_path / "out"
     (tmp_path / "tmp").mkdir()
-    r = _check({**trap.env(), "GPU_CHECK_CPU": "1", "PYTHON": sys.executable, "WHEELS": wheels, "OUT": str(out),
-                "TMPDIR": str(tmp_path / "tmp")})
+    r = _check(
+        {
+            **trap.env(),
+            "GPU_CHECK_CPU": "1",
+            "PYTHON": sys.executable,
+            "WHEELS": wheels,
+            "OUT": str(out),
+            "TMPDIR": str(tmp_path / "tmp"),
+        }
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert trap.connections == 0, "the check tried to reach the network"
     # only the missing distribution came from the folder, named in one line

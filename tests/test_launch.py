@@ -48,25 +48,59 @@ def stub_path(tmp_path):
 
 
 def _sbatch(stub_path, tmp_path, **env):
-    full = {**os.environ, "PATH": f"{stub_path}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path),
-            "RUN_DIR": str(tmp_path / "run"), **env}
+    full = {
+        **os.environ,
+        "PATH": f"{stub_path}:{os.environ['PATH']}",
+        "STUB_LOG": str(tmp_path),
+        "RUN_DIR": str(tmp_path / "run"),
+        **env,
+    }
     (tmp_path / "run").mkdir(exist_ok=True)
-    return subprocess.run(["sbatch", "slurm/pretrain_120m.sh", "optim.lr=1e-4", "log.wandb=offline"], cwd=REPO,
-                          env=full, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["sbatch", "slurm/pretrain_120m.sh", "optim.lr=1e-4", "log.wandb=offline"],
+        cwd=REPO,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_slurm_script_builds_the_torchrun_command_from_slurm_variables(stub_path, tmp_path):
     r = _sbatch(stub_path, tmp_path)
     assert r.returncode == 0, r.stderr
     headers = (tmp_path / "sbatch.headers").read_text().split("\n")
-    for h in ("#SBATCH --signal=USR1@120", "#SBATCH --requeue", "#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8",
-              "#SBATCH --time=24:00:00"):
+    for h in (
+        "#SBATCH --signal=USR1@120",
+        "#SBATCH --requeue",
+        "#SBATCH --nodes=4",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --time=24:00:00",
+    ):
         assert h in headers
     assert (tmp_path / "srun.args").read_text().splitlines() == [
-        "--kill-on-bad-exit=1", "--ntasks-per-node=1", "bash", "-c", 'trap "" USR1; exec "$@"', "ignore-usr1",
-        "python", "-m", "pretrain.torchrun", "--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu-node-07:29500",
-        "--rdzv-id=4242", "-m", "pretrain.train", "--config", "pretrain/configs/120m.yaml",
-        f"run_dir={tmp_path / 'run'}", "optim.lr=1e-4", "log.wandb=offline"]
+        "--kill-on-bad-exit=1",
+        "--ntasks-per-node=1",
+        "bash",
+        "-c",
+        'trap "" USR1; exec "$@"',
+        "ignore-usr1",
+        "python",
+        "-m",
+        "pretrain.torchrun",
+        "--nnodes=4",
+        "--nproc-per-node=8",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=gpu-node-07:29500",
+        "--rdzv-id=4242",
+        "-m",
+        "pretrain.train",
+        "--config",
+        "pretrain/configs/120m.yaml",
+        f"run_dir={tmp_path / 'run'}",
+        "optim.lr=1e-4",
+        "log.wandb=offline",
+    ]
     assert not (tmp_path / "requeued").exists()
 
 
@@ -86,19 +120,42 @@ def test_slurm_script_reads_a_large_allocations_host_list(stub_path, tmp_path):
 
 def test_the_torchrun_wrapper_ignores_usr1_and_workers_can_still_handle_it():
     code = "import signal; print(signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN)"
-    r = subprocess.run(["bash", "-c", 'trap "" USR1; exec "$@"', "ignore-usr1", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["bash", "-c", 'trap "" USR1; exec "$@"', "ignore-usr1", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.stdout.strip() == "True"
 
 
 @pytest.mark.distributed
 def test_launch_local_runs_a_tiny_job_to_completion(shards_dir, tmp_path):
     run_dir = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "pretrain.launch", "--cluster", "local", "--tasks-per-node", "2",
-                        "--config", "pretrain/configs/tiny.yaml", f"run_dir={run_dir}", f"data.dir={shards_dir}",
-                        "train.steps=4", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
-                        "data.num_workers=0"],
-                       cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain.launch",
+            "--cluster",
+            "local",
+            "--tasks-per-node",
+            "2",
+            "--config",
+            "pretrain/configs/tiny.yaml",
+            f"run_dir={run_dir}",
+            f"data.dir={shards_dir}",
+            "train.steps=4",
+            "train.micro_batch_size=8",
+            "train.global_batch_tokens=2048",
+            "data.num_workers=0",
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"finished: {run_dir}" in r.stdout and "done: 4 steps" in r.stdout
     steps = [json.loads(line)["step"] for line in open(run_dir / "metrics.jsonl")]
@@ -107,8 +164,21 @@ def test_launch_local_runs_a_tiny_job_to_completion(shards_dir, tmp_path):
 
 
 def test_launch_rejects_a_bad_config_before_submitting(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pretrain.launch", "--config", "pretrain/configs/tiny.yaml",
-                        f"run_dir={tmp_path}", "parallel.ep=0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain.launch",
+            "--config",
+            "pretrain/configs/tiny.yaml",
+            f"run_dir={tmp_path}",
+            "parallel.ep=0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.strip() == "error: parallel.ep=0: must be >= 1"
     assert not (tmp_path / "submitit").exists()
 
@@ -122,8 +192,15 @@ def test_submitit_preemption_saves_requeues_and_resumes(shards_dir, tmp_path):
     run_dir = tmp_path / "run"
     executor = submitit.AutoExecutor(folder=str(tmp_path / "submitit"), cluster="local")
     executor.update_parameters(tasks_per_node=2, timeout_min=10)
-    overrides = [f"run_dir={run_dir}", f"data.dir={shards_dir}", "train.steps=40", "train.micro_batch_size=8",
-                 "train.global_batch_tokens=2048", "data.num_workers=0", "checkpoint.every=0"]
+    overrides = [
+        f"run_dir={run_dir}",
+        f"data.dir={shards_dir}",
+        "train.steps=40",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "data.num_workers=0",
+        "checkpoint.every=0",
+    ]
     os.environ["OMP_NUM_THREADS"] = "1"
     job = executor.submit(TrainJob(f"{REPO}/pretrain/configs/tiny.yaml", overrides))
     metrics = run_dir / "metrics.jsonl"

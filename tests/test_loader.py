@@ -31,20 +31,24 @@ def _assert_same(a: list[dict], b: list[dict]) -> None:
 
 def _cat(batches: list[dict]) -> dict:
     """Concatenate per-rank micro-batches into the batch one process would see."""
-    out = {"input_ids": torch.cat([b["input_ids"] for b in batches]),
-           "sample_ids": torch.cat([b["sample_ids"] for b in batches]),
-           "mlm_labels": torch.cat([b["mlm_labels"] for b in batches])}
+    out = {
+        "input_ids": torch.cat([b["input_ids"] for b in batches]),
+        "sample_ids": torch.cat([b["sample_ids"] for b in batches]),
+        "mlm_labels": torch.cat([b["mlm_labels"] for b in batches]),
+    }
     offsets = np.cumsum([0] + [b["num_tokens"] for b in batches])
     out["mlm_positions"] = torch.cat([b["mlm_positions"] + int(o) for b, o in zip(batches, offsets)])
-    out["cu_seqlens"] = torch.cat([batches[0]["cu_seqlens"]] + [b["cu_seqlens"][1:] + int(o)
-                                                                 for b, o in zip(batches[1:], offsets[1:])])
+    out["cu_seqlens"] = torch.cat(
+        [batches[0]["cu_seqlens"]] + [b["cu_seqlens"][1:] + int(o) for b, o in zip(batches[1:], offsets[1:])]
+    )
     return out
 
 
 def test_two_ranks_two_workers_see_every_sample_once(shards_dir):
     seen = []
-    loaders = [PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=16, num_workers=2, epochs=1), r, 2)
-               for r in range(2)]
+    loaders = [
+        PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=16, num_workers=2, epochs=1), r, 2) for r in range(2)
+    ]
     for loader in loaders:
         batches = list(loader)
         assert len(batches) == loader.batches_per_epoch  # every rank: the same number of batches
@@ -70,8 +74,9 @@ def test_order_is_shuffled_per_epoch_and_seed(shards_dir):
 
 def test_ranks_together_equal_one_process_with_the_global_batch(shards_dir):
     single = _batches(PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=8, num_workers=0)), 4)
-    ranks = [_batches(PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=4, num_workers=1), r, 2), 4)
-             for r in range(2)]
+    ranks = [
+        _batches(PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=4, num_workers=1), r, 2), 4) for r in range(2)
+    ]
     for step in range(4):
         joined = _cat([ranks[0][step], ranks[1][step]])
         for k, v in joined.items():
@@ -134,7 +139,9 @@ def test_masking_rates_and_special_tokens(shards_dir):
     assert not torch.isin(labels, special).any()
     starts = batch["cu_seqlens"][:-1].long()
     ends = batch["cu_seqlens"][1:].long() - 1
-    assert (ids[starts] == loader.index.special_ids["cls"]).all() and (ids[ends] == loader.index.special_ids["sep"]).all()
+    assert (ids[starts] == loader.index.special_ids["cls"]).all() and (
+        ids[ends] == loader.index.special_ids["sep"]
+    ).all()
     maskable = batch["num_tokens"] - 2 * (len(batch["cu_seqlens"]) - 1)
     assert abs(len(pos) / maskable - 0.30) < 0.01
     at = ids[pos]

@@ -28,8 +28,9 @@ def _save_peft_adapter(base_state: dict, path, r: int, alpha: int, seed: int, rs
     torch.manual_seed(seed)
     base = ModernAlbertForMaskedLM(_base_cfg())
     base.load_state_dict(base_state)
-    model = peft.get_peft_model(base, peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS,
-                                                      lora_dropout=0.0, use_rslora=rslora))
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS, lora_dropout=0.0, use_rslora=rslora)
+    )
     deltas = {}
     for name, module in model.named_modules():
         if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {}):
@@ -50,8 +51,10 @@ def adapters(tmp_path):
 
 
 def _mixer(base_state, routing="topk"):
-    cfg = dataclasses.replace(_base_cfg(), attn_experts=AttnExpertsConfig(groups=(0, 1), num_experts=2, top_k=1,
-                                                                          rank=4, alpha=8, routing=routing))
+    cfg = dataclasses.replace(
+        _base_cfg(),
+        attn_experts=AttnExpertsConfig(groups=(0, 1), num_experts=2, top_k=1, rank=4, alpha=8, routing=routing),
+    )
     model = ModernAlbertForMaskedLM(cfg)
     missing, unexpected = model.load_state_dict(base_state, strict=False)
     assert not unexpected and all("lora_" in k or "router" in k for k in missing)
@@ -70,7 +73,7 @@ def test_loaded_expert_delta_equals_peft_definition(adapters):
             assert torch.allclose(m.expert_delta(j), deltas[j][name], atol=1e-6), (j, name)
     # scale s = α/r for the plain adapter, α/√r for the rsLoRA one
     m = next(iter(mixtures.values()))
-    assert m.lora_scale.tolist() == pytest.approx([8 / 4, 8 / 2 ** 0.5])
+    assert m.lora_scale.tolist() == pytest.approx([8 / 4, 8 / 2**0.5])
     cfg = json.load(open(f"{dirs[0]}/adapter_config.json"))
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4
 
@@ -131,9 +134,19 @@ def test_adapter_mismatches_are_named(adapters, tmp_path):
 
 def _routed_encoder(route: str, routing: str = "hardsoft", eval_routing: str = "same", seed: int = 0):
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(_base_cfg(), attn_experts=AttnExpertsConfig(
-        groups=(0, 1), num_experts=3, top_k=1, rank=4, alpha=8, routing=routing, route=route,
-        eval_routing=eval_routing))
+    cfg = dataclasses.replace(
+        _base_cfg(),
+        attn_experts=AttnExpertsConfig(
+            groups=(0, 1),
+            num_experts=3,
+            top_k=1,
+            rank=4,
+            alpha=8,
+            routing=routing,
+            route=route,
+            eval_routing=eval_routing,
+        ),
+    )
     model = ModernAlbertForMaskedLM(cfg)
     with torch.no_grad():
         for m in model.modules():
@@ -157,6 +170,7 @@ def test_each_projection_is_routed_on_the_input_the_route_option_names(route):
     def keep(name):
         def hook(mod, args):
             seen.setdefault(name, args[0].detach().clone())  # returns None: the input is left as it is
+
         return hook
 
     attn = model.model.groups[0].block.attn

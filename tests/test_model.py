@@ -191,8 +191,10 @@ def test_sparse_prediction_returns_loss_accuracy_and_aux_losses():
     expected = out.mlm_loss + 0.01 * out.aux_losses["mol_load_balance"] + 1e-3 * out.aux_losses["mol_z"]
     assert torch.allclose(combine_losses(model.cfg, out.mlm_loss, out.aux_losses), expected)
     # scales: a micro-batch's share of a global mean
-    assert torch.allclose(combine_losses(model.cfg, out.mlm_loss, out.aux_losses, task_scale=0.5, aux_scale=0.25),
-                          0.5 * out.mlm_loss + 0.25 * (expected - out.mlm_loss))
+    assert torch.allclose(
+        combine_losses(model.cfg, out.mlm_loss, out.aux_losses, task_scale=0.5, aux_scale=0.25),
+        0.5 * out.mlm_loss + 0.25 * (expected - out.mlm_loss),
+    )
     stats = out.routing_stats
     assert list(stats) == ["layer2.ffn", "layer3.ffn"]  # group 1 = layers 2 and 3, routed separately
     assert int(stats["layer2.ffn"]["tokens_per_expert"].sum()) == 50 * 2
@@ -214,8 +216,9 @@ def test_initialising_unit_by_unit_from_the_meta_device_equals_initialising_whol
         assert torch.equal(v, ref[k]), k
     # a different seed gives different weights; torch.manual_seed still decides the default
     whole.init_weights(seed=8)
-    assert not torch.equal(whole.state_dict()["model.groups.0.block.ffn.Wi.weight"],
-                           ref["model.groups.0.block.ffn.Wi.weight"])
+    assert not torch.equal(
+        whole.state_dict()["model.groups.0.block.ffn.Wi.weight"], ref["model.groups.0.block.ffn.Wi.weight"]
+    )
     torch.manual_seed(3)
     a = ModernAlbertForMaskedLM(cfg).state_dict()
     torch.manual_seed(3)
@@ -231,14 +234,17 @@ def test_presets_have_the_advertised_sizes():
     assert (c.num_layers, c.mol.groups, c.hidden_size, c.intermediate_size) == (27, (2, 3, 4, 5), 1024, 2624)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(num_heads=5), "num_heads=5: must divide hidden_size=64"),
-    (dict(attn_backend="xformers"), "attn_backend='xformers': allowed: auto, sdpa, flash_attn, torch_varlen"),
-    (dict(mol=MoLConfig(groups=(2,))), "mol.groups=(2,): entries must be in [0, num_groups=2)"),
-    (dict(mol=MoLConfig(groups=(1,), top_k=9)), "mol.top_k=9: must be in [1, num_experts=8]"),
-    (dict(attn_experts=AttnExpertsConfig(groups=(0,), routing="dense")), "attn_experts.routing='dense'"),
-    (dict(local_window=7), "local_window=7: must be even"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(num_heads=5), "num_heads=5: must divide hidden_size=64"),
+        (dict(attn_backend="xformers"), "attn_backend='xformers': allowed: auto, sdpa, flash_attn, torch_varlen"),
+        (dict(mol=MoLConfig(groups=(2,))), "mol.groups=(2,): entries must be in [0, num_groups=2)"),
+        (dict(mol=MoLConfig(groups=(1,), top_k=9)), "mol.top_k=9: must be in [1, num_experts=8]"),
+        (dict(attn_experts=AttnExpertsConfig(groups=(0,), routing="dense")), "attn_experts.routing='dense'"),
+        (dict(local_window=7), "local_window=7: must be even"),
+    ],
+)
 def test_config_errors_name_the_field(overrides, message):
     with pytest.raises(ConfigError) as e:
         preset("tiny", **overrides)
@@ -261,8 +267,9 @@ def test_tiny_model_learns_on_the_shipped_corpus(shards_dir, mol_groups):
 
     torch.manual_seed(0)
     loader = PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=16, num_workers=0))
-    model = ModernAlbertForMaskedLM(preset("tiny", vocab_size=loader.index.vocab_size,
-                                           mol=MoLConfig(groups=mol_groups)))
+    model = ModernAlbertForMaskedLM(
+        preset("tiny", vocab_size=loader.index.vocab_size, mol=MoLConfig(groups=mol_groups))
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _, batch in zip(range(40), loader):

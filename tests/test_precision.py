@@ -20,9 +20,18 @@ STEPS = 20
 
 
 def _args(run_dir, shards_dir, extra=()):
-    return [f"data.dir={shards_dir}", f"run_dir={run_dir}", f"train.steps={STEPS}", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "checkpoint.every=5",
-            "schedule.warmup_steps=3", "train.log_every=1", "eval.every=0", *extra]
+    return [
+        f"data.dir={shards_dir}",
+        f"run_dir={run_dir}",
+        f"train.steps={STEPS}",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "checkpoint.every=5",
+        "schedule.warmup_steps=3",
+        "train.log_every=1",
+        "eval.every=0",
+        *extra,
+    ]
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -43,8 +52,9 @@ def test_bf16_computes_in_bf16_but_routers_losses_and_parameters_stay_fp32(shard
         cfg.vocab_size = 4000
         with torch.device("meta"):
             model = ModernAlbertForMaskedLM(cfg)
-        model, _ = parallelize(model, torch.device("cpu"), lambda select: model.init_weights(0, select=select),
-                               bf16=True)
+        model, _ = parallelize(
+            model, torch.device("cpu"), lambda select: model.init_weights(0, select=select), bf16=True
+        )
         seen: dict[str, torch.dtype] = {}
         for name, m in model.named_modules():
             if isinstance(m, (Router, torch.nn.Linear)):
@@ -116,6 +126,7 @@ def test_bf16_resume_after_sigkill_is_exact(bf16_run, shards_dir, tmp_path):
 
 try:
     import deepspeed  # noqa: F401
+
     _NO_DEEPSPEED = None
 except ImportError:
     _NO_DEEPSPEED = "pip install --no-build-isolation -c constraints.txt -r requirements-deepspeed.txt"
@@ -123,8 +134,16 @@ except ImportError:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [["parallel.ep=2"], pytest.param(["engine=deepspeed"], marks=pytest.mark.skipif(
-    _NO_DEEPSPEED is not None, reason=str(_NO_DEEPSPEED)))], ids=["ep2", "deepspeed"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["parallel.ep=2"],
+        pytest.param(
+            ["engine=deepspeed"], marks=pytest.mark.skipif(_NO_DEEPSPEED is not None, reason=str(_NO_DEEPSPEED))
+        ),
+    ],
+    ids=["ep2", "deepspeed"],
+)
 def test_bf16_with_expert_parallelism_and_with_deepspeed_tracks_fp32(fp32_run, shards_dir, tmp_path, extra):
     r = pretrain(2, _args(tmp_path, shards_dir, ["parallel.precision=bf16", *extra]))
     assert r.returncode == 0, r.stderr[-3000:]

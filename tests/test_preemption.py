@@ -25,9 +25,22 @@ STEPS = 30
 
 
 def _cmd(run_dir, shards_dir, extra=()) -> list[str]:
-    return wrapped_cmd(2, ["--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}", f"run_dir={run_dir}",
-                           f"train.steps={STEPS}", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
-                           "train.log_every=1", "checkpoint.every=0", "eval.every=0", *extra])
+    return wrapped_cmd(
+        2,
+        [
+            "--config",
+            "pretrain/configs/tiny.yaml",
+            f"data.dir={shards_dir}",
+            f"run_dir={run_dir}",
+            f"train.steps={STEPS}",
+            "train.micro_batch_size=8",
+            "train.global_batch_tokens=2048",
+            "train.log_every=1",
+            "checkpoint.every=0",
+            "eval.every=0",
+            *extra,
+        ],
+    )
 
 
 def _env() -> dict:
@@ -52,16 +65,22 @@ def uninterrupted(tmp_path_factory, shards_dir):
 
 
 def _signal_mid_run(run_dir, shards_dir, sig, who: str, extra=()) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(_cmd(run_dir, shards_dir, extra), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(run_dir, shards_dir, extra),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         time.sleep(0.005)
     tree = _descendants(proc.pid)
     assert len(tree) >= 4, f"expected launcher + 2 ranks + their loader workers, found {tree}"
-    targets = {"launcher": [proc.pid], "tree": [proc.pid, *tree], "group": None,
-               "ranks and workers": tree}[who]
+    targets = {"launcher": [proc.pid], "tree": [proc.pid, *tree], "group": None, "ranks and workers": tree}[who]
     if targets is None:
         os.killpg(proc.pid, sig)  # a terminal's Ctrl-C: the whole process group at once
     else:
@@ -79,13 +98,20 @@ def _signal_mid_run(run_dir, shards_dir, sig, who: str, extra=()) -> subprocess.
 DURING_VALIDATION = ("eval.every=1", "eval.max_batches=20")
 
 
-@pytest.mark.parametrize("sig, who, extra", [(signal.SIGTERM, "tree", ()), (signal.SIGTERM, "launcher", ()),
-                                             (signal.SIGTERM, "ranks and workers", ()), (signal.SIGINT, "group", ()),
-                                             (signal.SIGTERM, "tree", DURING_VALIDATION)],
-                         ids=["sigterm-tree", "sigterm-launcher", "sigterm-ranks-workers", "sigint-group",
-                              "sigterm-tree-validating"])
-def test_a_signal_to_any_part_of_the_job_saves_exits_75_and_resumes_bitwise(uninterrupted, shards_dir, tmp_path,
-                                                                            sig, who, extra):
+@pytest.mark.parametrize(
+    "sig, who, extra",
+    [
+        (signal.SIGTERM, "tree", ()),
+        (signal.SIGTERM, "launcher", ()),
+        (signal.SIGTERM, "ranks and workers", ()),
+        (signal.SIGINT, "group", ()),
+        (signal.SIGTERM, "tree", DURING_VALIDATION),
+    ],
+    ids=["sigterm-tree", "sigterm-launcher", "sigterm-ranks-workers", "sigint-group", "sigterm-tree-validating"],
+)
+def test_a_signal_to_any_part_of_the_job_saves_exits_75_and_resumes_bitwise(
+    uninterrupted, shards_dir, tmp_path, sig, who, extra
+):
     r = _signal_mid_run(tmp_path, shards_dir, sig, who, extra)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 75, r.stderr[-3000:]
@@ -95,8 +121,9 @@ def test_a_signal_to_any_part_of_the_job_saves_exits_75_and_resumes_bitwise(unin
     assert 2 <= stopped < STEPS and f"after step {stopped};" in lines[0]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
     # the requeue: the same command again continues from there, bit for bit
-    again = subprocess.run(_cmd(tmp_path, shards_dir, extra), cwd=REPO, env=_env(), capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(
+        _cmd(tmp_path, shards_dir, extra), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"step_{stopped:08d}" in again.stdout and not (tmp_path / "preempted").exists()
     got = final_weights(str(tmp_path))
@@ -107,14 +134,16 @@ def test_a_signal_to_any_part_of_the_job_saves_exits_75_and_resumes_bitwise(unin
 def test_a_rank_killed_outright_stops_the_job_quickly_with_one_line(shards_dir, tmp_path):
     """SIGKILL (the OOM killer, a node failure) gives no chance to save: the other ranks must not hang in
     their next collective, and the job ends with one line naming the rank and the signal."""
-    proc = subprocess.Popen(_cmd(tmp_path, shards_dir), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(tmp_path, shards_dir), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         time.sleep(0.005)
-    ranks = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                            text=True).stdout.split()]
+    ranks = [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    ]
     assert len(ranks) == 2
     t0 = time.time()
     os.kill(max(ranks), signal.SIGKILL)

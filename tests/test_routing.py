@@ -13,14 +13,22 @@ from conftest import assert_close
 from model.config import MoLConfig
 from model.lora_mixer import MixtureLinear
 from model.mol import MoLFFN
-from model.routing import (Routing, Router, RoutingRecorder, entropy, load_balance_loss, mixing_weights,
-                           routing_specialization_loss, topk_dense, z_loss)
+from model.routing import (
+    Routing,
+    Router,
+    RoutingRecorder,
+    entropy,
+    load_balance_loss,
+    mixing_weights,
+    routing_specialization_loss,
+    topk_dense,
+    z_loss,
+)
 
 
 def _mol(num_experts=8, top_k=2, seed=0, activation="geglu", bias=False) -> MoLFFN:
     torch.manual_seed(seed)
-    m = MoLFFN(32, 48, MoLConfig(groups=(0,), num_experts=num_experts, top_k=top_k, rank=4, alpha=8),
-               activation, bias)
+    m = MoLFFN(32, 48, MoLConfig(groups=(0,), num_experts=num_experts, top_k=top_k, rank=4, alpha=8), activation, bias)
     with torch.no_grad():
         if bias:
             m.Wi.bias.normal_(std=0.5)
@@ -117,8 +125,9 @@ def test_load_balance_loss_on_a_hand_checked_case():
     assert load_balance_loss(r).item() == pytest.approx(1.15, abs=1e-6)
     # perfectly balanced routing gives the minimum, 1
     flat = torch.full((4, 2), 0.5)
-    assert load_balance_loss(Routing(flat.log(), flat, torch.tensor([[0], [1], [0], [1]]), torch.ones(4, 1))).item() \
-        == pytest.approx(1.0)
+    assert load_balance_loss(
+        Routing(flat.log(), flat, torch.tensor([[0], [1], [0], [1]]), torch.ones(4, 1))
+    ).item() == pytest.approx(1.0)
     # z-loss: mean of logsumexp(logits)² = mean of 0² for log-probabilities
     assert z_loss(r).item() == pytest.approx(0.0, abs=1e-6)
 
@@ -174,7 +183,7 @@ def test_hardsoft_mixture_linear_forward_equals_topk():
     assert torch.allclose(y_hs, y_topk, atol=1e-6)
     # and the mixture is W x + Σ_j w_j s B_j A_j x
     w = mixing_weights(r, "topk")
-    expected = x @ lin.weight.t() + sum(w[:, j:j + 1] * (x @ lin.expert_delta(j).t()) for j in range(4))
+    expected = x @ lin.weight.t() + sum(w[:, j : j + 1] * (x @ lin.expert_delta(j).t()) for j in range(4))
     assert torch.allclose(y_topk, expected, atol=1e-5)
 
 
@@ -220,9 +229,11 @@ def test_attn_experts_config_checks_rsl_and_routing_fields():
     from model.config import AttnExpertsConfig, ConfigError
 
     assert AttnExpertsConfig().rsl_entropy == "maximise" and AttnExpertsConfig().route == "shared"
-    for field, value, msg in [("rsl_lambda", -0.1, "attn_experts.rsl_lambda=-0.1: must be >= 0"),
-                              ("rsl_entropy", "sharpen", "attn_experts.rsl_entropy='sharpen': allowed: maximise, minimise"),
-                              ("route", "both", "attn_experts.route='both': allowed: shared, per_projection"),
-                              ("eval_routing", "hard", "attn_experts.eval_routing='hard': allowed: same, soft, topk")]:
+    for field, value, msg in [
+        ("rsl_lambda", -0.1, "attn_experts.rsl_lambda=-0.1: must be >= 0"),
+        ("rsl_entropy", "sharpen", "attn_experts.rsl_entropy='sharpen': allowed: maximise, minimise"),
+        ("route", "both", "attn_experts.route='both': allowed: shared, per_projection"),
+        ("eval_routing", "hard", "attn_experts.eval_routing='hard': allowed: same, soft, topk"),
+    ]:
         with pytest.raises(ConfigError, match=re.escape(msg)):
             AttnExpertsConfig(groups=(0,), **{field: value}).validate(2)

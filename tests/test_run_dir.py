@@ -15,9 +15,19 @@ pytestmark = [pytest.mark.slow]
 
 def _args(run_dir, shards_dir, steps, extra=()):
     # the shipped tiny preset; a small batch for speed
-    return [f"data.dir={shards_dir}", f"run_dir={run_dir}", f"train.steps={steps}", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "checkpoint.every=4", "eval.every=4", "eval.max_batches=2",
-            "schedule.warmup_steps=3", "train.log_every=1", *extra]
+    return [
+        f"data.dir={shards_dir}",
+        f"run_dir={run_dir}",
+        f"train.steps={steps}",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "checkpoint.every=4",
+        "eval.every=4",
+        "eval.max_batches=2",
+        "schedule.warmup_steps=3",
+        "train.log_every=1",
+        *extra,
+    ]
 
 
 def _snapshot(run_dir) -> dict[str, bytes]:
@@ -79,21 +89,35 @@ def test_a_second_launch_on_a_live_run_dir_is_refused_and_a_dead_runs_lock_is_ta
 
     from conftest import REPO
 
-    first = subprocess.Popen([sys.executable, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml",
-                              *_args(tmp_path, shards_dir, 400)], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pretrain.train",
+            "--config",
+            "pretrain/configs/tiny.yaml",
+            *_args(tmp_path, shards_dir, 400),
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
             time.sleep(0.05)
         before = _snapshot(tmp_path)
         # 2 ranks through the wrapper users run: rank 0 decides, both stop, exit 2
-        second = wrapped_pretrain(2, ["--config", "pretrain/configs/tiny.yaml", *_args(tmp_path, shards_dir, 400)],
-                                  timeout=300)
+        second = wrapped_pretrain(
+            2, ["--config", "pretrain/configs/tiny.yaml", *_args(tmp_path, shards_dir, 400)], timeout=300
+        )
         assert second.returncode == 2, second.stderr[-3000:]
         assert second.stderr.count("\n") == 1, second.stderr
-        assert (f"error: run_dir {tmp_path} is in use by a live run (host {socket.gethostname()}, pid {first.pid}, "
-                "since ") in second.stderr
+        assert (
+            f"error: run_dir {tmp_path} is in use by a live run (host {socket.gethostname()}, pid {first.pid}, since "
+        ) in second.stderr
         assert first.poll() is None  # the live run goes on
         assert _snapshot(tmp_path)["config.yaml"] == before["config.yaml"]
     finally:
@@ -102,6 +126,8 @@ def test_a_second_launch_on_a_live_run_dir_is_refused_and_a_dead_runs_lock_is_ta
     # the holder died without releasing: the next launch takes over, says so, and resumes
     third = pretrain(1, _args(tmp_path, shards_dir, 8))
     assert third.returncode == 0, third.stderr[-3000:]
-    assert f"note: took over the lock of a run that ended without releasing it (host {socket.gethostname()}, " \
-           f"pid {first.pid}, since " in third.stdout
+    assert (
+        f"note: took over the lock of a run that ended without releasing it (host {socket.gethostname()}, "
+        f"pid {first.pid}, since " in third.stdout
+    )
     assert (tmp_path / ".lock").read_text() == ""  # released at the clean end

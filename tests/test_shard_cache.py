@@ -88,8 +88,9 @@ def test_loader_from_http_and_pipe_urls_equals_the_local_directory(shards_dir, s
     http = PretrainLoader(LoaderConfig(served.url, micro_batch_size=16, num_workers=1, cache_dir=str(tmp_path / "c1")))
     _same(_batches(http, 40), local)
     assert load_index(served.url).raw == ShardIndex.load(shards_dir).raw
-    pipe = PretrainLoader(LoaderConfig(f"pipe:cat {shards_dir}/{{}}", micro_batch_size=16, num_workers=0,
-                                       cache_dir=str(tmp_path / "c2")))
+    pipe = PretrainLoader(
+        LoaderConfig(f"pipe:cat {shards_dir}/{{}}", micro_batch_size=16, num_workers=0, cache_dir=str(tmp_path / "c2"))
+    )
     _same(_batches(pipe, 40), local)
     assert join("pipe:aws s3 cp s3://b/p/{} -", "index.json") == "pipe:aws s3 cp s3://b/p/index.json -"
     assert join("https://h/p/", "x.tar") == "https://h/p/x.tar"
@@ -106,14 +107,18 @@ def test_a_missing_or_truncated_shard_at_the_source_is_fetched_twice_then_named(
     assert msg.startswith(f"shard {first.file}: download failed (") and f"fetched twice from {served.url}/" in msg
     assert "\n" not in msg and served.gets[first.file] == 2
     os.truncate(os.path.join(served.root, second.file), 4096)
-    with pytest.raises(ShardError, match=rf"shard {second.file}: downloaded 4,096 bytes with sha256 .* \(truncated or "
-                                          r"changed at the source\?\) \(fetched twice"):
+    with pytest.raises(
+        ShardError,
+        match=rf"shard {second.file}: downloaded 4,096 bytes with sha256 .* \(truncated or "
+        r"changed at the source\?\) \(fetched twice",
+    ):
         cache.fetch(second.file, second.sha256)
     assert served.gets[second.file] == 2
     assert sorted(n for n in os.listdir(cache.dir) if not n.startswith(".")) == []  # no partial file kept
     # through the loader (shard order unshuffled: the missing shard comes first), the same one line
-    loader = PretrainLoader(LoaderConfig(served.url, micro_batch_size=8, num_workers=1, shuffle=False,
-                                         cache_dir=str(tmp_path / "c3")))
+    loader = PretrainLoader(
+        LoaderConfig(served.url, micro_batch_size=8, num_workers=1, shuffle=False, cache_dir=str(tmp_path / "c3"))
+    )
     with pytest.raises(ShardError, match=rf"^shard {first.file}: download failed"):
         next(iter(loader))
 
@@ -127,7 +132,9 @@ def test_a_cached_copy_that_went_bad_is_fetched_anew(shards_dir, served, tmp_pat
     raw[3000] ^= 0xFF
     (cache_dir / first).write_bytes(bytes(raw))
     again = _batches(PretrainLoader(LoaderConfig(served.url, **cfg)), 2)
-    _same(again, _batches(PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=16, num_workers=0, shuffle=False)), 2))
+    _same(
+        again, _batches(PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=16, num_workers=0, shuffle=False)), 2)
+    )
     assert served.gets[first] == 2
 
 
@@ -151,8 +158,10 @@ def test_one_download_per_node_when_workers_ask_together(served, tmp_path):
     entry = ShardIndex.load(served.root).splits["train"][0]
     caches = [ShardCache(served.url, str(tmp_path / "shared")) for _ in range(4)]  # as 4 loader workers
     out = [None] * 4
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, caches[i].fetch(entry.file, entry.sha256)))
-               for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: out.__setitem__(i, caches[i].fetch(entry.file, entry.sha256)))
+        for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -175,12 +184,24 @@ def test_index_url_errors_are_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_training_from_a_url_equals_local_and_resumes_exactly(shards_dir, served, tmp_path):
-    common = ["train.steps=6", "train.micro_batch_size=8", "train.global_batch_tokens=2048", "data.num_workers=1",
-              "schedule.warmup_steps=3", "train.log_every=1", "eval.every=0",
-              "checkpoint.every=2"]
+    common = [
+        "train.steps=6",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "data.num_workers=1",
+        "schedule.warmup_steps=3",
+        "train.log_every=1",
+        "eval.every=0",
+        "checkpoint.every=2",
+    ]
     ref = pretrain(1, [f"data.dir={shards_dir}", f"run_dir={tmp_path / 'local'}", *common])
     assert ref.returncode == 0, ref.stderr[-3000:]
-    url_args = [f"data.dir={served.url}", f"run_dir={tmp_path / 'url'}", f"data.cache_dir={tmp_path / 'cache'}", *common]
+    url_args = [
+        f"data.dir={served.url}",
+        f"run_dir={tmp_path / 'url'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        *common,
+    ]
     killed = pretrain(1, url_args, env={"MODERNALBERT_KILL_AFTER_STEP": "3"})
     assert killed.returncode != 0
     resumed = pretrain(1, url_args)
@@ -195,8 +216,21 @@ def test_training_from_a_url_equals_local_and_resumes_exactly(shards_dir, served
     env = {**os.environ, "MODERNALBERT_CACHE": str(tmp_path / "tool-cache")}
     r = run_cli(["tools/consolidate_checkpoint.py", str(tmp_path / "url"), "--out", str(tmp_path / "native")], env=env)
     assert r.returncode == 0, r.stderr
-    r = run_cli(["tools/merge_experts.py", str(tmp_path / "native"), "--out", str(tmp_path / "merged"), "--method",
-                 "routing", "--calib-batches", "2", "--val-batches", "2"], env=env)
+    r = run_cli(
+        [
+            "tools/merge_experts.py",
+            str(tmp_path / "native"),
+            "--out",
+            str(tmp_path / "merged"),
+            "--method",
+            "routing",
+            "--calib-batches",
+            "2",
+            "--val-batches",
+            "2",
+        ],
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
     assert report["calibration"]["shards"] == served.url and report["val_shards"] == served.url
@@ -214,15 +248,20 @@ def test_s3_urls_through_the_aws_cli_against_a_local_s3_server(shards_dir, tmp_p
     server.start()
     try:
         host, port = server.get_host_and_port()
-        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for k, v in {
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(k, v)
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="corpus")
         for name in os.listdir(shards_dir):
             s3.upload_file(os.path.join(shards_dir, name), "corpus", f"shards/{name}")
-        remote = PretrainLoader(LoaderConfig("s3://corpus/shards", micro_batch_size=16, num_workers=0,
-                                             cache_dir=str(tmp_path / "c")))
+        remote = PretrainLoader(
+            LoaderConfig("s3://corpus/shards", micro_batch_size=16, num_workers=0, cache_dir=str(tmp_path / "c"))
+        )
         local = PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=16, num_workers=0))
         _same(_batches(remote, 10), _batches(local, 10))
         with pytest.raises(ShardError, match=r"^shard nothing\.tar: download failed"):

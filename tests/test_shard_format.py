@@ -31,8 +31,13 @@ def _samples(dtype, count=60, seed=0):
     out = []
     for _ in range(count):
         lens = rng.integers(3, 40, size=int(rng.integers(1, 6)))
-        out.append((rng.integers(0, 60000, size=int(lens.sum())).astype(dtype), lens.astype(np.int32),
-                    rng.integers(0, 10**12, size=len(lens))))
+        out.append(
+            (
+                rng.integers(0, 60000, size=int(lens.sum())).astype(dtype),
+                lens.astype(np.int32),
+                rng.integers(0, 10**12, size=len(lens)),
+            )
+        )
     return out
 
 

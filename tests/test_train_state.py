@@ -17,11 +17,26 @@ from pretrain.train_state import ComponentStateError, RNGState, TrainerState
 # the test shards'
 OLD_TRAINER_JSON = {
     "step": 8,
-    "scheduler": {"base_lrs": [0.003, 0.003], "last_epoch": 8, "_step_count": 9, "_is_initial": False,
-                  "_get_lr_called_within_step": False, "_last_lr": [0.00135, 0.00135], "lr_lambdas": [None, None]},
-    "loader": {"version": 1, "split": "train", "data_fingerprint": "<the shards'>", "seed": 0, "epoch": 0,
-               "sample_cursor": 128},
-    "config": {"engine": "fsdp2"}, "engine": "fsdp2", "world_size": 1,
+    "scheduler": {
+        "base_lrs": [0.003, 0.003],
+        "last_epoch": 8,
+        "_step_count": 9,
+        "_is_initial": False,
+        "_get_lr_called_within_step": False,
+        "_last_lr": [0.00135, 0.00135],
+        "lr_lambdas": [None, None],
+    },
+    "loader": {
+        "version": 1,
+        "split": "train",
+        "data_fingerprint": "<the shards'>",
+        "seed": 0,
+        "epoch": 0,
+        "sample_cursor": 128,
+    },
+    "config": {"engine": "fsdp2"},
+    "engine": "fsdp2",
+    "world_size": 1,
 }
 
 

@@ -29,11 +29,11 @@ def read_wandb_log(path: str) -> list:
         if left < 7:  # a block's tail too short for a chunk header is padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:  # zero padding up to the end of the block
             pos += left
             continue
-        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         parts = payload if kind in (1, 2) else parts + payload
         if kind in (1, 4):
             rec = pb.Record()
@@ -46,14 +46,23 @@ def _history(records) -> list[dict]:
     rows = []
     for rec in records:
         if rec.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item}
+            )
     return rows
 
 
 def test_offline_run_holds_the_metrics_and_a_requeued_run_continues_its_id(shards_dir, tmp_path):
-    args = [f"data.dir={shards_dir}", f"run_dir={tmp_path}", "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048", "eval.every=0", "train.log_every=1",
-            "log.wandb=offline", "checkpoint.every=3"]
+    args = [
+        f"data.dir={shards_dir}",
+        f"run_dir={tmp_path}",
+        "train.micro_batch_size=8",
+        "train.global_batch_tokens=2048",
+        "eval.every=0",
+        "train.log_every=1",
+        "log.wandb=offline",
+        "checkpoint.every=3",
+    ]
     env = {"WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
     first = pretrain(1, [*args, "train.steps=3"], env=env)
     assert first.returncode == 0, first.stderr[-3000:]

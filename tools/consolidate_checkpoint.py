@@ -41,11 +41,16 @@ def resolve_checkpoint(path: str) -> str:
         if pointed:
             path = pointed
             break
-    ok = os.path.isdir(path) and os.path.isfile(os.path.join(path, "trainer.json")) and (
-        os.path.isfile(os.path.join(path, ".metadata")) or is_deepspeed_checkpoint(path))
+    ok = (
+        os.path.isdir(path)
+        and os.path.isfile(os.path.join(path, "trainer.json"))
+        and (os.path.isfile(os.path.join(path, ".metadata")) or is_deepspeed_checkpoint(path))
+    )
     if not ok:
-        raise InputError(f"{path}: not a training checkpoint (expected a run dir, its checkpoints/ or a "
-                        "step_XXXXXXXX folder with trainer.json and DCP .metadata or DeepSpeed model states)")
+        raise InputError(
+            f"{path}: not a training checkpoint (expected a run dir, its checkpoints/ or a "
+            "step_XXXXXXXX folder with trainer.json and DCP .metadata or DeepSpeed model states)"
+        )
     problem = verify(path)
     if problem:
         intact = next((p for p in step_dirs(os.path.dirname(path)) if p != path and not verify(p)), None)
@@ -70,15 +75,16 @@ def read_checkpoint(step_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
         try:
             state = read_deepspeed_weights(step_dir)
         except Exception as e:
-            raise InputError(f"{step_dir}: reading the DeepSpeed checkpoint failed ({type(e).__name__}: "
-                            f"{str(e)[:300]})") from None
+            raise InputError(
+                f"{step_dir}: reading the DeepSpeed checkpoint failed ({type(e).__name__}: {str(e)[:300]})"
+            ) from None
         check_keys(template, state, step_dir)
         return state, trainer
     try:
         saved = FileSystemReader(step_dir).read_metadata().state_dict_metadata
     except Exception as e:  # a truncated or foreign .metadata
         raise InputError(f"{step_dir}/.metadata: unreadable ({e})") from None
-    saved_model = {k[len(MODEL_PREFIX):]: v for k, v in saved.items() if k.startswith(MODEL_PREFIX)}
+    saved_model = {k[len(MODEL_PREFIX) :]: v for k, v in saved.items() if k.startswith(MODEL_PREFIX)}
     shapes = {k: torch.empty(tuple(getattr(v, "size", ()))) for k, v in saved_model.items()}
     check_keys(template, shapes, step_dir)
     state = {k: torch.empty(v.shape, dtype=saved_model[k].properties.dtype) for k, v in template.items()}
@@ -102,8 +108,11 @@ def _fetch_tokenizer(data_url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tools/consolidate_checkpoint.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tools/consolidate_checkpoint.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("ckpt_dir", help="run dir, its checkpoints/ or a step_XXXXXXXX folder")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--tokenizer", help="tokenizer file to ship (default: the one of the run's shards)")
@@ -126,9 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         elif not os.path.isfile(tok):
             raise InputError(f"--tokenizer {tok}: no such file")
         with OutputDir(a.out, a.overwrite) as tmp:
-            save_native(tmp, state, cfg, tok, data_dir if remote else os.path.abspath(data_dir) if data_dir else None,
-                        [{"tool": "consolidate_checkpoint", "checkpoint": os.path.abspath(step_dir),
-                          "step": trainer["step"]}])
+            save_native(
+                tmp,
+                state,
+                cfg,
+                tok,
+                data_dir if remote else os.path.abspath(data_dir) if data_dir else None,
+                [{"tool": "consolidate_checkpoint", "checkpoint": os.path.abspath(step_dir), "step": trainer["step"]}],
+            )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

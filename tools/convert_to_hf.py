@@ -51,10 +51,16 @@ from model.native_format import InputError, OutputDir, follow_umask, load_native
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("modernalbert", "modernbert", "albert")
 # model/ files copied next to the HF classes, and the names they get there
-NATIVE_SOURCES = {"config": "modernalbert_config", "attention": "modernalbert_attention",
-                  "routing": "modernalbert_routing", "mol": "modernalbert_mol",
-                  "lora_mixer": "modernalbert_lora_mixer", "modernalbert": "modernalbert_native",
-                  "classification": "modernalbert_classification", "init": "modernalbert_init"}
+NATIVE_SOURCES = {
+    "config": "modernalbert_config",
+    "attention": "modernalbert_attention",
+    "routing": "modernalbert_routing",
+    "mol": "modernalbert_mol",
+    "lora_mixer": "modernalbert_lora_mixer",
+    "modernalbert": "modernalbert_native",
+    "classification": "modernalbert_classification",
+    "init": "modernalbert_init",
+}
 AUTO_MAP = {
     "AutoConfig": "configuration_modernalbert.ModernAlbertConfig",
     "AutoModel": "modeling_modernalbert.ModernAlbertModel",
@@ -72,33 +78,54 @@ def _special_ids(doc: dict, in_dir: str) -> dict[str, int]:
 
 def _label_fields(head: ClassifierConfig) -> dict:
     names = head.labels or [f"LABEL_{i}" for i in range(head.num_labels)]
-    return {"num_labels": head.num_labels, "id2label": dict(enumerate(names)),
-            "label2id": {n: i for i, n in enumerate(names)}, "classifier_pooling": head.pooling,
-            "classifier_dropout": head.dropout,
-            "problem_type": "regression" if head.is_regression else "single_label_classification"}
+    return {
+        "num_labels": head.num_labels,
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+        "classifier_pooling": head.pooling,
+        "classifier_dropout": head.dropout,
+        "problem_type": "regression" if head.is_regression else "single_label_classification",
+    }
 
 
-def write_modernalbert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str,
-                       clf: ModernAlbertForSequenceClassification | None = None) -> None:
+def write_modernalbert(
+    model: ModernAlbertForMaskedLM,
+    special: dict[str, int],
+    out: str,
+    clf: ModernAlbertForSequenceClassification | None = None,
+) -> None:
     from model.native_format import save_safetensors
 
     for src, dst in NATIVE_SOURCES.items():
         with open(os.path.join(REPO, "model", f"{src}.py"), encoding="utf-8") as f:
             code = f.read()
-        code = re.sub(r"^from model\.(\w+) import", lambda m: f"from .{NATIVE_SOURCES[m.group(1)]} import", code,
-                      flags=re.M)
-        code = re.sub(r"^(\s+)from model\.(\w+) import", lambda m: f"{m.group(1)}from .{NATIVE_SOURCES[m.group(2)]} import",
-                      code, flags=re.M)
+        code = re.sub(
+            r"^from model\.(\w+) import", lambda m: f"from .{NATIVE_SOURCES[m.group(1)]} import", code, flags=re.M
+        )
+        code = re.sub(
+            r"^(\s+)from model\.(\w+) import",
+            lambda m: f"{m.group(1)}from .{NATIVE_SOURCES[m.group(2)]} import",
+            code,
+            flags=re.M,
+        )
         with open(os.path.join(out, f"{dst}.py"), "w", encoding="utf-8") as f:
             f.write(f"# Copied from the ModernALBERT project's model/{src}.py by tools/convert_to_hf.py.\n{code}")
     for name in ("configuration_modernalbert.py", "modeling_modernalbert.py"):
         shutil.copyfile(os.path.join(REPO, "tools", "hf_modernalbert", name), os.path.join(out, name))
     import transformers
 
-    config = {**model.cfg.to_dict(), "model_type": "modernalbert", "architectures": ["ModernAlbertForMaskedLM"],
-              "auto_map": AUTO_MAP, "pad_token_id": special["pad"], "cls_token_id": special["cls"],
-              "sep_token_id": special["sep"], "mask_token_id": special["mask"], "torch_dtype": "float32",
-              "transformers_version": transformers.__version__}
+    config = {
+        **model.cfg.to_dict(),
+        "model_type": "modernalbert",
+        "architectures": ["ModernAlbertForMaskedLM"],
+        "auto_map": AUTO_MAP,
+        "pad_token_id": special["pad"],
+        "cls_token_id": special["cls"],
+        "sep_token_id": special["sep"],
+        "mask_token_id": special["mask"],
+        "torch_dtype": "float32",
+        "transformers_version": transformers.__version__,
+    }
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if clf is not None:  # the fine-tuned encoder with its head; the MLM head stays for fill-mask
         config.update(_label_fields(clf.head_cfg), architectures=["ModernAlbertForSequenceClassification"])
@@ -110,16 +137,20 @@ def write_modernalbert(model: ModernAlbertForMaskedLM, special: dict[str, int], 
 
 def _no_experts(cfg, fmt: str) -> None:
     if cfg.mol.groups or cfg.attn_experts.groups:
-        raise InputError(f"--format {fmt} needs a model without experts (model.mol.groups="
-                         f"{list(cfg.mol.groups)}, attn_experts.groups={list(cfg.attn_experts.groups)}): run "
-                         "tools/merge_experts.py --fold first, or use --format modernalbert")
+        raise InputError(
+            f"--format {fmt} needs a model without experts (model.mol.groups="
+            f"{list(cfg.mol.groups)}, attn_experts.groups={list(cfg.attn_experts.groups)}): run "
+            "tools/merge_experts.py --fold first, or use --format modernalbert"
+        )
 
 
 def _block_is(cfg, fields: dict, fmt: str, other: str) -> None:
     bad = [f"{k}={getattr(cfg, k)!r}" for k, v in fields.items() if getattr(cfg, k) != v]
     if bad:
-        raise InputError(f"--format {fmt} needs the {'BERT-family' if fields is BERT_BLOCK else 'ModernBERT-style'} "
-                         f"block, this model has {', '.join(bad)}: use --format {other} or modernalbert")
+        raise InputError(
+            f"--format {fmt} needs the {'BERT-family' if fields is BERT_BLOCK else 'ModernBERT-style'} "
+            f"block, this model has {', '.join(bad)}: use --format {other} or modernalbert"
+        )
 
 
 def albert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
@@ -127,20 +158,31 @@ def albert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
     cfg, enc = model.cfg, model.model
     _no_experts(cfg, "albert")
     _block_is(cfg, BERT_BLOCK, "albert", "modernbert")
-    if not all(cfg.is_global(i) for i in range(cfg.num_layers)) and cfg.local_window // 2 < cfg.max_position_embeddings - 1:
-        raise InputError(f"--format albert needs full attention in every layer (model.global_every="
-                         f"{cfg.global_every}, local_window={cfg.local_window}): use --format modernalbert")
+    if (
+        not all(cfg.is_global(i) for i in range(cfg.num_layers))
+        and cfg.local_window // 2 < cfg.max_position_embeddings - 1
+    ):
+        raise InputError(
+            f"--format albert needs full attention in every layer (model.global_every="
+            f"{cfg.global_every}, local_window={cfg.local_window}): use --format modernalbert"
+        )
     d, emb = cfg.hidden_size, enc.embeddings
-    sd = {"albert.embeddings.word_embeddings.weight": model.decoder_weight(),
-          "albert.embeddings.position_embeddings.weight": emb.pos_embeddings.weight,
-          # token type 0 is folded into the positions (model/teacher.py); both rows are zero
-          "albert.embeddings.token_type_embeddings.weight": torch.zeros(2, d),
-          "albert.embeddings.LayerNorm.weight": emb.norm.weight, "albert.embeddings.LayerNorm.bias": emb.norm.bias,
-          "albert.encoder.embedding_hidden_mapping_in.weight": torch.eye(d),
-          "albert.encoder.embedding_hidden_mapping_in.bias": torch.zeros(d),
-          "predictions.dense.weight": model.head.dense.weight, "predictions.dense.bias": model.head.dense.bias,
-          "predictions.LayerNorm.weight": model.head.norm.weight, "predictions.LayerNorm.bias": model.head.norm.bias,
-          "predictions.bias": model.decoder_bias, "predictions.decoder.bias": model.decoder_bias}
+    sd = {
+        "albert.embeddings.word_embeddings.weight": model.decoder_weight(),
+        "albert.embeddings.position_embeddings.weight": emb.pos_embeddings.weight,
+        # token type 0 is folded into the positions (model/teacher.py); both rows are zero
+        "albert.embeddings.token_type_embeddings.weight": torch.zeros(2, d),
+        "albert.embeddings.LayerNorm.weight": emb.norm.weight,
+        "albert.embeddings.LayerNorm.bias": emb.norm.bias,
+        "albert.encoder.embedding_hidden_mapping_in.weight": torch.eye(d),
+        "albert.encoder.embedding_hidden_mapping_in.bias": torch.zeros(d),
+        "predictions.dense.weight": model.head.dense.weight,
+        "predictions.dense.bias": model.head.dense.bias,
+        "predictions.LayerNorm.weight": model.head.norm.weight,
+        "predictions.LayerNorm.bias": model.head.norm.bias,
+        "predictions.bias": model.decoder_bias,
+        "predictions.decoder.bias": model.decoder_bias,
+    }
     for g, group in enumerate(enc.groups):
         b, p = group.block, f"albert.encoder.albert_layer_groups.{g}.albert_layers.0."
         for kind in ("weight", "bias"):
@@ -154,22 +196,40 @@ def albert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}
 
 
-def write_albert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str,
-                 clf: ModernAlbertForSequenceClassification | None = None) -> None:
+def write_albert(
+    model: ModernAlbertForMaskedLM,
+    special: dict[str, int],
+    out: str,
+    clf: ModernAlbertForSequenceClassification | None = None,
+) -> None:
     from transformers import AlbertConfig, AlbertForMaskedLM
 
     if clf is not None:  # AlbertForSequenceClassification puts a tanh pooler + linear on [CLS]: not our head
-        raise InputError("--format albert exports the masked-LM model only; export a classifier with "
-                         "--format modernalbert")
+        raise InputError(
+            "--format albert exports the masked-LM model only; export a classifier with --format modernalbert"
+        )
     c = model.cfg
     hf_cfg = AlbertConfig(
-        vocab_size=c.vocab_size, embedding_size=c.hidden_size, hidden_size=c.hidden_size,
-        num_hidden_layers=c.num_layers, num_hidden_groups=c.num_groups, inner_group_num=1,
-        num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size, hidden_act="gelu",
-        hidden_dropout_prob=c.embedding_dropout, attention_probs_dropout_prob=c.attention_dropout,
-        max_position_embeddings=c.max_position_embeddings, type_vocab_size=2, layer_norm_eps=c.norm_eps,
-        initializer_range=c.init_std, pad_token_id=special["pad"], bos_token_id=special["cls"],
-        eos_token_id=special["sep"], tie_word_embeddings=True)
+        vocab_size=c.vocab_size,
+        embedding_size=c.hidden_size,
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_layers,
+        num_hidden_groups=c.num_groups,
+        inner_group_num=1,
+        num_attention_heads=c.num_heads,
+        intermediate_size=c.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=c.embedding_dropout,
+        attention_probs_dropout_prob=c.attention_dropout,
+        max_position_embeddings=c.max_position_embeddings,
+        type_vocab_size=2,
+        layer_norm_eps=c.norm_eps,
+        initializer_range=c.init_std,
+        pad_token_id=special["pad"],
+        bos_token_id=special["cls"],
+        eos_token_id=special["sep"],
+        tie_word_embeddings=True,
+    )
     hf = AlbertForMaskedLM(hf_cfg)
     missing, unexpected = hf.load_state_dict(albert_state(model), strict=False)
     missing = [k for k in missing if k != "predictions.decoder.weight"]  # tied to the word embeddings
@@ -185,11 +245,14 @@ def modernbert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
     cfg, enc = model.cfg, model.model
     _no_experts(cfg, "modernbert")
     _block_is(cfg, MODERN_BLOCK, "modernbert", "albert")
-    sd = {"model.embeddings.tok_embeddings.weight": model.decoder_weight(),
-          "model.embeddings.norm.weight": enc.embeddings.norm.weight,
-          "model.final_norm.weight": enc.final_norm.weight,
-          "head.dense.weight": model.head.dense.weight, "head.norm.weight": model.head.norm.weight,
-          "decoder.bias": model.decoder_bias}
+    sd = {
+        "model.embeddings.tok_embeddings.weight": model.decoder_weight(),
+        "model.embeddings.norm.weight": enc.embeddings.norm.weight,
+        "model.final_norm.weight": enc.final_norm.weight,
+        "head.dense.weight": model.head.dense.weight,
+        "head.norm.weight": model.head.norm.weight,
+        "decoder.bias": model.decoder_bias,
+    }
     for i in range(cfg.num_layers):
         block, p = enc.groups[i // cfg.group_depth].block, f"model.layers.{i}."
         if i > 0:  # ModernBERT's layer 0 has no attention norm, like ours
@@ -202,30 +265,58 @@ def modernbert_state(model: ModernAlbertForMaskedLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}
 
 
-def write_modernbert(model: ModernAlbertForMaskedLM, special: dict[str, int], out: str,
-                     clf: ModernAlbertForSequenceClassification | None = None) -> None:
+def write_modernbert(
+    model: ModernAlbertForMaskedLM,
+    special: dict[str, int],
+    out: str,
+    clf: ModernAlbertForSequenceClassification | None = None,
+) -> None:
     from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification
 
     c = model.cfg
     hf_cfg = ModernBertConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, hidden_activation="gelu",
-        norm_eps=c.norm_eps, norm_bias=False, attention_bias=False, mlp_bias=False, classifier_bias=False,
-        classifier_activation="gelu", decoder_bias=True, tie_word_embeddings=True,
-        global_attn_every_n_layers=c.global_every, local_attention=c.local_window,
-        global_rope_theta=c.rope_theta_global, local_rope_theta=c.rope_theta_local,
-        embedding_dropout=c.embedding_dropout, attention_dropout=c.attention_dropout,
-        pad_token_id=special["pad"], cls_token_id=special["cls"], sep_token_id=special["sep"],
-        bos_token_id=special["cls"], eos_token_id=special["sep"], initializer_range=c.init_std,
-        **(_label_fields(clf.head_cfg) if clf is not None else {}))
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        hidden_activation="gelu",
+        norm_eps=c.norm_eps,
+        norm_bias=False,
+        attention_bias=False,
+        mlp_bias=False,
+        classifier_bias=False,
+        classifier_activation="gelu",
+        decoder_bias=True,
+        tie_word_embeddings=True,
+        global_attn_every_n_layers=c.global_every,
+        local_attention=c.local_window,
+        global_rope_theta=c.rope_theta_global,
+        local_rope_theta=c.rope_theta_local,
+        embedding_dropout=c.embedding_dropout,
+        attention_dropout=c.attention_dropout,
+        pad_token_id=special["pad"],
+        cls_token_id=special["cls"],
+        sep_token_id=special["sep"],
+        bos_token_id=special["cls"],
+        eos_token_id=special["sep"],
+        initializer_range=c.init_std,
+        **(_label_fields(clf.head_cfg) if clf is not None else {}),
+    )
     state = modernbert_state(model)
     if clf is not None:
         # stock ModernBertForSequenceClassification: its `head` is our classifier's dense + norm, its
         # `classifier` our output layer (one checkpoint cannot hold the MLM head under the same names)
         head = clf.classifier
         state = {k: v for k, v in state.items() if k.startswith("model.")}
-        state.update({"head.dense.weight": head.dense.weight, "head.norm.weight": head.norm.weight,
-                      "classifier.weight": head.out.weight, "classifier.bias": head.out.bias})
+        state.update(
+            {
+                "head.dense.weight": head.dense.weight,
+                "head.norm.weight": head.norm.weight,
+                "classifier.weight": head.out.weight,
+                "classifier.bias": head.out.bias,
+            }
+        )
         state = {k: v.detach().clone().contiguous() for k, v in state.items()}
         hf = ModernBertForSequenceClassification(hf_cfg)
         missing, unexpected = hf.load_state_dict(state, strict=False)
@@ -282,15 +373,22 @@ def native_logits(model: ModernAlbertForMaskedLM, ids: torch.Tensor, mask: torch
 
 
 @torch.no_grad()
-def native_class_logits(clf: ModernAlbertForSequenceClassification, ids: torch.Tensor,
-                        mask: torch.Tensor) -> torch.Tensor:
+def native_class_logits(
+    clf: ModernAlbertForSequenceClassification, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Classifier logits [B, C] of the padded batch."""
     return clf(*unpadded(ids, mask))
 
 
 @torch.no_grad()
-def verify(model: ModernAlbertForMaskedLM, doc: dict, in_dir: str, out: str, fmt: str,
-           clf: ModernAlbertForSequenceClassification | None = None) -> dict[str, float]:
+def verify(
+    model: ModernAlbertForMaskedLM,
+    doc: dict,
+    in_dir: str,
+    out: str,
+    fmt: str,
+    clf: ModernAlbertForSequenceClassification | None = None,
+) -> dict[str, float]:
     """Max abs logit difference HF vs native, per head: {"masked-lm": …, "sequence-classification": …}."""
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
@@ -309,13 +407,18 @@ def verify(model: ModernAlbertForMaskedLM, doc: dict, in_dir: str, out: str, fmt
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tools/convert_to_hf.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tools/convert_to_hf.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("in_dir", help="native model directory (consolidate_checkpoint.py or merge_experts.py output)")
     p.add_argument("--out", required=True, help="HF model directory to write")
     p.add_argument("--format", choices=FORMATS, default="modernalbert")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="compare the HF model's logits with the native model's (default: on)")
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare the HF model's logits with the native model's (default: on)",
+    )
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed (fp32)")
     p.add_argument("--max-length", type=int, default=8192, help="tokenizer model_max_length")
     p.add_argument("--overwrite", action="store_true")
@@ -338,17 +441,24 @@ def main(argv: list[str] | None = None) -> int:
             save_hf_tokenizer(os.path.join(a.in_dir, doc["tokenizer"]), special, tmp, a.max_length)
             if a.verify:
                 for head, diff in verify(model, doc, a.in_dir, tmp, a.format, clf).items():
-                    print(f"verify: max |logits_hf - logits_native| = {diff:.2e} on real text, {head} "
-                          f"(tolerance {a.tolerance:g})")
+                    print(
+                        f"verify: max |logits_hf - logits_native| = {diff:.2e} on real text, {head} "
+                        f"(tolerance {a.tolerance:g})"
+                    )
                     if not diff <= a.tolerance:
-                        raise InputError(f"the exported model's {head} logits differ by {diff:.3e} > --tolerance "
-                                        f"{a.tolerance:g}; nothing written")
+                        raise InputError(
+                            f"the exported model's {head} logits differ by {diff:.3e} > --tolerance "
+                            f"{a.tolerance:g}; nothing written"
+                        )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     auto = "AutoModelForSequenceClassification" if clf is not None else "AutoModelForMaskedLM"
-    how = (f"{auto}.from_pretrained(DIR, trust_remote_code=True)" if a.format == "modernalbert"
-           else f"{auto}.from_pretrained(DIR)  # stock {'ModernBERT' if a.format == 'modernbert' else 'ALBERT'}")
+    how = (
+        f"{auto}.from_pretrained(DIR, trust_remote_code=True)"
+        if a.format == "modernalbert"
+        else f"{auto}.from_pretrained(DIR)  # stock {'ModernBERT' if a.format == 'modernbert' else 'ALBERT'}"
+    )
     print(f"wrote {a.format} model -> {a.out}\n  load: {how}")
     return 0
 

@@ -15,8 +15,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tools/fill_mask.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tools/fill_mask.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("hf_dir")
     p.add_argument("text", nargs="+", help="sentences, each with one [MASK]")
     p.add_argument("--top-k", type=int, default=5)
@@ -38,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {cfg_path}: unreadable ({e})", file=sys.stderr)
         return 2
     if "model_type" not in config:
-        print(f"error: {a.hf_dir}: not a HuggingFace export (its config.json has no model_type; a native model "
-              f"directory?); export it first: python tools/convert_to_hf.py {a.hf_dir} --out HF_DIR", file=sys.stderr)
+        print(
+            f"error: {a.hf_dir}: not a HuggingFace export (its config.json has no model_type; a native model "
+            f"directory?); export it first: python tools/convert_to_hf.py {a.hf_dir} --out HF_DIR",
+            file=sys.stderr,
+        )
         return 2
     try:
         fill = pipeline("fill-mask", model=a.hf_dir, trust_remote_code="auto_map" in config, top_k=a.top_k)

@@ -5,7 +5,8 @@ library from its own protobuf: the same pieces and scores (Unigram, byte fallbac
 normaliser (its precompiled NFKC map, whitespace collapsing, the dummy prefix ▁) and the same digit
 splitting; ``tests/test_tools.py`` checks that it gives the sentencepiece ids on the whole shipped
 corpus (3 574 documents), except where two segmentations score exactly the same (a run of 49 '*'):
-the two libraries break such Viterbi ties differently, into the same pieces in another order. A ``tokenizer.json`` input is used as it is. Either way ``AutoTokenizer.from_pretrained(dir)``
+the two libraries break such Viterbi ties differently, into the same pieces in another order. A ``tokenizer.json``
+input is used as it is. Either way ``AutoTokenizer.from_pretrained(dir)``
 loads it with no custom code and adds ``[CLS] … [SEP]`` like the training data.
 """
 
@@ -27,8 +28,10 @@ def _from_sentencepiece(path: str):
         proto.ParseFromString(f.read())
     spec, norm = proto.trainer_spec, proto.normalizer_spec
     if spec.model_type != pb.TrainerSpec.UNIGRAM:
-        raise InputError(f"{path}: sentencepiece model type {pb.TrainerSpec.ModelType.Name(spec.model_type)} is not "
-                        "supported for HF export yet (unigram only; build shards with --tokenizer-type unigram)")
+        raise InputError(
+            f"{path}: sentencepiece model type {pb.TrainerSpec.ModelType.Name(spec.model_type)} is not "
+            "supported for HF export yet (unigram only; build shards with --tokenizer-type unigram)"
+        )
     if spec.treat_whitespace_as_suffix or not spec.split_by_whitespace:
         raise InputError(f"{path}: only sentencepiece models with whitespace-prefix splitting are supported")
     vocab = [(p.piece, p.score) for p in proto.pieces]
@@ -41,8 +44,14 @@ def _from_sentencepiece(path: str):
     if spec.split_digits:
         pre.append(pre_tokenizers.Digits(individual_digits=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(content=" ", left=1, right=0)])
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(content=" ", left=1, right=0),
+        ]
+    )
     return tok
 
 
@@ -66,10 +75,16 @@ def save_hf_tokenizer(src: str, special_ids: dict[str, int], out_dir: str, max_l
     tok.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in names.values()])
     cls, sep = names["cls"], names["sep"]
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, special_ids["cls"]), (sep, special_ids["sep"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, padding_side="right",
-                                   **{f"{role}_token": piece for role, piece in names.items()})
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, special_ids["cls"]), (sep, special_ids["sep"])],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=max_length,
+        padding_side="right",
+        **{f"{role}_token": piece for role, piece in names.items()},
+    )
     fast.save_pretrained(out_dir)
     for stray in ("tokenizer.model",):  # only the fast tokenizer ships
         if os.path.exists(os.path.join(out_dir, stray)):

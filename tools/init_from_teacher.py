@@ -37,8 +37,18 @@ import torch
 
 from model.config import PRESETS, ConfigError, preset
 from model.modernalbert import ModernAlbertForMaskedLM
-from model.teacher import (BLOCKS, LAYER_SELECT, MOL_INIT, TeacherError, layer_sets, map_weights, depth_router_bias,
-                           read_teacher_config, read_teacher_weights, student_config)
+from model.teacher import (
+    BLOCKS,
+    LAYER_SELECT,
+    MOL_INIT,
+    TeacherError,
+    layer_sets,
+    map_weights,
+    depth_router_bias,
+    read_teacher_config,
+    read_teacher_weights,
+    student_config,
+)
 from model.native_format import OutputDir, InputError, save_native
 
 
@@ -67,44 +77,79 @@ def _boolean(value: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tools/init_from_teacher.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tools/init_from_teacher.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("teacher", help="HF model directory (config.json, model.safetensors, tokenizer.json or vocab.txt)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    p.add_argument("--dims", choices=("preset", "teacher"), default="preset",
-                   help="teacher: take hidden size, heads and FFN size from the teacher; preset: they must match")
-    p.add_argument("--intermediate-size", type=int,
-                   help="with --dims teacher: a narrower FFN than the teacher's, keeping each mapped layer's "
-                        "largest-norm neurons (default: the teacher's size)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a top-level model field of the preset, e.g. --set group_depth=3 "
-                        "--set embedding_size=128 (repeatable)")
-    p.add_argument("--block", choices=BLOCKS, default="teacher",
-                   help="teacher (default): the student's block is the teacher's family (a BERT teacher's student "
-                        "has biases, absolute positions, post-norm, GELU: function-preserving); modern: the "
-                        "ModernBERT-style block (RoPE, pre-norm, GeGLU, no biases), a lossy mapping for BERT teachers")
-    p.add_argument("--layer-select", choices=LAYER_SELECT,
-                   help="teacher layers per group: average (the mean of K contiguous runs; the default when K <= "
-                        "the teacher's layers, the best at step 0 on dev: studies/RESULTS.md), even (one, evenly "
-                        "spaced, first and last included; the default when K is larger), lower (0..K-1). With K = "
-                        "the teacher's layers all three are the identity map")
+    p.add_argument(
+        "--dims",
+        choices=("preset", "teacher"),
+        default="preset",
+        help="teacher: take hidden size, heads and FFN size from the teacher; preset: they must match",
+    )
+    p.add_argument(
+        "--intermediate-size",
+        type=int,
+        help="with --dims teacher: a narrower FFN than the teacher's, keeping each mapped layer's "
+        "largest-norm neurons (default: the teacher's size)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a top-level model field of the preset, e.g. --set group_depth=3 "
+        "--set embedding_size=128 (repeatable)",
+    )
+    p.add_argument(
+        "--block",
+        choices=BLOCKS,
+        default="teacher",
+        help="teacher (default): the student's block is the teacher's family (a BERT teacher's student "
+        "has biases, absolute positions, post-norm, GELU: function-preserving); modern: the "
+        "ModernBERT-style block (RoPE, pre-norm, GeGLU, no biases), a lossy mapping for BERT teachers",
+    )
+    p.add_argument(
+        "--layer-select",
+        choices=LAYER_SELECT,
+        help="teacher layers per group: average (the mean of K contiguous runs; the default when K <= "
+        "the teacher's layers, the best at step 0 on dev: studies/RESULTS.md), even (one, evenly "
+        "spaced, first and last included; the default when K is larger), lower (0..K-1). With K = "
+        "the teacher's layers all three are the identity map",
+    )
     p.add_argument("--layers", help="teacher layer per student group, comma-separated (overrides --layer-select)")
-    p.add_argument("--mol-init", choices=MOL_INIT, default=None,
-                   help="svd: a MoL group applied at several depths gets expert j = the truncated SVD of depth j's "
-                        "teacher layer minus the shared block (with --layer-select average, whose runs give the "
-                        "depths; the best on dev after distillation, with --mol-depth-bias 2: studies/RESULTS.md); "
-                        "fresh: MoL experts start at zero (B = 0). Default: svd for a BERT-family teacher's own "
-                        "block, fresh otherwise (--block modern, ModernBERT teachers: svd is not implemented there)")
-    p.add_argument("--mol-routing", choices=("learned", "depth"), default="learned",
-                   help="learned (default): the preset's routed MoL; depth: one expert per application of the "
-                        "group (num_experts = group_depth, top-1, no router): depth-wise LoRAs, the Relaxed "
-                        "Recursive Transformers baseline (with --mol-init svd, their initialisation)")
-    p.add_argument("--mol-depth-bias", type=float, default=None, metavar="B",
-                   help="learned routing: give each MoL router a learned bias per application of its group "
-                        "(mol.depth_bias), started at B for expert j at application j; 0: no depth bias. Default: "
-                        "2 with --mol-init svd and groups applied at several depths (expert j is then depth j's "
-                        "correction; top-2 of 8 puts about 88 %% of the weight on it), else 0")
-    p.add_argument("--mol-rank", type=int, help="MoL/depth LoRA rank (default: the preset's; its scale alpha/rank is kept)")
+    p.add_argument(
+        "--mol-init",
+        choices=MOL_INIT,
+        default=None,
+        help="svd: a MoL group applied at several depths gets expert j = the truncated SVD of depth j's "
+        "teacher layer minus the shared block (with --layer-select average, whose runs give the "
+        "depths; the best on dev after distillation, with --mol-depth-bias 2: studies/RESULTS.md); "
+        "fresh: MoL experts start at zero (B = 0). Default: svd for a BERT-family teacher's own "
+        "block, fresh otherwise (--block modern, ModernBERT teachers: svd is not implemented there)",
+    )
+    p.add_argument(
+        "--mol-routing",
+        choices=("learned", "depth"),
+        default="learned",
+        help="learned (default): the preset's routed MoL; depth: one expert per application of the "
+        "group (num_experts = group_depth, top-1, no router): depth-wise LoRAs, the Relaxed "
+        "Recursive Transformers baseline (with --mol-init svd, their initialisation)",
+    )
+    p.add_argument(
+        "--mol-depth-bias",
+        type=float,
+        default=None,
+        metavar="B",
+        help="learned routing: give each MoL router a learned bias per application of its group "
+        "(mol.depth_bias), started at B for expert j at application j; 0: no depth bias. Default: "
+        "2 with --mol-init svd and groups applied at several depths (expert j is then depth j's "
+        "correction; top-2 of 8 puts about 88 %% of the weight on it), else 0",
+    )
+    p.add_argument(
+        "--mol-rank", type=int, help="MoL/depth LoRA rank (default: the preset's; its scale alpha/rank is kept)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the parts not taken from the teacher")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -112,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = read_teacher_config(a.teacher)
         if info.tokenizer is None:
-            raise TeacherError(f"teacher {a.teacher!r}: no tokenizer.json or vocab.txt (the student uses the "
-                               "teacher's vocabulary)")
+            raise TeacherError(
+                f"teacher {a.teacher!r}: no tokenizer.json or vocab.txt (the student uses the teacher's vocabulary)"
+            )
         base = preset(a.preset, **parse_sets(a.set))
         mol = base.mol
         rank = a.mol_rank or mol.rank
@@ -121,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.mol_init is None:
             a.mol_init = "svd" if (info.family == "bert" and a.block == "teacher") else "fresh"
         if a.mol_depth_bias is None:  # the default: measured best on dev after distillation (studies/RESULTS.md)
-            a.mol_depth_bias = 2.0 if (a.mol_init == "svd" and a.mol_routing == "learned" and base.group_depth > 1
-                                       and base.mol.groups) else 0.0
+            a.mol_depth_bias = (
+                2.0
+                if (a.mol_init == "svd" and a.mol_routing == "learned" and base.group_depth > 1 and base.mol.groups)
+                else 0.0
+            )
         if a.mol_routing == "depth":
             if a.mol_depth_bias:
                 raise TeacherError("--mol-depth-bias is for --mol-routing learned (depth routing has no router)")
@@ -137,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 layers = []
             if len(layers) != cfg.num_groups or not all(0 <= x[0] < info.num_layers for x in layers):
-                raise TeacherError(f"--layers {a.layers}: need {cfg.num_groups} teacher layers in [0, {info.num_layers})")
+                raise TeacherError(
+                    f"--layers {a.layers}: need {cfg.num_groups} teacher layers in [0, {info.num_layers})"
+                )
         else:
             if a.layer_select is None:
                 a.layer_select = "average" if cfg.num_groups <= info.num_layers else "even"
@@ -157,9 +208,22 @@ def main(argv: list[str] | None = None) -> int:
 
                 Tokenizer(tok_src).save_json(os.path.join(tmp, "teacher_tokenizer.json"))
                 tok_src = os.path.join(tmp, "teacher_tokenizer.json")
-            save_native(tmp, student.state_dict(), cfg, None, None,
-                        [{"tool": "init_from_teacher", **report, "preset": a.preset, "dims": a.dims,
-                          "layer_select": "layers" if a.layers else a.layer_select}])
+            save_native(
+                tmp,
+                student.state_dict(),
+                cfg,
+                None,
+                None,
+                [
+                    {
+                        "tool": "init_from_teacher",
+                        **report,
+                        "preset": a.preset,
+                        "dims": a.dims,
+                        "layer_select": "layers" if a.layers else a.layer_select,
+                    }
+                ],
+            )
             shutil.copyfile(tok_src, os.path.join(tmp, "tokenizer.json"))
             if tok_src.startswith(tmp):
                 os.remove(tok_src)
@@ -174,16 +238,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rel = report["embedding_svd_sq_error"] / report["embedding_sq_norm"]
-    print(f"student: preset {a.preset} (d {cfg.hidden_size}, I {cfg.intermediate_size}, {cfg.num_heads} heads, "
-          f"{cfg.num_groups} groups x {cfg.group_depth}, e {cfg.embedding_size}, vocab {cfg.vocab_size}) from "
-          f"{info.family} teacher {a.teacher} ({info.num_layers} layers, d {info.hidden_size})")
-    print(f"  block: {report['block']} ({'post' if cfg.norm_position == 'post' else 'pre'}-norm, {cfg.ffn_activation} FFN, "
-          f"{cfg.position_embedding} positions, biases {'on' if cfg.bias else 'off'})")
+    print(
+        f"student: preset {a.preset} (d {cfg.hidden_size}, I {cfg.intermediate_size}, {cfg.num_heads} heads, "
+        f"{cfg.num_groups} groups x {cfg.group_depth}, e {cfg.embedding_size}, vocab {cfg.vocab_size}) from "
+        f"{info.family} teacher {a.teacher} ({info.num_layers} layers, d {info.hidden_size})"
+    )
+    print(
+        f"  block: {report['block']} ({'post' if cfg.norm_position == 'post' else 'pre'}-norm, {cfg.ffn_activation} "
+        "FFN, "
+        f"{cfg.position_embedding} positions, biases {'on' if cfg.bias else 'off'})"
+    )
     for g, t in enumerate(layers):
         what = f"teacher layer {t[0]}" if len(t) == 1 else f"the mean of teacher layers {t}"
         print(f"  group {g} (layers {g * cfg.group_depth}-{(g + 1) * cfg.group_depth - 1}) <- {what}")
-    print(f"  embedding: rank-{cfg.embedding_size} SVD of the {info.vocab_size} x {info.hidden_size} table, "
-          f"relative squared error {rel:.4f}")
+    print(
+        f"  embedding: rank-{cfg.embedding_size} SVD of the {info.vocab_size} x {info.hidden_size} table, "
+        f"relative squared error {rel:.4f}"
+    )
     print(f"  MLM head: {'from the teacher' if info.has_mlm_head else 'fresh (the teacher has none)'}")
     print(f"-> {a.out} (mapping in teacher_map.json)")
     return 0

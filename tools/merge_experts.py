@@ -41,14 +41,17 @@ def _loader(shards: str, split: str, micro_batch_size: int, max_batches: int):
     from pretrain.data import LoaderConfig, PretrainLoader
 
     try:
-        return PretrainLoader(LoaderConfig(shards, micro_batch_size, split=split, shuffle=False, num_workers=0,
-                                           epochs=1), 0, 1)
+        return PretrainLoader(
+            LoaderConfig(shards, micro_batch_size, split=split, shuffle=False, num_workers=0, epochs=1), 0, 1
+        )
     except DataPrepError as e:
         raise InputError(f"{shards}: {e}") from None
 
 
 @torch.no_grad()
-def routing_shares(model: ModernAlbertForMaskedLM, shards: str, batches: int, micro_batch_size: int = 16) -> dict[int, torch.Tensor]:
+def routing_shares(
+    model: ModernAlbertForMaskedLM, shards: str, batches: int, micro_batch_size: int = 16
+) -> dict[int, torch.Tensor]:
     """Per MoL group: the share of top-k assignments each expert got on ``batches`` train batches."""
     from model.modernalbert import model_inputs
 
@@ -89,8 +92,9 @@ def merge(model: ModernAlbertForMaskedLM, shares: dict[int, torch.Tensor], fold:
     if fold:
         new_mol = dataclasses.replace(mol, groups=())
     else:  # one expert, scale 1 (alpha = rank): ffn = (W + B A) for every token
-        new_mol = dataclasses.replace(mol, num_experts=1, top_k=1, rank=R, alpha=float(R), jitter=0.0,
-                                      routing="learned", depth_bias=False)
+        new_mol = dataclasses.replace(
+            mol, num_experts=1, top_k=1, rank=R, alpha=float(R), jitter=0.0, routing="learned", depth_bias=False
+        )
     cfg = dataclasses.replace(copy.deepcopy(model.cfg), mol=new_mol).validate()
     out = ModernAlbertForMaskedLM(cfg)
     state = {k: v for k, v in model.state_dict().items()}
@@ -131,8 +135,9 @@ def _reachable(data_dir: str | None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tools/merge_experts.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tools/merge_experts.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("in_dir", help="native model directory (tools/consolidate_checkpoint.py output)")
     p.add_argument("--out", required=True)
     p.add_argument("--method", choices=METHODS, default="uniform")
@@ -154,24 +159,38 @@ def main(argv: list[str] | None = None) -> int:
             if not _reachable(calib):
                 raise InputError(f"--method routing needs calibration shards: --calib DIR ({calib!r} not found)")
             source = "--calib" if a.calib else f"the shards {a.in_dir} was trained on; --calib DIR chooses others"
-            print(f"calibrating the routing shares on {a.calib_batches} train batches of 16 samples from "
-                  f"{_where(calib)} ({source})")
+            print(
+                f"calibrating the routing shares on {a.calib_batches} train batches of 16 samples from "
+                f"{_where(calib)} ({source})"
+            )
             shares = routing_shares(model, calib, a.calib_batches)
         else:
-            shares = {g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
-                      for g, m in layers.items()}
+            shares = {
+                g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
+                for g, m in layers.items()
+            }
         before = validation(model, val_dir, a.val_batches)
         merged = merge(model, shares, a.fold)
         after = validation(merged, val_dir, a.val_batches)
-        report = {"method": a.method, "fold": a.fold, "val_shards": val_dir,
-                  "calibration": ({"shards": _where(calib), "batches": a.calib_batches}
-                                  if a.method == "routing" else None),
-                  "expert_weights": {f"group{g}": [round(float(x), 6) for x in s] for g, s in shares.items()},
-                  "before": before, "after": after}
+        report = {
+            "method": a.method,
+            "fold": a.fold,
+            "val_shards": val_dir,
+            "calibration": ({"shards": _where(calib), "batches": a.calib_batches} if a.method == "routing" else None),
+            "expert_weights": {f"group{g}": [round(float(x), 6) for x in s] for g, s in shares.items()},
+            "before": before,
+            "after": after,
+        }
         tok = os.path.join(a.in_dir, doc["tokenizer"]) if doc.get("tokenizer") else None
         with OutputDir(a.out, a.overwrite) as tmp:
-            save_native(tmp, merged.state_dict(), merged.cfg, tok, data_dir,
-                        [*doc.get("history", []), {"tool": "merge_experts", "method": a.method, "fold": a.fold}])
+            save_native(
+                tmp,
+                merged.state_dict(),
+                merged.cfg,
+                tok,
+                data_dir,
+                [*doc.get("history", []), {"tool": "merge_experts", "method": a.method, "fold": a.fold}],
+            )
             with open(os.path.join(tmp, "merge_report.json"), "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
     except InputError as e:
@@ -180,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     kind = "folded into Wi/Wo (no MoL left)" if a.fold else f"one adapter of rank {merged.cfg.mol.rank} per MoL layer"
     print(f"merged {len(layers)} MoL layer(s) ({a.method}): {kind} -> {a.out}")
     if before and after:
-        print(f"  val MLM loss {before['val_loss']:.4f} -> {after['val_loss']:.4f}   "
-              f"accuracy {before['val_accuracy']:.4f} -> {after['val_accuracy']:.4f}   ({before['val_masked']:,} masked tokens)")
+        print(
+            f"  val MLM loss {before['val_loss']:.4f} -> {after['val_loss']:.4f}   "
+            f"accuracy {before['val_accuracy']:.4f} -> {after['val_accuracy']:.4f}   ({before['val_masked']:,} masked "
+            "tokens)"
+        )
     else:
         print("  no validation shards: loss not compared (pass --val DIR)")
     return 0

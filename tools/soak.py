@@ -25,7 +25,8 @@ sums then run in another order (~1e-7 relative per step), which the unstable str
 (loss spikes) amplify, so the final weights cannot match bit for bit. Its yardstick is a third run,
 uninterrupted on 1 process: the soaked run must end no further from the reference than
 ``--baseline-factor`` times that run's distance; the losses of the first ``--early-steps`` steps
-(before the amplification) are compared too. Writes ``soak.json`` and ``soak.md`` (a table of every fault) to ``--out``; exits 1 when a
+(before the amplification) are compared too. Writes ``soak.json`` and ``soak.md`` (a table of every fault) to
+``--out``; exits 1 when a
 phase fails.
 """
 
@@ -50,8 +51,19 @@ def _build_shards(out: str) -> str:
 
     data = os.path.join(out, "shards")
     if not os.path.isfile(os.path.join(data, "index.json")):
-        build(BuildConfig(inputs=[SAMPLE_CORPUS_DIR], seq_len=128, vocab_size=4000, shard_mb=0.3, val_fraction=0.05,
-                          tokenizer_sample_mb=1.0), data, workers=0, progress=False)
+        build(
+            BuildConfig(
+                inputs=[SAMPLE_CORPUS_DIR],
+                seq_len=128,
+                vocab_size=4000,
+                shard_mb=0.3,
+                val_fraction=0.05,
+                tokenizer_sample_mb=1.0,
+            ),
+            data,
+            workers=0,
+            progress=False,
+        )
     return data
 
 
@@ -72,15 +84,22 @@ class Launch:
     """One launch of the training command (its output appended to a log file)."""
 
     def __init__(self, nproc: int, args: list[str], log_path: str, env: dict | None = None) -> None:
-        launcher = ([sys.executable, "-m", "pretrain.torchrun", "--standalone", f"--nproc-per-node={nproc}"]
-                    if nproc > 1 else [sys.executable])
+        launcher = (
+            [sys.executable, "-m", "pretrain.torchrun", "--standalone", f"--nproc-per-node={nproc}"]
+            if nproc > 1
+            else [sys.executable]
+        )
         self.log = open(log_path, "a", encoding="utf-8")
         self.log.write(f"\n===== launch on {nproc} process(es) at {time.strftime('%H:%M:%S')}\n")
         self.log.flush()
-        self.proc = subprocess.Popen([*launcher, "-m", "pretrain.train", *args], cwd=REPO, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                                          **(env or {})})
+        self.proc = subprocess.Popen(
+            [*launcher, "-m", "pretrain.train", *args],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
         self.started = time.monotonic()
 
     def kill(self) -> None:
@@ -114,9 +133,19 @@ class Launch:
 
 def _train_args(data: str, run_dir: str, a: argparse.Namespace) -> list[str]:
     # the shipped tiny preset (router jitter on, one loader worker per rank); only the batch is smaller
-    return ["--config", "pretrain/configs/tiny.yaml", f"data.dir={data}", f"run_dir={run_dir}", f"train.steps={a.steps}",
-            f"checkpoint.every={a.every}", "checkpoint.keep=3", "train.micro_batch_size=8", "train.log_every=1",
-            "eval.every=0", "log.progress_bar=off"]
+    return [
+        "--config",
+        "pretrain/configs/tiny.yaml",
+        f"data.dir={data}",
+        f"run_dir={run_dir}",
+        f"train.steps={a.steps}",
+        f"checkpoint.every={a.every}",
+        "checkpoint.keep=3",
+        "train.micro_batch_size=8",
+        "train.log_every=1",
+        "eval.every=0",
+        "log.progress_bar=off",
+    ]
 
 
 def _ckpt_state(run_dir: str) -> dict:
@@ -125,9 +154,11 @@ def _ckpt_state(run_dir: str) -> dict:
     ckpt = os.path.join(run_dir, "checkpoints")
     names = os.listdir(ckpt) if os.path.isdir(ckpt) else []
     latest = latest_checkpoint(ckpt)
-    return {"latest": os.path.basename(latest) if latest else None,
-            "temp_left": sorted(n for n in names if n.startswith(".tmp_")),
-            "set_aside": sorted(n for n in names if n.startswith("corrupt-"))}
+    return {
+        "latest": os.path.basename(latest) if latest else None,
+        "temp_left": sorted(n for n in names if n.startswith(".tmp_")),
+        "set_aside": sorted(n for n in names if n.startswith("corrupt-")),
+    }
 
 
 def _records(run_dir: str) -> list[dict]:
@@ -218,8 +249,11 @@ def phase(name: str, data: str, a: argparse.Namespace, rng: random.Random) -> di
         if kind == "enospc":
             rc = launch.wait()
             record["exit"] = rc
-            record["kill"] = (f"full disk at the step-{next_save} save: exit {rc}" if next_save <= a.steps
-                              else f"none: the run ended before step {next_save} (exit {rc})")
+            record["kill"] = (
+                f"full disk at the step-{next_save} save: exit {rc}"
+                if next_save <= a.steps
+                else f"none: the run ended before step {next_save} (exit {rc})"
+            )
         elif kind == "write":
             hit = _kill_during_write(launch, os.path.join(run_dir, "checkpoints"), limit_s=4 * ref_s)
             record["kill"] = "during a checkpoint write" if hit else "none: the run finished first"
@@ -248,41 +282,64 @@ def phase(name: str, data: str, a: argparse.Namespace, rng: random.Random) -> di
                     rc = None
                 launch.log.close()
                 record["exit"] = rc
-                record["kill"] = ("none: the run finished first" if finished
-                                  else f"SIGTERM to the tree {extra:.2f} s after step {target} was logged: exit {rc}")
+                record["kill"] = (
+                    "none: the run finished first"
+                    if finished
+                    else f"SIGTERM to the tree {extra:.2f} s after step {target} was logged: exit {rc}"
+                )
             else:
                 launch.kill()
-                record["kill"] = ("none: the run finished first" if finished
-                                  else f"{extra:.2f} s after step {target} was logged")
+                record["kill"] = (
+                    "none: the run finished first" if finished else f"{extra:.2f} s after step {target} was logged"
+                )
         record["after"] = _ckpt_state(run_dir)
         # the steps the next launch must redo: logged by this launch, but after its newest checkpoint
         saved = int((record["after"]["latest"] or "step_0").split("_")[1])
         record["steps_lost"] = max(0, max(_last_step(run_dir), logged_before) - saved)
         faults.append(record)
-        print(f"[{name}] fault {k + 1} ({kind}): {record['kill']} on {nproc} proc; checkpoint "
-              f"{record['before']['latest']} -> {record['after']['latest']}; steps lost {record['steps_lost']}; "
-              f"temp dirs left {record['after']['temp_left']}", flush=True)
+        print(
+            f"[{name}] fault {k + 1} ({kind}): {record['kill']} on {nproc} proc; checkpoint "
+            f"{record['before']['latest']} -> {record['after']['latest']}; steps lost {record['steps_lost']}; "
+            f"temp dirs left {record['after']['temp_left']}",
+            flush=True,
+        )
     nproc = 2 if name == "same" else rng.choice((1, 2))
     rc = Launch(nproc, args, log).wait()
     final = _ckpt_state(run_dir)
-    result = {"phase": name, "steps": a.steps, "every": a.every, "reference_s": round(ref_s, 1), "faults": faults,
-              "final_launch": {"processes": nproc, "exit": rc, **final}}
+    result = {
+        "phase": name,
+        "steps": a.steps,
+        "every": a.every,
+        "reference_s": round(ref_s, 1),
+        "faults": faults,
+        "final_launch": {"processes": nproc, "exit": rc, **final},
+    }
     if rc:
         result.update(ok=False, why=f"the final launch exited {rc}; see {log}")
         return result
     # the faults that end a run by design must end it as designed
-    wrong = [f"fault {f['fault']} ({f['kind']}): exit {f.get('exit')}" for f in faults
-             if (f["kind"] == "sigterm" and not f["kill"].startswith("none") and f.get("exit") != 75)
-             or (f["kind"] == "enospc" and not f["kill"].startswith("none")
-                 and (f.get("exit") != 2 or f["after"]["latest"] != f["before"]["latest"] or f["after"]["temp_left"]))]
+    wrong = [
+        f"fault {f['fault']} ({f['kind']}): exit {f.get('exit')}"
+        for f in faults
+        if (f["kind"] == "sigterm" and not f["kill"].startswith("none") and f.get("exit") != 75)
+        or (
+            f["kind"] == "enospc"
+            and not f["kill"].startswith("none")
+            and (f.get("exit") != 2 or f["after"]["latest"] != f["before"]["latest"] or f["after"]["temp_left"])
+        )
+    ]
     if wrong:
         result.update(ok=False, why="; ".join(wrong))
         return result
     ref, got = _final_weights(ref_dir), _final_weights(run_dir)
     diff = _max_diff(ref, got)
     equal = ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
-    result.update(bitwise_equal=equal, max_abs_diff=diff, tensors=len(ref),
-                  early_loss_rel_diff=_early_loss_diff(ref_dir, run_dir, a.early_steps))
+    result.update(
+        bitwise_equal=equal,
+        max_abs_diff=diff,
+        tensors=len(ref),
+        early_loss_rel_diff=_early_loss_diff(ref_dir, run_dir, a.early_steps),
+    )
     if name == "same":
         result["ok"] = equal
     else:
@@ -294,12 +351,17 @@ def phase(name: str, data: str, a: argparse.Namespace, rng: random.Random) -> di
         if Launch(1, _train_args(data, one_dir, a), os.path.join(one_dir, "log.txt")).wait():
             sys.exit(f"{name}: the 1-process reference failed; see {one_dir}/log.txt")
         baseline = _max_diff(ref, _final_weights(one_dir))
-        result.update(world_size_baseline=baseline,
-                      baseline_early_loss_rel_diff=_early_loss_diff(ref_dir, one_dir, a.early_steps),
-                      ok=diff <= max(a.tolerance, a.baseline_factor * baseline))
-    print(f"[{name}] final weights: bitwise equal {equal}, max |diff| {diff:.3g}"
-          + (f" (uninterrupted 1 vs 2 processes: {result['world_size_baseline']:.3g})" if name == "mixed" else "")
-          + f" -> {'PASS' if result['ok'] else 'FAIL'}", flush=True)
+        result.update(
+            world_size_baseline=baseline,
+            baseline_early_loss_rel_diff=_early_loss_diff(ref_dir, one_dir, a.early_steps),
+            ok=diff <= max(a.tolerance, a.baseline_factor * baseline),
+        )
+    print(
+        f"[{name}] final weights: bitwise equal {equal}, max |diff| {diff:.3g}"
+        + (f" (uninterrupted 1 vs 2 processes: {result['world_size_baseline']:.3g})" if name == "mixed" else "")
+        + f" -> {'PASS' if result['ok'] else 'FAIL'}",
+        flush=True,
+    )
     return result
 
 
@@ -311,6 +373,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 def _early_loss_diff(ref_dir: str, run_dir: str, steps: int) -> float:
     """Max relative difference of the logged losses over the first ``steps`` steps (every logging of a step)."""
+
     def losses(d: str) -> dict[int, list[float]]:
         out: dict[int, list[float]] = {}
         for r in _records(d):
@@ -324,32 +387,49 @@ def _early_loss_diff(ref_dir: str, run_dir: str, steps: int) -> float:
 def _markdown(results: list[dict]) -> str:
     lines = []
     for r in results:
-        verdict = ("bit-for-bit equal" if r.get("bitwise_equal") else f"max abs diff {r.get('max_abs_diff', float('nan')):.3g}")
+        verdict = (
+            "bit-for-bit equal" if r.get("bitwise_equal") else f"max abs diff {r.get('max_abs_diff', float('nan')):.3g}"
+        )
         if r.get("why"):
             verdict = f"not compared: {r['why']}"
         if "world_size_baseline" in r:
-            verdict += (f" (two uninterrupted runs on 1 and on 2 processes: {r['world_size_baseline']:.3g}); losses of "
-                        f"the first {EARLY} steps within {r['early_loss_rel_diff']:.2g} relative (1 vs 2 processes: "
-                        f"{r['baseline_early_loss_rel_diff']:.2g})")
-        lines += [f"**Phase `{r['phase']}`** ({r['steps']} steps, checkpoint every {r['every']}; reference "
-                  f"{r['reference_s']} s): final weights {verdict} — **{'PASS' if r['ok'] else 'FAIL'}**", "",
-                  "| fault | kind | processes | what happened | newest checkpoint before → after | steps lost | "
-                  "temp dir left | byte flipped in |",
-                  "|---|---|---|---|---|---|---|---|"]
+            verdict += (
+                f" (two uninterrupted runs on 1 and on 2 processes: {r['world_size_baseline']:.3g}); losses of "
+                f"the first {EARLY} steps within {r['early_loss_rel_diff']:.2g} relative (1 vs 2 processes: "
+                f"{r['baseline_early_loss_rel_diff']:.2g})"
+            )
+        lines += [
+            f"**Phase `{r['phase']}`** ({r['steps']} steps, checkpoint every {r['every']}; reference "
+            f"{r['reference_s']} s): final weights {verdict} — **{'PASS' if r['ok'] else 'FAIL'}**",
+            "",
+            "| fault | kind | processes | what happened | newest checkpoint before → after | steps lost | "
+            "temp dir left | byte flipped in |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for f in r["faults"]:
-            lines.append(f"| {f['fault']} | {f.get('kind', '?')} | {f['processes']} | {f['kill']} | "
-                         f"{f['before']['latest']} → {f['after']['latest']} | {f.get('steps_lost', '?')} | "
-                         f"{', '.join(f['after']['temp_left']) or '—'} | {f.get('flipped_byte_in') or '—'} |")
+            lines.append(
+                f"| {f['fault']} | {f.get('kind', '?')} | {f['processes']} | {f['kill']} | "
+                f"{f['before']['latest']} → {f['after']['latest']} | {f.get('steps_lost', '?')} | "
+                f"{', '.join(f['after']['temp_left']) or '—'} | {f.get('flipped_byte_in') or '—'} |"
+            )
         fl = r["final_launch"]
-        lines += [f"| final | — | {fl['processes']} | runs to the end, exit {fl['exit']} | {fl['latest']} | — | "
-                  f"{', '.join(fl['temp_left']) or '—'} | set aside: {', '.join(fl['set_aside']) or '—'} |", ""]
+        lines += [
+            f"| final | — | {fl['processes']} | runs to the end, exit {fl['exit']} | {fl['latest']} | — | "
+            f"{', '.join(fl['temp_left']) or '—'} | set aside: {', '.join(fl['set_aside']) or '—'} |",
+            "",
+        ]
         kinds: dict[str, list[dict]] = {}
         for f in r["faults"]:
             kinds.setdefault(f.get("kind", "?"), []).append(f)
-        lines += ["| fault kind | faults | survived (final weights as above) | steps lost (total) |", "|---|---|---|---|"]
+        lines += [
+            "| fault kind | faults | survived (final weights as above) | steps lost (total) |",
+            "|---|---|---|---|",
+        ]
         for kind, fs in kinds.items():
-            lines.append(f"| {kind} | {len(fs)} | {len(fs) if r['ok'] else 'see verdict'} | "
-                         f"{sum(f.get('steps_lost', 0) for f in fs)} |")
+            lines.append(
+                f"| {kind} | {len(fs)} | {len(fs) if r['ok'] else 'see verdict'} | "
+                f"{sum(f.get('steps_lost', 0) for f in fs)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -363,10 +443,16 @@ def main() -> int:
     p.add_argument("--every", type=int, default=5, help="checkpoint interval in steps")
     p.add_argument("--kills", type=int, default=8, help="faults per phase (>= 2)")
     p.add_argument("--seed", type=int, default=0, help="seeds the fault schedule")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs weight difference always accepted, phase mixed")
-    p.add_argument("--baseline-factor", type=float, default=2.0,
-                   help="phase mixed passes when its weight difference is at most this many times that of two "
-                        "uninterrupted runs on 1 and 2 processes")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="max abs weight difference always accepted, phase mixed"
+    )
+    p.add_argument(
+        "--baseline-factor",
+        type=float,
+        default=2.0,
+        help="phase mixed passes when its weight difference is at most this many times that of two "
+        "uninterrupted runs on 1 and 2 processes",
+    )
     p.add_argument("--early-steps", type=int, default=30, help="the stable stretch whose losses are compared")
     a = p.parse_args()
     global EARLY

@@ -17,8 +17,16 @@ class ModernAlbertConfig(PretrainedConfig):
     model_type = "modernalbert"
     attribute_map = {"num_attention_heads": "num_heads"}
 
-    def __init__(self, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4,
-                 classifier_pooling="cls", classifier_dropout=0.0, **kwargs):
+    def __init__(
+        self,
+        pad_token_id=0,
+        cls_token_id=2,
+        sep_token_id=3,
+        mask_token_id=4,
+        classifier_pooling="cls",
+        classifier_dropout=0.0,
+        **kwargs,
+    ):
         defaults = dataclasses.asdict(ModelConfig())
         for name in NATIVE_FIELDS:
             setattr(self, name, kwargs.pop(name, defaults[name]))

@@ -88,8 +88,9 @@ class ModernAlbertForMaskedLM(ModernAlbertPreTrainedModel):
     def get_input_embeddings(self):
         return self.model.embeddings.tok_embeddings
 
-    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
+    def forward(
+        self, input_ids, attention_mask=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs
+    ):
         B, S = input_ids.shape
         h_TD, hidden, index = self._encode(input_ids, attention_mask, output_hidden_states)
         logits = repad(tied_logits(self.model.embeddings, self.head, self.decoder_bias, h_TD), index, B, S)
@@ -109,15 +110,17 @@ class ModernAlbertForSequenceClassification(ModernAlbertPreTrainedModel):
         native = config.native()
         self.num_labels = config.num_labels
         self.model = NativeEncoder(native)
-        self.classifier = ClassificationHead(native.hidden_size, config.num_labels, native.norm_eps,
-                                             config.classifier_dropout)
+        self.classifier = ClassificationHead(
+            native.hidden_size, config.num_labels, native.norm_eps, config.classifier_dropout
+        )
         self.post_init()
 
     def get_input_embeddings(self):
         return self.model.embeddings.tok_embeddings
 
-    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
+    def forward(
+        self, input_ids, attention_mask=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs
+    ):
         B, S = input_ids.shape
         ids_T, cu, max_len, index = unpad(input_ids, attention_mask)
         h_TD, hidden = self.model(ids_T, cu, max_len, bool(output_hidden_states))
