@@ -17,9 +17,9 @@ from pretrain.config import load_config
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
-def _run(run_dir, shards_dir, nproc: int, steps: int, extra=(), env=None):
+def _args(run_dir, shards_dir, steps: int, extra=()) -> list[str]:
     # the shipped tiny preset (router jitter on, one loader worker); only the batch is smaller, for speed
-    args = [
+    return [
         f"data.dir={shards_dir}",
         f"run_dir={run_dir}",
         f"train.steps={steps}",
@@ -30,7 +30,10 @@ def _run(run_dir, shards_dir, nproc: int, steps: int, extra=(), env=None):
         "train.log_every=1",
         *extra,
     ]
-    return pretrain(nproc, args, env)
+
+
+def _run(run_dir, shards_dir, nproc: int, steps: int, extra=(), env=None):
+    return pretrain(nproc, _args(run_dir, shards_dir, steps, extra), env)
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -247,14 +250,7 @@ def test_sigusr1_saves_at_a_step_boundary_and_exits_for_requeue(reference, shard
         "pretrain.train",
         "--config",
         "pretrain/configs/tiny.yaml",
-        f"data.dir={shards_dir}",
-        f"run_dir={run_dir}",
-        "train.steps=10",
-        "train.micro_batch_size=8",
-        "train.global_batch_tokens=2048",
-        "checkpoint.every=5",
-        "schedule.warmup_steps=3",
-        "train.log_every=1",
+        *_args(run_dir, shards_dir, 10),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -373,21 +369,7 @@ def test_a_declared_loss_term_is_summed_reduced_and_logged_on_two_ranks(referenc
     script.write_text(_DUMMY_TERM)
     run_dir = str(tmp_path / "run")
     r = torchrun(
-        2,
-        [
-            str(script),
-            "--config",
-            "pretrain/configs/tiny.yaml",
-            f"data.dir={shards_dir}",
-            f"run_dir={run_dir}",
-            "train.steps=10",
-            "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048",
-            "checkpoint.every=5",
-            "schedule.warmup_steps=3",
-            "train.log_every=1",
-            "eval.every=0",
-        ],
+        2, [str(script), "--config", "pretrain/configs/tiny.yaml", *_args(run_dir, shards_dir, 10, ["eval.every=0"])]
     )
     assert r.returncode == 0, r.stderr[-3000:]
     records = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))]
@@ -460,21 +442,10 @@ def test_a_step_reads_the_device_once_and_a_log_step_twice(shards_dir, tmp_path)
     script = tmp_path / "count.py"
     script.write_text(_COUNT_HOST_READS)
     out = tmp_path / "reads.json"
+    extra = ["train.log_every=4", "eval.every=0", "checkpoint.every=0"]
     r = torchrun(
         1,
-        [
-            str(script),
-            "--config",
-            "pretrain/configs/tiny.yaml",
-            f"data.dir={shards_dir}",
-            f"run_dir={tmp_path / 'run'}",
-            "train.steps=8",
-            "train.micro_batch_size=8",
-            "train.global_batch_tokens=2048",
-            "train.log_every=4",
-            "eval.every=0",
-            "checkpoint.every=0",
-        ],
+        [str(script), "--config", "pretrain/configs/tiny.yaml", *_args(tmp_path / "run", shards_dir, 8, extra)],
         env={"HOST_READS": str(out)},
     )
     assert r.returncode == 0, r.stderr[-3000:]
