@@ -116,12 +116,47 @@ class Hyper:
     epochs: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How every task is fine-tuned and scored: the command line's choices, typed, for the library functions."""
+
+    mode: str  # full | lora
+    lr: float
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    pooling: str
+    dropout: float
+    lora_rank: int
+    lora_alpha: float
+    target_scale: str  # max | none
+    seeds: tuple[int, ...]
+    subset_seed: int
+    select_lr: tuple[float, ...] = ()  # empty: no selection, lr
+    select_epochs: tuple[int, ...] = ()  # empty: epochs
+    holdout: float = 0.2
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "Protocol":
+        """From ``parser()``'s parsed and checked arguments (``main`` resolves the lr default and the lists)."""
+        return cls(
+            **{
+                f.name: (
+                    tuple(getattr(a, f.name))
+                    if f.name in ("seeds", "select_lr", "select_epochs")
+                    else getattr(a, f.name)
+                )
+                for f in dataclasses.fields(cls)
+            }
+        )
+
+
 def finetune_one(
     backend,
     spec,
     data: dict[str, list[dict]],
     labels: dict[str, np.ndarray],
-    a,
+    a: Protocol,
     seed: int,
     log,
     hp: Hyper | None = None,
@@ -169,23 +204,25 @@ def finetune_one(
     return results, all_scores, module, head, sum(p.numel() for p in params)
 
 
-def grid(a) -> list[Hyper]:
+def grid(a: Protocol) -> list[Hyper]:
     """The selection grid (lr-major order, which breaks ties); one point when nothing is to be selected."""
     lrs = a.select_lr or [a.lr]
     return [Hyper(lr, ep) for lr in lrs for ep in (a.select_epochs or [a.epochs])]
 
 
-def select(backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a, log) -> tuple[Hyper, dict]:
+def select(
+    backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a: Protocol, log
+) -> tuple[Hyper, dict]:
     """Choose (lr, epochs) for one task on a held-out slice of its training subset (never dev or test)."""
     points = grid(a)
     if len(points) == 1:
         return points[0], {}
     n_hold = max(1, round(a.holdout * len(data["train"])))
     hold = set(stratified_subset(labels["train"], n_hold, a.subset_seed + 1, spec.is_regression))
-    fit = [i for i in range(len(data["train"])) if i not in hold]
+    fit_idx = [i for i in range(len(data["train"])) if i not in hold]
     hold_idx = sorted(hold)
-    sub = {"train": [data["train"][i] for i in fit], "holdout": [data["train"][i] for i in hold_idx]}
-    sub_labels = {"train": labels["train"][fit], "holdout": labels["train"][hold_idx]}
+    sub = {"train": [data["train"][i] for i in fit_idx], "holdout": [data["train"][i] for i in hold_idx]}
+    sub_labels = {"train": labels["train"][fit_idx], "holdout": labels["train"][hold_idx]}
     tried = []
     for hp in points:
         res, _, _, _, _ = finetune_one(backend, spec, sub, sub_labels, a, a.seeds[0], lambda *_: None, hp)
@@ -193,9 +230,9 @@ def select(backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndar
         log(f"  {spec.name} select lr {hp.lr:g} epochs {hp.epochs}: holdout score {res['holdout']['score']:.4f}")
     best = max(range(len(tried)), key=lambda i: (tried[i]["holdout_score"], -i))  # ties: the earlier point
     chosen = points[best]
-    log(f"  {spec.name} chose lr {chosen.lr:g}, {chosen.epochs} epochs ({len(fit)} fit / {len(hold_idx)} holdout)")
+    log(f"  {spec.name} chose lr {chosen.lr:g}, {chosen.epochs} epochs ({len(fit_idx)} fit / {len(hold_idx)} holdout)")
     return chosen, {
-        "fit_examples": len(fit),
+        "fit_examples": len(fit_idx),
         "holdout_examples": len(hold_idx),
         "seed": a.seeds[0],
         "grid": tried,
@@ -269,6 +306,8 @@ def load_task_data(name: str, a) -> dict[str, list[Example]]:
 
 
 def run(a: argparse.Namespace, log=print) -> dict:
+    """The whole run for ``main``'s parsed arguments; the fine-tuning functions get them as a ``Protocol``."""
+    proto = Protocol.from_args(a)
     tasks = [task_spec(t.strip()) for t in a.tasks.split(",") if t.strip()]
     raw = {spec.name: load_task_data(spec.name, a) for spec in tasks}  # every layout checked before training
     backend = open_backend(a.model)
@@ -293,10 +332,10 @@ def run(a: argparse.Namespace, log=print) -> dict:
             f"== {spec.name}: {len(train)} training examples, "
             f"{', '.join(f'{s} {len(v)}' for s, v in splits.items() if s != 'train')}"
         )
-        hp, selection = select(backend, spec, data, labels, a, log)
+        hp, selection = select(backend, spec, data, labels, proto, log)
         seed_scores = []
         for i, seed in enumerate(a.seeds):
-            res, scores, module, head, trainable = finetune_one(backend, spec, data, labels, a, seed, log, hp)
+            res, scores, module, head, trainable = finetune_one(backend, spec, data, labels, proto, seed, log, hp)
             per_seed.append({"seed": seed, **res})
             seed_scores.append(scores)
             log(

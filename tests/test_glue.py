@@ -615,7 +615,7 @@ def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native
     train = subset_examples(load_local("RTE", GLUE_DIR)["train"], 30, 0)
     data = {"train": backend.encode([e.texts for e in train], a.max_len)}
     labels = {"train": np.array([e.label for e in train])}
-    hp, again = glue.select(backend, spec, data, labels, a, lambda *_: None)
+    hp, again = glue.select(backend, spec, data, labels, glue.Protocol.from_args(a), lambda *_: None)
     assert again["grid"] == sel["grid"] and glue.dataclasses.asdict(hp) == sel["chosen"]
 
 
