@@ -379,10 +379,11 @@ def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[s
     train = wins["train"]
     lengths = [len(w.input_ids) for w in train]
     history: list[dict] = []
-    t0 = [0.0]
+    epoch_start = 0.0
 
     def epoch_batches(e: int) -> list[list[int]]:
-        t0[0] = time.time()
+        nonlocal epoch_start
+        epoch_start = time.time()
         return grouped_batches(lengths, a.batch_size, seed * 1000 + e + 1)
 
     def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -392,7 +393,7 @@ def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[s
 
     def after_epoch(e: int, m: dict[str, float]) -> None:
         epoch = e + 1
-        rec = {"epoch": epoch, "train_loss": m["loss"], "seconds": round(time.time() - t0[0], 1)}
+        rec = {"epoch": epoch, "train_loss": m["loss"], "seconds": round(time.time() - epoch_start, 1)}
         if wins["holdout"]:
             spans, margin = predict(backend, module, wins["holdout"], a)
             thr, _ = best_null_threshold(arts["holdout"], spans, margin)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from finetune.optim import FinetuneOptimizer
+from model.config import check
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,9 @@ class FitConfig:
     clip: float = 1.0
 
     def __post_init__(self) -> None:
-        for name, value, ok in (
-            ("lr", self.lr, self.lr > 0),
-            ("epochs", self.epochs, self.epochs >= 0),
-            ("steps_per_epoch", self.steps_per_epoch, self.steps_per_epoch >= 0),
-        ):
-            if not ok:
-                raise ValueError(f"fine-tuning {name}={value}: must be {'> 0' if name == 'lr' else '>= 0'}")
+        check(self.lr > 0, "lr", self.lr, "must be > 0")
+        check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
+        check(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "must be >= 0")
 
 
 def steps_per_epoch(examples: int, batch_size: int) -> int:

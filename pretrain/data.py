@@ -113,10 +113,10 @@ class LoaderConfig(DataConfig):
 
     @classmethod
     def of(cls, data: DataConfig, micro_batch_size: int, **kw) -> "LoaderConfig":
-        """The loader of a run's ``data:`` section (its fields shared, not copied by hand)."""
-        return cls(
-            **{f.name: getattr(data, f.name) for f in fields(DataConfig)}, micro_batch_size=micro_batch_size, **kw
-        )
+        """The loader of a run's ``data:`` section (its fields shared, not copied by hand); ``kw`` sets the
+        loader's own fields and overrides shared ones."""
+        shared = {f.name: getattr(data, f.name) for f in fields(DataConfig)}
+        return cls(**{**shared, **kw}, micro_batch_size=micro_batch_size)
 
     def validate(self, prefix: str = "") -> None:
         super().validate(prefix)

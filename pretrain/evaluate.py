@@ -16,7 +16,7 @@ from data_prep.errors import DataPrepError
 from data_prep.shards import ShardError
 from model.config import check
 from model.modernalbert import model_inputs
-from pretrain.data import LoaderConfig, MLMConfig, PretrainLoader
+from pretrain.data import DataConfig, LoaderConfig, PretrainLoader
 from pretrain.reduce import all_reduce, first_fault
 
 
@@ -31,21 +31,13 @@ class EvalConfig:
             check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
 
 
-def val_loader(
-    data_dir: str, micro_batch_size: int, mlm: MLMConfig, rank: int, world: int, **cache
-) -> PretrainLoader | None:
-    """The validation loader, or None (with the reason printed on rank 0) when the data has no usable val split.
-
-    ``cache``: ``cache_dir``/``cache_gb`` of ``LoaderConfig`` for a URL ``data_dir``.
-    """
+def val_loader(data: DataConfig, micro_batch_size: int, rank: int, world: int) -> PretrainLoader | None:
+    """The validation loader of a run's ``data:`` section, or None (with the reason printed on rank 0) when the
+    data has no usable val split. One pass in file order, masked with seed 0 whatever ``data.seed`` is, so
+    validation numbers compare across runs."""
     try:
-        return PretrainLoader(
-            LoaderConfig(
-                data_dir, micro_batch_size, split="val", shuffle=False, num_workers=0, epochs=1, mlm=mlm, **cache
-            ),
-            rank,
-            world,
-        )
+        cfg = LoaderConfig.of(data, micro_batch_size, split="val", shuffle=False, num_workers=0, epochs=1, seed=0)
+        return PretrainLoader(cfg, rank, world)
     except DataPrepError as e:
         if rank == 0:
             print(f"validation skipped: {e}")

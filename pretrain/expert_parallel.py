@@ -35,6 +35,7 @@ from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
 from model.modernalbert import mol_layers
 from model.mol import MoLFFN, sort_pairs
+from model.routing import expert_counts
 
 EXPERT_PARAMS = ("A1", "B1", "A2", "B2")
 
@@ -78,7 +79,7 @@ class ExpertParallel(ParallelStyle):
         per_rank = experts[0].shape[0] // P  # the DTensor's global expert count over the ranks
         tok_N, exp_N, w_N = sort_pairs(idx_TK, w_TK, x_TD.dtype)
 
-        send = torch.bincount(torch.div(exp_N, per_rank, rounding_mode="floor"), minlength=P)
+        send = expert_counts(torch.div(exp_N, per_rank, rounding_mode="floor"), P)  # pairs per owning rank
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=group)
         send_splits, recv_splits = send.tolist(), recv.tolist()

@@ -325,19 +325,8 @@ class Trainer:
             rt.rank,
             rt.world,
         )
-        self.val = (
-            val_loader(
-                cfg.data.dir,
-                cfg.eval.micro_batch_size or cfg.train.micro_batch_size,
-                cfg.data.mlm,
-                rt.rank,
-                rt.world,
-                cache_dir=cfg.data.cache_dir,
-                cache_gb=cfg.data.cache_gb,
-            )
-            if cfg.eval.every
-            else None
-        )
+        micro = cfg.eval.micro_batch_size or cfg.train.micro_batch_size
+        self.val = val_loader(cfg.data, micro, rt.rank, rt.world) if cfg.eval.every else None
 
     # resume / save ------------------------------------------------------------------------------
     def resume(self) -> None:

@@ -9,8 +9,15 @@ import pytest
 
 from data_prep.build_shards import BuildConfig, build
 from data_prep.corpus import SAMPLE_CORPUS_DIR
+from model.attention import _flash_attn_fn, _torch_varlen_fn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# the fused attention backends as test parameters, each skipped where it cannot run (the GPU tests)
+FUSED_BACKENDS = [
+    pytest.param("flash_attn", marks=pytest.mark.skipif(_flash_attn_fn() is None, reason="flash-attn not installed")),
+    pytest.param("torch_varlen", marks=pytest.mark.skipif(_torch_varlen_fn() is None, reason="no torch varlen_attn")),
+]
 
 # Small but real: the whole shipped corpus, short samples, a small vocabulary, several shards per split.
 TINY_BUILD = dict(

@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.attention import _flash_attn_fn, _torch_varlen_fn, attention, resolve_backend
+from conftest import FUSED_BACKENDS
+from model.attention import attention, resolve_backend
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-BACKENDS = [
-    pytest.param("flash_attn", marks=pytest.mark.skipif(_flash_attn_fn() is None, reason="flash-attn not installed")),
-    pytest.param("torch_varlen", marks=pytest.mark.skipif(_torch_varlen_fn() is None, reason="no torch varlen_attn")),
-]
 
 
 def _varlen_inputs(dtype):
@@ -32,7 +28,7 @@ def _run(backend, lens, cu, qkv, grad, window):
     return out.float(), [t.grad.float() for t in qkv]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("window", [None, 64])
 def test_fused_backend_matches_sdpa(backend, window):
     lens, cu, qkv, grad = _varlen_inputs(torch.bfloat16)

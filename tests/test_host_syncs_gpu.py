@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.attention import _flash_attn_fn, _torch_varlen_fn
+from conftest import FUSED_BACKENDS
 from model.config import MoLConfig, preset
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.mol import MoLFFN, grouped_mm_fits
@@ -52,13 +52,7 @@ def test_grouped_mol_in_bf16_uses_grouped_mm_without_a_sync_and_matches_the_per_
         assert (g - w).abs().max().item() <= 2e-2 * max(1.0, w.abs().max().item())
 
 
-BACKENDS = [
-    pytest.param("flash_attn", marks=pytest.mark.skipif(_flash_attn_fn() is None, reason="flash-attn not installed")),
-    pytest.param("torch_varlen", marks=pytest.mark.skipif(_torch_varlen_fn() is None, reason="no torch varlen_attn")),
-]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_the_masked_lm_forward_and_backward_never_sync(backend):
     """The tiny preset (MoL on, router jitter on) in bf16 with a fused attention backend: one training
     forward + backward under the sync detector. The inputs are made first (host → device copies are allowed)."""

@@ -26,6 +26,9 @@ from model.routing import (
 )
 
 
+_GROUPED_MM = F.grouped_mm  # the real one, for the spy in the parity test
+
+
 def _mol(num_experts=8, top_k=2, seed=0, activation="geglu", bias=False) -> MoLFFN:
     torch.manual_seed(seed)
     m = MoLFFN(32, 48, MoLConfig(groups=(0,), num_experts=num_experts, top_k=top_k, rank=4, alpha=8), activation, bias)
@@ -66,9 +69,6 @@ def test_grouped_mol_equals_the_reference_outputs_and_gradients(top_k, ffn, grou
     assert_close(dx_g, dx_r, what="d/dx")
     for n in g_g:
         assert_close(g_g[n], g_r[n], what=n)
-
-
-_GROUPED_MM = F.grouped_mm
 
 
 def test_grouped_mol_reads_nothing_on_the_host_and_handles_idle_experts(monkeypatch):

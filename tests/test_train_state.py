@@ -44,6 +44,7 @@ def _state(shards_dir: str, loader=None):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.003)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 * s)
+    # num_workers=0: this loader is never iterated, only its state is saved and loaded (workers change nothing)
     loader = loader or PretrainLoader(LoaderConfig(shards_dir, micro_batch_size=8, num_workers=0))
     return TrainerState({"loader": loader, "scheduler": sched}, info=lambda: {"engine": "fsdp2"}), loader, sched
 
