@@ -44,6 +44,7 @@ from data_prep.packing import pack_documents
 from data_prep.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, ShardWriter, shard_name, token_dtype
 from data_prep.tokenizer import Tokenizer, sample_documents, train_sentencepiece
 from fileio import sha256_file, write_json
+from validation import check
 
 JOURNAL_FILE = "build_journal.jsonl"
 _ENCODE_CHUNK_CHARS = 1 << 20  # tokenize ~1 MB at a time: bounds the Python-int lists a worker holds
@@ -67,27 +68,21 @@ class BuildConfig:
     tokenizer_threads: int = 4
 
     def validate(self) -> None:
-        def bad(arg: str, msg: str) -> DataPrepError:
-            return DataPrepError(f"--{arg.replace('_', '-')} {getattr(self, arg)!r}: {msg}")
+        """The ``check`` of every config; a message names the flag (``--seq-len=4: must be at least 8``)."""
 
-        if self.seq_len < 8:
-            raise bad("seq_len", "must be at least 8")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise bad("val_fraction", "must be in [0, 1)")
-        if self.shard_mb <= 0:
-            raise bad("shard_mb", "must be > 0")
-        if self.max_docs is not None and self.max_docs < 1:
-            raise bad("max_docs", "must be >= 1")
-        if self.tokenizer_type not in ("unigram", "bpe"):
-            raise bad("tokenizer_type", "allowed values: unigram, bpe")
-        if not 300 <= self.vocab_size <= 1 << 20:  # byte fallback alone takes 256 + 5 specials
-            raise bad("vocab_size", "must be in [300, 1048576]")
-        if self.tokenizer_sample_mb <= 0:
-            raise bad("tokenizer_sample_mb", "must be > 0")
-        if self.tokenizer_threads < 1:
-            raise bad("tokenizer_threads", "must be >= 1")
-        if not self.text_field:
-            raise bad("text_field", "must not be empty")
+        def arg(name: str, ok: bool, allowed: str) -> None:
+            check(ok, "--" + name.replace("_", "-"), getattr(self, name), allowed, error=DataPrepError)
+
+        arg("seq_len", self.seq_len >= 8, "must be at least 8")
+        arg("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)")
+        arg("shard_mb", self.shard_mb > 0, "must be > 0")
+        arg("max_docs", self.max_docs is None or self.max_docs >= 1, "must be >= 1")
+        arg("tokenizer_type", self.tokenizer_type in ("unigram", "bpe"), "allowed: unigram, bpe")
+        # byte fallback alone takes 256 + 5 specials
+        arg("vocab_size", 300 <= self.vocab_size <= 1 << 20, "must be in [300, 1048576]")
+        arg("tokenizer_sample_mb", self.tokenizer_sample_mb > 0, "must be > 0")
+        arg("tokenizer_threads", self.tokenizer_threads >= 1, "must be >= 1")
+        arg("text_field", bool(self.text_field), "must not be empty")
 
 
 def _unit_hash(seed: int, i: int) -> float:

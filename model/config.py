@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+
+from validation import ConfigError, check  # re-exported: every config imports them from here
 
 ROUTING_MODES = ("soft", "topk", "hardsoft")
 RSL_ENTROPY = ("maximise", "minimise")  # model.routing.routing_specialization_loss's entropy_goal
@@ -24,17 +25,6 @@ FFN_ACTIVATIONS = ("geglu", "gelu")
 # export requires.
 MODERN_BLOCK = {"bias": False, "position_embedding": "rope", "norm_position": "pre", "ffn_activation": "geglu"}
 BERT_BLOCK = {"bias": True, "position_embedding": "absolute", "norm_position": "post", "ffn_activation": "gelu"}
-
-
-class ConfigError(ValueError):
-    """A config value is out of range; the message names the field and what is allowed."""
-
-
-def check(cond: bool, field_name: str, value: Any, allowed: str) -> None:
-    """The one validation style of every config (model, pretraining, data): ``field_name`` is the full
-    dotted name the user typed (``model.mol.top_k``), so nothing re-prefixes messages on the way up."""
-    if not cond:
-        raise ConfigError(f"{field_name}={value!r}: {allowed}")
 
 
 @dataclass

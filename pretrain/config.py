@@ -4,8 +4,12 @@
 
 Every value is validated before any process-group work; an error names the dotted field and what is
 allowed (``model.config.check``, the one validation style of the model, data, loader, classifier and run
-configs). The resolved config is printed at start and saved with every checkpoint. The ``data:`` section
-is ``pretrain.data.DataConfig``, which a ``LoaderConfig`` extends (one set of data fields, not two).
+configs). The resolved config is printed at start and saved with every checkpoint.
+
+Every section is defined here, at the bottom of ``pretrain`` (this module imports only ``model.config``):
+the consumers (``data``, ``distill``, ``evaluate``, ``logger``, the trainer) import their section from here,
+so the whole tree reads in one file. ``pretrain.data.LoaderConfig`` extends the ``data:`` section's
+``DataConfig`` with a loader's own fields (one set of data fields, not two).
 
 Coercion stays the ~40 lines below (``_convert``/``_apply``), not a library. Tried: pydantic 2.14's
 ``TypeAdapter(RunConfig)`` coerces the same types, but on stdlib dataclasses it ignores an unknown key
@@ -19,15 +23,48 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from collections.abc import Sequence
 from typing import Any, get_args, get_origin, get_type_hints
 
 from model.config import ConfigError, ModelConfig, check, preset
-from pretrain.data import DataConfig
-from pretrain.distill import DistillConfig
-from pretrain.evaluate import EvalConfig
-from pretrain.logger import LogConfig
+
+
+@dataclass
+class MLMConfig:
+    mask_prob: float = 0.30  # share of maskable (non-special) tokens that become targets
+    mask_token_prob: float = 0.8  # of the targets: replaced by [MASK]
+    random_token_prob: float = 0.1  # of the targets: replaced by a random regular token (rest: unchanged)
+
+    def validate(self, prefix: str = "mlm.") -> None:
+        check(0.0 < self.mask_prob < 1.0, f"{prefix}mask_prob", self.mask_prob, "must be in (0, 1)")
+        for name in ("mask_token_prob", "random_token_prob"):
+            check(0.0 <= getattr(self, name) <= 1.0, prefix + name, getattr(self, name), "must be in [0, 1]")
+        total = self.mask_token_prob + self.random_token_prob
+        check(
+            total <= 1.0,
+            f"{prefix}mask_token_prob",
+            self.mask_token_prob,
+            f"{prefix}mask_token_prob + {prefix}random_token_prob = {total}: must be <= 1",
+        )
+
+
+@dataclass
+class DataConfig:
+    """The run config's ``data:`` section: where the shards are and how they are read and masked."""
+
+    dir: str = "runs/quickstart/shards"  # a data_prep/build_shards.py output (index.json): a path or a URL prefix
+    _: KW_ONLY  # the rest by name: LoaderConfig(dir, micro_batch_size, ...) keeps its positional pair
+    num_workers: int = 2
+    cache_dir: str = ""  # node-local shard cache for a URL dir ("": ~/.cache/modernalbert/shards/<url hash>)
+    cache_gb: float = 50.0  # cache size limit (least recently used shards evicted)
+    seed: int = 0
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+
+    def validate(self, prefix: str = "data.") -> None:
+        check(self.num_workers >= 0, f"{prefix}num_workers", self.num_workers, "must be >= 0")
+        check(self.cache_gb > 0, f"{prefix}cache_gb", self.cache_gb, "must be > 0")
+        self.mlm.validate(f"{prefix}mlm.")
 
 
 @dataclass
@@ -77,6 +114,63 @@ class ParallelConfig:
 
     def bf16(self, device_type: str) -> bool:
         return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""  # HF model directory; empty: no distillation
+    hidden_weight: float = 1.0
+    pooled_weight: float = 0.0  # sentence level: mean-pooled student vs teacher embeddings
+    kl_weight: float = 1.0
+    temperature: float = 2.0
+    layers: tuple[int, ...] = ()  # teacher layer per student group; empty: init_from's map, else evenly spaced
+    teacher_input: str = "clean"  # clean: the text before masking; masked: the student's (masked) input
+
+    def validate(self, prefix: str = "distill.") -> None:
+        check(
+            self.teacher_input in TEACHER_INPUTS,
+            prefix + "teacher_input",
+            self.teacher_input,
+            f"allowed: {', '.join(TEACHER_INPUTS)}",
+        )
+        for name in ("hidden_weight", "pooled_weight", "kl_weight"):
+            check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
+        check(self.temperature > 0, f"{prefix}temperature", self.temperature, "must be > 0")
+
+
+TEACHER_INPUTS = ("clean", "masked")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between validations (also before the first and after the last step); 0: none
+    max_batches: int = 0  # global batches per validation; 0: the whole val split
+    micro_batch_size: int = 0  # 0: train.micro_batch_size
+
+    def validate(self, prefix: str = "eval.") -> None:
+        for name in ("every", "max_batches", "micro_batch_size"):
+            check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
+
+
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "disabled"  # disabled | offline | online (offline writes run_dir/wandb, sync it later)
+    wandb_project: str = "modernalbert"
+    progress_bar: str = "auto"  # auto (when stderr is a terminal) | on | off
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = known GPUs only (no MFU on CPU)
+
+    def validate(self, prefix: str = "log.") -> None:
+        check(self.wandb in WANDB_MODES, f"{prefix}wandb", self.wandb, f"allowed: {', '.join(WANDB_MODES)}")
+        check(
+            self.progress_bar in ("auto", "on", "off"),
+            f"{prefix}progress_bar",
+            self.progress_bar,
+            "allowed: auto, on, off",
+        )
+        check(self.peak_tflops >= 0, f"{prefix}peak_tflops", self.peak_tflops, "must be >= 0")
 
 
 @dataclass

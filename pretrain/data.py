@@ -45,7 +45,7 @@ import atexit
 import multiprocessing
 import signal
 from collections import OrderedDict
-from dataclasses import KW_ONLY, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Iterator
 
 import numpy as np
@@ -55,48 +55,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_prep.errors import DataPrepError
 from data_prep.shards import ShardError, ShardReader
 from model.config import check
+from pretrain.config import DataConfig, MLMConfig
 from pretrain.shard_cache import ShardCache, load_index, local_path, tokenizer_path
 
 _STATE_VERSION = 1
 _OPEN_SHARDS_PER_WORKER = 8
 _FAULT = "shard_fault"  # a worker's batch that carries the one-line error of a bad shard instead of data
-
-
-@dataclass
-class MLMConfig:
-    mask_prob: float = 0.30  # share of maskable (non-special) tokens that become targets
-    mask_token_prob: float = 0.8  # of the targets: replaced by [MASK]
-    random_token_prob: float = 0.1  # of the targets: replaced by a random regular token (rest: unchanged)
-
-    def validate(self, prefix: str = "mlm.") -> None:
-        check(0.0 < self.mask_prob < 1.0, f"{prefix}mask_prob", self.mask_prob, "must be in (0, 1)")
-        for name in ("mask_token_prob", "random_token_prob"):
-            check(0.0 <= getattr(self, name) <= 1.0, prefix + name, getattr(self, name), "must be in [0, 1]")
-        total = self.mask_token_prob + self.random_token_prob
-        check(
-            total <= 1.0,
-            f"{prefix}mask_token_prob",
-            self.mask_token_prob,
-            f"{prefix}mask_token_prob + {prefix}random_token_prob = {total}: must be <= 1",
-        )
-
-
-@dataclass
-class DataConfig:
-    """The run config's ``data:`` section: where the shards are and how they are read and masked."""
-
-    dir: str = "runs/quickstart/shards"  # a data_prep/build_shards.py output (index.json): a path or a URL prefix
-    _: KW_ONLY  # the rest by name: LoaderConfig(dir, micro_batch_size, ...) keeps its positional pair
-    num_workers: int = 2
-    cache_dir: str = ""  # node-local shard cache for a URL dir ("": ~/.cache/modernalbert/shards/<url hash>)
-    cache_gb: float = 50.0  # cache size limit (least recently used shards evicted)
-    seed: int = 0
-    mlm: MLMConfig = field(default_factory=MLMConfig)
-
-    def validate(self, prefix: str = "data.") -> None:
-        check(self.num_workers >= 0, f"{prefix}num_workers", self.num_workers, "must be >= 0")
-        check(self.cache_gb > 0, f"{prefix}cache_gb", self.cache_gb, "must be > 0")
-        self.mlm.validate(f"{prefix}mlm.")
 
 
 @dataclass

@@ -30,39 +30,14 @@ becomes one row of a padded batch for the teacher, and its outputs are unpadded 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from model.classification import pool
-from model.config import ConfigError, ModelConfig, check
+from model.config import ConfigError, ModelConfig
 from model.teacher import TeacherError, layer_map, read_teacher_config
-
-
-@dataclass
-class DistillConfig:
-    teacher: str = ""  # HF model directory; empty: no distillation
-    hidden_weight: float = 1.0
-    pooled_weight: float = 0.0  # sentence level: mean-pooled student vs teacher embeddings
-    kl_weight: float = 1.0
-    temperature: float = 2.0
-    layers: tuple[int, ...] = ()  # teacher layer per student group; empty: init_from's map, else evenly spaced
-    teacher_input: str = "clean"  # clean: the text before masking; masked: the student's (masked) input
-
-    def validate(self, prefix: str = "distill.") -> None:
-        check(
-            self.teacher_input in TEACHER_INPUTS,
-            prefix + "teacher_input",
-            self.teacher_input,
-            f"allowed: {', '.join(TEACHER_INPUTS)}",
-        )
-        for name in ("hidden_weight", "pooled_weight", "kl_weight"):
-            check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
-        check(self.temperature > 0, f"{prefix}temperature", self.temperature, "must be > 0")
-
-
-TEACHER_INPUTS = ("clean", "masked")
+from pretrain.config import DistillConfig
 
 
 def teacher_ids(inputs: dict, teacher_input: str) -> torch.Tensor:

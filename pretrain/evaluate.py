@@ -8,27 +8,15 @@ Collective under FSDP: every rank runs its share of the batches.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 
 from data_prep.errors import DataPrepError
 from data_prep.shards import ShardError
-from model.config import check
 from model.modernalbert import model_inputs
-from pretrain.data import DataConfig, LoaderConfig, PretrainLoader
+from pretrain.config import DataConfig
+from pretrain.data import LoaderConfig, PretrainLoader
 from pretrain.reduce import all_reduce, first_fault
-
-
-@dataclass
-class EvalConfig:
-    every: int = 0  # steps between validations (also before the first and after the last step); 0: none
-    max_batches: int = 0  # global batches per validation; 0: the whole val split
-    micro_batch_size: int = 0  # 0: train.micro_batch_size
-
-    def validate(self, prefix: str = "eval.") -> None:
-        for name in ("every", "max_batches", "micro_batch_size"):
-            check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
 
 
 def val_loader(data: DataConfig, micro_batch_size: int, rank: int, world: int) -> PretrainLoader | None:

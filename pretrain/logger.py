@@ -19,36 +19,16 @@ import secrets
 import string
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 
 from fileio import atomic_write
-from model.config import ConfigError, check
+from model.config import ConfigError
+from pretrain.config import LogConfig
 from pretrain.storage import write_fault
-
-WANDB_MODES = ("disabled", "offline", "online")
 
 # dense bf16 tensor-core peak per GPU (no sparsity), TFLOP/s
 _PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
-
-
-@dataclass
-class LogConfig:
-    wandb: str = "disabled"  # disabled | offline | online (offline writes run_dir/wandb, sync it later)
-    wandb_project: str = "modernalbert"
-    progress_bar: str = "auto"  # auto (when stderr is a terminal) | on | off
-    peak_tflops: float = 0.0  # per device, for MFU; 0 = known GPUs only (no MFU on CPU)
-
-    def validate(self, prefix: str = "log.") -> None:
-        check(self.wandb in WANDB_MODES, f"{prefix}wandb", self.wandb, f"allowed: {', '.join(WANDB_MODES)}")
-        check(
-            self.progress_bar in ("auto", "on", "off"),
-            f"{prefix}progress_bar",
-            self.progress_bar,
-            "allowed: auto, on, off",
-        )
-        check(self.peak_tflops >= 0, f"{prefix}peak_tflops", self.peak_tflops, "must be >= 0")
 
 
 def peak_tflops(cfg: LogConfig, device: torch.device) -> float | None:

@@ -83,9 +83,9 @@ def test_unsupported_file_type(capsys, tmp_path):
 
 def test_bad_argument_names_the_flag(capsys, tmp_path):
     err = _fails(capsys, ["--seq-len", "4", "--out", str(tmp_path / "o")])
-    assert "--seq-len 4" in err
+    assert "--seq-len=4: must be at least 8" in err
     err = _fails(capsys, ["--val-fraction", "1.5", "--out", str(tmp_path / "o")])
-    assert "--val-fraction 1.5" in err
+    assert "--val-fraction=1.5: must be in [0, 1)" in err
 
 
 def test_bad_tokenizer_file(capsys, tmp_path):

@@ -1,0 +1,24 @@
+"""Config validation in one style, for every package (data_prep, model, pretrain, finetune, evaluation).
+
+The bottom of the import graph with ``fileio`` (no project imports, no torch): ``data_prep`` validates its
+build arguments with the same ``check`` as the model and run configs without depending on ``model``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the field and what is allowed."""
+
+
+def check(cond: bool, field_name: str, value: Any, allowed: str, error: type[Exception] = ConfigError) -> None:
+    """Raise ``error("field=value: allowed")`` unless ``cond``. ``field_name`` is the full name the user typed
+    (``model.mol.top_k`` in a run config, ``--seq-len`` on a command line), so nothing re-prefixes messages
+    on the way up; ``error`` is the caller's error type (``data_prep`` raises its ``DataPrepError``)."""
+    if not cond:
+        raise error(f"{field_name}={value!r}: {allowed}")
+
+
+__all__ = ["ConfigError", "check"]
