@@ -37,6 +37,7 @@ import re
 import sys
 import time
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,7 @@ from evaluation.intervals import bootstrap_ci
 from evaluation.retrieval_metrics import per_query, rank
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.native_format import InputError
+from validation import check
 
 TOP_K = 100  # the deepest cut reported (Recall@100)
 
@@ -60,6 +62,64 @@ class BeirData:
     doc_texts: list[str]  # title + " " + text
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]  # query id → {doc id: grade}
+
+
+@dataclass(frozen=True)
+class BeirRun:
+    """One ``python -m evaluation.beir`` run, typed: what the library functions read (``parser()`` takes its
+    defaults from here and names each field's flag; ``--out`` records the fields as ``args``)."""
+
+    models: tuple[str, ...]
+    beir_dir: str
+    split: str = "test"
+    baselines: bool = False
+    max_len: int | None = None
+    pooling: str | None = None
+    token_budget: int = 4096
+    max_queries: int = 0
+    max_docs: int = 0
+    seed: int = 0
+    finetune: bool = False
+    ft_epochs: int = 1
+    ft_lr: float = 2e-5
+    ft_batch_size: int = 32
+    ft_scale: float = 20.0
+    ft_holdout: float = 0.1
+    threads: int = 0
+    out: str | None = None
+
+    def validate(self) -> "BeirRun":
+        """``--flag=value: allowed`` (``validation.check``, as every config) for a value that cannot run."""
+
+        def arg(name: str, ok: bool, allowed: str) -> None:
+            check(ok, "--" + name.replace("_", "-"), getattr(self, name), allowed, error=InputError)
+
+        arg("models", bool(self.models) or self.baselines, "name at least one MODEL, or --baselines")
+        arg("max_len", self.max_len is None or self.max_len >= 2, "must be >= 2")
+        for name in ("token_budget", "ft_epochs", "ft_batch_size"):
+            arg(name, getattr(self, name) >= 1, "must be >= 1")
+        for name in ("max_queries", "max_docs", "threads"):
+            arg(name, getattr(self, name) >= 0, "must be >= 0 (0: all)" if name != "threads" else "must be >= 0")
+        arg("ft_lr", self.ft_lr > 0, "must be > 0")
+        arg("ft_scale", self.ft_scale > 0, "must be > 0")
+        arg("ft_holdout", 0 <= self.ft_holdout < 1, "must be in [0, 1)")
+        return self
+
+    @property
+    def contrastive(self) -> "Contrastive":
+        return Contrastive(self.ft_epochs, self.ft_lr, self.ft_batch_size, self.ft_scale, self.ft_holdout, self.seed)
+
+
+@dataclass(frozen=True)
+class Contrastive:
+    """``finetune``'s choices: ``BeirRun``'s ``--ft-*`` flags and ``--seed`` (the defaults live there)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    scale: float  # cosine → logit
+    holdout: float  # share of the train queries held out for choices
+    seed: int  # the held-out draw, the batches
 
 
 def _jsonl(path: str) -> list[dict]:
@@ -156,12 +216,12 @@ def dense_scores(embed: Embedder, data: BeirData, qids: list[str]) -> tuple[np.n
     return (q_E @ doc_E.T).numpy(), secs
 
 
-def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
+def finetune(embed: Embedder, train: BeirData, c: Contrastive, log) -> list[dict]:
     """Contrastive training on ``train``'s qrels minus a held-out slice; returns the held-out scores per epoch
     (epoch 0 = before training)."""
-    rng = random.Random(a.seed)
+    rng = random.Random(c.seed)
     qids = sorted(train.qrels)
-    held = set(rng.sample(qids, max(1, round(a.ft_holdout * len(qids))))) if a.ft_holdout > 0 else set()
+    held = set(rng.sample(qids, max(1, round(c.holdout * len(qids))))) if c.holdout > 0 else set()
     held_q = sorted(held)
     pairs = [(q, d) for q in qids if q not in held for d, g in sorted(train.qrels[q].items()) if g > 0]
     doc_row = {d: i for i, d in enumerate(train.doc_ids)}
@@ -171,7 +231,7 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
         if not held_q:
             return
         s, _ = dense_scores(embed, train, held_q)
-        r = score_run(s, held_q, train, a.seed)
+        r = score_run(s, held_q, train, c.seed)
         history.append({"epoch": epoch, **{k: r[k] for k in ("ndcg_at_10", "recall_at_100", "mrr_at_10")}})
         log(
             f"  held-out train queries ({len(held_q)}), epoch {epoch}: nDCG@10 {r['ndcg_at_10']:.4f} "
@@ -179,12 +239,12 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
         )
 
     held_out(0)
-    torch.manual_seed(a.seed)
+    torch.manual_seed(c.seed)
     model = embed.model
     params = [p for p in model.parameters() if p.requires_grad]
     q_rows = dict(zip(qids, embed.tokenize([train.queries[q] for q in qids])))
     d_rows: dict[str, dict] = {}
-    per_epoch = steps_per_epoch(len(pairs), a.ft_batch_size)
+    per_epoch = steps_per_epoch(len(pairs), c.batch_size)
 
     def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = [pairs[i] for i in idx]
@@ -192,7 +252,7 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
         d_rows.update(zip(need, embed.tokenize([train.doc_texts[doc_row[d]] for d in need])))
         q_BD = F.normalize(embed.embed([q_rows[q] for q, _ in batch]), dim=-1)
         d_BD = F.normalize(embed.embed([d_rows[d] for _, d in batch]), dim=-1)
-        logits_BB = a.ft_scale * q_BD @ d_BD.T
+        logits_BB = c.scale * q_BD @ d_BD.T
         # another pair with the same query or document is not a negative
         qs, ds = [q for q, _ in batch], [d for _, d in batch]
         clash = torch.tensor(
@@ -202,14 +262,14 @@ def finetune(embed: Embedder, train: BeirData, a, log) -> list[dict]:
         return loss, {"loss": loss}
 
     def after_epoch(e: int, m: dict[str, float]) -> None:
-        log(f"  epoch {e + 1}/{a.ft_epochs}: {per_epoch} steps, contrastive loss {m.get('loss', 0.0):.4f}")
+        log(f"  epoch {e + 1}/{c.epochs}: {per_epoch} steps, contrastive loss {m.get('loss', 0.0):.4f}")
         held_out(e + 1)
 
     fit(
         model,
         params,
-        FitConfig(a.ft_lr, a.ft_epochs, per_epoch),
-        lambda e: batches(len(pairs), a.ft_batch_size, a.seed * 1000 + e + 1),
+        FitConfig(c.lr, c.epochs, per_epoch),
+        lambda e: batches(len(pairs), c.batch_size, c.seed * 1000 + e + 1),
         step_loss,
         after_epoch,
     )
@@ -255,15 +315,16 @@ def baseline_rows(data: BeirData, qids: list[str], seed: int) -> list[dict]:
 # ---- command line ------------------------------------------------------------------------------------
 
 
-def evaluate(path: str, test: BeirData, a, log, train: BeirData | None = None) -> dict:
+def evaluate(path: str, test: BeirData, a: BeirRun, log, train: BeirData | None = None) -> dict:
     embed = Embedder(path, max_len=a.max_len, pooling=a.pooling, token_budget=a.token_budget)
     row: dict = {"model": path}
     if train is not None:
+        c = a.contrastive
         row["finetune"] = {
-            "held_out": finetune(embed, train, a, log),
-            "epochs": a.ft_epochs,
-            "lr": a.ft_lr,
-            "batch_size": a.ft_batch_size,
+            "held_out": finetune(embed, train, c, log),
+            "epochs": c.epochs,
+            "lr": c.lr,
+            "batch_size": c.batch_size,
         }
     qids = sorted(test.qrels)
     scores, secs = dense_scores(embed, test, qids)
@@ -273,44 +334,49 @@ def evaluate(path: str, test: BeirData, a, log, train: BeirData | None = None) -
 
 
 def parser() -> argparse.ArgumentParser:
+    D = BeirRun  # the defaults live on the typed run
     p = argparse.ArgumentParser(
         prog="python -m evaluation.beir", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("models", nargs="*", help="native or HuggingFace model directories")
     p.add_argument("--beir-dir", required=True, help="BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)")
-    p.add_argument("--split", default="test", help="qrels file scored (qrels/SPLIT.tsv)")
+    p.add_argument("--split", default=D.split, help="qrels file scored (qrels/SPLIT.tsv)")
     p.add_argument("--baselines", action="store_true", help="also print the random-ranking and BM25 rows")
     p.add_argument(
         "--max-len",
         type=int,
-        default=None,
+        default=D.max_len,
         help="tokens per text (default: the model's declared max_seq_length, else 512)",
     )
-    p.add_argument("--pooling", choices=("mean", "cls"), default=None, help="default: as declared, else mean")
+    p.add_argument("--pooling", choices=("mean", "cls"), default=D.pooling, help="default: as declared, else mean")
     p.add_argument(
         "--token-budget",
         type=int,
-        default=4096,
+        default=D.token_budget,
         help="tokens per encoding batch (rows × longest row when padded; 4096 measured fastest on 2 CPUs)",
     )
-    p.add_argument("--max-queries", type=int, default=0, help="seeded random subset of queries (smoke runs)")
-    p.add_argument("--max-docs", type=int, default=0, help="seeded random corpus subset (smoke runs)")
-    p.add_argument("--seed", type=int, default=0, help="subsets, bootstrap, fine-tuning")
+    p.add_argument(
+        "--max-queries", type=int, default=D.max_queries, help="seeded random subset of queries (smoke runs)"
+    )
+    p.add_argument("--max-docs", type=int, default=D.max_docs, help="seeded random corpus subset (smoke runs)")
+    p.add_argument("--seed", type=int, default=D.seed, help="subsets, bootstrap, fine-tuning")
     p.add_argument("--finetune", action="store_true", help="train on qrels/train.tsv first (contrastive)")
-    p.add_argument("--ft-epochs", type=int, default=1)
-    p.add_argument("--ft-lr", type=float, default=2e-5)
-    p.add_argument("--ft-batch-size", type=int, default=32)
-    p.add_argument("--ft-scale", type=float, default=20.0, help="cosine → logit scale of the contrastive loss")
-    p.add_argument("--ft-holdout", type=float, default=0.1, help="share of train queries held out for choices")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--ft-epochs", type=int, default=D.ft_epochs)
+    p.add_argument("--ft-lr", type=float, default=D.ft_lr)
+    p.add_argument("--ft-batch-size", type=int, default=D.ft_batch_size)
+    p.add_argument("--ft-scale", type=float, default=D.ft_scale, help="cosine → logit scale of the contrastive loss")
+    p.add_argument("--ft-holdout", type=float, default=D.ft_holdout, help="share of train queries held out for choices")
+    p.add_argument("--threads", type=int, default=D.threads, help="torch threads (0: torch's default)")
     p.add_argument("--out", help="also write every row to this JSON file")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
-    if not a.models and not a.baselines:
-        print("error: name at least one MODEL, or --baselines", file=sys.stderr)
+    args = parser().parse_args(argv)
+    try:
+        a = BeirRun(**{**vars(args), "models": tuple(args.models)}).validate()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -338,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w", encoding="utf-8") as f:
-            json.dump({"args": vars(a), "rows": rows}, f, indent=1)
+            json.dump({"args": dataclasses.asdict(a), "rows": rows}, f, indent=1)
     return 0
 
 

@@ -43,6 +43,7 @@ import os
 import random
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +57,60 @@ from evaluation.intervals import bootstrap_ci
 from evaluation.squad_metric import aggregate, best_null_threshold, per_question, questions, score
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.native_format import InputError, OutputDir, read_json
+from validation import check
 
 NEG = -1e4  # logit of a position that is not a candidate (padding, the question): finite, so CE stays finite
+
+
+@dataclass(frozen=True)
+class SquadRun:
+    """One ``python -m evaluation.squad`` run, typed: what the library functions read (``parser()`` names
+    each field's flag; ``results.json`` records them as ``args``)."""
+
+    models: tuple[str, ...]
+    squad_dir: str
+    out: str
+    train_articles: int = 25
+    holdout_articles: int = 3
+    split_seed: int = 0
+    max_train: int = 0
+    max_holdout: int = 0
+    max_eval: int = 0
+    holdout_only: bool = False
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 2
+    lr: float = 1e-4
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_len: int = 384
+    max_query_len: int = 64
+    doc_stride: int = 128
+    max_answer_len: int = 30
+    threads: int = 0
+
+    def validate(self) -> "SquadRun":
+        """``--flag=value: allowed`` (``validation.check``, as every config) for a value that cannot run."""
+
+        def arg(name: str, ok: bool, allowed: str) -> None:
+            check(ok, "--" + name.replace("_", "-"), getattr(self, name), allowed, error=InputError)
+
+        for name in ("train_articles", "epochs", "batch_size", "eval_batch_size", "max_answer_len"):
+            arg(name, getattr(self, name) >= 1, "must be >= 1")
+        for name in ("holdout_articles", "max_train", "max_holdout", "max_eval", "threads"):
+            arg(name, getattr(self, name) >= 0, "must be >= 0")
+        arg("seeds", len(self.seeds) >= 1, "comma-separated integers")
+        arg("lr", self.lr > 0, "must be > 0")
+        arg("max_query_len", self.max_query_len >= 1, "must be >= 1")
+        # [CLS] q [SEP] ctx [SEP]; make_windows names a question that leaves no room for context
+        arg("max_len", self.max_len >= 4, "must be >= 4")
+        arg("doc_stride", self.doc_stride >= 1, "must be >= 1")
+        return self
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "SquadRun":
+        """From ``parser()``'s arguments, ``--seeds`` already split into integers."""
+        kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{**kw, "models": tuple(a.models), "seeds": tuple(a.seeds)}).validate()
 
 
 # ---- data --------------------------------------------------------------------------------------------
@@ -321,14 +374,17 @@ def span_loss(start_BS: torch.Tensor, end_BS: torch.Tensor, wins: list[Window]) 
 
 
 @torch.no_grad()
-def predict(backend: QABackend, module: nn.Module, wins: list[Window], a) -> tuple[dict[str, str], dict[str, float]]:
-    """(best non-null answer text per question, null score − best span score per question)."""
+def predict(
+    backend: QABackend, module: nn.Module, wins: list[Window], eval_batch_size: int, max_answer_len: int
+) -> tuple[dict[str, str], dict[str, float]]:
+    """(best non-null answer text per question, null score − best span score per question); spans of at most
+    ``max_answer_len`` tokens, ``eval_batch_size`` windows per forward."""
     module.eval()
     best: dict[str, tuple[float, str]] = {}
     null: dict[str, float] = {}
     order = sorted(range(len(wins)), key=lambda i: len(wins[i].input_ids))
-    for s in range(0, len(order), a.eval_batch_size):
-        chunk = [wins[i] for i in order[s : s + a.eval_batch_size]]
+    for s in range(0, len(order), eval_batch_size):
+        chunk = [wins[i] for i in order[s : s + eval_batch_size]]
         start_BS, end_BS = backend.logits(module, chunk)
         start_BS, end_BS = start_BS.float(), end_BS.float()
         for b, w in enumerate(chunk):
@@ -342,7 +398,7 @@ def predict(backend: QABackend, module: nn.Module, wins: list[Window], a) -> tup
             # all (start, end) pairs with start ≤ end < start + max_answer_len, best first
             pair_SS = st[:, None] + en[None, :]
             i = torch.arange(n_ctx)
-            ok = (i[None, :] >= i[:, None]) & (i[None, :] < i[:, None] + a.max_answer_len)
+            ok = (i[None, :] >= i[:, None]) & (i[None, :] < i[:, None] + max_answer_len)
             pair_SS = pair_SS.masked_fill(~ok, -math.inf)
             flat = int(torch.argmax(pair_SS))
             si, ei = divmod(flat, n_ctx)
@@ -373,7 +429,9 @@ def grouped_batches(lengths: list[int], batch_size: int, seed: int, group: int =
     return batches
 
 
-def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[str, list[dict]], a, seed: int, log):
+def finetune_one(
+    backend: QABackend, wins: dict[str, list[Window]], arts: dict[str, list[dict]], a: SquadRun, seed: int, log
+):
     module = backend.build(seed)
     params = [p for p in module.parameters() if p.requires_grad]
     train = wins["train"]
@@ -395,7 +453,7 @@ def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[s
         epoch = e + 1
         rec = {"epoch": epoch, "train_loss": m["loss"], "seconds": round(time.time() - epoch_start, 1)}
         if wins["holdout"]:
-            spans, margin = predict(backend, module, wins["holdout"], a)
+            spans, margin = predict(backend, module, wins["holdout"], a.eval_batch_size, a.max_answer_len)
             thr, _ = best_null_threshold(arts["holdout"], spans, margin)
             rec.update(
                 {
@@ -428,7 +486,7 @@ def finetune_one(backend: QABackend, wins: dict[str, list[Window]], arts: dict[s
         after_epoch,
     )
     threshold = history[-1].get("threshold", 0.0)
-    spans, margin = predict(backend, module, wins["eval"], a)
+    spans, margin = predict(backend, module, wins["eval"], a.eval_batch_size, a.max_answer_len)
     return answers(spans, margin, threshold), history, threshold
 
 
@@ -436,7 +494,7 @@ def safe_name(path: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(os.path.normpath(path))) or "model"
 
 
-def run_model(path: str, arts: dict[str, list[dict]], a, log) -> dict:
+def run_model(path: str, arts: dict[str, list[dict]], a: SquadRun, log) -> dict:
     backend = QABackend(path)
     t0 = time.time()
     wins = {k: make_windows(backend, v, a.max_len, a.max_query_len, a.doc_stride) for k, v in arts.items()}
@@ -496,14 +554,14 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(a, log) -> dict:
+def run(a: SquadRun, log) -> dict:
     arts = splits(a.squad_dir, a.train_articles, a.holdout_articles, a.split_seed)
     arts["train"] = sample_questions(arts["train"], a.max_train, a.split_seed)
     arts["holdout"] = sample_questions(arts["holdout"], a.max_holdout, a.split_seed)
     arts["eval"] = [] if a.holdout_only else sample_questions(arts["eval"], a.max_eval, a.split_seed)
     n_q = {k: len(questions(v)) for k, v in arts.items()}
     doc = {
-        "args": vars(a),
+        "args": dataclasses.asdict(a),
         "questions": n_q,
         "data": "train-v2.0.json → dev-v2.0.json"
         if os.path.isfile(os.path.join(a.squad_dir, "train-v2.0.json"))
@@ -530,33 +588,38 @@ def run(a, log) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
+    D = SquadRun  # the defaults live on the typed run
     p = argparse.ArgumentParser(
         prog="python -m evaluation.squad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("models", nargs="+", help="native or HuggingFace model directories")
     p.add_argument("--squad-dir", required=True, help="folder with dev-v2.0.json (and train-v2.0.json if you have it)")
     p.add_argument("--out", required=True, help="results directory (results.json, results.md, predictions)")
-    p.add_argument("--train-articles", type=int, default=25, help="dev-only folder: the first N articles train")
-    p.add_argument("--holdout-articles", type=int, default=3, help="training articles held out for choices")
-    p.add_argument("--split-seed", type=int, default=0, help="which articles are held out; question subsets")
-    p.add_argument("--max-train", type=int, default=0, help="seeded random training questions (0: all)")
-    p.add_argument("--max-holdout", type=int, default=0, help="seeded random held-out questions (0: all)")
-    p.add_argument("--max-eval", type=int, default=0, help="seeded random eval questions (0: all; smoke runs)")
+    p.add_argument(
+        "--train-articles", type=int, default=D.train_articles, help="dev-only folder: the first N articles train"
+    )
+    p.add_argument(
+        "--holdout-articles", type=int, default=D.holdout_articles, help="training articles held out for choices"
+    )
+    p.add_argument("--split-seed", type=int, default=D.split_seed, help="which articles are held out; question subsets")
+    p.add_argument("--max-train", type=int, default=D.max_train, help="seeded random training questions (0: all)")
+    p.add_argument("--max-holdout", type=int, default=D.max_holdout, help="seeded random held-out questions (0: all)")
+    p.add_argument("--max-eval", type=int, default=D.max_eval, help="seeded random eval questions (0: all; smoke runs)")
     p.add_argument(
         "--holdout-only",
         action="store_true",
         help="choosing hyper-parameters: train and score the held-out articles only, never read the eval split",
     )
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated fine-tuning seeds")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--max-len", type=int, default=384, help="tokens per window")
-    p.add_argument("--max-query-len", type=int, default=64)
-    p.add_argument("--doc-stride", type=int, default=128, help="tokens between consecutive windows' starts")
-    p.add_argument("--max-answer-len", type=int, default=30, help="tokens")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--seeds", default=",".join(map(str, D.seeds)), help="comma-separated fine-tuning seeds")
+    p.add_argument("--epochs", type=int, default=D.epochs)
+    p.add_argument("--lr", type=float, default=D.lr)
+    p.add_argument("--batch-size", type=int, default=D.batch_size)
+    p.add_argument("--eval-batch-size", type=int, default=D.eval_batch_size)
+    p.add_argument("--max-len", type=int, default=D.max_len, help="tokens per window")
+    p.add_argument("--max-query-len", type=int, default=D.max_query_len)
+    p.add_argument("--doc-stride", type=int, default=D.doc_stride, help="tokens between consecutive windows' starts")
+    p.add_argument("--max-answer-len", type=int, default=D.max_answer_len, help="tokens")
+    p.add_argument("--threads", type=int, default=D.threads, help="torch threads (0: torch's default)")
     return p
 
 
@@ -588,12 +651,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["score"]:
         return score_main(argv[1:])
-    a = parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
-        a.seeds = [int(s) for s in str(a.seeds).split(",") if s.strip()]
-        assert a.seeds
-    except (ValueError, AssertionError):
-        print(f"error: --seeds {a.seeds!r}: comma-separated integers", file=sys.stderr)
+        args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    except ValueError:
+        print(f"error: --seeds {args.seeds!r}: comma-separated integers", file=sys.stderr)
+        return 2
+    try:
+        a = SquadRun.from_args(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if a.threads:
         torch.set_num_threads(a.threads)

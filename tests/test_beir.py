@@ -176,17 +176,16 @@ def test_runner_on_a_scifact_subset_native_export_and_teacher(native_dir, tmp_pa
 
 @need_scifact
 def test_finetune_reports_held_out_train_queries_and_moves_the_weights(native_dir, tmp_path):
-    from evaluation.beir import finetune, load, subset
-    import argparse
+    from evaluation.beir import Contrastive, finetune, load, subset
 
     from evaluation.embedder import Embedder
 
     train = subset(load(SCIFACT, "train"), 24, 60, 0)
     embed = Embedder(native_dir, max_len=64)
     before = {k: v.clone() for k, v in embed.model.state_dict().items()}
-    a = argparse.Namespace(seed=0, ft_holdout=0.25, ft_epochs=1, ft_lr=1e-3, ft_batch_size=8, ft_scale=20.0)
+    c = Contrastive(epochs=1, lr=1e-3, batch_size=8, scale=20.0, holdout=0.25, seed=0)
     logs = []
-    hist = finetune(embed, train, a, logs.append)
+    hist = finetune(embed, train, c, logs.append)
     assert [h["epoch"] for h in hist] == [0, 1] and all(0 <= h["ndcg_at_10"] <= 1 for h in hist)
     assert any("held-out train queries (6)" in s for s in logs)
     moved = [k for k, v in embed.model.state_dict().items() if not torch.equal(v, before[k])]
@@ -236,3 +235,18 @@ def test_plot_squad_beir_reads_both_runners_outputs(tmp_path):
     assert os.path.getsize(png) > 5000
     r = run_cli(["studies/plot_squad_beir.py", "--squad", str(tmp_path / "nope"), "--out", png])
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+def test_a_bad_argument_names_its_flag(tmp_path):
+    """The typed run (``BeirRun``) checks every value before any data or model is read."""
+    from evaluation.beir import BeirRun, parser
+
+    for argv, why in (
+        ([], "name at least one MODEL, or --baselines"),
+        (["m", "--ft-holdout", "1"], "--ft-holdout=1.0: must be in [0, 1)"),
+        (["m", "--token-budget", "0"], "--token-budget=0: must be >= 1"),
+    ):
+        r = run_cli(["-m", "evaluation.beir", *argv, "--beir-dir", str(tmp_path / "nope")])
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and why in r.stderr, r.stderr
+    parsed = vars(parser().parse_args(["m", "--beir-dir", "d"]))
+    assert BeirRun(**{**parsed, "models": ("m",)}) == BeirRun(("m",), "d")  # one set of defaults

@@ -213,8 +213,7 @@ def test_oracle_logits_recover_the_gold_answers_through_offsets(which, native_di
     wins = squad.make_windows(backend, arts["eval"], 192, 64, 64)
     assert len(wins) > len(sm.questions(arts["eval"]))  # long contexts did split
     monkeypatch.setattr(backend, "logits", lambda module, chunk: _oracle_logits(backend, module, chunk))
-    a = type("A", (), {"eval_batch_size": 256, "max_answer_len": 30})
-    spans, margin = squad.predict(backend, _Oracle(), wins, a)
+    spans, margin = squad.predict(backend, _Oracle(), wins, eval_batch_size=256, max_answer_len=30)
     got = sm.score(arts["eval"], squad.answers(spans, margin, 0.0))
     assert got["total"] == 1843 and got["NoAns_exact"] == 100.0
     assert got["HasAns_f1"] > 97 and got["HasAns_exact"] > 90, got
@@ -309,3 +308,15 @@ def test_runner_on_a_seeded_subset_writes_rescorable_predictions(native_dir, tmp
     assert ids != [q["id"] for q in sm.questions(arts["eval"])][:40]
     r = run_cli(["-m", "evaluation.squad", native_dir, "--squad-dir", str(tmp_path), "--out", out])
     assert r.returncode == 2 and "no dev-v2.0.json" in r.stderr and os.path.isfile(os.path.join(out, "results.json"))
+
+
+def test_a_bad_argument_names_its_flag_and_writes_nothing(tmp_path):
+    """The typed run (``SquadRun``) checks every value before a model is read, in the configs' one style."""
+    out = tmp_path / "out"
+    for flag, value, why in (("--epochs", "0", "--epochs=0: must be >= 1"), ("--seeds", ",", "--seeds=(): comma")):
+        r = run_cli(["-m", "evaluation.squad", "nope", "--squad-dir", str(tmp_path), "--out", str(out), flag, value])
+        assert r.returncode == 2 and why in r.stderr, r.stderr
+    assert not out.exists()
+    defaults = squad.parser().parse_args(["m", "--squad-dir", "d", "--out", "o"])
+    defaults.seeds = [0, 1, 2]
+    assert squad.SquadRun.from_args(defaults) == squad.SquadRun(("m",), "d", "o")  # one set of defaults
