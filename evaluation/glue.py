@@ -62,6 +62,7 @@ from evaluation.models import add_lora, open_backend
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import ClassifierConfig, classification_loss
 from model.native_format import OutputDir, InputError
+from validation import check
 
 MODES = ("full", "lora")
 
@@ -136,9 +137,26 @@ class Protocol:
     select_epochs: tuple[int, ...] = ()  # empty: epochs
     holdout: float = 0.2
 
+    def validate(self) -> "Protocol":
+        """``--flag=value: allowed`` (``validation.check``, as every config) for a value that cannot run."""
+
+        def arg(name: str, ok: bool, allowed: str) -> None:
+            check(ok, "--" + name.replace("_", "-"), getattr(self, name), allowed, error=InputError)
+
+        arg("seeds", len(self.seeds) >= 1, "at least one seed (comma-separated integers)")
+        for name in ("epochs", "batch_size", "eval_batch_size", "lora_rank"):
+            arg(name, getattr(self, name) >= 1, "must be >= 1")
+        arg("lr", self.lr > 0, "must be > 0")
+        arg("lora_alpha", self.lora_alpha > 0, "must be > 0")
+        arg("dropout", 0 <= self.dropout < 1, "must be in [0, 1)")
+        arg("select_lr", all(x > 0 for x in self.select_lr), "positive learning rates only")
+        arg("select_epochs", all(x > 0 for x in self.select_epochs), "positive epoch counts only")
+        arg("holdout", 0 < self.holdout < 1, "a share strictly between 0 and 1")
+        return self
+
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "Protocol":
-        """From ``parser()``'s parsed and checked arguments (``main`` resolves the lr default and the lists)."""
+        """From ``parser()``'s parsed arguments (``main`` resolves the lr default and splits the lists), checked."""
         return cls(
             **{
                 f.name: (
@@ -148,7 +166,7 @@ class Protocol:
                 )
                 for f in dataclasses.fields(cls)
             }
-        )
+        ).validate()
 
 
 def finetune_one(
@@ -484,9 +502,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --seeds {a.seeds!r}: comma-separated integers", file=sys.stderr)
         return 2
-    if not a.seeds:
-        print("error: --seeds: at least one seed", file=sys.stderr)
-        return 2
     try:
         a.select_lr = [float(x) for x in a.select_lr.split(",") if x.strip()]
         a.select_epochs = [int(x) for x in a.select_epochs.split(",") if x.strip()]
@@ -496,12 +511,6 @@ def main(argv: list[str] | None = None) -> int:
             "numbers (learning rates; whole epoch counts)",
             file=sys.stderr,
         )
-        return 2
-    if any(x <= 0 for x in a.select_lr + a.select_epochs):
-        print("error: --select-lr / --select-epochs: positive values only", file=sys.stderr)
-        return 2
-    if not 0 < a.holdout < 1:
-        print(f"error: --holdout {a.holdout}: a share strictly between 0 and 1", file=sys.stderr)
         return 2
     if a.glue_source == "local" and not a.glue_dir:
         print("error: --glue-dir is required with --glue-source local", file=sys.stderr)

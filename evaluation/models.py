@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data_prep.tokenizer import encode_examples
+from finetune.model import inject_lora
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
 from model.native_format import FORMAT, InputError, follow_umask, load_native, read_json, save_native
 
@@ -167,9 +168,7 @@ def open_backend(path: str) -> NativeBackend | HFBackend:
 
 
 def add_lora(module: nn.Module, family: str, rank: int, alpha: float) -> int:
-    """LoRA (PEFT) on the attention projections; returns the number of adapted layers."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS[family], bias="none")
-    inject_adapter_in_model(cfg, module)
+    """LoRA (``finetune.model.inject_lora``) on the family's attention projections; returns the number of
+    adapted layers."""
+    inject_lora(module, LORA_TARGETS[family], rank, alpha)
     return sum(1 for n, _ in module.named_modules() if n.endswith(".lora_A"))

@@ -90,10 +90,18 @@ def block_linears(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.Li
 PEFT_PREFIX = "base_model.model."  # how a PeftModel's saved adapter names its tensors
 
 
-def add_lora(model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float) -> list[str]:
-    """PEFT LoRA (rank ``rank``, scale α/r) on ``targets`` of every block; returns the adapted modules' names."""
+def inject_lora(model: nn.Module, target_modules: list[str], rank: int, alpha: float) -> None:
+    """The project's one LoRA injection (fine-tuning here, the GLUE runner's any-family backends): PEFT's
+    ``inject_adapter_in_model`` with rank ``rank``, scale α/r, no dropout, no bias, on the modules whose
+    names are or end with one of ``target_modules``. ``save_adapter`` writes the result in PEFT's format."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=target_modules, bias="none")
+    inject_adapter_in_model(cfg, model)
+
+
+def add_lora(model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float) -> list[str]:
+    """LoRA (``inject_lora``) on ``targets`` of every block; returns the adapted modules' names."""
     bad = [t for t in targets if t not in TARGETS]
     if bad:
         raise ValueError(f"--lora-targets {','.join(bad)}: allowed: {', '.join(TARGETS)}")
@@ -101,9 +109,7 @@ def add_lora(model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float
     for name in names:
         if isinstance(model.get_submodule(name), MixtureLinear):
             raise ValueError(f"{name} already carries LoRA-Mixer experts")
-    inject_adapter_in_model(
-        LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=names), model
-    )
+    inject_lora(model, names, rank, alpha)
     return names
 
 

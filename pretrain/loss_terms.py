@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.config import ConfigError
-from model.losses import aux_coefficients
+from model.config import ConfigError, ModelConfig
+from model.losses import aux_coefficients, weighted_aux
 from model.modernalbert import MaskedLMOutput
 from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum, teacher_ids
 
@@ -112,9 +112,10 @@ def declare(cfg, teacher=None) -> list[LossTerm]:
     return terms
 
 
-def aux_loss(terms: list[LossTerm], record: dict) -> float:
-    """The weighted auxiliary losses of a record (its "aux_loss" field): Σ weight · aux/<name>."""
-    return sum((t.weight * record[t.name] for t in terms if t.name.startswith("aux/")), 0.0)
+def aux_loss(cfg: ModelConfig, record: dict) -> float:
+    """The weighted auxiliary losses of a record (its "aux_loss" field): ``model.losses.weighted_aux``, the
+    weighing fine-tuning uses too, over the record's ``aux/<name>`` fields."""
+    return float(weighted_aux(cfg, {k.removeprefix("aux/"): v for k, v in record.items() if k.startswith("aux/")}))
 
 
 def console_fields(terms: list[LossTerm]) -> tuple[tuple[str, str, int], ...]:

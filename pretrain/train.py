@@ -454,7 +454,7 @@ class Trainer:
             record = {"step": p.step, **{t.name: m[t.name] / p.counts[t.normaliser] for t in self.terms}}
             record.update(
                 {
-                    "aux_loss": aux_loss(self.terms, record),
+                    "aux_loss": aux_loss(self.cfg.model, record),
                     "grad_norm": values[len(reduced) + k],
                     "lr": p.lr,
                     "tokens": p.tokens,

@@ -626,3 +626,25 @@ def test_selection_flags_are_checked(tmp_path):
     assert glue.main(base + ["--select-lr", "1e-4,fast"]) == 2
     assert glue.main(base + ["--select-epochs", "0,3"]) == 2
     assert glue.main(base + ["--holdout", "1.0"]) == 2
+
+
+def test_a_bad_protocol_value_names_its_flag_before_anything_is_read(tmp_path):
+    """``Protocol.validate`` (the configs' ``check`` style) runs before the data or the model is opened."""
+    base = [
+        "-m",
+        "evaluation.glue",
+        str(tmp_path / "nomodel"),
+        "--glue-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    for extra, why in (
+        (["--holdout", "1.5"], "--holdout=1.5: a share strictly between 0 and 1"),
+        (["--select-lr", "0.001,-1"], "--select-lr=(0.001, -1.0): positive learning rates only"),
+        (["--seeds", ","], "--seeds=(): at least one seed"),
+        (["--epochs", "0"], "--epochs=0: must be >= 1"),
+    ):
+        r = run_cli([*base, *extra])
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and why in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
