@@ -395,12 +395,14 @@ class TaskShare:
     wait_s: float = 6 * 3600.0  # how long a task waits for task 0's tokenizer
 
     def validate(self) -> None:
-        if self.num_tasks < 1:
-            raise DataPrepError(f"--num-tasks {self.num_tasks}: must be >= 1")
-        if not 0 <= self.task_id < self.num_tasks:
-            raise DataPrepError(
-                f"--task-id {self.task_id}: must be in [0, {self.num_tasks}) (--num-tasks {self.num_tasks})"
-            )
+        check(self.num_tasks >= 1, "--num-tasks", self.num_tasks, "must be >= 1", error=DataPrepError)
+        check(
+            0 <= self.task_id < self.num_tasks,
+            "--task-id",
+            self.task_id,
+            f"must be in [0, {self.num_tasks}) (--num-tasks {self.num_tasks})",
+            error=DataPrepError,
+        )
 
     @property
     def distributed(self) -> bool:

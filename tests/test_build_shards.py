@@ -336,4 +336,4 @@ def test_finalize_names_unfinished_tasks_and_joins_them_once_done(shards_dir, tm
         assert main([*base, "--task-id", str(i)]) == 0
     assert _dir_files(out) == _dir_files(shards_dir)
     assert main([*base, "--task-id", "3"]) == 2
-    assert "--task-id 3: must be in [0, 3)" in capsys.readouterr().err
+    assert "--task-id=3: must be in [0, 3)" in capsys.readouterr().err
