@@ -44,7 +44,7 @@ from data_prep.packing import pack_documents
 from data_prep.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, ShardWriter, shard_name, token_dtype
 from data_prep.tokenizer import Tokenizer, sample_documents, train_sentencepiece
 from fileio import sha256_file, write_json
-from validation import check
+from validation import check, flag_check
 
 JOURNAL_FILE = "build_journal.jsonl"
 _ENCODE_CHUNK_CHARS = 1 << 20  # tokenize ~1 MB at a time: bounds the Python-int lists a worker holds
@@ -69,9 +69,7 @@ class BuildConfig:
 
     def validate(self) -> None:
         """The ``check`` of every config; a message names the flag (``--seq-len=4: must be at least 8``)."""
-
-        def arg(name: str, ok: bool, allowed: str) -> None:
-            check(ok, "--" + name.replace("_", "-"), getattr(self, name), allowed, error=DataPrepError)
+        arg = flag_check(self, DataPrepError)
 
         arg("seq_len", self.seq_len >= 8, "must be at least 8")
         arg("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)")

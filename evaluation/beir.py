@@ -51,7 +51,7 @@ from evaluation.intervals import bootstrap_ci
 from evaluation.retrieval_metrics import per_query, rank
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.native_format import InputError
-from validation import check
+from validation import flag_check
 
 TOP_K = 100  # the deepest cut reported (Recall@100)
 
@@ -90,9 +90,7 @@ class BeirRun:
 
     def validate(self) -> "BeirRun":
         """``--flag=value: allowed`` (``validation.check``, as every config) for a value that cannot run."""
-
-        def arg(name: str, ok: bool, allowed: str) -> None:
-            check(ok, "--" + name.replace("_", "-"), getattr(self, name), allowed, error=InputError)
+        arg = flag_check(self, InputError)
 
         arg("models", bool(self.models) or self.baselines, "name at least one MODEL, or --baselines")
         arg("max_len", self.max_len is None or self.max_len >= 2, "must be >= 2")

@@ -62,7 +62,7 @@ from evaluation.models import add_lora, open_backend
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import ClassifierConfig, classification_loss
 from model.native_format import OutputDir, InputError
-from validation import check
+from validation import flag_check
 
 MODES = ("full", "lora")
 
@@ -139,9 +139,7 @@ class Protocol:
 
     def validate(self) -> "Protocol":
         """``--flag=value: allowed`` (``validation.check``, as every config) for a value that cannot run."""
-
-        def arg(name: str, ok: bool, allowed: str) -> None:
-            check(ok, "--" + name.replace("_", "-"), getattr(self, name), allowed, error=InputError)
+        arg = flag_check(self, InputError)
 
         arg("seeds", len(self.seeds) >= 1, "at least one seed (comma-separated integers)")
         for name in ("epochs", "batch_size", "eval_batch_size", "lora_rank"):

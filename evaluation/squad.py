@@ -57,7 +57,7 @@ from evaluation.intervals import bootstrap_ci
 from evaluation.squad_metric import aggregate, best_null_threshold, per_question, questions, score
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.native_format import InputError, OutputDir, read_json
-from validation import check
+from validation import flag_check
 
 NEG = -1e4  # logit of a position that is not a candidate (padding, the question): finite, so CE stays finite
 
@@ -90,9 +90,7 @@ class SquadRun:
 
     def validate(self) -> "SquadRun":
         """``--flag=value: allowed`` (``validation.check``, as every config) for a value that cannot run."""
-
-        def arg(name: str, ok: bool, allowed: str) -> None:
-            check(ok, "--" + name.replace("_", "-"), getattr(self, name), allowed, error=InputError)
+        arg = flag_check(self, InputError)
 
         for name in ("train_articles", "epochs", "batch_size", "eval_batch_size", "max_answer_len"):
             arg(name, getattr(self, name) >= 1, "must be >= 1")

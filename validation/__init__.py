@@ -6,6 +6,7 @@ build arguments with the same ``check`` as the model and run configs without dep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -21,4 +22,14 @@ def check(cond: bool, field_name: str, value: Any, allowed: str, error: type[Exc
         raise error(f"{field_name}={value!r}: {allowed}")
 
 
-__all__ = ["ConfigError", "check"]
+def flag_check(config: Any, error: type[Exception] = ConfigError) -> Callable[[str, bool, str], None]:
+    """``arg(name, ok, allowed)``: ``check`` for a config whose fields are command-line flags, naming the flag
+    (``--seq-len`` for the field ``seq_len``) and the field's value."""
+
+    def arg(name: str, ok: bool, allowed: str) -> None:
+        check(ok, "--" + name.replace("_", "-"), getattr(config, name), allowed, error)
+
+    return arg
+
+
+__all__ = ["ConfigError", "check", "flag_check"]
