@@ -36,8 +36,8 @@ import random
 import re
 import sys
 import time
-from collections import Counter
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,8 +96,9 @@ class BeirRun:
         arg("max_len", self.max_len is None or self.max_len >= 2, "must be >= 2")
         for name in ("token_budget", "ft_epochs", "ft_batch_size"):
             arg(name, getattr(self, name) >= 1, "must be >= 1")
-        for name in ("max_queries", "max_docs", "threads"):
-            arg(name, getattr(self, name) >= 0, "must be >= 0 (0: all)" if name != "threads" else "must be >= 0")
+        for name in ("max_queries", "max_docs"):
+            arg(name, getattr(self, name) >= 0, "must be >= 0 (0: all)")
+        arg("threads", self.threads >= 0, "must be >= 0 (0: torch's default)")
         arg("ft_lr", self.ft_lr > 0, "must be > 0")
         arg("ft_scale", self.ft_scale > 0, "must be > 0")
         arg("ft_holdout", 0 <= self.ft_holdout < 1, "must be in [0, 1)")
