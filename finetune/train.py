@@ -68,6 +68,7 @@ from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers
 from model.losses import combine_losses
 from model.native_format import InputError, load_native
 from model.routing import RoutingRecorder
+from validation import flag_check
 
 MODES = ("full", "lora", "multitask", "mixer-plug", "mixer-joint")
 
@@ -119,10 +120,46 @@ def evaluate(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> dict:
     return out
 
 
-def build(model_dir: str, tasks: list[Task], mode: str, a: argparse.Namespace) -> TaskClassifier:
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+    """What ``build`` puts on the encoder, by ``mode``: PEFT LoRA (lora, multitask), LoRA-Mixer experts (the
+    mixer modes: one per task, or one per ``--adapters`` run in mixer-plug) or nothing (full)."""
+
+    mode: str
+    pooling: str
+    lora_targets: tuple[str, ...]
+    lora_rank: int
+    lora_alpha: float
+    num_experts: int  # mixer modes
+    top_k: int
+    routing: str  # mixer-joint: --joint-routing; mixer-plug: hardsoft
+    rsl_alpha: float
+    rsl_lambda: float
+    rsl_entropy: str
+    route: str
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace, num_tasks: int) -> "Adapters":
+        return cls(
+            mode=a.mode,
+            pooling=a.pooling,
+            lora_targets=tuple(a.lora_targets.split(",")),
+            lora_rank=a.lora_rank,
+            lora_alpha=a.lora_alpha,
+            num_experts=len(a.adapters) if a.mode == "mixer-plug" else num_tasks,
+            top_k=a.top_k,
+            routing=a.joint_routing if a.mode == "mixer-joint" else "hardsoft",
+            rsl_alpha=a.rsl_alpha,
+            rsl_lambda=a.rsl_lambda,
+            rsl_entropy=a.rsl_entropy,
+            route=a.route,
+        )
+
+
+def build(model_dir: str, tasks: list[Task], a: Adapters) -> TaskClassifier:
     native, doc = load_native(model_dir)
     cfg = native.cfg
-    n_exp = len(a.adapters) if mode == "mixer-plug" else len(tasks)
+    n_exp, mode = a.num_experts, a.mode
     if mode.startswith("mixer"):
         cfg = dataclasses.replace(
             cfg,
@@ -132,7 +169,7 @@ def build(model_dir: str, tasks: list[Task], mode: str, a: argparse.Namespace) -
                 top_k=min(a.top_k, n_exp),
                 rank=a.lora_rank,
                 alpha=a.lora_alpha,
-                routing=a.joint_routing if mode == "mixer-joint" else "hardsoft",
+                routing=a.routing,
                 rsl_alpha=a.rsl_alpha,
                 rsl_lambda=a.rsl_lambda,
                 rsl_entropy=a.rsl_entropy,
@@ -146,7 +183,7 @@ def build(model_dir: str, tasks: list[Task], mode: str, a: argparse.Namespace) -
     if unexpected or any(not (k.endswith(("lora_A", "lora_B", "lora_scale")) or "attn.router" in k) for k in missing):
         raise InputError(f"{model_dir}: encoder keys do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if mode in ("lora", "multitask"):
-        add_lora(clf, tuple(a.lora_targets.split(",")), a.lora_rank, a.lora_alpha)
+        add_lora(clf, a.lora_targets, a.lora_rank, a.lora_alpha)
     return clf
 
 
@@ -168,11 +205,28 @@ def preservation_loss(clf: TaskClassifier, anchors: dict[str, torch.Tensor]) -> 
     return torch.stack(terms).mean()
 
 
-def load_tasks(a: argparse.Namespace, tok: Tokenizer) -> list[Task]:
-    if a.glue_dir:
-        return [load_glue_task(name, a.glue_dir, tok, a.max_len, a.max_train, a.max_eval) for name in a.tasks]
-    cols = tuple(a.text_columns.split(","))
-    return [load_task(d, tok, cols, a.label_column, a.max_len, a.max_train) for d in a.tasks]
+@dataclasses.dataclass(frozen=True)
+class TaskSource:
+    """Where the tasks come from: GLUE task names under ``glue_dir``, or task directories of files."""
+
+    tasks: tuple[str, ...]
+    glue_dir: str | None
+    text_columns: tuple[str, ...]  # one, or two (a pair)
+    label_column: str
+    max_len: int
+    max_train: int  # per task (0: all)
+    max_eval: int  # GLUE: dev/test per task (0: all)
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "TaskSource":
+        cols = tuple(a.text_columns.split(","))
+        return cls(tuple(a.tasks), a.glue_dir, cols, a.label_column, a.max_len, a.max_train, a.max_eval)
+
+
+def load_tasks(src: TaskSource, tok: Tokenizer) -> list[Task]:
+    if src.glue_dir:
+        return [load_glue_task(n, src.glue_dir, tok, src.max_len, src.max_train, src.max_eval) for n in src.tasks]
+    return [load_task(d, tok, src.text_columns, src.label_column, src.max_len, src.max_train) for d in src.tasks]
 
 
 @dataclasses.dataclass
@@ -332,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         doc = load_native(a.model)[1]
         tok = Tokenizer(os.path.join(a.model, doc["tokenizer"]))
-        tasks = load_tasks(a, tok)
+        tasks = load_tasks(TaskSource.from_args(a), tok)
         if a.mode in ("full", "lora") and len(tasks) != 1:
             raise DataError(f"--mode {a.mode} takes one task (got {len(tasks)}); use multitask or a mixer")
         if a.mode == "mixer-plug" and len(a.adapters) != len(tasks):
@@ -341,10 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         if a.router_ce_routed > 0 and not a.mode.startswith("mixer"):
             raise DataError(f"--router-ce-routed is for the mixer modes (got --mode {a.mode})")
+        arg = flag_check(a, DataError)
         for name in ("rsl_lambda", "preserve", "router_ce", "router_ce_routed"):
-            if getattr(a, name) < 0:
-                raise DataError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be >= 0")
-        clf = build(a.model, tasks, a.mode, a)
+            arg(name, getattr(a, name) >= 0, "must be >= 0")
+        clf = build(a.model, tasks, Adapters.from_args(a, len(tasks)))
         if a.mode == "mixer-plug":
             load_peft_adapters(clf, [os.path.join(d, "adapter") for d in a.adapters])
             from safetensors.torch import load_file
