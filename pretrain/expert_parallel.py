@@ -5,7 +5,14 @@ different slices of every MoL layer's experts (E/P experts each); the W/P ranks 
 same slice and all-reduce its gradient. Expert parameters are DTensors on the "ep" sub-mesh with
 ``Shard(0)`` (global shape [E, …]), so checkpoints hold the full expert tensors and load at any EP
 degree, and the optimizer state follows. They are kept out of FSDP (``ignored_params``): MoL experts
-are LoRA factors, small next to the shared weights.
+are LoRA factors, small next to the shared weights. Sharding them by FSDP on "edp" instead was tried
+(2026-11-30): an FSDP unit is a module, and the factors sit on ``MoLFFN`` beside the shared ``Wi``/``Wo``,
+so those had to become units of their own; with ``reshard_after_forward=False`` it was exact at EP=2 on 2
+ranks, but the tiny preset's step went from 10 all-gathers and 6 reduce-scatters to 22 and 12 (the same
+bytes, split over more calls), and at edp > 1 the divide-by-world factor (``set_gradient_divide_factor``)
+is a ``PREMUL_SUM`` reduce-scatter, which gloo, the backend of every CPU test, refuses. Moving the factors
+into a submodule of their own would avoid the extra units but renames them in every checkpoint and
+native model directory.
 
 Applied from outside, torchtitan-style: ``ExpertParallel`` is a ``ParallelStyle`` for
 ``parallelize_module``. It shards a ``MoLFFN``'s expert factors and wraps the layer's
