@@ -85,9 +85,9 @@ def main() -> None:
     import sentencepiece
 
     print(
-        f"\nhardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; python "
-        f"{platform.python_version()}, "
-        f"sentencepiece {sentencepiece.__version__}, numpy {numpy.__version__}; commit {commit}"
+        f"\nhardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"python {platform.python_version()}, sentencepiece {sentencepiece.__version__}, "
+        f"numpy {numpy.__version__}; commit {commit}"
     )
     print(
         f"corpus: sample corpus x{a.repeat} = {len(all_docs):,} documents, {n_tokens:,} tokens; seq_len {a.seq_len}; "

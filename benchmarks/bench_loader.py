@@ -104,10 +104,9 @@ def main() -> None:
         httpd.shutdown()
     train = index["splits"]["train"]
     print(
-        f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
-        f"{torch.__version__}; "
-        f"{train['tokens']:,} train tokens in {len(train['shards'])} shards of seq_len 1024; micro-batch "
-        f"{a.micro_batch}; {a.batches} batches per row"
+        f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"torch {torch.__version__}; {train['tokens']:,} train tokens in {len(train['shards'])} shards of "
+        f"seq_len 1024; micro-batch {a.micro_batch}; {a.batches} batches per row"
     )
     print(
         f"# target: 120m at 45 % MFU on one H100 = 0.45 x 989e12 / {per_token / 1e9:.3f} GFLOP per token "

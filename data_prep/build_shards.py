@@ -699,8 +699,8 @@ def _print_summary(
         f"(fill {st['mean_sample_fill']:.1%}, {st['chars_per_token']} chars/token)",
         f"  shards     train {len(sp['train']['shards'])}, val {len(sp['val']['shards'])} "
         f"(built {built}, kept {kept} verified from an earlier run)",
-        f"  speed      {built_tokens / max(tok_elapsed, 1e-9):,.0f} tokens/s over the shard pass; {elapsed:.1f} s in "
-        "all"
+        f"  speed      {built_tokens / max(tok_elapsed, 1e-9):,.0f} tokens/s over the shard pass; "
+        f"{elapsed:.1f} s in all"
         if built
         else f"  speed      nothing to build; {elapsed:.1f} s in all",
     ]

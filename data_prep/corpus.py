@@ -242,8 +242,8 @@ class CorpusReader:
                 text = obj[self.text_field]
                 if not isinstance(text, str):
                     raise DataPrepError(
-                        f"input {f.path!r} line {lineno}: field {self.text_field!r} is {type(text).__name__}, not a "
-                        "string"
+                        f"input {f.path!r} line {lineno}: field {self.text_field!r} is {type(text).__name__}, "
+                        "not a string"
                     )
                 yield text
 

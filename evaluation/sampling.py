@@ -46,6 +46,6 @@ def stratified_subset(labels, n: int, seed: int, regression: bool = False) -> li
 
 
 def subset_examples(examples: list, n: int, seed: int, regression: bool = False) -> list:
-    """A seeded, label-stratified subset of ``n`` examples (objects with a ``label``), in file order; all when n is
-    0."""
+    """A seeded, label-stratified subset of ``n`` examples (objects with a ``label``), in file order; all of
+    them when n is 0."""
     return [examples[i] for i in stratified_subset([e.label for e in examples], n, seed, regression)]

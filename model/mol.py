@@ -43,10 +43,8 @@ def geglu(h_NF: torch.Tensor) -> torch.Tensor:
     return F.gelu(u) * g
 
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "geglu": geglu,
-    "gelu": F.gelu,
-}  # ModelConfig.ffn_activation → act(Wi x) [N, F] → [N, I]
+# ModelConfig.ffn_activation → act(Wi x) [N, F] → [N, I]
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"geglu": geglu, "gelu": F.gelu}
 
 
 def wi_width(intermediate: int, activation: str) -> int:

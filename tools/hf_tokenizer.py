@@ -5,9 +5,9 @@ library from its own protobuf: the same pieces and scores (Unigram, byte fallbac
 normaliser (its precompiled NFKC map, whitespace collapsing, the dummy prefix ▁) and the same digit
 splitting; ``tests/test_tools.py`` checks that it gives the sentencepiece ids on the whole shipped
 corpus (3 574 documents), except where two segmentations score exactly the same (a run of 49 '*'):
-the two libraries break such Viterbi ties differently, into the same pieces in another order. A ``tokenizer.json``
-input is used as it is. Either way ``AutoTokenizer.from_pretrained(dir)``
-loads it with no custom code and adds ``[CLS] … [SEP]`` like the training data.
+the two libraries break such Viterbi ties differently, into the same pieces in another order. A
+``tokenizer.json`` input is used as it is. Either way ``AutoTokenizer.from_pretrained(dir)`` loads it with
+no custom code and adds ``[CLS] … [SEP]`` like the training data.
 """
 
 from __future__ import annotations

@@ -244,9 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{info.family} teacher {a.teacher} ({info.num_layers} layers, d {info.hidden_size})"
     )
     print(
-        f"  block: {report['block']} ({'post' if cfg.norm_position == 'post' else 'pre'}-norm, {cfg.ffn_activation} "
-        "FFN, "
-        f"{cfg.position_embedding} positions, biases {'on' if cfg.bias else 'off'})"
+        f"  block: {report['block']} ({'post' if cfg.norm_position == 'post' else 'pre'}-norm, "
+        f"{cfg.ffn_activation} FFN, {cfg.position_embedding} positions, biases {'on' if cfg.bias else 'off'})"
     )
     for g, t in enumerate(layers):
         what = f"teacher layer {t[0]}" if len(t) == 1 else f"the mean of teacher layers {t}"

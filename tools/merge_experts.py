@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if before and after:
         print(
             f"  val MLM loss {before['val_loss']:.4f} -> {after['val_loss']:.4f}   "
-            f"accuracy {before['val_accuracy']:.4f} -> {after['val_accuracy']:.4f}   ({before['val_masked']:,} masked "
-            "tokens)"
+            f"accuracy {before['val_accuracy']:.4f} -> {after['val_accuracy']:.4f}   "
+            f"({before['val_masked']:,} masked tokens)"
         )
     else:
         print("  no validation shards: loss not compared (pass --val DIR)")
