@@ -26,8 +26,7 @@ sums then run in another order (~1e-7 relative per step), which the unstable str
 uninterrupted on 1 process: the soaked run must end no further from the reference than
 ``--baseline-factor`` times that run's distance; the losses of the first ``--early-steps`` steps
 (before the amplification) are compared too. Writes ``soak.json`` and ``soak.md`` (a table of every fault) to
-``--out``; exits 1 when a
-phase fails.
+``--out``; exits 1 when a phase fails.
 """
 
 from __future__ import annotations
