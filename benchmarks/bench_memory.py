@@ -34,10 +34,11 @@ def _state_bytes(preset: str, vocab_size: int, rank: int, world: int) -> dict:
 
     from pretrain.config import RunConfig, load_config
     from pretrain.dryrun import state_bytes
+    from pretrain.parallel_dims import ParallelDims
     from pretrain.train import Runtime, _param_groups, build_model
 
     cfg: RunConfig = load_config(None, [f"model.preset={preset}", f"model.vocab_size={vocab_size}"])
-    rt = Runtime(index=None, device=torch.device("cpu"), rank=rank, world=world, accum=1, init_state=None)
+    rt = Runtime(index=None, device=torch.device("cpu"), rank=rank, dims=ParallelDims(world), accum=1, init_state=None)
     model, _ = build_model(cfg, rt)
     opt = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=1e-4)
     for p in model.parameters():

@@ -44,7 +44,7 @@ from data_prep.packing import pack_documents
 from data_prep.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, ShardWriter, shard_name, token_dtype
 from data_prep.tokenizer import Tokenizer, sample_documents, train_sentencepiece
 from fileio import sha256_file, write_json
-from validation import check, flag_check
+from config_check import check, flag_check
 
 JOURNAL_FILE = "build_journal.jsonl"
 _ENCODE_CHUNK_CHARS = 1 << 20  # tokenize ~1 MB at a time: bounds the Python-int lists a worker holds

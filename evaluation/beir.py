@@ -12,7 +12,7 @@ model's declared pooling (a sentence-transformers directory's ``1_Pooling``) or 
 declared ``max_seq_length`` or ``--max-len``; the whole corpus is ranked by cosine. One JSON line per model
 on stdout: ``{"model", "ndcg_at_10", "recall_at_100", "mrr_at_10", ...}`` on a 0-1 scale over the test
 qrels' queries, plus a 95 % bootstrap interval of nDCG@10 over queries, the counts and the encoding time.
-Metrics are trec_eval's (``evaluation/retrieval_metrics.py``, tested against pytrec_eval).
+Metrics are trec_eval's (``scoring/retrieval_metrics.py``, tested against pytrec_eval).
 
 ``--finetune`` first trains the encoder contrastively on the train qrels (query → relevant document,
 in-batch negatives, cosine × ``--ft-scale``), holding out a seeded ``--ft-holdout`` share of the train
@@ -46,12 +46,12 @@ import torch.nn.functional as F
 
 
 from evaluation.embedder import Embedder
-from evaluation.glue import batches
-from evaluation.intervals import bootstrap_ci
-from evaluation.retrieval_metrics import per_query, rank
+from evaluation.glue import index_batches
+from scoring.intervals import bootstrap_ci
+from scoring.retrieval_metrics import per_query, rank
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.native_format import InputError
-from validation import flag_check
+from config_check import flag_check
 
 TOP_K = 100  # the deepest cut reported (Recall@100)
 
@@ -89,7 +89,7 @@ class BeirRun:
     out: str | None = None
 
     def validate(self) -> "BeirRun":
-        """``--flag=value: allowed`` (``validation.check``, as every config) for a value that cannot run."""
+        """``--flag=value: allowed`` (``config_check.check``, as every config) for a value that cannot run."""
         arg = flag_check(self, InputError)
 
         arg("models", bool(self.models) or self.baselines, "name at least one MODEL, or --baselines")
@@ -268,7 +268,7 @@ def finetune(embed: Embedder, train: BeirData, c: Contrastive, log) -> list[dict
         model,
         params,
         FitConfig(c.lr, c.epochs, per_epoch),
-        lambda e: batches(len(pairs), c.batch_size, c.seed * 1000 + e + 1),
+        lambda e: index_batches(len(pairs), c.batch_size, c.seed * 1000 + e + 1),
         step_loss,
         after_epoch,
     )
@@ -314,7 +314,7 @@ def baseline_rows(data: BeirData, qids: list[str], seed: int) -> list[dict]:
 # ---- command line ------------------------------------------------------------------------------------
 
 
-def evaluate(path: str, test: BeirData, a: BeirRun, log, train: BeirData | None = None) -> dict:
+def score_retrieval(path: str, test: BeirData, a: BeirRun, log, train: BeirData | None = None) -> dict:
     embed = Embedder(path, max_len=a.max_len, pooling=a.pooling, token_budget=a.token_budget)
     row: dict = {"model": path}
     if train is not None:
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
         for m in a.models:
             log(f"== {m}")
-            row = evaluate(m, test, a, log, train)
+            row = score_retrieval(m, test, a, log, train)
             rows.append(row)
             print(json.dumps(row), flush=True)
     except InputError as e:

@@ -81,7 +81,7 @@ class Embedder:
     def __init__(
         self, path: str, max_len: int | None = None, pooling: str | None = None, token_budget: int = 4096
     ) -> None:
-        from evaluation.models import HFBackend, model_kind
+        from evaluation.backends import HFBackend, model_kind
 
         self.kind, doc = model_kind(path)
         said_pooling, said_len = declared(path)
@@ -114,7 +114,7 @@ class Embedder:
     def embed(self, rows: list[dict]) -> torch.Tensor:
         """One batch of rows → pooled [B, D] in the model's dtype (with gradients if enabled)."""
         if self.kind == "native":
-            from evaluation.models import NativeBackend
+            from evaluation.backends import NativeBackend
             from model.classification import pool
 
             batch = NativeBackend.collate(rows)

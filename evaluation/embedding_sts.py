@@ -34,9 +34,9 @@ def cosine_scores(embed: Embedder, pairs: list[tuple[str, str]]) -> list[float]:
     return F.cosine_similarity(a, b, dim=-1).tolist()
 
 
-def evaluate(path: str, glue_dir: str) -> dict:
+def zero_shot_sts(path: str, glue_dir: str) -> dict:
     """{split: {"pearson", "spearman", "score", "n"}} on STS-B dev and test (×100)."""
-    from evaluation.metrics import pearson, spearman
+    from scoring.metrics import pearson, spearman
 
     data = load_local("STS-B", glue_dir)
     embed = Embedder(path, max_len=128, pooling="mean")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for m in a.models:
         try:
-            r = evaluate(m, a.glue_dir)
+            r = zero_shot_sts(m, a.glue_dir)
         except (InputError, GlueDataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -21,10 +21,10 @@ metrics, the GLUE average the mean of the task scores (on test where there is on
 median over seeds.
 
 Protocol (so rows of one comparison can be told apart): ``--max-train``/``--max-eval`` keep a seeded,
-label-stratified random subset (``evaluation/sampling.py``, ``--subset-seed``), the same for every model,
+label-stratified random subset (``scoring/sampling.py``, ``--subset-seed``), the same for every model,
 never the first rows of a file. Every task and the average get a constant-predictor row (the majority
 training label; the mean target for STS-B, whose correlations are then 0) and a 95 % bootstrap interval
-of the seed-mean score over the evaluation examples (``evaluation/intervals.py``; the average's interval
+of the seed-mean score over the evaluation examples (``scoring/intervals.py``; the average's interval
 resamples every task).
 
 Output: OUT/results.json (every seed's metrics, medians and spread, arguments, timings) and
@@ -55,19 +55,20 @@ import numpy as np
 import torch
 
 from data_prep.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, target_scale, task_spec
-from evaluation.intervals import bootstrap_draws, constant_scores, percentile_ci
-from evaluation.metrics import summarize, task_metrics, task_score
-from evaluation.sampling import stratified_subset, subset_examples
-from evaluation.models import add_lora, open_backend
+from scoring.intervals import bootstrap_draws, constant_scores, percentile_ci
+from scoring.metrics import summarize, task_metrics, task_score
+from scoring.sampling import stratified_subset, subset_examples
+from evaluation.backends import add_attention_lora, open_backend
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import ClassifierConfig, classification_loss
-from model.native_format import OutputDir, InputError
-from validation import flag_check
+from fileio import OutputDir
+from model.native_format import InputError
+from config_check import flag_check
 
 MODES = ("full", "lora")
 
 
-def batches(n: int, batch_size: int, seed: int | None):
+def index_batches(n: int, batch_size: int, seed: int | None):
     order = list(range(n))
     if seed is not None:
         random.Random(seed).shuffle(order)
@@ -81,7 +82,7 @@ def predict(backend, module: torch.nn.Module, rows: list[dict], batch_size: int,
     out = []
     # sorted by length so padded (HF) batches waste little; the order is restored below
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-    for idx in batches(len(order), batch_size, None):
+    for idx in index_batches(len(order), batch_size, None):
         picked = [order[i] for i in idx]
         logits = backend.logits(module, backend.collate([rows[i] for i in picked])).float()
         out.append((picked, logits.squeeze(-1) if regression else logits))
@@ -138,7 +139,7 @@ class Protocol:
     holdout: float = 0.2
 
     def validate(self) -> "Protocol":
-        """``--flag=value: allowed`` (``validation.check``, as every config) for a value that cannot run."""
+        """``--flag=value: allowed`` (``config_check.check``, as every config) for a value that cannot run."""
         arg = flag_check(self, InputError)
 
         arg("seeds", len(self.seeds) >= 1, "at least one seed (comma-separated integers)")
@@ -184,7 +185,7 @@ def finetune_one(
     head = ClassifierConfig(num_labels=spec.num_labels, pooling=a.pooling, dropout=a.dropout, labels=list(spec.labels))
     module, head_names = backend.build(head)
     if a.mode == "lora":
-        add_lora(module, backend.family, a.lora_rank, a.lora_alpha)
+        add_attention_lora(module, backend.family, a.lora_rank, a.lora_alpha)
         for n, p in module.named_parameters():
             p.requires_grad_("lora_" in n or n in head_names)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -204,7 +205,7 @@ def finetune_one(
         module,
         params,
         FitConfig(hp.lr, hp.epochs, steps_per_epoch(n_train, a.batch_size)),
-        lambda epoch: batches(n_train, a.batch_size, seed * 1000 + epoch),
+        lambda epoch: index_batches(n_train, a.batch_size, seed * 1000 + epoch),
         step_loss,
         lambda epoch, m: log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{hp.epochs}: train loss {m['loss']:.4f}"),
     )
@@ -485,8 +486,7 @@ def parser() -> argparse.ArgumentParser:
         default="max",
         help="regression (STS-B): max trains on targets divided by the largest training target "
         "and folds that factor into the head's output layer, so predictions and a saved "
-        "model are on the task's scale; none trains on the raw 0-5 (the runner before "
-        "2026-11-25)",
+        "model are on the task's scale; none trains on the raw 0-5",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--save-model", help="keep the first seed's model per task under this directory")

@@ -52,12 +52,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-from evaluation.metrics import summarize
-from evaluation.intervals import bootstrap_ci
-from evaluation.squad_metric import aggregate, best_null_threshold, per_question, questions, score
+from scoring.metrics import summarize
+from scoring.intervals import bootstrap_ci
+from scoring.squad_metric import aggregate, best_null_threshold, per_question, questions, score
 from finetune.loop import FitConfig, fit, steps_per_epoch
-from model.native_format import InputError, OutputDir, read_json
-from validation import flag_check
+from fileio import OutputDir
+from model.native_format import InputError, read_json
+from config_check import flag_check
 
 NEG = -1e4  # logit of a position that is not a candidate (padding, the question): finite, so CE stays finite
 
@@ -89,7 +90,7 @@ class SquadRun:
     threads: int = 0
 
     def validate(self) -> "SquadRun":
-        """``--flag=value: allowed`` (``validation.check``, as every config) for a value that cannot run."""
+        """``--flag=value: allowed`` (``config_check.check``, as every config) for a value that cannot run."""
         arg = flag_check(self, InputError)
 
         for name in ("train_articles", "epochs", "batch_size", "eval_batch_size", "max_answer_len"):
@@ -291,7 +292,7 @@ class QABackend:
     """Tokenisation with character offsets and a fresh span model, for one MODEL directory."""
 
     def __init__(self, path: str) -> None:
-        from evaluation.models import HFBackend, NativeBackend, model_kind
+        from evaluation.backends import HFBackend, NativeBackend, model_kind
 
         self.path = path
         self.kind, doc = model_kind(path)

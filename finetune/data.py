@@ -55,7 +55,7 @@ class Task:
     labels: list[str]  # class names by index; [] for a regression task
     train: Examples
     evals: dict[str, Examples]  # scored splits, e.g. {"test": …} or {"dev": …, "test": …}
-    metrics: tuple[str, ...] = ("accuracy", "macro_f1")  # evaluation.metrics names
+    metrics: tuple[str, ...] = ("accuracy", "macro_f1")  # scoring.metrics names
     main: tuple[str, ...] = ("accuracy",)  # the task score: the mean of these
     report: str = "test"  # the split a results table shows (test where there is one, else dev)
     extra: dict = field(default_factory=dict)
@@ -105,7 +105,7 @@ def load_glue_task(
     name: str, glue_dir: str, tok: Tokenizer, max_len: int = 128, max_train: int = 0, max_eval: int = 0
 ) -> Task:
     """A GLUE task from a local copy (``data_prep/glue_data.py`` layouts), capped to seeded label-stratified
-    subsets of ``max_train`` training and ``max_eval`` dev/test examples (0: all; ``evaluation/sampling.py``,
+    subsets of ``max_train`` training and ``max_eval`` dev/test examples (0: all; ``scoring/sampling.py``,
     seed 0: the GLUE runner's default subsets).
 
     Regression targets (STS-B's 0–5 similarity) are divided by the largest training target, so the head
@@ -122,7 +122,7 @@ def load_glue_task(
     except GlueDataError as e:
         raise DataError(str(e)) from None
 
-    from evaluation.sampling import subset_examples as subset
+    from scoring.sampling import subset_examples as subset
 
     train_ex = subset(splits["train"], max_train, 0, spec.is_regression)
     scale = target_scale(spec, (e.label for e in train_ex))
@@ -146,7 +146,7 @@ def load_glue_task(
     )
 
 
-def batches(examples: list[tuple[list[int], float, int]], batch_size: int, shuffle: bool, seed: int):
+def varlen_batches(examples: list[tuple[list[int], float, int]], batch_size: int, shuffle: bool, seed: int):
     """(ids, label, task id) triples → dicts of flat input_ids, cu_seqlens, max_seqlen, labels, task_ids."""
     order = list(range(len(examples)))
     if shuffle:

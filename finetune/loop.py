@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from finetune.optim import FinetuneOptimizer
-from model.config import check
+from config_check import check
 
 
 @dataclass(frozen=True)

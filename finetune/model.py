@@ -7,7 +7,7 @@ mean of the example's last hidden states or on its [CLS] state; one output for a
 may differ: each example uses its own
 task's head.
 
-``add_lora`` puts PEFT LoRA layers (``peft.inject_adapter_in_model``: W x + s·B A x, s = α/r; B = 0 at
+``add_block_lora`` puts PEFT LoRA layers (``peft.inject_adapter_in_model``: W x + s·B A x, s = α/r; B = 0 at
 start) on chosen projections (``attn.Wqkv``, ``attn.Wo``, ``ffn.Wi``, ``ffn.Wo``) of every block;
 ``save_adapter`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` as PEFT saves them
 (``base_model.model.<module>.lora_A.weight``), which ``model.lora_mixer.load_peft_adapters`` and
@@ -100,7 +100,7 @@ def inject_lora(model: nn.Module, target_modules: list[str], rank: int, alpha: f
     inject_adapter_in_model(cfg, model)
 
 
-def add_lora(model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float) -> list[str]:
+def add_block_lora(model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float) -> list[str]:
     """LoRA (``inject_lora``) on ``targets`` of every block; returns the adapted modules' names."""
     bad = [t for t in targets if t not in TARGETS]
     if bad:
@@ -152,7 +152,7 @@ def load_adapter(model: nn.Module, adapter_dir: str) -> None:
 
     with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
-    add_lora(model, tuple(cfg["target_modules"]), cfg["r"], float(cfg["lora_alpha"]))
+    add_block_lora(model, tuple(cfg["target_modules"]), cfg["r"], float(cfg["lora_alpha"]))
     sd = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
     expected = {f"{PEFT_PREFIX}{n}.lora_{x}.weight" for n in _lora_layers(model) for x in "AB"}
     if set(sd) != expected:

@@ -58,9 +58,9 @@ import numpy as np
 import torch
 
 from data_prep.tokenizer import Tokenizer
-from evaluation.metrics import task_metrics, task_score
-from finetune.data import DataError, Task, batches, load_glue_task, load_task
-from finetune.model import TaskClassifier, add_lora, save_adapter
+from scoring.metrics import task_metrics, task_score
+from finetune.data import DataError, Task, varlen_batches, load_glue_task, load_task
+from finetune.model import TaskClassifier, add_block_lora, save_adapter
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import classification_loss
 from model.config import RSL_ENTROPY, ROUTE_INPUTS, ROUTING_MODES, AttnExpertsConfig
@@ -68,7 +68,7 @@ from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers
 from model.losses import combine_losses
 from model.native_format import InputError, load_native
 from model.routing import RoutingRecorder
-from validation import flag_check
+from config_check import flag_check
 
 MODES = ("full", "lora", "multitask", "mixer-plug", "mixer-joint")
 
@@ -90,7 +90,7 @@ def routed_counts(recorder: RoutingRecorder) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def evaluate(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> dict:
+def score_tasks(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> dict:
     """Per task: {split: metrics + score}; for a mixer also the routed-token share per expert and the mean
     router entropy on the task's report split."""
     clf.eval()
@@ -99,7 +99,7 @@ def evaluate(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> dict:
         res = {}
         for split, examples in task.evals.items():
             scores, load, entropy, n_calls = [], None, 0.0, 0
-            for b in batches([(ids, lab, t) for ids, lab in examples], batch_size, False, 0):
+            for b in varlen_batches([(ids, lab, t) for ids, lab in examples], batch_size, False, 0):
                 recorder = RoutingRecorder()
                 logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder)
                 scores += [lg.float().numpy() for lg in logits]
@@ -183,7 +183,7 @@ def build(model_dir: str, tasks: list[Task], a: Adapters) -> TaskClassifier:
     if unexpected or any(not (k.endswith(("lora_A", "lora_B", "lora_scale")) or "attn.router" in k) for k in missing):
         raise InputError(f"{model_dir}: encoder keys do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if mode in ("lora", "multitask"):
-        add_lora(clf, a.lora_targets, a.lora_rank, a.lora_alpha)
+        add_block_lora(clf, a.lora_targets, a.lora_rank, a.lora_alpha)
     return clf
 
 
@@ -300,7 +300,7 @@ def run_stage(clf: TaskClassifier, train: list, stage: Stage, log) -> list[dict]
         clf,
         params,
         FitConfig(stage.lr, stage.epochs, steps_per_epoch(len(train), stage.batch_size)),
-        lambda e: batches(train, stage.batch_size, True, stage.seed * 1000 + stage.seed_offset + e),
+        lambda e: varlen_batches(train, stage.batch_size, True, stage.seed * 1000 + stage.seed_offset + e),
         step_loss,
         after_epoch,
     )
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stage {stage.name}: {stage.epochs} epochs, routing {stage.routing}")
         stage.history = run_stage(clf, train, stage, print)
         stage.anchors = None
-    results = evaluate(clf, tasks, a.batch_size)
+    results = score_tasks(clf, tasks, a.batch_size)
     changed = [n for n, v in frozen_before.items() if not torch.equal(v, dict(clf.named_parameters())[n])]
     summary = {
         "mode": a.mode,

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.config import ModelConfig, check
+from config_check import check
+from model.config import ModelConfig
 from model.modernalbert import ModernAlbertModel
 
 POOLINGS = ("cls", "mean")

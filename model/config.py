@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from validation import ConfigError, check  # re-exported: every config imports them from here
+from config_check import ConfigError, check
 
 ROUTING_MODES = ("soft", "topk", "hardsoft")
 RSL_ENTROPY = ("maximise", "minimise")  # model.routing.routing_specialization_loss's entropy_goal

@@ -1,4 +1,4 @@
-"""The native model directory every tool reads and writes, and the all-or-nothing output directory.
+"""The native model directory every tool reads and writes.
 
 A native directory (what ``consolidate_checkpoint.py`` and ``merge_experts.py`` write)::
 
@@ -12,8 +12,7 @@ A fine-tuned classifier (``evaluation/glue.py --save-model``) is the same direct
 ``classifier.*`` tensors in model.safetensors: ``load_native`` still gives the masked LM,
 ``load_native_classifier`` the encoder with its head.
 
-``OutputDir`` writes into ``OUT.tmp-<pid>`` and renames it to ``OUT`` only when everything succeeded,
-so a failing tool leaves no partial directory behind and never touches an existing ``OUT``.
+Tools write it through ``fileio.OutputDir`` (all or nothing: a failing tool leaves no partial directory).
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ import shutil
 import torch
 
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
-from model.config import ConfigError, ModelConfig
+from config_check import ConfigError
+from model.config import ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
 
 FORMAT = "modernalbert-native"
@@ -35,30 +35,6 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 class InputError(RuntimeError):
     """Bad input (a directory, a file, an option): the CLIs print it as one line and exit with code 2."""
-
-
-class OutputDir:
-    """``with OutputDir(path) as tmp:`` write into ``tmp``; renamed to ``path`` on success, removed on error."""
-
-    def __init__(self, path: str, overwrite: bool = False) -> None:
-        self.path = os.path.abspath(path)
-        self.overwrite = overwrite
-        self.tmp = f"{self.path}.tmp-{os.getpid()}"
-
-    def __enter__(self) -> str:
-        if os.path.exists(self.path) and not self.overwrite:
-            raise InputError(f"--out {self.path}: already exists (remove it or pass --overwrite)")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        os.makedirs(self.tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if os.path.exists(self.path):
-            shutil.rmtree(self.path)
-        os.replace(self.tmp, self.path)
 
 
 def tokenizer_file(directory: str) -> str | None:

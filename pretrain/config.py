@@ -3,7 +3,7 @@
     python -m pretrain.train --config pretrain/configs/tiny.yaml train.steps=50 optim.lr=1e-3
 
 Every value is validated before any process-group work; an error names the dotted field and what is
-allowed (``model.config.check``, the one validation style of the model, data, loader, classifier and run
+allowed (``config_check.check``, the one validation style of the model, data, loader, classifier and run
 configs). The resolved config is printed at start and saved with every checkpoint.
 
 Every section is defined here, at the bottom of ``pretrain`` (this module imports only ``model.config``):
@@ -11,12 +11,11 @@ the consumers (``data``, ``distill``, ``evaluate``, ``logger``, the trainer) imp
 so the whole tree reads in one file. ``pretrain.data.LoaderConfig`` extends the ``data:`` section's
 ``DataConfig`` with a loader's own fields (one set of data fields, not two).
 
-Coercion stays the ~40 lines below (``_convert``/``_apply``), not a library. Tried: pydantic 2.14's
-``TypeAdapter(RunConfig)`` coerces the same types, but on stdlib dataclasses it ignores an unknown key
-(``train.stepz=1`` passes silently), reads ``checkpoint.resume=yes`` as true (here a YAML word stays a
-word: ``log.wandb=off`` means "off"), and builds ``model:`` from the dataclass defaults instead of over
-the chosen ``model.preset``; each needs code around it, and its messages ("Input should be a valid
-integer") would need translating back to the dotted ``field=value: allowed`` form the tests and users read.
+Coercion is the ~40 lines below (``_convert``/``_apply``), not a library, because of what it must do: an
+unknown key is an error (``train.stepz=1`` names the field), a YAML word stays a word (``log.wandb=off``
+means "off", not false), ``model:`` overlays the chosen ``model.preset`` rather than the dataclass defaults,
+and every message has the dotted ``field=value: allowed`` form. pydantic's ``TypeAdapter`` on these
+dataclasses does none of the four without code around it.
 """
 
 from __future__ import annotations
@@ -27,7 +26,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from collections.abc import Sequence
 from typing import Any, get_args, get_origin, get_type_hints
 
-from model.config import ConfigError, ModelConfig, check, preset
+from config_check import ConfigError, check
+from model.config import ModelConfig, preset
 
 
 @dataclass
@@ -201,7 +201,7 @@ class RunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def validate(self) -> "RunConfig":
-        """Every section in one style (``model.config.check``), each message naming the dotted field."""
+        """Every section in one style (``config_check.check``), each message naming the dotted field."""
         self.model.validate("model.")
         self.data.validate("data.")
         o, sc, t, c = self.optim, self.schedule, self.train, self.checkpoint

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import yaml
 
-from model.config import ConfigError
+from config_check import ConfigError
 
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "hardware.yaml")
 GB = 1e9

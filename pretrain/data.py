@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep.errors import DataPrepError
 from data_prep.shards import ShardError, ShardReader
-from model.config import check
+from config_check import check
 from pretrain.config import DataConfig, MLMConfig
 from pretrain.shard_cache import ShardCache, load_index, local_path, tokenizer_path
 

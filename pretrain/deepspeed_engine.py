@@ -28,7 +28,7 @@ import os
 
 import torch
 
-from model.config import ConfigError
+from config_check import ConfigError
 from model.modernalbert import ModernAlbertForMaskedLM
 from pretrain import checkpoint
 from pretrain.config import DeepSpeedConfig
@@ -83,7 +83,7 @@ def build_config(
 
 
 class DeepSpeedEngine:
-    """The FSDP2 engine's interface (``pretrain/train.py``) on top of ``deepspeed.initialize``."""
+    """``pretrain/engine.py: Engine`` on top of ``deepspeed.initialize``."""
 
     def __init__(self, model: ModernAlbertForMaskedLM, optimizer: torch.optim.Optimizer, ds_config: dict) -> None:
         import deepspeed
@@ -113,11 +113,12 @@ class DeepSpeedEngine:
         if not last:
             self.engine.step()  # bookkeeping only: DeepSpeed updates at the accumulation boundary
 
-    def step(self) -> float:
-        """The update (after the last micro-batch's backward): clipping, optimizer, zero grads."""
+    def step(self) -> torch.Tensor:
+        """The update (after the last micro-batch's backward): clipping, optimizer, zero grads. The norm is
+        DeepSpeed's (a host number already: ``get_global_grad_norm`` reads it), as the engines' 0-d tensor."""
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return torch.tensor(float(norm) if norm is not None else float("nan"), dtype=torch.float64)
 
     def save(self, ckpt_dir: str, step: int, trainer_state: dict, keep: int) -> str:
         def write(tmp: str) -> None:

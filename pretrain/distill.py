@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from model.classification import pool
-from model.config import ConfigError, ModelConfig
+from config_check import ConfigError
+from model.config import ModelConfig
 from model.teacher import TeacherError, layer_map, read_teacher_config
 from pretrain.config import DistillConfig
 

@@ -45,20 +45,23 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from data_prep.errors import DataPrepError
-from model.config import ConfigError
+from config_check import ConfigError
 from model.init import module_generator
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.routing import Router
 from pretrain import cost_model, exit_codes
 from pretrain.config import RunConfig, load_config
+from pretrain.engine import Engine
 from pretrain.parallel_dims import ParallelDims
 from pretrain.simulated_pg import COUNTING, LEDGER, SIMULATED, register
+from pretrain.train import Runtime, Trainer, teardown
 
 DEFAULT_SEQ_LEN = 1024  # when data.dir has no shard index to read it from
 GIB = 1 << 30
@@ -74,7 +77,7 @@ def check_world(cfg: RunConfig, world: int, seq_len: int, gpus_per_node: int) ->
         raise ConfigError(f"--gpus-per-node={gpus_per_node}: must be >= 1")
     if world > gpus_per_node and world % gpus_per_node:
         raise ConfigError(f"--world-size={world}: not a whole number of nodes of --gpus-per-node={gpus_per_node}")
-    ParallelDims(world, cfg.parallel.ep)
+    ParallelDims.check(world, cfg.parallel.ep)
     return cfg.accumulation_steps(seq_len, world)
 
 
@@ -93,6 +96,17 @@ def cheap_fill(model: ModernAlbertForMaskedLM, select) -> None:
                     p.uniform_(-std * math.sqrt(3), std * math.sqrt(3), generator=g)
                 else:
                     p.zero_()
+
+
+class PlanningTrainer(Trainer):
+    """The run as training builds it (meta device, ``parallelize``, engine), with cheap weights and no loaders:
+    what the probe steps run on. Shapes, sharding and collectives are training's."""
+
+    def fill_weights(self, model: ModernAlbertForMaskedLM, select) -> None:
+        cheap_fill(model, select)
+
+    def build_data(self) -> None:
+        pass
 
 
 def probe_batches(cfg: RunConfig, tokens: int):
@@ -165,29 +179,48 @@ class SavedActivations:
         self.seen = {}
 
 
+class MarkedBackward:
+    """An engine whose ``backward`` also calls ``after``: the end of each micro-batch, where the probe closes
+    its count of saved activations. Everything else is the wrapped engine's."""
+
+    def __init__(self, engine: Engine, after: Callable[[], None]) -> None:
+        self.engine, self.after = engine, after
+        self.module, self.optimizer = engine.module, engine.optimizer
+
+    def __call__(self, **inputs):
+        return self.engine(**inputs)
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        self.engine.backward(loss, last)
+        self.after()
+
+    def step(self) -> torch.Tensor:
+        return self.engine.step()
+
+    def save(self, ckpt_dir: str, step: int, trainer_state: dict, keep: int) -> str:
+        return self.engine.save(ckpt_dir, step, trainer_state, keep)
+
+    def load(self, path: str, world: int) -> dict:
+        return self.engine.load(path, world)
+
+
 PROBES = ((1, 1), (2, 1), (1, 2))  # (multiple of --probe-tokens, micro-batches): base, tokens+, micro-batches+
 
 
 def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, probe_tokens: int) -> dict:
     """Build the run as training does, then one ``Trainer.step`` per probe in ``PROBES``: what rank ``rank``
     held, saved and sent. Needs the process group (simulated or real) to be initialised."""
-    from pretrain.train import Runtime, Trainer
-
+    dims = ParallelDims(world, cfg.parallel.ep)
     rt = Runtime(
-        index=None, device=torch.device("cpu"), rank=rank, world=world, accum=accum, init_state=None, seq_len=seq_len
+        index=None, device=torch.device("cpu"), rank=rank, dims=dims, accum=accum, init_state=None, seq_len=seq_len
     )
-    trainer = Trainer(cfg, rt, preemption=None, fill=cheap_fill, with_data=False)
+    trainer = PlanningTrainer(cfg, rt, preemption=None)
     probes = []
-    backward = trainer.engine.backward
+    engine = trainer.engine
     for scale, micro in PROBES:
         tokens = scale * probe_tokens
         saved = SavedActivations(trainer.model)
-
-        def counted_backward(loss, last, _saved=saved):
-            backward(loss, last)
-            _saved.close_micro_batch()
-
-        trainer.engine.backward, rt.accum = counted_backward, micro
+        trainer.engine, rt.accum = MarkedBackward(engine, saved.close_micro_batch), micro
         LEDGER.records, LEDGER.on = [], True
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
             trainer.step(probe_batches(cfg, tokens), count_load=False)
@@ -202,7 +235,7 @@ def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, 
                 "collectives": [(c.kind, list(c.ranks), c.in_bytes, c.out_bytes) for c in LEDGER.records],
             }
         )
-    trainer.engine.backward, rt.accum = backward, accum
+    trainer.engine, rt.accum = engine, accum
     return {"state": state_bytes(trainer.model, trainer.engine.optimizer), "probes": probes}
 
 
@@ -346,8 +379,6 @@ def simulate(cfg: RunConfig, world: int, seq_len: int, probe_tokens: int, gpus_p
     accum = check_world(cfg, world, seq_len, gpus_per_node)
     if cfg.engine != "fsdp2":
         raise ConfigError(f"engine={cfg.engine}: the dry run models the FSDP2 engine only")
-    from pretrain.train import teardown
-
     register()
     dist.init_process_group(SIMULATED, store=dist.HashStore(), rank=0, world_size=world)
     try:
@@ -549,8 +580,6 @@ def _real(cfg: RunConfig, world: int, seq_len: int, probe_tokens: int, gpus_per_
     if int(os.environ.get("WORLD_SIZE", "1")) != world:
         raise ConfigError(f"--real --world-size={world}: launch it with torchrun --nproc-per-node {world}")
     accum = check_world(cfg, world, seq_len, gpus_per_node)
-    from pretrain.train import teardown
-
     register()
     dist.init_process_group(COUNTING)
     agreed = False

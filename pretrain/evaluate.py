@@ -33,7 +33,7 @@ def val_loader(data: DataConfig, micro_batch_size: int, rank: int, world: int) -
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: PretrainLoader, device: torch.device, max_batches: int = 0) -> dict:
+def val_scores(model: torch.nn.Module, loader: PretrainLoader, device: torch.device, max_batches: int = 0) -> dict:
     """{"val_loss", "val_accuracy", "val_masked"}: means over every masked token of the evaluated batches."""
     was_training = model.training
     model.eval()

@@ -5,13 +5,11 @@ different slices of every MoL layer's experts (E/P experts each); the W/P ranks 
 same slice and all-reduce its gradient. Expert parameters are DTensors on the "ep" sub-mesh with
 ``Shard(0)`` (global shape [E, …]), so checkpoints hold the full expert tensors and load at any EP
 degree, and the optimizer state follows. They are kept out of FSDP (``ignored_params``): MoL experts
-are LoRA factors, small next to the shared weights. Sharding them by FSDP on "edp" instead was tried
-(2026-11-30): an FSDP unit is a module, and the factors sit on ``MoLFFN`` beside the shared ``Wi``/``Wo``,
-so those had to become units of their own; with ``reshard_after_forward=False`` it was exact at EP=2 on 2
-ranks, but the tiny preset's step went from 10 all-gathers and 6 reduce-scatters to 22 and 12 (the same
-bytes, split over more calls), and at edp > 1 the divide-by-world factor (``set_gradient_divide_factor``)
-is a ``PREMUL_SUM`` reduce-scatter, which gloo, the backend of every CPU test, refuses. Moving the factors
-into a submodule of their own would avoid the extra units but renames them in every checkpoint and
+are LoRA factors, small next to the shared weights. Why not FSDP on "edp": an FSDP unit is a module, and
+the factors sit on ``MoLFFN`` beside the shared ``Wi``/``Wo``, so those would become units of their own,
+about doubling the step's all-gathers and reduce-scatters for the same bytes; and at edp > 1 FSDP's
+divide-by-world factor is a ``PREMUL_SUM`` reduce-scatter, which gloo (every CPU test's backend) refuses.
+A submodule holding just the factors would avoid the extra units but rename them in every checkpoint and
 native model directory.
 
 Applied from outside, torchtitan-style: ``ExpertParallel`` is a ``ParallelStyle`` for
@@ -60,9 +58,7 @@ class ExpertParallel(ParallelStyle):
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         if not isinstance(module, MoLFFN):
             raise TypeError(f"ExpertParallel applies to MoLFFN, not {type(module).__name__}")
-        P = device_mesh.size()
-        if module.cfg.num_experts % P:
-            raise ValueError(f"parallel.ep={P}: must divide model.mol.num_experts={module.cfg.num_experts}")
+        # parallel.ep dividing model.mol.num_experts is the run config's check (RunConfig.validate)
         for name in EXPERT_PARAMS:
             full = getattr(module, name)
             module.register_parameter(

@@ -28,7 +28,7 @@ import tempfile
 import zlib
 
 from data_prep.errors import DataPrepError
-from model.config import ConfigError
+from config_check import ConfigError
 from pretrain.config import load_config
 from pretrain.dryrun import check_world
 from pretrain.shard_cache import load_index

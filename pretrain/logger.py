@@ -23,7 +23,7 @@ import time
 import torch
 
 from fileio import atomic_write
-from model.config import ConfigError
+from config_check import ConfigError
 from pretrain.config import LogConfig
 from pretrain.storage import write_fault
 

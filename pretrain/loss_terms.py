@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.config import ConfigError, ModelConfig
+from config_check import ConfigError
+from model.config import ModelConfig
 from model.losses import aux_coefficients, weighted_aux
 from model.modernalbert import MaskedLMOutput
 from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum, teacher_ids

@@ -33,74 +33,16 @@ unit is initialised whole, then split, and only one unit is ever whole.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch.distributed._composable import checkpoint
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.routing import Router
-from pretrain.expert_parallel import apply_expert_parallel, reduce_expert_grads
+from pretrain.expert_parallel import apply_expert_parallel
 from pretrain.parallel_dims import ParallelDims
-
-
-@dataclass
-class Parallelism:
-    """What the training loop needs to know about how the model was parallelised."""
-
-    world: int = 1
-    dp_mesh: DeviceMesh | None = None  # all ranks (FSDP)
-    ep_mesh: DeviceMesh | None = None  # ranks holding different expert slices
-    edp_mesh: DeviceMesh | None = None  # ranks holding the same expert slice
-    expert_params: list[torch.nn.Parameter] = field(default_factory=list)
-
-    def reduce_grads(self) -> None:
-        """After the last micro-batch's backward: the gradient reductions FSDP does not do."""
-        if self.expert_params:
-            reduce_expert_grads(self.expert_params, self.edp_mesh, self.world)
-
-    def clip_grad_norm_(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-        """Global L2 norm of all gradients (clipped to ``max_norm`` when > 0); returns the norm before,
-        as a tensor: no host sync (the coefficient is min(1, max_norm / norm), applied always).
-
-        Each rank adds the squares of the gradient elements it holds, weighted by 1/(number of ranks
-        holding the same element): FSDP shards are held once, EP expert slices by the W/P "edp" ranks,
-        plain tensors by every rank. One all-reduce then gives the exact norm for any mix of meshes,
-        which ``torch.nn.utils.clip_grad_norm_`` does not handle.
-        """
-        grads = [p.grad for p in params if p.grad is not None]
-        total = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else "cpu")
-        for g in grads:
-            local = g.to_local() if isinstance(g, DTensor) else g
-            holders = self.world // g.device_mesh.size() if isinstance(g, DTensor) else self.world
-            total += local.double().square().sum() / holders
-        if self.world > 1:
-            dist.all_reduce(total)
-        norm = total.sqrt()
-        if max_norm > 0:
-            coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-            for g in grads:
-                local = g.to_local() if isinstance(g, DTensor) else g
-                local.mul_(coef.to(local.dtype))
-        return norm
-
-
-def build_meshes(device: torch.device, ep: int) -> Parallelism:
-    dims = ParallelDims(dist.get_world_size() if dist.is_initialized() else 1, ep)
-    if dims.world == 1:
-        if dist.is_initialized():  # one process with a group (bf16): a 1-rank mesh, for the precision policy
-            return Parallelism(dp_mesh=init_device_mesh(device.type, (1,), mesh_dim_names=("dp",)))
-        return Parallelism()
-    world = dims.world
-    par = Parallelism(world=world, dp_mesh=init_device_mesh(device.type, (world,), mesh_dim_names=("dp",)))
-    if ep > 1:
-        mesh = init_device_mesh(device.type, (dims.edp, ep), mesh_dim_names=("edp", "ep"))
-        par.ep_mesh, par.edp_mesh = mesh["ep"], mesh["edp"]
-    return par
 
 
 def _materialize(module: torch.nn.Module, device: torch.device) -> None:
@@ -120,48 +62,53 @@ def parallelize(
     model: ModernAlbertForMaskedLM,
     device: torch.device,
     init: Callable[[Callable[[str], bool]], None],
+    dims: ParallelDims | None = None,
     *,
-    ep: int = 1,
     activation_checkpointing: bool = False,
     compile: bool = False,
     fsdp: bool = True,
     bf16: bool = False,
-) -> tuple[ModernAlbertForMaskedLM, Parallelism]:
-    """Materialise, initialise and parallelise ``model`` (built on the meta device) unit by unit.
+) -> tuple[ModernAlbertForMaskedLM, list[torch.nn.Parameter]]:
+    """Materialise, initialise and parallelise ``model`` (built on the meta device) unit by unit; returns it
+    and its EP expert parameters (kept out of FSDP: their gradients are the engine's to reduce).
 
     ``init(select)`` fills the freshly allocated tensors of the modules whose qualified names ``select``
     accepts (one group, then everything outside the groups; the root module is ""); it must give every
     rank the same values. ``fsdp=False``: everything but the sharding (DeepSpeed shards the model itself).
     ``bf16``: parameters all-gathered in bf16 for compute, gradients reduced in fp32, the sharded
     parameters and optimizer state fp32; routers keep fp32 parameters (their own FSDP unit with an
-    fp32 policy), so expert choice and the auxiliary losses do not see bf16 rounding.
+    fp32 policy), so expert choice and the auxiliary losses do not see bf16 rounding. ``dims``: the job's
+    (its meshes are built here); default: one process, or all ranks of the process group with no EP.
     """
-    par = build_meshes(device, ep)
-    shard = par.dp_mesh is not None and fsdp
+    if dims is None:
+        dims = ParallelDims(dist.get_world_size() if dist.is_initialized() else 1)
+    dims.build_meshes(device)
+    shard = dims.dp_mesh is not None and fsdp
+    expert_params: list[torch.nn.Parameter] = []
     for g, group in enumerate(model.model.groups):
         _materialize(group, device)
         prefix = f"model.groups.{g}"
         init(lambda name: name == prefix or name.startswith(prefix + "."))
-        apply_ep(model, g, par)
+        expert_params += apply_ep(model, g, dims)
         block = group.get_submodule("block")
         if activation_checkpointing:
             apply_ac(block)
         if compile:
             apply_compile(block)
         if shard:
-            apply_fsdp(group, par, bf16)
+            apply_fsdp(group, dims, bf16, expert_params)
     _materialize(model, device)
     init(lambda name: not name.startswith("model.groups."))
     if shard:
-        apply_fsdp(model, par, bf16, fp32_routers=False)
-    return model, par
+        apply_fsdp(model, dims, bf16, expert_params, fp32_routers=False)
+    return model, expert_params
 
 
-def apply_ep(model: ModernAlbertForMaskedLM, group: int, par: Parallelism) -> None:
-    """Expert parallelism on group ``group``'s MoL layer (if EP and MoL): its expert slices join
-    ``par.expert_params``."""
-    if par.ep_mesh is not None:
-        par.expert_params += apply_expert_parallel(model, par.ep_mesh, groups=[group])
+def apply_ep(model: ModernAlbertForMaskedLM, group: int, dims: ParallelDims) -> list[torch.nn.Parameter]:
+    """Expert parallelism on group ``group``'s MoL layer (if EP and MoL); returns its expert slices."""
+    if dims.ep_mesh is None:
+        return []
+    return apply_expert_parallel(model, dims.ep_mesh, groups=[group])
 
 
 def apply_ac(block: torch.nn.Module) -> None:
@@ -174,17 +121,23 @@ def apply_compile(block: torch.nn.Module) -> None:
     block.compile()
 
 
-def apply_fsdp(unit: torch.nn.Module, par: Parallelism, bf16: bool, fp32_routers: bool = True) -> None:
-    """FSDP2 over all ranks: ``unit`` is one all-gather/reshard unit; its EP expert slices stay out (reduced by
-    ``Parallelism.reduce_grads``). ``bf16``: bf16 compute, fp32 reduction; the routers inside (when
-    ``fp32_routers``) are their own units with an fp32 policy."""
-    assert par.dp_mesh is not None
+def apply_fsdp(
+    unit: torch.nn.Module,
+    dims: ParallelDims,
+    bf16: bool,
+    expert_params: list[torch.nn.Parameter],
+    fp32_routers: bool = True,
+) -> None:
+    """FSDP2 over all ranks: ``unit`` is one all-gather/reshard unit; the EP expert slices among its parameters
+    stay out (reduced by ``FSDPEngine.step``). ``bf16``: bf16 compute, fp32 reduction; the routers inside
+    (when ``fp32_routers``) are their own units with an fp32 policy."""
+    assert dims.dp_mesh is not None
     mp = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     )
-    ignored = set(par.expert_params) & set(unit.parameters())
+    ignored = set(expert_params) & set(unit.parameters())
     if bf16 and fp32_routers:
         fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
         for router in [m for m in unit.modules() if isinstance(m, Router)]:
-            fully_shard(router, mesh=par.dp_mesh, mp_policy=fp32)
-    fully_shard(unit, mesh=par.dp_mesh, mp_policy=mp, ignored_params=ignored or None)
+            fully_shard(router, mesh=dims.dp_mesh, mp_policy=fp32)
+    fully_shard(unit, mesh=dims.dp_mesh, mp_policy=mp, ignored_params=ignored or None)

@@ -10,7 +10,7 @@ run_dir/checkpoints/.
 Parallelism: FSDP2 over all ranks, plus expert parallelism (parallel.ep), activation checkpointing
 and torch.compile (pretrain/parallelize.py). The loop reads top to bottom in stages: ``setup`` (process
 group, device, batch geometry) → ``Trainer.__init__`` (build: model on the meta device, parallelised
-and initialised unit by unit, engine, data) → ``resume`` → ``run`` (``step`` → log → validate → save).
+and initialised unit by unit, engine, data) → ``resume`` → ``run`` (``step`` → log → eval on the val split → save).
 """
 
 from __future__ import annotations
@@ -30,16 +30,17 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from data_prep.errors import DataPrepError
 from data_prep.shards import ShardError, ShardIndex
-from model.config import ConfigError
+from config_check import ConfigError
 from model.flops import TrainingFlops
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, exit_codes, faults
 from pretrain.config import RunConfig, load_config
 from pretrain.data import LoaderConfig, PretrainLoader, micro_batch_seed
 from pretrain.distill import Teacher
-from pretrain.evaluate import evaluate, val_loader
+from pretrain.evaluate import val_scores, val_loader
 from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, supersede_records
 from pretrain.loss_terms import LossTerm, MicroBatch, aux_loss, console_fields, declare
+from pretrain.engine import Engine
 from pretrain.fsdp_engine import FSDPEngine
 from pretrain.parallel_dims import ParallelDims
 from pretrain.parallelize import parallelize
@@ -91,10 +92,14 @@ class Runtime:
     index: ShardIndex | None  # None in the dry run's build (no data)
     device: torch.device
     rank: int
-    world: int
+    dims: ParallelDims  # the world size and EP degree; its meshes are built by parallelize
     accum: int  # micro-batches per optimizer step on each rank
     init_state: dict[str, torch.Tensor] | None  # weights of cfg.init_from
     seq_len: int = 0  # the samples' longest (the shards'; the dry run's probe length)
+
+    @property
+    def world(self) -> int:
+        return self.dims.world
 
 
 def setup(cfg: RunConfig) -> Runtime:
@@ -117,7 +122,8 @@ def setup(cfg: RunConfig) -> Runtime:
             f"to {index.seq_len} tokens ({cfg.data.dir}); rebuild them with --seq-len "
             f"{m.max_position_embeddings} or less"
         )
-    world_env = ParallelDims(int(os.environ.get("WORLD_SIZE", "1")), cfg.parallel.ep).world
+    dims = ParallelDims(int(os.environ.get("WORLD_SIZE", "1")), cfg.parallel.ep)  # before any process-group work
+    world_env = dims.world
     deepspeed = cfg.engine == "deepspeed"
     cuda = torch.cuda.is_available()
     # DeepSpeed needs a process group even for one process; so does bf16 under FSDP2 (its precision policy)
@@ -131,55 +137,65 @@ def setup(cfg: RunConfig) -> Runtime:
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    accum = cfg.accumulation_steps(index.seq_len, world)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    accum = cfg.accumulation_steps(index.seq_len, dims.world)
     if rank == 0:
         print(f"config: {json.dumps(cfg.to_dict())}")
-    return Runtime(index, device, rank, world, accum, init_state, index.seq_len)
+    return Runtime(index, device, rank, dims, accum, init_state, index.seq_len)
 
 
 # ---------------------------------------------------------------------------------------------- build
 
 
-def build_model(cfg: RunConfig, rt: Runtime, fill: Callable | None = None) -> tuple[ModernAlbertForMaskedLM, object]:
-    """The model on the meta device, then materialised, initialised and parallelised unit by unit.
+Fill = Callable[[ModernAlbertForMaskedLM, Callable[[str], bool]], None]
 
-    ``fill(model, select)`` replaces the initialisation (the dry run's cheap values; shapes and sharding unchanged).
+
+def init_weights(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, select: Callable[[str], bool]) -> None:
+    """The selected modules' weights, the same on every rank: seeded per module, or copied from init_from."""
+    model.init_weights(cfg.train.seed, select=select)
+    if rt.init_state is not None:
+        with torch.no_grad():
+            for name, t in [*model.named_parameters(), *model.named_buffers()]:
+                if select(name.rpartition(".")[0]):  # the tensor's module
+                    t.copy_(rt.init_state[name])
+
+
+def build_model(
+    cfg: RunConfig, rt: Runtime, fill: Fill | None = None
+) -> tuple[ModernAlbertForMaskedLM, list[torch.nn.Parameter]]:
+    """The model on the meta device, then materialised, initialised and parallelised unit by unit; returns it
+    and its EP expert parameters.
+
+    ``fill(model, select)`` initialises the selected modules (default ``init_weights``; the dry run's cheap
+    values keep shapes and sharding).
     """
     with torch.device("meta"):
         model = ModernAlbertForMaskedLM(cfg.model)
-
-    def init(select) -> None:  # the same values on every rank: seeded per module, or loaded
-        if fill is not None:
-            return fill(model, select)
-        model.init_weights(cfg.train.seed, select=select)
-        if rt.init_state is not None:
-            with torch.no_grad():
-                for name, t in [*model.named_parameters(), *model.named_buffers()]:
-                    if select(name.rpartition(".")[0]):  # the tensor's module
-                        t.copy_(rt.init_state[name])
-
-    try:
-        model, par = parallelize(
-            model,
-            rt.device,
-            init,
-            ep=cfg.parallel.ep,
-            compile=cfg.parallel.compile,
-            activation_checkpointing=cfg.parallel.activation_checkpointing,
-            fsdp=cfg.engine != "deepspeed",
-            bf16=cfg.parallel.bf16(rt.device.type),
-        )
-    except ValueError as e:  # e.g. parallel.ep does not divide the number of experts
-        raise ConfigError(str(e)) from None
+    fill = fill or (lambda m, select: init_weights(cfg, rt, m, select))
+    model, expert_params = parallelize(
+        model,
+        rt.device,
+        lambda select: fill(model, select),
+        rt.dims,
+        compile=cfg.parallel.compile,
+        activation_checkpointing=cfg.parallel.activation_checkpointing,
+        fsdp=cfg.engine != "deepspeed",
+        bf16=cfg.parallel.bf16(rt.device.type),
+    )
     if rt.init_state is not None and rt.rank == 0:
         print(f"initialised from {cfg.init_from}")
-    return model, par
+    return model, expert_params
 
 
-def build_engine(cfg: RunConfig, rt: Runtime, model: ModernAlbertForMaskedLM, par, optimizer):
+def build_engine(
+    cfg: RunConfig,
+    rt: Runtime,
+    model: ModernAlbertForMaskedLM,
+    expert_params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+) -> Engine:
     if cfg.engine != "deepspeed":
-        return FSDPEngine(model, par, optimizer, cfg.optim.grad_clip)
+        return FSDPEngine(model, rt.dims, expert_params, optimizer, cfg.optim.grad_clip)
     from pretrain.deepspeed_engine import DeepSpeedEngine, build_config
 
     ds_config, changes = build_config(
@@ -253,26 +269,23 @@ class TakenStep:
     step: int
     sums: StepSums
     counts: dict[str, float]  # the global counts its terms are divided by
-    grad_norm: torch.Tensor | float  # already global (the same on every rank)
+    grad_norm: torch.Tensor  # 0-d, already global (the same on every rank)
     lr: float
     tokens: int
     flops: float
 
 
 class Trainer:
-    """The built run (model, engine, optimizer, schedule, data, logging) and its stages."""
+    """The built run (model, engine, optimizer, schedule, data, logging) and its stages.
 
-    def __init__(
-        self,
-        cfg: RunConfig,
-        rt: Runtime,
-        preemption: PreemptionWatch | None,
-        fill: Callable | None = None,
-        with_data: bool = True,
-    ) -> None:
-        """``fill`` and ``with_data=False``: the dry run's build (``pretrain/dryrun.py``): cheap weights, no loaders."""
+    Two methods are the seam for a build that does not train (the dry run's ``PlanningTrainer``,
+    ``pretrain/dryrun.py``): ``fill_weights`` (how each unit's weights are made) and ``build_data`` (the
+    loaders).
+    """
+
+    def __init__(self, cfg: RunConfig, rt: Runtime, preemption: PreemptionWatch | None) -> None:
         self.cfg, self.rt = cfg, rt
-        self.model, par = build_model(cfg, rt, fill)
+        self.model, expert_params = build_model(cfg, rt, self.fill_weights)
         self.teacher = (
             Teacher(cfg.distill, cfg.model, rt.seq_len, rt.device, verbose=rt.rank == 0, init_from=cfg.init_from)
             if cfg.distill.teacher
@@ -288,11 +301,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: wsd_factor(s, cfg.train.steps, cfg.schedule)
         )
-        self.engine = build_engine(cfg, rt, self.model, par, optimizer)
+        self.engine = build_engine(cfg, rt, self.model, expert_params, optimizer)
         self.loader: PretrainLoader | None = None
         self.val: PretrainLoader | None = None
-        if with_data:
-            self._build_data()
+        self.build_data()
         self.flops = TrainingFlops(cfg.model)
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
         # trainer.json: the step counter and these components (pretrain/train_state.py), with facts a resume checks
@@ -318,7 +330,12 @@ class Trainer:
     def step_no(self, value: int) -> None:
         self.state.step = value
 
-    def _build_data(self) -> None:
+    def fill_weights(self, model: ModernAlbertForMaskedLM, select: Callable[[str], bool]) -> None:
+        """Initialise the modules ``select`` accepts (``init_weights``: seeded per module, or loaded)."""
+        init_weights(self.cfg, self.rt, model, select)
+
+    def build_data(self) -> None:
+        """The training loader and, when evaluating, the val split's."""
         cfg, rt = self.cfg, self.rt
         self.loader = PretrainLoader(
             LoaderConfig.of(cfg.data, cfg.train.micro_batch_size, pin_memory=rt.device.type == "cuda"),
@@ -479,11 +496,12 @@ class Trainer:
             "would shift all later batches): rebuild it and relaunch, the run resumes exactly"
         )
 
-    # validate -----------------------------------------------------------------------------------
-    def validate(self) -> dict:
-        assert self.val is not None and self.logger is not None, "validate() needs the data and run()'s logger"
+    # eval on the val split ----------------------------------------------------------------------
+    def eval_val(self) -> dict:
+        """The val split's MLM loss and accuracy, printed and logged to eval.jsonl (rank 0)."""
+        assert self.val is not None and self.logger is not None, "eval_val() needs the data and run()'s logger"
         try:
-            result = evaluate(self.model, self.val, self.rt.device, self.cfg.eval.max_batches)
+            result = val_scores(self.model, self.val, self.rt.device, self.cfg.eval.max_batches)
         except ShardError as e:  # raised on every rank together
             raise self._data_fault(str(e)) from None
         if self.rt.rank == 0:
@@ -529,9 +547,9 @@ class Trainer:
             console=console_fields(self.terms),
         )
         if self.val is not None and self.step_no == 0:
-            self.validate()
+            self.eval_val()
         records: list[dict] = []
-        assert self.loader is not None, "a Trainer built with_data=False cannot run"
+        assert self.loader is not None, "a Trainer built without data cannot run"
         batches = iter(self.loader)
         self.model.train()
         saved_at = None
@@ -555,7 +573,7 @@ class Trainer:
                 if is_log or is_eval or is_save:
                     taken = self.flush()
                     if is_eval:
-                        taken[-1][0].update(self.validate())
+                        taken[-1][0].update(self.eval_val())
                     self._log(taken, records)
                 if is_save:
                     self.save()

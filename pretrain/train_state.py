@@ -7,8 +7,9 @@
   size). A new piece of training state is one more component; save and resume need no edit.
 - ``RNGState`` is one rank's random generators (torch, CUDA, numpy, Python), ``rng_rank{r}.pt``.
 
-The files keep the layout checkpoints had before these classes (commit 4857fd9 and earlier), so those
-checkpoints resume unchanged (``tests/test_train_state.py`` loads one written in that layout).
+The file layout is fixed (``trainer.json`` with the components' states at its top level, one
+``rng_rank{r}.pt`` per rank), so a checkpoint written by any version of this code resumes
+(``tests/test_train_state.py`` loads one in that layout).
 """
 
 from __future__ import annotations

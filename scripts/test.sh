@@ -9,6 +9,6 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # lint first (a second): undefined names, unused imports, syntax errors ([tool.ruff] in pyproject.toml)
 python -m ruff check --quiet .
 python -m ruff format --check --quiet .  # `python -m ruff format .` fixes what it reports
-python -m mypy  # model/, pretrain/, fileio/, validation/ ([tool.mypy] in pyproject.toml; ~40 s on a fresh cache)
+python -m mypy  # model/, pretrain/, fileio/, config_check/, scoring/ ([tool.mypy] in pyproject.toml; ~40 s on a fresh cache)
 # no paths given: pytest takes testpaths (tests/) from pyproject.toml; given ones run alone
 python -m pytest "$@"

@@ -99,7 +99,8 @@ def make_variant(init_b: str, out: str, which: str, seed: int = 0) -> None:
 
     from model.config import MoLConfig
     from model.modernalbert import ModernAlbertForMaskedLM
-    from model.native_format import OutputDir, load_native, save_native
+    from fileio import OutputDir
+    from model.native_format import load_native, save_native
 
     model, doc = load_native(init_b)
     cfg = model.cfg
@@ -167,10 +168,10 @@ def pretrain_config(p: argparse.Namespace, run_dir: str, init: str, shards: str,
 def val_mlm(native_dir: str, shards: str, batches: int) -> dict:
     """Validation MLM loss and accuracy of a native model: the same batches of the val split for every row
     (the training runs' own evals use fewer batches: ``eval.max_batches``)."""
-    from tools.merge_experts import validation
+    from tools.merge_experts import shard_val_scores
     from model.native_format import load_native
 
-    res = validation(load_native(native_dir)[0], shards, batches)
+    res = shard_val_scores(load_native(native_dir)[0], shards, batches)
     return {"val_mlm_loss": res["val_loss"], "val_mlm_accuracy": res["val_accuracy"], "val_masked": res["val_masked"]}
 
 

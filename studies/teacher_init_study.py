@@ -141,7 +141,7 @@ class Scorer:
 
     def __init__(self, glue_dir: str, probe_train: int, seed: int) -> None:
         from data_prep.glue_data import load_local, task_spec
-        from evaluation.sampling import subset_examples
+        from scoring.sampling import subset_examples
 
         self.seed = seed
         self.sts = load_local("STS-B", glue_dir)["dev"]
@@ -154,8 +154,8 @@ class Scorer:
         from sklearn.linear_model import LogisticRegressionCV
 
         from evaluation.embedder import Embedder
-        from evaluation.intervals import bootstrap_draws, constant_scores, percentile_ci
-        from evaluation.metrics import spearman, task_metrics, task_score
+        from scoring.intervals import bootstrap_draws, constant_scores, percentile_ci
+        from scoring.metrics import spearman, task_metrics, task_score
 
         embed = Embedder(path, max_len=128, pooling="mean")
         out, t0 = {}, time.time()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
-from evaluation import retrieval_metrics as rm
-from evaluation.intervals import bootstrap_ci
+from scoring import retrieval_metrics as rm
+from scoring.intervals import bootstrap_ci
 
 SCIFACT = os.path.join(os.path.dirname(REPO), "shared", "data", "beir", "scifact")
 need_scifact = pytest.mark.skipif(

@@ -261,7 +261,8 @@ def test_pooled_loss_matches_a_per_document_reference_and_the_teachers_own_mean_
 
 
 def test_pooled_weight_is_validated(minilm):
-    from model.config import ConfigError, ModelConfig
+    from config_check import ConfigError
+    from model.config import ModelConfig
     from pretrain.distill import DistillConfig, Teacher
 
     with pytest.raises(ConfigError, match="distill.pooled_weight"):

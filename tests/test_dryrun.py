@@ -241,7 +241,7 @@ def test_cost_model_arithmetic():
 
 
 def test_hardware_file_errors_name_the_key(tmp_path):
-    from model.config import ConfigError
+    from config_check import ConfigError
     from pretrain.cost_model import load_hardware
 
     f = tmp_path / "hw.yaml"

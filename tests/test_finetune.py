@@ -11,8 +11,8 @@ import torch
 from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
 from data_prep.tokenizer import Tokenizer
 from finetune import train
-from finetune.data import batches, load_task
-from finetune.model import TaskClassifier, add_lora, load_adapter, save_adapter
+from finetune.data import varlen_batches, load_task
+from finetune.model import TaskClassifier, add_block_lora, load_adapter, save_adapter
 from model.config import preset
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.native_format import save_native
@@ -66,7 +66,7 @@ def test_adapter_save_and_load_round_trip_gives_equal_logits(native, tasks, tmp_
         return clf.eval()
 
     a = classifier()
-    names = add_lora(a, ("attn.Wqkv", "attn.Wo", "ffn.Wi"), rank=4, alpha=8.0)
+    names = add_block_lora(a, ("attn.Wqkv", "attn.Wo", "ffn.Wi"), rank=4, alpha=8.0)
     assert len(names) == 6  # 3 projections x 2 groups (shared by each group's G applications)
     lora_B = [p for n, p in a.named_parameters() if ".lora_B." in n]
     assert len(lora_B) == 6  # PEFT layers: B starts at zero, so the adapted model equals the plain one
@@ -79,7 +79,7 @@ def test_adapter_save_and_load_round_trip_gives_equal_logits(native, tasks, tmp_
     b = classifier()
     load_adapter(b, str(tmp_path / "adapter"))
     b.heads.load_state_dict(a.heads.state_dict())
-    batch = next(batches([(ids, lab, 0) for ids, lab in task.evals["test"]], 8, False, 0))
+    batch = next(varlen_batches([(ids, lab, 0) for ids, lab in task.evals["test"]], 8, False, 0))
     with torch.no_grad():
         la = a(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"], batch["task_ids"])
         lb = b(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"], batch["task_ids"])

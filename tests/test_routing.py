@@ -226,7 +226,8 @@ def test_rsl_gradient_moves_the_routing_entropy_in_the_chosen_direction(goal, en
 
 
 def test_attn_experts_config_checks_rsl_and_routing_fields():
-    from model.config import AttnExpertsConfig, ConfigError
+    from config_check import ConfigError
+    from model.config import AttnExpertsConfig
 
     assert AttnExpertsConfig().rsl_entropy == "maximise" and AttnExpertsConfig().route == "shared"
     for field, value, msg in [

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
-from evaluation import squad, squad_metric as sm
+from evaluation import squad
+from scoring import squad_metric as sm
 
 SQUAD_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "squad_v2")
 need_squad = pytest.mark.skipif(

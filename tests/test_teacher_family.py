@@ -12,7 +12,8 @@ import torch
 
 from conftest import pretrain, run_cli
 from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
-from model.config import BERT_BLOCK, ConfigError, preset
+from config_check import ConfigError
+from model.config import BERT_BLOCK, preset
 
 
 @pytest.fixture(scope="module")

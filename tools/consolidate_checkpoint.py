@@ -22,11 +22,13 @@ import sys
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
-from model.config import ConfigError, ModelConfig
+from config_check import ConfigError
+from model.config import ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
 from pretrain.checkpoint import describe, latest_pointer, quiet_single_process, read_trainer_state, step_dirs, verify
 from pretrain.deepspeed_engine import is_deepspeed_checkpoint, read_deepspeed_weights
-from model.native_format import OutputDir, InputError, check_keys, save_native, tokenizer_file
+from fileio import OutputDir
+from model.native_format import InputError, check_keys, save_native, tokenizer_file
 from pretrain.shard_cache import local_path
 
 MODEL_PREFIX = "model."  # the training checkpoint holds {"model": …, "optim": …}
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             tok = os.path.join(data_dir, name)
         elif not os.path.isfile(tok):
             raise InputError(f"--tokenizer {tok}: no such file")
-        with OutputDir(a.out, a.overwrite) as tmp:
+        with OutputDir(a.out, a.overwrite, InputError) as tmp:
             save_native(
                 tmp,
                 state,

@@ -46,7 +46,8 @@ import torch
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
 from model.config import BERT_BLOCK, MODERN_BLOCK
 from model.modernalbert import ModernAlbertForMaskedLM
-from model.native_format import InputError, OutputDir, follow_umask, load_native_all
+from fileio import OutputDir
+from model.native_format import InputError, follow_umask, load_native_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("modernalbert", "modernbert", "albert")
@@ -436,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.format != "modernalbert":  # refuse a model the stock class cannot hold before anything is written
             (modernbert_state if a.format == "modernbert" else albert_state)(model)
         writer = {"modernalbert": write_modernalbert, "modernbert": write_modernbert, "albert": write_albert}[a.format]
-        with OutputDir(a.out, a.overwrite) as tmp:
+        with OutputDir(a.out, a.overwrite, InputError) as tmp:
             writer(model, special, tmp, clf)
             save_hf_tokenizer(os.path.join(a.in_dir, doc["tokenizer"]), special, tmp, a.max_length)
             if a.verify:

@@ -35,7 +35,8 @@ import sys
 
 import torch
 
-from model.config import PRESETS, ConfigError, preset
+from config_check import ConfigError
+from model.config import PRESETS, preset
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.teacher import (
     BLOCKS,
@@ -49,7 +50,8 @@ from model.teacher import (
     read_teacher_weights,
     student_config,
 )
-from model.native_format import OutputDir, InputError, save_native
+from fileio import OutputDir
+from model.native_format import InputError, save_native
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             depth_router_bias(state, cfg, a.mol_depth_bias)
             report["mol_depth_bias"] = a.mol_depth_bias
         student.load_state_dict(state, strict=True)
-        with OutputDir(a.out, a.overwrite) as tmp:
+        with OutputDir(a.out, a.overwrite, InputError) as tmp:
             tok_src = info.tokenizer
             if tok_src.endswith("vocab.txt"):  # ship it as the equivalent tokenizer.json
                 from data_prep.tokenizer import Tokenizer

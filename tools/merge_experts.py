@@ -30,7 +30,8 @@ import torch
 
 from model.modernalbert import ModernAlbertForMaskedLM, mol_layers
 from model.mol import MoLFFN
-from model.native_format import OutputDir, InputError, load_native, save_native
+from fileio import OutputDir
+from model.native_format import InputError, load_native, save_native
 from pretrain.shard_cache import local_path
 
 METHODS = ("uniform", "routing")
@@ -116,13 +117,13 @@ def merge(model: ModernAlbertForMaskedLM, shares: dict[int, torch.Tensor], fold:
     return out.eval()
 
 
-def validation(model: ModernAlbertForMaskedLM, shards: str | None, max_batches: int) -> dict | None:
-    from pretrain.evaluate import evaluate
+def shard_val_scores(model: ModernAlbertForMaskedLM, shards: str | None, max_batches: int) -> dict | None:
+    from pretrain.evaluate import val_scores
 
     if not shards:
         return None
     loader = _loader(shards, "val", 16, max_batches)
-    return evaluate(model, loader, torch.device("cpu"), max_batches)
+    return val_scores(model, loader, torch.device("cpu"), max_batches)
 
 
 def _where(data_dir: str) -> str:
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                 g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
                 for g, m in layers.items()
             }
-        before = validation(model, val_dir, a.val_batches)
+        before = shard_val_scores(model, val_dir, a.val_batches)
         merged = merge(model, shares, a.fold)
-        after = validation(merged, val_dir, a.val_batches)
+        after = shard_val_scores(merged, val_dir, a.val_batches)
         report = {
             "method": a.method,
             "fold": a.fold,
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             "after": after,
         }
         tok = os.path.join(a.in_dir, doc["tokenizer"]) if doc.get("tokenizer") else None
-        with OutputDir(a.out, a.overwrite) as tmp:
+        with OutputDir(a.out, a.overwrite, InputError) as tmp:
             save_native(
                 tmp,
                 merged.state_dict(),

@@ -167,7 +167,7 @@ def open_backend(path: str) -> NativeBackend | HFBackend:
     return NativeBackend(path) if kind == "native" else HFBackend(path, doc)
 
 
-def add_lora(module: nn.Module, family: str, rank: int, alpha: float) -> int:
+def add_attention_lora(module: nn.Module, family: str, rank: int, alpha: float) -> int:
     """LoRA (``finetune.model.inject_lora``) on the family's attention projections; returns the number of
     adapted layers."""
     inject_lora(module, LORA_TARGETS[family], rank, alpha)

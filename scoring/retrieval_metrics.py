@@ -5,7 +5,7 @@
 * per-query ``ndcg`` (gain = the qrels grade, discount log2(rank + 1), ideal from every judged document),
   ``recall`` (share of the relevant documents in the top k) and ``mrr`` (1 / rank of the first relevant
   document within the top k, else 0); a document is relevant when its grade is above 0.
-Their interval over queries is ``evaluation/intervals.py``'s ``bootstrap_ci``.
+Their interval over queries is ``scoring/intervals.py``'s ``bootstrap_ci``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def rank(scores_QD: np.ndarray, doc_ids: list[str], k: int) -> list[list[int]]:
     for row in scores_QD:
         # every document that ties the k-th score takes part in the tie-break
         kth = np.partition(row, -k)[-k]
-        cand = np.flatnonzero(row >= kth)
-        cand = sorted(cand.tolist(), key=lambda j: doc_ids[j], reverse=True)
+        tied: list[int] = np.flatnonzero(row >= kth).tolist()
+        cand = sorted(tied, key=lambda j: doc_ids[j], reverse=True)
         cand.sort(key=lambda j: -row[j])  # stable: equal scores keep the id-descending order
         out.append(cand[:k])
     return out

@@ -1,7 +1,9 @@
-"""Config validation in one style, for every package (data_prep, model, pretrain, finetune, evaluation).
+"""Config checking in one style, for every package (data_prep, model, pretrain, finetune, evaluation).
 
-The bottom of the import graph with ``fileio`` (no project imports, no torch): ``data_prep`` validates its
-build arguments with the same ``check`` as the model and run configs without depending on ``model``.
+The one import path of ``check``, ``flag_check`` and ``ConfigError``. It sits at the bottom of the import
+graph with ``fileio`` and ``scoring`` (no project imports, no torch), so ``data_prep`` checks its build
+arguments with the same ``check`` as the model and run configs without depending on ``model``. (A
+config's ``validate()`` method is this checking; "validation" elsewhere means the held-out val split.)
 """
 
 from __future__ import annotations
