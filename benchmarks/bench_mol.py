@@ -1,10 +1,19 @@
 """The grouped MoL FFN, forward + backward: one ``F.grouped_mm`` per expert factor vs a matmul per expert.
 
-    python benchmarks/bench_mol.py [--tokens 4096] [--steps 20] [--dtype float32|bfloat16] [--device cpu|cuda]
+    python benchmarks/bench_mol.py [--preset 50m|120m] [--tokens 4096] [--steps 20] [--dtype float32|bfloat16]
+        [--device cpu|cuda]
+    python benchmarks/bench_mol.py --count [--preset 120m] [--tokens 16384] [--dtype bfloat16]
 
-The ``50m`` preset's MoL layer (d 768, I 1152 GeGLU, 8 experts, rank 16, top-2) on random tokens with a
+The preset's MoL layer (50m: d 768, I 1152 GeGLU, 8 experts, rank 16, top-2) on random tokens with a
 learned router. ``loop`` is the reference path (block sizes read on the host with ``.tolist()``: a device
-sync on GPU); ``grouped_mm`` keeps the block ends on the device. The two alternate; the median step is reported.
+sync on GPU); ``grouped_mm`` keeps the block ends on the device; ``dense`` is the same FFN without experts.
+The three alternate; the median step is reported.
+
+``--count`` times nothing: it runs one forward + backward of the dense FFN and of the grouped MoL FFN under a
+``TorchDispatchMode`` that counts the aten operators launched and the bytes their outputs write (views write
+nothing; in-place ops write their output). Both numbers are exact and the same on any device, so a CPU run
+tells what a GPU step launches and moves; the extra bytes of MoL are also given in units of its unavoidable
+K-fold intermediate activation (T·K rows of Wi's output width).
 """
 
 from __future__ import annotations
@@ -13,11 +22,43 @@ import argparse
 import platform
 import statistics
 import time
+from collections import Counter
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from model.config import preset
-from model.mol import MoLFFN, grouped_mm_fits
+from model.mol import DenseFFN, MoLFFN, grouped_mm_fits, wi_width
+
+
+class OpCounter(TorchDispatchMode):
+    """Every aten operator call under it: how many, and the bytes of the tensors they write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+        self.bytes_written = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "is_view", False):
+            return out  # a view: metadata only
+        self.ops[str(func.overloadpacket.__name__)] += 1
+        self.bytes_written += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+def count(m: MoLFFN, dense: DenseFFN, x: torch.Tensor) -> dict[str, OpCounter]:
+    """One forward + backward of each FFN (the router's output taken as given), counted."""
+    r = m.router(x)
+    idx, w = r.topk_idx_TK, r.topk_w_TK.detach()
+    out: dict[str, OpCounter] = {}
+    for name, fn in (("dense FFN", lambda: dense(x)), ("MoL, grouped", lambda: m.grouped(x, idx, w))):
+        with OpCounter() as c:
+            fn().float().square().mean().backward()
+        out[name] = c
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,45 +69,67 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    p.add_argument("--preset", default="50m", choices=("tiny", "50m", "120m"))
+    p.add_argument("--count", action="store_true", help="count aten ops and bytes written instead of timing")
     a = p.parse_args(argv)
-    cfg = preset("50m")
+    cfg = preset(a.preset)
     dtype, dev = getattr(torch, a.dtype), torch.device(a.device)
     torch.manual_seed(0)
     m = MoLFFN(cfg.hidden_size, cfg.intermediate_size, cfg.mol).to(dev, dtype)
+    dense = DenseFFN(cfg.hidden_size, cfg.intermediate_size).to(dev, dtype)
     with torch.no_grad():
         m.B1.normal_(std=0.02)
         m.B2.normal_(std=0.02)
         m.router.weight.normal_(std=0.5)
+        dense.load_state_dict({k: v for k, v in m.state_dict().items() if k.startswith(("Wi.", "Wo."))})
     x = torch.randn(a.tokens, cfg.hidden_size, device=dev, dtype=dtype, requires_grad=True)
     r = m.router(x)
     assert grouped_mm_fits(x, m.A2), "this layout/dtype/device does not take the grouped_mm path"
+    cpu = platform.processor() or platform.machine()
+    where = (
+        f"{a.tokens} tokens, {a.preset}: d {cfg.hidden_size}, I {cfg.intermediate_size}, E {cfg.mol.num_experts}, "
+        f"r {cfg.mol.rank}, top-{cfg.mol.top_k}, {a.dtype} on {a.device} ({cpu}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__})"
+    )
+    if a.count:
+        counted = count(m, dense, x)
+        K, F_ = cfg.mol.top_k, wi_width(cfg.intermediate_size, cfg.ffn_activation)
+        unit = a.tokens * K * F_ * x.element_size()  # the K-fold intermediate activation h_NF
+        base = counted["dense FFN"].bytes_written
+        print(f"FFN forward + backward, aten ops and bytes written, {where}")
+        print("| FFN | aten ops | bytes written | MoL extra bytes / (T·K·F activation) |")
+        print("|---|---|---|---|")
+        for name, c in counted.items():
+            extra = "" if name == "dense FFN" else f"{(c.bytes_written - base) / unit:.2f}"
+            print(f"| {name} | {sum(c.ops.values())} | {c.bytes_written / 2**20:,.1f} MiB | {extra} |")
+        for name, c in counted.items():
+            print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in c.ops.most_common()))
+        return 0
 
-    def step(fast: bool) -> float:
-        m.grouped_ffn.grouped_mm = fast
+    def step(path: str) -> float:
+        m.grouped_ffn.grouped_mm = path == "grouped_mm"
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        out = m.grouped(x, r.topk_idx_TK, r.topk_w_TK.detach())  # the router is not timed
+        out = dense(x) if path == "dense" else m.grouped(x, r.topk_idx_TK, r.topk_w_TK.detach())  # router not timed
         out.float().square().mean().backward()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    times: dict[str, list[float]] = {"loop": [], "grouped_mm": []}
+    times: dict[str, list[float]] = {"loop": [], "grouped_mm": [], "dense": []}
     for _ in range(3):  # warm-up
-        step(False), step(True)
+        for k in times:
+            step(k)
     for _ in range(a.steps):
-        times["loop"].append(step(False))
-        times["grouped_mm"].append(step(True))
+        for k in times:
+            times[k].append(step(k))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(
-        f"MoL FFN fwd+bwd, {a.tokens} tokens, d {cfg.hidden_size}, I {cfg.intermediate_size}, "
-        f"E {cfg.mol.num_experts}, r {cfg.mol.rank}, top-{cfg.mol.top_k}, {a.dtype} on {a.device} "
-        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})"
-    )
+    print(f"FFN fwd+bwd, {where}")
     for k, v in med.items():
         print(f"  {k:<11} {v * 1e3:8.2f} ms  ({a.tokens / v:,.0f} tokens/s)")
     print(f"  loop / grouped_mm = {med['loop'] / med['grouped_mm']:.2f}")
+    print(f"  grouped_mm / dense = {med['grouped_mm'] / med['dense']:.2f}  (the MoL cost; 1.00 = free)")
     return 0
 
 

@@ -11,6 +11,14 @@ Backends (``attention(..., backend=)``):
                    padding; a mask only for windows shorter than the segment): runs anywhere
   ``auto``         the first of those that can run the given tensors
 
+The model resolves the backend once per forward, outside its (possibly compiled) blocks
+(``resolve_backend``: it probes for flash-attn), and hands the blocks the resolved name. Under
+``torch.compile`` the ``sdpa`` backend runs as one custom op (``modernalbert::sdpa_varlen``, its backward
+another): the reference reads the segment lengths on the host, which would split the graph, so the
+compiled CPU graph holds one opaque attention call where the GPU graph holds flash-attn's, and the
+graph-break tests on CPU see the graph a GPU compiles. (Attention dropout under compile keeps the plain
+call: the op's backward recomputes the forward, which must draw the same dropout mask.)
+
 Shapes: T tokens, H heads, Dh head size, N segments, L longest segment.
 """
 
@@ -38,6 +46,9 @@ def _torch_varlen_fn():
     except ImportError:
         return None
     return varlen_attn
+
+
+RESOLVED = ("sdpa", "flash_attn", "torch_varlen")  # what resolve_backend returns
 
 
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
@@ -111,12 +122,103 @@ def sdpa_varlen(
     return torch.cat(outs)[inverse]
 
 
+def sdpa_varlen_grads(
+    grad_THD, q_THD, k_THD, v_THD, cu_seqlens, window: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv of ``sdpa_varlen`` (no dropout), written out: the backward of the compiled graphs' attention
+    op, whose implementation runs below autograd (no graph to differentiate). Per group of equal-length
+    segments, in fp32, with the probabilities recomputed: S = q kᵀ/√Dh (-inf outside the window),
+    P = softmax(S), dV = Pᵀ dO, dS = P ∘ (dO vᵀ − rowsum(dO vᵀ ∘ P)), dQ = dS k/√Dh, dK = dSᵀ q/√Dh."""
+    T, H, Dh = q_THD.shape
+    scale = Dh**-0.5
+    cu = cu_seqlens.tolist()
+    by_len: dict[int, list[int]] = {}
+    for start, end in zip(cu[:-1], cu[1:]):
+        by_len.setdefault(end - start, []).append(start)
+    grads = (torch.empty_like(q_THD), torch.empty_like(k_THD), torch.empty_like(v_THD))
+    for n, starts in by_len.items():
+        dev = q_THD.device
+        idx = (torch.tensor(starts, device=dev)[:, None] + torch.arange(n, device=dev)[None, :]).reshape(-1)
+        q, k, v, g = (
+            t.index_select(0, idx).view(len(starts), n, H, Dh).transpose(1, 2).float()
+            for t in (q_THD, k_THD, v_THD, grad_THD)
+        )
+        s_BHnn = q @ k.transpose(-1, -2) * scale
+        mask = _window_mask(n, window, dev)
+        if mask is not None:
+            s_BHnn = s_BHnn.masked_fill(~mask, float("-inf"))
+        p = s_BHnn.softmax(dim=-1)
+        dp = g @ v.transpose(-1, -2)
+        ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+        for out, d in zip(grads, (ds @ k * scale, ds.transpose(-1, -2) @ q * scale, p.transpose(-1, -2) @ g)):
+            out[idx] = d.transpose(1, 2).reshape(-1, H, Dh).to(out.dtype)
+    return grads
+
+
+@torch.library.custom_op("modernalbert::sdpa_varlen", mutates_args=())
+def sdpa_varlen_op(
+    q_THD: torch.Tensor,
+    k_THD: torch.Tensor,
+    v_THD: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    window: int,
+) -> torch.Tensor:
+    """``sdpa_varlen`` (no dropout) as one operator for compiled graphs; ``window`` -1: global."""
+    return sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, None if window < 0 else window)
+
+
+@sdpa_varlen_op.register_fake
+def _(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, window):
+    return torch.empty_like(q_THD)
+
+
+@torch.library.custom_op("modernalbert::sdpa_varlen_backward", mutates_args=())
+def sdpa_varlen_backward_op(
+    grad_THD: torch.Tensor,
+    q_THD: torch.Tensor,
+    k_THD: torch.Tensor,
+    v_THD: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv of ``sdpa_varlen_op`` (``sdpa_varlen_grads``)."""
+    return sdpa_varlen_grads(grad_THD, q_THD, k_THD, v_THD, cu_seqlens, None if window < 0 else window)
+
+
+@sdpa_varlen_backward_op.register_fake
+def _(grad_THD, q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, window):
+    return torch.empty_like(q_THD), torch.empty_like(k_THD), torch.empty_like(v_THD)
+
+
+def _sdpa_setup(ctx, inputs, output) -> None:
+    q, k, v, cu, max_seqlen, window = inputs
+    ctx.save_for_backward(q, k, v, cu)
+    ctx.max_seqlen, ctx.window = max_seqlen, window
+
+
+def _sdpa_backward(ctx, grad):
+    q, k, v, cu = ctx.saved_tensors
+    dq, dk, dv = sdpa_varlen_backward_op(grad, q, k, v, cu, ctx.max_seqlen, ctx.window)
+    return dq, dk, dv, None, None, None
+
+
+sdpa_varlen_op.register_autograd(_sdpa_backward, setup_context=_sdpa_setup)
+
+
 def attention(
     q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None, backend: str = "auto", dropout_p: float = 0.0
 ) -> torch.Tensor:
-    """Segment-local (optionally sliding-window) attention on a flat token stream; returns [T, H, Dh]."""
-    backend = resolve_backend(backend, q_THD)
+    """Segment-local (optionally sliding-window) attention on a flat token stream; returns [T, H, Dh].
+
+    ``backend``: a resolved name (``resolve_backend``), or ``auto`` to resolve it here (eager callers).
+    """
+    if backend not in RESOLVED:
+        backend = resolve_backend(backend, q_THD)
     if backend == "sdpa":
+        if torch.compiler.is_compiling() and not dropout_p:
+            return sdpa_varlen_op(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, -1 if window is None else window)
         return sdpa_varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, window, dropout_p)
     win = (window, window) if window is not None else (-1, -1)
     if backend == "flash_attn":

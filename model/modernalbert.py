@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.attention import RotaryEmbedding, apply_rotary, attention, segment_positions
+from model.attention import RotaryEmbedding, apply_rotary, attention, resolve_backend, segment_positions
 from model.config import ModelConfig
 from model.init import fill_, module_generator
 from model.lora_mixer import MixtureLinear
@@ -42,8 +42,31 @@ class ForwardContext:
     max_seqlen: int
     rope: dict[bool, tuple[torch.Tensor, torch.Tensor]]  # is_global → (cos, sin) [T, Dh]
     recorder: RoutingRecorder  # the routed modules' auxiliary losses and statistics
+    attn_backend: str  # resolved once per forward (attention.resolve_backend), outside the blocks
     expert_ids_T: torch.Tensor | None = None  # LoRA-Mixer domain-forced routing: one expert per token
     route_targets_T: torch.Tensor | None = None  # LoRA-Mixer router supervision: the expert each token should pick
+
+
+@dataclass(frozen=True)
+class Application:
+    """One application of a group's block: what its code path depends on, and which layer it is.
+
+    ``is_global`` and ``first`` choose the code (global or sliding-window attention with its RoPE θ; layer 0
+    of a pre-norm stack skips its attention norm): under ``torch.compile`` they are constants, so a block
+    compiles one graph per kind of application, not per layer. ``layer_T`` is the layer index as a 0-d
+    tensor, a graph input (MoL's depth routing and router depth bias read ``layer % group_depth`` from
+    it); the routing statistics are named by the Python ``layer``, outside the block
+    (``RoutingRecorder.name``), where compilation does not see it.
+    """
+
+    is_global: bool
+    first: bool
+    layer_T: torch.Tensor
+
+    @classmethod
+    def of(cls, cfg: ModelConfig, layer: int, device: torch.device) -> "Application":
+        # torch.full, not torch.tensor: a fill kernel on the device, no host-to-device copy
+        return cls(cfg.is_global(layer), layer == 0, torch.full((), layer, dtype=torch.long, device=device))
 
 
 class Attention(nn.Module):
@@ -81,31 +104,31 @@ class Attention(nn.Module):
         experts learned to mark their tokens for the later layers' routers instead of the task)."""
         return F.cross_entropy(router.logits(x_TD.detach()), target_T)
 
-    def route(self, router: Router, x_TD: torch.Tensor, layer: int, kind: str, ctx: ForwardContext) -> torch.Tensor:
+    def route(self, router: Router, x_TD: torch.Tensor, kind: str, ctx: ForwardContext) -> torch.Tensor:
         """Per-token expert weights [T, E] from ``router`` on ``x_TD``; records its losses and statistics."""
         ae = self.cfg.attn_experts
         r = router(x_TD)
         if ctx.expert_ids_T is not None:
-            ctx.recorder.record(kind, layer, r, {"attn_route_ce": self.route_ce(router, x_TD, ctx.expert_ids_T)})
+            ctx.recorder.record(kind, r, {"attn_route_ce": self.route_ce(router, x_TD, ctx.expert_ids_T)})
             return F.one_hot(ctx.expert_ids_T, ae.num_experts).to(r.probs_TE.dtype)
         losses = {"attn_rsl": routing_specialization_loss(r, ae.rsl_alpha, ae.rsl_lambda, ae.rsl_entropy)}
         if ctx.route_targets_T is not None:
             losses["attn_route_ce"] = self.route_ce(router, x_TD, ctx.route_targets_T)
-        ctx.recorder.record(kind, layer, r, losses)
+        ctx.recorder.record(kind, r, losses)
         mode = ae.routing if self.training or ae.eval_routing == "same" else ae.eval_routing
         return mixing_weights(r, mode)
 
-    def forward(self, x_TD: torch.Tensor, layer: int, ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, x_TD: torch.Tensor, app: Application, ctx: ForwardContext) -> torch.Tensor:
         cfg = self.cfg
         T = x_TD.shape[0]
         if self.routed:
-            w_TE = self.route(self.router, x_TD, layer, "attn", ctx)
+            w_TE = self.route(self.router, x_TD, "attn", ctx)
             qkv = self.Wqkv(x_TD, w_TE)
         else:
             qkv = self.Wqkv(x_TD)
         # split (not slicing): its backward is one cat, where slices would zero-fill [T, 3, H, Dh] twice
         qk, v = qkv.view(T, 3, cfg.num_heads, cfg.head_dim).split([2, 1], dim=1)
-        is_global = cfg.is_global(layer)
+        is_global = app.is_global
         if ctx.rope:
             qk = apply_rotary(qk, *ctx.rope[is_global])  # q and k rotated together
         q, k = qk.unbind(dim=1)
@@ -117,19 +140,19 @@ class Attention(nn.Module):
             ctx.cu_seqlens,
             ctx.max_seqlen,
             None if is_global else cfg.local_window // 2,
-            cfg.attn_backend,
+            ctx.attn_backend,
             cfg.attention_dropout if self.training else 0.0,
         )
         o_TD = o_THD.reshape(T, cfg.hidden_size)
         if not self.routed:
             return self.Wo(o_TD)
         if cfg.attn_experts.route == "per_projection":
-            w_TE = self.route(self.router_o, o_TD, layer, "attn_o", ctx)
+            w_TE = self.route(self.router_o, o_TD, "attn_o", ctx)
         return self.Wo(o_TD, w_TE)
 
 
 class Block(nn.Module):
-    """One transformer block (pre- or post-norm); ``layer`` says which application (layer index) this call is."""
+    """One transformer block (pre- or post-norm); ``app`` says which application (layer) this call is."""
 
     def __init__(self, cfg: ModelConfig, group: int) -> None:
         super().__init__()
@@ -149,14 +172,14 @@ class Block(nn.Module):
         else:
             self.ffn = DenseFFN(d, cfg.intermediate_size, cfg.ffn_activation, cfg.bias)
 
-    def forward(self, x_TD: torch.Tensor, layer: int, ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, x_TD: torch.Tensor, app: Application, ctx: ForwardContext) -> torch.Tensor:
         attn_norm = cast(nn.LayerNorm, self.attn_norm)  # None only where it is not called (pre-norm, layer 0)
         if self.post_norm:
-            x_TD = attn_norm(x_TD + self.attn(x_TD, layer, ctx))
-            return self.ffn_norm(x_TD + self.ffn(x_TD, layer, ctx.recorder))
-        h = x_TD if layer == 0 else attn_norm(x_TD)
-        x_TD = x_TD + self.attn(h, layer, ctx)
-        return x_TD + self.ffn(self.ffn_norm(x_TD), layer, ctx.recorder)
+            x_TD = attn_norm(x_TD + self.attn(x_TD, app, ctx))
+            return self.ffn_norm(x_TD + self.ffn(x_TD, app.layer_T, ctx.recorder))
+        h = x_TD if app.first else attn_norm(x_TD)
+        x_TD = x_TD + self.attn(h, app, ctx)
+        return x_TD + self.ffn(self.ffn_norm(x_TD), app.layer_T, ctx.recorder)
 
 
 class RecursiveGroup(nn.Module):
@@ -164,12 +187,14 @@ class RecursiveGroup(nn.Module):
 
     def __init__(self, cfg: ModelConfig, group: int) -> None:
         super().__init__()
+        self.cfg = cfg
         self.first_layer, self.depth = group * cfg.group_depth, cfg.group_depth
         self.block = Block(cfg, group)
 
     def forward(self, x_TD: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         for layer in range(self.first_layer, self.first_layer + self.depth):
-            x_TD = self.block(x_TD, layer, ctx)
+            x_TD = self.block(x_TD, Application.of(self.cfg, layer, x_TD.device), ctx)
+            ctx.recorder.name(layer)  # this application's routing statistics, named outside the block
         return x_TD
 
 
@@ -220,15 +245,18 @@ class ModernAlbertModel(nn.Module):
         pos_T: torch.Tensor,
         cu_seqlens: torch.Tensor,
         max_seqlen: int,
-        dtype: torch.dtype,
+        x_TD: torch.Tensor,
         recorder: RoutingRecorder,
         expert_ids_T: torch.Tensor | None = None,
         route_targets_T: torch.Tensor | None = None,
     ) -> ForwardContext:
+        """What every layer of this forward shares; ``x_TD`` the embeddings' output (its dtype and device
+        decide the RoPE tables' dtype and the attention backend, as the blocks' q/k/v have them)."""
         rope = {}
         if self.cfg.position_embedding == "rope":
-            rope = {True: self.rope["global"](pos_T, dtype), False: self.rope["local"](pos_T, dtype)}
-        return ForwardContext(cu_seqlens, int(max_seqlen), rope, recorder, expert_ids_T, route_targets_T)
+            rope = {True: self.rope["global"](pos_T, x_TD.dtype), False: self.rope["local"](pos_T, x_TD.dtype)}
+        backend = resolve_backend(self.cfg.attn_backend, x_TD)
+        return ForwardContext(cu_seqlens, int(max_seqlen), rope, recorder, backend, expert_ids_T, route_targets_T)
 
     def forward(
         self,
@@ -257,7 +285,7 @@ class ModernAlbertModel(nn.Module):
             pos_T,
             cu_seqlens,
             max_seqlen,
-            x_TD.dtype,
+            x_TD,
             recorder if recorder is not None else RoutingRecorder(),
             expert_ids_T,
             route_targets_T,

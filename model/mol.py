@@ -27,6 +27,7 @@ R LoRA rank.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -60,7 +61,9 @@ class DenseFFN(nn.Module):
         self.Wi = nn.Linear(dim, wi_width(intermediate, activation), bias=bias)
         self.Wo = nn.Linear(intermediate, dim, bias=bias)
 
-    def forward(self, x_TD: torch.Tensor, layer: int = 0, recorder: RoutingRecorder | None = None) -> torch.Tensor:
+    def forward(
+        self, x_TD: torch.Tensor, layer: int | torch.Tensor = 0, recorder: RoutingRecorder | None = None
+    ) -> torch.Tensor:
         return self.Wo(self.act(self.Wi(x_TD)))
 
 
@@ -78,27 +81,39 @@ class ExpertBlocks:
         return self._counts
 
 
-def grouped_mm_fits(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
-    """Whether ``F.grouped_mm`` computes ``x_NI`` by blocks times ``w_EOI[e]ᵀ``: bf16 (CUDA: SM >= 8.0), or
-    fp32/fp16 eagerly on CPU (its compiled form is bf16 only), with 16-byte aligned rows and columns."""
-    if not hasattr(F, "grouped_mm") or x_NI.dtype != w_EOI.dtype or x_NI.dim() != 2:
-        return False
+def grouped_mm_unfit(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> str | None:
+    """Why ``F.grouped_mm`` cannot compute ``x_NI`` by blocks times ``w_EOI[e]ᵀ`` here, or None when it can: it
+    needs bf16 (CUDA: SM >= 8.0), or fp32/fp16 eagerly on CPU (its compiled form is bf16 only), with 16-byte
+    aligned rows and columns."""
+    if not hasattr(F, "grouped_mm"):
+        return f"torch {torch.__version__} has no F.grouped_mm"
+    if x_NI.dtype != w_EOI.dtype or x_NI.dim() != 2:
+        return f"operands {x_NI.dtype} {tuple(x_NI.shape)} and {w_EOI.dtype} differ in dtype or are not 2-D"
     compiling = torch.compiler.is_compiling()
     if x_NI.device.type == "cuda":
-        if x_NI.dtype != torch.bfloat16 or torch.cuda.get_device_capability(x_NI.device) < (8, 0):
-            return False
+        if x_NI.dtype != torch.bfloat16:
+            return f"{x_NI.dtype} on CUDA (grouped_mm is bf16 only there)"
+        if torch.cuda.get_device_capability(x_NI.device) < (8, 0):
+            return "a GPU older than SM 8.0"
     elif x_NI.device.type != "cpu":
-        return False
+        return f"device {x_NI.device.type}"
     elif x_NI.dtype != torch.bfloat16 and (x_NI.dtype not in (torch.float32, torch.float16) or compiling):
-        return False
+        return f"{x_NI.dtype} under torch.compile (compiled grouped_mm is bf16 only)"
     align = 16 // x_NI.element_size()
-    return (
-        x_NI.shape[1] % align == 0
-        and w_EOI.shape[1] % align == 0
-        and x_NI.is_contiguous()
-        and w_EOI.is_contiguous()
-        and (compiling or (x_NI.data_ptr() % 16 == 0 and w_EOI.data_ptr() % 16 == 0))
-    )
+    if x_NI.shape[1] % align or w_EOI.shape[1] % align:
+        return f"inner sizes {x_NI.shape[1]}, {w_EOI.shape[1]} not multiples of {align} (16-byte rows)"
+    if not (x_NI.is_contiguous() and w_EOI.is_contiguous()):
+        return "non-contiguous operands"
+    if not compiling and (x_NI.data_ptr() % 16 or w_EOI.data_ptr() % 16):
+        return "operands not 16-byte aligned in memory"
+    return None
+
+
+def grouped_mm_fits(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
+    return grouped_mm_unfit(x_NI, w_EOI) is None
+
+
+_WARNED: set[str] = set()
 
 
 def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, blocks: ExpertBlocks, fast: bool = True) -> torch.Tensor:
@@ -106,9 +121,15 @@ def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, blocks: ExpertBlocks
 
     One ``F.grouped_mm`` call where it fits (no host sync: the block ends stay on the device); else, and
     with ``fast=False``, the reference: a matmul per expert on ``torch.split`` blocks (sizes read on the host).
+    A fast call that falls back warns once per reason.
     """
-    if fast and grouped_mm_fits(x_NI, w_EOI):
-        return F.grouped_mm(x_NI, w_EOI.transpose(1, 2), offs=blocks.offsets)
+    if fast:
+        why = grouped_mm_unfit(x_NI, w_EOI)
+        if why is None:
+            return F.grouped_mm(x_NI, w_EOI.transpose(1, 2), offs=blocks.offsets)
+        if why not in _WARNED and not torch.compiler.is_compiling():
+            _WARNED.add(why)
+            warnings.warn(f"MoL: the per-expert matmul loop runs instead of F.grouped_mm: {why}", stacklevel=2)
     counts = blocks.counts()
     outs = [blk @ w_EOI[e].t() for e, blk in enumerate(torch.split(x_NI, counts)) if counts[e]]
     return torch.cat(outs) if outs else x_NI.new_zeros(0, w_EOI.shape[1])
@@ -205,7 +226,11 @@ class MoLFFN(nn.Module):
         nn.init.zeros_(self.B1)
         nn.init.zeros_(self.B2)
 
-    def forward(self, x_TD: torch.Tensor, layer: int = 0, recorder: RoutingRecorder | None = None) -> torch.Tensor:
+    def forward(
+        self, x_TD: torch.Tensor, layer: int | torch.Tensor = 0, recorder: RoutingRecorder | None = None
+    ) -> torch.Tensor:
+        """``layer``: this application's layer index (an int, or a 0-d tensor inside a compiled block); only
+        ``layer % group_depth`` is read (depth routing, the router's depth bias)."""
         depth = self.cfg.routing == "depth"
         if depth:
             r = self.depth_routing(x_TD, layer)
@@ -217,15 +242,16 @@ class MoLFFN(nn.Module):
                 losses = {"mol_load_balance": zero, "mol_z": zero}
             else:
                 losses = {"mol_load_balance": load_balance_loss(r), "mol_z": z_loss(r)}
-            recorder.record("ffn", layer, r, losses)
+            recorder.record("ffn", r, losses, layer if isinstance(layer, int) else None)
         if not self.cfg.grouped:
             return self.reference(x_TD, r)
         return self.grouped(x_TD, r.topk_idx_TK, r.topk_w_TK)
 
-    def depth_routing(self, x_TD: torch.Tensor, layer: int) -> Routing:
+    def depth_routing(self, x_TD: torch.Tensor, layer: int | torch.Tensor) -> Routing:
         """Every token to expert j = this application's index in its group (``layer % group_depth``), weight 1."""
         T, E = x_TD.shape[0], self.cfg.num_experts
-        idx_TK = torch.full((T, 1), layer % self.group_depth, dtype=torch.long, device=x_TD.device)
+        j = torch.as_tensor(layer % self.group_depth, dtype=torch.long, device=x_TD.device)
+        idx_TK = j.reshape(1, 1).expand(T, 1)
         probs_TE = F.one_hot(idx_TK[:, 0], E).float()
         return Routing(probs_TE, probs_TE, idx_TK, torch.ones(T, 1, device=x_TD.device))
 

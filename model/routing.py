@@ -44,7 +44,7 @@ class Router(nn.Module):
         self.top_k, self.jitter = top_k, jitter
         nn.init.normal_(self.weight, std=0.02)
 
-    def logits(self, x_TD: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+    def logits(self, x_TD: torch.Tensor, depth: int | torch.Tensor | None = None) -> torch.Tensor:
         """[T, E] fp32 logits, no jitter; ``depth``: the application whose bias is added (with ``depths``)."""
         logits_TE = F.linear(x_TD.float(), self.weight.float())
         if self.depth_bias is not None:
@@ -53,7 +53,7 @@ class Router(nn.Module):
             logits_TE = logits_TE + self.depth_bias[depth].float()
         return logits_TE
 
-    def forward(self, x_TD: torch.Tensor, depth: int | None = None) -> Routing:
+    def forward(self, x_TD: torch.Tensor, depth: int | torch.Tensor | None = None) -> Routing:
         x = x_TD.float()
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
@@ -132,27 +132,40 @@ class RoutingRecorder:
     """The auxiliary losses and routing statistics of one forward, filled in by the routed modules.
 
     Losses are summed per name over every routed application (unscaled); statistics are kept per
-    application as ``"layer{i}.{kind}"`` (kind: ``attn`` or ``ffn``). ``close()`` ends the forward:
-    an activation-checkpointing recompute in the backward runs the routers again, and must not add
-    its (identical) losses a second time.
+    application as ``"layer{i}.{kind}"`` (kind: ``attn``, ``attn_o`` or ``ffn``). A routed module records
+    under its kind alone (``record``, inside a possibly compiled block, where the layer is a tensor); the
+    group loop then names the application's records with its Python layer index (``name``, outside the
+    block). ``close()`` ends the forward: an activation-checkpointing recompute in the backward runs the
+    routers again, and must not add its (identical) losses a second time.
     """
 
     def __init__(self) -> None:
         self.aux_losses: dict[str, torch.Tensor] = {}
         self.stats: dict[str, dict[str, torch.Tensor]] = {}
+        self.pending: dict[str, dict[str, torch.Tensor]] = {}  # kind → statistics, until ``name``
         self.closed = False
 
-    def record(self, kind: str, layer: int, r: Routing, losses: dict[str, torch.Tensor]) -> None:
+    def record(self, kind: str, r: Routing, losses: dict[str, torch.Tensor], layer: int | None = None) -> None:
+        """Add ``losses`` and keep ``r``'s statistics: under ``layer`` when given (a module run on its own),
+        else pending until the group loop's ``name``."""
         if self.closed:
             return
         for name, value in losses.items():
             self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
         with torch.no_grad():
-            self.stats[f"layer{layer}.{kind}"] = {
+            self.pending[kind] = {
                 "tokens_per_expert": expert_counts(r.topk_idx_TK, r.probs_TE.shape[1]),
                 "router_entropy": entropy(r.probs_TE).mean(),
                 **{name: value.detach() for name, value in losses.items()},
             }
+        if layer is not None:
+            self.name(layer)
+
+    def name(self, layer: int) -> None:
+        """File the records since the last call as layer ``layer``'s (``"layer{layer}.{kind}"``)."""
+        for kind, stats in self.pending.items():
+            self.stats[f"layer{layer}.{kind}"] = stats
+        self.pending = {}
 
     def close(self) -> "RoutingRecorder":
         self.closed = True

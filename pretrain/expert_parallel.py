@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed._functional_collectives import all_to_all_single_autograd
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
 from model.modernalbert import mol_layers
@@ -114,18 +114,3 @@ def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh, groups: list[in
     if layers:
         parallelize_module(model, ep_mesh, {f"model.groups.{g}.block.ffn": ExpertParallel() for g in layers})
     return [getattr(m, n) for m in layers.values() for n in EXPERT_PARAMS]
-
-
-def reduce_expert_grads(params: list[nn.Parameter], edp_mesh: DeviceMesh | None, world: int) -> None:
-    """Sum each expert slice's gradient over the ranks holding it and divide by the world size.
-
-    Each owner's gradient already sums the pairs of its whole EP group (the all_to_all backward), and
-    every rank's loss is scaled by ``world`` (FSDP averages over ranks), hence the division.
-    """
-    for p in params:
-        if p.grad is None:
-            continue
-        g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-        if edp_mesh is not None and edp_mesh.size() > 1:
-            dist.all_reduce(g, group=edp_mesh.get_group())
-        g.div_(world)

@@ -27,18 +27,32 @@ from config_check import ConfigError
 from pretrain.config import LogConfig
 from pretrain.storage import write_fault
 
-# dense bf16 tensor-core peak per GPU (no sparsity), TFLOP/s
-_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+# dense bf16 tensor-core peak per device (no sparsity), TFLOP/s, from the vendors' data sheets. Matched on the
+# name torch reports, most specific first: an H100 PCIe or NVL must not take the SXM figure.
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),  # SXM
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM ("H100 80GB HBM3")
+    ("A100", 312.0),  # SXM and PCIe, 40 and 80 GB
+    ("L40S", 362.0),
+    ("L4", 121.0),
+)
 
 
-def peak_tflops(cfg: LogConfig, device: torch.device) -> float | None:
+def peak_tflops(cfg: LogConfig, device: torch.device, say=print) -> float | None:
+    """The device's dense bf16 peak for MFU: ``log.peak_tflops``, else the table's entry for this GPU. An
+    unknown GPU gets one line asking for ``log.peak_tflops`` (no guess); the CPU has no MFU."""
     if cfg.peak_tflops > 0:
         return cfg.peak_tflops
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in _PEAK_TFLOPS.items():
-            if key in name:
-                return value
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_TFLOPS:
+        if key in name:
+            return value
+    say(f"MFU not logged: no peak known for {name!r}; set log.peak_tflops=<dense bf16 TFLOP/s of one device>")
     return None
 
 
@@ -125,7 +139,7 @@ class TrainLogger:
         self.total, self.every = total_steps, log_every
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.eval_path = os.path.join(run_dir, "eval.jsonl")
-        self.peak = peak_tflops(cfg, device)
+        self.peak = peak_tflops(cfg, device, say=print if rank == 0 else lambda line: None)
         self.t_last, self.tokens, self.flops = time.perf_counter(), 0, 0.0
         self.bar = self.wandb = None
         self.fault: str | None = None  # a storage fault met writing a log (the trainer stops on it)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from model.config import MoLConfig, preset
@@ -65,3 +66,38 @@ def test_vectorised_training_count_equals_the_per_layer_count():
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
     for cfg in configs:
         assert TrainingFlops(cfg)(cu, 77) == count_flops(cfg, lens, 77).training
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H100 NVL", 835.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA H200 NVL", 835.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA A100 80GB PCIe", 312.0),
+        ("NVIDIA L4", 121.0),
+    ],
+)
+def test_the_mfu_peak_is_the_exact_device_models(monkeypatch, name, peak):
+    from pretrain.config import LogConfig
+    from pretrain.logger import peak_tflops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_tflops(LogConfig(), torch.device("cuda", 0)) == peak
+    assert peak_tflops(LogConfig(peak_tflops=123.0), torch.device("cuda", 0)) == 123.0  # the config wins
+
+
+def test_an_unknown_gpu_asks_for_the_peak_in_one_line_instead_of_guessing(monkeypatch):
+    from pretrain.config import LogConfig
+    from pretrain.logger import peak_tflops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA B200")
+    lines: list[str] = []
+    assert peak_tflops(LogConfig(), torch.device("cuda", 0), say=lines.append) is None
+    assert lines == [
+        "MFU not logged: no peak known for 'NVIDIA B200'; set log.peak_tflops=<dense bf16 TFLOP/s of one device>"
+    ]
+    assert peak_tflops(LogConfig(), torch.device("cpu"), say=lines.append) is None and len(lines) == 1

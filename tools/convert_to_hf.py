@@ -97,20 +97,21 @@ def write_modernalbert(
 ) -> None:
     from model.native_format import save_safetensors
 
-    for src, dst in NATIVE_SOURCES.items():
-        with open(os.path.join(REPO, "model", f"{src}.py"), encoding="utf-8") as f:
+    # the export needs nothing of the project: model/'s files and the config checks they import, imports made relative
+    sources = {os.path.join("model", f"{src}.py"): dst for src, dst in NATIVE_SOURCES.items()}
+    sources[os.path.join("config_check", "__init__.py")] = "modernalbert_config_check"
+    for path, dst in sources.items():
+        with open(os.path.join(REPO, path), encoding="utf-8") as f:
             code = f.read()
         code = re.sub(
-            r"^from model\.(\w+) import", lambda m: f"from .{NATIVE_SOURCES[m.group(1)]} import", code, flags=re.M
-        )
-        code = re.sub(
-            r"^(\s+)from model\.(\w+) import",
+            r"^(\s*)from model\.(\w+) import",
             lambda m: f"{m.group(1)}from .{NATIVE_SOURCES[m.group(2)]} import",
             code,
             flags=re.M,
         )
+        code = re.sub(r"^(\s*)from config_check import", r"\1from .modernalbert_config_check import", code, flags=re.M)
         with open(os.path.join(out, f"{dst}.py"), "w", encoding="utf-8") as f:
-            f.write(f"# Copied from the ModernALBERT project's model/{src}.py by tools/convert_to_hf.py.\n{code}")
+            f.write(f"# Copied from the ModernALBERT project's {path} by tools/convert_to_hf.py.\n{code}")
     for name in ("configuration_modernalbert.py", "modeling_modernalbert.py"):
         shutil.copyfile(os.path.join(REPO, "tools", "hf_modernalbert", name), os.path.join(out, name))
     import transformers
