@@ -6,10 +6,11 @@
 
 The preset's MoL layer (50m: d 768, I 1152 GeGLU, 8 experts, rank 16, top-2) on random tokens with a
 learned router. ``loop`` is the reference path (block sizes read on the host with ``.tolist()``: a device
-sync on GPU); ``grouped_mm`` keeps the block ends on the device; ``dense`` is the same FFN without experts.
-The three alternate; the median step is reported.
+sync on GPU); ``grouped_mm`` keeps the block ends on the device; ``slots`` is ``mol.compute=slots`` (a masked
+dense matmul per routing slot); ``dense`` is the same FFN without experts. The four alternate; the median step
+is reported.
 
-``--count`` times nothing: it runs one forward + backward of the dense FFN and of the grouped MoL FFN under a
+``--count`` times nothing: it runs one forward + backward of the dense FFN and of both MoL forms under a
 ``TorchDispatchMode`` that counts the aten operators launched and the bytes their outputs write (views write
 nothing; in-place ops write their output). Both numbers are exact and the same on any device, so a CPU run
 tells what a GPU step launches and moves; the extra bytes of MoL are also given in units of its unavoidable
@@ -49,14 +50,22 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
+def run(path: str, m: MoLFFN, dense: DenseFFN, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> None:
+    """One forward + backward of ``path``: dense, loop (per-expert matmuls), grouped_mm, or slots."""
+    m.grouped_ffn.grouped_mm = path != "loop"
+    m.grouped_ffn.compute = "slots" if path == "slots" else "grouped"
+    out = dense(x) if path == "dense" else m.grouped(x, idx, w)
+    out.float().square().mean().backward()
+
+
 def count(m: MoLFFN, dense: DenseFFN, x: torch.Tensor) -> dict[str, OpCounter]:
     """One forward + backward of each FFN (the router's output taken as given), counted."""
     r = m.router(x)
     idx, w = r.topk_idx_TK, r.topk_w_TK.detach()
     out: dict[str, OpCounter] = {}
-    for name, fn in (("dense FFN", lambda: dense(x)), ("MoL, grouped", lambda: m.grouped(x, idx, w))):
+    for name, path in (("dense FFN", "dense"), ("MoL, grouped", "grouped_mm"), ("MoL, slots", "slots")):
         with OpCounter() as c:
-            fn().float().square().mean().backward()
+            run(path, m, dense, x, idx, w)
         out[name] = c
     return out
 
@@ -107,17 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def step(path: str) -> float:
-        m.grouped_ffn.grouped_mm = path == "grouped_mm"
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        out = dense(x) if path == "dense" else m.grouped(x, r.topk_idx_TK, r.topk_w_TK.detach())  # router not timed
-        out.float().square().mean().backward()
+        run(path, m, dense, x, r.topk_idx_TK, r.topk_w_TK.detach())  # the router is not timed
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    times: dict[str, list[float]] = {"loop": [], "grouped_mm": [], "dense": []}
+    times: dict[str, list[float]] = {"loop": [], "grouped_mm": [], "slots": [], "dense": []}
     for _ in range(3):  # warm-up
         for k in times:
             step(k)
@@ -129,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in med.items():
         print(f"  {k:<11} {v * 1e3:8.2f} ms  ({a.tokens / v:,.0f} tokens/s)")
     print(f"  loop / grouped_mm = {med['loop'] / med['grouped_mm']:.2f}")
-    print(f"  grouped_mm / dense = {med['grouped_mm'] / med['dense']:.2f}  (the MoL cost; 1.00 = free)")
+    for k in ("grouped_mm", "slots"):
+        print(f"  {k} / dense = {med[k] / med['dense']:.2f}  (the MoL cost; 1.00 = free)")
     return 0
 
 

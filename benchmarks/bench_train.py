@@ -4,7 +4,8 @@
 
 Each configuration is a real training run (FSDP2 when N > 1, gloo on CPU) with validation off; the
 rate is the mean of the logged tokens/s after the first ``--warmup`` steps (also TFLOP/s, MFU where the
-peak is known, peak memory). Prints a Markdown table; ``--json FILE`` appends the rows
+peak is known, peak memory, the median and longest step time over the logged records, and, with
+``parallel.compile=true``, the run's graph/graph-break line). Prints a Markdown table; ``--json FILE`` appends the rows
 (``scripts/gpu_check.sh`` collects them).
 """
 
@@ -35,7 +36,7 @@ def run(nproc: int, args: argparse.Namespace, run_dir: str) -> dict:
         f"data.dir={args.data}",
         f"run_dir={run_dir}",
         f"train.steps={args.steps}",
-        "train.log_every=5",
+        f"train.log_every={args.log_every}",
         "eval.every=0",
         "checkpoint.every=0",
         f"data.num_workers={args.num_workers}",
@@ -50,7 +51,12 @@ def run(nproc: int, args: argparse.Namespace, run_dir: str) -> dict:
     if not timed:
         sys.exit(f"nproc={nproc}: no logged step after --warmup {args.warmup}; raise --steps")
     mean = lambda key: sum(x[key] for x in timed) / len(timed)  # noqa: E731
+    step_s = sorted(x["step_s"] for x in timed)
+    compiled = [line for line in r.stdout.splitlines() if line.startswith("compile: ")]
     return {
+        "step_s_median": step_s[len(step_s) // 2],
+        "step_s_max": step_s[-1],
+        "compile": compiled[-1][len("compile: ") :] if compiled else None,
         "tokens_per_s": mean("tokens_per_s"),
         "tflops": mean("tflops_per_device"),
         "loss": recs[-1]["loss"],
@@ -68,6 +74,7 @@ def main() -> None:
     p.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process")
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=5, help="steps per logged record (each one a host sync)")
     p.add_argument("--label", default="", help="a name for this configuration in --json")
     p.add_argument("--json", help="append one JSON line per row to this file")
     p.add_argument("overrides", nargs="*")

@@ -16,6 +16,7 @@ RSL_ENTROPY = ("maximise", "minimise")  # model.routing.routing_specialization_l
 ROUTE_INPUTS = ("shared", "per_projection")
 EVAL_ROUTING = ("same", "soft", "topk")
 MOL_ROUTING = ("learned", "depth")
+MOL_COMPUTE = ("grouped", "slots")
 ATTN_BACKENDS = ("auto", "sdpa", "flash_attn", "torch_varlen")
 POSITION_EMBEDDINGS = ("rope", "absolute")
 NORM_POSITIONS = ("pre", "post")
@@ -40,6 +41,9 @@ class MoLConfig:
     aux_loss_coef: float = 0.01  # Switch load balancing E·Σ f·P
     z_loss_coef: float = 1e-3
     grouped: bool = True  # False: the plain per-expert reference computation
+    # grouped: pairs sorted by expert, one F.grouped_mm per expert factor; slots: a dense matmul per routing
+    # slot over all experts' factors, masked (no sort or grouped GEMM, E x the LoRA FLOPs; model/mol.py)
+    compute: str = "grouped"
     # learned: a router picks each token's top-k experts; depth: expert j serves the group's j-th application,
     # every token, weight 1 (depth-wise LoRAs: the Relaxed Recursive Transformers baseline, arXiv 2410.20672;
     # needs num_experts = group_depth and top_k = 1; no router)
@@ -71,6 +75,7 @@ class MoLConfig:
             )
         check(len(set(self.groups)) == len(self.groups), f"{prefix}.groups", self.groups, "must not repeat")
         check(self.routing in MOL_ROUTING, f"{prefix}.routing", self.routing, f"allowed: {', '.join(MOL_ROUTING)}")
+        check(self.compute in MOL_COMPUTE, f"{prefix}.compute", self.compute, f"allowed: {', '.join(MOL_COMPUTE)}")
         check(isinstance(self.depth_bias, bool), f"{prefix}.depth_bias", self.depth_bias, "must be true or false")
         check(
             not (self.depth_bias and self.routing != "learned"),

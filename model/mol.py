@@ -15,6 +15,12 @@ each where its layout fits (the block ends stay on the device: no host sync in t
 matmul per expert (block sizes read on the host; also the reference for the parity tests). ``reference`` computes
 every expert's full FFN with merged weights: slow and obviously right, for the parity tests.
 
+``compute="slots"`` is the same sum without sorting or grouping: for each routing slot k (K of them) one
+dense matmul with inner size E·r, whose left operand is the A1 (or A2) output masked to that slot's expert
+(``h_k = Wi x + [mask_k ∘ (x A1_allᵀ)] B1_all``): no permutation, no sort, no scatter-add, no host read and no
+grouped GEMM (so any dtype compiles whole), for E× the FLOPs of the B1 and A2 products (about +20 % of a
+MoL FFN at the 120m shape). ``benchmarks/bench_mol.py`` counts and times both.
+
 The grouped computation is its own parameterless module (``GroupedLoRAFFN``) that receives the
 weights as arguments, so expert parallelism can wrap that one call from outside with forward hooks
 (``pretrain/expert_parallel.py``: tokens sent to the experts' owners before it, brought back after)
@@ -154,10 +160,11 @@ class GroupedLoRAFFN(nn.Module):
     parallelism, this rank's slice with ``idx_TK`` indexing into it.
     """
 
-    def __init__(self, scale: float, activation: str = "geglu") -> None:
+    def __init__(self, scale: float, activation: str = "geglu", compute: str = "grouped") -> None:
         super().__init__()
         self.scale = scale
         self.act = ACTIVATIONS[activation]
+        self.compute = compute  # grouped | slots (MoLConfig.compute)
         self.grouped_mm = True  # False: the per-expert matmul reference (the parity tests)
 
     def forward(
@@ -172,6 +179,8 @@ class GroupedLoRAFFN(nn.Module):
         A2: torch.Tensor,
         B2: torch.Tensor,
     ) -> torch.Tensor:
+        if self.compute == "slots":
+            return self.slots(x_TD, idx_TK, w_TK, Wi, Wo, A1, B1, A2, B2)
         T, D = x_TD.shape
         E, R, s = A1.shape[0], A1.shape[1], self.scale
         h_TF = Wi(x_TD)
@@ -188,6 +197,28 @@ class GroupedLoRAFFN(nn.Module):
         z_TER = x_TD.new_zeros(T, E, R).index_put_((tok_N, exp_N), v_NR)
         B2_DX = (s * B2).permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
         return Wo(y_TI) + z_TER.view(T, E * R) @ B2_DX.t()
+
+    def slots(self, x_TD, idx_TK, w_TK, Wi, Wo, A1, B1, A2, B2) -> torch.Tensor:
+        """The slot-masked dense form (``compute="slots"``): per routing slot, the A1 and A2 outputs of every
+        expert masked to the slot's expert, times every expert's B1 (B2) at once."""
+        T, D = x_TD.shape
+        E, R, s = A1.shape[0], A1.shape[1], self.scale
+        h_TF = Wi(x_TD)
+        u_TER = (x_TD @ A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
+        B1_XF = (s * B1).permute(0, 2, 1).reshape(E * R, -1)  # [E·R, F]
+        A2_XI = A2.reshape(E * R, -1)  # [E·R, I]
+        experts_E = torch.arange(E, device=x_TD.device)
+        y_TI = z_TX = None
+        for k in range(idx_TK.shape[1]):
+            mask_TE1 = (idx_TK[:, k, None] == experts_E).to(x_TD.dtype)[:, :, None]  # the slot's expert
+            h_TF_k = torch.addmm(h_TF, (u_TER * mask_TE1).view(T, E * R), B1_XF)
+            aw_TI = self.act(h_TF_k) * w_TK[:, k, None].to(x_TD.dtype)
+            v_TX = ((aw_TI @ A2_XI.t()).view(T, E, R) * mask_TE1).view(T, E * R)
+            y_TI = aw_TI if y_TI is None else y_TI + aw_TI
+            z_TX = v_TX if z_TX is None else z_TX + v_TX
+        assert y_TI is not None and z_TX is not None, "top_k >= 1"
+        B2_DX = (s * B2).permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once
+        return Wo(y_TI) + z_TX @ B2_DX.t()
 
 
 class MoLFFN(nn.Module):
@@ -215,7 +246,7 @@ class MoLFFN(nn.Module):
         self.A2 = nn.Parameter(torch.empty(E, R, intermediate))
         self.B2 = nn.Parameter(torch.zeros(E, dim, R))
         self.scale = cfg.alpha / cfg.rank
-        self.grouped_ffn = GroupedLoRAFFN(self.scale, activation)
+        self.grouped_ffn = GroupedLoRAFFN(self.scale, activation, cfg.compute)
         self.reset_lora()
 
     def reset_lora(self, generator: torch.Generator | None = None) -> None:

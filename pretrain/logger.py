@@ -140,7 +140,7 @@ class TrainLogger:
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.eval_path = os.path.join(run_dir, "eval.jsonl")
         self.peak = peak_tflops(cfg, device, say=print if rank == 0 else lambda line: None)
-        self.t_last, self.tokens, self.flops = time.perf_counter(), 0, 0.0
+        self.t_last, self.tokens, self.flops, self.steps = time.perf_counter(), 0, 0.0, 0
         self.bar = self.wandb = None
         self.fault: str | None = None  # a storage fault met writing a log (the trainer stops on it)
         if rank != 0:
@@ -156,6 +156,7 @@ class TrainLogger:
         """``step_tokens``/``step_flops``: over all ranks. Writes the record; prints every ``log_every``."""
         self.tokens += step_tokens
         self.flops += step_flops
+        self.steps += 1
         if self.rank != 0:
             return
         step = record["step"]
@@ -174,7 +175,12 @@ class TrainLogger:
         """Console line (and W&B) for the steps since the last one; returns the performance fields."""
         dt = max(time.perf_counter() - self.t_last, 1e-9)
         tflops = self.flops / dt / self.world / 1e12
-        perf = {"tokens_per_s": self.tokens / dt, "tflops_per_device": tflops, "memory_gib": memory_gib(self.device)}
+        perf = {
+            "tokens_per_s": self.tokens / dt,
+            "tflops_per_device": tflops,
+            "memory_gib": memory_gib(self.device),
+            "step_s": dt / max(1, self.steps),  # the mean step time since the last report
+        }
         if self.peak:
             perf["mfu"] = tflops / self.peak
         imbalance = {k: max(v) * len(v) / max(1, sum(v)) for k, v in expert_load.items()}  # max/mean load
@@ -195,7 +201,7 @@ class TrainLogger:
             self.wandb.log(
                 {**record, **perf, **{f"expert_load/{k}": v for k, v in imbalance.items()}}, step=record["step"]
             )
-        self.t_last, self.tokens, self.flops = time.perf_counter(), 0, 0.0
+        self.t_last, self.tokens, self.flops, self.steps = time.perf_counter(), 0, 0.0, 0
         return {**perf, "tokens_per_expert": expert_load}
 
     def close(self) -> None:

@@ -20,15 +20,16 @@ unit is initialised whole, then split, and only one unit is ever whole.
   shared block recomputes its activations in the backward (G applications → G checkpoints; the
   block's weights are stored once). The RNG state is replayed, so router jitter is the same.
 - ``torch.compile`` (``parallel.compile``): each block's forward, in place (parameter names unchanged),
-  with ``fullgraph=True`` wherever the block traces whole: dense blocks, and MoL blocks in bf16 (one
-  ``F.grouped_mm`` per expert matmul, no host read) without EP. Two cases read sizes on the host and so
-  compile in pieces, with a warning naming why: MoL in fp32 (compiled grouped_mm is bf16 only, so the
-  per-expert loop runs) and MoL under EP (``all_to_all`` needs its split sizes as Python ints). The blocks
-  of all groups share one code object, so torch.compile keeps one graph per kind of application (first
-  layer or not, global or local attention, the group's kind of FFN and attention), twice (static shapes
-  first, then dynamic token counts): ``compile_bound`` counts them, and the recompile limit is raised to it.
-  The attention backend is resolved outside the blocks, and the CPU reference attention is one custom op
-  in a compiled graph (``model/attention.py``), so a CPU trace sees the graph a GPU compiles.
+  with ``fullgraph=True`` wherever the block traces whole: dense blocks, MoL blocks in bf16 (one
+  ``F.grouped_mm`` per expert matmul, no host read) and slot-masked MoL (``mol.compute=slots``) in any
+  dtype, without EP. Two cases read sizes on the host and so compile in pieces, with a warning naming why:
+  grouped MoL in fp32 (compiled grouped_mm is bf16 only, so the per-expert loop runs) and MoL under EP
+  (``all_to_all`` needs its split sizes as Python ints). The blocks of all groups share one code object, so
+  torch.compile keeps one graph per kind of application (first layer or not, global or local attention,
+  the group's kind of FFN and attention), twice (static shapes first, then dynamic token counts):
+  ``compile_bound`` counts them, and the recompile limit is raised to it. The attention backend is
+  resolved outside the blocks, and the CPU reference attention is one custom op in a compiled graph
+  (``model/attention.py``), so a CPU trace sees the graph a GPU compiles.
 - FSDP2 (``fully_shard``, ZeRO-3 semantics) over all ranks. Each ``RecursiveGroup`` is one unit: its
   block is all-gathered once and stays gathered for its G applications (the recursion loop runs
   inside the unit's forward), then resharded. The root unit holds embeddings, final norm and MLM head
@@ -147,14 +148,30 @@ def compile_bound(cfg: ModelConfig) -> int:
     return 2 * len(application_kinds(cfg))
 
 
+def compile_report(cfg: ModelConfig) -> str:
+    """One line on what torch.compile did in this process: graphs, graph breaks, recompiles (dynamo's counters)."""
+    from torch._dynamo.utils import counters
+
+    breaks = sum(counters["graph_break"].values())
+    graphs = counters["stats"]["unique_graphs"]
+    reasons = "; ".join(sorted({str(k).splitlines()[0][:100] for k in counters["graph_break"]}))
+    return (
+        f"compile: {graphs} graphs (bound {compile_bound(cfg)}: {len(application_kinds(cfg))} kinds of block "
+        f"application x static/dynamic shapes), {breaks} graph breaks" + (f" ({reasons})" if reasons else "")
+    )
+
+
 def _fullgraph(cfg: ModelConfig, group: int, dims: ParallelDims, bf16: bool) -> tuple[bool, str]:
     """Whether group ``group``'s block traces whole, and why not."""
     if group not in cfg.mol.groups:
         return True, ""
     if dims.ep > 1:
         return False, "MoL under expert parallelism: all_to_all takes its split sizes as Python ints (a host read)"
-    if not bf16:
-        return False, "MoL in fp32: compiled F.grouped_mm is bf16 only, and the per-expert loop reads sizes on the host"
+    if not bf16 and cfg.mol.compute == "grouped":
+        return False, (
+            "MoL in fp32 with mol.compute=grouped: compiled F.grouped_mm is bf16 only, and the per-expert loop "
+            "reads sizes on the host (mol.compute=slots compiles whole)"
+        )
     return True, ""
 
 

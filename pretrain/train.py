@@ -43,7 +43,7 @@ from pretrain.loss_terms import LossTerm, MicroBatch, aux_loss, console_fields, 
 from pretrain.engine import Engine
 from pretrain.fsdp_engine import FSDPEngine
 from pretrain.parallel_dims import ParallelDims
-from pretrain.parallelize import OutsideFSDP, parallelize
+from pretrain.parallelize import OutsideFSDP, compile_report, parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.reduce import all_reduce, first_fault, from_rank0
 from pretrain.run_lock import RunDirBusy, RunLock
@@ -585,6 +585,8 @@ class Trainer:
         finally:
             logger.close()
         if rt.rank == 0:
+            if cfg.parallel.compile:
+                print(compile_report(cfg.model))
             print(f"done: {self.step_no} steps; checkpoint {checkpoint.latest_checkpoint(self.ckpt_dir)}")
         return records
 

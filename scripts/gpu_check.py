@@ -13,10 +13,17 @@ Stages, in order (each one timed; a failed or timed-out stage is recorded and th
   shards  tokenizer + shards of the shipped corpus (seq 1024, vocabulary 32768)
   tests   the GPU attention tests: flash-attn / torch varlen forward and backward against SDPA, bf16, fp32
   50m     pretraining throughput of preset 50m, MoL and dense, bf16, eager
-  120m    the same for 120m with torch.compile on
+  120m    the same for 120m with torch.compile on (MoL and dense), and the dense model eager beside them
+  mol     ``benchmarks/bench_mol.py`` at the 120m shape, 16,384 tokens, bf16: the MoL FFN (grouped and slots)
+          against the dense FFN, timed, and its aten ops and bytes written counted
+  profile ``benchmarks/profile_model.py``: 120m (MoL, compiled, bf16, 16,384 tokens) under torch.profiler, the
+          top 30 kernels by GPU time in profile.md, the trace in trace.json, and the attention backends
+          (sdpa, torch varlen, flash-attn) timed side by side
   nccl    a 2-process NCCL run of 50m (MoL) when the machine has 2 GPUs; skipped with a note on one
 Each configuration is ``benchmarks/bench_train.py``: STEPS timed steps after WARMUP warm-up steps, one
-micro-batch of 16 x 1024 per step. ``gpu_check.md`` (stage times, throughput table) and
+micro-batch of 16 x 1024 per step, a logged record (a host sync) every 10 steps; the table gives the mean
+tokens/s, MFU against the device's exact peak, the median and longest step, and for compiled runs the
+graph / graph-break count of torch.compile. ``gpu_check.md`` (stage times, throughput table) and
 ``gpu_check.json`` are rewritten after every stage, so a check stopped early keeps what it measured.
 
 The CPU rehearsal (``GPU_CHECK_CPU=1``) runs the same stages and writes the same files with CPU-sized
@@ -42,10 +49,10 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("shards", "tests", "50m", "120m", "nccl")
+STAGES = ("shards", "tests", "50m", "120m", "mol", "profile", "nccl")
 MIN_TORCH = (2, 6)
 # What each stage may take before it is stopped (seconds); the whole check aims at ~8 minutes on one H100.
-STAGE_TIMEOUT = {"shards": 120, "tests": 120, "50m": 150, "120m": 330, "nccl": 150}
+STAGE_TIMEOUT = {"shards": 90, "tests": 90, "50m": 120, "120m": 240, "mol": 60, "profile": 90, "nccl": 120}
 # Requirements that are not imported by the check's stages (HF export, launchers, logging) still count:
 # anything the interpreter lacks and the wheel folder holds is installed.
 REQUIREMENT_FILES = ("requirements.txt",)
@@ -337,7 +344,8 @@ class Check:
         seq = 128 if self.s.cpu else 1024
         notes, status = [], "ok"
         for variant in variants:
-            label = f"{preset} {variant} compile={'on' if compile else 'off'}" + (
+            compiled = compile and not variant.endswith("-eager")
+            label = f"{preset} {variant.removesuffix('-eager')} compile={'on' if compiled else 'off'}" + (
                 f" {nprocs} processes" if nprocs > 1 else ""
             )
             if self.s.cpu:
@@ -369,15 +377,16 @@ class Check:
                 json_path,
                 "--label",
                 label,
+                "--log-every",
+                str(10 if self.s.steps >= 10 else 1),  # a record is a host sync: not every step on a GPU
                 "train.micro_batch_size=16",
                 f"train.global_batch_tokens={16 * seq * nprocs}",
-                "train.log_every=1",
-                f"parallel.compile={str(compile).lower()}",
+                f"parallel.compile={str(compiled).lower()}",
                 f"parallel.precision={precision}",
             ]
             if self.s.peak_tflops:
                 cmd.append(f"log.peak_tflops={self.s.peak_tflops}")
-            if variant == "dense":
+            if variant.startswith("dense"):
                 cmd.append("model.mol.groups=[]")
             t = time.monotonic()
             rc, out = self.sh(cmd, until - t)
@@ -402,10 +411,46 @@ class Check:
 
     def stage_120m(self, until: float) -> tuple[str, str]:
         compile = not self.s.cpu or self.s.rehearse_compile
-        status, note = self._train(until, "120m", compile=compile)
+        status, note = self._train(until, "120m", compile=compile, variants=("mol", "dense", "dense-eager"))
         if self.s.cpu and not compile:
             note = "; ".join(n for n in (note, "compile off in the rehearsal (REHEARSE_COMPILE=1 turns it on)") if n)
         return status, note
+
+    def _script(self, until: float, name: str, cmds: list[list[str]]) -> tuple[str, str]:
+        """Run benchmark commands; their output goes to ``name``.md in the results folder."""
+        parts = []
+        for cmd in cmds:
+            rc, out = self.sh([sys.executable, *cmd], until - time.monotonic())
+            if rc is None:
+                return "timed out", f"{' '.join(cmd[:1])} stopped"
+            if rc != 0:
+                last = [line for line in out.strip().splitlines() if line.strip()][-1:] or ["no output"]
+                return "failed", last[0][:160]
+            parts.append(f"$ python {' '.join(cmd)}\n\n{out.strip()}\n")
+        with open(os.path.join(self.s.out, f"{name}.md"), "w", encoding="utf-8") as f:
+            f.write("\n".join(parts))
+        return "ok", f"{name}.md"
+
+    def stage_mol(self, until: float) -> tuple[str, str]:
+        shape = ["--preset", "tiny", "--tokens", "512"] if self.s.cpu else ["--preset", "120m", "--tokens", "16384"]
+        dtype = ["--dtype", "float32" if self.s.cpu else "bfloat16"]
+        return self._script(
+            until,
+            "mol",
+            [
+                ["benchmarks/bench_mol.py", *shape, *dtype, "--steps", "3" if self.s.cpu else "10"],
+                ["benchmarks/bench_mol.py", *shape, *dtype, "--count"],
+            ],
+        )
+
+    def stage_profile(self, until: float) -> tuple[str, str]:
+        out = os.path.join(self.s.out, "profile")
+        if self.s.cpu:
+            args = ["--preset", "tiny", "--tokens", "512", "--max-len", "128", "--dtype", "float32"]
+        else:
+            args = ["--preset", "120m", "--tokens", "16384", "--dtype", "bfloat16", "--compile"]
+        status, note = self._script(until, "profile_run", [["benchmarks/profile_model.py", *args, "--out", out]])
+        return status, ("profile/profile.md, profile/trace.json" if status == "ok" else note)
 
     def stage_nccl(self, until: float) -> tuple[str, str]:
         if not self.s.cpu and len(self.env_info["gpus"]) < 2:
@@ -444,17 +489,20 @@ def write_report(c: Check) -> None:
     lines += [
         f"| total | | {total:.1f} | |",
         "",
-        "| configuration | tokens/s | TFLOP/s per GPU | MFU | peak memory GiB | loss at last step | wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | tokens/s | TFLOP/s per GPU | MFU | step s median / max | peak memory GiB | "
+        "loss at last step | wall s | torch.compile |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in c.rows:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "—"
         lines.append(
             f"| {r['label']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.2f} | {mfu} | "
-            f"{r['memory_gib']:.2f} | {r['loss']:.4f} | {r['wall_s']:.1f} |"
+            f"{r['step_s_median']:.3f} / {r['step_s_max']:.3f} | {r['memory_gib']:.2f} | {r['loss']:.4f} | "
+            f"{r['wall_s']:.1f} | {r.get('compile') or '—'} |"
         )
     if not c.rows:
-        lines.append("| (none measured) | | | | | | |")
+        lines.append("| (none measured) | | | | | | | | |")
+    lines += ["", "Also here: mol.md (MoL FFN vs dense FFN), profile/profile.md (top kernels, attention backends)."]
     with open(os.path.join(s.out, "gpu_check.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(s.out, "gpu_check.json"), "w", encoding="utf-8") as f:

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO
 
-STAGES = ("shards", "tests", "50m", "120m", "nccl")
+STAGES = ("shards", "tests", "50m", "120m", "mol", "profile", "nccl")
 
 
 class Trap:
@@ -130,14 +130,24 @@ def test_cpu_rehearsal_runs_every_stage_offline_with_the_carried_wheels(tmp_path
     assert not list((tmp_path / "tmp").glob("gpu_check_site_*")), "the temporary --target was left behind"
     md = (out / "gpu_check.md").read_text()
     assert "| stage | status | seconds | note |" in md
-    assert "| configuration | tokens/s | TFLOP/s per GPU | MFU | peak memory GiB | loss at last step | wall s |" in md
+    assert (
+        "| configuration | tokens/s | TFLOP/s per GPU | MFU | step s median / max | peak memory GiB | "
+        "loss at last step | wall s | torch.compile |"
+    ) in md
     for stage in STAGES:
         assert f"| {stage} | ok |" in md, md
     rows = [line for line in md.splitlines() if "(cpu rehearsal: tiny, fp32)" in line]
-    assert len(rows) == 5, md  # 50m and 120m, MoL and dense; the 2-process case
+    assert len(rows) == 6, md  # 50m MoL and dense; 120m MoL, dense and dense eager; the 2-process case
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert len(cells) == 7 and float(cells[1].replace(",", "")) > 0 and float(cells[5]) > 0, row
+        assert len(cells) == 9 and float(cells[1].replace(",", "")) > 0 and float(cells[6]) > 0, row
+        median, longest = (float(x) for x in cells[4].split(" / "))
+        assert 0 < median <= longest, row
+    mol = (out / "mol.md").read_text()  # the MoL FFN against the dense one, timed and counted
+    assert "grouped_mm / dense =" in mol and "slots / dense =" in mol and "| MoL, slots |" in mol, mol
+    profile = (out / "profile" / "profile.md").read_text()
+    assert "| sdpa |" in profile and "Top 30 by cpu time total" in profile, profile
+    assert (out / "profile" / "trace.json").stat().st_size > 0
     env_txt = (out / "environment.txt").read_text()
     assert '"gpu-check-probe 0.1"' in env_txt
 
@@ -145,7 +155,7 @@ def test_cpu_rehearsal_runs_every_stage_offline_with_the_carried_wheels(tmp_path
 def test_stages_subset_and_errors_are_one_line(tmp_path):
     r = _check({"GPU_CHECK_CPU": "1", "PYTHON": sys.executable, "STAGES": "shards bogus", "OUT": str(tmp_path)})
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
-    assert "STAGES: unknown stage(s) bogus; allowed: shards tests 50m 120m nccl" in r.stderr
+    assert "STAGES: unknown stage(s) bogus; allowed: shards tests 50m 120m mol profile nccl" in r.stderr
     r = _check({"GPU_CHECK_CPU": "1", "PYTHON": sys.executable, "STEPS": "0", "OUT": str(tmp_path)})
     assert r.returncode == 2 and "STEPS=0 WARMUP=1: need STEPS >= 1" in r.stderr, r.stderr
     assert not os.listdir(tmp_path), "a refused start wrote files"
