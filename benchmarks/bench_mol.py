@@ -3,6 +3,7 @@
     python benchmarks/bench_mol.py [--preset 50m|120m] [--tokens 4096] [--steps 20] [--dtype float32|bfloat16]
         [--device cpu|cuda]
     python benchmarks/bench_mol.py --count [--preset 120m] [--tokens 16384] [--dtype bfloat16]
+    python benchmarks/bench_mol.py --compile --preset 120m --tokens 16384 --dtype bfloat16   # on a GPU
 
 The preset's MoL layer (50m: d 768, I 1152 GeGLU, 8 experts, rank 16, top-2) on random tokens with a
 learned router. ``loop`` is the reference path (block sizes read on the host with ``.tolist()``: a device
@@ -50,11 +51,22 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
-def run(path: str, m: MoLFFN, dense: DenseFFN, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> None:
-    """One forward + backward of ``path``: dense, loop (per-expert matmuls), grouped_mm, or slots."""
+_COMPILED: dict[str, object] = {}
+
+
+def run(
+    path: str, m: MoLFFN, dense: DenseFFN, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, compile: bool = False
+) -> None:
+    """One forward + backward of ``path``: dense, loop (per-expert matmuls), grouped_mm, or slots; with
+    ``compile``, the forward through ``torch.compile`` (one compiled function per path)."""
     m.grouped_ffn.grouped_mm = path != "loop"
     m.grouped_ffn.compute = "slots" if path == "slots" else "grouped"
-    out = dense(x) if path == "dense" else m.grouped(x, idx, w)
+
+    def forward(x, idx, w):
+        return dense(x) if path == "dense" else m.grouped(x, idx, w)
+
+    fn = _COMPILED.setdefault(path, torch.compile(forward)) if compile else forward
+    out = fn(x, idx, w)  # type: ignore[operator]
     out.float().square().mean().backward()
 
 
@@ -80,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     p.add_argument("--preset", default="50m", choices=("tiny", "50m", "120m"))
     p.add_argument("--count", action="store_true", help="count aten ops and bytes written instead of timing")
+    p.add_argument("--compile", action="store_true", help="time the forwards through torch.compile (no loop path)")
     a = p.parse_args(argv)
     cfg = preset(a.preset)
     dtype, dev = getattr(torch, a.dtype), torch.device(a.device)
@@ -119,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        run(path, m, dense, x, r.topk_idx_TK, r.topk_w_TK.detach())  # the router is not timed
+        run(path, m, dense, x, r.topk_idx_TK, r.topk_w_TK.detach(), a.compile)  # the router is not timed
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    times: dict[str, list[float]] = {"loop": [], "grouped_mm": [], "slots": [], "dense": []}
+    paths = ("grouped_mm", "slots", "dense") if a.compile else ("loop", "grouped_mm", "slots", "dense")
+    times: dict[str, list[float]] = {k: [] for k in paths}
     for _ in range(3):  # warm-up
         for k in times:
             step(k)
@@ -132,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         for k in times:
             times[k].append(step(k))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"FFN fwd+bwd, {where}")
+    print(f"FFN fwd+bwd{', compiled' if a.compile else ''}, {where}")
     for k, v in med.items():
         print(f"  {k:<11} {v * 1e3:8.2f} ms  ({a.tokens / v:,.0f} tokens/s)")
-    print(f"  loop / grouped_mm = {med['loop'] / med['grouped_mm']:.2f}")
+    if "loop" in med:
+        print(f"  loop / grouped_mm = {med['loop'] / med['grouped_mm']:.2f}")
     for k in ("grouped_mm", "slots"):
         print(f"  {k} / dense = {med[k] / med['dense']:.2f}  (the MoL cost; 1.00 = free)")
     return 0
