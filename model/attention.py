@@ -13,7 +13,7 @@ Backends (``attention(..., backend=)``):
 
 The model resolves the backend once per forward, outside its (possibly compiled) blocks
 (``resolve_backend``: it probes for flash-attn), and hands the blocks the resolved name. Under
-``torch.compile`` the ``sdpa`` backend runs as one custom op (``modernalbert::sdpa_varlen``, its backward
+``torch.compile`` the ``sdpa`` backend runs as one custom op (``model_attention::sdpa_varlen``, its backward
 another): the reference reads the segment lengths on the host, which would split the graph, so the
 compiled CPU graph holds one opaque attention call where the GPU graph holds flash-attn's, and the
 graph-break tests on CPU see the graph a GPU compiles. (Attention dropout under compile keeps the plain
@@ -25,6 +25,7 @@ Shapes: T tokens, H heads, Dh head size, N segments, L longest segment.
 from __future__ import annotations
 
 import functools
+import re
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,11 @@ def sdpa_varlen(
     return torch.cat(outs)[inverse]
 
 
+# the operators' namespace: this module's name, so that a copy of this file in an HF export
+# (modernalbert_attention) registers its own operators beside the installed project's
+_OPS = re.sub(r"\W", "_", __name__)
+
+
 def sdpa_varlen_grads(
     grad_THD, q_THD, k_THD, v_THD, cu_seqlens, window: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,7 +161,7 @@ def sdpa_varlen_grads(
     return grads
 
 
-@torch.library.custom_op("modernalbert::sdpa_varlen", mutates_args=())
+@torch.library.custom_op(f"{_OPS}::sdpa_varlen", mutates_args=())
 def sdpa_varlen_op(
     q_THD: torch.Tensor,
     k_THD: torch.Tensor,
@@ -173,7 +179,7 @@ def _(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, window):
     return torch.empty_like(q_THD)
 
 
-@torch.library.custom_op("modernalbert::sdpa_varlen_backward", mutates_args=())
+@torch.library.custom_op(f"{_OPS}::sdpa_varlen_backward", mutates_args=())
 def sdpa_varlen_backward_op(
     grad_THD: torch.Tensor,
     q_THD: torch.Tensor,
