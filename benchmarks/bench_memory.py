@@ -37,7 +37,9 @@ def _state_bytes(preset: str, vocab_size: int, rank: int, world: int) -> dict:
     from pretrain.parallel_dims import ParallelDims
     from pretrain.train import Runtime, _param_groups, build_model
 
-    cfg: RunConfig = load_config(None, [f"model.preset={preset}", f"model.vocab_size={vocab_size}"])
+    # bf16 as a GPU run (and the dry run) holds the state: FSDP's shards fp32, the routers whole on every rank
+    overrides = [f"model.preset={preset}", f"model.vocab_size={vocab_size}", "parallel.precision=bf16"]
+    cfg: RunConfig = load_config(None, overrides)
     rt = Runtime(index=None, device=torch.device("cpu"), rank=rank, dims=ParallelDims(world), accum=1, init_state=None)
     model, _ = build_model(cfg, rt)
     opt = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=1e-4)
