@@ -132,40 +132,51 @@ class RoutingRecorder:
     """The auxiliary losses and routing statistics of one forward, filled in by the routed modules.
 
     Losses are summed per name over every routed application (unscaled); statistics are kept per
-    application as ``"layer{i}.{kind}"`` (kind: ``attn``, ``attn_o`` or ``ffn``). A routed module records
-    under its kind alone (``record``, inside a possibly compiled block, where the layer is a tensor); the
-    group loop then names the application's records with its Python layer index (``name``, outside the
-    block). ``close()`` ends the forward: an activation-checkpointing recompute in the backward runs the
-    routers again, and must not add its (identical) losses a second time.
+    application as ``"layer{i}.{kind}"`` (kind: ``attn``, ``attn_o`` or ``ffn``). A routed module records its
+    losses and statistics under its kind alone (``record``: inside a possibly compiled block, where the layer
+    is a tensor); the group loop then files them as the application's (``name``, outside the block, with the
+    Python layer index). ``record`` only stores one attribute per kind and reads nothing, so a compiled
+    block's graph never depends on what was recorded before, nor on ``closed``. ``close()`` ends the
+    forward: an activation-checkpointing recompute in the backward runs the routers again, and its
+    (identical) records are never filed, so they add nothing.
     """
+
+    KINDS = ("attn", "attn_o", "ffn")
 
     def __init__(self) -> None:
         self.aux_losses: dict[str, torch.Tensor] = {}
         self.stats: dict[str, dict[str, torch.Tensor]] = {}
-        self.pending: dict[str, dict[str, torch.Tensor]] = {}  # kind → statistics, until ``name``
         self.closed = False
+        for kind in self.KINDS:  # kind -> (losses, statistics) recorded since the last ``name``
+            setattr(self, f"_pending_{kind}", None)
 
     def record(self, kind: str, r: Routing, losses: dict[str, torch.Tensor], layer: int | None = None) -> None:
-        """Add ``losses`` and keep ``r``'s statistics: under ``layer`` when given (a module run on its own),
-        else pending until the group loop's ``name``."""
-        if self.closed:
-            return
-        for name, value in losses.items():
-            self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
+        """Keep ``losses`` and ``r``'s statistics for this application: filed under ``layer`` when given (a
+        module run on its own), else by the group loop's ``name``."""
         with torch.no_grad():
-            self.pending[kind] = {
+            stats = {
                 "tokens_per_expert": expert_counts(r.topk_idx_TK, r.probs_TE.shape[1]),
                 "router_entropy": entropy(r.probs_TE).mean(),
                 **{name: value.detach() for name, value in losses.items()},
             }
+        setattr(self, f"_pending_{kind}", (losses, stats))
         if layer is not None:
             self.name(layer)
 
     def name(self, layer: int) -> None:
-        """File the records since the last call as layer ``layer``'s (``"layer{layer}.{kind}"``)."""
-        for kind, stats in self.pending.items():
+        """File the records since the last call as layer ``layer``'s (``"layer{layer}.{kind}"``); their losses
+        join the sums. Nothing is filed once the forward is closed."""
+        for kind in self.KINDS:
+            pending = getattr(self, f"_pending_{kind}")
+            if pending is None:
+                continue
+            setattr(self, f"_pending_{kind}", None)
+            if self.closed:
+                continue
+            losses, stats = pending
+            for name, value in losses.items():
+                self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
             self.stats[f"layer{layer}.{kind}"] = stats
-        self.pending = {}
 
     def close(self) -> "RoutingRecorder":
         self.closed = True

@@ -191,12 +191,17 @@ _WARNED: set[str] = set()
 
 
 def apply_compile(block: torch.nn.Module, fullgraph: bool = True, why: str = "") -> None:
-    """torch.compile of the block's forward, in place (parameter names unchanged); ``fullgraph`` makes a
-    graph break an error. Without it, warns once per reason (``why``) that the block compiles in pieces."""
+    """torch.compile of the block's ``forward``, in place (parameter names unchanged); ``fullgraph`` makes a
+    graph break an error. Without it, warns once per reason (``why``) that the block compiles in pieces.
+
+    The forward alone, not the module call: hooks on the block itself stay eager around the compiled code.
+    Activation checkpointing's are such hooks (a context manager entered before the forward and left after
+    it), which a compiled function cannot hand back, so compiling the whole call breaks on them.
+    """
     if not fullgraph and why not in _WARNED:
         _WARNED.add(why)
         warnings.warn(f"parallel.compile: a block compiles in pieces (graph breaks): {why}", stacklevel=2)
-    block.compile(fullgraph=fullgraph)
+    block.forward = torch.compile(block.forward, fullgraph=fullgraph)  # type: ignore[method-assign]
 
 
 def apply_fsdp(unit: torch.nn.Module, dims: ParallelDims, bf16: bool, outside: list[torch.nn.Parameter]) -> None:
