@@ -26,10 +26,10 @@ unit is initialised whole, then split, and only one unit is ever whole.
   grouped MoL in fp32 (compiled grouped_mm is bf16 only, so the per-expert loop runs) and MoL under EP
   (``all_to_all`` needs its split sizes as Python ints). The blocks of all groups share one code object, so
   torch.compile keeps one graph per kind of application (first layer or not, global or local attention,
-  the group's kind of FFN and attention), twice (static shapes first, then dynamic token counts):
-  ``compile_bound`` counts them, and the recompile limit is raised to it. The attention backend is
-  resolved outside the blocks, and the CPU reference attention is one custom op in a compiled graph
-  (``model/attention.py``), so a CPU trace sees the graph a GPU compiles.
+  the group's kind of FFN and attention), twice (static shapes first, then dynamic token counts) for
+  training and again for evaluation: ``compile_bound`` counts them, and the recompile limit is raised to it.
+  The attention backend is resolved outside the blocks, and the CPU reference attention is one custom op
+  in a compiled graph (``model/attention.py``), so a CPU trace sees the graph a GPU compiles.
 - FSDP2 (``fully_shard``, ZeRO-3 semantics) over all ranks. Each ``RecursiveGroup`` is one unit: its
   block is all-gathered once and stays gathered for its G applications (the recursion loop runs
   inside the unit's forward), then resharded. The root unit holds embeddings, final norm and MLM head
@@ -144,8 +144,9 @@ def application_kinds(cfg: ModelConfig) -> set[tuple]:
 
 def compile_bound(cfg: ModelConfig) -> int:
     """Graphs of the blocks' compiled forward over any number of steps: each kind of application compiles
-    once with the first step's shapes and once with dynamic token counts."""
-    return 2 * len(application_kinds(cfg))
+    once with the first step's shapes and once with dynamic token counts, in training and in evaluation
+    (``model.eval()`` under ``no_grad``: no router jitter, no dropout, no backward)."""
+    return 2 * 2 * len(application_kinds(cfg))
 
 
 def compile_report(cfg: ModelConfig) -> str:
