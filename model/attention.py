@@ -83,6 +83,21 @@ def _window_mask(n: int, window: int | None, device) -> torch.Tensor | None:
     return (ar[:, None] - ar[None, :]).abs() <= window
 
 
+def length_groups(cu_seqlens: torch.Tensor) -> dict[int, list[int]]:
+    """Segment length → the start offsets of the segments that long (one host read of ``cu_seqlens``: a
+    device sync on GPU, which the fused backends need not make)."""
+    cu = cu_seqlens.tolist()
+    by_len: dict[int, list[int]] = {}
+    for start, end in zip(cu[:-1], cu[1:]):
+        by_len.setdefault(end - start, []).append(start)
+    return by_len
+
+
+def group_index(starts: list[int], n: int, device) -> torch.Tensor:
+    """The token positions of the ``n``-long segments starting at ``starts``, segment after segment."""
+    return (torch.tensor(starts, device=device)[:, None] + torch.arange(n, device=device)[None, :]).reshape(-1)
+
+
 def sdpa_varlen(
     q_THD, k_THD, v_THD, cu_seqlens, max_seqlen: int, window: int | None, dropout_p: float = 0.0
 ) -> torch.Tensor:
@@ -93,22 +108,16 @@ def sdpa_varlen(
     23 documents, longest 742, fwd+bwd 1.04 s vs 0.10 s).
     """
     T, H, Dh = q_THD.shape
-    cu = cu_seqlens.tolist()  # one host read per call (a device sync on GPU: the fused backends need none)
-    starts, lens = cu[:-1], [b - a for a, b in zip(cu[:-1], cu[1:])]
-    by_len: dict[int, list[int]] = {}
-    for start, n in zip(starts, lens):
-        by_len.setdefault(n, []).append(start)
+    by_len = length_groups(cu_seqlens)
     if len(by_len) == 1:  # every segment has the same length: plain views, no gather or scatter
-        n = lens[0]
-        q, k, v = (t.view(len(lens), n, H, Dh).transpose(1, 2) for t in (q_THD, k_THD, v_THD))
+        ((n, starts),) = by_len.items()
+        q, k, v = (t.view(len(starts), n, H, Dh).transpose(1, 2) for t in (q_THD, k_THD, v_THD))
         mask = _window_mask(n, window, q_THD.device)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         return o.transpose(1, 2).reshape(T, H, Dh)
     outs, index = [], []
     for n, group_starts in sorted(by_len.items()):
-        idx = (
-            torch.tensor(group_starts, device=q_THD.device)[:, None] + torch.arange(n, device=q_THD.device)[None, :]
-        ).reshape(-1)
+        idx = group_index(group_starts, n, q_THD.device)
         q, k, v = (
             t.index_select(0, idx).view(len(group_starts), n, H, Dh).transpose(1, 2) for t in (q_THD, k_THD, v_THD)
         )
@@ -137,14 +146,10 @@ def sdpa_varlen_grads(
     P = softmax(S), dV = Pᵀ dO, dS = P ∘ (dO vᵀ − rowsum(dO vᵀ ∘ P)), dQ = dS k/√Dh, dK = dSᵀ q/√Dh."""
     T, H, Dh = q_THD.shape
     scale = Dh**-0.5
-    cu = cu_seqlens.tolist()
-    by_len: dict[int, list[int]] = {}
-    for start, end in zip(cu[:-1], cu[1:]):
-        by_len.setdefault(end - start, []).append(start)
+    dev = q_THD.device
     grads = (torch.empty_like(q_THD), torch.empty_like(k_THD), torch.empty_like(v_THD))
-    for n, starts in by_len.items():
-        dev = q_THD.device
-        idx = (torch.tensor(starts, device=dev)[:, None] + torch.arange(n, device=dev)[None, :]).reshape(-1)
+    for n, starts in length_groups(cu_seqlens).items():
+        idx = group_index(starts, n, dev)
         q, k, v, g = (
             t.index_select(0, idx).view(len(starts), n, H, Dh).transpose(1, 2).float()
             for t in (q_THD, k_THD, v_THD, grad_THD)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import secrets
 import string
@@ -27,8 +28,9 @@ from config_check import ConfigError
 from pretrain.config import LogConfig
 from pretrain.storage import write_fault
 
-# dense bf16 tensor-core peak per device (no sparsity), TFLOP/s, from the vendors' data sheets. Matched on the
-# name torch reports, most specific first: an H100 PCIe or NVL must not take the SXM figure.
+# dense bf16 tensor-core peak per device (no sparsity), TFLOP/s, from the vendors' data sheets. Matched as whole
+# words of the name torch reports, most specific first: an H100 PCIe or NVL must not take the SXM figure, nor an
+# L40 the L4's.
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H200 NVL", 835.0),
     ("H200", 989.0),  # SXM
@@ -50,7 +52,7 @@ def peak_tflops(cfg: LogConfig, device: torch.device, say=print) -> float | None
         return None
     name = torch.cuda.get_device_name(device)
     for key, value in PEAK_TFLOPS:
-        if key in name:
+        if re.search(rf"\b{re.escape(key)}\b", name):
             return value
     say(f"MFU not logged: no peak known for {name!r}; set log.peak_tflops=<dense bf16 TFLOP/s of one device>")
     return None

@@ -158,7 +158,8 @@ def compile_report(cfg: ModelConfig) -> str:
     reasons = "; ".join(sorted({str(k).splitlines()[0][:100] for k in counters["graph_break"]}))
     return (
         f"compile: {graphs} graphs (bound {compile_bound(cfg)}: {len(application_kinds(cfg))} kinds of block "
-        f"application x static/dynamic shapes), {breaks} graph breaks" + (f" ({reasons})" if reasons else "")
+        f"application x static/dynamic shapes x training/evaluation), {breaks} graph breaks"
+        + (f" ({reasons})" if reasons else "")
     )
 
 

@@ -123,17 +123,16 @@ def setup(cfg: RunConfig) -> Runtime:
             f"{m.max_position_embeddings} or less"
         )
     dims = ParallelDims(int(os.environ.get("WORLD_SIZE", "1")), cfg.parallel.ep)  # before any process-group work
-    world_env = dims.world
     deepspeed = cfg.engine == "deepspeed"
     cuda = torch.cuda.is_available()
     # DeepSpeed needs a process group even for one process; so does bf16 under FSDP2 (its precision policy)
-    one_process_group = world_env == 1 and (deepspeed or cfg.parallel.bf16("cuda" if cuda else "cpu"))
+    one_process_group = dims.world == 1 and (deepspeed or cfg.parallel.bf16("cuda" if cuda else "cpu"))
     if one_process_group:
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if (world_env > 1 or one_process_group) and not dist.is_initialized():
+    if (dims.world > 1 or one_process_group) and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")

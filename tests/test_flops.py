@@ -100,4 +100,6 @@ def test_an_unknown_gpu_asks_for_the_peak_in_one_line_instead_of_guessing(monkey
     assert lines == [
         "MFU not logged: no peak known for 'NVIDIA B200'; set log.peak_tflops=<dense bf16 TFLOP/s of one device>"
     ]
-    assert peak_tflops(LogConfig(), torch.device("cpu"), say=lines.append) is None and len(lines) == 1
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L40")  # not an L4
+    assert peak_tflops(LogConfig(), torch.device("cuda", 0), say=lines.append) is None and len(lines) == 2
+    assert peak_tflops(LogConfig(), torch.device("cpu"), say=lines.append) is None and len(lines) == 2
