@@ -111,6 +111,11 @@ class ParallelConfig:
     # in fp32 (FSDP2 MixedPrecisionPolicy, or DeepSpeed's bf16); auto: bf16 on CUDA, fp32 on CPU. bf16 on CPU
     # runs the GPU precision path on gloo, as a stand-in for tests.
     precision: str = "auto"  # auto | bf16 | fp32
+    # A rank that makes no progress for this long ends the job (one line naming the hung rank(s), stacks in
+    # run_dir/hang/, exit 76: the SLURM script requeues). Armed from the end of the first step; before it,
+    # start-up (rendezvous, model build, resume, compilation) gets startup_timeout_s (pretrain/hang_watch.py).
+    collective_timeout_s: float = 300.0
+    startup_timeout_s: float = 1800.0
 
     def bf16(self, device_type: str) -> bool:
         return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
@@ -231,6 +236,9 @@ class RunConfig:
                 "Use engine=fsdp2 for expert parallelism",
             )
         check(ep >= 1, "parallel.ep", ep, "must be >= 1")
+        for name in ("collective_timeout_s", "startup_timeout_s"):
+            value = getattr(self.parallel, name)
+            check(value > 0, f"parallel.{name}", value, "must be > 0 (seconds)")
         check(
             self.parallel.precision in ("auto", "bf16", "fp32"),
             "parallel.precision",

@@ -8,6 +8,7 @@ Collective under FSDP: every rank runs its share of the batches.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 
@@ -33,8 +34,16 @@ def val_loader(data: DataConfig, micro_batch_size: int, rank: int, world: int) -
 
 
 @torch.no_grad()
-def val_scores(model: torch.nn.Module, loader: PretrainLoader, device: torch.device, max_batches: int = 0) -> dict:
-    """{"val_loss", "val_accuracy", "val_masked"}: means over every masked token of the evaluated batches."""
+def val_scores(
+    model: torch.nn.Module,
+    loader: PretrainLoader,
+    device: torch.device,
+    max_batches: int = 0,
+    beat: Callable[[], None] | None = None,
+) -> dict:
+    """{"val_loss", "val_accuracy", "val_masked"}: means over every masked token of the evaluated batches.
+
+    ``beat`` is called before each batch (the trainer's hang watchdog: progress, however long the split)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)  # CE sum, correct, masked tokens
@@ -43,6 +52,8 @@ def val_scores(model: torch.nn.Module, loader: PretrainLoader, device: torch.dev
     for i in itertools.count():
         if max_batches and i >= max_batches:
             break
+        if beat is not None:
+            beat()
         try:
             b, fault = next(batches), None
         except StopIteration:  # every rank has the same number of batches

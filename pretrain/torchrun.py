@@ -11,10 +11,12 @@ with the status of the worker that failed first:
     2     user error: bad config, data or checkpoint; the worker printed one line saying what to change
     3     a rank stopped because another rank died (never reported: the rank that died is)
     75    preempted: a checkpoint was saved; relaunch the same command to resume
+    76    a rank made no progress for parallel.collective_timeout_s (a hang); relaunch to resume from the
+          last checkpoint (the worker's line names the rank(s) and where their stacks are)
     128+N a worker was killed by signal N (e.g. 137: SIGKILL, often the out-of-memory killer)
     other the worker's own status after an unexpected error (its traceback is above)
 
-The workers' output is unchanged; torchrun's failure report becomes one line (none for 2 and 75,
+The workers' output is unchanged; torchrun's failure report becomes one line (none for 2, 75 and 76,
 whose worker already said what happened).
 
 SIGTERM and SIGINT reaching the launcher (a scheduler's stop, Ctrl-C) are passed on to the workers,
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if failure.exitcode < 0:
             name = signal.Signals(-failure.exitcode).name if -failure.exitcode in signal.valid_signals() else "a signal"
             print(f"torchrun: rank {rank} was killed by {name} (exit status {status})", file=sys.stderr)
-        elif status not in (exit_codes.USER_ERROR, exit_codes.REQUEUE):
+        elif status not in (exit_codes.USER_ERROR, exit_codes.REQUEUE, exit_codes.HANG):
             print(f"torchrun: rank {rank} failed with exit status {status} (its error is above)", file=sys.stderr)
         return status
     return 0

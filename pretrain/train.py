@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,7 @@ from pretrain.logger import SUPERSEDED_SUFFIX, TrainLogger, supersede_records
 from pretrain.loss_terms import LossTerm, MicroBatch, aux_loss, console_fields, declare
 from pretrain.engine import Engine
 from pretrain.fsdp_engine import FSDPEngine
+from pretrain.hang_watch import HangWatch, backstop_timeouts
 from pretrain.parallel_dims import ParallelDims
 from pretrain.parallelize import OutsideFSDP, compile_report, parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
@@ -135,7 +137,10 @@ def setup(cfg: RunConfig) -> Runtime:
     if (dims.world > 1 or one_process_group) and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # start-up's collectives (rendezvous, resume, the first step's compilation) may take long: the shorter
+        # collective_timeout_s holds from the end of the first step (Trainer.run)
+        timeout = timedelta(seconds=cfg.parallel.startup_timeout_s)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     rank = dist.get_rank() if dist.is_initialized() else 0
     accum = cfg.accumulation_steps(index.seq_len, dims.world)
     if rank == 0:
@@ -313,6 +318,7 @@ class Trainer:
         self.resumed_from: str | None = None
         self.preemption = preemption
         self.logger: TrainLogger | None = None  # set by run(); rank 0's log-write fault stops every rank
+        self.hang_watch: HangWatch | None = None  # set by run() after its first step (several ranks only)
         self.pending: list[TakenStep] = []  # steps taken since the last flush (metrics on the device)
         self._nonfinite: torch.Tensor | None = None  # the last step's flag, read with the next step's counts
         self._loader_state: dict | None = None  # the data position before the current step's micro-batches
@@ -497,7 +503,11 @@ class Trainer:
         """The val split's MLM loss and accuracy, printed and logged to eval.jsonl (rank 0)."""
         assert self.val is not None and self.logger is not None, "eval_val() needs the data and run()'s logger"
         try:
-            result = val_scores(self.model, self.val, self.rt.device, self.cfg.eval.max_batches)
+            beat = None
+            if self.hang_watch is not None:
+                watch, after = self.hang_watch, self.step_no
+                beat = lambda: watch.arm(f"validation after step {after}")  # noqa: E731
+            result = val_scores(self.model, self.val, self.rt.device, self.cfg.eval.max_batches, beat)
         except ShardError as e:  # raised on every rank together
             raise self._data_fault(str(e)) from None
         if self.rt.rank == 0:
@@ -511,6 +521,18 @@ class Trainer:
         return result
 
     # the loop -----------------------------------------------------------------------------------
+    def _watch_hangs(self) -> None:
+        """Bound every later wait: the watchdog (re-armed at each step, validation batch and save) and, as its
+        backstop, the process groups' own timeout (pretrain/hang_watch.py)."""
+        timeout = self.cfg.parallel.collective_timeout_s
+        backstop_timeouts(timeout)
+        self.hang_watch = HangWatch(timeout, self.cfg.run_dir, self.rt.rank, self.rt.world)
+
+    def _arm_save(self) -> None:
+        """A save writes for as long as the disk needs, and its collectives wait for the slowest writer."""
+        if self.hang_watch is not None:
+            self.hang_watch.arm(f"the checkpoint of step {self.step_no}", self.cfg.parallel.startup_timeout_s)
+
     def _log(self, taken: list[tuple[dict, float, dict[str, list[int]]]], records: list[dict]) -> None:
         assert self.logger is not None, "set by run()"
         for record, flops, load in taken:
@@ -552,6 +574,10 @@ class Trainer:
         try:
             while self.step_no < steps:
                 step = self.step_no + 1
+                if self.hang_watch is None and step > self.start_step + 1 and rt.world > 1:
+                    self._watch_hangs()  # from the end of the run's first step on
+                if self.hang_watch is not None:
+                    self.hang_watch.arm(f"step {step}")
                 is_log = step % cfg.train.log_every == 0 or step == steps
                 is_eval = self.val is not None and (step % cfg.eval.every == 0 or step == steps)
                 is_save = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < steps
@@ -560,6 +586,7 @@ class Trainer:
                     # the loader handed out the refused step's micro-batches: back to this step's position
                     assert self._loader_state is not None
                     self.loader.load_state_dict(self._loader_state)
+                    self._arm_save()
                     path = (saved_at == self.step_no and checkpoint.latest_checkpoint(self.ckpt_dir)) or self.save()
                     if rt.rank == 0:
                         write_marker(cfg.run_dir, self.step_no)
@@ -572,16 +599,21 @@ class Trainer:
                         taken[-1][0].update(self.eval_val())
                     self._log(taken, records)
                 if is_save:
+                    self._arm_save()
                     self.save()
                     saved_at = step
                 faults.kill_if("MODERNALBERT_KILL_AFTER_STEP", step)
             if self.step_no > self.start_step or not self.resumed_from:  # a finished run relaunched saves nothing
+                self._arm_save()
                 self.save()
             if logger.fault:  # rank 0 only: after the last step nothing else would report it
                 raise TrainingError(
                     f"{logger.fault}; the final checkpoint {checkpoint.latest_checkpoint(self.ckpt_dir)} was saved"
                 )
         finally:
+            if self.hang_watch is not None:
+                self.hang_watch.close()
+                self.hang_watch = None
             logger.close()
         if rt.rank == 0:
             if cfg.parallel.compile:

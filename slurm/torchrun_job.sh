@@ -31,15 +31,43 @@ if [[ -n "${VENV:-}" ]]; then source "$VENV/bin/activate"; fi
 
 echo "job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): $NNODES node(s) x $GPUS_PER_NODE GPU(s), rendezvous $MASTER_ADDR:$MASTER_PORT, run_dir $RUN_DIR"
 
-rc=0
+# srun runs in the background so that this shell can pass SIGUSR1 on: with `#SBATCH --signal=B:USR1@...`
+# or `scancel --signal=USR1 --full` the signal reaches this batch shell, which would die of it (the job then
+# ends FAILED, not requeued, although the workers saved). srun forwards it to the step's processes; a
+# worker that also got it directly ignores the repeat. SIGTERM (scancel, scontrol requeue, the time limit)
+# keeps bash's default: SLURM itself requeues or ends the job then, and a cancel must stay a cancel.
 srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c 'trap "" USR1; exec "$@"' ignore-usr1 \
     python -m pretrain.torchrun --nnodes="$NNODES" --nproc-per-node="$GPUS_PER_NODE" \
     --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" \
-    -m pretrain.train --config "$CONFIG" run_dir="$RUN_DIR" "$@" || rc=$?
+    -m pretrain.train --config "$CONFIG" run_dir="$RUN_DIR" "$@" &
+srun_pid=$!
+trap 'signalled=1; kill -USR1 "$srun_pid" 2>/dev/null || true' USR1
+while :; do
+    signalled=0 rc=0
+    wait "$srun_pid" || rc=$?
+    [[ $signalled == 1 && $rc -gt 128 ]] || break  # a wait cut short by the trap: the step still runs
+done
+trap - USR1
 
+# 75: preempted after a checkpoint; 76: a collective waited past parallel.collective_timeout_s (a hung
+# rank, the stacks are in $RUN_DIR/hang/): both transient, so requeue and resume from the last checkpoint.
+# A hang that comes back without progress would loop: after HANG_REQUEUES (default 3) hangs at the same
+# checkpoint the job ends instead.
 if [[ -f "$RUN_DIR/preempted" || $rc -eq 75 ]]; then
     echo "preempted after step $(cat "$RUN_DIR/preempted" 2>/dev/null || echo '?'); requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
+fi
+if [[ $rc -eq 76 ]]; then
+    latest="$(cat "$RUN_DIR/checkpoints/latest" 2>/dev/null || echo none)"
+    echo "$latest" >> "$RUN_DIR/hangs"
+    hangs=$(grep -cxF "$latest" "$RUN_DIR/hangs")
+    if (( hangs <= ${HANG_REQUEUES:-3} )); then
+        echo "hung collective (hang $hangs at checkpoint $latest); requeueing job $SLURM_JOB_ID"
+        scontrol requeue "$SLURM_JOB_ID"
+        exit 0
+    fi
+    echo "hung collective $hangs times at checkpoint $latest (HANG_REQUEUES=${HANG_REQUEUES:-3}): not requeueing;" \
+         "the stacks are in $RUN_DIR/hang/"
 fi
 exit "$rc"

@@ -154,3 +154,53 @@ def test_a_rank_killed_outright_stops_the_job_quickly_with_one_line(shards_dir, 
     assert took < 40, took  # bounded: the launcher's 30 s grace at most (README)
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert lines[0].startswith("torchrun: rank ") and lines[0].endswith("was killed by SIGKILL (exit status 137)")
+
+
+def test_a_frozen_rank_ends_the_job_after_the_collective_timeout_and_a_relaunch_resumes_bitwise(
+    uninterrupted, shards_dir, tmp_path
+):
+    """Rank 0 frozen by SIGSTOP (a stuck GPU or filesystem): rank 1 waits parallel.collective_timeout_s in its
+    next collective, then reports in one line that rank 0 did not arrive, leaves its stacks in run_dir/hang/
+    and exits 76; the relaunch resumes from the last checkpoint and ends on the uninterrupted run's weights.
+    Rank 0 is the one frozen because it is the usual reporter: the report must not need it (torchrun's agent
+    holds the store)."""
+    extra = ("parallel.collective_timeout_s=5", "checkpoint.every=5")
+    proc = subprocess.Popen(
+        _cmd(tmp_path, shards_dir, extra),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 7):
+        time.sleep(0.005)
+    ranks = {}
+    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        ranks[next(int(e[5:]) for e in environ if e.startswith(b"RANK="))] = int(pid)
+    t0 = time.time()
+    os.kill(ranks[0], signal.SIGSTOP)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.kill(ranks[0], signal.SIGKILL)
+    took = time.time() - t0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 76, err[-3000:]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith("hang: no progress for 5 s in step ") and "rank(s) 0 did not report" in lines[0]
+    assert took < 5 + 5 + 30 + 20, took  # the timeout, the report's grace, torchrun's 30 s to kill the frozen rank
+    stacks = (tmp_path / "hang" / "rank1.txt").read_text()
+    assert "no progress for 5 s" in stacks and "pretrain/train.py" in stacks
+    assert not (tmp_path / "hang" / "rank0.txt").exists()  # frozen: it could not write
+    again = subprocess.run(
+        _cmd(tmp_path, shards_dir, extra), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-3000:]
+    got = final_weights(str(tmp_path))
+    for k in uninterrupted:
+        assert torch.equal(got[k], uninterrupted[k]), k
