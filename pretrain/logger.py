@@ -200,8 +200,16 @@ class TrainLogger:
         (self.bar.write if self.bar is not None else print)(line)
         sys.stdout.flush()
         if self.wandb is not None:
+            entropy = record.get("router_entropy", {})
+            scalars = {k: v for k, v in record.items() if k != "router_entropy"}
             self.wandb.log(
-                {**record, **perf, **{f"expert_load/{k}": v for k, v in imbalance.items()}}, step=record["step"]
+                {
+                    **scalars,
+                    **perf,
+                    **{f"expert_load/{k}": v for k, v in imbalance.items()},
+                    **{f"router_entropy/{k}": v for k, v in entropy.items()},
+                },
+                step=record["step"],
             )
         self.t_last, self.tokens, self.flops, self.steps = time.perf_counter(), 0, 0.0, 0
         return {**perf, "tokens_per_expert": expert_load}

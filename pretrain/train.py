@@ -217,8 +217,10 @@ class StepSums:
     """A step's metric sums over its micro-batches, kept on the device (no host sync until ``Trainer.flush``).
 
     Entries: one per declared loss term (``pretrain/loss_terms.py``), and on log steps "load/<layer>"
-    (tokens routed to each expert). Every rank adds the same entries in the same order, so the flattened
-    sums line up in the all-reduce.
+    (tokens routed to each expert) and "entropy/<layer>" (the router's mean per-token entropy times the
+    token-expert pairs routed, so that its sum over ranks and micro-batches divided by the load's is the
+    mean over every token). Every rank adds the same entries in the same order, so the flattened sums line
+    up in the all-reduce.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -236,6 +238,7 @@ class StepSums:
         if count_load:
             for layer, st in out.routing_stats.items():
                 self._add(f"load/{layer}", st["tokens_per_expert"])
+                self._add(f"entropy/{layer}", st["router_entropy"] * st["tokens_per_expert"].sum())
 
     def nonfinite(self, names: list[str]) -> torch.Tensor:
         """[1] float64 on the device: 1 when this rank's sum of any of ``names`` is NaN or infinite."""
@@ -247,17 +250,20 @@ class StepSums:
     def flat(self) -> torch.Tensor:
         return torch.cat(list(self.sums.values()))
 
-    def unflatten(self, values: list[float]) -> tuple[dict[str, float], dict[str, list[int]]]:
-        """``flat()``'s layout read back: (scalar sums, expert load per layer)."""
-        scalars, load, i = {}, {}, 0
+    def unflatten(self, values: list[float]) -> tuple[dict[str, float], dict[str, list[int]], dict[str, float]]:
+        """``flat()``'s layout read back: (scalar sums, expert load per layer, router entropy per layer)."""
+        scalars, load, weighed, i = {}, {}, {}, 0
         for n, t in self.sums.items():
             e = t.numel()
             if n.startswith("load/"):
                 load[n[len("load/") :]] = [int(v) for v in values[i : i + e]]
+            elif n.startswith("entropy/"):
+                weighed[n[len("entropy/") :]] = values[i]
             else:
                 scalars[n] = values[i]
             i += e
-        return scalars, load
+        entropy = {layer: w / max(1, sum(load[layer])) for layer, w in weighed.items()}
+        return scalars, load, entropy
 
 
 @dataclass
@@ -468,7 +474,7 @@ class Trainer:
         out, i = [], 0
         for k, p in enumerate(pending):
             n = sum(t.numel() for t in p.sums.sums.values())
-            m, load = p.sums.unflatten(values[i : i + n])
+            m, load, entropy = p.sums.unflatten(values[i : i + n])
             i += n
             record = {"step": p.step, **{t.name: m[t.name] / p.counts[t.normaliser] for t in self.terms}}
             record.update(
@@ -479,6 +485,8 @@ class Trainer:
                     "tokens": p.tokens,
                 }
             )
+            if entropy:  # log steps with routed layers: nats, per layer (ln E is a uniform choice of E experts)
+                record["router_entropy"] = entropy
             bad = {t.name: record[t.name] for t in self.terms if t.weight and not math.isfinite(record[t.name])}
             if bad:
                 raise TrainingError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -63,6 +64,9 @@ def test_metrics_carry_throughput_mfu_memory_and_expert_load(reference, tmp_path
         assert sorted(r["tokens_per_expert"]) == ["layer2.ffn", "layer3.ffn"]
         for counts in r["tokens_per_expert"].values():
             assert len(counts) == 8 and sum(counts) == 2 * r["tokens"]
+        # the router's mean per-token entropy, nats: below ln 8 (uniform over the 8), well above 0 near init
+        assert sorted(r["router_entropy"]) == ["layer2.ffn", "layer3.ffn"]
+        assert all(1.0 < h < math.log(8) for h in r["router_entropy"].values()), r["router_entropy"]
         total = r["aux/mol_load_balance"] * 0.01 + r["aux/mol_z"] * 0.001
         assert r["aux_loss"] == pytest.approx(total, rel=1e-5)
     stdout = (tmp_path_factory.getbasetemp() / "ref_stdout.txt").read_text()

@@ -81,3 +81,4 @@ def test_offline_run_holds_the_metrics_and_a_requeued_run_continues_its_id(shard
         for r in rows:
             assert r["loss"] == pytest.approx(metrics[r["step"]]["loss"])
             assert "grad_norm" in r and "lr" in r and "tokens_per_s" in r
+            assert r["router_entropy/layer2.ffn"] == pytest.approx(metrics[r["step"]]["router_entropy"]["layer2.ffn"])
