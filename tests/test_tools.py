@@ -254,3 +254,23 @@ def test_hf_fast_tokenizer_matches_sentencepiece_on_the_whole_corpus(shards_dir,
     ties = [i for i in differ if sorted(got[i]) == sorted(want[i])]
     assert len(docs) > 3000 and differ == ties, f"{len(differ) - len(ties)} documents differ beyond ties"
     assert len(ties) <= 2
+
+
+def test_native_config_json_has_a_model_type_and_older_ones_still_load(native_dir, tmp_path):
+    from transformers import AutoConfig, PretrainedConfig
+
+    from model.native_format import load_native
+
+    doc = json.load(open(os.path.join(native_dir, "config.json")))
+    assert doc["model_type"] == "modernalbert" and doc["format"] == "modernalbert-native"
+    assert PretrainedConfig.get_config_dict(native_dir)[0]["model_type"] == "modernalbert"
+    with pytest.raises(ValueError, match="model type `modernalbert`"):  # named, not "Should have a model_type key"
+        AutoConfig.from_pretrained(native_dir)
+    old = tmp_path / "old"
+    shutil.copytree(native_dir, old)
+    del doc["model_type"]  # a directory written before the field
+    (old / "config.json").write_text(json.dumps(doc))
+    (new, _), (before, old_doc) = load_native(native_dir), load_native(str(old))
+    assert "model_type" not in old_doc and new.cfg == before.cfg
+    for k, v in new.state_dict().items():
+        assert torch.equal(v, before.state_dict()[k]), k
