@@ -2,8 +2,9 @@
 
 A native directory (what ``consolidate_checkpoint.py`` and ``merge_experts.py`` write)::
 
-    config.json         {"format": "modernalbert-native", "model": ModelConfig fields, "tokenizer": file name,
-                         "data_dir": shards it was trained on, "history": [what each tool did]}
+    config.json         {"format": "modernalbert-native", "model_type": "modernalbert", "model": ModelConfig
+                         fields, "tokenizer": file name, "data_dir": shards it was trained on, "history": [what
+                         each tool did]}
     model.safetensors   the ``ModernAlbertForMaskedLM`` state dict, full tensors, fp32
     tokenizer.model     (or tokenizer.json) the tokenizer the data was built with
 
@@ -11,6 +12,11 @@ A fine-tuned classifier (``evaluation/glue.py --save-model``) is the same direct
 ``"classifier"`` entry in config.json (``ClassifierConfig``: labels, pooling) and the head's
 ``classifier.*`` tensors in model.safetensors: ``load_native`` still gives the masked LM,
 ``load_native_classifier`` the encoder with its head.
+
+``model_type`` is there for transformers and the Hub, which identify any config.json by it (``AutoConfig``
+now names the type it has no class for, where it said the key was missing); the weights carry the names of
+the custom-code HF export's classes, whose model_type it is. This project tells the two apart by ``format``
+and reads directories written before the field the same way.
 
 Tools write it through ``fileio.OutputDir`` (all or nothing: a failing tool leaves no partial directory).
 """
@@ -30,6 +36,7 @@ from model.config import ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
 
 FORMAT = "modernalbert-native"
+MODEL_TYPE = "modernalbert"  # config.json's model_type, here and in the custom-code HF export
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
@@ -79,6 +86,7 @@ def save_native(
     doc = {
         "format": FORMAT,
         "format_version": 1,
+        "model_type": MODEL_TYPE,
         "model": cfg.to_dict(),
         "tokenizer": tok_name,
         "data_dir": data_dir,

@@ -279,8 +279,9 @@ def test_a_failed_build_does_not_block_the_corrected_rerun(tmp_path, capsys):
     assert os.path.isfile(os.path.join(out, "index.json"))
 
 
-def test_fill_mask_on_a_native_directory_says_to_export_it(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"format": "modernalbert-native"}))
+@pytest.mark.parametrize("model_type", [{}, {"model_type": "modernalbert"}])  # written before / since the field
+def test_fill_mask_on_a_native_directory_says_to_export_it(tmp_path, model_type):
+    (tmp_path / "config.json").write_text(json.dumps({"format": "modernalbert-native", **model_type}))
     r = run_cli(["tools/fill_mask.py", str(tmp_path), "a [MASK] b"])
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "not a HuggingFace export" in r.stderr and "tools/convert_to_hf.py" in r.stderr

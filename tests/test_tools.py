@@ -254,3 +254,162 @@ def test_hf_fast_tokenizer_matches_sentencepiece_on_the_whole_corpus(shards_dir,
     ties = [i for i in differ if sorted(got[i]) == sorted(want[i])]
     assert len(docs) > 3000 and differ == ties, f"{len(differ) - len(ties)} documents differ beyond ties"
     assert len(ties) <= 2
+
+
+# A user of the export, as the README's quickstart ends: tokenizer, base model, a long text cut by truncation=True,
+# fill-mask. stdin is closed, so a trust_remote_code prompt would show in the output (not wait for an answer).
+_HUB_USER = r"""
+import json, sys, torch
+for name in ("model", "config_check", "validation", "fileio", "scoring", "data_prep", "pretrain", "tools"):
+    sys.modules[name] = None
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, pipeline
+d, remote, out = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+kw = {"trust_remote_code": True} if remote else {}
+tok = AutoTokenizer.from_pretrained(d, **kw)  # the stock formats: no trust_remote_code at all
+plain = PreTrainedTokenizerFast.from_pretrained(d)  # every format: the stock class, no flag
+text = " ".join(["And he said unto them, Go ye into all the world, and preach the gospel to every creature."] * 40)
+enc = tok(text, truncation=True, return_tensors="pt")
+model = AutoModel.from_pretrained(d, **kw).eval()
+with torch.no_grad():
+    hidden = model(**enc).last_hidden_state
+fill = pipeline("fill-mask", model=d, **kw)("And he said unto them, Go ye into all the [MASK], and preach the gospel.")
+open(out, "w").write(json.dumps({
+    "tokenizer": type(tok).__name__, "max_length": tok.model_max_length, "plain_max_length": plain.model_max_length,
+    "untruncated": len(tok(text)["input_ids"]), "truncated": enc["input_ids"].shape[1], "same_ids":
+    plain(text, truncation=True)["input_ids"] == enc["input_ids"][0].tolist(), "model": type(model).__name__,
+    "hidden": list(hidden.shape), "finite": bool(hidden.isfinite().all()), "fill": len(fill),
+}))
+"""
+_BARE_TOKENIZER = r"""
+import json, sys
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+open(sys.argv[2], "w").write(json.dumps({"max_length": tok.model_max_length}))
+"""
+
+
+@pytest.fixture(scope="module")
+def students(shards_dir, tmp_path_factory) -> dict[str, str]:
+    """Tiny random-init native models without experts, each with a position count no default has: ModernBERT's
+    block (RoPE, 384 declared) and the BERT family's (a 320-row absolute table, as a teacher's student has)."""
+    import dataclasses
+
+    from data_prep.tokenizer import Tokenizer
+    from model.config import BERT_BLOCK, MoLConfig, preset
+    from model.modernalbert import ModernAlbertForMaskedLM
+    from model.native_format import save_native
+
+    tok = os.path.join(shards_dir, "tokenizer.model")
+    base = preset("tiny", vocab_size=Tokenizer(tok).vocab_size, mol=MoLConfig(groups=()))
+    out = {}
+    for name, fields in (
+        ("rope", {"max_position_embeddings": 384}),
+        ("absolute", {**BERT_BLOCK, "global_every": 1, "max_position_embeddings": 320}),
+    ):
+        torch.manual_seed(0)
+        model = ModernAlbertForMaskedLM(dataclasses.replace(base, **fields).validate())
+        out[name] = str(tmp_path_factory.mktemp("students") / name)
+        os.makedirs(out[name])
+        save_native(out[name], model.state_dict(), model.cfg, tok, None, [])
+    return out
+
+
+def _hub_env(tmp_path) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+
+
+@pytest.mark.parametrize(
+    "fmt, student, positions",
+    [
+        ("modernalbert", "rope", 384),
+        ("modernalbert", "absolute", 320),
+        ("modernbert", "rope", 384),
+        ("albert", "absolute", 320),
+    ],
+)
+def test_every_hf_export_loads_truncates_and_fills_masks_like_a_hub_model(students, tmp_path, fmt, student, positions):
+    """The tokenizer is the stock PreTrainedTokenizerFast with the model's positions as its model_max_length (was
+    8192: a 700-token text with truncation=True broke the model's 320-row table), and nothing asks or warns."""
+    hf = str(tmp_path / "hf")
+    r = run_cli(["tools/convert_to_hf.py", students[student], "--out", hf, "--format", fmt])
+    assert r.returncode == 0, r.stderr
+    tok_cfg = json.load(open(os.path.join(hf, "tokenizer_config.json")))
+    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and "auto_map" not in tok_cfg
+    assert tok_cfg["model_max_length"] == positions
+    assert json.load(open(os.path.join(hf, "config.json")))["max_position_embeddings"] == positions
+    remote = fmt == "modernalbert"
+    r = subprocess.run(
+        [sys.executable, "-c", _HUB_USER, hf, "1" if remote else "0", str(tmp_path / "user.json")],
+        cwd=str(tmp_path),
+        env=_hub_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "Do you wish to run the custom code" not in out and "trust_remote_code" not in out, out[-3000:]
+    assert "to instantiate a model of type" not in out, out[-3000:]
+    if remote:  # our base class takes the checkpoint's heads as expected leftovers (the stock ones list them)
+        assert "LOAD REPORT" not in out and "UNEXPECTED" not in out and "MISSING" not in out, out[-3000:]
+    res = json.loads((tmp_path / "user.json").read_text())
+    assert res["max_length"] == res["plain_max_length"] == positions
+    assert res["untruncated"] >= 700 and res["truncated"] == positions and res["same_ids"]
+    assert res["hidden"] == [1, positions, 64] and res["finite"]
+    assert (
+        res["model"]
+        == {"modernalbert": "ModernAlbertModel", "modernbert": "ModernBertModel", "albert": "AlbertModel"}[fmt]
+    )
+    assert res["fill"] == 5
+    if remote:
+        # transformers 5's AutoTokenizer reads config.json through AutoConfig before tokenizer_config.json, and a
+        # custom-code config asks for trust_remote_code: without it (stdin closed) the answer is no, and the
+        # tokenizer still loads, the same one (the prompt is printed; docs/tools.md says to pass the flag)
+        r = subprocess.run(
+            [sys.executable, "-c", _BARE_TOKENIZER, hf, str(tmp_path / "bare.json")],
+            cwd=str(tmp_path),
+            env=_hub_env(tmp_path),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert json.loads((tmp_path / "bare.json").read_text())["max_length"] == positions
+
+
+def test_native_config_json_has_a_model_type_and_older_ones_still_load(native_dir, tmp_path):
+    from transformers import AutoConfig, PretrainedConfig
+
+    from model.native_format import load_native
+
+    doc = json.load(open(os.path.join(native_dir, "config.json")))
+    assert doc["model_type"] == "modernalbert" and doc["format"] == "modernalbert-native"
+    assert PretrainedConfig.get_config_dict(native_dir)[0]["model_type"] == "modernalbert"
+    with pytest.raises(ValueError, match="model type `modernalbert`"):  # named, not "Should have a model_type key"
+        AutoConfig.from_pretrained(native_dir)
+    old = tmp_path / "old"
+    shutil.copytree(native_dir, old)
+    del doc["model_type"]  # a directory written before the field
+    (old / "config.json").write_text(json.dumps(doc))
+    (new, _), (before, old_doc) = load_native(native_dir), load_native(str(old))
+    assert "model_type" not in old_doc and new.cfg == before.cfg
+    for k, v in new.state_dict().items():
+        assert torch.equal(v, before.state_dict()[k]), k
+
+
+def test_max_length_defaults_to_the_models_positions_and_only_rope_declares_more():
+    from model.config import BERT_BLOCK, preset
+    from model.native_format import InputError
+    from tools.convert_to_hf import declared_lengths
+
+    rope, absolute = (
+        preset("tiny", max_position_embeddings=384),
+        preset("tiny", **BERT_BLOCK, max_position_embeddings=320),
+    )
+    assert declared_lengths(rope) == (384, 384) and declared_lengths(absolute) == (320, 320)
+    # (config.json's max_position_embeddings, the tokenizer's model_max_length): a table's rows stay
+    assert declared_lengths(rope, 1024) == (1024, 1024) and declared_lengths(absolute, 128) == (320, 128)
+    with pytest.raises(InputError, match="--max-length 512: allowed: 1 to 320"):
+        declared_lengths(absolute, 512)

@@ -19,10 +19,16 @@ Formats:
                 its projection, ours after, so the table is folded to V×d (E·Pᵀ) and ALBERT's projection
                 is the identity. Experts must be folded first, as for modernbert.
 
-The tokenizer is saved as a fast tokenizer (``AutoTokenizer.from_pretrained(DIR)``). ``--verify`` (on
-by default) loads the written directory with transformers and compares its logits with the native
-model's on real text (documents of the shipped sample corpus, padded batch): the max abs difference
-is printed, and above ``--tolerance`` (1e-4) nothing is written.
+The tokenizer is saved as a stock fast tokenizer (``PreTrainedTokenizerFast``, no tokenizer code) whose
+``model_max_length`` is the model's position count (``model.max_position_embeddings``, which every format's
+config.json declares as its ``max_position_embeddings``; see ``--max-length``), so ``tok(text, truncation=True)``
+gives what the model takes. The stock formats load it with ``AutoTokenizer.from_pretrained(DIR)``. For the
+modernalbert format, transformers 5's ``AutoTokenizer`` reads the model's config.json first, and that config is
+custom code: pass the model's ``trust_remote_code=True`` there too (no tokenizer code runs; without it
+transformers asks, and on "no" or a closed stdin loads the same tokenizer), or use
+``PreTrainedTokenizerFast.from_pretrained(DIR)``. ``--verify`` (on by default) loads the written directory with
+transformers and compares its logits with the native model's on real text (documents of the shipped sample
+corpus, padded batch): the max abs difference is printed, and above ``--tolerance`` (1e-4) nothing is written.
 
 A fine-tuned classifier directory (``python -m evaluation.glue --save-model``) exports with its head:
 ``AutoModelForSequenceClassification.from_pretrained(DIR[, trust_remote_code=True])`` gives the native
@@ -44,10 +50,10 @@ import sys
 import torch
 
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
-from model.config import BERT_BLOCK, MODERN_BLOCK
+from model.config import BERT_BLOCK, MODERN_BLOCK, ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
 from fileio import OutputDir
-from model.native_format import InputError, follow_umask, load_native_all
+from model.native_format import MODEL_TYPE, InputError, follow_umask, load_native_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("modernalbert", "modernbert", "albert")
@@ -94,6 +100,7 @@ def write_modernalbert(
     special: dict[str, int],
     out: str,
     clf: ModernAlbertForSequenceClassification | None = None,
+    positions: int | None = None,
 ) -> None:
     from model.native_format import save_safetensors
 
@@ -118,7 +125,8 @@ def write_modernalbert(
 
     config = {
         **model.cfg.to_dict(),
-        "model_type": "modernalbert",
+        "max_position_embeddings": positions or model.cfg.max_position_embeddings,  # RoPE: declared only
+        "model_type": MODEL_TYPE,
         "architectures": ["ModernAlbertForMaskedLM"],
         "auto_map": AUTO_MAP,
         "pad_token_id": special["pad"],
@@ -135,6 +143,23 @@ def write_modernalbert(
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=1)
     save_safetensors(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+
+
+def declared_lengths(cfg: ModelConfig, max_length: int | None = None) -> tuple[int, int]:
+    """(the ``max_position_embeddings`` the export's config.json declares, its tokenizer's ``model_max_length``).
+
+    Both are the model's ``max_position_embeddings`` unless ``--max-length`` says otherwise. Absolute positions:
+    the table's rows, which the config must keep; a shorter ``--max-length`` shortens the tokenizer only, a
+    longer one is refused. RoPE has no table (the field is a declared length, 512 unless the model config set
+    one): ``--max-length`` is then what the config and the tokenizer both declare."""
+    positions = cfg.max_position_embeddings
+    if max_length is None:
+        return positions, positions
+    absolute = cfg.position_embedding == "absolute"
+    if max_length < 1 or (absolute and max_length > positions):
+        allowed = f"1 to {positions} (model.max_position_embeddings, absolute positions)" if absolute else ">= 1"
+        raise InputError(f"--max-length {max_length}: allowed: {allowed}")
+    return (positions if absolute else max_length), max_length
 
 
 def _no_experts(cfg, fmt: str) -> None:
@@ -203,6 +228,7 @@ def write_albert(
     special: dict[str, int],
     out: str,
     clf: ModernAlbertForSequenceClassification | None = None,
+    positions: int | None = None,
 ) -> None:
     from transformers import AlbertConfig, AlbertForMaskedLM
 
@@ -223,7 +249,7 @@ def write_albert(
         hidden_act="gelu",
         hidden_dropout_prob=c.embedding_dropout,
         attention_probs_dropout_prob=c.attention_dropout,
-        max_position_embeddings=c.max_position_embeddings,
+        max_position_embeddings=c.max_position_embeddings,  # the table's rows (declared_lengths keeps them)
         type_vocab_size=2,
         layer_norm_eps=c.norm_eps,
         initializer_range=c.init_std,
@@ -272,6 +298,7 @@ def write_modernbert(
     special: dict[str, int],
     out: str,
     clf: ModernAlbertForSequenceClassification | None = None,
+    positions: int | None = None,
 ) -> None:
     from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification
 
@@ -303,6 +330,7 @@ def write_modernbert(
         bos_token_id=special["cls"],
         eos_token_id=special["sep"],
         initializer_range=c.init_std,
+        max_position_embeddings=positions or c.max_position_embeddings,  # not ModernBERT's 8192
         **(_label_fields(clf.head_cfg) if clf is not None else {}),
     )
     state = modernbert_state(model)
@@ -422,7 +450,13 @@ def main(argv: list[str] | None = None) -> int:
         help="compare the HF model's logits with the native model's (default: on)",
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed (fp32)")
-    p.add_argument("--max-length", type=int, default=8192, help="tokenizer model_max_length")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="the tokenizer's model_max_length (default: the model's max_position_embeddings; with absolute "
+        "positions at most that; with RoPE also the max_position_embeddings the export declares)",
+    )
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -435,12 +469,13 @@ def main(argv: list[str] | None = None) -> int:
         if not doc.get("tokenizer"):
             raise InputError(f"{a.in_dir}: no tokenizer in the model directory; the HF export needs one")
         special = _special_ids(doc, a.in_dir)
+        positions, max_length = declared_lengths(model.cfg, a.max_length)
         if a.format != "modernalbert":  # refuse a model the stock class cannot hold before anything is written
             (modernbert_state if a.format == "modernbert" else albert_state)(model)
         writer = {"modernalbert": write_modernalbert, "modernbert": write_modernbert, "albert": write_albert}[a.format]
         with OutputDir(a.out, a.overwrite, InputError) as tmp:
-            writer(model, special, tmp, clf)
-            save_hf_tokenizer(os.path.join(a.in_dir, doc["tokenizer"]), special, tmp, a.max_length)
+            writer(model, special, tmp, clf, positions)
+            save_hf_tokenizer(os.path.join(a.in_dir, doc["tokenizer"]), special, tmp, max_length)
             if a.verify:
                 for head, diff in verify(model, doc, a.in_dir, tmp, a.format, clf).items():
                     print(

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import pipeline
+
+    from model.native_format import FORMAT
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -38,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, json.JSONDecodeError) as e:
         print(f"error: {cfg_path}: unreadable ({e})", file=sys.stderr)
         return 2
-    if "model_type" not in config:
+    native = config.get("format") == FORMAT  # a native directory has a model_type too (older ones have none)
+    if native or "model_type" not in config:
+        why = f"a native model directory, format {FORMAT}" if native else "its config.json has no model_type"
         print(
-            f"error: {a.hf_dir}: not a HuggingFace export (its config.json has no model_type; a native model "
-            f"directory?); export it first: python tools/convert_to_hf.py {a.hf_dir} --out HF_DIR",
+            f"error: {a.hf_dir}: not a HuggingFace export ({why}); export it first: "
+            f"python tools/convert_to_hf.py {a.hf_dir} --out HF_DIR",
             file=sys.stderr,
         )
         return 2

@@ -6,16 +6,21 @@ normaliser (its precompiled NFKC map, whitespace collapsing, the dummy prefix �
 splitting; ``tests/test_tools.py`` checks that it gives the sentencepiece ids on the whole shipped
 corpus (3 574 documents), except where two segmentations score exactly the same (a run of 49 '*'):
 the two libraries break such Viterbi ties differently, into the same pieces in another order. A
-``tokenizer.json`` input is used as it is. Either way ``AutoTokenizer.from_pretrained(dir)`` loads it with
-no custom code and adds ``[CLS] … [SEP]`` like the training data.
+``tokenizer.json`` input is used as it is. Either way it is a stock fast tokenizer: ``tokenizer_config.json``
+names ``PreTrainedTokenizerFast`` (the name transformers 4 and 5 both know; 5 saves its new alias
+``TokenizersBackend``, which 4 cannot load) and has no ``auto_map``, so no tokenizer code ships or runs, and it
+adds ``[CLS] … [SEP]`` like the training data. ``model_max_length`` is what the caller gives: the exported
+model's position count (``tools/convert_to_hf.py``), so ``truncation=True`` cuts to what the model takes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from model.native_format import InputError
 
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
 
@@ -56,7 +61,8 @@ def _from_sentencepiece(path: str):
 
 
 def save_hf_tokenizer(src: str, special_ids: dict[str, int], out_dir: str, max_length: int) -> None:
-    """Write ``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json`` into ``out_dir``."""
+    """Write ``tokenizer.json`` + ``tokenizer_config.json`` into ``out_dir``; ``max_length``: its
+    ``model_max_length``."""
     from tokenizers import AddedToken, Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -86,6 +92,14 @@ def save_hf_tokenizer(src: str, special_ids: dict[str, int], out_dir: str, max_l
         **{f"{role}_token": piece for role, piece in names.items()},
     )
     fast.save_pretrained(out_dir)
+    # a stock class under the name every transformers version resolves, and never a tokenizer auto_map
+    cfg_path = os.path.join(out_dir, "tokenizer_config.json")
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg.pop("auto_map", None)
+    cfg.update(tokenizer_class=TOKENIZER_CLASS, model_max_length=max_length)
+    with open(cfg_path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
     for stray in ("tokenizer.model",):  # only the fast tokenizer ships
         if os.path.exists(os.path.join(out_dir, stray)):
             os.remove(os.path.join(out_dir, stray))

@@ -39,6 +39,9 @@ class ModernAlbertPreTrainedModel(PreTrainedModel):
     base_model_prefix = "modernalbert"
     _no_split_modules = ["Block"]
     _supports_sdpa = True
+    # One checkpoint holds the encoder, the MLM head and (a fine-tuned classifier's export) the classifier:
+    # the heads a class does not have are expected leftovers, not a load report's UNEXPECTED keys.
+    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^decoder_bias$", r"^classifier\."]
 
     def _init_weights(self, module):
         std = self.config.init_std
