@@ -435,8 +435,8 @@ def test_a_step_reads_the_device_once_and_a_log_step_twice(shards_dir, tmp_path)
     and non-finite flags) once per step, the metrics once per log step, none in the model's MoL/routing code
     or the loss terms. Before this count was taken the loop read 3 times per step and the MoL forward once per
     application. Host-side tensors are read on CPU too and are listed apart: the loader's batches (FLOPs), torch
-    AdamW's step counters, and the reference attention backend's length grouping (sdpa, CPU's; on GPU flash_attn/torch_varlen
-    take cu_seqlens as they are)."""
+    AdamW's step counters, and the reference attention backend's length grouping (sdpa, CPU's; on GPU
+    flash_attn/torch_varlen take cu_seqlens as they are)."""
     from conftest import torchrun
 
     script = tmp_path / "count.py"
