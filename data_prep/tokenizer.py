@@ -64,6 +64,11 @@ class SpecialIds:
         return {k: getattr(self, k) for k in SPECIAL_TOKENS}
 
 
+def tokenizer_kind(path: str) -> str:
+    """The kind of a tokenizer file: "hf" (a tokenizer.json or a BERT vocab.txt) or "sentencepiece" (``*.model``)."""
+    return "hf" if path.endswith((".json", ".txt")) else "sentencepiece"
+
+
 class Tokenizer:
     """A loaded tokenizer file: ``kind`` is "sentencepiece" (``*.model``) or "hf" (``tokenizer.json``)."""
 
@@ -71,14 +76,10 @@ class Tokenizer:
         if not os.path.isfile(path):
             raise DataPrepError(f"--tokenizer {path!r}: no such file")
         self.path = path
-        if path.endswith(".json"):
-            self.kind = "hf"
-            self._load_hf(path)
-        elif path.endswith(".txt"):
-            self.kind = "hf"
-            self._load_hf(path, wordpiece=True)
+        self.kind = tokenizer_kind(path)
+        if self.kind == "hf":
+            self._load_hf(path, wordpiece=path.endswith(".txt"))
         else:
-            self.kind = "sentencepiece"
             self._load_sentencepiece(path)
 
     def _load_sentencepiece(self, path: str) -> None:
@@ -132,6 +133,13 @@ class Tokenizer:
                 f"--tokenizer {path!r}: special tokens not found in the vocabulary: {', '.join(missing)}"
             )
         self.special_ids = SpecialIds(**ids)
+
+    def vocabulary(self) -> list[str]:
+        """Every token, id by id (what makes two tokenizer files the same tokenizer to a model)."""
+        if self.kind == "sentencepiece":
+            return [self._sp.IdToPiece(i) for i in range(self.vocab_size)]
+        by_id = {i: t for t, i in self._hf.get_vocab(with_added_tokens=True).items()}
+        return [by_id.get(i, "") for i in range(self.vocab_size)]
 
     def save_json(self, path: str) -> None:
         """Write a HF-kind tokenizer as tokenizer.json (how a vocab.txt travels with the shards)."""

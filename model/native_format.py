@@ -3,8 +3,9 @@
 A native directory (what ``consolidate_checkpoint.py`` and ``merge_experts.py`` write)::
 
     config.json         {"format": "modernalbert-native", "model_type": "modernalbert", "model": ModelConfig
-                         fields, "tokenizer": file name, "data_dir": shards it was trained on, "history": [what
-                         each tool did]}
+                         fields, "tokenizer": file name, "tokenizer_sha256": its sha256 (as index.json records a
+                         shard build's; absent in older directories), "data_dir": shards it was trained on,
+                         "history": [what each tool did]}
     model.safetensors   the ``ModernAlbertForMaskedLM`` state dict, full tensors, fp32
     tokenizer.model     (or tokenizer.json) the tokenizer the data was built with
 
@@ -32,6 +33,7 @@ import torch
 
 from model.classification import ClassifierConfig, ModernAlbertForSequenceClassification
 from config_check import ConfigError
+from fileio import sha256_file
 from model.config import ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
 
@@ -49,6 +51,13 @@ def tokenizer_file(directory: str) -> str | None:
         if os.path.isfile(os.path.join(directory, name)):
             return name
     return None
+
+
+def tokenizer_record(in_dir: str, doc: dict) -> tuple[str | None, str | None]:
+    """The directory's tokenizer file (None: it ships none) and the sha256 config.json records of it (None: an
+    older directory, written before it was recorded); ``data_prep.tokenizer_id`` compares them."""
+    name = doc.get("tokenizer")
+    return (os.path.join(in_dir, name) if name else None), doc.get("tokenizer_sha256")
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
@@ -79,16 +88,18 @@ def save_native(
 ) -> None:
     tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in state.items()}
     save_safetensors(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": FORMAT})
-    tok_name = None
+    tok_name = tok_sha = None
     if tokenizer_src is not None:
         tok_name = os.path.basename(tokenizer_src)
         shutil.copyfile(tokenizer_src, os.path.join(out_dir, tok_name))
+        tok_sha = sha256_file(os.path.join(out_dir, tok_name))
     doc = {
         "format": FORMAT,
         "format_version": 1,
         "model_type": MODEL_TYPE,
         "model": cfg.to_dict(),
         "tokenizer": tok_name,
+        "tokenizer_sha256": tok_sha,
         "data_dir": data_dir,
         "history": history,
     }

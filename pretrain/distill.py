@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from model.classification import pool
 from config_check import ConfigError
+from data_prep.tokenizer_id import TokenizerId, check_same_tokenizer, file_tokenizer, warn
 from model.config import ModelConfig
 from model.teacher import TeacherError, layer_map, read_teacher_config
 from pretrain.config import DistillConfig
@@ -72,11 +73,20 @@ class Teacher:
         device: torch.device,
         verbose: bool,
         init_from: str = "",
+        shards: TokenizerId | None = None,
     ) -> None:
         try:
             info = read_teacher_config(cfg.teacher)
         except TeacherError as e:
             raise ConfigError(f"distill.teacher: {e}") from None
+        if shards is not None:  # the teacher reads the shards' ids as its own tokens
+            check_same_tokenizer(
+                file_tokenizer(f"distill.teacher={cfg.teacher}", info.tokenizer),
+                shards,
+                info.vocab_size,
+                ConfigError,
+                note=warn if verbose else None,
+            )
         if info.vocab_size != student.vocab_size:
             raise ConfigError(
                 f"distill.teacher: vocabulary {info.vocab_size} differs from the student's "

@@ -61,7 +61,7 @@ from pretrain.config import RunConfig, load_config
 from pretrain.engine import Engine
 from pretrain.parallel_dims import ParallelDims
 from pretrain.simulated_pg import COUNTING, LEDGER, SIMULATED, register
-from pretrain.train import Runtime, Trainer, teardown
+from pretrain.train import Runtime, Trainer, check_init_tokenizer, teardown
 
 DEFAULT_SEQ_LEN = 1024  # when data.dir has no shard index to read it from
 GIB = 1 << 30
@@ -432,9 +432,14 @@ def _init_config(cfg: RunConfig) -> None:
     from model.native_format import InputError, read_config
 
     try:
-        cfg.model = ModelConfig.from_dict(read_config(cfg.init_from)["model"])
+        doc = read_config(cfg.init_from)
+        cfg.model = ModelConfig.from_dict(doc["model"])
     except InputError as e:
         raise ConfigError(f"init_from: {e}") from None
+    if os.path.isfile(os.path.join(cfg.data.dir, "index.json")):  # the job would refuse another tokenizer's shards
+        from pretrain.shard_cache import load_index
+
+        check_init_tokenizer(cfg, load_index(cfg.data.dir), doc)
 
 
 def _seq_len_and_vocab(cfg: RunConfig, seq_len: int | None) -> int:

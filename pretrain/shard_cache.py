@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 
 from data_prep.errors import DataPrepError
 from data_prep.shards import INDEX_FILE, ShardError, ShardIndex
+from data_prep.tokenizer_id import TokenizerId
 
 _CHUNK = 1 << 20
 
@@ -70,6 +71,22 @@ def tokenizer_path(data_dir: str, index: ShardIndex | None = None, cache_dir: st
     if local is not None:
         return os.path.join(local, tok["file"])
     return ShardCache(data_dir, cache_dir).fetch(tok["file"], tok.get("sha256"))
+
+
+def shards_tokenizer(index: ShardIndex, owner: str, cache_dir: str = "") -> TokenizerId:
+    """The tokenizer index.json records (file, sha256, kind, vocabulary); a URL build's file is fetched
+    through the cache only if ``check_same_tokenizer`` must compare vocabularies."""
+    tok = index.raw["tokenizer"]
+    local = local_path(index.data_dir)
+    where = os.path.join(local, tok["file"]) if local is not None else join(index.data_dir, tok["file"])
+    return TokenizerId(
+        owner,
+        where,
+        tok.get("sha256"),
+        tok.get("kind"),
+        tok.get("vocab_size"),
+        lambda: tokenizer_path(index.data_dir, index, cache_dir),
+    )
 
 
 def join(prefix: str, name: str) -> str:

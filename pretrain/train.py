@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from data_prep.errors import DataPrepError
 from data_prep.shards import ShardError, ShardIndex
+from data_prep.tokenizer_id import check_same_tokenizer, file_tokenizer, warn
 from config_check import ConfigError
 from model.flops import TrainingFlops
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
@@ -50,7 +51,7 @@ from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, c
 from pretrain.reduce import all_reduce, first_fault, from_rank0
 from pretrain.run_lock import RunDirBusy, RunLock
 from pretrain.schedule import wsd_factor
-from pretrain.shard_cache import load_index
+from pretrain.shard_cache import load_index, shards_tokenizer
 from pretrain.train_state import ComponentStateError, Stateful, TrainerState
 from pretrain.storage import write_fault
 
@@ -109,7 +110,8 @@ def setup(cfg: RunConfig) -> Runtime:
     index = load_index(cfg.data.dir)  # a missing data dir fails here, before any process-group work
     init_state = None
     if cfg.init_from:
-        init_state = _read_init(cfg)  # its model config replaces cfg.model
+        init_state, doc = _read_init(cfg)  # its model config replaces cfg.model
+        check_init_tokenizer(cfg, index, doc)
         if cfg.model.vocab_size != index.vocab_size:
             raise ConfigError(
                 f"init_from={cfg.init_from!r}: vocabulary {cfg.model.vocab_size} differs from the shards' "
@@ -291,7 +293,15 @@ class Trainer:
         self.cfg, self.rt = cfg, rt
         self.model, outside = build_model(cfg, rt, self.fill_weights)
         self.teacher = (
-            Teacher(cfg.distill, cfg.model, rt.seq_len, rt.device, verbose=rt.rank == 0, init_from=cfg.init_from)
+            Teacher(
+                cfg.distill,
+                cfg.model,
+                rt.seq_len,
+                rt.device,
+                verbose=rt.rank == 0,
+                init_from=cfg.init_from,
+                shards=shards_tokenizer(rt.index, f"data.dir={cfg.data.dir}", cfg.data.cache_dir) if rt.index else None,
+            )
             if cfg.distill.teacher
             else None
         )
@@ -679,8 +689,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _read_init(cfg: RunConfig) -> dict[str, torch.Tensor]:
-    """The weights of ``cfg.init_from`` (a native model dir); sets ``cfg.model`` to its config."""
+def _read_init(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """The weights and config.json of ``cfg.init_from`` (a native model dir); sets ``cfg.model`` to its config."""
     from model.native_format import InputError, load_native
 
     try:
@@ -688,7 +698,21 @@ def _read_init(cfg: RunConfig) -> dict[str, torch.Tensor]:
     except InputError as e:
         raise ConfigError(f"init_from: {e}") from None
     cfg.model = model.cfg
-    return model.state_dict()
+    return model.state_dict(), doc
+
+
+def check_init_tokenizer(cfg: RunConfig, index: ShardIndex, doc: dict) -> None:
+    """``init_from``'s tokenizer is the shards' (``data_prep.tokenizer_id``), its embedding holds their ids: a
+    ``ConfigError`` (one line, every rank) otherwise. ``doc``: init_from's config.json."""
+    from model.native_format import tokenizer_record
+
+    check_same_tokenizer(
+        file_tokenizer(f"init_from={cfg.init_from}", *tokenizer_record(cfg.init_from, doc)),
+        shards_tokenizer(index, f"data.dir={cfg.data.dir}", cfg.data.cache_dir),
+        cfg.model.vocab_size,
+        ConfigError,
+        note=warn if int(os.environ.get("RANK", "0")) == 0 else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

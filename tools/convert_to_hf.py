@@ -53,7 +53,7 @@ from model.classification import ClassifierConfig, ModernAlbertForSequenceClassi
 from model.config import BERT_BLOCK, MODERN_BLOCK, ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
 from fileio import OutputDir
-from model.native_format import MODEL_TYPE, InputError, follow_umask, load_native_all
+from model.native_format import MODEL_TYPE, InputError, follow_umask, load_native_all, tokenizer_record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("modernalbert", "modernbert", "albert")
@@ -76,10 +76,29 @@ AUTO_MAP = {
 }
 
 
-def _special_ids(doc: dict, in_dir: str) -> dict[str, int]:
-    from data_prep.tokenizer import Tokenizer
+def _special_ids(doc: dict, in_dir: str, model: ModernAlbertForMaskedLM) -> dict[str, int]:
+    """The special ids of the directory's tokenizer, once it is checked to be the model's: the sha256 config.json
+    recorded (``data_prep.tokenizer_id``), ids within the model's vocabulary."""
+    import dataclasses
 
-    tok = Tokenizer(os.path.join(in_dir, doc["tokenizer"]))
+    from data_prep.errors import DataPrepError
+    from data_prep.tokenizer import Tokenizer
+    from data_prep.tokenizer_id import TokenizerId, check_same_tokenizer, file_tokenizer, warn
+
+    path, recorded = tokenizer_record(in_dir, doc)
+    assert path is not None  # main refuses a directory without one
+    try:
+        tok = Tokenizer(path)
+    except DataPrepError as e:
+        raise InputError(f"{in_dir}: its tokenizer: {e}") from None
+    check_same_tokenizer(
+        TokenizerId(f"the model {in_dir}", "the tokenizer its config.json records", recorded),
+        dataclasses.replace(file_tokenizer("its directory", path), vocab_size=tok.vocab_size),
+        model.cfg.vocab_size,
+        InputError,
+        note=warn if recorded else None,  # an older directory records none: nothing to compare with
+        hint="the file was replaced after the model was saved; put back the one it was trained with",
+    )
     return tok.special_ids.as_dict()
 
 
@@ -468,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         model, clf, doc = load_native_all(a.in_dir)
         if not doc.get("tokenizer"):
             raise InputError(f"{a.in_dir}: no tokenizer in the model directory; the HF export needs one")
-        special = _special_ids(doc, a.in_dir)
+        special = _special_ids(doc, a.in_dir, model)
         positions, max_length = declared_lengths(model.cfg, a.max_length)
         if a.format != "modernalbert":  # refuse a model the stock class cannot hold before anything is written
             (modernbert_state if a.format == "modernbert" else albert_state)(model)

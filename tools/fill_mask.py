@@ -54,6 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as e:  # missing weights or tokenizer, an unknown model_type
         print(f"error: {a.hf_dir}: transformers cannot load it ({' '.join(str(e).split())[:300]})", file=sys.stderr)
         return 2
+    from data_prep.tokenizer_id import TokenizerId, check_ids_fit
+
+    try:  # a tokenizer of a larger vocabulary copied into the directory: its ids past the embedding would crash
+        check_ids_fit(
+            TokenizerId(a.hf_dir, os.path.join(a.hf_dir, "tokenizer.json"), vocab_size=len(fill.tokenizer)),
+            "its model (config.json vocab_size)",
+            fill.model.config.vocab_size,
+            ValueError,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for text in a.text:
         if fill.tokenizer.mask_token not in text:
             print(f"error: {text!r}: no {fill.tokenizer.mask_token} in it", file=sys.stderr)

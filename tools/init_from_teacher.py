@@ -50,7 +50,7 @@ from model.teacher import (
     read_teacher_weights,
     student_config,
 )
-from fileio import OutputDir
+from fileio import OutputDir, sha256_file
 from model.native_format import InputError, save_native
 
 
@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.path.join(tmp, "config.json"), encoding="utf-8") as f:
                 doc = json.load(f)
             doc["tokenizer"] = "tokenizer.json"
+            doc["tokenizer_sha256"] = sha256_file(os.path.join(tmp, "tokenizer.json"))
             with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
                 json.dump(doc, f, indent=1)
             with open(os.path.join(tmp, "teacher_map.json"), "w", encoding="utf-8") as f:

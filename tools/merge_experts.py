@@ -31,7 +31,7 @@ import torch
 from model.modernalbert import ModernAlbertForMaskedLM, mol_layers
 from model.mol import MoLFFN
 from fileio import OutputDir
-from model.native_format import InputError, load_native, save_native
+from model.native_format import InputError, load_native, save_native, tokenizer_record
 from pretrain.shard_cache import local_path
 
 METHODS = ("uniform", "routing")
@@ -117,6 +117,24 @@ def merge(model: ModernAlbertForMaskedLM, shares: dict[int, torch.Tensor], fold:
     return out.eval()
 
 
+def check_shards(in_dir: str, doc: dict, model: ModernAlbertForMaskedLM, shards: str, owner: str) -> None:
+    """The shards' tokenizer is the model's, and their ids reach its embedding (one line otherwise)."""
+    from data_prep.errors import DataPrepError
+    from data_prep.tokenizer_id import check_same_tokenizer, file_tokenizer
+    from pretrain.shard_cache import load_index, shards_tokenizer
+
+    try:
+        index = load_index(shards)
+    except DataPrepError as e:
+        raise InputError(f"{owner}: {e}") from None
+    check_same_tokenizer(
+        file_tokenizer(f"model {in_dir}", *tokenizer_record(in_dir, doc)),
+        shards_tokenizer(index, owner),
+        model.cfg.vocab_size,
+        InputError,
+    )
+
+
 def shard_val_scores(model: ModernAlbertForMaskedLM, shards: str | None, max_batches: int) -> dict | None:
     from pretrain.evaluate import val_scores
 
@@ -160,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             if not _reachable(calib):
                 raise InputError(f"--method routing needs calibration shards: --calib DIR ({calib!r} not found)")
             source = "--calib" if a.calib else f"the shards {a.in_dir} was trained on; --calib DIR chooses others"
+            check_shards(a.in_dir, doc, model, calib, f"--calib {calib}" if a.calib else f"its training shards {calib}")
             print(
                 f"calibrating the routing shares on {a.calib_batches} train batches of 16 samples from "
                 f"{_where(calib)} ({source})"
@@ -170,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                 g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
                 for g, m in layers.items()
             }
+        if val_dir and val_dir != (calib if a.method == "routing" else None):
+            check_shards(
+                a.in_dir, doc, model, val_dir, f"--val {val_dir}" if a.val else f"its training shards {val_dir}"
+            )
         before = shard_val_scores(model, val_dir, a.val_batches)
         merged = merge(model, shares, a.fold)
         after = shard_val_scores(merged, val_dir, a.val_batches)
