@@ -22,6 +22,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -486,7 +487,10 @@ class Trainer:
             n = sum(t.numel() for t in p.sums.sums.values())
             m, load, entropy = p.sums.unflatten(values[i : i + n])
             i += n
-            record = {"step": p.step, **{t.name: m[t.name] / p.counts[t.normaliser] for t in self.terms}}
+            record: dict[str, Any] = {
+                "step": p.step,
+                **{t.name: m[t.name] / p.counts[t.normaliser] for t in self.terms},
+            }
             record.update(
                 {
                     "aux_loss": aux_loss(self.cfg.model, record),
