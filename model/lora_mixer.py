@@ -34,8 +34,10 @@ from model.init import fill_
 class MixtureLinear(nn.Linear):
     lora_scale: torch.Tensor  # [E] buffer: each expert's α/r (a PEFT import may set its own)
 
-    def __init__(self, in_features: int, out_features: int, num_experts: int, rank: int, alpha: float) -> None:
-        super().__init__(in_features, out_features, bias=False)
+    def __init__(
+        self, in_features: int, out_features: int, num_experts: int, rank: int, alpha: float, bias: bool = False
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)  # bias: the BERT-family block's projections
         self.lora_A = nn.Parameter(torch.empty(num_experts, rank, in_features))
         self.lora_B = nn.Parameter(torch.zeros(num_experts, out_features, rank))
         self.register_buffer("lora_scale", torch.full((num_experts,), alpha / rank))

@@ -91,8 +91,8 @@ class Attention(nn.Module):
             self.router = Router(d, ae.num_experts, ae.top_k, ae.jitter)
             if ae.route == "per_projection":
                 self.router_o = Router(d, ae.num_experts, ae.top_k, ae.jitter)
-            self.Wqkv: nn.Linear = MixtureLinear(d, 3 * d, ae.num_experts, ae.rank, ae.alpha)
-            self.Wo: nn.Linear = MixtureLinear(d, d, ae.num_experts, ae.rank, ae.alpha)
+            self.Wqkv: nn.Linear = MixtureLinear(d, 3 * d, ae.num_experts, ae.rank, ae.alpha, cfg.bias)
+            self.Wo: nn.Linear = MixtureLinear(d, d, ae.num_experts, ae.rank, ae.alpha, cfg.bias)
         else:
             self.Wqkv = nn.Linear(d, 3 * d, bias=cfg.bias)
             self.Wo = nn.Linear(d, d, bias=cfg.bias)
