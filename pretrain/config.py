@@ -255,18 +255,35 @@ class RunConfig:
         return self
 
     def accumulation_steps(self, seq_len: int, world_size: int) -> int:
-        """Micro-batches per optimizer step so that the global batch holds global_batch_tokens."""
-        samples = -(-self.train.global_batch_tokens // seq_len)
-        per_step = self.train.micro_batch_size * world_size
+        """Micro-batches per optimizer step so that the global batch holds global_batch_tokens.
+
+        A geometry that does not fit (e.g. ``tiny``'s 8 192 tokens, 32 samples of 256, on shards of 1 024:
+        8 samples for 16 per rank) is refused with the overrides that make it fit, computed here: the same
+        global batch in smaller micro-batches, or the global batch rounded up to whole micro-batches. Neither
+        is applied silently: the global batch is the optimisation's hyperparameter (lr and warm-up are set
+        for it) and the micro-batch the memory's, and the run's config.yaml says what ran."""
+        tokens, micro = self.train.global_batch_tokens, self.train.micro_batch_size
+        samples = -(-tokens // seq_len)
+        per_step = micro * world_size
         if samples % per_step:
-            raise ConfigError(
-                f"train.global_batch_tokens={self.train.global_batch_tokens}: at seq_len {seq_len} that is {samples} "
-                f"samples, not a multiple of train.micro_batch_size x world size = {per_step}"
-                + (
-                    f" (a train.micro_batch_size dividing {samples // world_size}, the samples per rank, fits)"
-                    if samples >= world_size and samples % world_size == 0
-                    else f" (the samples do not split evenly over {world_size} ranks)"
+            fixes = []
+            if samples % world_size == 0:  # the same global batch in smaller micro-batches
+                per_rank = samples // world_size
+                fit = max(d for d in range(1, min(micro, per_rank) + 1) if per_rank % d == 0)
+                n = per_rank // fit
+                fixes.append(
+                    f"train.micro_batch_size={fit} (the same global batch: {n} micro-batch{'es' if n > 1 else ''} "
+                    f"of {fit} per rank)"
                 )
+            rounded = -(-samples // per_step) * per_step  # whole micro-batches of micro on every rank
+            fixes.append(
+                f"train.global_batch_tokens={rounded * seq_len} (the same micro-batches: {rounded} samples of "
+                f"{seq_len})"
+            )
+            raise ConfigError(
+                f"train.global_batch_tokens={tokens}: at seq_len {seq_len} that is {samples} samples, not a "
+                f"multiple of train.micro_batch_size x world size = {per_step} ({micro} x {world_size}); pass "
+                + " or ".join(fixes)
             )
         return samples // per_step
 

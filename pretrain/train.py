@@ -128,6 +128,7 @@ def setup(cfg: RunConfig) -> Runtime:
             f"{m.max_position_embeddings} or less"
         )
     dims = ParallelDims(int(os.environ.get("WORLD_SIZE", "1")), cfg.parallel.ep)  # before any process-group work
+    accum = cfg.accumulation_steps(index.seq_len, dims.world)  # the batch geometry too
     deepspeed = cfg.engine == "deepspeed"
     cuda = torch.cuda.is_available()
     # DeepSpeed needs a process group even for one process; so does bf16 under FSDP2 (its precision policy)
@@ -145,7 +146,6 @@ def setup(cfg: RunConfig) -> Runtime:
         timeout = timedelta(seconds=cfg.parallel.startup_timeout_s)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    accum = cfg.accumulation_steps(index.seq_len, dims.world)
     if rank == 0:
         print(f"config: {json.dumps(cfg.to_dict())}")
     return Runtime(index, device, rank, dims, accum, init_state, index.seq_len)
