@@ -4,14 +4,13 @@ split smaller than a batch, a run that ends inside its warm-up, and the resolved
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, run_cli, wrapped_pretrain
+from conftest import run_cli, wrapped_pretrain
 
 TINY = "pretrain/configs/tiny.yaml"
 
@@ -85,15 +84,47 @@ def test_tiny_on_default_shards_says_which_override_fits_and_runs_with_it(own_ru
     assert "done: 2 steps" in ran.stdout
 
 
-def test_the_dry_run_and_the_launcher_refuse_with_the_same_line(own_shards, tmp_path):
-    expected = "error: train.global_batch_tokens=8192: at seq_len 1024 that is 8 samples, not a multiple of "
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_the_dry_run_and_the_launcher_refuse_with_the_same_line(own_shards, tmp_path, capsys):
+    from pretrain import dryrun, launch
+
     common = ["--config", TINY, f"data.dir={own_shards}", f"run_dir={tmp_path}"]
-    for cmd in (
-        ["-m", "pretrain.dryrun", "--world-size", "2", "--gpus-per-node", "2", "--no-reference", *common],
-        ["-m", "pretrain.launch", "--cluster", "local", "--tasks-per-node", "2", *common],
+    for main, args in (
+        (dryrun.main, ["--world-size", "2", "--gpus-per-node", "2", "--no-reference", *common]),
+        (launch.main, ["--cluster", "local", "--tasks-per-node", "2", *common]),
     ):
-        r = subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-        assert r.returncode == 2 and r.stderr.startswith(expected), (cmd, r.stderr[-2000:])
-        assert "pass train.micro_batch_size=4 " in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(
+            "error: train.global_batch_tokens=8192: at seq_len 1024 that is 8 samples, not a multiple of "
+        ), err
+        assert "pass train.micro_batch_size=4 " in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "submitit").exists()
+
+
+@pytest.mark.distributed
+def test_merge_follows_trainings_rule_for_a_val_split_under_one_batch(own_run, tmp_path, capsys):
+    """The run skipped validation (1 val sample); merging its experts skips it too, saying why."""
+    from tools import merge_experts
+
+    refused, fix, ran, run_dir = own_run
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "validation skipped: " in ran.stdout  # training's rule
+    native = str(tmp_path / "native")
+    r = run_cli(["tools/consolidate_checkpoint.py", run_dir, "--out", native])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert merge_experts.main([native, "--out", str(tmp_path / "merged")]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("validation skipped: ")]
+    assert len(notes) == 1 and "has only 1 samples, fewer than one global batch" in notes[0], out
+    assert "(as in training; --val DIR compares on other shards)" in notes[0]
+    report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+    assert report["before"] is None and report["after"] is None and report["val_shards"] is None
+    # asked for by name, the same split is an error that says how to go on without it
+    own_shards = json.loads(open(os.path.join(native, "config.json")).read())["data_dir"]
+    assert merge_experts.main([native, "--out", str(tmp_path / "m2"), "--val", own_shards]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --val {own_shards}: micro_batch_size=16 x ") and "\n" not in err
+    assert err.endswith("; pass --no-val to merge without the comparison") and not (tmp_path / "m2").exists()
+    assert merge_experts.main([native, "--out", str(tmp_path / "m3"), "--fold", "--no-val"]) == 0
+    out = capsys.readouterr().out
+    assert "no validation (--no-val)" in out and "skipped" not in out
