@@ -51,7 +51,7 @@ from pretrain.parallelize import OutsideFSDP, compile_report, parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.reduce import all_reduce, first_fault, from_rank0
 from pretrain.run_lock import RunDirBusy, RunLock
-from pretrain.schedule import wsd_factor
+from pretrain.schedule import warmup_warning, wsd_factor
 from pretrain.shard_cache import load_index, shards_tokenizer
 from pretrain.train_state import ComponentStateError, Stateful, TrainerState
 from pretrain.storage import write_fault
@@ -148,6 +148,9 @@ def setup(cfg: RunConfig) -> Runtime:
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
         print(f"config: {json.dumps(cfg.to_dict())}")
+        warning = warmup_warning(cfg.train.steps, cfg.optim.lr, cfg.schedule)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     return Runtime(index, device, rank, dims, accum, init_state, index.seq_len)
 
 
