@@ -290,6 +290,38 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        """Every field, sections in order (run_dir/config.yaml, ``--print-config``); loads back as a config."""
+        import json
+
+        import yaml
+
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
+
+
+def sections_help() -> str:
+    """The config's top-level fields and sections with their fields (``python -m pretrain.train --help``)."""
+    import textwrap
+
+    from model.config import PRESETS
+
+    lines = ["config (YAML sections; a dotted override names one field: train.steps=100):"]
+    default = RunConfig()
+    scalars = [f.name for f in dataclasses.fields(default) if not dataclasses.is_dataclass(getattr(default, f.name))]
+    for f in dataclasses.fields(default):
+        section = getattr(default, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        names = [
+            f"{g.name}.*" if dataclasses.is_dataclass(getattr(section, g.name)) else g.name
+            for g in dataclasses.fields(section)
+        ]
+        if f.name == "model":
+            names.insert(0, f"preset ({', '.join(PRESETS)})")
+        text = f"  {f.name + ':':<12}{', '.join(names)}"
+        lines += textwrap.wrap(text, 110, subsequent_indent=" " * 14)
+    return "\n".join([*lines, f"  {'top level:':<12}{', '.join(scalars)}"])
+
 
 def _convert(value: Any, hint: Any, name: str) -> Any:
     """Coerce a YAML/CLI value to the field's declared type (tuples, ints, floats, bools, None)."""
