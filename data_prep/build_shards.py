@@ -345,7 +345,9 @@ def _prepare_tokenizer(cfg: BuildConfig, files, out: BuildDir, progress: bool) -
     out.journal({"type": "tokenizer", "sha256": sha256_file(dest)})
     size = Tokenizer(dest).vocab_size
     print(f"tokenizer: {dest}, vocab {size:,} ({time.time() - t0:.1f} s)")
-    if size < cfg.vocab_size:  # sentencepiece (hard_vocab_limit off) stops where the text has no more pieces
+    # sentencepiece (hard_vocab_limit off) stops where the text has no more pieces: said on stdout, as the
+    # summary's warnings
+    if size < cfg.vocab_size:
         sampled = len(docs) < reader.stats.documents
         print(
             f"warning: tokenizer: {size:,} pieces, not the {cfg.vocab_size:,} of --vocab-size: "
@@ -356,7 +358,6 @@ def _prepare_tokenizer(cfg: BuildConfig, files, out: BuildDir, progress: bool) -
                 if sampled
                 else f"(more text gives more, or pass --vocab-size {size})"
             ),
-            file=sys.stderr,
             flush=True,
         )
     return dest, "trained"

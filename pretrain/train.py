@@ -150,8 +150,8 @@ def setup(cfg: RunConfig) -> Runtime:
     if rank == 0:
         print(f"config: {json.dumps(cfg.to_dict())}")
         warning = warmup_warning(cfg.train.steps, cfg.optim.lr, cfg.schedule)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
+        if warning:  # on stdout with the run's other notes: stderr holds a failed run's one error line
+            print(warning, flush=True)
     return Runtime(index, device, rank, dims, accum, init_state, index.seq_len)
 
 

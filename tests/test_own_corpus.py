@@ -134,11 +134,12 @@ def test_merge_follows_trainings_rule_for_a_val_split_under_one_batch(own_run, t
 def test_a_run_that_ends_inside_its_warmup_says_so_once_at_start(own_run):
     refused, fix, ran, run_dir = own_run  # train.steps=2 with tiny's schedule.warmup_steps=20
     assert ran.returncode == 0, ran.stderr[-3000:]
-    lines = [line for line in ran.stderr.splitlines() if "warm-up" in line]
+    lines = [line for line in ran.stdout.splitlines() + ran.stderr.splitlines() if "warm-up" in line]
     assert lines == [
         "warning: train.steps=2 ends inside its warm-up (schedule.warmup_steps=20): the last step runs at lr "
         "3.00e-04 (2/20 of optim.lr=0.003) and the lr never decays; set schedule.warmup_steps=0 (no warm-up) or "
         "another value below 2"
-    ], ran.stderr[-3000:]
+    ], ran.stdout[-3000:]
+    assert ran.stdout.index("warning: train.steps=2") < ran.stdout.index("step      2/2")  # at start
     last = json.loads(open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()[-1])
     assert last["step"] == 2 and last["lr"] == pytest.approx(3.0e-4)  # the lr the warning named
