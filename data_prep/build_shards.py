@@ -343,7 +343,23 @@ def _prepare_tokenizer(cfg: BuildConfig, files, out: BuildDir, progress: bool) -
     )
     train_sentencepiece(docs, dest, cfg.vocab_size, cfg.tokenizer_type, cfg.tokenizer_threads)
     out.journal({"type": "tokenizer", "sha256": sha256_file(dest)})
-    print(f"tokenizer: {dest} ({time.time() - t0:.1f} s)")
+    size = Tokenizer(dest).vocab_size
+    print(f"tokenizer: {dest}, vocab {size:,} ({time.time() - t0:.1f} s)")
+    # sentencepiece (hard_vocab_limit off) stops where the text has no more pieces: said on stdout, as the
+    # summary's warnings
+    if size < cfg.vocab_size:
+        sampled = len(docs) < reader.stats.documents
+        print(
+            f"warning: tokenizer: {size:,} pieces, not the {cfg.vocab_size:,} of --vocab-size: "
+            f"{'its sample of the corpus' if sampled else 'the corpus'} ({sum(map(len, docs)) / 1e6:.1f} M chars) "
+            f"is too small for that many; the shards use {size:,} "
+            + (
+                f"(a larger --tokenizer-sample-mb than {cfg.tokenizer_sample_mb:g} gives more)"
+                if sampled
+                else f"(more text gives more, or pass --vocab-size {size})"
+            ),
+            flush=True,
+        )
     return dest, "trained"
 
 
@@ -691,12 +707,16 @@ def _print_summary(
     index: dict, out_dir: str, kept: int, built: int, elapsed: float, tok_elapsed: float, built_tokens: int
 ) -> None:
     st, sp = index["stats"], index["splits"]
+    trained = index["tokenizer"]["source"] == "trained"
+    asked = index["build_args"]["vocab_size"] if trained else 0
     lines = [
         f"done: {out_dir}/{INDEX_FILE}",
         f"  documents  {st['documents']:,} (train {sp['train']['documents']:,}, val {sp['val']['documents']:,}; "
         f"{st['empty_documents_skipped']:,} empty skipped, {st['split_documents']:,} longer than a sample, split)",
         f"  tokens     {st['tokens_with_specials']:,} in {st['samples']:,} samples of <= {index['seq_len']} "
         f"(fill {st['mean_sample_fill']:.1%}, {st['chars_per_token']} chars/token)",
+        f"  tokenizer  {index['tokenizer']['file']}, vocab {index['tokenizer']['vocab_size']:,}"
+        + (f" ({asked:,} asked: too little text for more)" if index["tokenizer"]["vocab_size"] < asked else ""),
         f"  shards     train {len(sp['train']['shards'])}, val {len(sp['val']['shards'])} "
         f"(built {built}, kept {kept} verified from an earlier run)",
         f"  speed      {built_tokens / max(tok_elapsed, 1e-9):,.0f} tokens/s over the shard pass; "

@@ -255,23 +255,72 @@ class RunConfig:
         return self
 
     def accumulation_steps(self, seq_len: int, world_size: int) -> int:
-        """Micro-batches per optimizer step so that the global batch holds global_batch_tokens."""
-        samples = -(-self.train.global_batch_tokens // seq_len)
-        per_step = self.train.micro_batch_size * world_size
+        """Micro-batches per optimizer step so that the global batch holds global_batch_tokens.
+
+        A geometry that does not fit (e.g. ``tiny``'s 8 192 tokens, 32 samples of 256, on shards of 1 024:
+        8 samples for 16 per rank) is refused with the overrides that make it fit, computed here: the same
+        global batch in smaller micro-batches, or the global batch rounded up to whole micro-batches. Neither
+        is applied silently: the global batch is the optimisation's hyperparameter (lr and warm-up are set
+        for it) and the micro-batch the memory's, and the run's config.yaml says what ran."""
+        tokens, micro = self.train.global_batch_tokens, self.train.micro_batch_size
+        samples = -(-tokens // seq_len)
+        per_step = micro * world_size
         if samples % per_step:
-            raise ConfigError(
-                f"train.global_batch_tokens={self.train.global_batch_tokens}: at seq_len {seq_len} that is {samples} "
-                f"samples, not a multiple of train.micro_batch_size x world size = {per_step}"
-                + (
-                    f" (a train.micro_batch_size dividing {samples // world_size}, the samples per rank, fits)"
-                    if samples >= world_size and samples % world_size == 0
-                    else f" (the samples do not split evenly over {world_size} ranks)"
+            fixes = []
+            if samples % world_size == 0:  # the same global batch in smaller micro-batches
+                per_rank = samples // world_size
+                fit = max(d for d in range(1, min(micro, per_rank) + 1) if per_rank % d == 0)
+                n = per_rank // fit
+                fixes.append(
+                    f"train.micro_batch_size={fit} (the same global batch: {n} micro-batch{'es' if n > 1 else ''} "
+                    f"of {fit} per rank)"
                 )
+            rounded = -(-samples // per_step) * per_step  # whole micro-batches of micro on every rank
+            fixes.append(
+                f"train.global_batch_tokens={rounded * seq_len} (the same micro-batches: {rounded} samples of "
+                f"{seq_len})"
+            )
+            raise ConfigError(
+                f"train.global_batch_tokens={tokens}: at seq_len {seq_len} that is {samples} samples, not a "
+                f"multiple of train.micro_batch_size x world size = {per_step} ({micro} x {world_size}); pass "
+                + " or ".join(fixes)
             )
         return samples // per_step
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """Every field, sections in order (run_dir/config.yaml, ``--print-config``); loads back as a config."""
+        import json
+
+        import yaml
+
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
+
+
+def sections_help() -> str:
+    """The config's top-level fields and sections with their fields (``python -m pretrain.train --help``)."""
+    import textwrap
+
+    from model.config import PRESETS
+
+    lines = ["config (YAML sections; a dotted override names one field: train.steps=100):"]
+    default = RunConfig()
+    scalars = [f.name for f in dataclasses.fields(default) if not dataclasses.is_dataclass(getattr(default, f.name))]
+    for f in dataclasses.fields(default):
+        section = getattr(default, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        names = [
+            f"{g.name}.*" if dataclasses.is_dataclass(getattr(section, g.name)) else g.name
+            for g in dataclasses.fields(section)
+        ]
+        if f.name == "model":
+            names.insert(0, f"preset ({', '.join(PRESETS)})")
+        text = f"  {f.name + ':':<12}{', '.join(names)}"
+        lines += textwrap.wrap(text, 110, subsequent_indent=" " * 14)
+    return "\n".join([*lines, f"  {'top level:':<12}{', '.join(scalars)}"])
 
 
 def _convert(value: Any, hint: Any, name: str) -> Any:

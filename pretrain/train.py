@@ -1,5 +1,8 @@
 """Pretrain ModernALBERT: ``python -m pretrain.train --config pretrain/configs/tiny.yaml [key=value …]``.
 
+``--print-config`` prints the config the run would use (YAML, every field, after the overrides, validated)
+and exits without training.
+
 One process, or several under ``torchrun`` (gloo on CPU, NCCL on GPU; FSDP2 data parallel). The global
 batch (train.global_batch_tokens) is split into micro-batches of train.micro_batch_size samples per
 rank; the MLM loss is the mean over every masked token of the global batch, so any number of ranks ×
@@ -37,7 +40,7 @@ from config_check import ConfigError
 from model.flops import TrainingFlops
 from model.modernalbert import ModernAlbertForMaskedLM, model_inputs
 from pretrain import checkpoint, exit_codes, faults
-from pretrain.config import RunConfig, load_config
+from pretrain.config import RunConfig, load_config, sections_help
 from pretrain.data import LoaderConfig, PretrainLoader, micro_batch_seed
 from pretrain.distill import Teacher
 from pretrain.evaluate import val_scores, val_loader
@@ -51,7 +54,7 @@ from pretrain.parallelize import OutsideFSDP, compile_report, parallelize
 from pretrain.preemption import REQUEUE_EXIT_CODE, Preempted, PreemptionWatch, clear_marker, write_marker
 from pretrain.reduce import all_reduce, first_fault, from_rank0
 from pretrain.run_lock import RunDirBusy, RunLock
-from pretrain.schedule import wsd_factor
+from pretrain.schedule import warmup_warning, wsd_factor
 from pretrain.shard_cache import load_index, shards_tokenizer
 from pretrain.train_state import ComponentStateError, Stateful, TrainerState
 from pretrain.storage import write_fault
@@ -74,13 +77,11 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def _write_resolved_config(cfg: RunConfig) -> str | None:
     """Write run_dir/config.yaml; a storage fault comes back as one line (None when written)."""
-    import yaml
-
     path = os.path.join(cfg.run_dir, "config.yaml")
     try:
         os.makedirs(cfg.run_dir, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), f, sort_keys=False)
+            f.write(cfg.to_yaml())
     except OSError as e:
         return write_fault(e, f"run_dir {cfg.run_dir}: cannot be written", cfg.run_dir)
     return None
@@ -128,6 +129,7 @@ def setup(cfg: RunConfig) -> Runtime:
             f"{m.max_position_embeddings} or less"
         )
     dims = ParallelDims(int(os.environ.get("WORLD_SIZE", "1")), cfg.parallel.ep)  # before any process-group work
+    accum = cfg.accumulation_steps(index.seq_len, dims.world)  # the batch geometry too
     deepspeed = cfg.engine == "deepspeed"
     cuda = torch.cuda.is_available()
     # DeepSpeed needs a process group even for one process; so does bf16 under FSDP2 (its precision policy)
@@ -145,9 +147,11 @@ def setup(cfg: RunConfig) -> Runtime:
         timeout = timedelta(seconds=cfg.parallel.startup_timeout_s)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    accum = cfg.accumulation_steps(index.seq_len, dims.world)
     if rank == 0:
         print(f"config: {json.dumps(cfg.to_dict())}")
+        warning = warmup_warning(cfg.train.steps, cfg.optim.lr, cfg.schedule)
+        if warning:  # on stdout with the run's other notes: stderr holds a failed run's one error line
+            print(warning, flush=True)
     return Runtime(index, device, rank, dims, accum, init_state, index.seq_len)
 
 
@@ -721,11 +725,22 @@ def check_init_tokenizer(cfg: RunConfig, index: ShardIndex, doc: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m pretrain.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m pretrain.train",
+        description=__doc__,
+        epilog=sections_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="YAML config (pretrain/configs/tiny.yaml, 50m.yaml, 120m.yaml)")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (YAML: every field, defaults included, after the overrides, validated) "
+        "and exit; nothing is trained, neither data.dir nor run_dir is read or written",
+    )
     p.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.steps=100 optim.lr=1e-3")
     a = p.parse_args(argv)
+    if a.print_config:
+        return print_config(a.config, a.overrides)
     agreed = False  # every rank ends here the same way (not one rank's unexpected exception)
     try:
         cfg = load_config(a.config, a.overrides)
@@ -758,6 +773,20 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(exit_codes.PEER_LOST)
     finally:
         teardown(agreed)
+    return 0
+
+
+def print_config(path: str, overrides: list[str]) -> int:
+    """``--print-config``: the config as training would resolve it (validated), on stdout; exit status."""
+    try:
+        cfg = load_config(path, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exit_codes.USER_ERROR
+    if int(os.environ.get("RANK", "0")) == 0:
+        given = " ".join([path, *overrides])
+        print(f"# resolved from {given} (model.vocab_size: the shards' tokenizer's, at start)")
+        print(cfg.to_yaml(), end="")
     return 0
 
 

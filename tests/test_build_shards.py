@@ -277,6 +277,26 @@ def test_summary_is_printed(tmp_path):
     assert json.load(open(tmp_path / "s" / "index.json"))["stats"]["documents"] == 200
 
 
+def test_a_tokenizer_smaller_than_asked_is_said_at_build_time(tmp_path):
+    """--vocab-size 32768 (the default) on 0.3 MB of text: sentencepiece stops at the pieces the text holds."""
+    out = tmp_path / "s"
+    args = ["data_prep/build_shards.py", "--out", str(out), "--max-docs", "1000", "--tokenizer-sample-mb", "0.3"]
+    r = run_cli([*args, "--workers", "0", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    size = json.load(open(out / "index.json"))["tokenizer"]["vocab_size"]
+    assert 300 < size < 32768
+    warnings = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: tokenizer: {size:,} pieces, not the 32,768 of --vocab-size: its sample of the corpus (0.3 M chars) "
+        f"is too small for that many; the shards use {size:,} (a larger --tokenizer-sample-mb than 0.3 gives more)"
+    ], r.stdout
+    assert "vocab 32768" not in r.stdout.split("...")[-1]  # only the request names the asked-for size
+    assert f"  tokenizer  tokenizer.model, vocab {size:,} (32,768 asked: too little text for more)" in r.stdout
+    again = run_cli([*args, "--workers", "0", "--no-progress"])  # a rerun keeps it, and its summary still says so
+    assert again.returncode == 0 and "warning" not in again.stdout + again.stderr
+    assert f"vocab {size:,} (32,768 asked" in again.stdout
+
+
 _TINY_CLI = [
     "--seq-len",
     "128",

@@ -13,7 +13,10 @@ that every token takes. ``--fold`` adds ΔW into Wi/Wo and drops the MoL layers:
 with no routing left (what ``convert_to_hf.py --format modernbert`` needs).
 
 The validation MLM loss and accuracy before and after are printed and saved to ``merge_report.json``
-(``--val`` shards, default: the ones the model was trained on; skipped when there are none).
+(``--val`` shards, default: the ones the model was trained on). Training's rule holds here too: when the
+training shards are not found, or their val split is missing or smaller than one batch of 16 samples (a
+small corpus), the comparison is skipped with a one-line note saying why. ``--val DIR`` asks for it, so
+there such a split is an error; ``--no-val`` merges without reading any val split.
 """
 
 from __future__ import annotations
@@ -135,12 +138,27 @@ def check_shards(in_dir: str, doc: dict, model: ModernAlbertForMaskedLM, shards:
     )
 
 
+VAL_BATCH = 16  # samples per validation batch
+
+
+def _no_val_batch(shards: str) -> str | None:
+    """Why ``shards`` has no val batch of VAL_BATCH samples (no val split, or a smaller one), or None."""
+    from data_prep.errors import DataPrepError
+    from pretrain.data import LoaderConfig, PretrainLoader
+
+    try:
+        PretrainLoader(LoaderConfig(shards, VAL_BATCH, split="val", shuffle=False, num_workers=0, epochs=1), 0, 1)
+    except DataPrepError as e:  # the same message as training's "validation skipped: …"
+        return str(e)
+    return None
+
+
 def shard_val_scores(model: ModernAlbertForMaskedLM, shards: str | None, max_batches: int) -> dict | None:
     from pretrain.evaluate import val_scores
 
     if not shards:
         return None
-    loader = _loader(shards, "val", 16, max_batches)
+    loader = _loader(shards, "val", VAL_BATCH, max_batches)
     return val_scores(model, loader, torch.device("cpu"), max_batches)
 
 
@@ -163,15 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", help="shards for --method routing (default: the model's training shards)")
     p.add_argument("--calib-batches", type=int, default=20, help="train batches of 16 samples to count routing on")
     p.add_argument("--fold", action="store_true", help="add the merged adapter into Wi/Wo; no MoL left")
-    p.add_argument("--val", help="shards whose val split is evaluated before/after (default: training shards)")
+    p.add_argument(
+        "--val",
+        help="shards whose val split is evaluated before/after (default: the training shards, skipped with a note "
+        f"when their val split is missing or under one batch of {VAL_BATCH} samples)",
+    )
     p.add_argument("--val-batches", type=int, default=0, help="0: the whole val split")
+    p.add_argument("--no-val", action="store_true", help="no before/after validation (no val split is read)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     try:
         model, doc = load_native(a.in_dir)
         data_dir = doc.get("data_dir")
-        val_dir = a.val or (data_dir if _reachable(data_dir) else None)
+        if a.no_val and a.val:
+            raise InputError(f"--no-val with --val {a.val}: choose one")
+        val_dir = None if a.no_val else a.val or (data_dir if _reachable(data_dir) else None)
         layers = mol_layers(model)
         if a.method == "routing":
             calib = a.calib or data_dir
@@ -193,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             check_shards(
                 a.in_dir, doc, model, val_dir, f"--val {val_dir}" if a.val else f"its training shards {val_dir}"
             )
+        skipped = val_dir and _no_val_batch(val_dir)
+        if skipped and a.val:
+            raise InputError(f"--val {a.val}: {skipped}; pass --no-val to merge without the comparison")
+        if skipped:  # training's rule (pretrain/evaluate.py: val_loader): no validation, said in one line
+            print(f"validation skipped: {skipped} (as in training; --val DIR compares on other shards)")
+            val_dir = None
         before = shard_val_scores(model, val_dir, a.val_batches)
         merged = merge(model, shares, a.fold)
         after = shard_val_scores(merged, val_dir, a.val_batches)
@@ -228,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             f"accuracy {before['val_accuracy']:.4f} -> {after['val_accuracy']:.4f}   "
             f"({before['val_masked']:,} masked tokens)"
         )
-    else:
+    elif a.no_val:
+        print("  no validation (--no-val)")
+    elif not skipped:
         print("  no validation shards: loss not compared (pass --val DIR)")
     return 0
 
