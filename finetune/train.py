@@ -1,7 +1,7 @@
 """Fine-tune a pretrained ModernALBERT on labelled tasks: task LoRAs and the two LoRA-Mixer regimes.
 
     python -m finetune.train --model runs/quickstart/native --tasks data/finetune/sentiment --mode lora --out ft/sent
-    python -m finetune.train --model M --tasks data/finetune/sentiment data/finetune/topic --mode multitask \
+    python -m finetune.train --model M --tasks data/finetune/sentiment data/finetune/topic --mode multitask \\
         --out ft/multi
     python -m finetune.train --model M --tasks T1 T2 --mode mixer-plug --adapters ft/sent ft/topic --out ft/plug
     python -m finetune.train --model M --tasks T1 T2 --mode mixer-joint --out ft/joint

@@ -28,9 +28,10 @@ predicted memory per GPU over ``--gpu-memory-gb`` (default: the hardware's memor
 
 Check the estimates against real processes (the same step on N gloo processes, every collective
 counted; tests/test_dryrun.py does it at N = 2, RESULTS.md records N = 8):
-    torchrun --nproc-per-node 8 -m pretrain.dryrun --config pretrain/configs/tiny.yaml --world-size 8 \
-        --seq-len 256 train.micro_batch_size=4 parallel.ep=2 --real --json real8.json
-    python -m pretrain.dryrun --config pretrain/configs/tiny.yaml --world-size 8 --seq-len 256 \
+    python -m pretrain.torchrun --standalone --nproc-per-node 8 -m pretrain.dryrun \\
+        --config pretrain/configs/tiny.yaml --world-size 8 --seq-len 256 train.micro_batch_size=4 parallel.ep=2 \\
+        --real --json real8.json
+    python -m pretrain.dryrun --config pretrain/configs/tiny.yaml --world-size 8 --seq-len 256 \\
         train.micro_batch_size=4 parallel.ep=2 --compare real8.json
 """
 
@@ -583,7 +584,10 @@ def _reference(a: argparse.Namespace, world: int) -> dict | None:
 def _real(cfg: RunConfig, world: int, seq_len: int, probe_tokens: int, gpus_per_node: int):
     """``run_probes`` on real gloo processes (under torchrun), collectives counted; rank 0 returns them."""
     if int(os.environ.get("WORLD_SIZE", "1")) != world:
-        raise ConfigError(f"--real --world-size={world}: launch it with torchrun --nproc-per-node {world}")
+        raise ConfigError(
+            f"--real --world-size={world}: launch it with "
+            f"python -m pretrain.torchrun --standalone --nproc-per-node {world} -m pretrain.dryrun … --real"
+        )
     accum = check_world(cfg, world, seq_len, gpus_per_node)
     register()
     dist.init_process_group(COUNTING)
