@@ -1,11 +1,12 @@
-"""Zero-shot dense retrieval on a BEIR dataset (SciFact offline), for native, HuggingFace and teacher models.
+"""Zero-shot dense retrieval on a BEIR dataset (e.g. SciFact), for native, HuggingFace and teacher models.
 
-    python -m evaluation.beir MODEL [MODEL ...] --beir-dir ../shared/data/beir/scifact
+    python -m evaluation.beir MODEL [MODEL ...] --beir-dir path/to/beir/scifact
     python -m evaluation.beir MODEL --beir-dir DIR --finetune --out runs/beir/model.json
     python -m evaluation.beir --baselines --beir-dir DIR          # the random and BM25 rows alone
 
 DIR is a BEIR dataset folder as the BEIR release ships it (``corpus.jsonl``, ``queries.jsonl``,
-``qrels/test.tsv``); with network access, unzip any official BEIR dataset and point ``--beir-dir`` at it.
+``qrels/test.tsv``, and ``qrels/train.tsv`` for ``--finetune``): unzip any dataset of the BEIR release (e.g.
+https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip) and point ``--beir-dir`` at it.
 
 The BEIR protocol: every document is embedded as ``title + " " + text`` and every query alone, with the
 model's declared pooling (a sentence-transformers directory's ``1_Pooling``) or mean pooling, at its

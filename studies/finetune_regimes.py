@@ -1,6 +1,6 @@
 """Task LoRAs against the LoRA-Mixer regimes, on the same tasks, model and seeds: table, routing heatmap.
 
-    python studies/finetune_regimes.py --model runs/student/native --glue-dir GLUE_DIR \\
+    python studies/finetune_regimes.py --model runs/replication/native/b --glue-dir GLUE_DIR \\
         --tasks SST-2 MRPC STS-B RTE --seeds 0,1,2 --out runs/regimes -- --max-train 1000 --max-eval 500
     python studies/finetune_regimes.py --model runs/quickstart/native --tasks data/finetune/sentiment \\
         data/finetune/topic --seeds 0 --out runs/regimes-local
