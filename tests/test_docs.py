@@ -101,3 +101,20 @@ def test_no_docstring_loses_a_shell_line_continuation():
     assert not found, "a backslash-newline inside a string literal (write \\\\ for a shell continuation):\n" + "\n".join(
         found
     )
+
+
+def test_every_quickstart_path_shown_is_one_the_quickstart_makes():
+    """``runs/quickstart/X`` in any page, script, config or help text is an output of scripts/quickstart.sh."""
+    with open(os.path.join(REPO, "scripts", "quickstart.sh"), encoding="utf-8") as f:
+        made = set(re.findall(r"\$OUT/([\w.-]+)", f.read()))
+    assert {"shards", "tiny", "native", "folded", "hf"} <= made, made
+    found = []
+    for path in _files("*.md", "docs/*.md", "slurm/*.md", "scripts/*.sh", "**/*.py", "pretrain/configs/*.yaml"):
+        if os.path.relpath(path, REPO).startswith("tests" + os.sep):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                for name in re.findall(r"runs/quickstart/([\w.-]+)", line):
+                    if name not in made:
+                        found.append(f"{os.path.relpath(path, REPO)}:{n}: runs/quickstart/{name}")
+    assert not found, f"not made by scripts/quickstart.sh (it makes {sorted(made)}):\n" + "\n".join(found)
