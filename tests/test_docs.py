@@ -98,9 +98,8 @@ def test_no_docstring_loses_a_shell_line_continuation():
             m = ODD_BACKSLASHES_NEWLINE.search(text)
             if "r" not in prefix and m:
                 found.append(f"{os.path.relpath(path, REPO)}:{n + text[: m.start()].count(chr(10))}")
-    assert not found, "a backslash-newline inside a string literal (write \\\\ for a shell continuation):\n" + "\n".join(
-        found
-    )
+    why = "a backslash-newline inside a string literal (write \\\\ for a shell continuation)"
+    assert not found, why + ":\n" + "\n".join(found)
 
 
 def test_every_quickstart_path_shown_is_one_the_quickstart_makes():

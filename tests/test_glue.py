@@ -649,3 +649,21 @@ def test_a_bad_protocol_value_names_its_flag_before_anything_is_read(tmp_path):
         r = run_cli([*base, *extra])
         assert r.returncode == 2 and r.stderr.startswith("error: ") and why in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_tasks_are_comma_or_space_separated_in_any_spelling(capsys):
+    """``--tasks SST-2,MRPC`` = ``--tasks SST-2 MRPC`` = ``--tasks sst2 mrpc`` (HF's config names); an unknown
+    task stops the parser, exit 2, with the allowed names and both syntaxes."""
+    from evaluation import glue
+
+    base = ["model", "--out", "o"]
+    for tasks in (["SST-2,MRPC"], ["SST-2", "MRPC"], ["sst2,mrpc"], ["sst-2,", "MRPC", "sst2"]):
+        assert glue.parse_args([*base, "--tasks", *tasks]).tasks == ["SST-2", "MRPC"], tasks
+    assert glue.parse_args(["--tasks", "rte", "stsb", "--out", "o", "model"]).tasks == ["RTE", "STS-B"]
+    assert glue.parse_args(base).tasks == list(TASKS)
+    with pytest.raises(SystemExit) as e:
+        glue.parse_args([*base, "--tasks", "sst2,qnli"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --tasks 'qnli': not a GLUE task; allowed: CoLA, SST-2, STS-B, MRPC, RTE" in err
+    assert "--tasks SST-2,MRPC or --tasks SST-2 MRPC" in err
