@@ -210,9 +210,9 @@ def score_run(scores_QD: np.ndarray, qids: list[str], data: BeirData, seed: int 
 def dense_scores(embed: Embedder, data: BeirData, qids: list[str]) -> tuple[np.ndarray, float]:
     """(cosine [Q, D] of ``qids`` against the whole corpus, seconds spent encoding the documents)."""
     t0 = time.perf_counter()
-    doc_E = F.normalize(embed(data.doc_texts), dim=-1)
+    doc_E = F.normalize(embed(data.doc_texts, f"encoding {len(data.doc_texts):,} documents"), dim=-1)
     secs = time.perf_counter() - t0
-    q_E = F.normalize(embed([data.queries[q] for q in qids]), dim=-1)
+    q_E = F.normalize(embed([data.queries[q] for q in qids], f"encoding {len(qids):,} queries"), dim=-1)
     return (q_E @ doc_E.T).numpy(), secs
 
 
@@ -272,6 +272,7 @@ def finetune(embed: Embedder, train: BeirData, c: Contrastive, log) -> list[dict
         lambda e: index_batches(len(pairs), c.batch_size, c.seed * 1000 + e + 1),
         step_loss,
         after_epoch,
+        progress="  contrastive",
     )
     model.eval()
     return history

@@ -219,6 +219,7 @@ def finetune_one(
         lambda epoch: index_batches(n_train, a.batch_size, seed * 1000 + epoch),
         step_loss,
         lambda epoch, m: log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{hp.epochs}: train loss {m['loss']:.4f}"),
+        progress=f"    {spec.name} seed {seed} lr {hp.lr:g}",
     )
     if scale != 1.0:
         fold_output_scale(module, head_names, scale)

@@ -483,6 +483,7 @@ def finetune_one(
         epoch_batches,
         step_loss,
         after_epoch,
+        progress=f"    seed {seed}",
     )
     threshold = history[-1].get("threshold", 0.0)
     spans, margin = predict(backend, module, wins["eval"], a.eval_batch_size, a.max_answer_len)

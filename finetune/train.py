@@ -305,6 +305,7 @@ def run_stage(clf: TaskClassifier, train: list, stage: Stage, log) -> list[dict]
         lambda e: varlen_batches(train, stage.batch_size, True, stage.seed * 1000 + stage.seed_offset + e),
         step_loss,
         after_epoch,
+        progress=f"[{stage.name}]",
     )
     return history
 

@@ -374,3 +374,14 @@ def test_tasks_are_comma_or_space_separated_directories_or_glue_names(tmp_path, 
             train.parse_args([*base, *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and why in err and "--tasks SST-2,MRPC or --tasks SST-2 MRPC" in err, err
+
+
+def test_training_shows_progress_within_an_epoch_off_a_terminal(native, tasks, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MODERNALBERT_PROGRESS_S", "0")  # a line per batch (default: every 10 s)
+    argv = ["--model", native, "--tasks", tasks[0], "--mode", "lora", "--epochs", "1", "--max-train", "40"]
+    assert train.main([*argv, "--batch-size", "16", "--max-len", "64", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr()
+    lines = [x for x in out.err.splitlines() if x.startswith("[train] epoch 1/1: ")]
+    assert [x.split(",")[0] for x in lines] == [f"[train] epoch 1/1: {b}/3 batches ({b / 3:.0%})" for b in (1, 2, 3)]
+    assert all(", task " in x for x in lines), lines  # the running mean of the first logged part
+    assert "[train] epoch 1/1: task " in out.out  # the epoch line, on stdout as before
