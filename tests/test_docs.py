@@ -3,7 +3,7 @@
 Static checks, no training: a training launch shown to users goes through ``python -m pretrain.torchrun``
 (plain torchrun turns every failure into exit status 1 and ~40 lines of its own report), and a shell line
 continuation in a docstring survives into ``--help`` (``\\`` + newline inside a normal string literal joins
-the two lines). The own-corpus sequence of docs/training.md runs as written in tests/test_own_corpus.py.
+the two lines). The own-corpus sequence of docs/training.md runs as written in tests/test_docs_own_corpus.py.
 """
 
 from __future__ import annotations
