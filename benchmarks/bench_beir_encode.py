@@ -1,7 +1,7 @@
 """Corpus encoding speed: ``evaluation.embedder`` against sentence-transformers' ``encode``, side by side.
 
     pip install -c constraints.txt sentence-transformers      # the reference (not a project dependency)
-    python benchmarks/bench_beir_encode.py --beir-dir ../shared/data/beir/scifact [--model DIR] [--rounds 2]
+    python benchmarks/bench_beir_encode.py --beir-dir path/to/beir/scifact [--model DIR] [--rounds 2]
 
 Both encode every document of the BEIR folder (``title + " " + text``) with the same model (default: the
 all-MiniLM-L6-v2 teacher) at its declared max length (256), mean pooling, in one process, alternating

@@ -144,10 +144,38 @@ def target_scale(spec: TaskSpec, train_labels) -> float:
     return max((abs(float(x)) for x in train_labels), default=0.0) or 1.0
 
 
+TASKS_SYNTAX = "comma- or space-separated: --tasks SST-2,MRPC or --tasks SST-2 MRPC"
+
+
+def _spelling(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
 def task_spec(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise GlueDataError(f"--tasks {name!r}: allowed: {', '.join(TASKS)}")
-    return TASKS[name]
+    """The GLUE task ``name`` names, in any case and with or without the hyphen: ``SST-2``, ``sst2`` (the HF
+    config name), ``sst-2``."""
+    for spec in TASKS.values():
+        if _spelling(name) in (_spelling(spec.name), _spelling(spec.hf_name)):
+            return spec
+    raise GlueDataError(f"--tasks {name!r}: not a GLUE task; allowed: {', '.join(TASKS)} ({TASKS_SYNTAX})")
+
+
+def split_tasks(values: str | list[str], whole=lambda item: False) -> list[str]:
+    """``--tasks`` as typed, one argument or several, each comma-separated: ``["SST-2,MRPC", "RTE"]`` →
+    ``["SST-2", "MRPC", "RTE"]``. Blanks and repeats are dropped; an item for which ``whole(item)`` holds
+    (e.g. an existing directory whose name has a comma) is kept as it is."""
+    out: list[str] = []
+    for value in [values] if isinstance(values, str) else values:
+        for item in [value] if whole(value) else value.split(","):
+            if item.strip() and item.strip() not in out:
+                out.append(item.strip())
+    return out
+
+
+def task_names(values: str | list[str]) -> list[str]:
+    """GLUE tasks from ``--tasks`` in their canonical names: ``sst2,mrpc`` → ``["SST-2", "MRPC"]``; an unknown
+    name raises ``GlueDataError`` naming the allowed ones."""
+    return list(dict.fromkeys(task_spec(t).name for t in split_tasks(values)))
 
 
 def _label(spec: TaskSpec, raw: str, where: str) -> float:

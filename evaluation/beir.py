@@ -1,11 +1,12 @@
-"""Zero-shot dense retrieval on a BEIR dataset (SciFact offline), for native, HuggingFace and teacher models.
+"""Zero-shot dense retrieval on a BEIR dataset (e.g. SciFact), for native, HuggingFace and teacher models.
 
-    python -m evaluation.beir MODEL [MODEL ...] --beir-dir ../shared/data/beir/scifact
+    python -m evaluation.beir MODEL [MODEL ...] --beir-dir path/to/beir/scifact
     python -m evaluation.beir MODEL --beir-dir DIR --finetune --out runs/beir/model.json
     python -m evaluation.beir --baselines --beir-dir DIR          # the random and BM25 rows alone
 
 DIR is a BEIR dataset folder as the BEIR release ships it (``corpus.jsonl``, ``queries.jsonl``,
-``qrels/test.tsv``); with network access, unzip any official BEIR dataset and point ``--beir-dir`` at it.
+``qrels/test.tsv``, and ``qrels/train.tsv`` for ``--finetune``): unzip any dataset of the BEIR release (e.g.
+https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip) and point ``--beir-dir`` at it.
 
 The BEIR protocol: every document is embedded as ``title + " " + text`` and every query alone, with the
 model's declared pooling (a sentence-transformers directory's ``1_Pooling``) or mean pooling, at its
@@ -209,9 +210,9 @@ def score_run(scores_QD: np.ndarray, qids: list[str], data: BeirData, seed: int 
 def dense_scores(embed: Embedder, data: BeirData, qids: list[str]) -> tuple[np.ndarray, float]:
     """(cosine [Q, D] of ``qids`` against the whole corpus, seconds spent encoding the documents)."""
     t0 = time.perf_counter()
-    doc_E = F.normalize(embed(data.doc_texts), dim=-1)
+    doc_E = F.normalize(embed(data.doc_texts, f"encoding {len(data.doc_texts):,} documents"), dim=-1)
     secs = time.perf_counter() - t0
-    q_E = F.normalize(embed([data.queries[q] for q in qids]), dim=-1)
+    q_E = F.normalize(embed([data.queries[q] for q in qids], f"encoding {len(qids):,} queries"), dim=-1)
     return (q_E @ doc_E.T).numpy(), secs
 
 
@@ -271,6 +272,7 @@ def finetune(embed: Embedder, train: BeirData, c: Contrastive, log) -> list[dict
         lambda e: index_batches(len(pairs), c.batch_size, c.seed * 1000 + e + 1),
         step_loss,
         after_epoch,
+        progress="  contrastive",
     )
     model.eval()
     return history

@@ -21,6 +21,7 @@ import os
 import torch
 import torch.nn as nn
 
+from finetune.progress import Progress
 from model.native_format import InputError
 
 POOLINGS = ("mean", "cls")
@@ -128,18 +129,23 @@ class Embedder:
         return (h_BLD * mask_BL1).sum(1) / mask_BL1.sum(1)
 
     @torch.inference_mode()
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        return self.embed_rows(self.tokenize(texts))
+    def __call__(self, texts: list[str], progress: str | None = None) -> torch.Tensor:
+        """``progress``: what to call the encoding in the progress shown while it runs (``finetune/progress.py``:
+        a bar on a terminal, else a line on stderr every 10 s); None shows none."""
+        return self.embed_rows(self.tokenize(texts), progress)
 
     @torch.inference_mode()
-    def embed_rows(self, rows: list[dict]) -> torch.Tensor:
+    def embed_rows(self, rows: list[dict], progress: str | None = None) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
         out = None
-        for idx in length_batches([len(r["input_ids"]) for r in rows], self.token_budget, padded=self.kind != "native"):
-            e_BD = self.embed([rows[i] for i in idx]).float()
-            if out is None:
-                out = e_BD.new_zeros(len(rows), e_BD.shape[1])
-            out[idx] = e_BD
+        batches = length_batches([len(r["input_ids"]) for r in rows], self.token_budget, padded=self.kind != "native")
+        with Progress(len(rows) if progress else 0, progress or "", "texts", quiet=progress is None) as bar:
+            for idx in batches:
+                e_BD = self.embed([rows[i] for i in idx]).float()
+                if out is None:
+                    out = e_BD.new_zeros(len(rows), e_BD.shape[1])
+                out[idx] = e_BD
+                bar.update(len(idx))
         self.model.train(was_training)
         return out if out is not None else torch.zeros(0, 0)

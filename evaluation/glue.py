@@ -9,6 +9,7 @@ MODEL is a native model directory (this project's tools write them), a HuggingFa
 loaded through ``AutoModelForSequenceClassification``: every model is scored by the same code with the
 same hyper-parameters. GLUE_DIR holds one folder per task (CoLA, SST-2, STS-B, MRPC, RTE; layouts in
 ``data_prep/glue_data.py``); ``--glue-source hf`` reads the official GLUE through HF ``datasets``.
+``--tasks`` picks some, comma- or space-separated, in any case (``SST-2,RTE`` = ``sst2 rte``).
 
 Per task and seed: a fresh head (``model.classification.ClassificationHead`` for our models; the
 model's own for HF ones; one output with MSE for STS-B, trained on targets / 5 with the 5 folded back
@@ -54,7 +55,17 @@ import time
 import numpy as np
 import torch
 
-from data_prep.glue_data import TASKS, Example, GlueDataError, load_hf, load_local, target_scale, task_spec
+from data_prep.glue_data import (
+    TASKS,
+    TASKS_SYNTAX,
+    Example,
+    GlueDataError,
+    load_hf,
+    load_local,
+    target_scale,
+    task_names,
+    task_spec,
+)
 from scoring.intervals import bootstrap_draws, constant_scores, percentile_ci
 from scoring.metrics import summarize, task_metrics, task_score
 from scoring.sampling import stratified_subset, subset_examples
@@ -208,6 +219,7 @@ def finetune_one(
         lambda epoch: index_batches(n_train, a.batch_size, seed * 1000 + epoch),
         step_loss,
         lambda epoch, m: log(f"    {spec.name} seed {seed} epoch {epoch + 1}/{hp.epochs}: train loss {m['loss']:.4f}"),
+        progress=f"    {spec.name} seed {seed} lr {hp.lr:g}",
     )
     if scale != 1.0:
         fold_output_scale(module, head_names, scale)
@@ -325,7 +337,7 @@ def load_task_data(name: str, a) -> dict[str, list[Example]]:
 def run(a: argparse.Namespace, log=print) -> dict:
     """The whole run for ``main``'s parsed arguments; the fine-tuning functions get them as a ``Protocol``."""
     proto = Protocol.from_args(a)
-    tasks = [task_spec(t.strip()) for t in a.tasks.split(",") if t.strip()]
+    tasks = [task_spec(t) for t in task_names(a.tasks)]
     raw = {spec.name: load_task_data(spec.name, a) for spec in tasks}  # every layout checked before training
     backend = open_backend(a.model)
     if a.save_model and backend.kind != "native" and a.mode == "lora":
@@ -433,7 +445,13 @@ def parser() -> argparse.ArgumentParser:
         help="local: --glue-dir; hf: the official GLUE via HF datasets (network)",
     )
     p.add_argument("--glue-dir", help="directory with CoLA/ SST-2/ STS-B/ MRPC/ RTE/ (--glue-source local)")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(TASKS),
+        metavar="TASK",
+        help=f"GLUE tasks, {TASKS_SYNTAX}; from {', '.join(TASKS)} (any case, hyphen optional: sst2 = SST-2)",
+    )
     p.add_argument("--mode", choices=MODES, default="full")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; the median and spread are reported")
     p.add_argument("--epochs", type=int, default=3)
@@ -493,8 +511,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser()``'s arguments with ``--tasks`` resolved to the tasks' names (``sst2,mrpc`` and ``SST-2 MRPC``
+    alike); an unknown task stops here, exit 2, with the allowed names."""
+    p = parser()
+    a = p.parse_args(argv)
+    try:
+        a.tasks = task_names(a.tasks)
+    except GlueDataError as e:
+        p.error(str(e))
+    return a
+
+
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    a = parse_args(argv)
     try:
         a.seeds = [int(s) for s in str(a.seeds).split(",") if s.strip()]
     except ValueError:

@@ -1,12 +1,12 @@
 """SQuAD 2.0: fine-tune an extractive-QA span head on any checkpoint and score it, or score a predictions file.
 
-    python -m evaluation.squad MODEL [MODEL ...] --squad-dir ../shared/data/squad_v2 --out runs/squad/x
+    python -m evaluation.squad MODEL [MODEL ...] --squad-dir path/to/squad_v2 --out runs/squad/x
     python -m evaluation.squad score DATA.json PREDS.json        # the official SQuAD 2.0 scoring
 
 Data. ``--squad-dir`` holds SQuAD 2.0 JSON files. With the official ``train-v2.0.json`` and
-``dev-v2.0.json`` (network users), training reads the first and scoring the second. With only
-``dev-v2.0.json`` (the offline copy in ``../shared/data/squad_v2``), it is split by article as its README
-says: the first ``--train-articles`` (25) articles train, the rest are scored. Either way a seeded random
+``dev-v2.0.json`` (https://rajpurkar.github.io/SQuAD-explorer/), training reads the first and scoring the
+second. With only ``dev-v2.0.json`` (or a copy of some of its articles), it is split by article: the first
+``--train-articles`` (25) articles train, the rest are scored. Either way a seeded random
 ``--holdout-articles`` (3) of the training articles are held out: the null threshold (when to answer "")
 is chosen on them, and their EM/F1 after every epoch is what epochs and learning rate are chosen on. The
 scored split is read once, at the end.
@@ -483,6 +483,7 @@ def finetune_one(
         epoch_batches,
         step_loss,
         after_epoch,
+        progress=f"    seed {seed}",
     )
     threshold = history[-1].get("threshold", 0.0)
     spans, margin = predict(backend, module, wins["eval"], a.eval_batch_size, a.max_answer_len)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from finetune.optim import FinetuneOptimizer
+from finetune.progress import Progress
 from config_check import check
 
 
@@ -45,12 +46,15 @@ def fit(
     epoch_batches: Callable[[int], Iterable[Any]],
     step_loss: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
     after_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: str = "fine-tuning",
 ) -> list[dict[str, float]]:
     """Train ``params`` of ``module``; returns each epoch's means of the logged parts.
 
     ``epoch_batches(e)``: the batches of epoch e (0-based; the caller seeds its order). ``step_loss(batch)``:
     (the loss to minimise, the parts to log: name → scalar tensor). ``after_epoch(e, means)``: logging or a
-    held-out evaluation (it may switch the module to eval: the next epoch switches it back).
+    held-out evaluation (it may switch the module to eval: the next epoch switches it back). ``progress``
+    names the run in the progress shown during an epoch (``finetune/progress.py``: a bar on a terminal, else
+    a line on stderr every 10 s with the batches done and the running mean of the first logged part).
     """
     opt = FinetuneOptimizer(list(params), cfg.lr, max(1, cfg.epochs * cfg.steps_per_epoch), cfg.weight_decay, cfg.clip)
     history = []
@@ -58,12 +62,15 @@ def fit(
         module.train()
         sums: dict[str, float] = {}
         n = 0
-        for batch in epoch_batches(epoch):
-            loss, parts = step_loss(batch)
-            opt.step(loss)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())  # one host sync per step: fine at this scale
-            n += 1
+        with Progress(cfg.steps_per_epoch, f"{progress} epoch {epoch + 1}/{cfg.epochs}") as bar:
+            for batch in epoch_batches(epoch):
+                loss, parts = step_loss(batch)
+                opt.step(loss)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())  # one host sync per step: fine at this scale
+                n += 1
+                first = next(iter(sums), None)
+                bar.update(1, f"{first} {sums[first] / n:.4f}" if first is not None else "")
         means = {k: v / max(n, 1) for k, v in sums.items()}
         history.append(means)
         if after_epoch is not None:

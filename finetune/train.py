@@ -1,15 +1,16 @@
 """Fine-tune a pretrained ModernALBERT on labelled tasks: task LoRAs and the two LoRA-Mixer regimes.
 
     python -m finetune.train --model runs/quickstart/native --tasks data/finetune/sentiment --mode lora --out ft/sent
-    python -m finetune.train --model M --tasks data/finetune/sentiment data/finetune/topic --mode multitask \
+    python -m finetune.train --model M --tasks data/finetune/sentiment data/finetune/topic --mode multitask \\
         --out ft/multi
     python -m finetune.train --model M --tasks T1 T2 --mode mixer-plug --adapters ft/sent ft/topic --out ft/plug
     python -m finetune.train --model M --tasks T1 T2 --mode mixer-joint --out ft/joint
     python -m finetune.train --model M --glue-dir GLUE --tasks SST-2 STS-B --mode mixer-joint --out ft/glue-joint
 
 Tasks are task directories (train/test .jsonl/.csv/.tsv; accuracy and macro-F1 on test) or, with
---glue-dir, GLUE task names (SST-2, MRPC, STS-B, RTE, CoLA: GLUE's metrics on dev and test, STS-B a
-regression head on targets scaled to [0, 1]).
+--glue-dir, GLUE task names (SST-2, MRPC, STS-B, RTE, CoLA, in any case, hyphen optional: GLUE's metrics on
+dev and test, STS-B a regression head on targets scaled to [0, 1]). --tasks takes them comma- or
+space-separated, as the GLUE runner does: --tasks SST-2,STS-B or --tasks SST-2 STS-B.
 
 Modes:
   full         every weight trained (one task)
@@ -57,6 +58,7 @@ if __package__ in (
 import numpy as np
 import torch
 
+from data_prep.glue_data import TASKS, TASKS_SYNTAX, GlueDataError, split_tasks, task_names
 from data_prep.tokenizer import Tokenizer
 from scoring.metrics import task_metrics, task_score
 from finetune.data import DataError, Task, varlen_batches, load_glue_task, load_task
@@ -303,6 +305,7 @@ def run_stage(clf: TaskClassifier, train: list, stage: Stage, log) -> list[dict]
         lambda e: varlen_batches(train, stage.batch_size, True, stage.seed * 1000 + stage.seed_offset + e),
         step_loss,
         after_epoch,
+        progress=f"[{stage.name}]",
     )
     return history
 
@@ -316,7 +319,8 @@ def parser() -> argparse.ArgumentParser:
         "--tasks",
         nargs="+",
         required=True,
-        help="task directories (train/test .jsonl/.csv/.tsv), or GLUE task names with --glue-dir",
+        metavar="TASK",
+        help=f"task directories (train/test .jsonl/.csv/.tsv), or GLUE task names with --glue-dir; {TASKS_SYNTAX}",
     )
     p.add_argument("--glue-dir", help="directory of GLUE task folders (data_prep/glue_data.py layouts)")
     p.add_argument("--mode", choices=MODES, default="lora")
@@ -379,8 +383,35 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_tasks(tasks: list[str], glue_dir: str | None) -> list[str]:
+    """``--tasks`` as typed (comma- or space-separated) → task directories, or with ``glue_dir`` the GLUE
+    tasks' names (``sst2`` → ``SST-2``). Raises ``GlueDataError`` naming what is allowed."""
+    if glue_dir:
+        return task_names(tasks)
+    dirs = split_tasks(tasks, whole=os.path.isdir)  # a directory whose name has a comma stays whole
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise GlueDataError(
+                f"--tasks {d!r}: no such task directory (a folder with train and test .jsonl/.csv/.tsv files); "
+                f"GLUE tasks ({', '.join(TASKS)}) need --glue-dir ({TASKS_SYNTAX})"
+            )
+    return dirs
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser()``'s arguments with ``--tasks`` resolved (``resolve_tasks``); a task that is neither stops
+    here, exit 2, saying what is allowed."""
+    p = parser()
+    a = p.parse_args(argv)
+    try:
+        a.tasks = resolve_tasks(a.tasks, a.glue_dir)
+    except GlueDataError as e:
+        p.error(str(e))
+    return a
+
+
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    a = parse_args(argv)
     torch.manual_seed(a.seed)
     t0 = time.time()
     try:

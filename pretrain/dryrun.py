@@ -28,9 +28,10 @@ predicted memory per GPU over ``--gpu-memory-gb`` (default: the hardware's memor
 
 Check the estimates against real processes (the same step on N gloo processes, every collective
 counted; tests/test_dryrun.py does it at N = 2, RESULTS.md records N = 8):
-    torchrun --nproc-per-node 8 -m pretrain.dryrun --config pretrain/configs/tiny.yaml --world-size 8 \
-        --seq-len 256 train.micro_batch_size=4 parallel.ep=2 --real --json real8.json
-    python -m pretrain.dryrun --config pretrain/configs/tiny.yaml --world-size 8 --seq-len 256 \
+    python -m pretrain.torchrun --standalone --nproc-per-node 8 -m pretrain.dryrun \\
+        --config pretrain/configs/tiny.yaml --world-size 8 --seq-len 256 train.micro_batch_size=4 parallel.ep=2 \\
+        --real --json real8.json
+    python -m pretrain.dryrun --config pretrain/configs/tiny.yaml --world-size 8 --seq-len 256 \\
         train.micro_batch_size=4 parallel.ep=2 --compare real8.json
 """
 
@@ -207,18 +208,30 @@ class MarkedBackward:
 PROBES = ((1, 1), (2, 1), (1, 2))  # (multiple of --probe-tokens, micro-batches): base, tokens+, micro-batches+
 
 
+STARTED = time.perf_counter()  # the progress lines say how long the dry run has been going
+
+
+def say(what: str) -> None:
+    """One progress line on stderr (each stage takes seconds to a minute; stdout keeps the report)."""
+    print(f"dry run: {what} [{time.perf_counter() - STARTED:.0f} s]", file=sys.stderr, flush=True)
+
+
 def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, probe_tokens: int) -> dict:
     """Build the run as training does, then one ``Trainer.step`` per probe in ``PROBES``: what rank ``rank``
-    held, saved and sent. Needs the process group (simulated or real) to be initialised."""
+    held, saved and sent. Needs the process group (simulated or real) to be initialised. Rank 0 says which
+    stage it is in (``say``)."""
+    note = say if rank == 0 else lambda what: None
     dims = ParallelDims(world, cfg.parallel.ep)
     rt = Runtime(
         index=None, device=torch.device("cpu"), rank=rank, dims=dims, accum=accum, init_state=None, seq_len=seq_len
     )
+    note(f"building the model as rank 0 of {world} (meta device, parallelize, cheap weights) …")
     trainer = PlanningTrainer(cfg, rt, preemption=None)
     probes = []
     engine = trainer.engine
-    for scale, micro in PROBES:
+    for i, (scale, micro) in enumerate(PROBES):
         tokens = scale * probe_tokens
+        note(f"probe step {i + 1}/{len(PROBES)}: {micro} micro-batch(es) of {tokens} tokens …")
         saved = SavedActivations(trainer.model)
         trainer.engine, rt.accum = MarkedBackward(engine, saved.close_micro_batch), micro
         LEDGER.records, LEDGER.on = [], True
@@ -509,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         report["measured"] = measured
         report["scaling_efficiency"] = None
         if not a.real and not a.no_reference and world > a.gpus_per_node:
+            say(f"the 1-node reference: the same dry run at world size {a.gpus_per_node} (scaling efficiency) …")
             ref = _reference(a, world)
             if ref is not None:
                 report["scaling_efficiency"] = (
@@ -583,7 +597,10 @@ def _reference(a: argparse.Namespace, world: int) -> dict | None:
 def _real(cfg: RunConfig, world: int, seq_len: int, probe_tokens: int, gpus_per_node: int):
     """``run_probes`` on real gloo processes (under torchrun), collectives counted; rank 0 returns them."""
     if int(os.environ.get("WORLD_SIZE", "1")) != world:
-        raise ConfigError(f"--real --world-size={world}: launch it with torchrun --nproc-per-node {world}")
+        raise ConfigError(
+            f"--real --world-size={world}: launch it with "
+            f"python -m pretrain.torchrun --standalone --nproc-per-node {world} -m pretrain.dryrun … --real"
+        )
     accum = check_world(cfg, world, seq_len, gpus_per_node)
     register()
     dist.init_process_group(COUNTING)

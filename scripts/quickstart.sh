@@ -14,9 +14,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "== 1/6 tokenizer + shards from the sample corpus"
 python data_prep/build_shards.py --out "$OUT/shards" --seq-len 256 --vocab-size 8192 --shard-mb 1 --val-fraction 0.02
 
-echo "== 2/6 pretraining: tiny preset, 2 processes (torchrun, FSDP2 on gloo)"
-OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m pretrain.train --config pretrain/configs/tiny.yaml \
-    data.dir="$OUT/shards" run_dir="$OUT/tiny" train.steps="${STEPS:-200}"
+echo "== 2/6 pretraining: tiny preset, 2 processes (python -m pretrain.torchrun, FSDP2 on gloo)"
+OMP_NUM_THREADS=1 python -m pretrain.torchrun --standalone --nproc-per-node 2 -m pretrain.train \
+    --config pretrain/configs/tiny.yaml data.dir="$OUT/shards" run_dir="$OUT/tiny" train.steps="${STEPS:-200}"
 
 echo "== 3/6 consolidate the sharded checkpoint"
 python tools/consolidate_checkpoint.py "$OUT/tiny" --out "$OUT/native" --overwrite

@@ -1,6 +1,6 @@
 """Task LoRAs against the LoRA-Mixer regimes, on the same tasks, model and seeds: table, routing heatmap.
 
-    python studies/finetune_regimes.py --model runs/student/native --glue-dir GLUE_DIR \\
+    python studies/finetune_regimes.py --model runs/replication/native/b --glue-dir GLUE_DIR \\
         --tasks SST-2 MRPC STS-B RTE --seeds 0,1,2 --out runs/regimes -- --max-train 1000 --max-eval 500
     python studies/finetune_regimes.py --model runs/quickstart/native --tasks data/finetune/sentiment \\
         data/finetune/topic --seeds 0 --out runs/regimes-local
@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from data_prep.glue_data import TASKS_SYNTAX, GlueDataError
 from finetune import train  # noqa: E402
 
 TITLES = {
@@ -151,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="studies/finetune_regimes.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", required=True, help="native model directory")
-    p.add_argument("--tasks", nargs="+", required=True, help="task directories, or GLUE names with --glue-dir")
+    p.add_argument(
+        "--tasks", nargs="+", required=True, help=f"task directories, or GLUE names with --glue-dir; {TASKS_SYNTAX}"
+    )
     p.add_argument("--glue-dir")
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", default="0,1,2")
@@ -174,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         "(finetune.train --top-k K; the other rows keep --top-k from the extra arguments, default 1)",
     )
     a = p.parse_args(argv)
+    try:
+        a.tasks = train.resolve_tasks(a.tasks, a.glue_dir)  # as finetune.train reads them: sst2,mrpc = SST-2 MRPC
+    except GlueDataError as e:
+        p.error(str(e))
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     if not 0 <= a.forced_epochs < a.epochs:
         p.error(f"--forced-epochs {a.forced_epochs}: must be in [0, --epochs={a.epochs})")

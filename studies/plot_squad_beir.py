@@ -1,6 +1,6 @@
 """Plot BEIR nDCG@10 and SQuAD 2.0 F1 per model with their 95 % intervals, baselines included.
 
-    python studies/plot_squad_beir.py --beir runs/beir/a.json [runs/beir/b.json ...] \
+    python studies/plot_squad_beir.py --beir runs/beir/a.json [runs/beir/b.json ...] \\
         --squad runs/squad/a [runs/squad/b ...] --out studies/squad_beir.png [--label PATH=NAME ...]
 
 ``--beir`` takes ``evaluation.beir --out`` files, ``--squad`` ``evaluation.squad --out`` directories (their

@@ -250,3 +250,21 @@ def test_a_bad_argument_names_its_flag(tmp_path):
         assert r.returncode == 2 and r.stderr.startswith("error: ") and why in r.stderr, r.stderr
     parsed = vars(parser().parse_args(["m", "--beir-dir", "d"]))
     assert BeirRun(**{**parsed, "models": ("m",)}) == BeirRun(("m",), "d")  # one set of defaults
+
+
+def test_encoding_shows_progress_off_a_terminal(native_dir, tmp_path, monkeypatch, capsys):
+    """The corpus encoding (27 s on SciFact with the teacher) prints progress lines on stderr every
+    MODERNALBERT_PROGRESS_S seconds (10 by default; 0 here: every batch); stdout keeps the JSON rows."""
+    from evaluation import beir
+
+    words = "cats purr dogs bark birds sing fish swim bees buzz cows moo".split()
+    corpus = [{"_id": f"d{i}", "title": words[i % 12], "text": " ".join(words[i % 5 :])} for i in range(30)]
+    queries = [{"_id": f"q{i}", "text": words[i]} for i in range(4)]
+    root = _write_beir(tmp_path / "b", corpus, queries, [(f"q{i}", f"d{i}") for i in range(4)])
+    monkeypatch.setenv("MODERNALBERT_PROGRESS_S", "0")
+    assert beir.main([native_dir, "--beir-dir", root, "--max-len", "32", "--token-budget", "64"]) == 0
+    out = capsys.readouterr()
+    docs = [x for x in out.err.splitlines() if x.startswith("encoding 30 documents: ")]
+    assert len(docs) >= 3 and docs[-1].startswith("encoding 30 documents: 30/30 texts (100%), "), out.err
+    assert any(x.startswith("encoding 4 queries: 4/4 texts (100%)") for x in out.err.splitlines()), out.err
+    assert [json.loads(x)["model"] for x in out.out.splitlines()] == [native_dir]

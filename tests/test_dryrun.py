@@ -191,9 +191,31 @@ def test_predicted_memory_over_the_limit_gives_one_line_after_the_report():
     r = _dryrun([*TINY_ARGS, "--gpu-memory-gb", "1"])
     assert r.returncode == 2
     assert "memory per GPU (GiB)" in r.stdout and "collectives per step" in r.stdout
-    line = r.stderr.strip()
-    assert len(line.splitlines()) == 1 and line.startswith("error: train.micro_batch_size=16: predicted "), line
+    lines = r.stderr.strip().splitlines()  # the stages' progress lines, then the error
+    assert all(x.startswith("dry run: ") for x in lines[:-1]), lines
+    line = lines[-1]
+    assert line.startswith("error: train.micro_batch_size=16: predicted "), line
     assert "exceeds --gpu-memory-gb 1 " in line
+
+
+def test_each_stage_says_it_started_on_stderr():
+    """The dry run takes a minute at the presets' sizes: each stage (build, the three probe steps, the 1-node
+    reference) prints one line on stderr as it starts; stdout holds the report alone."""
+    r = _dryrun(
+        ["--config", TINY, "--world-size", "4", "--gpus-per-node", "2", "--seq-len", "256", "train.micro_batch_size=4"]
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    stages = [
+        "dry run: building the model as rank 0 of 4 ",
+        "dry run: probe step 1/3: 1 micro-batch(es) of 16 tokens …",
+        "dry run: probe step 2/3: 1 micro-batch(es) of 32 tokens …",
+        "dry run: probe step 3/3: 2 micro-batch(es) of 16 tokens …",
+        "dry run: the 1-node reference: the same dry run at world size 2 ",
+    ]
+    assert len(lines) == len(stages) and all(x.startswith(s) for x, s in zip(lines, stages)), lines
+    assert all(x.endswith(" s]") for x in lines), lines
+    assert r.stdout.startswith("dry run: 4 ranks (2 node(s) of 2 GPUs)") and "scaling efficiency" in r.stdout
 
 
 def test_launch_runs_the_dry_runs_checks_before_submitting(shards_dir, tmp_path):

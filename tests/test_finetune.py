@@ -376,3 +376,37 @@ def test_the_shared_finetuning_optimizer_warms_up_decays_and_clips():
     assert lrs[-1] == pytest.approx(0.1 * 1 / 18) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
     assert opt.opt.param_groups[0]["lr"] == 0.0
     assert torch.nn.utils.clip_grad_norm_([w], 1e9) == pytest.approx(1.0)  # the last gradient, after clipping
+
+
+def test_tasks_are_comma_or_space_separated_directories_or_glue_names(tmp_path, capsys):
+    """The same ``--tasks`` syntax as the GLUE runner; an entry that is neither a task directory nor (with
+    --glue-dir) a GLUE task stops the parser, exit 2, saying which names are allowed."""
+    a, b, comma = (tmp_path / n for n in ("a", "b", "c,d"))
+    for d in (a, b, comma):
+        d.mkdir()
+    base = ["--model", "m", "--out", "o"]
+    assert train.parse_args([*base, "--tasks", f"{a},{b}"]).tasks == [str(a), str(b)]
+    assert train.parse_args([*base, "--tasks", str(a), str(b)]).tasks == [str(a), str(b)]
+    assert train.parse_args([*base, "--tasks", str(comma), str(a)]).tasks == [str(comma), str(a)]  # kept whole
+    glue = ["--glue-dir", str(tmp_path)]
+    assert train.parse_args([*base, *glue, "--tasks", "SST-2,STS-B"]).tasks == ["SST-2", "STS-B"]
+    assert train.parse_args([*base, "--tasks", "sst2", "stsb", *glue]).tasks == ["SST-2", "STS-B"]
+    for args, why in (
+        (["--tasks", "SST-2"], "--tasks 'SST-2': no such task directory"),
+        ([*glue, "--tasks", "SST-2,qnli"], "--tasks 'qnli': not a GLUE task; allowed: CoLA, SST-2, STS-B, MRPC, RTE"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            train.parse_args([*base, *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and why in err and "--tasks SST-2,MRPC or --tasks SST-2 MRPC" in err, err
+
+
+def test_training_shows_progress_within_an_epoch_off_a_terminal(native, tasks, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MODERNALBERT_PROGRESS_S", "0")  # a line per batch (default: every 10 s)
+    argv = ["--model", native, "--tasks", tasks[0], "--mode", "lora", "--epochs", "1", "--max-train", "40"]
+    assert train.main([*argv, "--batch-size", "16", "--max-len", "64", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr()
+    lines = [x for x in out.err.splitlines() if x.startswith("[train] epoch 1/1: ")]
+    assert [x.split(",")[0] for x in lines] == [f"[train] epoch 1/1: {b}/3 batches ({b / 3:.0%})" for b in (1, 2, 3)]
+    assert all(", task " in x for x in lines), lines  # the running mean of the first logged part
+    assert "[train] epoch 1/1: task " in out.out  # the epoch line, on stdout as before

@@ -57,3 +57,74 @@ def test_fit_config_names_the_bad_field(field, value, message):
     kw = {"lr": 1e-4, "epochs": 1, "steps_per_epoch": 1, field: value}
     with pytest.raises(ValueError, match=message):
         FitConfig(**kw)
+
+
+class _Stream:
+    """A text stream that says whether it is a terminal (pytest's captured stderr is not one)."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_is_a_line_every_interval_off_a_terminal_and_a_bar_on_one(monkeypatch):
+    from finetune.progress import Progress
+
+    monkeypatch.setenv("MODERNALBERT_PROGRESS_S", "0")  # a line per update
+    log = _Stream(tty=False)
+    with Progress(4, "SST-2 seed 0 epoch 1/3", stream=log) as p:
+        for i in range(4):
+            p.update(1, f"loss {0.7 - i / 10:.4f}")
+    lines = log.text.splitlines()
+    assert len(lines) == 4 and "\r" not in log.text
+    assert lines[0].startswith("SST-2 seed 0 epoch 1/3: 1/4 batches (25%), loss 0.7000, 0 s, about 0 s left")
+    assert lines[-1].startswith("SST-2 seed 0 epoch 1/3: 4/4 batches (100%), loss 0.4000, ") and "left" not in lines[-1]
+
+    monkeypatch.delenv("MODERNALBERT_PROGRESS_S")  # the default: every 10 s, so a fast loop prints nothing
+    quiet = _Stream(tty=False)
+    with Progress(4, "x", stream=quiet) as p:
+        p.update(4)
+    assert quiet.text == ""
+
+    term = _Stream(tty=True)  # a terminal: tqdm's bar (carriage returns), cleared at the end
+    with Progress(4, "encoding 4 documents", "texts", stream=term) as p:
+        p.update(2)
+        p.update(2)
+        assert type(p.bar).__name__ == "tqdm" and p.bar.n == 4  # drawn at most every 0.1 s (tqdm's mininterval)
+    assert term.text.startswith("\rencoding 4 documents:") and "/4 [" in term.text and term.text.endswith("\r")
+
+
+def test_fit_shows_its_progress_on_stderr(monkeypatch, capsys):
+    monkeypatch.setenv("MODERNALBERT_PROGRESS_S", "0")
+    module = torch.nn.Linear(2, 1)
+    x = torch.randn(6, 2)
+
+    def step_loss(idx):
+        loss = module(x[idx]).square().mean()
+        return loss, {"loss": loss}
+
+    fit(
+        module,
+        list(module.parameters()),
+        FitConfig(1e-2, 2, 3),
+        lambda e: [[0, 1], [2, 3], [4, 5]],
+        step_loss,
+        None,
+        "demo",
+    )
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.splitlines()
+    assert [x.split(",")[0] for x in lines] == [
+        f"demo epoch {e}/2: {b}/3 batches ({b / 3:.0%})" for e in (1, 2) for b in (1, 2, 3)
+    ], lines
+    assert all(" loss " in x for x in lines)

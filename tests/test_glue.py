@@ -104,8 +104,9 @@ def test_malformed_rows_and_layouts_name_the_file_and_line(tmp_path):
     _write(tmp_path / "RTE" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n1\ta\tb\tentailment\n")
     with pytest.raises(GlueDataError, match=r"RTE/dev.tsv: missing \(the RTE layout has train, dev, test\)"):
         load_local("RTE", str(tmp_path))
-    with pytest.raises(GlueDataError, match="--tasks 'QNLI': allowed: CoLA, SST-2, STS-B, MRPC, RTE"):
+    with pytest.raises(GlueDataError, match="--tasks 'QNLI': not a GLUE task; allowed: CoLA, SST-2, STS-B, MRPC, RTE"):
         glue_data.task_spec("QNLI")
+    assert glue_data.task_spec("sts-b") is glue_data.task_spec("stsb") is TASKS["STS-B"]  # any spelling
 
 
 def test_hf_datasets_rows_map_to_the_same_examples():
@@ -649,3 +650,45 @@ def test_a_bad_protocol_value_names_its_flag_before_anything_is_read(tmp_path):
         r = run_cli([*base, *extra])
         assert r.returncode == 2 and r.stderr.startswith("error: ") and why in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_tasks_are_comma_or_space_separated_in_any_spelling(capsys):
+    """``--tasks SST-2,MRPC`` = ``--tasks SST-2 MRPC`` = ``--tasks sst2 mrpc`` (HF's config names); an unknown
+    task stops the parser, exit 2, with the allowed names and both syntaxes."""
+    from evaluation import glue
+
+    base = ["model", "--out", "o"]
+    for tasks in (["SST-2,MRPC"], ["SST-2", "MRPC"], ["sst2,mrpc"], ["sst-2,", "MRPC", "sst2"]):
+        assert glue.parse_args([*base, "--tasks", *tasks]).tasks == ["SST-2", "MRPC"], tasks
+    assert glue.parse_args(["--tasks", "rte", "stsb", "--out", "o", "model"]).tasks == ["RTE", "STS-B"]
+    assert glue.parse_args(base).tasks == list(TASKS)
+    with pytest.raises(SystemExit) as e:
+        glue.parse_args([*base, "--tasks", "sst2,qnli"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --tasks 'qnli': not a GLUE task; allowed: CoLA, SST-2, STS-B, MRPC, RTE" in err
+    assert "--tasks SST-2,MRPC or --tasks SST-2 MRPC" in err
+
+
+def test_runner_shows_progress_within_an_epoch_off_a_terminal(native_dir, tmp_path, monkeypatch, capsys):
+    """Off a terminal the fine-tuning prints a progress line on stderr every MODERNALBERT_PROGRESS_S seconds
+    (10 by default; 0 here: every batch), besides the one line per epoch on stdout."""
+    from evaluation import glue
+
+    words = "the cat sat on a mat while dogs ran far away from home".split()
+    rows = "".join(
+        f"{i}\t{' '.join(words[i % 7 :])}\t{' '.join(words[: 3 + i % 5])}\t"
+        + ("entailment\n" if i % 2 else "not_entailment\n")
+        for i in range(20)
+    )
+    for split in ("train", "dev", "test"):
+        _write(tmp_path / "glue" / "RTE" / f"{split}.tsv", "index\tsentence1\tsentence2\tlabel\n" + rows)
+    monkeypatch.setenv("MODERNALBERT_PROGRESS_S", "0")
+    argv = [native_dir, "--glue-dir", str(tmp_path / "glue"), "--tasks", "rte", "--out", str(tmp_path / "o")]
+    assert glue.main([*argv, "--seeds", "0", "--epochs", "2", "--batch-size", "8", "--max-len", "32"]) == 0
+    out = capsys.readouterr()
+    progress = [x for x in out.err.splitlines() if "RTE seed 0 lr 5e-05 epoch" in x]
+    assert [x.strip().split(",")[0] for x in progress] == [
+        f"RTE seed 0 lr 5e-05 epoch {e}/2: {b}/3 batches ({b / 3:.0%})" for e in (1, 2) for b in (1, 2, 3)
+    ], out.err
+    assert "RTE seed 0 epoch 2/2: train loss" in out.out and "RTE seed 0 lr" not in out.out

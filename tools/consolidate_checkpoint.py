@@ -1,6 +1,6 @@
 """Consolidate a sharded training checkpoint into one native model directory.
 
-    python tools/consolidate_checkpoint.py runs/quickstart/tiny --out runs/quickstart/consolidated
+    python tools/consolidate_checkpoint.py runs/quickstart/tiny --out runs/quickstart/native
 
 CKPT_DIR is a run directory, its ``checkpoints/`` folder (both follow ``latest``) or one
 ``checkpoints/step_XXXXXXXX``, written by either engine. FSDP2 (DCP) checkpoints may come from any

@@ -1,6 +1,6 @@
 """Convert a native model directory to a HuggingFace model directory, and check its logits.
 
-    python tools/convert_to_hf.py runs/quickstart/merged --out runs/quickstart/hf
+    python tools/convert_to_hf.py runs/quickstart/native --out runs/quickstart/hf
     python tools/convert_to_hf.py runs/quickstart/folded --out runs/quickstart/hf-modernbert --format modernbert
 
 Formats:

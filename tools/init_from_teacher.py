@@ -13,9 +13,11 @@ spaced layer), the factorised embedding is the rank-e truncated SVD of the teach
 details are in ``model/teacher.py``. With K = the teacher's layers, G = 1, e = d and its FFN size the
 student computes the teacher's function exactly:
 
-    python tools/init_from_teacher.py $T --dims teacher --set num_groups=6 --set group_depth=1 \
-        --set embedding_size=384 --intermediate-size 1536 --out /tmp/s Output: a native model directory
-(``model/native_format.py``) plus ``teacher_map.json`` with the exact mapping, which is also printed.
+    python tools/init_from_teacher.py $T --dims teacher --set num_groups=6 --set group_depth=1 \\
+        --set embedding_size=384 --intermediate-size 1536 --out runs/student-exact
+
+Output: a native model directory (``model/native_format.py``) plus ``teacher_map.json`` with the exact
+mapping, which is also printed.
 
 Pretrain from it with the teacher's vocabulary and the distillation losses:
     python data_prep/build_shards.py CORPUS --tokenizer TEACHER_DIR/vocab.txt --out data/teacher_shards

@@ -1,6 +1,6 @@
 """Collapse every MoL layer's experts into one LoRA adapter, and optionally fold it into the dense weights.
 
-    python tools/merge_experts.py runs/quickstart/consolidated --out runs/quickstart/merged --method uniform
+    python tools/merge_experts.py runs/quickstart/native --out runs/quickstart/merged --method uniform
     python tools/merge_experts.py IN --out OUT --method routing --calib data/shards --fold
 
 The merge averages the experts' *delta weights*: for each MoL layer
