@@ -409,6 +409,9 @@ def test_max_length_defaults_to_the_models_positions_and_only_rope_declares_more
         preset("tiny", **BERT_BLOCK, max_position_embeddings=320),
     )
     assert declared_lengths(rope) == (384, 384) and declared_lengths(absolute) == (320, 320)
+    # a RoPE model declares the length it was trained at when that is longer; a table keeps its rows
+    assert declared_lengths(rope, None, 1024) == (1024, 1024) and declared_lengths(rope, None, 128) == (384, 384)
+    assert declared_lengths(absolute, None, 1024) == (320, 320)
     # (config.json's max_position_embeddings, the tokenizer's model_max_length): a table's rows stay
     assert declared_lengths(rope, 1024) == (1024, 1024) and declared_lengths(absolute, 128) == (320, 128)
     with pytest.raises(InputError, match="--max-length 512: allowed: 1 to 320"):

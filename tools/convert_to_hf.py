@@ -164,21 +164,38 @@ def write_modernalbert(
     save_safetensors(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
 
 
-def declared_lengths(cfg: ModelConfig, max_length: int | None = None) -> tuple[int, int]:
+def declared_lengths(cfg: ModelConfig, max_length: int | None = None, trained: int | None = None) -> tuple[int, int]:
     """(the ``max_position_embeddings`` the export's config.json declares, its tokenizer's ``model_max_length``).
 
     Both are the model's ``max_position_embeddings`` unless ``--max-length`` says otherwise. Absolute positions:
     the table's rows, which the config must keep; a shorter ``--max-length`` shortens the tokenizer only, a
     longer one is refused. RoPE has no table (the field is a declared length, 512 unless the model config set
-    one): ``--max-length`` is then what the config and the tokenizer both declare."""
+    one): ``--max-length`` is then what the config and the tokenizer both declare, and without it the longer of
+    that field and ``trained``, the sample length of the shards the model was trained on (a 1024-token
+    model must not be exported as a 512-token one)."""
     positions = cfg.max_position_embeddings
     if max_length is None:
+        if cfg.position_embedding != "absolute" and trained:
+            positions = max(positions, trained)
         return positions, positions
     absolute = cfg.position_embedding == "absolute"
     if max_length < 1 or (absolute and max_length > positions):
         allowed = f"1 to {positions} (model.max_position_embeddings, absolute positions)" if absolute else ">= 1"
         raise InputError(f"--max-length {max_length}: allowed: {allowed}")
     return (positions if absolute else max_length), max_length
+
+
+def trained_length(doc: dict) -> int | None:
+    """The sample length (index.json's seq_len) of the shards the native model records it was trained on, when
+    they are still a local directory; None otherwise."""
+    data_dir = doc.get("data_dir")
+    if not data_dir or "://" in str(data_dir):
+        return None
+    try:
+        with open(os.path.join(data_dir, "index.json"), encoding="utf-8") as f:
+            return int(json.load(f)["seq_len"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _no_experts(cfg, fmt: str) -> None:
@@ -488,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         if not doc.get("tokenizer"):
             raise InputError(f"{a.in_dir}: no tokenizer in the model directory; the HF export needs one")
         special = _special_ids(doc, a.in_dir, model)
-        positions, max_length = declared_lengths(model.cfg, a.max_length)
+        positions, max_length = declared_lengths(model.cfg, a.max_length, trained_length(doc))
         if a.format != "modernalbert":  # refuse a model the stock class cannot hold before anything is written
             (modernbert_state if a.format == "modernbert" else albert_state)(model)
         writer = {"modernalbert": write_modernalbert, "modernbert": write_modernbert, "albert": write_albert}[a.format]
