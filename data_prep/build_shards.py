@@ -115,14 +115,22 @@ class ShardTask:
     shard: int
     doc_ids: list[int]
     docs: list  # texts (str), or token arrays (np.ndarray, a Megatron dataset's documents, taken as they are)
+    token_lens: np.ndarray | None = None  # after compact(): docs is [the token documents back to back]
+
+    def compact(self) -> "ShardTask":
+        """Token documents as one array and their lengths: one buffer to hash and to send to a worker."""
+        if self.token_lens is None and self.docs and not isinstance(self.docs[0], str):
+            self.token_lens = np.array([len(d) for d in self.docs], np.int64)
+            self.docs = [np.concatenate(self.docs)]
+        return self
 
     def input_hash(self) -> str:
         h = hashlib.blake2b(digest_size=16)
-        if self.docs and not isinstance(self.docs[0], str):  # token documents: ids, lengths, tokens
+        if self.compact().token_lens is not None:  # token documents: ids, lengths, tokens
             h.update(np.asarray(self.doc_ids, np.int64).tobytes())
-            h.update(np.asarray([len(t) for t in self.docs], np.int64).tobytes())
+            h.update(self.token_lens.tobytes())
             h.update(self.docs[0].dtype.str.encode())
-            h.update(np.concatenate(self.docs).tobytes())
+            h.update(self.docs[0])  # (contiguous: hashed in place)
             return h.hexdigest()
         for i, t in zip(self.doc_ids, self.docs):
             h.update(f"{i}\0".encode())
@@ -165,9 +173,9 @@ def build_one_shard(task: ShardTask, out_dir: str, seq_len: int, input_hash: str
     worker process)."""
     tok = _worker_tok
     dtype = token_dtype(tok.vocab_size)
-    if task.docs and not isinstance(task.docs[0], str):  # token ids (checked against the vocabulary up front)
-        tokens = np.concatenate(task.docs).astype(dtype, copy=False)
-        lens = [len(d) for d in task.docs]
+    lens: np.ndarray | list[int]
+    if task.compact().token_lens is not None:  # token ids (checked against the vocabulary up front)
+        tokens, lens = task.docs[0].astype(dtype, copy=False), task.token_lens
     else:
         tokens, lens = _tokenize(tok, task.docs, dtype)
     block = pack_documents(
@@ -191,7 +199,7 @@ def build_one_shard(task: ShardTask, out_dir: str, seq_len: int, input_hash: str
         "input_hash": input_hash,
         "samples": writer.samples,
         "tokens": writer.tokens,
-        "documents": len(task.docs),
+        "documents": len(task.doc_ids),
         "content_tokens": int(tokens.size),
         "split_documents": block.split_documents,
         "tokenless_documents": block.empty_documents,

@@ -205,6 +205,24 @@ def test_empty_documents_and_specials_survive_the_round_trip(corpus, tmp_path):
     assert [d.tolist() for d in _read(str(tmp_path / "val"))] == [val[i] for i in val_ids]
 
 
+def test_a_rerun_keeps_the_finished_shards_and_rebuilds_a_corrupt_one(corpus, tmp_path, capsys):
+    _, docs, tok_path = corpus
+    src = str(tmp_path / "part")
+    _write(src, docs[:300], 4000)
+    cfg = BuildConfig(inputs=[src], megatron=True, tokenizer=tok_path, seq_len=64, shard_mb=0.01, val_fraction=0.1)
+    out = str(tmp_path / "s")
+    build(cfg, out, workers=0, progress=False)
+    good = _tars(out)
+    assert len(good) >= 4
+    with open(os.path.join(out, "train-000001.tar"), "r+b") as f:
+        f.seek(2000)
+        f.write(b"garbage")
+    capsys.readouterr()
+    build(cfg, out, workers=0, progress=False)
+    assert f"(built 1, kept {len(good) - 1} verified from an earlier run)" in capsys.readouterr().out
+    assert _tars(out) == good
+
+
 def test_a_text_build_exports_its_documents(corpus, shards_dir, tmp_path):
     _, docs, _ = corpus
     out = str(tmp_path / "text_build")
