@@ -124,6 +124,8 @@ def test_a_megatron_dataset_becomes_shards_by_the_text_rules(corpus, megatron_sh
         assert index["splits"][split]["documents"] == ref["splits"][split]["documents"]
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_processes_train_on_shards_from_a_megatron_dataset(megatron_shards, tmp_path):
     run_dir = str(tmp_path / "run")
     r = wrapped_pretrain(
@@ -223,6 +225,7 @@ def test_a_rerun_keeps_the_finished_shards_and_rebuilds_a_corrupt_one(corpus, tm
     assert _tars(out) == good
 
 
+@pytest.mark.slow  # a fresh interpreter imports megatron-core
 def test_a_text_build_exports_its_documents(corpus, shards_dir, tmp_path):
     _, docs, _ = corpus
     out = str(tmp_path / "text_build")
@@ -291,6 +294,7 @@ def test_bad_datasets_and_tokenizers_are_refused_in_one_line(corpus, tmp_path, c
     _refused(capsys, [prefix, *args], out, "need megatron-core", INSTALL)
 
 
+@pytest.mark.slow  # a fresh interpreter imports megatron-core
 def test_the_cli_refuses_a_corrupt_index_in_one_line(corpus, tmp_path):
     """In a fresh process: megatron-core's import warnings and its reader's own failure stay quiet."""
     prefix, _, tok_path = corpus
