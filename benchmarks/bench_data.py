@@ -8,6 +8,11 @@ is tokenized for real). A tokenizer is trained once; then we time
   * the build: ``build_shards`` shard pass (read → tokenize → pack → tar + sha256) with that tokenizer,
     for each ``--workers`` value, from a cold output directory.
 The figure of merit is build tokens/s per worker ÷ raw encode tokens/s (target ≥ 0.5).
+
+Then, with megatron-core installed (requirements-megatron.txt), the same corpus tokenized once and written
+as a Megatron-LM dataset (IndexedDatasetBuilder, outside the timings), and the build from it
+(``--megatron``, same tokenizer and options) timed the same way: it skips tokenization. megatron-core's
+import, paid once per process, is timed apart in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 if __package__ in (None, ""):
     sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
@@ -79,6 +86,36 @@ def main() -> None:
             assert content == n_tokens, (content, n_tokens)
             tps = content / build_s
             rows.append((w, build_s, tps, tps / w / raw_tps))
+            text_index = index
+
+        mega_rows, import_s = [], None
+        try:
+            from data_prep.megatron_io import indexed_dataset_module
+
+            mcore = indexed_dataset_module()
+        except Exception as e:  # DataPrepError: megatron-core is not installed
+            print(f"megatron case skipped: {e}")
+        else:
+            prefix = os.path.join(tmp, "corpus_text_document")
+            builder = mcore.IndexedDatasetBuilder(prefix + ".bin", dtype=mcore.DType.optimal_dtype(tok.vocab_size))
+            for i in range(0, len(all_docs), 256):
+                for ids in tok.encode(all_docs[i : i + 256]):
+                    builder.add_document(np.asarray(ids, np.int32), [len(ids)])
+            builder.finalize(prefix + ".idx")
+            import_s = _import_seconds()
+            for w in a.workers:
+                out = os.path.join(tmp, f"megatron-w{w}")
+                t0 = time.perf_counter()
+                index = build(
+                    BuildConfig(inputs=[prefix], megatron=True, tokenizer=tok_path, seq_len=a.seq_len, shard_mb=4.0),
+                    out,
+                    workers=w,
+                    progress=False,
+                )
+                build_s = time.perf_counter() - t0
+                for key in ("content_tokens", "tokens_with_specials", "documents", "split_documents"):
+                    assert index["stats"][key] == text_index["stats"][key], key
+                mega_rows.append((w, build_s, index["stats"]["content_tokens"] / build_s))
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     import numpy
@@ -99,6 +136,24 @@ def main() -> None:
     print("|---|---|---|---|")
     for w, s, tps, ratio in rows:
         print(f"| {w} | {s:.2f} | {tps:,.0f} | {ratio:.2f} |")
+    if mega_rows:
+        print(
+            f"\nsame corpus as a Megatron dataset (--megatron, no tokenization); import megatron.core…indexed_dataset "
+            f"in a fresh interpreter: {import_s:.2f} s (once per build process, not in the build s below)"
+        )
+        print("| workers | text build s | megatron build s | megatron tokens/s | speed-up | speed-up with the import |")
+        print("|---|---|---|---|---|---|")
+        for (w, ts, _, _), (_, ms, mtps) in zip(rows, mega_rows):
+            print(f"| {w} | {ts:.2f} | {ms:.2f} | {mtps:,.0f} | {ts / ms:.2f}x | {ts / (ms + import_s):.2f}x |")
+
+
+def _import_seconds() -> float:
+    """Seconds to import megatron-core's indexed_dataset (with torch, which it needs) in a fresh interpreter."""
+    code = (
+        "import time, warnings; warnings.simplefilter('ignore'); t = time.perf_counter(); "
+        "import megatron.core.datasets.indexed_dataset; print(time.perf_counter() - t)"
+    )
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ byte-identical for any --workers, and an interrupted build rerun with the same a
 finished shard whose sha256 still matches and builds only the rest. Nothing is ever deleted except
 this tool's own temp files.
 
+Megatron datasets: ``--megatron`` reads its inputs as Megatron-LM indexed datasets (PREFIX.bin +
+PREFIX.idx, through megatron-core: ``data_prep/megatron_io.py``) with ``--tokenizer`` the tokenizer they
+were made with. Their documents enter where text documents become token lists, so the split, the
+blocks, the packing and the shards follow the same rules (a block is cut by --shard-mb of token bytes
+instead of text: 2 bytes a token at vocabularies up to 65 536, else 4).
+
 Across machines: ``--num-tasks N --task-id I`` (defaults from a SLURM array's variables) builds every
 N-th shard into a shared ``--out``; the last task to finish (or ``--finalize``) writes index.json.
 The result is byte-identical to a one-machine build (``TaskShare``; ``slurm/build_shards.sh``).
@@ -30,15 +36,15 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterable, Iterator
 
 if __package__ in (None, ""):  # run as a script: drop data_prep/ from sys.path so its modules can't shadow others
     sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import numpy as np
 
-from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, ReadStats, resolve_inputs
+from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, InputFile, ReadStats, resolve_inputs
 from data_prep.errors import DataPrepError
 from data_prep.packing import pack_documents
 from data_prep.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, ShardWriter, shard_name, token_dtype
@@ -66,6 +72,15 @@ class BuildConfig:
     vocab_size: int = 32768
     tokenizer_sample_mb: float = 200.0
     tokenizer_threads: int = 4
+    megatron: bool = False  # inputs are Megatron indexed datasets (token ids, taken as they are)
+
+    def record(self) -> dict:
+        """The arguments as index.json records them (and the fingerprint hashes them): ``megatron`` only
+        when set, so text builds made before the option existed stay the same build."""
+        rec = asdict(self)
+        if not self.megatron:
+            del rec["megatron"]
+        return rec
 
     def validate(self) -> None:
         """The ``check`` of every config; a message names the flag (``--seq-len=4: must be at least 8``)."""
@@ -81,6 +96,13 @@ class BuildConfig:
         arg("tokenizer_sample_mb", self.tokenizer_sample_mb > 0, "must be > 0")
         arg("tokenizer_threads", self.tokenizer_threads >= 1, "must be >= 1")
         arg("text_field", bool(self.text_field), "must not be empty")
+        arg("inputs", bool(self.inputs), "name at least one input")
+        arg(
+            "tokenizer",
+            bool(self.tokenizer) or not self.megatron,
+            "--megatron takes the dataset's token ids as they are: name the tokenizer it was made with "
+            "(a sentencepiece .model, a tokenizer.json or a HuggingFace tokenizer directory)",
+        )
 
 
 def _unit_hash(seed: int, i: int) -> float:
@@ -92,11 +114,25 @@ class ShardTask:
     split: str
     shard: int
     doc_ids: list[int]
-    texts: list[str]
+    docs: list  # texts (str), or token arrays (np.ndarray, a Megatron dataset's documents, taken as they are)
+    token_lens: np.ndarray | None = None  # after compact(): docs is [the token documents back to back]
+
+    def compact(self) -> "ShardTask":
+        """Token documents as one array and their lengths: one buffer to hash and to send to a worker."""
+        if self.token_lens is None and self.docs and not isinstance(self.docs[0], str):
+            self.token_lens = np.array([len(d) for d in self.docs], np.int64)
+            self.docs = [np.concatenate(self.docs)]
+        return self
 
     def input_hash(self) -> str:
         h = hashlib.blake2b(digest_size=16)
-        for i, t in zip(self.doc_ids, self.texts):
+        if self.compact().token_lens is not None:  # token documents: ids, lengths, tokens
+            h.update(np.asarray(self.doc_ids, np.int64).tobytes())
+            h.update(self.token_lens.tobytes())
+            h.update(self.docs[0].dtype.str.encode())
+            h.update(self.docs[0])  # (contiguous: hashed in place)
+            return h.hexdigest()
+        for i, t in zip(self.doc_ids, self.docs):
             h.update(f"{i}\0".encode())
             h.update(t.encode("utf-8", errors="surrogatepass"))
             h.update(b"\0")
@@ -115,23 +151,33 @@ def _init_worker(tokenizer_path: str, single_threaded: bool = False) -> None:
     _worker_tok = Tokenizer(tokenizer_path)
 
 
-def build_one_shard(task: ShardTask, out_dir: str, seq_len: int, input_hash: str) -> dict:
-    """Tokenize, pack and write one shard; returns its journal record (runs in a worker process)."""
-    tok = _worker_tok
-    dtype = token_dtype(tok.vocab_size)
+def _tokenize(tok: Tokenizer, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, list[int]]:
+    """The texts' ids back to back, and each text's length in tokens."""
     flat_parts, lens = [], []
     start = 0
-    while start < len(task.texts):
+    while start < len(texts):
         end, chars = start, 0
-        while end < len(task.texts) and (chars < _ENCODE_CHUNK_CHARS or end == start):
-            chars += len(task.texts[end])
+        while end < len(texts) and (chars < _ENCODE_CHUNK_CHARS or end == start):
+            chars += len(texts[end])
             end += 1
-        ids = tok.encode(task.texts[start:end])
+        ids = tok.encode(texts[start:end])
         chunk_lens = [len(x) for x in ids]
         flat_parts.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=sum(chunk_lens)))
         lens.extend(chunk_lens)
         start = end
-    tokens = np.concatenate(flat_parts) if flat_parts else np.zeros(0, dtype)
+    return (np.concatenate(flat_parts) if flat_parts else np.zeros(0, dtype)), lens
+
+
+def build_one_shard(task: ShardTask, out_dir: str, seq_len: int, input_hash: str) -> dict:
+    """Tokenize (text documents only), pack and write one shard; returns its journal record (runs in a
+    worker process)."""
+    tok = _worker_tok
+    dtype = token_dtype(tok.vocab_size)
+    lens: np.ndarray | list[int]
+    if task.compact().token_lens is not None:  # token ids (checked against the vocabulary up front)
+        tokens, lens = task.docs[0].astype(dtype, copy=False), task.token_lens
+    else:
+        tokens, lens = _tokenize(tok, task.docs, dtype)
     block = pack_documents(
         tokens, np.asarray(lens), np.asarray(task.doc_ids), seq_len, tok.special_ids.cls, tok.special_ids.sep
     )
@@ -153,7 +199,7 @@ def build_one_shard(task: ShardTask, out_dir: str, seq_len: int, input_hash: str
         "input_hash": input_hash,
         "samples": writer.samples,
         "tokens": writer.tokens,
-        "documents": len(task.texts),
+        "documents": len(task.doc_ids),
         "content_tokens": int(tokens.size),
         "split_documents": block.split_documents,
         "tokenless_documents": block.empty_documents,
@@ -363,29 +409,86 @@ def _prepare_tokenizer(cfg: BuildConfig, files, out: BuildDir, progress: bool) -
     return dest, "trained"
 
 
-def _tasks(cfg: BuildConfig, reader: CorpusReader) -> Iterator[ShardTask]:
-    """Route documents to splits and cut each split's stream into shard-sized blocks."""
+def _tasks(cfg: BuildConfig, docs: Iterable, size: Callable[[object], int] = len) -> Iterator[ShardTask]:
+    """Route documents to splits and cut each split's stream into shard-sized blocks (``size``: a
+    document's share of --shard-mb; a text's characters, or a token document's bytes)."""
     limit = int(cfg.shard_mb * 1e6)
     open_blocks = {s: ShardTask(s, 0, [], []) for s in ("train", "val")}
     sizes = {"train": 0, "val": 0}
-    for i, doc in enumerate(itertools.islice(reader, cfg.max_docs)):
+    for i, doc in enumerate(itertools.islice(docs, cfg.max_docs)):
         split = "val" if _unit_hash(cfg.seed, i) < cfg.val_fraction else "train"
         block = open_blocks[split]
         block.doc_ids.append(i)
-        block.texts.append(doc)
-        sizes[split] += len(doc)
+        block.docs.append(doc)
+        sizes[split] += size(doc)
         if sizes[split] >= limit:
             yield block
             open_blocks[split] = ShardTask(split, block.shard + 1, [], [])
             sizes[split] = 0
     for block in open_blocks.values():
-        if block.texts:
+        if block.docs:
             yield block
+
+
+def _resolve_tokenizer(cfg: BuildConfig) -> BuildConfig:
+    """A --tokenizer directory (a HuggingFace tokenizer saved with save_pretrained) names its tokenizer file."""
+    if not cfg.tokenizer or not os.path.isdir(cfg.tokenizer):
+        return cfg
+    for name in ("tokenizer.json", "tokenizer.model", "vocab.txt"):
+        path = os.path.join(cfg.tokenizer, name)
+        if os.path.isfile(path):
+            return replace(cfg, tokenizer=path)
+    raise DataPrepError(
+        f"--tokenizer {cfg.tokenizer!r}: a directory without tokenizer.json, tokenizer.model or vocab.txt"
+    )
+
+
+def _input_files(cfg: BuildConfig) -> tuple[list[InputFile], list | None]:
+    """The inputs: text files (resolved), or Megatron datasets (opened and checked: ``megatron_io``)."""
+    if not cfg.megatron:
+        return resolve_inputs(cfg.inputs), None
+    from data_prep.megatron_io import open_dataset
+
+    datasets = [open_dataset(spec) for spec in cfg.inputs]
+    files = [InputFile(path=ds.prefix, format="megatron", compression=None, size=ds.bytes) for ds in datasets]
+    return files, datasets
+
+
+def _check_token_inputs(cfg: BuildConfig, datasets: list | None) -> dict[str, int] | None:
+    """Megatron inputs: refuse datasets without documents, or with ids the tokenizer lacks; returns how
+    often each special token occurs inside the documents (None for text inputs)."""
+    if datasets is None:
+        return None
+    from data_prep.megatron_io import check_vocabulary
+
+    if not sum(ds.documents for ds in datasets):
+        raise DataPrepError(f"inputs {cfg.inputs}: the datasets hold no documents")
+    tok = Tokenizer(cfg.tokenizer)
+    return check_vocabulary(datasets, cfg.max_docs, tok.vocab_size, cfg.tokenizer, tok.special_ids.as_dict())
+
+
+class _TokenDocuments:
+    """The documents of Megatron datasets, in order, counted like CorpusReader counts texts."""
+
+    def __init__(self, datasets: list, on_bytes: Callable[[int], None]) -> None:
+        self.datasets = datasets
+        self.stats = ReadStats()
+        self._on_bytes = on_bytes
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        st = self.stats
+        for ds in self.datasets:
+            st.documents_per_file[ds.prefix] = 0
+            for doc in ds.iter_documents():
+                st.documents += 1
+                st.documents_per_file[ds.prefix] += 1
+                self._on_bytes(doc.nbytes)
+                yield doc
 
 
 def _identity(cfg: BuildConfig, files) -> str:
     """The build's fingerprint: its arguments, its input files (path, size) and a reused tokenizer's hash."""
-    identity = {"build_args": asdict(cfg), "input_files": [[f.path, f.size] for f in files]}
+    identity = {"build_args": cfg.record(), "input_files": [[f.path, f.size] for f in files]}
     if cfg.tokenizer:
         if not os.path.isfile(cfg.tokenizer):
             raise DataPrepError(f"--tokenizer {cfg.tokenizer!r}: no such file")
@@ -487,10 +590,12 @@ def build(
     leaves the finalising to another). Raises DataPrepError on bad input."""
     cfg.validate()
     share.validate()
+    cfg = _resolve_tokenizer(cfg)
     t_start = time.time()
-    files = resolve_inputs(cfg.inputs)
-    args_record = asdict(cfg)
+    files, datasets = _input_files(cfg)
+    args_record = cfg.record()
     fingerprint = _identity(cfg, files)
+    specials_inside = _check_token_inputs(cfg, datasets)  # before anything is written
 
     out = BuildDir(
         out_dir,
@@ -510,7 +615,12 @@ def build(
     kept, built_tokens = 0, 0
     t_tok = time.time()
     with _progress(sum(f.size for f in files), "building shards", progress) as bar:
-        reader = CorpusReader(files, cfg.text_field, on_bytes=bar.update)
+        reader: CorpusReader | _TokenDocuments
+        if datasets is None:
+            reader, size = CorpusReader(files, cfg.text_field, on_bytes=bar.update), len
+        else:  # token documents: a block holds --shard-mb of them in the shards' token dtype
+            itemsize = token_dtype(tok.vocab_size).itemsize
+            reader, size = _TokenDocuments(datasets, on_bytes=bar.update), lambda d: len(d) * itemsize
         pool = None
         if workers > 0:
             pool = cf.ProcessPoolExecutor(
@@ -532,7 +642,7 @@ def build(
             bar.set_postfix(shards=len(records), tokens=f"{sum(r['tokens'] for r in records) / 1e6:.1f}M")
 
         try:
-            for k, task in enumerate(_tasks(cfg, reader)):
+            for k, task in enumerate(_tasks(cfg, reader, size)):
                 if k % share.num_tasks != share.task_id:  # another task's shard
                     continue
                 h = task.input_hash()
@@ -575,7 +685,7 @@ def build(
         )
         print(f"{share.tag()}: {len(records) - kept} shards built, {kept} kept ({elapsed:.1f} s)")
         return finalize(cfg, out_dir, share.num_tasks, only_if_complete=True)
-    index = _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, stats)
+    index = _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, stats, specials_inside)
     out.finish(index)
     _print_summary(index, out.path, kept, len(records) - kept, elapsed, time.time() - t_tok, built_tokens)
     return index
@@ -588,7 +698,8 @@ def finalize(cfg: BuildConfig, out_dir: str, num_tasks: int, only_if_complete: b
     """
     share = TaskShare(num_tasks, 0)
     share.validate()
-    files = resolve_inputs(cfg.inputs)
+    cfg = _resolve_tokenizer(cfg)
+    files, datasets = _input_files(cfg)
     fingerprint = _identity(cfg, files)
     paths = [os.path.join(out_dir, _done_file(share, i)) for i in range(num_tasks)]
     missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
@@ -626,6 +737,7 @@ def finalize(cfg: BuildConfig, out_dir: str, num_tasks: int, only_if_complete: b
         tok_doc["source"],
         records,
         ReadStats(**docs[0]["stats"]),
+        _check_token_inputs(cfg, datasets),
     )
     write_index(out_dir, index)
     for name in os.listdir(out_dir):  # the build's bookkeeping and any task's leftover temp files
@@ -647,7 +759,7 @@ def finalize(cfg: BuildConfig, out_dir: str, num_tasks: int, only_if_complete: b
     return index
 
 
-def _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, stats) -> dict:
+def _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, stats, specials_inside=None) -> dict:
     splits = {}
     for split in ("train", "val"):
         recs = sorted((r for r in records if r["split"] == split), key=lambda r: r["shard"])
@@ -659,11 +771,11 @@ def _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, sta
         }
     content = sum(r["content_tokens"] for r in records)
     samples = sum(r["samples"] for r in records)
-    return {
+    index = {
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
         "fingerprint": fingerprint,
-        "build_args": asdict(cfg),
+        "build_args": cfg.record(),
         "seq_len": cfg.seq_len,
         "token_dtype": token_dtype(tok.vocab_size).name,
         "sample_fields": {"input_ids": "token ids, [T]", "segments": "int64 [S, 2]: (length, document id)"},
@@ -701,6 +813,9 @@ def _make_index(cfg, files, fingerprint, tok, tok_path, tok_source, records, sta
             "chars_per_token": round(stats.chars / max(1, content), 3),
         },
     }
+    if specials_inside is not None:  # token inputs: no text was read, and ids were taken as they are
+        index["stats"]["special_tokens_in_documents"] = specials_inside
+    return index
 
 
 def _print_summary(
@@ -714,7 +829,8 @@ def _print_summary(
         f"  documents  {st['documents']:,} (train {sp['train']['documents']:,}, val {sp['val']['documents']:,}; "
         f"{st['empty_documents_skipped']:,} empty skipped, {st['split_documents']:,} longer than a sample, split)",
         f"  tokens     {st['tokens_with_specials']:,} in {st['samples']:,} samples of <= {index['seq_len']} "
-        f"(fill {st['mean_sample_fill']:.1%}, {st['chars_per_token']} chars/token)",
+        f"(fill {st['mean_sample_fill']:.1%}"
+        + (f", {st['chars_per_token']} chars/token)" if st["chars"] else ", ids taken as they are from the datasets)"),
         f"  tokenizer  {index['tokenizer']['file']}, vocab {index['tokenizer']['vocab_size']:,}"
         + (f" ({asked:,} asked: too little text for more)" if index["tokenizer"]["vocab_size"] < asked else ""),
         f"  shards     train {len(sp['train']['shards'])}, val {len(sp['val']['shards'])} "
@@ -726,6 +842,13 @@ def _print_summary(
     ]
     if st["replaced_undecodable_bytes"]:
         lines.append(f"  warning    {st['replaced_undecodable_bytes']:,} undecodable bytes replaced by U+FFFD")
+    inside = st.get("special_tokens_in_documents")
+    if inside:
+        named = ", ".join(f"{n} {c:,}" for n, c in inside.items())
+        lines.append(
+            f"  warning    special tokens inside the datasets' documents ({named}; an --append-eod end-of-document "
+            "token?): kept as they are, inside [CLS] … [SEP]"
+        )
     if not sp["val"]["shards"] and index["build_args"]["val_fraction"] > 0:
         lines.append("  warning    no validation documents: raise --val-fraction or add data")
     print("\n".join(lines))
@@ -741,8 +864,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Nam
     p.add_argument(
         "inputs",
         nargs="*",
-        help="files, directories or quoted globs (.txt .jsonl[.gz|.zst] .parquet); "
-        f"default: the shipped sample corpus ({os.path.relpath(SAMPLE_CORPUS_DIR)})",
+        help="files, directories or quoted globs (.txt .jsonl[.gz|.zst] .parquet), or with --megatron Megatron "
+        f"dataset prefixes; default: the shipped sample corpus ({os.path.relpath(SAMPLE_CORPUS_DIR)})",
     )
     p.add_argument("--out", required=True, help="output directory (created; an earlier run of the same build resumes)")
     g = p.add_argument_group("corpus")
@@ -750,6 +873,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Nam
         "--text-field", default=d.text_field, help="JSONL field / Parquet column with the text (default: %(default)s)"
     )
     g.add_argument("--max-docs", type=int, default=None, help="use only the first N documents")
+    g.add_argument(
+        "--megatron",
+        action="store_true",
+        help="the inputs are Megatron-LM indexed datasets (PREFIX.bin + PREFIX.idx; needs megatron-core: "
+        "pip install -c constraints.txt -r requirements-megatron.txt): their token ids are taken as they are, "
+        "so --tokenizer must name the tokenizer they were made with; --shard-mb then counts token bytes",
+    )
     g = p.add_argument_group("samples and shards")
     g.add_argument(
         "--seq-len", type=int, default=d.seq_len, help="max tokens per sample, specials included (default: %(default)s)"
@@ -770,7 +900,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Nam
     g.add_argument(
         "--tokenizer",
         default=None,
-        help="reuse a tokenizer: a sentencepiece .model, a HF tokenizer.json or a BERT vocab.txt (default: train one)",
+        help="reuse a tokenizer: a sentencepiece .model, a HF tokenizer.json, a BERT vocab.txt, or a directory "
+        "holding one (default: train one)",
     )
     g.add_argument(
         "--tokenizer-type", default=d.tokenizer_type, choices=("unigram", "bpe"), help="(default: %(default)s)"
@@ -824,7 +955,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Nam
     )
     a = p.parse_args(argv)
     cfg = BuildConfig(
-        inputs=a.inputs or d.inputs,
+        inputs=a.inputs or ([] if a.megatron else d.inputs),
         text_field=a.text_field,
         seq_len=a.seq_len,
         val_fraction=a.val_fraction,
@@ -836,6 +967,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Nam
         vocab_size=a.vocab_size,
         tokenizer_sample_mb=a.tokenizer_sample_mb,
         tokenizer_threads=a.tokenizer_threads,
+        megatron=a.megatron,
     )
     if a.workers < 0:
         p.error(f"--workers {a.workers}: must be >= 0")
@@ -844,7 +976,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Nam
 
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse_args(argv)
-    if not a.inputs:
+    if not a.inputs and not a.megatron:
         print(f"inputs: the shipped sample corpus ({os.path.relpath(SAMPLE_CORPUS_DIR)})")
     try:
         if a.finalize:

@@ -20,6 +20,7 @@ import json
 import os
 import tarfile
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -282,3 +283,33 @@ class ShardIndex:
 
     def shard_path(self, entry: ShardEntry) -> str:
         return os.path.join(self.data_dir, entry.file)
+
+
+def iter_documents(index: ShardIndex, split: str) -> Iterator[tuple[int, np.ndarray]]:
+    """(document id, its tokens without the [CLS]/[SEP] the packer added) of every document of a split, in
+    build order (ascending ids); a document cut into pieces comes back whole. Shards are verified as they
+    are opened (sha256 and sample count against index.json)."""
+    cls, sep = index.special_ids["cls"], index.special_ids["sep"]
+    doc_id, parts = -1, []
+    for entry in index.splits[split]:
+        reader = ShardReader(index.shard_path(entry), entry.sha256, entry.samples)
+        try:
+            for i in range(len(reader)):
+                ids, lens, doc_ids = reader.sample(i)
+                off = 0
+                for n, d in zip(lens.tolist(), doc_ids.tolist()):
+                    seg = ids[off : off + n]
+                    off += n
+                    if n < 2 or seg[0] != cls or seg[-1] != sep:
+                        raise ShardError(f"shard {reader.name}: sample {i} has a segment not wrapped in [CLS] … [SEP]")
+                    if d != doc_id:
+                        if d < doc_id:
+                            raise ShardError(f"shard {reader.name}: document {d} comes after document {doc_id}")
+                        if parts:
+                            yield doc_id, np.concatenate(parts)
+                        doc_id, parts = d, []
+                    parts.append(seg[1:-1])
+        finally:
+            reader.close()
+    if parts:
+        yield doc_id, np.concatenate(parts)

@@ -12,7 +12,7 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 _stamp="$VENV/.modernalbert-installed"
-_want="$(cat "$_repo/requirements.txt" "$_repo/requirements-dev.txt" "$_repo/requirements-teacher.txt" "$_repo/requirements-deepspeed.txt" "$_repo/constraints.txt" "$_repo/pyproject.toml" | sha256sum | cut -c1-16)"
+_want="$(cat "$_repo/requirements.txt" "$_repo/requirements-dev.txt" "$_repo/requirements-teacher.txt" "$_repo/requirements-deepspeed.txt" "$_repo/requirements-megatron.txt" "$_repo/constraints.txt" "$_repo/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
     echo "setup: installing requirements into $VENV"
     python -m pip install -q --disable-pip-version-check -c "$_repo/constraints.txt" \
@@ -21,6 +21,8 @@ if [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
         || return 1 2>/dev/null || exit 1
     python -m pip install -q --disable-pip-version-check --no-build-isolation -c "$_repo/constraints.txt" \
         -r "$_repo/requirements-deepspeed.txt" || return 1 2>/dev/null || exit 1
+    python -m pip install -q --disable-pip-version-check -c "$_repo/constraints.txt" \
+        -r "$_repo/requirements-megatron.txt" || return 1 2>/dev/null || exit 1
     python -m pip install -q --disable-pip-version-check --no-deps -e "$_repo" || return 1 2>/dev/null || exit 1
     echo "$_want" > "$_stamp"
 fi
