@@ -123,3 +123,27 @@ def check_ids_fit(data: TokenizerId, model: str, embeddings: int, error: type[Ex
             f"{data.owner}: its tokenizer {data.describe()} gives ids up to {data.vocab_size - 1}, but {model} "
             f"embeds only {embeddings} tokens: ids at or above {embeddings} can never reach an embedding"
         )
+
+
+def shipped_tokenizer(
+    model_dir: str, path: str, recorded: str | None, embeddings: int, error: type[Exception]
+) -> Tokenizer:
+    """The tokenizer a native model directory ships at ``path``, once it is checked to be the one its config.json
+    records (``recorded`` sha256; None in older directories: nothing to compare, no note) and its ids fit the
+    model's ``embeddings`` rows. Every reader of a native directory's text side goes through here: the
+    exports, the evaluation backends, the embedder and fine-tuning."""
+    import dataclasses
+
+    try:
+        tok = Tokenizer(path)
+    except DataPrepError as e:
+        raise error(f"{model_dir}: its tokenizer: {e}") from None
+    check_same_tokenizer(
+        TokenizerId(f"the model {model_dir}", "the tokenizer its config.json records", recorded),
+        dataclasses.replace(file_tokenizer("its directory", path), vocab_size=tok.vocab_size),
+        embeddings,
+        error,
+        note=warn if recorded else None,
+        hint="the file was replaced after the model was saved; put back the one it was trained with",
+    )
+    return tok

@@ -54,14 +54,17 @@ class NativeBackend:
     kind = "native"
 
     def __init__(self, path: str) -> None:
-        from data_prep.tokenizer import Tokenizer
+        from data_prep.tokenizer_id import shipped_tokenizer
+        from model.native_format import tokenizer_record
 
         mlm, self.doc = load_native(path)
         if not self.doc.get("tokenizer"):
             raise InputError(f"{path}: no tokenizer in the model directory")
         self.path, self.cfg = path, mlm.cfg
         self.mlm_state = mlm.state_dict()
-        self.tok = Tokenizer(os.path.join(path, self.doc["tokenizer"]))
+        tok_path, recorded = tokenizer_record(path, self.doc)
+        assert tok_path is not None  # checked above
+        self.tok = shipped_tokenizer(path, tok_path, recorded, mlm.cfg.vocab_size, InputError)
         self.family = "native"
 
     def encode(self, texts: list[tuple[str, ...]], max_len: int) -> list[dict]:

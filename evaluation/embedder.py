@@ -92,12 +92,15 @@ class Embedder:
         self.max_len = int(max_len or said_len or 512)
         self.token_budget = token_budget
         if self.kind == "native":
-            from data_prep.tokenizer import Tokenizer
-            from model.native_format import load_native
+            from data_prep.tokenizer_id import shipped_tokenizer
+            from model.native_format import load_native, tokenizer_record
 
             mlm, doc = load_native(path)
             self.model: nn.Module = mlm.model.eval()
-            self.tok = Tokenizer(os.path.join(path, doc["tokenizer"]))
+            tok_path, recorded = tokenizer_record(path, doc)
+            if tok_path is None:
+                raise InputError(f"{path}: no tokenizer in the model directory")
+            self.tok = shipped_tokenizer(path, tok_path, recorded, mlm.cfg.vocab_size, InputError)
         else:
             from transformers import AutoModel
 

@@ -60,6 +60,7 @@ import torch
 
 from data_prep.glue_data import TASKS, TASKS_SYNTAX, GlueDataError, split_tasks, task_names
 from data_prep.tokenizer import Tokenizer
+from data_prep.tokenizer_id import shipped_tokenizer
 from scoring.metrics import task_metrics, task_score
 from finetune.data import DataError, Task, varlen_batches, load_glue_task, load_task
 from finetune.model import TaskClassifier, add_block_lora, save_adapter
@@ -68,7 +69,7 @@ from model.classification import classification_loss
 from model.config import RSL_ENTROPY, ROUTE_INPUTS, ROUTING_MODES, AttnExpertsConfig
 from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers, load_peft_adapters
 from model.losses import combine_losses
-from model.native_format import InputError, load_native
+from model.native_format import InputError, load_native, tokenizer_record
 from model.routing import RoutingRecorder
 from config_check import flag_check
 
@@ -415,8 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(a.seed)
     t0 = time.time()
     try:
-        doc = load_native(a.model)[1]
-        tok = Tokenizer(os.path.join(a.model, doc["tokenizer"]))
+        base, doc = load_native(a.model)
+        tok_path, recorded = tokenizer_record(a.model, doc)
+        if tok_path is None:
+            raise InputError(f"{a.model}: no tokenizer in the model directory")
+        tok = shipped_tokenizer(a.model, tok_path, recorded, base.cfg.vocab_size, InputError)
+        del base
         tasks = load_tasks(TaskSource.from_args(a), tok)
         if a.mode in ("full", "lora") and len(tasks) != 1:
             raise DataError(f"--mode {a.mode} takes one task (got {len(tasks)}); use multitask or a mixer")

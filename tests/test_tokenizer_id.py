@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from conftest import TINY_BUILD, run_cli, wrapped_pretrain
+from conftest import REPO, TINY_BUILD, run_cli, wrapped_pretrain
 from data_prep.build_shards import BuildConfig, build
 
 pytestmark = [pytest.mark.slow]
@@ -124,6 +126,21 @@ def test_export_refuses_a_tokenizer_replaced_after_the_model_was_saved(native_di
     recorded = _sha(os.path.join(native_dir, "tokenizer.model"))[:12]
     assert f"the model {swapped} has the tokenizer its config.json records (sha256 {recorded})" in r.stderr
     assert "put back the one it was trained with" in r.stderr and not out.exists()
+    # every other reader of a native directory's text side refuses it the same way, before reading any data
+    from model.native_format import InputError
+
+    for cmd in (
+        [sys.executable, "-m", "finetune.train", "--model", swapped, "--tasks", str(tmp_path), "--out", str(out)],
+    ):
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "put back the one it was trained with" in r.stderr, (cmd, r.stderr[-3000:])
+        assert r.stderr.count("\n") == 1 and not out.exists(), r.stderr[-3000:]
+    from evaluation.backends import NativeBackend
+    from evaluation.embedder import Embedder
+
+    for reader in (NativeBackend, Embedder):  # the GLUE/SQuAD/BEIR runners' model side
+        with pytest.raises(InputError, match="put back the one it was trained with"):
+            reader(swapped)
 
 
 def test_the_same_tokens_in_other_files_are_the_same_tokenizer(shards_dir, tmp_path):

@@ -79,27 +79,11 @@ AUTO_MAP = {
 def _special_ids(doc: dict, in_dir: str, model: ModernAlbertForMaskedLM) -> dict[str, int]:
     """The special ids of the directory's tokenizer, once it is checked to be the model's: the sha256 config.json
     recorded (``data_prep.tokenizer_id``), ids within the model's vocabulary."""
-    import dataclasses
-
-    from data_prep.errors import DataPrepError
-    from data_prep.tokenizer import Tokenizer
-    from data_prep.tokenizer_id import TokenizerId, check_same_tokenizer, file_tokenizer, warn
+    from data_prep.tokenizer_id import shipped_tokenizer
 
     path, recorded = tokenizer_record(in_dir, doc)
     assert path is not None  # main refuses a directory without one
-    try:
-        tok = Tokenizer(path)
-    except DataPrepError as e:
-        raise InputError(f"{in_dir}: its tokenizer: {e}") from None
-    check_same_tokenizer(
-        TokenizerId(f"the model {in_dir}", "the tokenizer its config.json records", recorded),
-        dataclasses.replace(file_tokenizer("its directory", path), vocab_size=tok.vocab_size),
-        model.cfg.vocab_size,
-        InputError,
-        note=warn if recorded else None,  # an older directory records none: nothing to compare with
-        hint="the file was replaced after the model was saved; put back the one it was trained with",
-    )
-    return tok.special_ids.as_dict()
+    return shipped_tokenizer(in_dir, path, recorded, model.cfg.vocab_size, InputError).special_ids.as_dict()
 
 
 def _label_fields(head: ClassifierConfig) -> dict:
