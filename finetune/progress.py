@@ -65,8 +65,9 @@ class Progress:
 
     def line(self, elapsed: float, note: str = "") -> str:
         """``desc: done/total unit (pct), note, elapsed, about … left``."""
-        parts = [f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({self.done / self.total:.0%})"]
-        if not self.total:
+        if self.total:
+            parts = [f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({self.done / self.total:.0%})"]
+        else:  # unknown length
             parts = [f"{self.desc}: {self.done:,} {self.unit}"]
         if note:
             parts.append(note)

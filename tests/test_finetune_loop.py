@@ -88,6 +88,10 @@ def test_progress_is_a_line_every_interval_off_a_terminal_and_a_bar_on_one(monke
     assert len(lines) == 4 and "\r" not in log.text
     assert lines[0].startswith("SST-2 seed 0 epoch 1/3: 1/4 batches (25%), loss 0.7000, 0 s, about 0 s left")
     assert lines[-1].startswith("SST-2 seed 0 epoch 1/3: 4/4 batches (100%), loss 0.4000, ") and "left" not in lines[-1]
+    unknown = _Stream(tty=False)  # total 0: a count without a share (it divided by zero)
+    with Progress(0, "streaming", "texts", stream=unknown) as p:
+        p.update(3)
+    assert unknown.text.startswith("streaming: 3 texts, 0 s")
 
     monkeypatch.delenv("MODERNALBERT_PROGRESS_S")  # the default: every 10 s, so a fast loop prints nothing
     quiet = _Stream(tty=False)
