@@ -56,6 +56,13 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _wait_for_records(metrics, n: int) -> None:
+    """Until the run has logged ``n`` steps (or 180 s have passed)."""
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= n):
+        time.sleep(0.005)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, shards_dir):
     run_dir = tmp_path_factory.mktemp("uninterrupted")
@@ -75,9 +82,7 @@ def _signal_mid_run(run_dir, shards_dir, sig, who: str, extra=()) -> subprocess.
         start_new_session=True,
     )
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.005)
+    _wait_for_records(metrics, 2)
     tree = _descendants(proc.pid)
     assert len(tree) >= 4, f"expected launcher + 2 ranks + their loader workers, found {tree}"
     targets = {"launcher": [proc.pid], "tree": [proc.pid, *tree], "group": None, "ranks and workers": tree}[who]
@@ -138,9 +143,7 @@ def test_a_rank_killed_outright_stops_the_job_quickly_with_one_line(shards_dir, 
         _cmd(tmp_path, shards_dir), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.005)
+    _wait_for_records(metrics, 2)
     ranks = [
         int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     ]
@@ -174,9 +177,7 @@ def test_a_frozen_rank_ends_the_job_after_the_collective_timeout_and_a_relaunch_
         text=True,
     )
     metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 7):
-        time.sleep(0.005)
+    _wait_for_records(metrics, 7)
     ranks = {}
     for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
         environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")

@@ -134,18 +134,20 @@ def _at_step(env, job: int, run_dir, step: int) -> None:
 
 def _rank_pid(rank: int) -> int:
     """The training process of ``rank`` (RANK=… in its environment; not one of its loader workers, which
-    inherit that environment), among this host's processes."""
-    found = {}
+    inherit that environment, nor torchrun), among this host's processes."""
+    from pretrain.torchrun import children_by_parent
+
+    found = set()
     for pid in subprocess.run(["pgrep", "-f", "pretrain.train"], capture_output=True, text=True).stdout.split():
         try:
             environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
+        except OSError:
             continue
         if f"RANK={rank}".encode() in environ and any(e.startswith(b"TORCHELASTIC_RUN_ID=") for e in environ):
-            found[int(pid)] = ppid
-    ranks = [pid for pid, ppid in found.items() if ppid not in found]
-    assert len(ranks) == 1, f"RANK={rank}: expected one training process, found {found}"
+            found.add(int(pid))
+    children = children_by_parent()
+    ranks = [pid for pid in found if not any(pid in children.get(other, []) for other in found)]
+    assert len(ranks) == 1, f"RANK={rank}: expected one training process, found {sorted(found)}"
     return ranks[0]
 
 

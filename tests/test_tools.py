@@ -314,8 +314,18 @@ def students(shards_dir, tmp_path_factory) -> dict[str, str]:
     return out
 
 
-def _hub_env(tmp_path) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+def _as_hub_user(tmp_path, script: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """``script`` in a fresh, offline process with stdin closed (a prompt gets EOF), outside the repo."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=str(tmp_path),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize(
@@ -338,15 +348,7 @@ def test_every_hf_export_loads_truncates_and_fills_masks_like_a_hub_model(studen
     assert tok_cfg["model_max_length"] == positions
     assert json.load(open(os.path.join(hf, "config.json")))["max_position_embeddings"] == positions
     remote = fmt == "modernalbert"
-    r = subprocess.run(
-        [sys.executable, "-c", _HUB_USER, hf, "1" if remote else "0", str(tmp_path / "user.json")],
-        cwd=str(tmp_path),
-        env=_hub_env(tmp_path),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _as_hub_user(tmp_path, _HUB_USER, hf, "1" if remote else "0", str(tmp_path / "user.json"), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "Do you wish to run the custom code" not in out and "trust_remote_code" not in out, out[-3000:]
@@ -366,15 +368,7 @@ def test_every_hf_export_loads_truncates_and_fills_masks_like_a_hub_model(studen
         # transformers 5's AutoTokenizer reads config.json through AutoConfig before tokenizer_config.json, and a
         # custom-code config asks for trust_remote_code: without it (stdin closed) the answer is no, and the
         # tokenizer still loads, the same one (the prompt is printed; docs/tools.md says to pass the flag)
-        r = subprocess.run(
-            [sys.executable, "-c", _BARE_TOKENIZER, hf, str(tmp_path / "bare.json")],
-            cwd=str(tmp_path),
-            env=_hub_env(tmp_path),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = _as_hub_user(tmp_path, _BARE_TOKENIZER, hf, str(tmp_path / "bare.json"), timeout=120)
         assert r.returncode == 0, r.stderr[-3000:]
         assert json.loads((tmp_path / "bare.json").read_text())["max_length"] == positions
 

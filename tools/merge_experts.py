@@ -40,14 +40,20 @@ from pretrain.shard_cache import local_path
 METHODS = ("uniform", "routing")
 
 
-def _loader(shards: str, split: str, micro_batch_size: int, max_batches: int):
-    from data_prep.errors import DataPrepError
+def _open(shards: str, split: str, micro_batch_size: int):
+    """One unshuffled pass over ``split`` in this process; raises DataPrepError (no such split, too small…)."""
     from pretrain.data import LoaderConfig, PretrainLoader
 
+    return PretrainLoader(
+        LoaderConfig(shards, micro_batch_size, split=split, shuffle=False, num_workers=0, epochs=1), 0, 1
+    )
+
+
+def _loader(shards: str, split: str, micro_batch_size: int, max_batches: int):
+    from data_prep.errors import DataPrepError
+
     try:
-        return PretrainLoader(
-            LoaderConfig(shards, micro_batch_size, split=split, shuffle=False, num_workers=0, epochs=1), 0, 1
-        )
+        return _open(shards, split, micro_batch_size)
     except DataPrepError as e:
         raise InputError(f"{shards}: {e}") from None
 
@@ -144,10 +150,9 @@ VAL_BATCH = 16  # samples per validation batch
 def _no_val_batch(shards: str) -> str | None:
     """Why ``shards`` has no val batch of VAL_BATCH samples (no val split, or a smaller one), or None."""
     from data_prep.errors import DataPrepError
-    from pretrain.data import LoaderConfig, PretrainLoader
 
     try:
-        PretrainLoader(LoaderConfig(shards, VAL_BATCH, split="val", shuffle=False, num_workers=0, epochs=1), 0, 1)
+        _open(shards, "val", VAL_BATCH)
     except DataPrepError as e:  # the same message as training's "validation skipped: …"
         return str(e)
     return None
