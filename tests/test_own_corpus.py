@@ -63,7 +63,7 @@ def own_run(own_shards, tmp_path_factory):
     """tiny on the default shards with 2 processes, as a user types it: refused with the overrides that fit,
     then run (2 steps) with the first one."""
     run_dir = str(tmp_path_factory.mktemp("own") / "run")
-    args = ["--config", TINY, f"data.dir={own_shards}", f"run_dir={run_dir}", "train.steps=2", "data.num_workers=0"]
+    args = ["--config", TINY, f"data.dir={own_shards}", f"run_dir={run_dir}", "train.steps=2"]
     refused = wrapped_pretrain(2, args, timeout=300)
     fix = _overrides(refused.stderr)
     ran = wrapped_pretrain(2, [*args, *fix[:1]], timeout=300)
