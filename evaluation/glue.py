@@ -25,11 +25,13 @@ Protocol (so rows of one comparison can be told apart): ``--max-train``/``--max-
 label-stratified random subset (``scoring/sampling.py``, ``--subset-seed``), the same for every model,
 never the first rows of a file. Every task and the average get a constant-predictor row (the majority
 training label; the mean target for STS-B, whose correlations are then 0) and a 95 % bootstrap interval
-of the seed-mean score over the evaluation examples (``scoring/intervals.py``; the average's interval
-resamples every task).
+of the seed-mean score over the evaluation examples (``scoring/intervals.py``; each task draws its own
+resamples, the average's interval averages the tasks' draws).
 
-Output: OUT/results.json (every seed's metrics, medians and spread, arguments, timings) and
-OUT/results.md (the table). ``--save-model DIR`` keeps the first seed's fine-tuned model per task
+Output: OUT/results.json (every seed's metrics, medians and spread, arguments, timings),
+OUT/results.md (the table) and OUT/predictions.json (gold labels and every seed's predictions per
+evaluation split: two runs on the same subsets give a paired difference with ``python -m
+evaluation.compare RUN_A RUN_B``). ``--save-model DIR`` keeps the first seed's fine-tuned model per task
 (DIR/<task>; for a native model a native classifier directory that ``tools/convert_to_hf.py`` exports
 with its head). A task directory with another layout or a malformed row: one line naming the file and
 line, exit 2.
@@ -66,7 +68,7 @@ from data_prep.glue_data import (
     task_names,
     task_spec,
 )
-from scoring.intervals import bootstrap_draws, constant_scores, percentile_ci
+from scoring.intervals import bootstrap_draws, constant_scores, percentile_ci, task_seed
 from scoring.metrics import summarize, task_metrics, task_score
 from scoring.sampling import stratified_subset, subset_examples
 from evaluation.backends import add_attention_lora, open_backend
@@ -270,14 +272,39 @@ def select(
 
 
 def intervals(spec, seed_scores: list[np.ndarray], gold: np.ndarray, seed: int) -> np.ndarray:
-    """Bootstrap draws of the seed-mean task score: each draw resamples the evaluation rows once for all seeds."""
+    """Bootstrap draws of the seed-mean task score: each draw resamples the evaluation rows once for all seeds.
+    ``seed`` is the run's; each task draws from its own (``task_seed``), the same for every model."""
 
     def score(idx):
         return float(
             np.mean([task_score(task_metrics(spec.metrics, s[idx], gold[idx]), spec.main) for s in seed_scores])
         )
 
-    return bootstrap_draws(score, len(gold), seed)
+    return bootstrap_draws(score, len(gold), task_seed(seed, spec.name))
+
+
+def prediction_record(spec, seeds, seed_scores: list[dict], labels: dict, splits: list[str]) -> dict:
+    """What ``evaluation.compare`` needs to recompute any interval: per evaluation split the gold labels and
+    each seed's predictions (class ids, or regression values rounded to 1e-5), and the constant predictor's
+    one prediction (the majority training label, or the mean target)."""
+    const = constant_scores(labels["train"], 1, spec.is_regression, spec.num_labels)
+
+    def pred(s: np.ndarray) -> list:
+        return [round(float(v), 5) for v in s] if s.ndim == 1 else [int(v) for v in s.argmax(-1)]
+
+    return {
+        "metrics": list(spec.metrics),
+        "main": list(spec.main),
+        "report_split": report_split(spec),
+        "constant": pred(const)[0],
+        "splits": {
+            split: {
+                "gold": [float(v) if spec.is_regression else int(v) for v in labels[split]],
+                "seeds": {str(seed): pred(sc[split]) for seed, sc in zip(seeds, seed_scores)},
+            }
+            for split in splits
+        },
+    }
 
 
 def report_split(spec) -> str:
@@ -346,7 +373,8 @@ def run(a: argparse.Namespace, log=print) -> dict:
         torch.set_num_threads(a.threads)
     summary = {"model": a.model, "backend": f"{backend.kind}/{backend.family}", "args": vars(a), "tasks": {}}
     t_all = time.time()
-    draws = {}
+    draws: dict[str, np.ndarray] = {}
+    predictions: dict[str, dict] = {}  # per task and split: gold and each seed's predictions (predictions.json)
     for spec in tasks:
         reg = spec.is_regression
         splits = {
@@ -392,6 +420,7 @@ def run(a: argparse.Namespace, log=print) -> dict:
         }
         task_draws = {s: intervals(spec, [sc[s] for sc in seed_scores], labels[s], a.subset_seed) for s in splits_eval}
         draws[spec.name] = task_draws[report_split(spec)]
+        predictions[spec.name] = prediction_record(spec, a.seeds, seed_scores, labels, splits_eval)
         summary["tasks"][spec.name] = {
             "train_examples": len(train),
             "trainable_parameters": trainable,
@@ -429,6 +458,8 @@ def run(a: argparse.Namespace, log=print) -> dict:
             json.dump(summary, f, indent=1)
         with open(os.path.join(tmp, "results.md"), "w", encoding="utf-8") as f:
             f.write(markdown(summary))
+        with open(os.path.join(tmp, "predictions.json"), "w", encoding="utf-8") as f:
+            json.dump({"subset_seed": a.subset_seed, "tasks": predictions}, f, separators=(",", ":"))
     return summary
 
 

@@ -5,11 +5,14 @@
   over items (MCC, F1, Pearson); a GLUE task's draws average its seeds' scores on the same resample, and
   the GLUE average's draws average the tasks' draws (independent resamples per task).
 * ``percentile_ci``: the interval of a set of draws.
+* ``task_seed``: the bootstrap seed of one task, so that tasks draw independent resamples while two models
+  scored with the same seed draw the same ones (what a paired difference needs).
 All seeded: the same inputs give the same interval.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -31,6 +34,11 @@ def bootstrap_draws(score: Callable[[np.ndarray], float], n_items: int, seed: in
     """``score(idx)`` on ``n`` resamples ``idx`` of the ``n_items`` evaluation rows: [n]."""
     rng = np.random.default_rng(seed)
     return np.array([score(rng.integers(0, n_items, n_items)) for _ in range(n)])
+
+
+def task_seed(seed: int, task: str) -> int:
+    """A per-task bootstrap seed derived from the run's seed and the task's name (stable across runs)."""
+    return (seed * 1_000_003 + zlib.crc32(task.encode())) % 2**32
 
 
 def percentile_ci(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -198,6 +198,18 @@ def test_runner_on_a_native_model_all_tasks_two_seeds(native_dir, tmp_path):
     assert 0.3 < res["tasks"]["SST-2"]["constant"]["dev"] < 0.7  # majority-class accuracy on a stratified subset
     assert avg["constant"] == pytest.approx(np.mean(list(avg["constant_task_scores"].values())))
     assert avg["ci95"][0] < avg["seed_mean"] < avg["ci95"][1]
+    # predictions.json recomputes every seed-mean and interval; the run against itself differs by exactly 0
+    from evaluation import compare
+
+    preds = compare.load_predictions(out)
+    res_self = compare.compare(preds, preds)
+    for name, t in res["tasks"].items():
+        rec = preds["tasks"][name]
+        assert set(rec["splits"]) == set(t["summary"]) and set(rec["splits"]["dev"]["seeds"]) == {"0", "1"}
+        assert res_self["tasks"][name]["a"] == pytest.approx(t["seed_mean"][rec["report_split"]], abs=1e-4)
+        assert res_self["tasks"][name]["constant"] == pytest.approx(t["constant"][rec["report_split"]])
+        assert res_self["tasks"][name]["diff_ci95"] == [0.0, 0.0]
+    assert not res_self["average"]["resolved"]
     # STS-B got a one-output regression head; the saved classifier directory says so
     sts = json.load(open(os.path.join(saved, "STS-B", "config.json")))
     assert sts["classifier"]["num_labels"] == 1 and sts["classifier"]["labels"] == []
@@ -566,6 +578,63 @@ def test_constant_predictor_and_bootstrap_intervals():
     assert np.array_equal(draws, bootstrap_draws(lambda idx: float(right[idx].mean()), 400, seed=0))
     m = task_metrics(("accuracy",), np.eye(2)[right], np.ones(400, int))
     assert m["accuracy"] == 0.75
+
+
+def _fake_run(correct: np.ndarray, seed_flips: list[int], subset_seed: int = 0) -> dict:
+    """A predictions.json with one binary task: gold all 1, seed s right where ``correct`` minus its flips."""
+    seeds = {}
+    for s, flip in enumerate(seed_flips):
+        pred = correct.copy()
+        pred[flip] = 1 - pred[flip]
+        seeds[str(s)] = pred.astype(int).tolist()
+    split = {"gold": [1] * len(correct), "seeds": seeds}
+    task = {
+        "metrics": ["accuracy"],
+        "main": ["accuracy"],
+        "report_split": "test",
+        "constant": 0,
+        "splits": {"test": split},
+    }
+    return {"subset_seed": subset_seed, "tasks": {"RTE": task, "SST-2": {**task, "report_split": "test"}}}
+
+
+def test_paired_difference_is_resolved_where_unpaired_intervals_overlap(tmp_path, capsys):
+    from evaluation import compare
+    from scoring.intervals import bootstrap_draws, percentile_ci, task_seed
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(600) < 0.7).astype(int)  # B is right on 70 %; A on B's rows plus 24 more
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:24]] = 1
+    a, b = _fake_run(better, [0, 1]), _fake_run(base, [0, 1])
+    res = compare.compare(a, b)
+    r = res["tasks"]["RTE"]
+    assert r["diff"] == pytest.approx(24 / 600)
+    lo, hi = r["diff_ci95"]
+    assert 0 < lo < 24 / 600 < hi  # resolved: A never loses a row B gets
+    assert res["average"]["resolved"] and res["average"]["diff"] == pytest.approx(24 / 600)
+    # the same 4-point gap with unpaired intervals: they overlap, so only the pairing resolves it
+    un = [
+        percentile_ci(bootstrap_draws(lambda i, v=v: float(v[i].mean()), 600, task_seed(0, "RTE")))
+        for v in (better, base)
+    ]
+    assert un[0][0] < un[1][1]
+    # share of a reference's margin: the reference itself has 100 %, the constant (accuracy 0) none
+    res = compare.compare(a, b, reference=a)
+    assert res["average"]["share_a"] == pytest.approx(1.0) and res["average"]["share_a_ci95"] == pytest.approx([1, 1])
+    assert res["average"]["share_b_ci95"][1] < 1.0
+    # each task draws its own resamples (tasks with identical predictions still get different intervals)
+    assert res["tasks"]["RTE"]["diff_ci95"] != res["tasks"]["SST-2"]["diff_ci95"]
+    # runs that did not score the same rows: one line, exit 2
+    other = _fake_run(base[:500], [0])
+    for i, run in enumerate((a, other)):
+        with open(tmp_path / f"r{i}.json", "w") as f:
+            json.dump(run, f)
+    assert compare.main([str(tmp_path / "r0.json"), str(tmp_path / "r1.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did not score the same test rows" in err
+    assert compare.main([str(tmp_path / "r0.json"), str(tmp_path / "r0.json"), "--tasks", "rte"]) == 0
+    assert "not resolved" in capsys.readouterr().out
 
 
 @need_glue

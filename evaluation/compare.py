@@ -1,0 +1,175 @@
+"""Paired differences between two GLUE runs scored on the same examples, and shares of a reference's margin.
+
+    python -m evaluation.compare runs/glue/b runs/glue/c
+    python -m evaluation.compare runs/glue/b runs/glue/c --reference runs/glue/teacher --out runs/b_vs_c.json
+
+Each RUN is an ``evaluation.glue`` output directory (its ``predictions.json``). The two runs must have
+scored the same evaluation rows (same subsets, same subset seed: checked through the gold labels). Per
+task, on its report split (test where there is one, else dev), every bootstrap draw resamples the rows
+once and scores both runs' seed-mean on that same resample, so the interval is of the difference itself
+(paired), which is sharper than comparing two unpaired intervals. Each task draws its own resamples
+(``scoring.intervals.task_seed``); the average's draws average the tasks' draws. A difference is
+**resolved** only when its 95 % interval excludes 0.
+
+With ``--reference R`` (e.g. the teacher), each run's share of R's margin above the constant predictor,
+(avg_run − avg_constant) / (avg_R − avg_constant), gets an interval from the same draws.
+
+Output: a markdown table on stdout; ``--out FILE.json`` keeps the numbers. Runs that did not score the
+same rows: one line naming the task, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from data_prep.glue_data import GlueDataError, task_names
+from fileio import write_json
+from model.native_format import InputError
+from scoring.intervals import DRAWS, percentile_ci, task_seed
+from scoring.metrics import task_metrics, task_score
+
+
+def load_predictions(run: str) -> dict:
+    path = os.path.join(run, "predictions.json") if os.path.isdir(run) else run
+    if not os.path.isfile(path):
+        raise InputError(f"{run}: no predictions.json (written by python -m evaluation.glue since 2026-12-07)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _seed_mean_score(rec: dict, split: str, idx: np.ndarray) -> float:
+    gold = np.asarray(rec["splits"][split]["gold"])[idx]
+    scores = []
+    for pred in rec["splits"][split]["seeds"].values():
+        m = task_metrics(tuple(rec["metrics"]), np.asarray(pred)[idx], gold)
+        scores.append(task_score(m, tuple(rec["main"])))
+    return float(np.mean(scores))
+
+
+def _constant_score(rec: dict, split: str, idx: np.ndarray) -> float:
+    gold = np.asarray(rec["splits"][split]["gold"])[idx]
+    if isinstance(rec["constant"], float):
+        return 0.0  # a constant regression prediction: its correlations are 0 by convention
+    m = task_metrics(tuple(rec["metrics"]), np.full(len(gold), rec["constant"]), gold)
+    return task_score(m, tuple(rec["main"]))
+
+
+def task_draws(runs: list[dict], task: str, subset_seed: int, draws: int = DRAWS) -> tuple[np.ndarray, np.ndarray]:
+    """Per run (and the constant predictor, last): the score on all rows [R+1] and on each resample [R+1, draws];
+    every run is scored on the same resamples."""
+    recs = [r["tasks"][task] for r in runs]
+    split = recs[0]["report_split"]
+    gold = recs[0]["splits"][split]["gold"]
+    for r in recs[1:]:
+        if r["splits"].get(split, {}).get("gold") != gold:
+            raise InputError(f"{task}: the runs did not score the same {split} rows (different subsets or data)")
+    n = len(gold)
+    rng = np.random.default_rng(task_seed(subset_seed, task))
+    full = np.arange(n)
+    point = np.array([_seed_mean_score(r, split, full) for r in recs] + [_constant_score(recs[0], split, full)])
+    out = np.empty((len(recs) + 1, draws))
+    for d in range(draws):
+        idx = rng.integers(0, n, n)
+        out[:, d] = [_seed_mean_score(r, split, idx) for r in recs] + [_constant_score(recs[0], split, idx)]
+    return point, out
+
+
+def compare(a: dict, b: dict, reference: dict | None = None, tasks: list[str] | None = None) -> dict:
+    runs = [a, b] + ([reference] if reference else [])
+    if len({r["subset_seed"] for r in runs}) != 1:
+        raise InputError("the runs used different --subset-seed values: they did not score the same rows")
+    common = [t for t in a["tasks"] if all(t in r["tasks"] for r in runs)]
+    tasks = tasks or common
+    missing = [t for t in tasks if t not in common]
+    if missing or not tasks:
+        raise InputError(f"tasks not scored by every run: {missing or 'none in common'}")
+    per_task, point_all, draws_all = {}, [], []
+    for t in tasks:
+        point, draws = task_draws(runs, t, a["subset_seed"])
+        point_all.append(point)
+        draws_all.append(draws)
+        diff = draws[0] - draws[1]
+        per_task[t] = {
+            "a": point[0],
+            "b": point[1],
+            "constant": point[-1],
+            "diff": point[0] - point[1],
+            "diff_ci95": list(percentile_ci(diff)),
+        }
+    point = np.mean(point_all, axis=0)
+    draws = np.mean(draws_all, axis=0)  # [R+1, draws]: the average over tasks of each resample
+    diff_ci = percentile_ci(draws[0] - draws[1])
+    out = {
+        "tasks": per_task,
+        "average": {
+            "a": point[0],
+            "b": point[1],
+            "constant": point[-1],
+            "diff": point[0] - point[1],
+            "diff_ci95": list(diff_ci),
+            "resolved": bool(diff_ci[0] > 0 or diff_ci[1] < 0),
+        },
+    }
+    if reference:
+        margin = draws[2] - draws[-1]
+        for i, k in enumerate(("a", "b")):
+            share = (draws[i] - draws[-1]) / margin
+            out["average"][f"share_{k}"] = (point[i] - point[-1]) / (point[2] - point[-1])
+            out["average"][f"share_{k}_ci95"] = list(percentile_ci(share))
+        out["average"]["reference"] = point[2]
+    return out
+
+
+def markdown(res: dict, name_a: str, name_b: str) -> str:
+    rows = [
+        f"| task | {name_a} | {name_b} | constant | difference [95 % paired CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for t, r in list(res["tasks"].items()) + [("**average**", res["average"])]:
+        lo, hi = r["diff_ci95"]
+        rows.append(
+            f"| {t} | {100 * r['a']:.2f} | {100 * r['b']:.2f} | {100 * r['constant']:.2f} | "
+            f"{100 * r['diff']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}] |"
+        )
+    avg = res["average"]
+    rows.append("")
+    verdict = "resolved (its interval excludes 0)" if avg["resolved"] else "not resolved (its interval includes 0)"
+    rows.append(f"average difference: {verdict}")
+    if "share_a" in avg:
+        for k, name in (("a", name_a), ("b", name_b)):
+            lo, hi = avg[f"share_{k}_ci95"]
+            share = 100 * avg[f"share_{k}"]
+            rows.append(f"share of the reference's margin, {name}: {share:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("run_a", help="evaluation.glue output directory (or its predictions.json)")
+    p.add_argument("run_b", help="the run to subtract, scored on the same rows")
+    p.add_argument("--reference", help="a third run (e.g. the teacher) for shares of its margin")
+    p.add_argument("--tasks", nargs="+", help="a subset of the tasks the runs share (default: all of them)")
+    p.add_argument("--out", help="write the numbers as JSON here")
+    a = p.parse_args(argv)
+    try:
+        runs = [load_predictions(x) for x in (a.run_a, a.run_b)]
+        ref = load_predictions(a.reference) if a.reference else None
+        res = compare(*runs, ref, task_names(a.tasks) if a.tasks else None)
+    except (InputError, GlueDataError) as e:
+        print(f"evaluation.compare: {e}", file=sys.stderr)
+        return 2
+    print(markdown(res, os.path.basename(os.path.normpath(a.run_a)), os.path.basename(os.path.normpath(a.run_b))))
+    if a.out:
+        write_json(a.out, res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
