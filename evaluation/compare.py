@@ -42,6 +42,28 @@ def load_predictions(run: str) -> dict:
         return json.load(f)
 
 
+def merge_predictions(runs: list[dict]) -> dict:
+    """One predictions record from several (other seeds, other tasks) of the same rows: e.g. the seeds of a
+    fine-tuning regime, or single-task runs that together cover the tasks. Gold labels must agree."""
+    if not runs:
+        raise InputError("no runs to merge")
+    if len({r["subset_seed"] for r in runs}) != 1:
+        raise InputError("the runs used different subset seeds")
+    out: dict = {"subset_seed": runs[0]["subset_seed"], "tasks": {}}
+    for run in runs:
+        for task, rec in run["tasks"].items():
+            have = out["tasks"].setdefault(task, {**{k: v for k, v in rec.items() if k != "splits"}, "splits": {}})
+            for split, sp in rec["splits"].items():
+                dst = have["splits"].setdefault(split, {"gold": sp["gold"], "seeds": {}})
+                if dst["gold"] != sp["gold"]:
+                    raise InputError(f"{task}: the runs did not score the same {split} rows")
+                clash = set(dst["seeds"]) & set(sp["seeds"])
+                if clash:
+                    raise InputError(f"{task} {split}: seed {sorted(clash)[0]} appears in two runs")
+                dst["seeds"].update(sp["seeds"])
+    return out
+
+
 def _seed_mean_score(rec: dict, split: str, idx: np.ndarray) -> float:
     gold = np.asarray(rec["splits"][split]["gold"])[idx]
     scores = []
@@ -53,7 +75,7 @@ def _seed_mean_score(rec: dict, split: str, idx: np.ndarray) -> float:
 
 def _constant_score(rec: dict, split: str, idx: np.ndarray) -> float:
     gold = np.asarray(rec["splits"][split]["gold"])[idx]
-    if isinstance(rec["constant"], float):
+    if {"pearson", "spearman"} & set(rec["metrics"]):
         return 0.0  # a constant regression prediction: its correlations are 0 by convention
     m = task_metrics(tuple(rec["metrics"]), np.full(len(gold), rec["constant"]), gold)
     return task_score(m, tuple(rec["main"]))
@@ -79,48 +101,62 @@ def task_draws(runs: list[dict], task: str, subset_seed: int, draws: int = DRAWS
     return point, out
 
 
-def compare(a: dict, b: dict, reference: dict | None = None, tasks: list[str] | None = None) -> dict:
-    runs = [a, b] + ([reference] if reference else [])
+def all_draws(runs: list[dict], tasks: list[str] | None = None) -> dict:
+    """Every run (and the constant predictor, last) scored on the same resamples: per task and for the
+    average over tasks, the score on all rows ``point`` [R+1] and on each resample ``draws`` [R+1, draws]."""
     if len({r["subset_seed"] for r in runs}) != 1:
         raise InputError("the runs used different --subset-seed values: they did not score the same rows")
-    common = [t for t in a["tasks"] if all(t in r["tasks"] for r in runs)]
+    common = [t for t in runs[0]["tasks"] if all(t in r["tasks"] for r in runs)]
     tasks = tasks or common
     missing = [t for t in tasks if t not in common]
     if missing or not tasks:
         raise InputError(f"tasks not scored by every run: {missing or 'none in common'}")
-    per_task, point_all, draws_all = {}, [], []
-    for t in tasks:
-        point, draws = task_draws(runs, t, a["subset_seed"])
-        point_all.append(point)
-        draws_all.append(draws)
-        diff = draws[0] - draws[1]
+    per_task = {t: task_draws(runs, t, runs[0]["subset_seed"]) for t in tasks}
+    return {
+        "tasks": per_task,
+        "average": (
+            np.mean([p for p, _ in per_task.values()], axis=0),
+            np.mean([d for _, d in per_task.values()], axis=0),  # each resample's average over tasks
+        ),
+    }
+
+
+def paired(point: np.ndarray, draws: np.ndarray, i: int, j: int) -> dict:
+    """Run i minus run j on the same resamples: the difference, its 95 % interval, and whether it excludes 0."""
+    lo, hi = percentile_ci(draws[i] - draws[j])
+    return {"diff": float(point[i] - point[j]), "diff_ci95": [lo, hi], "resolved": bool(lo > 0 or hi < 0)}
+
+
+def margin_share(point: np.ndarray, draws: np.ndarray, i: int, ref: int) -> dict:
+    """Run i's share of run ``ref``'s margin above the constant predictor (the last row), with its interval."""
+    share = (draws[i] - draws[-1]) / (draws[ref] - draws[-1])
+    return {"share": float((point[i] - point[-1]) / (point[ref] - point[-1])), "ci95": list(percentile_ci(share))}
+
+
+def compare(a: dict, b: dict, reference: dict | None = None, tasks: list[str] | None = None) -> dict:
+    """Run a minus run b per task and on the average (paired), and with ``reference`` each one's share of
+    its margin above the constant predictor."""
+    runs = [a, b] + ([reference] if reference else [])
+    d = all_draws(runs, tasks)
+    per_task = {}
+    for t, (point, draws) in d["tasks"].items():
+        pr = paired(point, draws, 0, 1)
         per_task[t] = {
             "a": point[0],
             "b": point[1],
             "constant": point[-1],
-            "diff": point[0] - point[1],
-            "diff_ci95": list(percentile_ci(diff)),
+            "diff": pr["diff"],
+            "diff_ci95": pr["diff_ci95"],
         }
-    point = np.mean(point_all, axis=0)
-    draws = np.mean(draws_all, axis=0)  # [R+1, draws]: the average over tasks of each resample
-    diff_ci = percentile_ci(draws[0] - draws[1])
+    point, draws = d["average"]
     out = {
         "tasks": per_task,
-        "average": {
-            "a": point[0],
-            "b": point[1],
-            "constant": point[-1],
-            "diff": point[0] - point[1],
-            "diff_ci95": list(diff_ci),
-            "resolved": bool(diff_ci[0] > 0 or diff_ci[1] < 0),
-        },
+        "average": {"a": point[0], "b": point[1], "constant": point[-1], **paired(point, draws, 0, 1)},
     }
     if reference:
-        margin = draws[2] - draws[-1]
         for i, k in enumerate(("a", "b")):
-            share = (draws[i] - draws[-1]) / margin
-            out["average"][f"share_{k}"] = (point[i] - point[-1]) / (point[2] - point[-1])
-            out["average"][f"share_{k}_ci95"] = list(percentile_ci(share))
+            ms = margin_share(point, draws, i, 2)
+            out["average"][f"share_{k}"], out["average"][f"share_{k}_ci95"] = ms["share"], ms["ci95"]
         out["average"]["reference"] = point[2]
     return out
 

@@ -26,7 +26,7 @@ Modes:
                  2. routed (--epochs): the routers choose (--joint-routing hardsoft|soft|topk) with the RSL,
                     plus the expert-preservation loss (weight --preserve): each expert's ΔW_j = s·B_j·A_j
                     kept near what stage 1 made of it, ‖ΔW_j − ΔW_j⁰‖² / ‖ΔW_j⁰‖² averaged over experts
-                    and projections;
+                    and projections (--preserve-over chosen: only the experts routed to in the batch);
                  inference routes top-K (--top-k).
 --router-ce-routed W keeps supervising the routers while they route (mixer-joint's routed stage and
 mixer-plug): cross-entropy to each task's own expert, weight W. Not in the paper; off by default.
@@ -36,7 +36,9 @@ routed on the attention output by its own router.
 
 MODEL is a native model directory (tools/consolidate_checkpoint.py or merge_experts.py output). Each run
 writes OUT/results.json (per task and split the metrics and the task score; for the mixers the share of
-routed tokens per expert for each task, the routing matrix, and each stage's log), OUT/heads.safetensors,
+routed tokens per expert for each task, overall and per layer, the routing matrix, and each stage's log),
+OUT/predictions.json (gold and predicted labels per task and split, for ``python -m evaluation.compare``),
+OUT/heads.safetensors,
 and for lora/multitask the adapter in PEFT format (adapter_config.json + adapter_model.safetensors).
 """
 
@@ -93,15 +95,17 @@ def routed_counts(recorder: RoutingRecorder) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def score_tasks(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> dict:
-    """Per task: {split: metrics + score}; for a mixer also the routed-token share per expert and the mean
-    router entropy on the task's report split."""
+def score_tasks(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> tuple[dict, dict]:
+    """Per task: {split: metrics + score}; for a mixer also, on the task's report split, the routed-token share
+    per expert (all routed applications together, and per application: ``expert_share_per_layer``) and the
+    mean router entropy. Second: the predictions per task and split (class ids or regression values)."""
     clf.eval()
-    out = {}
+    out, preds = {}, {}
     for t, task in enumerate(tasks):
-        res = {}
+        res, preds[task.name] = {}, {}
         for split, examples in task.evals.items():
             scores, load, entropy, n_calls = [], None, 0.0, 0
+            per_layer: dict[str, torch.Tensor] = {}
             for b in varlen_batches([(ids, lab, t) for ids, lab in examples], batch_size, False, 0):
                 recorder = RoutingRecorder()
                 logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder)
@@ -111,16 +115,55 @@ def score_tasks(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> dict
                     load = c if load is None else load + c
                     ents = [float(st["router_entropy"]) for st in attn_stats(recorder)]
                     entropy, n_calls = entropy + sum(ents), n_calls + len(ents)
+                    for name, st in recorder.stats.items():
+                        if ".attn" in name:
+                            cnt = st["tokens_per_expert"].double()
+                            per_layer[name] = per_layer[name] + cnt if name in per_layer else cnt
             pred = np.stack(scores)
             pred = pred[:, 0] if task.is_regression else pred
             m = task_metrics(task.metrics, pred, np.array([lab for _, lab in examples]))
             res[split] = {**m, "score": task_score(m, task.main), "examples": len(examples)}
+            preds[task.name][split] = pred if task.is_regression else pred.argmax(-1)
             if load is not None and split == task.report:
                 res["expert_share"] = [round(float(x), 4) for x in load / load.sum()]
+                res["expert_share_per_layer"] = {
+                    name: [round(float(x), 4) for x in c / c.sum().clamp_min(1)] for name, c in per_layer.items()
+                }
                 res["router_entropy"] = entropy / n_calls
         out[task.name] = res
     clf.train()
-    return out
+    return out, preds
+
+
+def prediction_record(tasks: list[Task], preds: dict, seed: int) -> dict:
+    """predictions.json in ``evaluation.glue``'s layout (one seed), so ``python -m evaluation.compare`` gives
+    paired differences between modes and regimes scored on the same rows (subset seed 0, as here)."""
+    out = {}
+    for task in tasks:
+        y = [lab for _, lab in task.train]
+        const = (
+            float(np.mean(y))
+            if task.is_regression
+            else int(np.bincount(np.asarray(y, np.int64), minlength=task.num_outputs).argmax())
+        )
+        out[task.name] = {
+            "metrics": list(task.metrics),
+            "main": list(task.main),
+            "report_split": task.report,
+            "constant": const,
+            "splits": {
+                split: {
+                    "gold": [float(lab) if task.is_regression else int(lab) for _, lab in ex],
+                    "seeds": {
+                        str(seed): [
+                            round(float(v), 5) if task.is_regression else int(v) for v in preds[task.name][split]
+                        ]
+                    },
+                }
+                for split, ex in task.evals.items()
+            },
+        }
+    return {"subset_seed": 0, "tasks": out}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,13 +242,39 @@ def expert_deltas(clf: TaskClassifier) -> dict[str, torch.Tensor]:
     }
 
 
-def preservation_loss(clf: TaskClassifier, anchors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """LoRA-Mixer's expert preservation: mean over projections and experts of ‖ΔW_j − ΔW_j⁰‖² / ‖ΔW_j⁰‖²."""
+def preservation_loss(
+    clf: TaskClassifier, anchors: dict[str, torch.Tensor], chosen: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """LoRA-Mixer's expert preservation: mean over projections of (1/E)·Σ_j ‖ΔW_j − ΔW_j⁰‖² / ‖ΔW_j⁰‖², over
+    every expert j, or (``chosen``: projection name → [E] bool) only over the experts its router chose for
+    the batch (the paper's β·Σ_{i∈C}; divided by E, so that with every expert chosen both forms agree)."""
     terms = []
     for name, delta_EOI in expert_deltas(clf).items():
         ref = anchors[name]
-        terms.append(((delta_EOI - ref).square().sum((1, 2)) / ref.square().sum((1, 2)).clamp_min(1e-12)).mean())
+        rel_E = (delta_EOI - ref).square().sum((1, 2)) / ref.square().sum((1, 2)).clamp_min(1e-12)
+        if chosen is not None:
+            rel_E = rel_E * chosen[name].to(rel_E.dtype)
+        terms.append(rel_E.mean())
     return torch.stack(terms).mean()
+
+
+def chosen_experts(clf: TaskClassifier, recorder: RoutingRecorder) -> dict[str, torch.Tensor]:
+    """Per attention-expert projection: [E] True where its router sent any token of the batch to expert j
+    (over the applications of the projection's group; Wo follows ``attn_o`` under per_projection routing)."""
+    depth = clf.cfg.group_depth
+    out = {}
+    for name, m in clf.named_modules():
+        if not isinstance(m, MixtureLinear):
+            continue
+        group = int(name.split("groups.")[1].split(".")[0])
+        kind = "attn_o" if name.endswith("Wo") and clf.cfg.attn_experts.route == "per_projection" else "attn"
+        counts = [
+            recorder.stats[f"layer{layer}.{kind}"]["tokens_per_expert"]
+            for layer in range(group * depth, (group + 1) * depth)
+            if f"layer{layer}.{kind}" in recorder.stats
+        ]
+        out[name] = torch.stack(counts).sum(0) > 0 if counts else torch.ones(m.lora_A.shape[0], dtype=torch.bool)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +315,7 @@ class Stage:
     batch_size: int
     seed: int
     preserve: float = 0.0  # weight of the expert-preservation loss towards ``anchors``
+    preserve_over: str = "all"  # all experts, or only those the routers chose for the batch
     anchors: dict[str, torch.Tensor] | None = dataclasses.field(default=None, repr=False)
     history: list[dict] = dataclasses.field(default_factory=list)
 
@@ -285,7 +355,8 @@ def run_stage(clf: TaskClassifier, train: list, stage: Stage, log) -> list[dict]
         if "attn_rsl" in aux:
             parts["rsl"] = aux["attn_rsl"]
         if stage.anchors:
-            parts["preserve"] = preservation_loss(clf, stage.anchors)
+            chosen = chosen_experts(clf, recorder) if stage.preserve_over == "chosen" else None
+            parts["preserve"] = preservation_loss(clf, stage.anchors, chosen)
             extra.append((parts["preserve"], stage.preserve))
         return combine_losses(clf.cfg, parts["task"], aux, extra=extra), parts
 
@@ -379,6 +450,13 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="mixer-joint, routed stage: expert-preservation weight (0: off; needs --forced-epochs)",
+    )
+    p.add_argument(
+        "--preserve-over",
+        choices=("all", "chosen"),
+        default="all",
+        help="mixer-joint: preserve every expert, or only the experts the routers chose for each batch (the "
+        "paper's sum over C)",
     )
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -498,11 +576,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.mode == "mixer-joint" and not stage.forced and a.preserve > 0 and len(stages) > 1:
             with torch.no_grad():
                 stage.anchors = {k: v.detach().clone() for k, v in expert_deltas(clf).items()}
-            stage.preserve = a.preserve
+            stage.preserve, stage.preserve_over = a.preserve, a.preserve_over
         print(f"stage {stage.name}: {stage.epochs} epochs, routing {stage.routing}")
         stage.history = run_stage(clf, train, stage, print)
         stage.anchors = None
-    results = score_tasks(clf, tasks, a.batch_size)
+    results, preds = score_tasks(clf, tasks, a.batch_size)
     changed = [n for n, v in frozen_before.items() if not torch.equal(v, dict(clf.named_parameters())[n])]
     summary = {
         "mode": a.mode,
@@ -526,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if a.mode in ("lora", "multitask"):
         save_adapter(clf, os.path.join(a.out, "adapter"))
+    with open(os.path.join(a.out, "predictions.json"), "w", encoding="utf-8") as f:
+        json.dump(prediction_record(tasks, preds, a.seed), f, separators=(",", ":"))
     with open(os.path.join(a.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     for t in tasks:
@@ -533,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         line = "  ".join(
             f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "examples")
             for split, m in r.items()
-            if isinstance(m, dict)
+            if split in t.evals
         )
         extra = (
             f"  router entropy {r['router_entropy']:.3f}  expert share {r['expert_share']}"

@@ -15,11 +15,14 @@ Per seed (every run is ``python -m finetune.train``, so every regime sees the sa
   plug-sup, joint-sup (with --router-ce-routed W > 0): the same with the routers also supervised while they
               route (cross-entropy to each task's own expert, weight W; not in the paper)
   joint-topK  (with --joint-top-k K ...): joint with top-K routing in the routed stage and at inference
+  joint-chosen (with --preserve-chosen): joint with the preservation over the experts chosen per batch
 Extra arguments after ``--`` go to every run (e.g. ``-- --max-train 1000 --lr 1e-3``). Runs are cached
 under OUT (a run whose results.json exists is not repeated). Output: OUT/regimes.md (table: each task's
 score on its report split — test where the task has one, else dev — as the median over seeds and the
-range; the average; trainable parameters; routing matrices), OUT/regimes.json and OUT/routing.png (the
-routing matrix of each mixer, mean over seeds: share of each task's routed tokens per expert).
+range; the average; its seed-mean with a 95 % bootstrap interval; the constant predictor; paired differences
+between regimes scored on the same resampled rows, ``evaluation.compare``; trainable parameters; routing
+matrices), OUT/regimes.json, OUT/routing.png (the routing matrix of each mixer, mean over seeds: share of
+each task's routed tokens per expert) and OUT/routing_layers.png (the same per routed application).
 Targets checked (issue 14): plug-and-play routes > 60 % of each task's tokens to its own adapter and
 stays within 2 points of the single-task LoRAs on the average; joint ≥ multi-task LoRA on the average.
 """
@@ -36,6 +39,7 @@ import time
 import numpy as np
 
 from data_prep.glue_data import TASKS_SYNTAX, GlueDataError
+from model.native_format import InputError
 from finetune import train  # noqa: E402
 
 TITLES = {
@@ -47,7 +51,19 @@ TITLES = {
     "joint-pp": "LoRA-Mixer (i) joint, staged, per-projection",
     "plug-sup": "LoRA-Mixer (ii) plug-and-play, supervised routers",
     "joint-sup": "LoRA-Mixer (i) joint, staged, supervised routers",
+    "joint-chosen": "LoRA-Mixer (i) joint, staged, preservation over the chosen experts",
 }
+# paired differences reported (row, the row it is measured against), where both ran
+PAIRS = (
+    ("plug", "lora"),
+    ("joint", "multitask"),
+    ("multitask", "lora"),
+    ("plug-pp", "plug"),
+    ("joint-pp", "joint"),
+    ("plug-sup", "plug"),
+    ("joint-sup", "joint"),
+    ("joint-chosen", "joint"),
+)
 
 
 def title(regime: str) -> str:
@@ -88,6 +104,7 @@ def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str
         "scores": {n: scores(r, n) for n, r in singles.items()},
         "params": sum(r["trainable_parameters"] for r in singles.values()),
         "matrix": None,
+        "runs": [os.path.join(root, f"lora_{n}") for n in names],
     }
     adapters = [os.path.join(root, f"lora_{n}") for n in names]
     regimes = {
@@ -110,13 +127,17 @@ def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str
         regimes["plug-sup"], regimes["joint-sup"] = [*regimes["plug"], *sup], [*regimes["joint"], *sup]
     for k in a.joint_top_k:
         regimes[f"joint-top{k}"] = [*regimes["joint"], "--top-k", str(k)]
+    if a.preserve_chosen:
+        regimes["joint-chosen"] = [*regimes["joint"], "--preserve-over", "chosen"]
     for regime, args in regimes.items():
         res = run([*base, "--tasks", *a.tasks, *args], os.path.join(root, regime), log)
         out[regime] = {
             "scores": {n: scores(res, n) for n in names},
             "params": res["trainable_parameters"],
             "matrix": res.get("routing_matrix"),
+            "layers": {n: res["results"][n].get("expert_share_per_layer") for n in names},
             "seconds": res["seconds"],
+            "runs": [os.path.join(root, regime)],
         }
     return out
 
@@ -142,6 +163,83 @@ def heatmap(matrices: dict[str, np.ndarray], names: list[str], path: str) -> Non
     axes[0][0].set_ylabel("task (its routed tokens)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
+
+
+def layer_heatmap(layers: dict[str, dict[str, dict[str, list[float]]]], names: list[str], path: str) -> None:
+    """Per mixer regime and task: the share of the task's routed tokens per expert (columns) at each routed
+    application (rows: ``layer{i}.attn``, and ``.attn_o`` with per-projection routing), mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = list(layers)
+    fig, axes = plt.subplots(len(regimes), len(names), figsize=(2.6 * len(names), 2.8 * len(regimes)), squeeze=False)
+    for r, regime in enumerate(regimes):
+        for t, task in enumerate(names):
+            ax = axes[r][t]
+            rows = layers[regime][task]
+            m = np.array(list(rows.values()))
+            ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            for i in range(m.shape[0]):
+                for j in range(m.shape[1]):
+                    ax.text(
+                        j,
+                        i,
+                        f"{m[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="w" if m[i, j] < 0.6 else "k",
+                    )
+            ax.set_xticks(range(len(names)), [f"E{j}" for j in range(len(names))], fontsize=6)
+            ax.set_yticks(range(len(rows)), [k.replace("layer", "L") for k in rows], fontsize=6)
+            ax.set_title(f"{title(regime).replace('LoRA-Mixer ', '')}\n{task}'s tokens", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+def mean_layers(per_seed: dict, regime: str, names: list[str]) -> dict | None:
+    """The per-layer routing shares of a regime, mean over seeds: task → application → [E]."""
+    seeds = [s for s in per_seed if per_seed[s][regime].get("layers")]
+    if not seeds or any(v is None for v in per_seed[seeds[0]][regime]["layers"].values()):
+        return None
+    return {
+        n: {
+            k: np.mean([per_seed[s][regime]["layers"][n][k] for s in seeds], 0).round(4).tolist()
+            for k in per_seed[seeds[0]][regime]["layers"][n]
+        }
+        for n in names
+    }
+
+
+def intervals(per_seed: dict, regimes: list[str], names: list[str]) -> dict | None:
+    """Each regime's average with a 95 % bootstrap interval, the constant predictor's, and the paired
+    differences of ``PAIRS``: every regime (all its seeds) scored on the same resampled evaluation rows
+    (``evaluation.compare``). None where a run has no predictions.json (runs of older code)."""
+    from evaluation.compare import all_draws, load_predictions, merge_predictions, paired
+    from scoring.intervals import percentile_ci
+
+    try:
+        recs = [
+            merge_predictions([load_predictions(d) for s in per_seed for d in per_seed[s][r]["runs"]]) for r in regimes
+        ]
+    except InputError:
+        return None
+    d = all_draws(recs, names)
+    point, draws = d["average"]
+    out = {
+        "average": {
+            r: {"point": float(point[i]), "ci95": list(percentile_ci(draws[i]))} for i, r in enumerate(regimes)
+        },
+        "constant": float(point[-1]),
+        "constant_tasks": {t: float(p[-1]) for t, (p, _) in d["tasks"].items()},
+        "pairs": {},
+    }
+    for x, y in PAIRS:
+        if x in regimes and y in regimes:
+            out["pairs"][f"{x} - {y}"] = paired(point, draws, regimes.index(x), regimes.index(y))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also a joint row per K with top-K routing in the routed stage and at inference "
         "(finetune.train --top-k K; the other rows keep --top-k from the extra arguments, default 1)",
     )
+    p.add_argument(
+        "--preserve-chosen",
+        action="store_true",
+        help="also a joint row whose expert preservation covers only the experts chosen per batch "
+        "(finetune.train --preserve-over chosen)",
+    )
     a = p.parse_args(argv)
     try:
         a.tasks = train.resolve_tasks(a.tasks, a.glue_dir)  # as finetune.train reads them: sst2,mrpc = SST-2 MRPC
@@ -201,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             "average": {"median": float(np.median(avgs)), "min": min(avgs), "max": max(avgs), "per_seed": avgs},
             "params": per_seed[seeds[0]][r]["params"],
             "matrix": np.mean(mats, 0).tolist() if mats else None,
+            "layers": mean_layers(per_seed, r, names) if r != "lora" else None,
         }
+    ci = intervals(per_seed, regimes, names)
     targets = {}
     for plug in (r for r in table if r.startswith("plug")):
         diag = np.diag(np.array(table[plug]["matrix"]))
@@ -214,9 +320,18 @@ def main(argv: list[str] | None = None) -> int:
         d = 100 * (table[joint]["average"]["median"] - table["multitask"]["average"]["median"])
         targets[f"{joint}_minus_multitask_points"] = round(d, 2)
         targets[f"{joint}_at_least_multitask"] = bool(d >= 0)
+    if ci:
+        for pair, v in ci["pairs"].items():
+            targets[f"{pair} (paired)"] = {
+                "points": round(100 * v["diff"], 2),
+                "ci95": [round(100 * x, 2) for x in v["diff_ci95"]],
+                "verdict": "resolved" if v["resolved"] else "not resolved",
+            }
     lines = [
-        "| regime | trainable params | " + " | ".join(names) + " | average (median) | average per seed min–max |",
-        "|---|---|" + "---|" * (len(names) + 2),
+        "| regime | trainable params | "
+        + " | ".join(names)
+        + " | average (median) | average per seed min–max | seed-mean average [95 % CI] |",
+        "|---|---|" + "---|" * (len(names) + 3),
     ]
     for r, t in table.items():
         cells = [
@@ -227,8 +342,25 @@ def main(argv: list[str] | None = None) -> int:
             f"| {title(r)} | {t['params']:,} | "
             + " | ".join(cells)
             + f" | **{100 * t['average']['median']:.1f}** | {100 * t['average']['min']:.1f}–"
-            f"{100 * t['average']['max']:.1f} |"
+            f"{100 * t['average']['max']:.1f} | "
+            + (
+                f"{100 * ci['average'][r]['point']:.1f} [{100 * ci['average'][r]['ci95'][0]:.1f}, "
+                f"{100 * ci['average'][r]['ci95'][1]:.1f}] |"
+                if ci
+                else "— |"
+            )
         )
+    if ci:
+        lines.append(
+            "| constant predictor | 0 | "
+            + " | ".join(f"{100 * ci['constant_tasks'][n]:.1f}" for n in names)
+            + f" | {100 * ci['constant']:.1f} | | |"
+        )
+        lines += ["", "| paired difference (average, points) | difference [95 % CI] | verdict |", "|---|---|---|"]
+        for pair, v in ci["pairs"].items():
+            lo, hi = v["diff_ci95"]
+            verdict = "resolved" if v["resolved"] else "not resolved (the interval includes 0)"
+            lines.append(f"| {pair} | {100 * v['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {verdict} |")
     lines.append("")
     for r, t in table.items():
         if t["matrix"]:
@@ -247,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seeds": seeds,
                 "extra_args": extra,
                 "table": table,
+                "intervals": ci,
                 "targets": targets,
                 "per_seed": per_seed,
             },
@@ -256,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     mats = {r: np.array(t["matrix"]) for r, t in table.items() if t["matrix"]}
     if mats:
         heatmap(mats, names, os.path.join(a.out, "routing.png"))
+    layers = {r: t["layers"] for r, t in table.items() if t["layers"]}
+    if layers:
+        layer_heatmap(layers, names, os.path.join(a.out, "routing_layers.png"))
     print(md)
     return 0
 

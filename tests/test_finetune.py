@@ -145,6 +145,20 @@ def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(base, native,
         assert 0 <= r["test"]["accuracy"] <= 1 and r["test"]["score"] == r["test"]["accuracy"]
         assert len(r["expert_share"]) == 2 and r["router_entropy"] >= 0
     assert res["routing_matrix"] == [res["results"][t]["expert_share"] for t in ("source", "length")]
+    # the routing per application (a heatmap's rows): every routed application of the encoder, shares sum to 1
+    cfg = load_native(native)[0].cfg
+    per_layer = res["results"]["source"]["expert_share_per_layer"]
+    assert sorted(per_layer) == sorted(f"layer{i}.attn" for i in range(cfg.num_groups * cfg.group_depth))
+    assert all(abs(sum(v) - 1) < 1e-3 and len(v) == 2 for v in per_layer.values())
+    # predictions.json: the plug-and-play mixer and the task's own LoRA scored the same rows -> a paired difference
+    from evaluation import compare
+
+    own = compare.load_predictions(str(tmp_path / "source"))
+    plug_preds = compare.load_predictions(str(tmp_path / "plug"))
+    assert set(plug_preds["tasks"]) == {"source", "length"} and set(own["tasks"]) == {"source"}
+    diff = compare.compare(plug_preds, own)["tasks"]["source"]
+    assert diff["a"] == pytest.approx(res["results"]["source"]["test"]["accuracy"], abs=1e-6)
+    assert diff["diff_ci95"][0] <= diff["diff"] <= diff["diff_ci95"][1]
     assert train.main([*common, "--tasks", *tasks, "--mode", "mixer-joint", "--out", str(tmp_path / "joint")]) == 0
     joint = json.load(open(tmp_path / "joint" / "results.json"))
     assert joint["args"]["top_k"] == 1 and "expert_share" in joint["results"]["source"]
@@ -165,6 +179,8 @@ def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(base, native,
                 "mixer-joint",
                 "--router-ce-routed",
                 "0.5",
+                "--preserve-over",
+                "chosen",
                 "--out",
                 str(tmp_path / "joint-sup"),
             ]
@@ -173,6 +189,7 @@ def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(base, native,
     )
     sup = json.load(open(tmp_path / "joint-sup" / "results.json"))
     assert set(sup["stages"][1]["history"][0]) == {"epoch", "task", "rsl", "preserve", "route_ce"}
+    assert sup["args"]["preserve_over"] == "chosen"
     assert sup["stages"][1]["route_ce"] == 0.5 and joint["stages"][1]["route_ce"] == 0.0
     assert train.main([*common, "--tasks", *tasks, "--mode", "multitask", "--out", str(tmp_path / "multi")]) == 0
     assert os.path.isfile(tmp_path / "multi" / "adapter" / "adapter_model.safetensors")
@@ -303,6 +320,25 @@ def test_glue_tasks_train_with_a_regression_head_and_glue_metrics(native, glue_d
     assert len(res["routing_matrix"]) == 2 and all(abs(sum(r) - 1) < 1e-3 for r in res["routing_matrix"])
 
 
+def test_preservation_over_the_chosen_experts_counts_only_those():
+    """β·Σ_{i∈C}‖ΔW_i − ΔW_i⁰‖² / ‖ΔW_i⁰‖² / E: an expert the routers did not choose costs nothing, and with
+    every expert chosen the term equals the all-experts form."""
+    from model.lora_mixer import MixtureLinear
+
+    torch.manual_seed(0)
+    clf = torch.nn.Module()
+    clf.proj = MixtureLinear(4, 3, num_experts=3, rank=2, alpha=2.0)
+    with torch.no_grad():
+        clf.proj.lora_B.normal_()
+    anchors = {k: v.detach().clone() for k, v in train.expert_deltas(clf).items()}
+    with torch.no_grad():
+        clf.proj.lora_B[1] *= 2.0  # expert 1 moved: its relative change is ‖ΔW‖² / ‖ΔW⁰‖² = 1
+    assert train.preservation_loss(clf, anchors).item() == pytest.approx(1 / 3, rel=1e-5)
+    every = {"proj": torch.tensor([True, True, True])}
+    assert train.preservation_loss(clf, anchors, every).item() == pytest.approx(1 / 3, rel=1e-5)
+    assert train.preservation_loss(clf, anchors, {"proj": torch.tensor([True, False, True])}).item() == 0.0
+
+
 def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_dir, tmp_path):
     from studies import finetune_regimes
 
@@ -338,7 +374,15 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
     )
     doc = json.load(open(out / "regimes.json"))
     assert list(doc["table"]) == ["lora", "multitask", "plug", "joint", "joint-top2"]
-    assert set(doc["targets"]) == {
+    # each regime's seed-mean average with an interval, the constant predictor, paired differences
+    ci = doc["intervals"]
+    for r in doc["table"]:
+        lo, hi = ci["average"][r]["ci95"]
+        assert lo <= ci["average"][r]["point"] <= hi
+    assert set(ci["pairs"]) == {"plug - lora", "joint - multitask", "multitask - lora"}
+    assert all(v["resolved"] == (v["diff_ci95"][0] > 0 or v["diff_ci95"][1] < 0) for v in ci["pairs"].values())
+    paired_targets = {f"{k} (paired)" for k in ci["pairs"]}
+    assert set(doc["targets"]) - paired_targets == {
         "plug_own_adapter_share",
         "plug_routes_own_adapter_over_60pct",
         "plug_minus_single_task_points",
@@ -360,6 +404,9 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
     md = open(out / "regimes.md").read()
     assert "| single-task LoRAs |" in md and "Routing, LoRA-Mixer (ii) plug-and-play" in md
     assert "| LoRA-Mixer (i) joint, staged, top-2 routing |" in md
+    assert "| constant predictor | 0 |" in md and "| joint - multitask |" in md
+    assert os.path.getsize(out / "routing_layers.png") > 1000
+    assert set(doc["table"]["plug"]["layers"]) == {"STS-B", "RTE"}
 
 
 def test_the_shared_finetuning_optimizer_warms_up_decays_and_clips():
