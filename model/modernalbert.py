@@ -45,6 +45,7 @@ class ForwardContext:
     attn_backend: str  # resolved once per forward (attention.resolve_backend), outside the blocks
     expert_ids_T: torch.Tensor | None = None  # LoRA-Mixer domain-forced routing: one expert per token
     route_targets_T: torch.Tensor | None = None  # LoRA-Mixer router supervision: the expert each token should pick
+    per_application: list[torch.Tensor] | None = None  # filled with every application's output when asked for
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ class RecursiveGroup(nn.Module):
         for layer in range(self.first_layer, self.first_layer + self.depth):
             x_TD = self.block(x_TD, Application.of(self.cfg, layer, x_TD.device), ctx)
             ctx.recorder.name(layer)  # this application's routing statistics, named outside the block
+            if ctx.per_application is not None:
+                ctx.per_application.append(x_TD)
         return x_TD
 
 
@@ -267,8 +270,10 @@ class ModernAlbertModel(nn.Module):
         recorder: RoutingRecorder | None = None,
         expert_ids_T: torch.Tensor | None = None,
         route_targets_T: torch.Tensor | None = None,
+        hidden_at: str = "group",
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """input_ids [T], cu_seqlens [N+1] → (last hidden state [T, D], per-group outputs if asked).
+        """input_ids [T], cu_seqlens [N+1] → (last hidden state [T, D], per-group outputs if asked; with
+        ``hidden_at="application"`` every application's output instead, K·G of them).
 
         Pass a ``RoutingRecorder`` to receive the routed modules' auxiliary losses and statistics;
         ``expert_ids_T`` [T] forces the LoRA-Mixer routing (each token to that expert, weight 1);
@@ -290,10 +295,13 @@ class ModernAlbertModel(nn.Module):
             expert_ids_T,
             route_targets_T,
         )
-        hidden = []
+        hidden: list[torch.Tensor] = []
+        per_application = output_hidden_states and hidden_at == "application"
+        if per_application:
+            ctx.per_application = hidden
         for group in self.groups:
             x_TD = group(x_TD, ctx)
-            if output_hidden_states:
+            if output_hidden_states and not per_application:
                 hidden.append(x_TD)
         return self.final_norm(x_TD), hidden
 
@@ -324,7 +332,7 @@ class MaskedLMOutput(NamedTuple):
     logits: torch.Tensor  # [M, V], masked positions only
     aux_losses: dict[str, torch.Tensor]  # unscaled sums over applications
     routing_stats: dict[str, dict[str, torch.Tensor]]  # "layer{i}.{attn|ffn}" → detached statistics
-    hidden_states: list[torch.Tensor]  # per-group outputs when asked for, else empty
+    hidden_states: list[torch.Tensor]  # per-group (or per-application) outputs when asked for, else empty
     last_hidden_state: torch.Tensor | None = None  # [T, D] after the final norm, when hidden states are asked for
 
 
@@ -389,9 +397,12 @@ class ModernAlbertForMaskedLM(nn.Module):
         mlm_positions: torch.Tensor,
         mlm_labels: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        hidden_at: str = "group",
     ) -> MaskedLMOutput:
         recorder = RoutingRecorder()
-        h_TD, hidden = self.model(input_ids, cu_seqlens, max_seqlen, output_hidden_states, recorder)
+        h_TD, hidden = self.model(
+            input_ids, cu_seqlens, max_seqlen, output_hidden_states, recorder, hidden_at=hidden_at
+        )
         recorder.close()
         last = h_TD if output_hidden_states else None
         logits_MV = self.logits(h_TD[mlm_positions])

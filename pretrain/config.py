@@ -128,8 +128,10 @@ class DistillConfig:
     pooled_weight: float = 0.0  # sentence level: mean-pooled student vs teacher embeddings
     kl_weight: float = 1.0
     temperature: float = 2.0
-    layers: tuple[int, ...] = ()  # teacher layer per student group; empty: init_from's map, else evenly spaced
+    layers: tuple[int, ...] = ()  # teacher layer per student hidden state; empty: init_from's map, else even
     teacher_input: str = "clean"  # clean: the text before masking; masked: the student's (masked) input
+    hidden_at: str = "group"  # the student's hidden states distilled: each group's output, or each application's
+    mlm_weight: float = 1.0  # the MLM loss's weight while distilling (0: distillation alone)
 
     def validate(self, prefix: str = "distill.") -> None:
         check(
@@ -138,12 +140,14 @@ class DistillConfig:
             self.teacher_input,
             f"allowed: {', '.join(TEACHER_INPUTS)}",
         )
-        for name in ("hidden_weight", "pooled_weight", "kl_weight"):
+        check(self.hidden_at in HIDDEN_AT, prefix + "hidden_at", self.hidden_at, f"allowed: {', '.join(HIDDEN_AT)}")
+        for name in ("hidden_weight", "pooled_weight", "kl_weight", "mlm_weight"):
             check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
         check(self.temperature > 0, f"{prefix}temperature", self.temperature, "must be > 0")
 
 
 TEACHER_INPUTS = ("clean", "masked")
+HIDDEN_AT = ("group", "application")
 
 
 @dataclass

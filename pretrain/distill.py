@@ -2,14 +2,16 @@
 mean-pooled sentence embeddings, KL on masked-token logits.
 
     distill.teacher=DIR   distill.hidden_weight=1.0   distill.pooled_weight=0.0   distill.kl_weight=1.0
-    distill.temperature=2.0   distill.teacher_input=clean
+    distill.temperature=2.0   distill.teacher_input=clean   distill.hidden_at=group   distill.mlm_weight=1.0
 
 Three terms, added to the MLM loss with their weights:
   hidden  cosine distance 1 - cos(h_student, h_teacher) between each student group's output and the
           hidden state after its mapped teacher layer (``distill.layers``; by default the last teacher layer
           of each group's run in ``init_from``'s ``teacher_map.json``, else ``model/teacher.py``'s evenly
           spaced map), averaged over groups and over every real token of the global batch.
-          Needs the same width.
+          ``hidden_at=application``: every application's output instead (K·G of them; application j of a
+          group against the j-th layer of its run, so a K 2 × G 3 student of a 6-layer teacher matches
+          all six layers). Needs the same width.
   pooled  cosine distance between each document's mean-pooled student output (after the final norm: what
           a mean-pooling classifier sees) and the mean-pooled last hidden state of the teacher, averaged
           over documents weighted by their tokens (so it shares the hidden term's normaliser, and a
@@ -19,6 +21,7 @@ Three terms, added to the MLM loss with their weights:
   kl      KL(p_teacher || p_student) of the masked-token distributions at temperature τ, times τ²,
           averaged over every masked token of the global batch. Only with a teacher that has an MLM
           head and the student's vocabulary; otherwise it is off (said at start).
+The MLM loss keeps its weight 1 unless ``distill.mlm_weight`` says otherwise (0: the teacher alone).
 The teacher reads the clean text (``teacher_input=clean``: the masked positions hold their original
 tokens, the MLM labels) and the student the masked one: the targets are then what the teacher says about
 the text, not about [MASK] tokens it never saw in its own training (an embedding teacher such as
@@ -49,10 +52,12 @@ def teacher_ids(inputs: dict, teacher_input: str) -> torch.Tensor:
     return inputs["input_ids"].index_put((inputs["mlm_positions"],), inputs["mlm_labels"])
 
 
-def init_layers(init_from: str, num_groups: int) -> list[int]:
+def init_layers(init_from: str, num_groups: int, group_depth: int = 1, hidden_at: str = "group") -> list[int]:
     """The last teacher layer of each group's run in ``init_from``'s ``teacher_map.json``
     (``tools/init_from_teacher.py``): a group that starts as the mean of layers 3-5 is distilled towards
-    layer 5's output. [] when there is no such map."""
+    layer 5's output. With ``hidden_at="application"``, the G applications of a group are distilled towards
+    G evenly spaced layers of its run, the last included (application j to the run's j-th layer when the run
+    has G layers). [] when there is no map."""
     import json
     import os
 
@@ -61,7 +66,11 @@ def init_layers(init_from: str, num_groups: int) -> list[int]:
         return []
     with open(path, encoding="utf-8") as f:
         runs = json.load(f).get("group_to_teacher_layers") or []
-    return [run[-1] for run in runs] if len(runs) == num_groups else []
+    if len(runs) != num_groups:
+        return []
+    if hidden_at == "application":  # G evenly spaced layers of each run, its last included (all of it when G = run)
+        return [run[layer_map(group_depth, len(run))[j]] for run in runs for j in range(group_depth)]
+    return [run[-1] for run in runs]
 
 
 class Teacher:
@@ -98,14 +107,16 @@ class Teacher:
                     f"distill.{name}={getattr(cfg, name)}: the teacher's width {info.hidden_size} "
                     f"differs from the student's {student.hidden_size} (set it to 0)"
                 )
+        n_hidden = student.num_groups * (student.group_depth if cfg.hidden_at == "application" else 1)
         self.layers = (
             list(cfg.layers)
-            or init_layers(init_from, student.num_groups)
-            or layer_map(student.num_groups, info.num_layers)
+            or init_layers(init_from, student.num_groups, student.group_depth, cfg.hidden_at)
+            or layer_map(n_hidden, info.num_layers)
         )
-        if len(self.layers) != student.num_groups or not all(0 <= t < info.num_layers for t in self.layers):
+        if len(self.layers) != n_hidden or not all(0 <= t < info.num_layers for t in self.layers):
             raise ConfigError(
-                f"distill.layers={list(cfg.layers)}: need {student.num_groups} teacher layers in [0, {info.num_layers})"
+                f"distill.layers={list(cfg.layers)}: need {n_hidden} teacher layers in [0, {info.num_layers}) "
+                f"(one per student {cfg.hidden_at}: distill.hidden_at={cfg.hidden_at})"
             )
         self.cfg, self.device = cfg, device
         self.kl_on = cfg.kl_weight > 0 and info.has_mlm_head
@@ -124,8 +135,9 @@ class Teacher:
         if verbose:
             kl = "on" if self.kl_on else "off (the teacher has no MLM head)" if cfg.kl_weight > 0 else "off"
             print(
-                f"distill: {info.family} teacher {cfg.teacher} ({type(self.model).__name__}), student group -> "
-                f"teacher layer {self.layers}; hidden-state cosine weight {cfg.hidden_weight}; "
+                f"distill: {info.family} teacher {cfg.teacher} ({type(self.model).__name__}), student "
+                f"{cfg.hidden_at} -> teacher layer {self.layers}; hidden-state cosine weight {cfg.hidden_weight}; "
+                f"MLM weight {cfg.mlm_weight}; "
                 f"pooled-embedding cosine weight {cfg.pooled_weight}; "
                 f"logit KL {kl} (tau {cfg.temperature})"
             )

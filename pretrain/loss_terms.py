@@ -80,8 +80,9 @@ def _pooled(mb: MicroBatch) -> torch.Tensor:
 
 def declare(cfg, teacher=None) -> list[LossTerm]:
     """The terms of a run (``cfg``: pretrain.config.RunConfig; ``teacher``: pretrain.distill.Teacher or None)."""
+    mlm_weight = cfg.distill.mlm_weight if teacher is not None else 1.0  # logged at any weight
     terms = [
-        LossTerm("loss", "masked", 1.0, lambda mb: mb.out.mlm_loss * mb.out.num_masked, "loss"),
+        LossTerm("loss", "masked", mlm_weight, lambda mb: mb.out.mlm_loss * mb.out.num_masked, "loss"),
         LossTerm("mlm_accuracy", "masked", 0.0, lambda mb: mb.out.mlm_accuracy * mb.out.num_masked, "acc", 3),
     ]
     terms += [

@@ -159,6 +159,8 @@ def pretrain_config(p: argparse.Namespace, run_dir: str, init: str, shards: str,
             f"distill.hidden_weight={p.hidden_weight}",
             f"distill.pooled_weight={p.pooled_weight}",
             "distill.kl_weight=0",
+            f"distill.hidden_at={p.hidden_at}",
+            f"distill.mlm_weight={p.mlm_weight}",
         ]
         if p.distill_layers:
             overrides.append(f"distill.layers=[{p.distill_layers}]")
@@ -226,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         "--val-batches", type=int, default=0, help="val batches of 16 samples for the MLM loss column (0: all)"
     )
     p.add_argument("--hidden-weight", type=float, default=1.0, help="distillation: hidden-state cosine weight")
+    p.add_argument(
+        "--hidden-at",
+        choices=("group", "application"),
+        default="group",
+        help="distillation: each group's output or every application's against its teacher layer (distill.hidden_at)",
+    )
+    p.add_argument(
+        "--mlm-weight", type=float, default=1.0, help="distillation: the MLM loss's weight (distill.mlm_weight)"
+    )
     p.add_argument(
         "--pooled-weight",
         type=float,

@@ -260,6 +260,57 @@ def test_pooled_loss_matches_a_per_document_reference_and_the_teachers_own_mean_
     ) == pytest.approx(0, abs=1e-4)  # a student that equals the teacher's pooled vector everywhere: zero loss
 
 
+def test_every_application_is_distilled_against_its_own_teacher_layer(minilm, student):
+    """distill.hidden_at=application: K·G student hidden states, a group's G applications against G evenly
+    spaced layers of its run (teacher_map.json [0, 1, 2], [3, 4, 5]: tiny's G 2 -> 0, 2, 3, 5; G 3 -> all six);
+    each group's last application is the group output the default distils; the MLM weight is a declared
+    term weight (0: distillation alone)."""
+    from config_check import ConfigError
+    from model.native_format import load_native
+    from pretrain.config import RunConfig
+    from pretrain.distill import DistillConfig, Teacher, hidden_cosine_sum, init_layers
+    from pretrain.loss_terms import declare
+
+    model, _ = load_native(student)
+    cfg = model.cfg
+    assert cfg.group_depth == 2  # tiny
+    assert init_layers(student, cfg.num_groups, cfg.group_depth, "application") == [0, 2, 3, 5]
+    assert init_layers(student, cfg.num_groups, 3, "application") == [0, 1, 2, 3, 4, 5]
+    assert init_layers(student, cfg.num_groups, cfg.group_depth) == [2, 5]
+    teacher = Teacher(
+        DistillConfig(teacher=minilm, hidden_at="application"), cfg, 128, torch.device("cpu"), False, student
+    )
+    assert teacher.layers == [0, 2, 3, 5]
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 30000, (40,))
+    cu = torch.tensor([0, 25, 40], dtype=torch.int32)
+    pos = torch.tensor([3, 30])
+    model.eval()
+    with torch.no_grad():
+        per_app = model(ids, cu, 25, pos, output_hidden_states=True, hidden_at="application").hidden_states
+        per_group = model(ids, cu, 25, pos, output_hidden_states=True).hidden_states
+    assert len(per_app) == 4 and len(per_group) == 2
+    torch.testing.assert_close(per_app[1], per_group[0])
+    torch.testing.assert_close(per_app[3], per_group[1])
+    t_hidden, _, _ = teacher.run(ids, cu, pos)
+    assert len(t_hidden) == 4
+    per_layer = [float(hidden_cosine_sum([s], [t])) / 40 for s, t in zip(per_app, t_hidden)]
+    assert all(0 <= d < 1 for d in per_layer), per_layer
+    with pytest.raises(ConfigError, match=r"distill.layers=\[2, 5\]: need 4 teacher layers .*hidden_at=application"):
+        Teacher(
+            DistillConfig(teacher=minilm, hidden_at="application", layers=(2, 5)), cfg, 128, torch.device("cpu"), False
+        )
+    with pytest.raises(ConfigError, match="distill.hidden_at.*allowed: group, application"):
+        DistillConfig(teacher=minilm, hidden_at="layer").validate()
+    with pytest.raises(ConfigError, match="distill.mlm_weight"):
+        DistillConfig(teacher=minilm, mlm_weight=-1).validate()
+    run = RunConfig()
+    run.distill = DistillConfig(teacher=minilm, mlm_weight=0.1)
+    run.model = cfg
+    assert {t.name: t.weight for t in declare(run, teacher)}["loss"] == 0.1
+    assert {t.name: t.weight for t in declare(run)}["loss"] == 1.0  # no teacher: MLM is the objective
+
+
 def test_pooled_weight_is_validated(minilm):
     from config_check import ConfigError
     from model.config import ModelConfig
