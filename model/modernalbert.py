@@ -34,6 +34,14 @@ from model.mol import DenseFFN, MoLFFN
 from model.routing import Router, RoutingRecorder, mixing_weights, routing_specialization_loss
 
 
+class TensorSink:
+    """A list of tensors the encoder fills during a forward (e.g. every application's Wqkv output). Not a list
+    itself: wrappers that rebuild a forward's container arguments (FSDP2's input casting) pass it through."""
+
+    def __init__(self) -> None:
+        self.items: list[torch.Tensor] = []
+
+
 @dataclass
 class ForwardContext:
     """Per-forward inputs shared by every layer (built once, not per layer)."""
@@ -46,6 +54,7 @@ class ForwardContext:
     expert_ids_T: torch.Tensor | None = None  # LoRA-Mixer domain-forced routing: one expert per token
     route_targets_T: torch.Tensor | None = None  # LoRA-Mixer router supervision: the expert each token should pick
     per_application: list[torch.Tensor] | None = None  # filled with every application's output when asked for
+    qkv_out: TensorSink | None = None  # filled with every application's Wqkv output [T, 3D] when asked for
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,8 @@ class Attention(nn.Module):
             qkv = self.Wqkv(x_TD, w_TE)
         else:
             qkv = self.Wqkv(x_TD)
+        if ctx.qkv_out is not None:  # attention-relation distillation reads q, k, v before RoPE
+            ctx.qkv_out.items.append(qkv)
         # split (not slicing): its backward is one cat, where slices would zero-fill [T, 3, H, Dh] twice
         qk, v = qkv.view(T, 3, cfg.num_heads, cfg.head_dim).split([2, 1], dim=1)
         is_global = app.is_global
@@ -271,9 +282,11 @@ class ModernAlbertModel(nn.Module):
         expert_ids_T: torch.Tensor | None = None,
         route_targets_T: torch.Tensor | None = None,
         hidden_at: str = "group",
+        qkv_out: TensorSink | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """input_ids [T], cu_seqlens [N+1] → (last hidden state [T, D], per-group outputs if asked; with
-        ``hidden_at="application"`` every application's output instead, K·G of them).
+        ``hidden_at="application"`` every application's output instead, K·G of them). ``qkv_out``: a sink
+        that receives every application's Wqkv output [T, 3D] (q, k, v before RoPE), in order.
 
         Pass a ``RoutingRecorder`` to receive the routed modules' auxiliary losses and statistics;
         ``expert_ids_T`` [T] forces the LoRA-Mixer routing (each token to that expert, weight 1);
@@ -295,6 +308,7 @@ class ModernAlbertModel(nn.Module):
             expert_ids_T,
             route_targets_T,
         )
+        ctx.qkv_out = qkv_out
         hidden: list[torch.Tensor] = []
         per_application = output_hidden_states and hidden_at == "application"
         if per_application:
@@ -334,6 +348,7 @@ class MaskedLMOutput(NamedTuple):
     routing_stats: dict[str, dict[str, torch.Tensor]]  # "layer{i}.{attn|ffn}" → detached statistics
     hidden_states: list[torch.Tensor]  # per-group (or per-application) outputs when asked for, else empty
     last_hidden_state: torch.Tensor | None = None  # [T, D] after the final norm, when hidden states are asked for
+    qkv_states: list[torch.Tensor] | None = None  # every application's Wqkv output [T, 3D], when asked for
 
 
 class ModernAlbertForMaskedLM(nn.Module):
@@ -398,22 +413,25 @@ class ModernAlbertForMaskedLM(nn.Module):
         mlm_labels: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         hidden_at: str = "group",
+        output_qkv: bool = False,
     ) -> MaskedLMOutput:
         recorder = RoutingRecorder()
+        sink = TensorSink() if output_qkv else None
         h_TD, hidden = self.model(
-            input_ids, cu_seqlens, max_seqlen, output_hidden_states, recorder, hidden_at=hidden_at
+            input_ids, cu_seqlens, max_seqlen, output_hidden_states, recorder, hidden_at=hidden_at, qkv_out=sink
         )
         recorder.close()
         last = h_TD if output_hidden_states else None
+        qkv = sink.items if sink is not None else None
         logits_MV = self.logits(h_TD[mlm_positions])
         M = len(mlm_positions)
         if mlm_labels is None:
             zero = logits_MV.new_zeros(())
-            return MaskedLMOutput(zero, zero, M, logits_MV, recorder.aux_losses, recorder.stats, hidden, last)
+            return MaskedLMOutput(zero, zero, M, logits_MV, recorder.aux_losses, recorder.stats, hidden, last, qkv)
         mlm_loss = F.cross_entropy(logits_MV.float(), mlm_labels)
         with torch.no_grad():
             acc = (logits_MV.argmax(-1) == mlm_labels).float().mean()
-        return MaskedLMOutput(mlm_loss, acc, M, logits_MV, recorder.aux_losses, recorder.stats, hidden, last)
+        return MaskedLMOutput(mlm_loss, acc, M, logits_MV, recorder.aux_losses, recorder.stats, hidden, last, qkv)
 
 
 def mol_layers(model: nn.Module) -> dict[int, MoLFFN]:

@@ -132,6 +132,8 @@ class DistillConfig:
     teacher_input: str = "clean"  # clean: the text before masking; masked: the student's (masked) input
     hidden_at: str = "group"  # the student's hidden states distilled: each group's output, or each application's
     mlm_weight: float = 1.0  # the MLM loss's weight while distilling (0: distillation alone)
+    relation_weight: float = 0.0  # MiniLMv2 self-attention relations (Q-Q, K-K, V-V), last layer; 0: off
+    relation_heads: int = 0  # relation heads the q/k/v vectors are split into; 0: the teacher's attention heads
 
     def validate(self, prefix: str = "distill.") -> None:
         check(
@@ -141,7 +143,7 @@ class DistillConfig:
             f"allowed: {', '.join(TEACHER_INPUTS)}",
         )
         check(self.hidden_at in HIDDEN_AT, prefix + "hidden_at", self.hidden_at, f"allowed: {', '.join(HIDDEN_AT)}")
-        for name in ("hidden_weight", "pooled_weight", "kl_weight", "mlm_weight"):
+        for name in ("hidden_weight", "pooled_weight", "kl_weight", "mlm_weight", "relation_weight", "relation_heads"):
             check(getattr(self, name) >= 0, prefix + name, getattr(self, name), "must be >= 0")
         check(self.temperature > 0, f"{prefix}temperature", self.temperature, "must be > 0")
 

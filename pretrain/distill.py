@@ -21,6 +21,12 @@ Three terms, added to the MLM loss with their weights:
   kl      KL(p_teacher || p_student) of the masked-token distributions at temperature τ, times τ²,
           averaged over every masked token of the global batch. Only with a teacher that has an MLM
           head and the student's vocabulary; otherwise it is off (said at start).
+  relation  MiniLMv2's self-attention relation distillation (arXiv 2012.15828): the last application's
+          queries, keys and values (Wqkv's output, before RoPE) and the teacher's last layer's, each split
+          into ``relation_heads`` heads (default: the teacher's heads); per document and head the relation
+          softmax(X Xᵀ / √d_r) over the document's tokens, and KL(teacher ‖ student) of each query token's
+          row, averaged over the Q-Q, K-K and V-V relations and the heads, summed over tokens (normalised
+          like ``hidden``). Needs the same width; BERT-family teachers (their query/key/value projections).
 The MLM loss keeps its weight 1 unless ``distill.mlm_weight`` says otherwise (0: the teacher alone).
 The teacher reads the clean text (``teacher_input=clean``: the masked positions hold their original
 tokens, the MLM labels) and the student the masked one: the targets are then what the teacher says about
@@ -101,7 +107,15 @@ class Teacher:
                 f"distill.teacher: vocabulary {info.vocab_size} differs from the student's "
                 f"{student.vocab_size}; build the shards with the teacher's tokenizer"
             )
-        for name in ("hidden_weight", "pooled_weight"):
+        if cfg.relation_weight > 0 and info.family != "bert":
+            raise ConfigError(
+                f"distill.relation_weight={cfg.relation_weight}: relations are read from a BERT-family teacher's "
+                f"query/key/value projections; this teacher is {info.family} (set it to 0)"
+            )
+        self.relation_heads = cfg.relation_heads or info.num_heads
+        if cfg.relation_weight > 0 and info.hidden_size % self.relation_heads:
+            raise ConfigError(f"distill.relation_heads={cfg.relation_heads}: must divide the width {info.hidden_size}")
+        for name in ("hidden_weight", "pooled_weight", "relation_weight"):
             if getattr(cfg, name) > 0 and info.hidden_size != student.hidden_size:
                 raise ConfigError(
                     f"distill.{name}={getattr(cfg, name)}: the teacher's width {info.hidden_size} "
@@ -129,6 +143,11 @@ class Teacher:
         cls = AutoModelForMaskedLM if info.has_mlm_head else AutoModel
         self.model = cls.from_pretrained(cfg.teacher).to(device=device, dtype=dtype).eval()
         self.model.requires_grad_(False)
+        self._qkv: list[torch.Tensor] = []
+        if cfg.relation_weight > 0:  # the last layer's query, key and value projections, as they run
+            attn = self.model.base_model.encoder.layer[-1].attention.self
+            for proj in (attn.query, attn.key, attn.value):
+                proj.register_forward_hook(lambda _m, _i, out: self._qkv.append(out))
         max_pos = getattr(self.model.config, "max_position_embeddings", None)
         if max_pos is not None and seq_len > max_pos:
             raise ConfigError(f"distill.teacher: samples of {seq_len} tokens exceed the teacher's {max_pos} positions")
@@ -140,14 +159,20 @@ class Teacher:
                 f"MLM weight {cfg.mlm_weight}; "
                 f"pooled-embedding cosine weight {cfg.pooled_weight}; "
                 f"logit KL {kl} (tau {cfg.temperature})"
+                + (
+                    f"; attention relations weight {cfg.relation_weight} ({self.relation_heads} heads, last layer)"
+                    if cfg.relation_weight > 0
+                    else ""
+                )
             )
 
     @torch.no_grad()
     def run(
         self, input_ids_T: torch.Tensor, cu_seqlens: torch.Tensor, mlm_positions: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-        """Teacher hidden states at the mapped layers ([T, d] each), masked-token logits [M, V] (or None) and
-        each document's mean-pooled last hidden state [N, d] (or None when ``pooled_weight`` is 0)."""
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Teacher hidden states at the mapped layers ([T, d] each), masked-token logits [M, V] (or None),
+        each document's mean-pooled last hidden state [N, d] (or None when ``pooled_weight`` is 0) and the
+        last layer's query, key and value [T, 3d] (or None when ``relation_weight`` is 0)."""
         cu = cu_seqlens.long()
         lens = cu[1:] - cu[:-1]
         B, L = len(lens), int(lens.max())
@@ -155,6 +180,7 @@ class Teacher:
         row_T = torch.repeat_interleave(torch.arange(B, device=input_ids_T.device), lens)
         ids = input_ids_T.new_zeros(B, L).index_put_((row_T, pos_T), input_ids_T)
         mask = torch.zeros(B, L, dtype=torch.long, device=ids.device).index_put_((row_T, pos_T), torch.ones_like(pos_T))
+        self._qkv.clear()
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         hidden = [out.hidden_states[t + 1][row_T, pos_T].float() for t in self.layers]
         logits = out.logits[row_T, pos_T][mlm_positions].float() if self.kl_on else None
@@ -162,7 +188,8 @@ class Teacher:
         if self.cfg.pooled_weight > 0:
             last_BLD = out.hidden_states[-1].float() * mask[..., None]
             pooled_BD = last_BLD.sum(1) / lens[:, None]
-        return hidden, logits, pooled_BD
+        qkv_T3D = torch.cat([x[row_T, pos_T].float() for x in self._qkv], -1) if self._qkv else None
+        return hidden, logits, pooled_BD, qkv_T3D
 
 
 def hidden_cosine_sum(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
@@ -176,6 +203,37 @@ def pooled_cosine_sum(student_TD: torch.Tensor, teacher_ND: torch.Tensor, cu_seq
     lens_N = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     student_ND = pool(student_TD.float(), cu_seqlens, "mean")
     return (lens_N * (1 - F.cosine_similarity(student_ND, teacher_ND, dim=-1))).sum()
+
+
+def relation_kl_sum(
+    student_T3D: torch.Tensor, teacher_T3D: torch.Tensor, cu_seqlens: torch.Tensor, heads: int
+) -> torch.Tensor:
+    """Σ over tokens of the mean over the Q-Q, K-K, V-V relations and the ``heads`` relation heads of
+    KL(teacher ‖ student) between the token's rows of softmax(X Xᵀ / √d_r) within its document.
+    student_T3D, teacher_T3D: [T, 3D] (q | k | v); documents are padded into [N, heads, L, d_r] rows."""
+    cu = cu_seqlens.long()
+    lens = cu[1:] - cu[:-1]
+    N, L = len(lens), int(lens.max())
+    T, D3 = student_T3D.shape
+    D, dr = D3 // 3, D3 // 3 // heads
+    pos_T = torch.arange(T, device=cu.device) - torch.repeat_interleave(cu[:-1], lens)
+    row_T = torch.repeat_interleave(torch.arange(N, device=cu.device), lens)
+    valid_NL = torch.zeros(N, L, dtype=torch.bool, device=cu.device).index_put_((row_T, pos_T), torch.tensor(True))
+    key_mask = ~valid_NL[:, None, None, :]  # [N, 1, 1, L]: padding keys get no weight
+
+    def log_relations(x_TD: torch.Tensor) -> torch.Tensor:  # [N, heads, L, L]
+        x_NLD = x_TD.new_zeros(N, L, D).index_put_((row_T, pos_T), x_TD)
+        x_NHLd = x_NLD.view(N, L, heads, dr).transpose(1, 2)
+        scores = (x_NHLd @ x_NHLd.transpose(-1, -2)) / dr**0.5
+        return F.log_softmax(scores.masked_fill(key_mask, float("-inf")), dim=-1)
+
+    total = student_T3D.new_zeros((), dtype=torch.float32)
+    for i in range(3):
+        s = log_relations(student_T3D[:, i * D : (i + 1) * D].float())
+        t = log_relations(teacher_T3D[:, i * D : (i + 1) * D].float())
+        kl_NHL = (t.exp() * (t - s)).masked_fill(key_mask, 0.0).sum(-1)  # per query row
+        total = total + kl_NHL.mean(1)[valid_NL].sum()  # mean over heads, sum over real query tokens
+    return total / 3
 
 
 def kl_sum(student_MV: torch.Tensor, teacher_MV: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ from config_check import ConfigError
 from model.config import ModelConfig
 from model.losses import aux_coefficients, weighted_aux
 from model.modernalbert import MaskedLMOutput
-from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum, teacher_ids
+from pretrain.distill import Teacher, hidden_cosine_sum, kl_sum, pooled_cosine_sum, relation_kl_sum, teacher_ids
 
 NORMALISERS = ("masked", "tokens", "micro_batches")
 
@@ -78,6 +78,15 @@ def _pooled(mb: MicroBatch) -> torch.Tensor:
     return pooled_cosine_sum(mb.out.last_hidden_state, mb.teacher_outputs()[2], mb.inputs["cu_seqlens"])
 
 
+def _relation(teacher: Teacher) -> Callable[[MicroBatch], torch.Tensor]:
+    def value(mb: MicroBatch) -> torch.Tensor:
+        assert mb.out.qkv_states, "the student runs with output_qkv when distilling relations"
+        qkv = mb.teacher_outputs()[3]
+        return relation_kl_sum(mb.out.qkv_states[-1], qkv, mb.inputs["cu_seqlens"], teacher.relation_heads)
+
+    return value
+
+
 def declare(cfg, teacher=None) -> list[LossTerm]:
     """The terms of a run (``cfg``: pretrain.config.RunConfig; ``teacher``: pretrain.distill.Teacher or None)."""
     mlm_weight = cfg.distill.mlm_weight if teacher is not None else 1.0  # logged at any weight
@@ -101,6 +110,8 @@ def declare(cfg, teacher=None) -> list[LossTerm]:
         )
         if d.pooled_weight > 0:
             terms.append(LossTerm("distill/pooled", "tokens", d.pooled_weight, _pooled, "pooled"))
+        if d.relation_weight > 0:
+            terms.append(LossTerm("distill/relation", "tokens", d.relation_weight, _relation(teacher), "rel"))
         if teacher.kl_on:
             terms.append(
                 LossTerm(

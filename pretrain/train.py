@@ -458,7 +458,12 @@ class Trainer:
             }
             # every random draw of this micro-batch (router jitter, dropout) from its place in the data
             torch.manual_seed(micro_batch_seed(cfg.train.seed, *b["position"]))
-            out = self.engine(**inputs, output_hidden_states=self.teacher is not None, hidden_at=cfg.distill.hidden_at)
+            out = self.engine(
+                **inputs,
+                output_hidden_states=self.teacher is not None,
+                hidden_at=cfg.distill.hidden_at,
+                output_qkv=self.teacher is not None and cfg.distill.relation_weight > 0,
+            )
             mb = MicroBatch(inputs, out, self.teacher, cfg.distill.teacher_input)
             values = {t.name: t.value(mb) for t in self.terms}
             # FSDP averages gradients over ranks: scale by world so the average is the global mean

@@ -161,6 +161,7 @@ def pretrain_config(p: argparse.Namespace, run_dir: str, init: str, shards: str,
             "distill.kl_weight=0",
             f"distill.hidden_at={p.hidden_at}",
             f"distill.mlm_weight={p.mlm_weight}",
+            f"distill.relation_weight={p.relation_weight}",
         ]
         if p.distill_layers:
             overrides.append(f"distill.layers=[{p.distill_layers}]")
