@@ -93,6 +93,7 @@ class TrainConfig:
     micro_batch_size: int = 16  # samples per rank per forward
     seed: int = 0
     log_every: int = 10
+    routing_ema_decay: float = 0.99  # MoL: per-step moving average of each expert's routing share (merge weights)
 
 
 @dataclass
@@ -225,6 +226,7 @@ class RunConfig:
         check(0 <= sc.min_lr_ratio <= 1, "schedule.min_lr_ratio", sc.min_lr_ratio, "must be in [0, 1]")
         for name in ("steps", "micro_batch_size", "global_batch_tokens", "log_every"):
             check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "must be >= 1")
+        check(0 <= t.routing_ema_decay < 1, "train.routing_ema_decay", t.routing_ema_decay, "must be in [0, 1)")
         check(c.every >= 0, "checkpoint.every", c.every, "must be >= 0")
         check(c.keep >= 1, "checkpoint.keep", c.keep, "must be >= 1")
         self.log.validate("log.")

@@ -56,6 +56,7 @@ from pretrain.reduce import all_reduce, first_fault, from_rank0
 from pretrain.run_lock import RunDirBusy, RunLock
 from pretrain.schedule import warmup_warning, wsd_factor
 from pretrain.shard_cache import load_index, shards_tokenizer
+from pretrain.routing_ema import RoutingShareEMA
 from pretrain.train_state import ComponentStateError, Stateful, TrainerState
 from pretrain.storage import write_fault
 
@@ -331,6 +332,10 @@ class Trainer:
         self.ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
         # trainer.json: the step counter and these components (pretrain/train_state.py), with facts a resume checks
         components: dict[str, Stateful] = {"loader": self.loader} if self.loader is not None else {}
+        # MoL: each expert's routing share averaged over the steps (tools/merge_experts.py --method ema)
+        self.routing_ema = RoutingShareEMA(cfg.model, cfg.train.routing_ema_decay) if cfg.model.mol.groups else None
+        if self.routing_ema is not None:
+            components["routing_ema"] = self.routing_ema
         self.state = TrainerState(
             {**components, "scheduler": self.scheduler},
             info=lambda: {"config": cfg.to_dict(), "engine": cfg.engine, "world_size": rt.world},
@@ -496,6 +501,11 @@ class Trainer:
             n = sum(t.numel() for t in p.sums.sums.values())
             m, load, entropy = p.sums.unflatten(values[i : i + n])
             i += n
+            if self.routing_ema is not None and load:
+                self.routing_ema.update(load)
+            steps = self.cfg.train.steps
+            if not (p.step % self.cfg.train.log_every == 0 or p.step == steps):  # counted for the average only
+                load, entropy = {}, {}
             record: dict[str, Any] = {
                 "step": p.step,
                 **{t.name: m[t.name] / p.counts[t.normaliser] for t in self.terms},
@@ -612,7 +622,10 @@ class Trainer:
                 is_log = step % cfg.train.log_every == 0 or step == steps
                 is_eval = self.val is not None and (step % cfg.eval.every == 0 or step == steps)
                 is_save = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < steps
-                if not self.step(batches, count_load=is_log):  # a preemption signal: stop after the last step
+                # routing counts every step with MoL (on the device; read at the next flush for the average)
+                if not self.step(
+                    batches, count_load=is_log or self.routing_ema is not None
+                ):  # a preemption signal: stop after the last step
                     self._log(self.flush(), records)
                     # the loader handed out the refused step's micro-batches: back to this step's position
                     assert self._loader_state is not None

@@ -51,8 +51,11 @@ class TrainerState(Stateful):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Each component in order; the first that refuses its state raises ``ComponentStateError``."""
+        """Each component in order; the first that refuses its state raises ``ComponentStateError``. A component
+        with ``optional_state = True`` missing from an older checkpoint keeps its fresh state."""
         for name, c in self.components.items():
+            if name not in state and getattr(c, "optional_state", False):
+                continue
             if name not in state:
                 raise ComponentStateError(name, KeyError(f"the checkpoint has no {name!r} state"))
             try:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,7 +38,8 @@ def _train(run_dir: str, shards_dir: str, nproc: int, extra=()):
 def runs(tmp_path_factory, shards_dir):
     base = tmp_path_factory.mktemp("tool_runs")
     return {
-        "ep1": _train(str(base / "ep1"), shards_dir, 2),
+        # every step logged: metrics.jsonl then holds each step's routing counts (the routing average's input)
+        "ep1": _train(str(base / "ep1"), shards_dir, 2, ["train.log_every=1"]),
         "ep2": _train(str(base / "ep2"), shards_dir, 2, ["parallel.ep=2"]),
     }
 
@@ -138,6 +140,39 @@ def test_uniform_merge_is_the_mean_delta_weight_and_fold_equals_the_adapter(nati
     ids, mask = sample_batch(doc, native)
     a, b = native_logits(merged, ids, mask), native_logits(folded, ids, mask)
     assert (a - b).abs().max() <= 1e-5
+
+
+def test_ema_merge_weights_are_the_training_steps_routing_shares_averaged(runs, native, tmp_path):
+    """train.routing_ema_decay: each step's global routing share per MoL group, averaged (first step: its
+    share), recorded by consolidate in the model's history; merge_experts --method ema weighs by it."""
+    from model.native_format import load_native
+
+    cfg, doc = load_native(native)[0].cfg, load_native(native)[1]
+    rec = doc["history"][-1]["routing_ema"]
+    assert rec["updates"] == 3 and rec["decay"] == 0.99 and set(rec["groups"]) == {"1"}
+    records = [json.loads(line) for line in open(os.path.join(runs["ep1"], "metrics.jsonl"))]
+    ema = None
+    for r in records:  # the same average from the logged counts of each step (layers of group 1)
+        layers = [f"layer{i}.ffn" for i in range(cfg.group_depth, 2 * cfg.group_depth)]
+        counts = np.sum([r["tokens_per_expert"][k] for k in layers], axis=0)
+        share = counts / counts.sum()
+        ema = share if ema is None else 0.99 * ema + 0.01 * share
+    assert len(records) == 3 and np.allclose(rec["groups"]["1"], ema, atol=1e-12)
+    out = tmp_path / "ema"
+    r = run_cli(["tools/merge_experts.py", native, "--out", str(out), "--method", "ema", "--no-val"])
+    assert r.returncode == 0, r.stderr
+    assert "averaged over training" in r.stdout
+    rep = json.loads((out / "merge_report.json").read_text())
+    assert np.allclose(rep["expert_weights"]["group1"], ema, atol=1e-6)
+    # a model without the record (written before it existed): one line naming the way out, exit 2
+    bare = tmp_path / "bare"
+    shutil.copytree(native, bare)
+    conf = json.loads((bare / "config.json").read_text())
+    conf["history"] = [{k: v for k, v in h.items() if k != "routing_ema"} for h in conf["history"]]
+    (bare / "config.json").write_text(json.dumps(conf))
+    r = run_cli(["tools/merge_experts.py", str(bare), "--out", str(tmp_path / "x"), "--method", "ema", "--no-val"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "use --method routing" in r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_merging_identical_experts_changes_nothing(native, tmp_path):

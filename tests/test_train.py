@@ -173,6 +173,11 @@ def test_the_shipped_preset_is_bitwise_reproducible_and_resumes_bitwise(shards_d
         assert torch.equal(a[k], b[k]), f"{k}: two runs of one command differ"
         assert torch.equal(a[k], c[k]), f"{k}: the killed and relaunched run differs from the uninterrupted one"
     assert _losses(runs[0]) == _losses(runs[1])
+    # the routing-share average (merge weights) is training state too: restored, it ends the same
+    from pretrain.checkpoint import latest_checkpoint, read_trainer_state
+
+    ema = [read_trainer_state(latest_checkpoint(os.path.join(d, "checkpoints")))["routing_ema"] for d in runs]
+    assert ema[0]["updates"] == 8 and ema[0] == ema[1] == ema[2]
 
 
 def test_compiled_blocks_give_the_losses_of_eager(reference, shards_dir, tmp_path):

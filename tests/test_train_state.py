@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
 
 import numpy as np
@@ -61,6 +62,39 @@ def test_a_checkpoint_in_the_old_layout_loads_into_the_components(shards_dir):
     again = state.state_dict()
     assert again.keys() == {"step", "loader", "scheduler", "engine"}
     assert again["loader"] == old["loader"] and again["scheduler"]["last_epoch"] == 8
+
+
+def test_a_checkpoint_from_before_the_routing_average_resumes_with_a_fresh_one(shards_dir):
+    """The old layout has no ``routing_ema``: an optional component keeps its fresh state, the rest loads."""
+    from model.config import ModelConfig, MoLConfig
+    from pretrain.routing_ema import RoutingShareEMA
+
+    state, loader, sched = _state(shards_dir)
+    cfg = ModelConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_heads=2,
+        intermediate_size=48,
+        num_groups=2,
+        group_depth=2,
+        mol=MoLConfig(groups=(1,)),
+    )
+    ema = RoutingShareEMA(cfg, 0.5)
+    state = TrainerState({"loader": loader, "scheduler": sched, "routing_ema": ema})
+    old = copy.deepcopy(OLD_TRAINER_JSON)
+    old["loader"]["data_fingerprint"] = loader.fingerprint
+    state.load_state_dict(old)
+    assert state.step == 8 and ema.updates == 0 and ema.ema == {}
+    # the average itself: the first step's share, then decay * old + (1 - decay) * new, over a group's layers
+    g = cfg.mol.groups[0]
+    layers = [f"layer{i}.ffn" for i in range(g * cfg.group_depth, (g + 1) * cfg.group_depth)]
+    E = cfg.mol.num_experts
+    ema.update({layers[0]: [1] + [0] * (E - 1), layers[-1]: [1] + [0] * (E - 1)})
+    ema.update({layers[0]: [0, 2] + [0] * (E - 2)})
+    assert ema.ema[g][:2] == [0.5, 0.5] and ema.updates == 2
+    again = RoutingShareEMA(cfg, 0.5)
+    again.load_state_dict(json.loads(json.dumps(ema.state_dict())))  # trainer.json is JSON
+    assert again.ema == ema.ema and again.updates == 2
 
 
 def test_a_component_that_refuses_its_state_is_named(shards_dir):

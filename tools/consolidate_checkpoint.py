@@ -143,7 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                 cfg,
                 tok,
                 data_dir if remote else os.path.abspath(data_dir) if data_dir else None,
-                [{"tool": "consolidate_checkpoint", "checkpoint": os.path.abspath(step_dir), "step": trainer["step"]}],
+                [
+                    {
+                        "tool": "consolidate_checkpoint",
+                        "checkpoint": os.path.abspath(step_dir),
+                        "step": trainer["step"],
+                        # MoL: each expert's routing share averaged over training (merge_experts --method ema)
+                        **({"routing_ema": trainer["routing_ema"]} if "routing_ema" in trainer else {}),
+                    }
+                ],
             )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,8 +5,10 @@
 
 The merge averages the experts' *delta weights*: for each MoL layer
     ΔWi = Σ_j p_j · s·B1_j A1_j,   ΔWo = Σ_j p_j · s·B2_j A2_j,
-with p_j = 1/E (``uniform``) or the share of tokens routed to expert j on calibration batches
-(``routing``: top-k assignments counted over every application of the shared block). The result is
+with p_j = 1/E (``uniform``), the share of tokens routed to expert j on calibration batches
+(``routing``: top-k assignments counted over every application of the shared block), or that share
+averaged over the training steps themselves (``ema``: ``pretrain/routing_ema.py``, recorded by
+``tools/consolidate_checkpoint.py`` in the model's history; no calibration data needed). The result is
 exact and stored without loss as one adapter of rank E·r (the experts' factors side by side, the
 weights p_j·s folded into B): the output model is a native model whose MoL layers have one expert
 that every token takes. ``--fold`` adds ΔW into Wi/Wo and drops the MoL layers: a plain dense model
@@ -37,7 +39,23 @@ from fileio import OutputDir
 from model.native_format import InputError, load_native, save_native, tokenizer_record
 from pretrain.shard_cache import local_path
 
-METHODS = ("uniform", "routing")
+METHODS = ("uniform", "routing", "ema")
+
+
+def ema_shares(doc: dict, layers: dict, where: str) -> dict[int, torch.Tensor]:
+    """The training-time routing shares per MoL group from the model's history (the latest record)."""
+    found = [h["routing_ema"] for h in doc.get("history", []) if "routing_ema" in h]
+    if not found:
+        raise InputError(
+            f"--method ema: {where} records no routing average (consolidate a checkpoint of a MoL run with "
+            "tools/consolidate_checkpoint.py; runs before train.routing_ema_decay existed have none): "
+            "use --method routing"
+        )
+    groups = found[-1]["groups"]
+    missing = [g for g in layers if str(g) not in groups]
+    if missing:
+        raise InputError(f"--method ema: {where} has no routing average for MoL group(s) {missing}")
+    return {g: torch.tensor(groups[str(g)], dtype=torch.float64) for g in layers}
 
 
 def _open(shards: str, split: str, micro_batch_size: int):
@@ -214,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_where(calib)} ({source})"
             )
             shares = routing_shares(model, calib, a.calib_batches)
+        elif a.method == "ema":
+            shares = ema_shares(doc, layers, a.in_dir)
+            print(f"expert weights: each expert's routing share averaged over training ({a.in_dir}'s history)")
         else:
             shares = {
                 g: torch.full((m.cfg.num_experts,), 1.0 / m.cfg.num_experts, dtype=torch.float64)
