@@ -4,14 +4,14 @@ mean-pooled sentence embeddings, KL on masked-token logits.
     distill.teacher=DIR   distill.hidden_weight=1.0   distill.pooled_weight=0.0   distill.kl_weight=1.0
     distill.temperature=2.0   distill.teacher_input=clean   distill.hidden_at=group   distill.mlm_weight=1.0
 
-Three terms, added to the MLM loss with their weights:
+Four terms, added to the MLM loss with their weights:
   hidden  cosine distance 1 - cos(h_student, h_teacher) between each student group's output and the
           hidden state after its mapped teacher layer (``distill.layers``; by default the last teacher layer
           of each group's run in ``init_from``'s ``teacher_map.json``, else ``model/teacher.py``'s evenly
           spaced map), averaged over groups and over every real token of the global batch.
-          ``hidden_at=application``: every application's output instead (K·G of them; application j of a
-          group against the j-th layer of its run, so a K 2 × G 3 student of a 6-layer teacher matches
-          all six layers). Needs the same width.
+          ``hidden_at=application``: every application's output instead (K·G of them; a group's G
+          applications against G evenly spaced layers of its run, its last included, so a K 2 × G 3
+          student of a 6-layer teacher matches all six layers). Needs the same width.
   pooled  cosine distance between each document's mean-pooled student output (after the final norm: what
           a mean-pooling classifier sees) and the mean-pooled last hidden state of the teacher, averaged
           over documents weighted by their tokens (so it shares the hidden term's normaliser, and a
