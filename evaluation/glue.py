@@ -242,11 +242,12 @@ def grid(a: Protocol) -> list[Hyper]:
 
 
 def select(
-    backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a: Protocol, log
+    backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a: Protocol, log, force: bool = False
 ) -> tuple[Hyper, dict]:
-    """Choose (lr, epochs) for one task on a held-out slice of its training subset (never dev or test)."""
+    """Choose (lr, epochs) for one task on a held-out slice of its training subset (never dev or test);
+    ``force``: score even a one-point grid on the slice (``--holdout-only``)."""
     points = grid(a)
-    if len(points) == 1:
+    if len(points) == 1 and not force:
         return points[0], {}
     n_hold = max(1, round(a.holdout * len(data["train"])))
     hold = set(stratified_subset(labels["train"], n_hold, a.subset_seed + 1, spec.is_regression))
@@ -389,7 +390,10 @@ def run(a: argparse.Namespace, log=print) -> dict:
             f"== {spec.name}: {len(train)} training examples, "
             f"{', '.join(f'{s} {len(v)}' for s, v in splits.items() if s != 'train')}"
         )
-        hp, selection = select(backend, spec, data, labels, proto, log)
+        hp, selection = select(backend, spec, data, labels, proto, log, force=a.holdout_only)
+        if a.holdout_only:  # the held-out slice of train only: dev and test are never scored
+            summary["tasks"][spec.name] = {"train_examples": len(train), "selection": selection}
+            continue
         seed_scores = []
         for i, seed in enumerate(a.seeds):
             res, scores, module, head, trainable = finetune_one(backend, spec, data, labels, proto, seed, log, hp)
@@ -434,6 +438,15 @@ def run(a: argparse.Namespace, log=print) -> dict:
             "ci95": {s: list(percentile_ci(d)) for s, d in task_draws.items()},
             "constant": const,
         }
+    if a.holdout_only:
+        summary["seconds"] = round(time.time() - t_all, 1)
+        summary["holdout_average"] = float(
+            np.mean([max(g["holdout_score"] for g in t["selection"]["grid"]) for t in summary["tasks"].values()])
+        )
+        with OutputDir(a.out, overwrite=True) as tmp:
+            with open(os.path.join(tmp, "results.json"), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=1)
+        return summary
     scores = {n: t["summary"][report_split(TASKS[n])]["score"]["median"] for n, t in summary["tasks"].items()}
     rep = {n: report_split(TASKS[n]) for n in scores}
     tasks_out = summary["tasks"]
@@ -517,6 +530,13 @@ def parser() -> argparse.ArgumentParser:
         default=0.2,
         help="share of each task's training subset held out for the selection, label-stratified",
     )
+    p.add_argument(
+        "--holdout-only",
+        action="store_true",
+        help="score the selection grid (or --lr/--epochs) on the held-out slice of train and stop: dev and test "
+        "are never scored (for choices made before a final table; results.json's selection and "
+        "holdout_average, the mean over tasks of each task's best grid point)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--max-len", type=int, default=128, help="tokens per example (pairs truncated longest-first)")
@@ -584,8 +604,16 @@ def main(argv: list[str] | None = None) -> int:
     except (GlueDataError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.holdout_only:
+        for name, t in summary["tasks"].items():
+            grid_line = ", ".join(
+                f"lr {g['lr']:g} x {g['epochs']} ep: {100 * g['holdout_score']:.2f}" for g in t["selection"]["grid"]
+            )
+            print(f"{name} (held-out {t['selection']['holdout_examples']} training rows): {grid_line}")
+        print(f"held-out average {100 * summary['holdout_average']:.2f} -> {a.out}/results.json")
+        return 0
     print(markdown(summary))
-    print(f"-> {a.out}/results.json, results.md ({summary['seconds']:.0f} s)")
+    print(f"-> {a.out}/results.json, results.md, predictions.json ({summary['seconds']:.0f} s)")
     return 0
 
 

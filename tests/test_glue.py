@@ -689,6 +689,19 @@ def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native
     hp, again = glue.select(backend, spec, data, labels, glue.Protocol.from_args(a), lambda *_: None)
     assert again["grid"] == sel["grid"] and glue.dataclasses.asdict(hp) == sel["chosen"]
 
+    # --holdout-only: the same grid scores, and dev/test are never scored (predict sees only the slice)
+    seen = []
+    real_predict = glue.predict
+    glue.predict = lambda backend, m, rows, *args: seen.append(len(rows)) or real_predict(backend, m, rows, *args)
+    try:
+        assert glue.main([*argv[:4], str(tmp_path / "ho"), *argv[5:], "--holdout-only"]) == 0
+    finally:
+        glue.predict = real_predict
+    ho = json.load(open(tmp_path / "ho" / "results.json"))
+    assert ho["tasks"]["RTE"]["selection"]["grid"] == sel["grid"] and "summary" not in ho["tasks"]["RTE"]
+    assert set(seen) == {6} and ho["holdout_average"] == best["holdout_score"]
+    assert not os.path.exists(tmp_path / "ho" / "predictions.json")
+
 
 def test_selection_flags_are_checked(tmp_path):
     from evaluation import glue
