@@ -34,14 +34,15 @@ def cosine_scores(embed: Embedder, pairs: list[tuple[str, str]]) -> list[float]:
     return F.cosine_similarity(a, b, dim=-1).tolist()
 
 
-def zero_shot_sts(path: str, glue_dir: str) -> dict:
-    """{split: {"pearson", "spearman", "score", "n"}} on STS-B dev and test (×100)."""
+def zero_shot_sts(path: str, glue_dir: str, splits: tuple[str, ...] = ("dev", "test")) -> dict:
+    """{split: {"pearson", "spearman", "score", "n"}} on STS-B dev and test (×100); ``splits=("dev",)`` for
+    choices made before a final table (test is then not encoded)."""
     from scoring.metrics import pearson, spearman
 
     data = load_local("STS-B", glue_dir)
     embed = Embedder(path, max_len=128, pooling="mean")
     res = {}
-    for split in ("dev", "test"):
+    for split in splits:
         ex = data[split]
         pred = cosine_scores(embed, [e.texts for e in ex])
         gold = [e.label for e in ex]

@@ -239,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         "--mlm-weight", type=float, default=1.0, help="distillation: the MLM loss's weight (distill.mlm_weight)"
     )
     p.add_argument(
+        "--relation-weight",
+        type=float,
+        default=0.0,
+        help="distillation: MiniLMv2 self-attention relations of the last layer (distill.relation_weight; 0: off)",
+    )
+    p.add_argument(
         "--pooled-weight",
         type=float,
         default=0.0,

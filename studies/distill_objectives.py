@@ -1,0 +1,170 @@
+"""Which distillation objective keeps the teacher's sentence-pair skill? Chosen on dev and held-out train only.
+
+    python studies/distill_objectives.py --glue-dir ../shared/data/glue --out runs/distill-objectives
+
+Every variant distils the replication's default student (b) with ``studies/replicate_glue.py --rows b
+--skip-glue``: the same corpus, shards, init and token budget (``--steps`` × 4,096 tokens), one change to
+the objective (``pretrain/distill.py``):
+  base         hidden-state cosine on each group's output (2 of them) + MLM weight 1 (today's default)
+  application  hidden-state cosine on every application's output (6: the teacher's 6 layers)
+  relation     base + MiniLMv2 self-attention relations of the last layer (weight 1)
+  app+rel      application + relation
+  mlm0.1       base with MLM weight 0.1
+  mlm0         base with MLM weight 0 (the teacher alone)
+and step 0 (the init, undistilled) as the reference. Scored without any reported split (issue 43):
+  sts-dev      zero-shot STS-B **dev** Spearman ×100 (``evaluation.embedding_sts``; test is not encoded)
+  holdout      STS-B and MRPC fine-tuned on 80 % of a seeded stratified training subset (``--probe-train``
+               rows per task), scored on the held-out 20 % (``evaluation.glue --holdout-only``: dev and
+               test are never scored); per task and their mean
+The constant predictor's held-out scores frame the probe (0 for STS-B's correlation; MRPC's majority
+class). Stages are cached under OUT (the corpus and shards are built once, in OUT/data, and linked into
+each variant's directory). Output: OUT/objectives.md, OUT/objectives.json, OUT/objectives.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+VARIANTS = {
+    "base": ("hidden cosine on group outputs, MLM 1 (default)", []),
+    "application": ("hidden cosine on every application", ["--hidden-at", "application"]),
+    "relation": ("base + attention relations (weight 1)", ["--relation-weight", "1"]),
+    "app+rel": ("application + relations", ["--hidden-at", "application", "--relation-weight", "1"]),
+    "mlm0.1": ("base, MLM weight 0.1", ["--mlm-weight", "0.1"]),
+    "mlm0": ("base, MLM weight 0", ["--mlm-weight", "0"]),
+}
+PROBE_TASKS = ("STS-B", "MRPC")
+
+
+def sh(cmd: list[str], log: str) -> None:
+    print("+ " + " ".join(cmd), flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with open(log, "a", encoding="utf-8") as f:
+        subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def distil(name: str, a: argparse.Namespace) -> tuple[str, str]:
+    """The variant's distilled student and step-0 init (native directories), built or cached."""
+    out = os.path.join(a.out, name)
+    os.makedirs(out, exist_ok=True)
+    data = os.path.join(a.out, "data")
+    for sub in ("corpus", "shards"):  # built once: the first variant's, linked into the others
+        mine, shared = os.path.join(out, sub), os.path.join(data, sub)
+        if os.path.isdir(shared) and not os.path.exists(mine):
+            os.symlink(shared, mine)
+    native = os.path.join(out, "native", "b")
+    if not os.path.isfile(os.path.join(native, "config.json")):
+        cmd = [sys.executable, "studies/replicate_glue.py", "--glue-dir", a.glue_dir, "--out", out, "--rows", "b"]
+        cmd += ["--skip-glue", "--steps", str(a.steps), *VARIANTS[name][1]]
+        if a.smoke:
+            cmd.append("--smoke")
+        t0 = time.time()
+        sh(cmd, os.path.join(a.out, f"{name}.log"))
+        print(f"  {name}: distilled in {time.time() - t0:.0f} s", flush=True)
+    if not os.path.exists(os.path.join(data, "shards")) and not a.smoke:
+        os.makedirs(data, exist_ok=True)
+        for sub in ("corpus", "shards"):
+            os.rename(os.path.join(out, sub), os.path.join(data, sub))
+            os.symlink(os.path.join(data, sub), os.path.join(out, sub))
+    return native, os.path.join(out, "init", "b")
+
+
+def probe(path: str, out: str, a: argparse.Namespace) -> dict:
+    res_path = os.path.join(out, "results.json")
+    if not os.path.isfile(res_path):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        cmd = [sys.executable, "-m", "evaluation.glue", path, "--glue-dir", a.glue_dir, "--out", out, "--tasks"]
+        cmd += [*PROBE_TASKS, "--holdout-only", "--max-train", str(a.probe_train), "--holdout", "0.2"]
+        cmd += ["--seeds", "0", "--epochs", "3", "--lr", "1e-4", "--threads", "2"]
+        sh(cmd, out + ".log")
+    with open(res_path, encoding="utf-8") as f:
+        res = json.load(f)
+    scores = {t: res["tasks"][t]["selection"]["grid"][0]["holdout_score"] for t in PROBE_TASKS}
+    return {**scores, "mean": sum(scores.values()) / len(scores)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="studies/distill_objectives.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--glue-dir", required=True)
+    p.add_argument("--out", default="runs/distill-objectives")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    p.add_argument("--steps", type=int, default=120, help="pretraining steps per variant (4,096 tokens each)")
+    p.add_argument(
+        "--probe-train", type=int, default=2000, help="training rows per probe task (80 %% fit, 20 %% held out)"
+    )
+    p.add_argument("--smoke", action="store_true", help="the shipped corpus, 4 steps, a 40-row probe: machinery only")
+    a = p.parse_args(argv)
+    names = [v for v in a.variants.split(",") if v]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        p.error(f"--variants: unknown {bad}; allowed: {', '.join(VARIANTS)}")
+    if a.smoke:
+        a.probe_train = 40
+    os.makedirs(a.out, exist_ok=True)
+    from evaluation.embedding_sts import zero_shot_sts
+    from fileio import write_json
+
+    rows: dict[str, dict] = {}
+    step0 = None
+    for name in names:
+        native, init = distil(name, a)
+        if step0 is None:  # every variant starts from the same init (same seed and arguments)
+            step0 = init
+            rows["step 0"] = {"what": "the init, undistilled", "path": init}
+        rows[name] = {"what": VARIANTS[name][0], "path": native}
+    for name, r in rows.items():
+        t0 = time.time()
+        r["sts_dev"] = zero_shot_sts(r["path"], a.glue_dir, splits=("dev",))["dev"]["spearman"]
+        r["holdout"] = probe(r["path"], os.path.join(a.out, "probe", name.replace(" ", "")), a)
+        r["seconds_scoring"] = round(time.time() - t0, 1)
+        print(f"  {name}: sts-dev {r['sts_dev']:.1f}, holdout {r['holdout']}", flush=True)
+    lines = [
+        "| variant | objective | zero-shot STS-B dev Spearman | STS-B held-out (Pearson+Spearman)/2 | "
+        "MRPC held-out (acc+F1)/2 | held-out mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        h = r["holdout"]
+        lines.append(
+            f"| {name} | {r['what']} | {r['sts_dev']:.1f} | {100 * h['STS-B']:.1f} | {100 * h['MRPC']:.1f} | "
+            f"{100 * h['mean']:.1f} |"
+        )
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(a.out, "objectives.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    write_json(os.path.join(a.out, "objectives.json"), {"args": vars(a), "rows": rows})
+    plot(rows, os.path.join(a.out, "objectives.png"))
+    print(md)
+    return 0
+
+
+def plot(rows: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(names) + 1.5), sharey=True)
+    axes[0].barh(range(len(names)), [rows[n]["sts_dev"] for n in names], color="#4c72b0")
+    axes[0].set_title("zero-shot STS-B dev Spearman ×100")
+    axes[1].barh(range(len(names)), [100 * rows[n]["holdout"]["mean"] for n in names], color="#dd8452")
+    axes[1].set_title("fine-tuned STS-B + MRPC, held-out train slice")
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
