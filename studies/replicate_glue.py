@@ -16,8 +16,10 @@ Rows (every student: width 384 and vocabulary of the teacher, the teacher's BERT
                  the last teacher layer of its run, or ``--distill-layers``); the teacher reads the clean text
   c  no-MoL      (b) without MoL, same init, same losses, same token budget
   d  random      (b)'s architecture from random init, MLM only (no teacher), same token budget
-  e  merged      (b) after ``tools/merge_experts.py`` (uniform, and routing-weighted on the val shards),
-                 both with ``--fold`` (a dense model again)
+  e  merged      (b) after ``tools/merge_experts.py`` (uniform; routing-weighted on calibration shards; and
+                 weighted by the routing shares averaged over training, ``--method ema``), all with
+                 ``--fold`` (a dense model again)
+  b0 step 0      (b)'s init, undistilled: what distillation adds
   f  relaxed     the baseline the paper positions itself against (Relaxed Recursive Transformers, arXiv
                  2410.20672): (b)'s init with depth-wise LoRAs instead of routed experts (``mol.routing=depth``:
                  application j of group 1 always uses LoRA j), their rank chosen for the same parameter count as
@@ -27,7 +29,10 @@ Each row: unique encoder-layer parameters (the teacher's 6 layers vs the student
 experts), validation MLM loss, pretraining tokens/s, GLUE per task and average (``python -m
 evaluation.glue``: the same seeded stratified subsets, hyper-parameters and seeds for every row), the
 average's 95 % bootstrap interval, and the share of the teacher's margin above the constant predictor
-(its own row).
+(its own row). When every row has ``predictions.json`` (``evaluation.glue``), the table adds each row's share
+of the teacher's margin with a bootstrap interval, and paired differences (b − c, b − f, b − b0, b − d,
+b − e): every row scored on the same resampled evaluation rows, averaged over its seeds; "resolved" only
+when the interval excludes 0 (``evaluation.compare``).
 
 Stages are cached under OUT (corpus, shards, inits, runs, native models, GLUE results); rerunning
 continues where it stopped, so a changed budget or shard size needs a fresh OUT. The table goes to
@@ -49,8 +54,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LAYER_SELECT = "average"  # the best at step 0 on dev: studies/teacher_init_study.py, RESULTS.md
-ROWS = ("a", "a-hf", "b", "c", "d", "e-uniform", "e-routing", "f")
-DEFAULT_ROWS = ("a", "b", "c", "d", "e-uniform", "e-routing", "f")
+ROWS = ("a", "a-hf", "b", "b0", "c", "d", "e-uniform", "e-routing", "e-ema", "f")
+DEFAULT_ROWS = ("a", "b", "b0", "c", "d", "e-uniform", "e-routing", "e-ema", "f")
+# paired differences reported (row, the row it is measured against): the questions the study asks
+PAIRS = (("b", "c"), ("b", "f"), ("b", "b0"), ("b", "d"), ("b", "e-uniform"), ("b", "e-routing"), ("b", "e-ema"))
 LABELS = {
     "a": "(a) teacher all-MiniLM-L6-v2 (native, our head)",
     "a-hf": "(a) teacher, HF BERT pooler head",
@@ -60,6 +67,8 @@ LABELS = {
     "d": "(d) student, MoL, random init, MLM only",
     "e-uniform": "(e) (b) merged uniform + folded",
     "e-routing": "(e) (b) merged routing + folded",
+    "e-ema": "(e) (b) merged by training's routing average + folded",
+    "b0": "(b) at step 0: the init, undistilled",
 }
 
 
@@ -183,6 +192,42 @@ def mean_tokens_per_s(path: str) -> float:
         rows = [json.loads(x) for x in f if x.strip()]
     vals = [r["tokens_per_s"] for r in rows[len(rows) // 5 :] if "tokens_per_s" in r]
     return sum(vals) / len(vals) if vals else float("nan")
+
+
+def paired_table(out: str, rows: list[str], teacher: str | None) -> dict | None:
+    """Shares of the teacher's margin with intervals and the ``PAIRS`` differences, every row scored on the
+    same resamples of the same evaluation rows (its seeds averaged); None where a row has no predictions.json
+    (GLUE runs of older code)."""
+    from evaluation.compare import all_draws, load_predictions, margin_share, paired
+    from model.native_format import InputError
+
+    try:
+        recs = [load_predictions(os.path.join(out, "glue", r)) for r in rows]
+        point, draws = all_draws(recs)["average"]
+    except InputError:
+        return None
+    numbers: dict = {"shares": {}, "pairs": {}}
+    lines = ["| row | share of the teacher's margin [95 % CI] |", "|---|---|"]
+    if teacher:
+        for i, r in enumerate(rows):
+            ms = margin_share(point, draws, i, rows.index(teacher))
+            numbers["shares"][r] = ms
+            lines.append(
+                f"| {LABELS[r]} | {100 * ms['share']:.0f} % [{100 * ms['ci95'][0]:.0f}, {100 * ms['ci95'][1]:.0f}] |"
+            )
+    lines += [
+        "",
+        "| paired difference of the GLUE average (points) | difference [95 % CI] | verdict |",
+        "|---|---|---|",
+    ]
+    for x, y in PAIRS:
+        if x in rows and y in rows:
+            d = paired(point, draws, rows.index(x), rows.index(y))
+            numbers["pairs"][f"{x} - {y}"] = d
+            verdict = "resolved" if d["resolved"] else "not resolved (the interval includes 0)"
+            lo, hi = d["diff_ci95"]
+            lines.append(f"| {x} − {y} | {100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {verdict} |")
+    return {"lines": lines, "numbers": numbers}
 
 
 def plot(table: dict, path: str) -> None:
@@ -443,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isfile(os.path.join(nat, "config.json")):
             sh(
                 [
-                    "torchrun",
+                    py,
+                    "-m",
+                    "pretrain.torchrun",
                     "--standalone",
                     "--nproc-per-node",
                     "2",
@@ -458,7 +505,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             sh([py, "tools/consolidate_checkpoint.py", run_dir, "--out", nat, "--overwrite"], log)
         native[r] = nat
-    for method in ("uniform", "routing"):
+    if "b0" in rows:
+        native["b0"] = inits["b"]  # step 0: the init itself
+    for method in ("uniform", "routing", "ema"):
         r = f"e-{method}"
         if r not in rows:
             continue
@@ -522,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["glue"].update(
             {k: glue["glue_average"][k] for k in ("ci95", "seed_mean", "constant", "constant_task_scores")}
         )
-        if not r.startswith("a"):
+        if not r.startswith("a") and r != "b0":
             entry.update(val_mlm(native[r], shards, a.val_batches))
             entry["tokens_per_s"] = mean_tokens_per_s(os.path.join(run, "metrics.jsonl"))
         if r.startswith("e-"):
@@ -563,11 +612,14 @@ def main(argv: list[str] | None = None) -> int:
         + " | ".join(f"{100 * consts['constant_task_scores'][t]:.1f}" for t in tasks)
         + f" | {100 * consts['constant']:.1f} | | | 0% |"
     )
+    paired = paired_table(out, list(table), "a" if "a" in table else None)
+    if paired:
+        lines += ["", *paired["lines"]]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(out, "replication.md"), "w", encoding="utf-8") as f:
         f.write(md)
     with open(os.path.join(out, "replication.json"), "w", encoding="utf-8") as f:
-        json.dump({"args": vars(a), "rows": table}, f, indent=1)
+        json.dump({"args": vars(a), "rows": table, "paired": paired and paired["numbers"]}, f, indent=1)
     if len(table) > 0:
         try:
             plot(table, os.path.join(out, "replication.png"))

@@ -383,7 +383,7 @@ def test_replication_smoke(tmp_path):
             out,
             "--smoke",
             "--rows",
-            "a,b,e-routing,f",
+            "a,b,b0,e-routing,e-ema,f",
             "--teacher-layers",
             "1,4",
             "--distill-layers",
@@ -398,7 +398,7 @@ def test_replication_smoke(tmp_path):
     assert "group 0 (layers 0-2) <- teacher layer 1" in log and "group 1 (layers 3-5) <- teacher layer 4" in log
     assert "student group -> teacher layer [2, 5]" in log and "pooled-embedding cosine weight 0.5" in log
     res = json.load(open(os.path.join(out, "replication.json")))["rows"]
-    assert list(res) == ["a", "b", "e-routing", "f"]
+    assert list(res) == ["a", "b", "b0", "e-routing", "e-ema", "f"]
     # (f): 3 depth-wise LoRAs of rank 43 hold the parameters of (b)'s 8 rank-16 experts and router (to 0.1 %)
     assert (
         abs(res["f"]["unique_layer_params"] - res["b"]["unique_layer_params"]) < 0.001 * res["b"]["unique_layer_params"]
@@ -412,6 +412,16 @@ def test_replication_smoke(tmp_path):
     md = open(os.path.join(out, "replication.md")).read()
     assert "| (b) student, MoL, distilled |" in md and "| constant predictor (majority label; STS-B 0) |" in md
     assert "% of teacher's margin" in md and len(res["b"]["glue"]["ci95"]) == 2
+    # paired: every row on the same resampled rows; the teacher holds 100 % of its own margin
+    paired = json.load(open(os.path.join(out, "replication.json")))["paired"]
+    assert set(paired["pairs"]) == {"b - f", "b - b0", "b - e-routing", "b - e-ema"}
+    assert paired["shares"]["a"]["share"] == pytest.approx(1.0) and "| b − b0 |" in md
+    for d in paired["pairs"].values():
+        assert d["diff_ci95"][0] <= d["diff"] <= d["diff_ci95"][1] and d["resolved"] == (
+            not d["diff_ci95"][0] <= 0 <= d["diff_ci95"][1]
+        )
+    merge = json.load(open(os.path.join(out, "native", "e-ema", "merge_report.json")))
+    assert merge["method"] == "ema" and abs(sum(merge["expert_weights"]["group1"]) - 1) < 1e-5
     assert "group 5 (layers 5-5) <- teacher layer 5" in log  # (a): the teacher as an exact native model
     bad = run_cli(["studies/replicate_glue.py", "--glue-dir", GLUE_DIR, "--out", out, "--teacher-layers", "0,9"])
     assert bad.returncode == 2 and "--teacher-layers 0,9" in bad.stderr
