@@ -206,7 +206,8 @@ def test_torchrun_wrapper_passes_the_exit_status_on_with_one_line(shards_dir, tm
     r = wrapped_pretrain(2, _train_args(tmp_path, shards_dir, 2, ["train.stepz=3"]))
     assert r.returncode == 2
     assert _error_lines(r.stderr) == [
-        "error: train.stepz: unknown field (allowed: global_batch_tokens, log_every, micro_batch_size, seed, steps)"
+        "error: train.stepz: unknown field (allowed: global_batch_tokens, log_every, micro_batch_size, "
+        "routing_ema_decay, seed, steps)"
     ]
     killed = tmp_path / "kill.py"
     killed.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
