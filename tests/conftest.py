@@ -19,6 +19,21 @@ FUSED_BACKENDS = [
     pytest.param("torch_varlen", marks=pytest.mark.skipif(_torch_varlen_fn() is None, reason="no torch varlen_attn")),
 ]
 
+# init_from_teacher's arguments for the student that computes a BERT teacher's function exactly (all-MiniLM-L6-v2:
+# K 6 groups of depth 1, e = d = 384, its FFN 1536), as docs/tools.md and the README give them
+EXACT_STUDENT_ARGS = [
+    "--dims",
+    "teacher",
+    "--set",
+    "num_groups=6",
+    "--set",
+    "group_depth=1",
+    "--set",
+    "embedding_size=384",
+    "--intermediate-size",
+    "1536",
+]
+
 # Small but real: the whole shipped corpus, short samples, a small vocabulary, several shards per split.
 TINY_BUILD = dict(
     inputs=[SAMPLE_CORPUS_DIR], seq_len=128, vocab_size=4000, shard_mb=0.3, val_fraction=0.05, tokenizer_sample_mb=1.0

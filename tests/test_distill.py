@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import pretrain, run_cli
+from conftest import EXACT_STUDENT_ARGS, pretrain, run_cli
 from data_prep.build_shards import BuildConfig, build
 from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
 
@@ -350,16 +350,7 @@ def test_relation_loss_matches_a_per_document_reference_and_is_zero_for_the_exac
         [
             "tools/init_from_teacher.py",
             minilm,
-            "--dims",
-            "teacher",
-            "--set",
-            "num_groups=6",
-            "--set",
-            "group_depth=1",
-            "--set",
-            "embedding_size=384",
-            "--intermediate-size",
-            "1536",
+            *EXACT_STUDENT_ARGS,
             "--out",
             exact,
         ]

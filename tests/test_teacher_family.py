@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import pretrain, run_cli
+from conftest import EXACT_STUDENT_ARGS, pretrain, run_cli
 from data_prep.corpus import SAMPLE_CORPUS_DIR, CorpusReader, resolve_inputs
 from config_check import ConfigError
 from model.config import BERT_BLOCK, preset
@@ -49,16 +49,7 @@ def test_acceptance_commands_give_the_teachers_last_hidden_state(minilm, tmp_pat
         [
             "tools/init_from_teacher.py",
             minilm,
-            "--dims",
-            "teacher",
-            "--set",
-            "num_groups=6",
-            "--set",
-            "group_depth=1",
-            "--set",
-            "embedding_size=384",
-            "--intermediate-size",
-            "1536",
+            *EXACT_STUDENT_ARGS,
             "--out",
             s,
         ]
