@@ -236,7 +236,7 @@ def run_probes(cfg: RunConfig, world: int, rank: int, seq_len: int, accum: int, 
         trainer.engine, rt.accum = MarkedBackward(engine, saved.close_micro_batch), micro
         LEDGER.records, LEDGER.on = [], True
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-            trainer.step(probe_batches(cfg, tokens), count_load=False)
+            trainer.step(probe_batches(cfg, tokens), is_log=False)
         LEDGER.on = False  # the metrics' read below happens on log steps only: not part of a step's collectives
         record = trainer.flush()[-1][0]
         probes.append(

@@ -224,7 +224,8 @@ def build_engine(
 class StepSums:
     """A step's metric sums over its micro-batches, kept on the device (no host sync until ``Trainer.flush``).
 
-    Entries: one per declared loss term (``pretrain/loss_terms.py``), and on log steps "load/<layer>"
+    Entries: one per declared loss term (``pretrain/loss_terms.py``), and on log steps (every step with MoL,
+    for the routing average) "load/<layer>"
     (tokens routed to each expert) and "entropy/<layer>" (the router's mean per-token entropy times the
     token-expert pairs routed, so that its sum over ranks and micro-batches divided by the load's is the
     mean over every token). Every rank adds the same entries in the same order, so the flattened sums line
@@ -285,6 +286,7 @@ class TakenStep:
     lr: float
     tokens: int
     flops: float
+    logged: bool  # a log step: its expert load and router entropy go into its record
 
 
 class Trainer:
@@ -409,7 +411,7 @@ class Trainer:
         return self.engine.save(self.ckpt_dir, self.step_no, self.state.state_dict(), self.cfg.checkpoint.keep)
 
     # step ---------------------------------------------------------------------------------------
-    def step(self, batches, count_load: bool) -> bool:
+    def step(self, batches, is_log: bool) -> bool:
         """One optimizer step over ``accum`` micro-batches, its metrics left on the device in ``pending``.
 
         Its one host sync is the all-reduce of the batch counts at its start, which also carries the flags
@@ -474,7 +476,8 @@ class Trainer:
             # FSDP averages gradients over ranks: scale by world so the average is the global mean
             total = sum(values[t.name] * (t.weight * rt.world / counts[t.normaliser]) for t in self.terms if t.weight)
             self.engine.backward(total, last=i == rt.accum - 1)
-            sums.add(values, out, count_load)
+            # routing counts on log steps, and every step with MoL (for the routing average, read at the flush)
+            sums.add(values, out, is_log or self.routing_ema is not None)
         grad_norm = self.engine.step()
         lr = float(self.scheduler.get_last_lr()[0])
         self.scheduler.step()
@@ -482,7 +485,7 @@ class Trainer:
         if faults.nan_at(self.step_no):
             sums.sums["loss"] = sums.sums["loss"] * float("nan")
         self._nonfinite = sums.nonfinite([t.name for t in self.terms if t.weight])
-        self.pending.append(TakenStep(self.step_no, sums, counts, grad_norm, lr, int(global_tokens), flops))
+        self.pending.append(TakenStep(self.step_no, sums, counts, grad_norm, lr, int(global_tokens), flops, is_log))
         return True
 
     def flush(self) -> list[tuple[dict, float, dict[str, list[int]]]]:
@@ -503,8 +506,7 @@ class Trainer:
             i += n
             if self.routing_ema is not None and load:
                 self.routing_ema.update(load)
-            steps = self.cfg.train.steps
-            if not (p.step % self.cfg.train.log_every == 0 or p.step == steps):  # counted for the average only
+            if not p.logged:  # counted for the routing average only
                 load, entropy = {}, {}
             record: dict[str, Any] = {
                 "step": p.step,
@@ -622,10 +624,7 @@ class Trainer:
                 is_log = step % cfg.train.log_every == 0 or step == steps
                 is_eval = self.val is not None and (step % cfg.eval.every == 0 or step == steps)
                 is_save = bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0 and step < steps
-                # routing counts every step with MoL (on the device; read at the next flush for the average)
-                if not self.step(
-                    batches, count_load=is_log or self.routing_ema is not None
-                ):  # a preemption signal: stop after the last step
+                if not self.step(batches, is_log=is_log):  # a preemption signal: stop after the last step
                     self._log(self.flush(), records)
                     # the loader handed out the refused step's micro-batches: back to this step's position
                     assert self._loader_state is not None
