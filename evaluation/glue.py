@@ -70,6 +70,7 @@ from data_prep.glue_data import (
 )
 from scoring.intervals import bootstrap_draws, constant_scores, percentile_ci, task_seed
 from scoring.metrics import summarize, task_metrics, task_score
+from scoring.predictions import task_record
 from scoring.sampling import stratified_subset, subset_examples
 from evaluation.backends import add_attention_lora, open_backend
 from finetune.loop import FitConfig, fit, steps_per_epoch
@@ -285,27 +286,17 @@ def intervals(spec, seed_scores: list[np.ndarray], gold: np.ndarray, seed: int) 
 
 
 def prediction_record(spec, seeds, seed_scores: list[dict], labels: dict, splits: list[str]) -> dict:
-    """What ``evaluation.compare`` needs to recompute any interval: per evaluation split the gold labels and
-    each seed's predictions (class ids, or regression values rounded to 1e-5), and the constant predictor's
-    one prediction (the majority training label, or the mean target)."""
-    const = constant_scores(labels["train"], 1, spec.is_regression, spec.num_labels)
-
-    def pred(s: np.ndarray) -> list:
-        return [round(float(v), 5) for v in s] if s.ndim == 1 else [int(v) for v in s.argmax(-1)]
-
-    return {
-        "metrics": list(spec.metrics),
-        "main": list(spec.main),
-        "report_split": report_split(spec),
-        "constant": pred(const)[0],
-        "splits": {
-            split: {
-                "gold": [float(v) if spec.is_regression else int(v) for v in labels[split]],
-                "seeds": {str(seed): pred(sc[split]) for seed, sc in zip(seeds, seed_scores)},
-            }
-            for split in splits
-        },
-    }
+    """This task's entry in predictions.json (``scoring.predictions.task_record``)."""
+    return task_record(
+        spec.metrics,
+        spec.main,
+        report_split(spec),
+        labels["train"],
+        spec.is_regression,
+        spec.num_labels,
+        {s: labels[s] for s in splits},
+        {s: {seed: sc[s] for seed, sc in zip(seeds, seed_scores)} for s in splits},
+    )
 
 
 def report_split(spec) -> str:

@@ -64,6 +64,7 @@ from data_prep.glue_data import TASKS, TASKS_SYNTAX, GlueDataError, split_tasks,
 from data_prep.tokenizer import Tokenizer
 from data_prep.tokenizer_id import shipped_tokenizer
 from scoring.metrics import task_metrics, task_score
+from scoring.predictions import task_record
 from finetune.data import DataError, Task, varlen_batches, load_glue_task, load_task
 from finetune.model import TaskClassifier, add_block_lora, save_adapter
 from finetune.loop import FitConfig, fit, steps_per_epoch
@@ -88,12 +89,6 @@ def attn_stats(recorder: RoutingRecorder) -> list[dict]:
     return [st for name, st in recorder.stats.items() if ".attn" in name]
 
 
-def routed_counts(recorder: RoutingRecorder) -> torch.Tensor | None:
-    """Tokens per expert summed over every routed attention application."""
-    counts = [st["tokens_per_expert"].double() for st in attn_stats(recorder)]
-    return torch.stack(counts).sum(0) if counts else None
-
-
 @torch.no_grad()
 def score_tasks(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> tuple[dict, dict]:
     """Per task: {split: metrics + score}; for a mixer also, on the task's report split, the routed-token share
@@ -104,27 +99,24 @@ def score_tasks(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> tupl
     for t, task in enumerate(tasks):
         res, preds[task.name] = {}, {}
         for split, examples in task.evals.items():
-            scores, load, entropy, n_calls = [], None, 0.0, 0
-            per_layer: dict[str, torch.Tensor] = {}
+            scores, entropy, n_calls = [], 0.0, 0
+            per_layer: dict[str, torch.Tensor] = {}  # routed application -> tokens per expert
             for b in varlen_batches([(ids, lab, t) for ids, lab in examples], batch_size, False, 0):
                 recorder = RoutingRecorder()
                 logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder)
                 scores += [lg.float().numpy() for lg in logits]
-                c = routed_counts(recorder)
-                if c is not None:
-                    load = c if load is None else load + c
-                    ents = [float(st["router_entropy"]) for st in attn_stats(recorder)]
-                    entropy, n_calls = entropy + sum(ents), n_calls + len(ents)
-                    for name, st in recorder.stats.items():
-                        if ".attn" in name:
-                            cnt = st["tokens_per_expert"].double()
-                            per_layer[name] = per_layer[name] + cnt if name in per_layer else cnt
+                for name, st in recorder.stats.items():
+                    if ".attn" in name:  # attn_stats' applications, by name
+                        cnt = st["tokens_per_expert"].double()
+                        per_layer[name] = per_layer[name] + cnt if name in per_layer else cnt
+                        entropy, n_calls = entropy + float(st["router_entropy"]), n_calls + 1
             pred = np.stack(scores)
             pred = pred[:, 0] if task.is_regression else pred
             m = task_metrics(task.metrics, pred, np.array([lab for _, lab in examples]))
             res[split] = {**m, "score": task_score(m, task.main), "examples": len(examples)}
             preds[task.name][split] = pred if task.is_regression else pred.argmax(-1)
-            if load is not None and split == task.report:
+            if per_layer and split == task.report:
+                load = torch.stack(list(per_layer.values())).sum(0)  # every routed application together
                 res["expert_share"] = [round(float(x), 4) for x in load / load.sum()]
                 res["expert_share_per_layer"] = {
                     name: [round(float(x), 4) for x in c / c.sum().clamp_min(1)] for name, c in per_layer.items()
@@ -138,32 +130,22 @@ def score_tasks(clf: TaskClassifier, tasks: list[Task], batch_size: int) -> tupl
 def prediction_record(tasks: list[Task], preds: dict, seed: int) -> dict:
     """predictions.json in ``evaluation.glue``'s layout (one seed), so ``python -m evaluation.compare`` gives
     paired differences between modes and regimes scored on the same rows (subset seed 0, as here)."""
-    out = {}
-    for task in tasks:
-        y = [lab for _, lab in task.train]
-        const = (
-            float(np.mean(y))
-            if task.is_regression
-            else int(np.bincount(np.asarray(y, np.int64), minlength=task.num_outputs).argmax())
-        )
-        out[task.name] = {
-            "metrics": list(task.metrics),
-            "main": list(task.main),
-            "report_split": task.report,
-            "constant": const,
-            "splits": {
-                split: {
-                    "gold": [float(lab) if task.is_regression else int(lab) for _, lab in ex],
-                    "seeds": {
-                        str(seed): [
-                            round(float(v), 5) if task.is_regression else int(v) for v in preds[task.name][split]
-                        ]
-                    },
-                }
-                for split, ex in task.evals.items()
-            },
-        }
-    return {"subset_seed": 0, "tasks": out}
+    return {
+        "subset_seed": 0,
+        "tasks": {
+            t.name: task_record(
+                t.metrics,
+                t.main,
+                t.report,
+                [lab for _, lab in t.train],
+                t.is_regression,
+                t.num_outputs,
+                {split: [lab for _, lab in ex] for split, ex in t.evals.items()},
+                {split: {seed: preds[t.name][split]} for split in t.evals},
+            )
+            for t in tasks
+        },
+    }
 
 
 @dataclasses.dataclass(frozen=True)
