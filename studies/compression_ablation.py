@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"--rows: unknown {bad}; allowed: {', '.join(ROWS)}")
     os.makedirs(os.path.join(a.out, "logs"), exist_ok=True)
-    from evaluation.compare import compare, load_predictions
+    from evaluation.compare import all_draws, load_predictions, paired
     from fileio import write_json
 
     runs = {}
@@ -152,25 +152,26 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = finetune(name, build(name, a.out), a)
     preds = {n: load_predictions(r) for n, r in runs.items()}
     table: dict = {"args": vars(a), "rows": {}, "constant": {}}
-    for name in rows:
-        res = compare(preds[name], preds["exact"], reference=preds["exact"])
+    # every row scored once on the same resamples ("exact" first); each difference is then paired
+    draws = all_draws([preds[n] for n in rows], list(TASKS))["tasks"]
+    for i, name in enumerate(rows):
         summary = json.load(open(os.path.join(runs[name], "results.json"), encoding="utf-8"))
         table["rows"][name] = {
             "what": ROWS[name][0],
             "layer_params": unique_layer_params(os.path.join(a.out, "init", name)),
-            "tasks": {
-                t: {
-                    "score": res["tasks"][t]["a"],
-                    "ci95": summary["tasks"][t]["ci95"][summary["glue_average"]["splits"][t]],
-                    "dev": summary["tasks"][t]["seed_mean"]["dev"],
-                    "diff_vs_exact": res["tasks"][t]["diff"],
-                    "diff_ci95": res["tasks"][t]["diff_ci95"],
-                }
-                for t in TASKS
-            },
+            "tasks": {},
             "seconds": summary["seconds"],
         }
-        table["constant"] = {t: res["tasks"][t]["constant"] for t in TASKS}
+        for t in TASKS:
+            pr = paired(*draws[t], i, 0)
+            table["rows"][name]["tasks"][t] = {
+                "score": float(draws[t][0][i]),
+                "ci95": summary["tasks"][t]["ci95"][summary["glue_average"]["splits"][t]],
+                "dev": summary["tasks"][t]["seed_mean"]["dev"],
+                "diff_vs_exact": pr["diff"],
+                "diff_ci95": pr["diff_ci95"],
+            }
+    table["constant"] = {t: float(draws[t][0][-1]) for t in TASKS}
     lines = [
         "| row | what it changes | encoder-layer params | "
         + " | ".join(f"{t} test [95 % CI] | {t} − exact [paired CI]" for t in TASKS)
