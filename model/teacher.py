@@ -131,6 +131,19 @@ def layer_map(num_groups: int, teacher_layers: int) -> list[int]:
     return [round(g * (teacher_layers - 1) / (num_groups - 1)) for g in range(num_groups)]
 
 
+def depth_runs(num_groups: int, teacher_layers: int) -> list[list[int]]:
+    """The teacher layers at the depths each group covers: the teacher's layers cut into K contiguous runs.
+
+    Group g stands in for run g whatever layers it starts from (``layer_sets``): its output is distilled
+    towards the run's last layer (``pretrain/distill.py``) and its SVD experts start from the run's layers
+    minus the shared block. With more groups than layers, each group gets the nearest layer (``layer_map``).
+    """
+    if num_groups > teacher_layers:
+        return [[t] for t in layer_map(num_groups, teacher_layers)]
+    cuts = [round(g * teacher_layers / num_groups) for g in range(num_groups + 1)]
+    return [list(range(cuts[g], cuts[g + 1])) for g in range(num_groups)]
+
+
 def layer_sets(num_groups: int, teacher_layers: int, how: str = "even") -> list[list[int]]:
     """The teacher layers each student group starts from (their mean when several): see the module docstring."""
     if how not in LAYER_SELECT:
@@ -144,8 +157,7 @@ def layer_sets(num_groups: int, teacher_layers: int, how: str = "even") -> list[
         )
     if how == "lower":
         return [[g] for g in range(num_groups)]
-    cuts = [round(g * teacher_layers / num_groups) for g in range(num_groups + 1)]
-    return [list(range(cuts[g], cuts[g + 1])) for g in range(num_groups)]
+    return depth_runs(num_groups, teacher_layers)
 
 
 def family_fields(info: TeacherInfo) -> dict[str, Any]:
@@ -303,11 +315,14 @@ def map_weights(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """A copy of ``student`` (a fresh native state dict) with the teacher's tensors mapped in.
 
-    ``layers``: per group, the teacher layers it starts from (their mean), or one layer per group.
+    ``layers``: per group, the teacher layers it starts from (their mean), or one layer per group. The
+    SVD experts of a group (``mol_init="svd"``) come from the layers of its depth run (``depth_runs``), which
+    is ``layers`` itself for ``average`` and not for ``lower`` or ``even``.
     """
     if mol_init not in MOL_INIT:
         raise TeacherError(f"mol_init {mol_init!r}: allowed: {', '.join(MOL_INIT)}")
     sets = [[x] if isinstance(x, int) else list(x) for x in layers]
+    runs = depth_runs(len(sets), info.num_layers)
     out = dict(student)
     need = lambda k: _need(t, k, info)  # noqa: E731
     family = cfg.norm_position == "post"  # the student has the BERT family's block
@@ -327,8 +342,9 @@ def map_weights(
             keep = keep_neurons(shared["ffn.Wi.weight"], shared["ffn.Wo.weight"], cfg.intermediate_size)
             shared = prune_ffn(shared, keep)
             out.update({p + k: v for k, v in shared.items()})
-            if mol_init == "svd" and g in cfg.mol.groups and len(tls) > 1:
-                depths = [prune_ffn(b, keep) for b in full]
+            if mol_init == "svd" and g in cfg.mol.groups and len(runs[g]) > 1:
+                by_layer = dict(zip(tls, full))
+                depths = [prune_ffn(by_layer.get(tl) or bert_block(t, tl, need), keep) for tl in runs[g]]
                 svd_errs[g] = svd_experts(p + "ffn.", shared, depths, out, cfg.mol.alpha / cfg.mol.rank)
         if info.has_mlm_head and "cls.predictions.transform.dense.weight" in t:
             for kind in ("weight", "bias"):
@@ -406,6 +422,7 @@ def map_weights(
         "architectures": info.architectures,
         "block": "teacher" if family or info.family == "modernbert" else "modern",
         "group_to_teacher_layers": sets,
+        "group_to_depth_layers": runs,
         "embedding_svd_rank": cfg.embedding_size,
         "embedding_svd_sq_error": err,
         "embedding_sq_norm": float(table.double().square().sum()),

@@ -59,9 +59,11 @@ def teacher_ids(inputs: dict, teacher_input: str) -> torch.Tensor:
 
 
 def init_layers(init_from: str, num_groups: int, group_depth: int = 1, hidden_at: str = "group") -> list[int]:
-    """The last teacher layer of each group's run in ``init_from``'s ``teacher_map.json``
-    (``tools/init_from_teacher.py``): a group that starts as the mean of layers 3-5 is distilled towards
-    layer 5's output. With ``hidden_at="application"``, the G applications of a group are distilled towards
+    """The last teacher layer of each group's depth run in ``init_from``'s ``teacher_map.json``
+    (``tools/init_from_teacher.py``): the second of two groups stands in for layers 3-5 of a 6-layer teacher
+    and is distilled towards layer 5's output, whether it starts as their mean or as a copy of layer 1
+    (``--layer-select lower``). Maps written before ``group_to_depth_layers`` existed give the layers the
+    group started from. With ``hidden_at="application"``, the G applications of a group are distilled towards
     G evenly spaced layers of its run, the last included (application j to the run's j-th layer when the run
     has G layers). [] when there is no map."""
     import json
@@ -71,7 +73,8 @@ def init_layers(init_from: str, num_groups: int, group_depth: int = 1, hidden_at
     if not path or not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8") as f:
-        runs = json.load(f).get("group_to_teacher_layers") or []
+        info = json.load(f)
+    runs = info.get("group_to_depth_layers") or info.get("group_to_teacher_layers") or []
     if len(runs) != num_groups:
         return []
     if hidden_at == "application":  # G evenly spaced layers of each run, its last included (all of it when G = run)

@@ -11,7 +11,11 @@ the objective (``pretrain/distill.py``):
   app+rel      application + relation
   mlm0.1       base with MLM weight 0.1
   mlm0         base with MLM weight 0 (the teacher alone)
-and step 0 (the init, undistilled) as the reference. Scored without any reported split (issue 43):
+  lower        base from the init whose shared blocks copy teacher layers 0 and 1 (``--layer-select lower``)
+  even         base from the init whose shared blocks copy teacher layers 0 and 5 (``--layer-select even``)
+and each distinct init undistilled (step 0) as the reference. ``--layer-select`` sets every other variant's
+init (default: the replication's), so the objectives can be compared again on the chosen init.
+Scored without any reported split (issue 43):
   sts-dev      zero-shot STS-B **dev** Spearman ×100 (``evaluation.embedding_sts``; test is not encoded)
   holdout      STS-B and MRPC fine-tuned on 80 % of a seeded stratified training subset (``--probe-train``
                rows per task), scored on the held-out 20 % (``evaluation.glue --holdout-only``: dev and
@@ -40,7 +44,10 @@ VARIANTS = {
     "app+rel": ("application + relations", ["--hidden-at", "application", "--relation-weight", "1"]),
     "mlm0.1": ("base, MLM weight 0.1", ["--mlm-weight", "0.1"]),
     "mlm0": ("base, MLM weight 0", ["--mlm-weight", "0"]),
+    "lower": ("base, init from teacher layers 0, 1", ["--layer-select", "lower"]),
+    "even": ("base, init from teacher layers 0, 5", ["--layer-select", "even"]),
 }
+INIT_VARIANTS = ("lower", "even")  # variants that change the init, not the objective
 PROBE_TASKS = ("STS-B", "MRPC")
 
 
@@ -64,6 +71,8 @@ def distil(name: str, a: argparse.Namespace) -> tuple[str, str]:
     if not os.path.isfile(os.path.join(native, "config.json")):
         cmd = [sys.executable, "studies/replicate_glue.py", "--glue-dir", a.glue_dir, "--out", out, "--rows", "b"]
         cmd += ["--skip-glue", "--steps", str(a.steps), *VARIANTS[name][1]]
+        if name not in INIT_VARIANTS and a.layer_select:
+            cmd += ["--layer-select", a.layer_select]
         if a.smoke:
             cmd.append("--smoke")
         t0 = time.time()
@@ -102,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--probe-train", type=int, default=2000, help="training rows per probe task (80 %% fit, 20 %% held out)"
     )
+    p.add_argument(
+        "--layer-select",
+        default="",
+        choices=("", "average", "even", "lower"),
+        help="the init of every variant but lower and even (studies/replicate_glue.py --layer-select; "
+        "default: the replication's)",
+    )
     p.add_argument("--smoke", action="store_true", help="the shipped corpus, 4 steps, a 40-row probe: machinery only")
     a = p.parse_args(argv)
     names = [v for v in a.variants.split(",") if v]
@@ -115,17 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     from fileio import write_json
 
     rows: dict[str, dict] = {}
-    step0 = None
     for name in names:
         native, init = distil(name, a)
-        if step0 is None:  # every variant starts from the same init (same seed and arguments)
-            step0 = init
-            rows["step 0"] = {"what": "the init, undistilled", "path": init}
+        # variants with the same init share one step-0 row (same seed and arguments, the same weights)
+        init_name = name if name in INIT_VARIANTS else (a.layer_select or "default")
+        step0 = "step 0" if init_name == "default" else f"step 0 ({init_name})"
+        if step0 not in rows:
+            rows[step0] = {"what": f"the {init_name} init, undistilled", "path": init}
         rows[name] = {"what": VARIANTS[name][0], "path": native}
     for name, r in rows.items():
         t0 = time.time()
         r["sts_dev"] = zero_shot_sts(r["path"], a.glue_dir, splits=("dev",))["dev"]["spearman"]
-        r["holdout"] = probe(r["path"], os.path.join(a.out, "probe", name.replace(" ", "")), a)
+        slug = name.replace(" ", "").replace("(", "-").replace(")", "")
+        r["holdout"] = probe(r["path"], os.path.join(a.out, "probe", slug), a)
         r["seconds_scoring"] = round(time.time() - t0, 1)
         print(f"  {name}: sts-dev {r['sts_dev']:.1f}, holdout {r['holdout']}", flush=True)
     lines = [

@@ -133,9 +133,11 @@ def test_layer_selections():
         layer_sets(9, 6, "average")
 
 
-def test_average_init_and_svd_experts_reproduce_each_depths_teacher_layer(tmp_path):
-    """--layer-select average: the shared block is the mean of its run; --mol-init svd at full rank: shared
-    block + expert j is exactly depth j's teacher layer (at rank r < full it is the best rank-r correction)."""
+@pytest.mark.parametrize("select", ["average", "lower", "even"])
+def test_init_and_svd_experts_reproduce_each_depths_teacher_layer(tmp_path, select):
+    """The shared block is the mean of the layers --layer-select gives it (a run for average, one layer for
+    lower and even); --mol-init svd at full rank: shared block + expert j is exactly the teacher layer at the
+    group's depth j (at rank r < full it is the best rank-r correction), whichever layers the block copied."""
     import dataclasses
 
     from model.config import MoLConfig
@@ -153,13 +155,15 @@ def test_average_init_and_svd_experts_reproduce_each_depths_teacher_layer(tmp_pa
         mol=MoLConfig(groups=(0, 1), num_experts=4, rank=32, alpha=64.0),
     )
     cfg = student_config(info, base, take_dims=True)
-    sets = layer_sets(2, 6, "average")
+    sets = layer_sets(2, 6, select)
     state, report = map_weights(info, t, ModernAlbertForMaskedLM(cfg).state_dict(), cfg, sets, "svd")
-    assert report["group_to_teacher_layers"] == [[0, 1, 2], [3, 4, 5]] and report["mol_init"] == "svd"
+    assert report["group_to_teacher_layers"] == sets and report["mol_init"] == "svd"
+    # whatever the shared blocks start from, group g stands in for the g-th half of the teacher's depth
+    assert report["group_to_depth_layers"] == [[0, 1, 2], [3, 4, 5]]
     s = 64.0 / 32
-    for g, run in enumerate(sets):
+    for g, run in enumerate(report["group_to_depth_layers"]):
         p = f"model.groups.{g}.block."
-        mean_wq = torch.stack([t[f"encoder.layer.{tl}.attention.self.query.weight"] for tl in run]).mean(0)
+        mean_wq = torch.stack([t[f"encoder.layer.{tl}.attention.self.query.weight"] for tl in sets[g]]).mean(0)
         torch.testing.assert_close(state[p + "attn.Wqkv.weight"][:32], mean_wq)
         for j, tl in enumerate(run):
             wi = state[p + "ffn.Wi.weight"] + s * state[p + "ffn.B1"][j] @ state[p + "ffn.A1"][j]

@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=MOL_INIT,
         default=None,
         help="svd: a MoL group applied at several depths gets expert j = the truncated SVD of depth j's "
-        "teacher layer minus the shared block (with --layer-select average, whose runs give the "
-        "depths; the best on dev after distillation, with --mol-depth-bias 2: studies/RESULTS.md); "
+        "teacher layer minus the shared block (group g stands in for the g-th of K contiguous runs of "
+        "teacher layers, whatever --layer-select copied into its block; the best on dev after "
+        "distillation, with --mol-depth-bias 2: studies/RESULTS.md); "
         "fresh: MoL experts start at zero (B = 0). Default: svd for a BERT-family teacher's own "
         "block, fresh otherwise (--block modern, ModernBERT teachers: svd is not implemented there)",
     )
