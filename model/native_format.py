@@ -40,6 +40,10 @@ from model.modernalbert import ModernAlbertForMaskedLM
 FORMAT = "modernalbert-native"
 MODEL_TYPE = "modernalbert"  # config.json's model_type, here and in the custom-code HF export
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+# what a sentence-transformers model declares about its sentence embedding (pooling, max_seq_length):
+# init_from_teacher copies the teacher's, and consolidation, merging and the HF export carry them on, so a
+# student embeds the way its teacher does (evaluation/embedder.py reads them)
+SENTENCE_FILES = (os.path.join("1_Pooling", "config.json"), "sentence_bert_config.json")
 
 
 class InputError(RuntimeError):
@@ -51,6 +55,18 @@ def tokenizer_file(directory: str) -> str | None:
         if os.path.isfile(os.path.join(directory, name)):
             return name
     return None
+
+
+def copy_sentence_files(src_dir: str | None, out_dir: str) -> list[str]:
+    """Copy the ``SENTENCE_FILES`` that ``src_dir`` has into ``out_dir``; returns the names copied."""
+    copied = []
+    for name in SENTENCE_FILES:
+        src = os.path.join(src_dir, name) if src_dir else ""
+        if src and os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(out_dir, name)), exist_ok=True)
+            shutil.copyfile(src, os.path.join(out_dir, name))
+            copied.append(name)
+    return copied
 
 
 def tokenizer_record(in_dir: str, doc: dict) -> tuple[str | None, str | None]:

@@ -229,6 +229,13 @@ def test_distillation_from_minilm_lowers_the_hidden_pooled_and_mlm_losses(minilm
     # measured with the teacher-family init (averaged layers): hidden 0.731 -> 0.633, pooled 0.902 -> 0.599,
     # MLM 9.29 -> 7.31; the hidden term starts nearer the teacher than the old init's, so it falls less
     assert h1 < 0.92 * h0 and p1 < 0.8 * p0 and l1 < l0
+    # the distilled student keeps the pooling and length its init copied from the teacher
+    from evaluation.embedder import declared
+
+    native = str(tmp_path / "native")
+    r = run_cli(["tools/consolidate_checkpoint.py", str(tmp_path), "--out", native])
+    assert r.returncode == 0, r.stderr
+    assert declared(native) == declared(student) == declared(minilm) == ("mean", 256)
 
 
 def test_pooled_loss_matches_a_per_document_reference_and_the_teachers_own_mean_pooling(minilm):

@@ -57,6 +57,10 @@ def test_acceptance_commands_give_the_teachers_last_hidden_state(minilm, tmp_pat
     assert r.returncode == 0, r.stderr
     r = run_cli(["tools/convert_to_hf.py", s, "--out", hf])
     assert r.returncode == 0, r.stderr
+    from evaluation.embedder import declared
+
+    # the student embeds the way its teacher declares (mean pooling, 256 tokens), and so does its export
+    assert declared(minilm) == ("mean", 256) and declared(s) == declared(minilm) == declared(hf)
     batch = _real_text_batch(minilm)
     expected = _teacher_hidden(minilm, batch)
     mask = batch["attention_mask"].bool()
@@ -74,7 +78,7 @@ def test_acceptance_commands_give_the_teachers_last_hidden_state(minilm, tmp_pat
     r = run_cli(["tools/convert_to_hf.py", folded, "--out", alb, "--format", "albert"])
     assert r.returncode == 0 and "stock ALBERT" in r.stdout, r.stderr
     stock = AutoModel.from_pretrained(alb).eval()
-    assert type(stock).__name__ == "AlbertModel"
+    assert type(stock).__name__ == "AlbertModel" and declared(folded) == declared(alb) == ("mean", 256)
     with torch.no_grad():
         got = stock(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     assert float((got[mask] - expected[mask]).abs().max()) < 1e-4

@@ -28,7 +28,7 @@ from model.modernalbert import ModernAlbertForMaskedLM
 from pretrain.checkpoint import describe, latest_pointer, quiet_single_process, read_trainer_state, step_dirs, verify
 from pretrain.deepspeed_engine import is_deepspeed_checkpoint, read_deepspeed_weights
 from fileio import OutputDir
-from model.native_format import InputError, check_keys, save_native, tokenizer_file
+from model.native_format import InputError, check_keys, copy_sentence_files, save_native, tokenizer_file
 from pretrain.shard_cache import local_path
 
 MODEL_PREFIX = "model."  # the training checkpoint holds {"model": …, "optim": …}
@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 ],
             )
+            # a student keeps the pooling and length its init declared (init_from_teacher copies the teacher's)
+            init_from = trainer["config"].get("init_from")
+            copy_sentence_files(init_from if init_from and os.path.isdir(init_from) else None, tmp)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

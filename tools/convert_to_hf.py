@@ -53,7 +53,14 @@ from model.classification import ClassifierConfig, ModernAlbertForSequenceClassi
 from model.config import BERT_BLOCK, MODERN_BLOCK, ModelConfig
 from model.modernalbert import ModernAlbertForMaskedLM
 from fileio import OutputDir
-from model.native_format import MODEL_TYPE, InputError, follow_umask, load_native_all, tokenizer_record
+from model.native_format import (
+    MODEL_TYPE,
+    InputError,
+    copy_sentence_files,
+    follow_umask,
+    load_native_all,
+    tokenizer_record,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("modernalbert", "modernbert", "albert")
@@ -496,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         with OutputDir(a.out, a.overwrite, InputError) as tmp:
             writer(model, special, tmp, clf, positions)
             save_hf_tokenizer(os.path.join(a.in_dir, doc["tokenizer"]), special, tmp, max_length)
+            copy_sentence_files(a.in_dir, tmp)  # pooling and length, for evaluation/embedder.py
             if a.verify:
                 for head, diff in verify(model, doc, a.in_dir, tmp, a.format, clf).items():
                     print(

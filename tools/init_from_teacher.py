@@ -53,7 +53,7 @@ from model.teacher import (
     student_config,
 )
 from fileio import OutputDir, sha256_file
-from model.native_format import InputError, save_native
+from model.native_format import InputError, copy_sentence_files, save_native
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["tokenizer_sha256"] = sha256_file(os.path.join(tmp, "tokenizer.json"))
             with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
                 json.dump(doc, f, indent=1)
+            report["sentence_files"] = copy_sentence_files(a.teacher, tmp)  # the teacher's pooling and length
             with open(os.path.join(tmp, "teacher_map.json"), "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
     except (TeacherError, ConfigError, InputError) as e:

@@ -36,7 +36,7 @@ import torch
 from model.modernalbert import ModernAlbertForMaskedLM, mol_layers
 from model.mol import MoLFFN
 from fileio import OutputDir
-from model.native_format import InputError, load_native, save_native, tokenizer_record
+from model.native_format import InputError, copy_sentence_files, load_native, save_native, tokenizer_record
 from pretrain.shard_cache import local_path
 
 METHODS = ("uniform", "routing", "ema")
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             with open(os.path.join(tmp, "merge_report.json"), "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
+            copy_sentence_files(a.in_dir, tmp)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
