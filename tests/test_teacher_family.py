@@ -84,6 +84,37 @@ def test_acceptance_commands_give_the_teachers_last_hidden_state(minilm, tmp_pat
     assert float((got[mask] - expected[mask]).abs().max()) < 1e-4
 
 
+def test_exact_is_the_long_form_and_refuses_shape_options(minilm, tmp_path):
+    """--exact gives the same student as the options it stands for, and names the options it cannot take."""
+    from safetensors.torch import load_file
+
+    long_args = ["--dims", "teacher", "--set", "num_groups=6", "--set", "group_depth=1", "--set", "embedding_size=384"]
+    outs = {}
+    for name, args in (("exact", ["--exact"]), ("long", [*long_args, "--intermediate-size", "1536"])):
+        outs[name] = str(tmp_path / name)
+        r = run_cli(["tools/init_from_teacher.py", minilm, *args, "--out", outs[name]])
+        assert r.returncode == 0, r.stderr
+    a, b = (load_file(os.path.join(outs[n], "model.safetensors")) for n in ("exact", "long"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    r = run_cli(
+        [
+            "tools/init_from_teacher.py",
+            minilm,
+            "--exact",
+            "--set",
+            "group_depth=3",
+            "--layer-select",
+            "lower",
+            "--dims",
+            "preset",
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
+    assert r.returncode == 2 and not (tmp_path / "bad").exists()
+    assert "--exact fixes the shape; drop --set group_depth, --layer-select, --dims preset" in r.stderr
+
+
 @pytest.mark.slow
 def test_shared_groups_export_to_albert_with_their_sharing_and_other_formats_refuse(minilm, tmp_path):
     """K 2 × G 2 with a rank-64 embedding and an averaged init: ALBERT keeps 2 unique layer groups and

@@ -13,8 +13,9 @@ spaced layer), the factorised embedding is the rank-e truncated SVD of the teach
 details are in ``model/teacher.py``. With K = the teacher's layers, G = 1, e = d and its FFN size the
 student computes the teacher's function exactly:
 
-    python tools/init_from_teacher.py $T --dims teacher --set num_groups=6 --set group_depth=1 \\
-        --set embedding_size=384 --intermediate-size 1536 --out runs/student-exact
+    python tools/init_from_teacher.py $T --exact --out runs/student-exact
+    # the same as: --dims teacher --set num_groups=6 --set group_depth=1 --set embedding_size=384
+    #              --intermediate-size 1536 (for a 6-layer teacher of width 384 and FFN 1536)
 
 Output: a native model directory (``model/native_format.py``) plus ``teacher_map.json`` with the exact
 mapping, which is also printed.
@@ -89,8 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dims",
         choices=("preset", "teacher"),
-        default="preset",
-        help="teacher: take hidden size, heads and FFN size from the teacher; preset: they must match",
+        default=None,
+        help="teacher: take hidden size, heads and FFN size from the teacher; preset (the default): they must match",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="the student that computes the teacher's function: --dims teacher, K = the teacher's layers, "
+        "G = 1, embedding size = width, the teacher's FFN (a MoL group's experts start at zero)",
     )
     p.add_argument(
         "--intermediate-size",
@@ -165,7 +172,18 @@ def main(argv: list[str] | None = None) -> int:
             raise TeacherError(
                 f"teacher {a.teacher!r}: no tokenizer.json or vocab.txt (the student uses the teacher's vocabulary)"
             )
-        base = preset(a.preset, **parse_sets(a.set))
+        sets = parse_sets(a.set)
+        if a.exact:
+            clash = [f"--set {k}" for k in ("num_groups", "group_depth", "embedding_size") if k in sets]
+            clash += [f for f, v in (("--intermediate-size", a.intermediate_size), ("--layers", a.layers)) if v]
+            clash += ["--layer-select"] if a.layer_select else []
+            clash += ["--dims preset"] if a.dims == "preset" else []
+            if clash:
+                raise TeacherError(f"--exact fixes the shape; drop {', '.join(clash)}")
+            a.intermediate_size = info.intermediate_size
+            sets.update(num_groups=info.num_layers, group_depth=1, embedding_size=info.hidden_size)
+        a.dims = "teacher" if a.exact else a.dims or "preset"
+        base = preset(a.preset, **sets)
         mol = base.mol
         rank = a.mol_rank or mol.rank
         mol = dataclasses.replace(mol, rank=rank, alpha=mol.alpha / mol.rank * rank)
