@@ -119,6 +119,11 @@ def routing_specialization_loss(r: Routing, alpha: float, lam: float, entropy_go
         RSL = α·E·Σ_j f̄_j p̄_j + λ·mean_t H(p(x_t))      (entropy_goal="minimise": sharpens each token's choice)
 
     The first term spreads the load over the experts globally; λ >= 0 weighs the per-token entropy term.
+    The default keeps the printed sign (−λ·H: the entropy is maximised, which flattens each token's routing;
+    "minimise" is the reading under which the loss specialises). The model sums it over every routed
+    application (``RoutingRecorder``), as the paper's per-layer loss is summed over the layers of the unrolled
+    depth: a group's router, shared by its G applications, gets G terms, each weighted like an unshared
+    layer's, so α and λ mean the same per application whatever the sharing.
     """
     if entropy_goal not in RSL_ENTROPY:
         raise ValueError(f"rsl_entropy={entropy_goal!r}: allowed: {', '.join(RSL_ENTROPY)}")
