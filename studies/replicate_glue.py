@@ -47,6 +47,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -101,7 +102,9 @@ def unique_layer_params(path: str) -> int:
 
 
 def make_variant(init_b: str, out: str, which: str, seed: int = 0) -> None:
-    """(c): (b)'s init without MoL (same weights: MoL starts as the plain FFN); (d): random weights."""
+    """(c): (b)'s init without MoL (the shared blocks, embedding and head of (b); its SVD experts, which make
+    (b)'s step 0 differ from the shared block alone, are dropped); (d): random weights. (c) keeps (b)'s
+    ``teacher_map.json``, so it is distilled towards the same teacher layers; both keep its pooling files."""
     import dataclasses
 
     import torch
@@ -109,7 +112,7 @@ def make_variant(init_b: str, out: str, which: str, seed: int = 0) -> None:
     from model.config import MoLConfig
     from model.modernalbert import ModernAlbertForMaskedLM
     from fileio import OutputDir
-    from model.native_format import load_native, save_native
+    from model.native_format import copy_sentence_files, load_native, save_native
 
     model, doc = load_native(init_b)
     cfg = model.cfg
@@ -130,6 +133,10 @@ def make_variant(init_b: str, out: str, which: str, seed: int = 0) -> None:
             None,
             [*doc["history"], {"tool": "replicate_glue", "variant": which, "seed": seed}],
         )
+        copy_sentence_files(init_b, tmp)
+        if which == "c" and os.path.isfile(os.path.join(init_b, "teacher_map.json")):
+            # without it distillation would fall back to evenly spaced teacher layers, not (b)'s targets
+            shutil.copyfile(os.path.join(init_b, "teacher_map.json"), os.path.join(tmp, "teacher_map.json"))
 
 
 def depth_lora_rank(init_b: str) -> int:

@@ -238,6 +238,21 @@ def test_distillation_from_minilm_lowers_the_hidden_pooled_and_mlm_losses(minilm
     assert declared(native) == declared(student) == declared(minilm) == ("mean", 256)
 
 
+def test_the_replications_no_mol_row_is_distilled_towards_the_same_teacher_layers(student, tmp_path):
+    """Row (c) of studies/replicate_glue.py is (b)'s init without MoL: it keeps the layer map (before, it lost
+    teacher_map.json and was distilled towards evenly spaced layers [0, 5] while (b) had [2, 5]) and the pooling."""
+    from evaluation.embedder import declared
+    from model.native_format import load_native
+    from pretrain.distill import init_layers
+    from studies.replicate_glue import make_variant
+
+    c = str(tmp_path / "c")
+    make_variant(student, c, "c")
+    assert init_layers(c, 2, 2) == init_layers(student, 2, 2) == [2, 5]
+    assert declared(c) == declared(student) == ("mean", 256)
+    assert load_native(c)[0].cfg.mol.groups == () and load_native(student)[0].cfg.mol.groups
+
+
 def test_pooled_loss_matches_a_per_document_reference_and_the_teachers_own_mean_pooling(minilm):
     """Teacher.run's pooled vectors (documents padded into one batch) equal the teacher run on each document
     alone with sentence-transformers' mean pooling; pooled_cosine_sum equals a per-document loop."""
