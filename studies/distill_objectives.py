@@ -65,7 +65,7 @@ def distil(name: str, a: argparse.Namespace) -> tuple[str, str]:
     data = os.path.join(a.out, "data")
     for sub in ("corpus", "shards"):  # built once: the first variant's, linked into the others
         mine, shared = os.path.join(out, sub), os.path.join(data, sub)
-        if os.path.isdir(shared) and not os.path.exists(mine):
+        if os.path.isdir(shared) and not os.path.lexists(mine):
             os.symlink(shared, mine)
     native = os.path.join(out, "native", "b")
     if not os.path.isfile(os.path.join(native, "config.json")):
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--variants: unknown {bad}; allowed: {', '.join(VARIANTS)}")
     if a.smoke:
         a.probe_train = 40
+    a.out = os.path.abspath(a.out)  # the links to OUT/data must resolve from each variant's directory
     os.makedirs(a.out, exist_ok=True)
     from evaluation.embedding_sts import zero_shot_sts
     from fileio import write_json
