@@ -264,9 +264,12 @@ def select(
     best = max(range(len(tried)), key=lambda i: (tried[i]["holdout_score"], -i))  # ties: the earlier point
     chosen = points[best]
     log(f"  {spec.name} chose lr {chosen.lr:g}, {chosen.epochs} epochs ({len(fit_idx)} fit / {len(hold_idx)} holdout)")
+    const = constant_scores(sub_labels["train"], len(hold_idx), spec.is_regression, spec.num_labels)
     return chosen, {
         "fit_examples": len(fit_idx),
         "holdout_examples": len(hold_idx),
+        # the trivial predictor (majority / mean label of the fit rows) on the same slice: what a score there means
+        "holdout_constant_score": task_score(task_metrics(spec.metrics, const, sub_labels["holdout"]), spec.main),
         "seed": a.seeds[0],
         "grid": tried,
         "chosen": dataclasses.asdict(chosen),

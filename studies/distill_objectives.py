@@ -96,8 +96,13 @@ def probe(path: str, out: str, a: argparse.Namespace) -> dict:
         sh(cmd, out + ".log")
     with open(res_path, encoding="utf-8") as f:
         res = json.load(f)
-    scores = {t: res["tasks"][t]["selection"]["grid"][0]["holdout_score"] for t in PROBE_TASKS}
-    return {**scores, "mean": sum(scores.values()) / len(scores)}
+    sel = {t: res["tasks"][t]["selection"] for t in PROBE_TASKS}
+    scores = {t: sel[t]["grid"][0]["holdout_score"] for t in PROBE_TASKS}
+    out = {**scores, "mean": sum(scores.values()) / len(scores)}
+    if all("holdout_constant_score" in sel[t] for t in PROBE_TASKS):  # the same slices for every variant
+        const = {t: sel[t]["holdout_constant_score"] for t in PROBE_TASKS}
+        out["constant"] = {**const, "mean": sum(const.values()) / len(const)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {name} | {r['what']} | {r['sts_dev']:.1f} | {100 * h['STS-B']:.1f} | {100 * h['MRPC']:.1f} | "
             f"{100 * h['mean']:.1f} |"
+        )
+    const = next((r["holdout"]["constant"] for r in rows.values() if "constant" in r["holdout"]), None)
+    if const:
+        lines.append(
+            f"| constant predictor | majority / mean label of the fit rows | 0.0 | {100 * const['STS-B']:.1f} | "
+            f"{100 * const['MRPC']:.1f} | {100 * const['mean']:.1f} |"
         )
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "objectives.md"), "w", encoding="utf-8") as f:

@@ -710,6 +710,9 @@ def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native
     ho = json.load(open(tmp_path / "ho" / "results.json"))
     assert ho["tasks"]["RTE"]["selection"]["grid"] == sel["grid"] and "summary" not in ho["tasks"]["RTE"]
     assert set(seen) == {6} and ho["holdout_average"] == best["holdout_score"]
+    # the majority label of the 24 fit rows on the 6 held-out ones: a share of them (RTE's score is accuracy)
+    const = ho["tasks"]["RTE"]["selection"]["holdout_constant_score"]
+    assert const == again["holdout_constant_score"] and const in {k / 6 for k in range(7)}
     assert not os.path.exists(tmp_path / "ho" / "predictions.json")
 
 
