@@ -7,11 +7,12 @@ The student takes the preset's depth (groups K × applications G), embedding siz
 teacher's vocabulary, tokenizer and block family (a BERT/MiniLM/E5/BGE/GTE teacher gives a post-norm
 student with biases, absolute positions and a GELU FFN; ``--block modern`` keeps the ModernBERT-style
 block instead). Its width, heads and FFN size must equal the teacher's, or come from it with
-``--dims teacher``. Group g's block is the mean of the g-th of K contiguous runs of teacher layers
-(``--layer-select average``, the default when K <= the teacher's layers; ``even`` copies one evenly
-spaced layer), the factorised embedding is the rank-e truncated SVD of the teacher's embedding table; the
-details are in ``model/teacher.py``. With K = the teacher's layers, G = 1, e = d and its FFN size the
-student computes the teacher's function exactly:
+``--dims teacher``. Group g's block copies teacher layer g (``--layer-select lower``, the default when
+K <= the teacher's layers: of lower, even and average it is the one whose compressed students keep the
+sentence-pair tasks, studies/RESULTS.md); ``even`` copies one evenly spaced layer, ``average`` takes the
+mean of the g-th of K contiguous runs), the factorised embedding is the rank-e truncated SVD of the
+teacher's embedding table; the details are in ``model/teacher.py``. With K = the teacher's layers, G = 1,
+e = d and its FFN size the student computes the teacher's function exactly:
 
     python tools/init_from_teacher.py $T --exact --out runs/student-exact
     # the same as: --dims teacher --set num_groups=6 --set group_depth=1 --set embedding_size=384
@@ -124,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--layer-select",
         choices=LAYER_SELECT,
-        help="teacher layers per group: average (the mean of K contiguous runs; the default when K <= "
-        "the teacher's layers, the best at step 0 on dev: studies/RESULTS.md), even (one, evenly "
-        "spaced, first and last included; the default when K is larger), lower (0..K-1). With K = "
-        "the teacher's layers all three are the identity map",
+        help="teacher layers per group: lower (layer g for group g; the default when K <= the teacher's "
+        "layers: the best on held-out train after distillation, and at step 0 fine-tuned on sentence "
+        "pairs: studies/RESULTS.md), even (one, evenly spaced, first and last included; the default "
+        "when K is larger), average (the mean of K contiguous runs: best on zero-shot similarity, "
+        "worst fine-tuned). Group g stands in for the g-th run of teacher layers whichever it copies "
+        "(distillation targets, SVD experts). With K = the teacher's layers all three are the identity map",
     )
     p.add_argument("--layers", help="teacher layer per student group, comma-separated (overrides --layer-select)")
     p.add_argument(
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         else:
             if a.layer_select is None:
-                a.layer_select = "average" if cfg.num_groups <= info.num_layers else "even"
+                a.layer_select = "lower" if cfg.num_groups <= info.num_layers else "even"
             layers = layer_sets(cfg.num_groups, info.num_layers, a.layer_select)
         teacher = read_teacher_weights(info)
         torch.manual_seed(a.seed)
