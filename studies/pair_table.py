@@ -1,0 +1,91 @@
+"""One table of GLUE runs scored on the same rows, with paired differences and shares of a reference's margin.
+
+    python studies/pair_table.py --runs a=runs/glue/a b=runs/glue/b c=runs/glue/c --reference a \
+        --pairs b-c b-a --out studies/results/replication_full/table
+
+Each run is an ``evaluation.glue`` output directory (its ``predictions.json``); every run and the constant
+predictor are scored once on the same bootstrap resamples (``evaluation.compare.all_draws``), so each
+difference's interval is paired and each share of the reference's margin above the constant predictor gets
+an interval from the same draws. A difference is "resolved" only when its 95 % interval excludes 0.
+Output: OUT.md (scores ×100) and OUT.json (scores as fractions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="studies/pair_table.py", description=__doc__)
+    p.add_argument("--runs", nargs="+", required=True, help="NAME=DIR, the evaluation.glue output directories")
+    p.add_argument("--reference", required=True, help="the NAME whose margin the shares are of (e.g. the teacher)")
+    p.add_argument("--pairs", nargs="*", default=[], help="A-B: the paired differences to report")
+    p.add_argument("--out", required=True, help="output path without extension (.md and .json are written)")
+    a = p.parse_args(argv)
+    from evaluation.compare import all_draws, load_predictions, margin_share, paired
+    from fileio import write_json
+    from model.native_format import InputError
+
+    try:
+        runs = dict(r.split("=", 1) for r in a.runs)
+        names = list(runs)
+        for n in [a.reference, *(x for pair in a.pairs for x in pair.split("-", 1))]:
+            if n not in runs:
+                raise InputError(f"{n!r} is not among --runs ({', '.join(names)})")
+        draws = all_draws([load_predictions(runs[n]) for n in names])
+    except (InputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tasks = list(draws["tasks"])
+    ref = names.index(a.reference)
+    const = len(names)  # all_draws puts the constant predictor last
+    rows = {}
+    for i, n in enumerate([*names, "constant"]):
+        rows[n] = {t: float(draws["tasks"][t][0][i]) for t in tasks}
+        rows[n]["average"] = float(draws["average"][0][i])
+        if i < const:
+            rows[n]["share"] = margin_share(*draws["average"], i, ref)
+    pairs = {}
+    for pair in a.pairs:
+        x, y = pair.split("-", 1)
+        i, j = names.index(x), names.index(y)
+        pairs[f"{x} - {y}"] = {t: paired(*draws["tasks"][t], i, j) for t in tasks}
+        pairs[f"{x} - {y}"]["average"] = paired(*draws["average"], i, j)
+    lines = [
+        "| row | " + " | ".join(tasks) + f" | average | share of {a.reference}'s margin [95 % CI] |",
+        "|---|" + "---|" * (len(tasks) + 2),
+    ]
+    for n, r in rows.items():
+        share = r.get("share")
+        cell = (
+            f"{100 * share['share']:.0f} % [{100 * share['ci95'][0]:.0f}, {100 * share['ci95'][1]:.0f}]"
+            if share
+            else ""
+        )
+        lines.append(
+            f"| {n} | " + " | ".join(f"{100 * r[t]:.1f}" for t in tasks) + f" | {100 * r['average']:.1f} | {cell} |"
+        )
+    lines += ["", "| paired difference | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
+    for name, d in pairs.items():
+        cells = []
+        for t in [*tasks, "average"]:
+            lo, hi = d[t]["diff_ci95"]
+            mark = "" if d[t]["resolved"] else " (not resolved)"
+            cells.append(f"{100 * d[t]['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    md = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out + ".md", "w", encoding="utf-8") as f:
+        f.write(md)
+    write_json(a.out + ".json", {"runs": runs, "reference": a.reference, "rows": rows, "pairs": pairs})
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
