@@ -1,6 +1,6 @@
 """One table of GLUE runs scored on the same rows, with paired differences and shares of a reference's margin.
 
-    python studies/pair_table.py --runs a=runs/glue/a b=runs/glue/b c=runs/glue/c --reference a \
+    python studies/pair_table.py --runs a=runs/glue/a b=runs/glue/b c=runs/glue/c --reference a \\
         --pairs b-c b-a --out studies/results/replication_full/table
 
 Each run is an ``evaluation.glue`` output directory (its ``predictions.json``); every run and the constant
