@@ -7,7 +7,7 @@ Each run is an ``evaluation.glue`` output directory (its ``predictions.json``); 
 predictor are scored once on the same bootstrap resamples (``evaluation.compare.all_draws``), so each
 difference's interval is paired and each share of the reference's margin above the constant predictor gets
 an interval from the same draws. A difference is "resolved" only when its 95 % interval excludes 0.
-Output: OUT.md (scores ×100) and OUT.json (scores as fractions).
+Output: OUT.md (scores ×100), OUT.json (scores as fractions) and OUT.png (each row's share of the margin).
 """
 
 from __future__ import annotations
@@ -83,8 +83,31 @@ def main(argv: list[str] | None = None) -> int:
     with open(a.out + ".md", "w", encoding="utf-8") as f:
         f.write(md)
     write_json(a.out + ".json", {"runs": runs, "reference": a.reference, "rows": rows, "pairs": pairs})
+    plot(rows, a.reference, a.out + ".png")
     print(md)
     return 0
+
+
+def plot(rows: dict, reference: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in rows if "share" in rows[n]]
+    share = [100 * rows[n]["share"]["share"] for n in names]
+    err = [
+        [s - 100 * rows[n]["share"]["ci95"][0] for n, s in zip(names, share)],
+        [100 * rows[n]["share"]["ci95"][1] - s for n, s in zip(names, share)],
+    ]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1.2))
+    ax.barh(range(len(names)), share, xerr=err, color="#4c72b0", capsize=3)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(f"share of {reference}'s margin over the constant predictor, % [95 % CI]")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
