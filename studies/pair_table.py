@@ -3,7 +3,9 @@
     python studies/pair_table.py --runs a=runs/glue/a b=runs/glue/b c=runs/glue/c --reference a \\
         --pairs b-c b-a --out studies/results/replication_full/table
 
-Each run is an ``evaluation.glue`` output directory (its ``predictions.json``); every run and the constant
+Each run is an ``evaluation.glue`` output directory (its ``predictions.json``), or several joined by commas
+when one model's tasks or seeds were fine-tuned in separate runs (``b=runs/glue/b,runs/glue3/b``: merged by
+``evaluation.compare.merge_predictions``, which refuses runs that scored other rows); every run and the constant
 predictor are scored once on the same bootstrap resamples (``evaluation.compare.all_draws``), so each
 difference's interval is paired and each share of the reference's margin above the constant predictor gets
 an interval from the same draws. A difference is "resolved" only when its 95 % interval excludes 0.
@@ -22,22 +24,37 @@ sys.path.insert(0, REPO)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="studies/pair_table.py", description=__doc__)
-    p.add_argument("--runs", nargs="+", required=True, help="NAME=DIR, the evaluation.glue output directories")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        required=True,
+        help="NAME=DIR[,DIR...]: the evaluation.glue output directories (several: one model's runs merged)",
+    )
     p.add_argument("--reference", required=True, help="the NAME whose margin the shares are of (e.g. the teacher)")
     p.add_argument("--pairs", nargs="*", default=[], help="A-B: the paired differences to report")
     p.add_argument("--out", required=True, help="output path without extension (.md and .json are written)")
     a = p.parse_args(argv)
-    from evaluation.compare import all_draws, load_predictions, margin_share, paired
+    from evaluation.compare import all_draws, load_predictions, margin_share, merge_predictions, paired
+    from data_prep.glue_data import TASKS
     from fileio import write_json
     from model.native_format import InputError
 
     try:
+        bad = [r for r in a.runs if "=" not in r]
+        if bad:
+            raise InputError(f"--runs: {bad[0]!r} is not NAME=DIR[,DIR...]")
         runs = dict(r.split("=", 1) for r in a.runs)
         names = list(runs)
         for n in [a.reference, *(x for pair in a.pairs for x in pair.split("-", 1))]:
             if n not in runs:
                 raise InputError(f"{n!r} is not among --runs ({', '.join(names)})")
-        draws = all_draws([load_predictions(runs[n]) for n in names])
+        preds = [merge_predictions([load_predictions(d) for d in runs[n].split(",")]) for n in names]
+        scored = [set(r["tasks"]) for r in preds]
+        tasks = [t for t in TASKS if all(t in s for s in scored)]  # GLUE's order, whatever order the runs had
+        left_out = sorted(set().union(*scored) - set(tasks))
+        if left_out:
+            print(f"note: left out {', '.join(left_out)}: not scored by every run", file=sys.stderr)
+        draws = all_draws(preds, tasks)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

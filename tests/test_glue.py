@@ -647,6 +647,55 @@ def test_paired_difference_is_resolved_where_unpaired_intervals_overlap(tmp_path
     assert "not resolved" in capsys.readouterr().out
 
 
+def test_pair_table_merges_one_models_runs_and_says_which_tasks_it_left_out(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, REPO)
+    from studies import pair_table
+
+    rng = np.random.default_rng(1)
+    base = (rng.random(300) < 0.7).astype(int)
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:30]] = 1
+
+    def write(name: str, run: dict, tasks: list[str]) -> str:
+        d = tmp_path / name
+        d.mkdir()
+        with open(d / "predictions.json", "w") as f:
+            json.dump({**run, "tasks": {t: run["tasks"][t] for t in tasks}}, f)
+        return str(d)
+
+    a, b = _fake_run(better, [0]), _fake_run(base, [0])
+    whole = write("a", a, ["SST-2", "RTE"])
+    parts = write("a_rte", a, ["RTE"]) + "," + write("a_sst", a, ["SST-2"])
+    bdir = write("b", b, ["RTE", "SST-2"])
+    outs = []
+    for i, a_runs in enumerate((whole, parts)):
+        out = str(tmp_path / f"t{i}")
+        assert (
+            pair_table.main(["--runs", f"a={a_runs}", f"b={bdir}", "--reference", "a", "--pairs", "a-b", "--out", out])
+            == 0
+        )
+        with open(out + ".json") as f:
+            outs.append(json.load(f))
+    assert outs[0]["rows"] == outs[1]["rows"] and outs[0]["pairs"] == outs[1]["pairs"]  # merged = one run
+    assert list(outs[0]["rows"]["a"])[:2] == ["SST-2", "RTE"]  # GLUE's order, not the runs' order
+    assert outs[0]["pairs"]["a - b"]["average"]["diff"] == pytest.approx(30 / 300)
+    capsys.readouterr()
+    # a model scored on fewer tasks: the others are left out, and the table says so
+    half = write("half", b, ["RTE"])
+    out = str(tmp_path / "t2")
+    assert pair_table.main(["--runs", f"a={whole}", f"h={half}", "--reference", "a", "--out", out]) == 0
+    assert "left out SST-2" in capsys.readouterr().err
+    with open(out + ".json") as f:
+        assert set(json.load(f)["rows"]["a"]) == {"RTE", "average", "share"}
+    # the same task twice in one merge, a run without a name: one line, exit 2
+    assert pair_table.main(["--runs", f"a={whole},{whole}", "--reference", "a", "--out", out]) == 2
+    assert "appears in two runs" in capsys.readouterr().err
+    assert pair_table.main(["--runs", whole, "--reference", "a", "--out", out]) == 2
+    assert "is not NAME=DIR" in capsys.readouterr().err
+
+
 @need_glue
 def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native_dir, tmp_path):
     """--select-lr/--select-epochs: each grid point is scored on a stratified slice of the training subset;
