@@ -17,6 +17,8 @@ them), no distillation, no MoL (dropped after the init: a fresh MoL is the plain
   emb128       K 6 × G 1, factorised embedding e 128 (truncated SVD)
   all-nomol    K 2 × G 3, e 128, FFN 768, no MoL
   default      the replication's step-0 student: all-nomol + MoL on group 1 with SVD experts, depth bias 2
+  lower-*      share-lower (the init chosen since) with one more step: ffn768, emb128, mol (SVD experts,
+               depth bias 2), nomol (FFN 768 + e 128), default (all of them: the replication's step 0 now)
 
 Each is fine-tuned by ``python -m evaluation.glue`` with the protocol that gave the teacher 66.5 on the
 full training sets (3 epochs, lr 1e-4, batch 32 / its default, ``--seeds``), scored on test (STS-B and MRPC
@@ -45,6 +47,8 @@ K6 = ["--set", "num_groups=6", "--set", "group_depth=1"]
 K2G3 = ["--set", "num_groups=2", "--set", "group_depth=3"]
 E384, E128 = ["--set", "embedding_size=384"], ["--set", "embedding_size=128"]
 F1536, F768 = ["--intermediate-size", "1536"], ["--intermediate-size", "768"]
+LOWER = ["--layer-select", "lower"]
+MOL = ["--preset", "tiny", "--dims", "teacher", "--mol-init", "svd", "--mol-depth-bias", "2"]
 # name → (what it changes, init_from_teacher arguments, keep MoL)
 ROWS = {
     "exact": ("none: the teacher exactly (K 6 × G 1, e 384, FFN 1536)", BASE + K6 + E384 + F1536, False),
@@ -54,7 +58,7 @@ ROWS = {
     "all-nomol": ("all three, no MoL", BASE + K2G3 + E128 + F768, False),
     "default": (
         "all three + MoL (SVD experts, depth bias 2): the replication's step 0",
-        ["--preset", "tiny", "--dims", "teacher", "--mol-init", "svd", "--mol-depth-bias", "2"] + K2G3 + E128 + F768,
+        MOL + K2G3 + E128 + F768,
         True,
     ),
     "depth2": (
@@ -68,6 +72,12 @@ ROWS = {
         BASE + K2G3 + E384 + F1536 + ["--layer-select", "lower"],
         False,
     ),
+    # the lower init (the default since 96a9540) with each remaining step added to share-lower
+    "lower-ffn768": ("share-lower + FFN cut to 768", BASE + K2G3 + E384 + F768 + LOWER, False),
+    "lower-emb128": ("share-lower + embedding rank 128", BASE + K2G3 + E128 + F1536 + LOWER, False),
+    "lower-mol": ("share-lower + MoL (SVD experts, depth bias 2)", MOL + K2G3 + E384 + F1536 + LOWER, True),
+    "lower-nomol": ("share-lower + FFN 768 + embedding 128, no MoL", BASE + K2G3 + E128 + F768 + LOWER, False),
+    "lower-default": ("all three + MoL, lower: the replication's step 0 now", MOL + K2G3 + E128 + F768 + LOWER, True),
 }
 TASKS = ("STS-B", "MRPC")
 
