@@ -12,7 +12,9 @@ start) on chosen projections (``attn.Wqkv``, ``attn.Wo``, ``ffn.Wi``, ``ffn.Wo``
 ``save_adapter`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` as PEFT saves them
 (``base_model.model.<module>.lora_A.weight``), which ``model.lora_mixer.load_peft_adapters`` and
 ``load_adapter`` read back. A recursive block is shared by its G applications, so is its adapter.
-LoRA-Mixer's routed experts (``model/lora_mixer.py``) stay the project's own.
+LoRA-Mixer's routed experts (``model/lora_mixer.py``) stay the project's own: ``save_mixer`` writes a mixer's
+encoder (its experts and routers in the plain projections' model) as a native model directory, which
+``tools/merge_mixer.py`` turns into one task's classifier, routed or with the experts folded in.
 
 Shapes: T tokens (flat, unpadded), B examples, D hidden, C classes.
 """
@@ -163,3 +165,19 @@ def load_adapter(model: nn.Module, adapter_dir: str) -> None:
     result = set_peft_model_state_dict(model, {k[len(PEFT_PREFIX) :]: v for k, v in sd.items()})
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"adapter {adapter_dir}: tensors not loaded: {result.unexpected_keys[:2]}")
+
+
+def save_mixer(clf: TaskClassifier, base_dir: str, out_dir: str, history: dict) -> None:
+    """A LoRA-Mixer's encoder as a native model directory (``load_native`` reads it back with its routed
+    attention experts): ``config.json``'s model carries ``attn_experts``; the base model's MLM head, tokenizer
+    and sentence-transformers files are kept. The task heads are not in it (``heads.safetensors``)."""
+    from fileio import OutputDir
+    from model.native_format import copy_sentence_files, load_native, save_native, tokenizer_record
+
+    base, doc = load_native(base_dir)
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("model.")}
+    state.update({f"model.{k}": v for k, v in clf.model.state_dict().items()})
+    tok_path, _ = tokenizer_record(base_dir, doc)
+    with OutputDir(out_dir, overwrite=True) as tmp:
+        save_native(tmp, state, clf.cfg, tok_path, doc.get("data_dir"), [*doc.get("history", []), history])
+        copy_sentence_files(base_dir, tmp)

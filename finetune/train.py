@@ -39,7 +39,9 @@ writes OUT/results.json (per task and split the metrics and the task score; for 
 routed tokens per expert for each task, overall and per layer, the routing matrix, and each stage's log),
 OUT/predictions.json (gold and predicted labels per task and split, for ``python -m evaluation.compare``),
 OUT/heads.safetensors,
-and for lora/multitask the adapter in PEFT format (adapter_config.json + adapter_model.safetensors).
+for lora/multitask the adapter in PEFT format (adapter_config.json + adapter_model.safetensors), and for the
+mixers OUT/mixer/, the routed encoder as a native model directory: ``python tools/merge_mixer.py OUT --task T
+--out DIR`` makes task T's classifier of it (routed, or with the experts folded into the projections).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from data_prep.tokenizer_id import shipped_tokenizer
 from scoring.metrics import task_metrics, task_score
 from scoring.predictions import task_record
 from finetune.data import DataError, Task, varlen_batches, load_glue_task, load_task
-from finetune.model import TaskClassifier, add_block_lora, save_adapter
+from finetune.model import TaskClassifier, add_block_lora, save_adapter, save_mixer
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import classification_loss
 from model.config import RSL_ENTROPY, ROUTE_INPUTS, ROUTING_MODES, AttnExpertsConfig
@@ -586,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if a.mode in ("lora", "multitask"):
         save_adapter(clf, os.path.join(a.out, "adapter"))
+    if mixer:  # the trained mixer itself: tools/merge_mixer.py makes a task's classifier of it
+        history = {"tool": "finetune.train", "mode": a.mode, "tasks": [t.name for t in tasks], "seed": a.seed}
+        save_mixer(clf, a.model, os.path.join(a.out, "mixer"), history)
     with open(os.path.join(a.out, "predictions.json"), "w", encoding="utf-8") as f:
         json.dump(prediction_record(tasks, preds, a.seed), f, separators=(",", ":"))
     with open(os.path.join(a.out, "results.json"), "w", encoding="utf-8") as f:

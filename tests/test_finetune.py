@@ -195,6 +195,83 @@ def test_all_regimes_run_and_plug_and_play_trains_only_the_routers(base, native,
     assert os.path.isfile(tmp_path / "multi" / "adapter" / "adapter_model.safetensors")
 
 
+def test_a_trained_mixer_is_saved_and_becomes_one_tasks_classifier_routed_or_folded(native, tasks, tmp_path, capsys):
+    """finetune.train's mixers write OUT/mixer/; tools/merge_mixer.py makes a task's classifier of it: routed
+    (the mixer exactly) or with the experts folded into the projections by the task's routing shares."""
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    from conftest import REPO
+    from model.native_format import load_native_classifier
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import merge_mixer
+
+    run = tmp_path / "joint"
+    common = ["--model", native, "--epochs", "2", "--batch-size", "16", "--max-len", "64", "--tasks", *tasks]
+    assert train.main([*common, "--mode", "mixer-joint", "--top-k", "2", "--out", str(run)]) == 0
+    res = json.load(open(run / "results.json"))
+
+    def merge(method: str, out: str, *extra: str) -> dict:
+        argv = [str(run), "--task", "source", "--method", method, "--out", str(tmp_path / out), *extra]
+        assert merge_mixer.main(argv) == 0, capsys.readouterr().err
+        return json.load(open(tmp_path / out / "merge_report.json"))
+
+    # routed: the saved mixer scores the task as the run did (same weights, data and routing)
+    rep = merge("routed", "routed")
+    assert rep["routed"]["test"] == pytest.approx(res["results"]["source"]["test"]["score"], abs=1e-9)
+    assert rep["result"] == rep["routed"]
+    routed, doc = load_native_classifier(str(tmp_path / "routed"))
+    assert routed.cfg.attn_experts.groups and routed.head_cfg.num_labels == 2
+    assert routed.head_cfg.labels == res["tasks"]["source"]["labels"]
+    # routing (default): a plain encoder; each projection's weights = its block's applications' mean share
+    rep = merge("routing", "folded")
+    folded, _ = load_native_classifier(str(tmp_path / "folded"))
+    assert not folded.cfg.attn_experts.groups and not any(".lora_" in k for k in folded.state_dict())
+    per_layer = res["results"]["source"]["expert_share_per_layer"]
+    depth = folded.cfg.group_depth
+    for name, share in rep["shares"].items():
+        g = int(name.split("groups.")[1].split(".")[0])
+        mean = [sum(per_layer[f"layer{g * depth + i}.attn"][j] for i in range(depth)) / depth for j in range(2)]
+        assert share == pytest.approx(mean, abs=2e-4) and sum(share) == pytest.approx(1, abs=1e-3)
+    assert set(rep["result"]) == set(rep["routed"]) == {"test"}
+    # exactness: with the routers zeroed every token weighs both experts 1/2 (top-2 of 2), so the uniform
+    # fold must give the mixer's logits
+    weights = run / "mixer" / "model.safetensors"
+    sd = load_file(str(weights))
+    routers = [k for k in sd if k.endswith("attn.router.weight")]
+    assert routers
+    save_file({k: torch.zeros_like(v) if k in routers else v for k, v in sd.items()}, str(weights))
+    merge("routed", "routed0", "--no-eval")
+    merge("uniform", "uniform0", "--no-eval")
+    a = load_native_classifier(str(tmp_path / "routed0"))[0]
+    b = load_native_classifier(str(tmp_path / "uniform0"))[0]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, a.cfg.vocab_size, (40,), generator=g)
+    cu = torch.tensor([0, 12, 40], dtype=torch.int32)
+    with torch.no_grad():
+        la, lb = a(ids, cu, 28), b(ids, cu, 28)
+        lw = a.__class__(a.cfg, a.head_cfg)  # the mixer with its experts dropped: the fold must matter
+        lw.load_state_dict({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in a.state_dict().items()})
+        assert (lw(ids, cu, 28) - la).abs().max() > 1e-4
+    torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-5)
+    # bad input: one line, exit 2, nothing written
+    assert merge_mixer.main([str(run), "--task", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "the run's tasks are source, length" in capsys.readouterr().err
+    assert merge_mixer.main([str(run), "--task", "source", "--out", str(tmp_path / "routed")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    lora = tmp_path / "lora"
+    assert (
+        train.main(["--model", native, "--epochs", "1", "--max-len", "64", "--tasks", tasks[0], "--out", str(lora)])
+        == 0
+    )
+    assert not os.path.exists(lora / "mixer")
+    assert merge_mixer.main([str(lora), "--task", "source", "--out", str(tmp_path / "y")]) == 2
+    assert "only the mixer modes" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
 def test_router_supervision_is_for_the_mixers_only(native, tasks, tmp_path, capsys):
     assert (
         train.main(

@@ -194,7 +194,12 @@ def _no_experts(cfg, fmt: str) -> None:
         raise InputError(
             f"--format {fmt} needs a model without experts (model.mol.groups="
             f"{list(cfg.mol.groups)}, attn_experts.groups={list(cfg.attn_experts.groups)}): run "
-            "tools/merge_experts.py --fold first, or use --format modernalbert"
+            + (
+                "tools/merge_experts.py --fold first"
+                if cfg.mol.groups
+                else "tools/merge_mixer.py on the LoRA-Mixer run first (--method routing or uniform)"
+            )
+            + ", or use --format modernalbert"
         )
 
 
