@@ -16,6 +16,9 @@ Per seed (every run is ``python -m finetune.train``, so every regime sees the sa
               route (cross-entropy to each task's own expert, weight W; not in the paper)
   joint-topK  (with --joint-top-k K ...): joint with top-K routing in the routed stage and at inference
   joint-chosen (with --preserve-chosen): joint with the preservation over the experts chosen per batch
+  plug-folded, joint-folded (unless --no-folded): each task's classifier made of that mixer by
+              ``tools/merge_mixer.py`` (the experts added into Wqkv/Wo, weighted by the task's routing
+              shares): what routing buys over one merged adapter per task
 Extra arguments after ``--`` go to every run (e.g. ``-- --max-train 1000 --lr 1e-3``). Runs are cached
 under OUT (a run whose results.json exists is not repeated). Output: OUT/regimes.md (table: each task's
 score on its report split — test where the task has one, else dev — as the median over seeds and the
@@ -42,6 +45,8 @@ from data_prep.glue_data import TASKS_SYNTAX, GlueDataError
 from model.native_format import InputError
 from finetune import train  # noqa: E402
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 TITLES = {
     "lora": "single-task LoRAs",
     "multitask": "multi-task LoRA",
@@ -52,6 +57,8 @@ TITLES = {
     "plug-sup": "LoRA-Mixer (ii) plug-and-play, supervised routers",
     "joint-sup": "LoRA-Mixer (i) joint, staged, supervised routers",
     "joint-chosen": "LoRA-Mixer (i) joint, staged, preservation over the chosen experts",
+    "plug-folded": "LoRA-Mixer (ii) plug-and-play, experts folded in per task (tools/merge_mixer.py)",
+    "joint-folded": "LoRA-Mixer (i) joint, experts folded in per task (tools/merge_mixer.py)",
 }
 # paired differences reported (row, the row it is measured against), where both ran
 PAIRS = (
@@ -63,6 +70,8 @@ PAIRS = (
     ("plug-sup", "plug"),
     ("joint-sup", "joint"),
     ("joint-chosen", "joint"),
+    ("plug-folded", "plug"),
+    ("joint-folded", "joint"),
 )
 
 
@@ -139,7 +148,31 @@ def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str
             "seconds": res["seconds"],
             "runs": [os.path.join(root, regime)],
         }
+    for regime in [r for r in ("plug", "joint") if a.folded]:  # each task's classifier, its experts folded in
+        runs = [fold_task(os.path.join(root, regime), n, os.path.join(root, f"{regime}-folded", n)) for n in names]
+        out[f"{regime}-folded"] = {
+            "scores": {n: r["score"] for n, r in zip(names, runs)},
+            "params": out[regime]["params"],
+            "matrix": None,
+            "runs": [os.path.join(root, f"{regime}-folded", n) for n in names],
+        }
     return out
+
+
+def fold_task(run: str, task: str, out: str) -> dict:
+    """``tools/merge_mixer.py RUN --task TASK`` (cached): the task's report-split score after the fold."""
+    report = os.path.join(out, "merge_report.json")
+    if not os.path.isfile(report):
+        sys.path.insert(0, os.path.join(REPO, "tools"))
+        import merge_mixer
+
+        if merge_mixer.main([run, "--task", task, "--out", out, "--overwrite"]):
+            raise SystemExit(f"error: tools/merge_mixer.py failed for {run} --task {task}")
+    with open(report, encoding="utf-8") as f:
+        rep = json.load(f)
+    with open(os.path.join(run, "results.json"), encoding="utf-8") as f:
+        split = json.load(f)["tasks"][task]["report"]
+    return {"score": rep["result"][split], "routed": rep["routed"][split]}
 
 
 def heatmap(matrices: dict[str, np.ndarray], names: list[str], path: str) -> None:
@@ -260,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forced-epochs", type=int, default=1, help="joint: of --epochs, the domain-forced ones")
     p.add_argument("--per-projection", action="store_true", help="also the per-projection routing rows")
     p.add_argument(
+        "--no-folded",
+        dest="folded",
+        action="store_false",
+        help="skip the folded rows (each task's classifier made of the mixer by tools/merge_mixer.py: the "
+        "experts added into the projections with the task's routing shares)",
+    )
+    p.add_argument(
         "--router-ce-routed",
         type=float,
         default=0.0,
@@ -309,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     ci = intervals(per_seed, regimes, names)
     targets = {}
-    for plug in (r for r in table if r.startswith("plug")):
+    for plug in (r for r in table if r.startswith("plug") and table[r]["matrix"]):  # the routed rows
         diag = np.diag(np.array(table[plug]["matrix"]))
         targets[f"{plug}_own_adapter_share"] = dict(zip(names, diag.round(3).tolist()))
         targets[f"{plug}_routes_own_adapter_over_60pct"] = bool((diag > 0.6).all())

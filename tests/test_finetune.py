@@ -450,13 +450,19 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
         == 0
     )
     doc = json.load(open(out / "regimes.json"))
-    assert list(doc["table"]) == ["lora", "multitask", "plug", "joint", "joint-top2"]
+    assert list(doc["table"]) == ["lora", "multitask", "plug", "joint", "joint-top2", "plug-folded", "joint-folded"]
     # each regime's seed-mean average with an interval, the constant predictor, paired differences
     ci = doc["intervals"]
     for r in doc["table"]:
         lo, hi = ci["average"][r]["ci95"]
         assert lo <= ci["average"][r]["point"] <= hi
-    assert set(ci["pairs"]) == {"plug - lora", "joint - multitask", "multitask - lora"}
+    assert set(ci["pairs"]) == {
+        "plug - lora",
+        "joint - multitask",
+        "multitask - lora",
+        "plug-folded - plug",
+        "joint-folded - joint",
+    }
     assert all(v["resolved"] == (v["diff_ci95"][0] > 0 or v["diff_ci95"][1] < 0) for v in ci["pairs"].values())
     paired_targets = {f"{k} (paired)" for k in ci["pairs"]}
     assert set(doc["targets"]) - paired_targets == {
@@ -468,7 +474,20 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
         "joint_at_least_multitask",
         "joint-top2_minus_multitask_points",
         "joint-top2_at_least_multitask",
+        "joint-folded_minus_multitask_points",
+        "joint-folded_at_least_multitask",
     }
+    # the folded rows: each task's classifier of the mixer (tools/merge_mixer.py), its score and predictions
+    for regime in ("plug", "joint"):
+        for task in ("STS-B", "RTE"):
+            rep = json.load(open(out / "seed0" / f"{regime}-folded" / task / "merge_report.json"))
+            assert rep["method"] == "routing" and os.path.isfile(
+                out / "seed0" / f"{regime}-folded" / task / "predictions.json"
+            )
+            routed = json.load(open(out / "seed0" / regime / "results.json"))["results"][task]
+            split = "test"  # both tasks report test here
+            assert rep["routed"][split] == pytest.approx(routed[split]["score"], abs=1e-9)
+            assert doc["table"][f"{regime}-folded"]["tasks"][task]["median"] == rep["result"][split]
     top2 = json.load(open(out / "seed0" / "joint-top2" / "results.json"))
     assert (
         top2["args"]["top_k"] == 2 and json.load(open(out / "seed0" / "joint" / "results.json"))["args"]["top_k"] == 1

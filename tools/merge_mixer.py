@@ -16,7 +16,8 @@ routed encoder, a native model directory), RUN/heads.safetensors and RUN/results
 The output is a native classifier directory (encoder + the task's head, as ``python -m evaluation.glue
 --save-model`` writes; ``model.native_format.load_native_classifier``). A fold is exact only where every
 token's routing weights equal p, so the task's splits are scored again with the routed mixer and with the
-result, and both go to OUT/merge_report.json (``--no-eval`` skips this; it reads the run's task data).
+result, and both go to OUT/merge_report.json, the result's predictions to OUT/predictions.json (for
+``python -m evaluation.compare`` against the run's own); ``--no-eval`` skips this (it reads the run's task data).
 """
 
 from __future__ import annotations
@@ -90,10 +91,11 @@ def open_run(run: str) -> tuple[dict, str]:
     return res, mixer
 
 
-def score(model_cfg: ModelConfig, state: dict, head: dict, res: dict, task: str, tok) -> dict:
-    """The task's splits scored by finetune.train's own scorer (its data, length and batch size)."""
+def score(model_cfg: ModelConfig, state: dict, head: dict, res: dict, task: str, tok) -> tuple[dict, dict]:
+    """The task's splits scored by finetune.train's own scorer (its data, length and batch size): the score
+    per split, and the predictions in ``predictions.json``'s layout (``evaluation.compare``)."""
     from finetune.model import TaskClassifier
-    from finetune.train import TaskSource, load_tasks, score_tasks
+    from finetune.train import TaskSource, load_tasks, prediction_record, score_tasks
 
     args = argparse.Namespace(**res["args"])
     i = [os.path.basename(os.path.normpath(t)) for t in args.tasks].index(task)
@@ -102,8 +104,9 @@ def score(model_cfg: ModelConfig, state: dict, head: dict, res: dict, task: str,
     clf = TaskClassifier(model_cfg, {t.name: t.num_outputs}, args.pooling)
     clf.model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     clf.heads[t.name].load_state_dict({k[len("classifier.") :]: v for k, v in head.items()})
-    out, _ = score_tasks(clf, [t], args.batch_size)
-    return {split: r["score"] for split, r in out[t.name].items() if isinstance(r, dict) and "score" in r}
+    out, preds = score_tasks(clf, [t], args.batch_size)
+    scores = {split: r["score"] for split, r in out[t.name].items() if isinstance(r, dict) and "score" in r}
+    return scores, prediction_record([t], preds, args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         tok = shipped_tokenizer(mixer_dir, tok_path, recorded, cfg.vocab_size, InputError)
         try:
-            report["routed"] = score(cfg, state, head, res, a.task, tok)
-            report["result"] = score(out_cfg, merged, head, res, a.task, tok)
+            report["routed"], _ = score(cfg, state, head, res, a.task, tok)
+            report["result"], predictions = score(out_cfg, merged, head, res, a.task, tok)
         except (OSError, ValueError) as e:
             print(f"error: scoring {a.task} ({e}); --no-eval merges without it", file=sys.stderr)
             return 2
@@ -192,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             copy_sentence_files(mixer_dir, tmp)
             with open(os.path.join(tmp, "merge_report.json"), "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
+            if not a.no_eval:  # the result's predictions, for paired differences against the routed run
+                with open(os.path.join(tmp, "predictions.json"), "w", encoding="utf-8") as f:
+                    json.dump(predictions, f, separators=(",", ":"))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
