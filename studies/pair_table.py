@@ -7,8 +7,9 @@ Each run is an ``evaluation.glue`` output directory (its ``predictions.json``), 
 when one model's tasks or seeds were fine-tuned in separate runs (``b=runs/glue/b,runs/glue3/b``: merged by
 ``evaluation.compare.merge_predictions``, which refuses runs that scored other rows); every run and the constant
 predictor are scored once on the same bootstrap resamples (``evaluation.compare.all_draws``), so each
-difference's interval is paired and each share of the reference's margin above the constant predictor gets
-an interval from the same draws. A difference is "resolved" only when its 95 % interval excludes 0.
+difference's interval is paired, and each row's average as a share of the reference's average and of the
+reference's margin above the constant predictor gets an interval from the same draws. A difference is
+"resolved" only when its 95 % interval excludes 0.
 Output: OUT.md (scores ×100), OUT.json (scores as fractions) and OUT.png (each row's share of the margin).
 """
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output path without extension (.md and .json are written)")
     a = p.parse_args(argv)
     from evaluation.compare import all_draws, load_predictions, margin_share, merge_predictions, paired
+    from scoring.intervals import percentile_ci
     from data_prep.glue_data import TASKS
     from fileio import write_json
     from model.native_format import InputError
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         rows[n]["average"] = float(draws["average"][0][i])
         if i < const:
             rows[n]["share"] = margin_share(*draws["average"], i, ref)
+            point, avg_draws = draws["average"]  # the row's average over the reference's, on the same draws
+            lo, hi = percentile_ci(avg_draws[i] / avg_draws[ref])
+            rows[n]["of_reference"] = {"ratio": float(point[i] / point[ref]), "ci95": [lo, hi]}
     pairs = {}
     for pair in a.pairs:
         x, y = pair.split("-", 1)
@@ -74,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         pairs[f"{x} - {y}"] = {t: paired(*draws["tasks"][t], i, j) for t in tasks}
         pairs[f"{x} - {y}"]["average"] = paired(*draws["average"], i, j)
     lines = [
-        "| row | " + " | ".join(tasks) + f" | average | share of {a.reference}'s margin [95 % CI] |",
-        "|---|" + "---|" * (len(tasks) + 2),
+        "| row | "
+        + " | ".join(tasks)
+        + f" | average | of {a.reference}'s average [95 % CI] | share of {a.reference}'s margin [95 % CI] |",
+        "|---|" + "---|" * (len(tasks) + 3),
     ]
     for n, r in rows.items():
         share = r.get("share")
@@ -84,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             if share
             else ""
         )
+        of = r.get("of_reference")
+        of_cell = f"{100 * of['ratio']:.1f} % [{100 * of['ci95'][0]:.1f}, {100 * of['ci95'][1]:.1f}]" if of else ""
         lines.append(
-            f"| {n} | " + " | ".join(f"{100 * r[t]:.1f}" for t in tasks) + f" | {100 * r['average']:.1f} | {cell} |"
+            f"| {n} | "
+            + " | ".join(f"{100 * r[t]:.1f}" for t in tasks)
+            + f" | {100 * r['average']:.1f} | {of_cell} | {cell} |"
         )
     lines += ["", "| paired difference | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
     for name, d in pairs.items():

@@ -681,6 +681,10 @@ def test_pair_table_merges_one_models_runs_and_says_which_tasks_it_left_out(tmp_
     assert outs[0]["rows"] == outs[1]["rows"] and outs[0]["pairs"] == outs[1]["pairs"]  # merged = one run
     assert list(outs[0]["rows"]["a"])[:2] == ["SST-2", "RTE"]  # GLUE's order, not the runs' order
     assert outs[0]["pairs"]["a - b"]["average"]["diff"] == pytest.approx(30 / 300)
+    ratio = outs[0]["rows"]["b"]["of_reference"]  # b's average over a's, with an interval on the same draws
+    assert ratio["ratio"] == pytest.approx(outs[0]["rows"]["b"]["average"] / outs[0]["rows"]["a"]["average"])
+    assert ratio["ci95"][0] < ratio["ratio"] < ratio["ci95"][1] < 1
+    assert outs[0]["rows"]["a"]["of_reference"] == {"ratio": 1.0, "ci95": [1.0, 1.0]}
     capsys.readouterr()
     # a model scored on fewer tasks: the others are left out, and the table says so
     half = write("half", b, ["RTE"])
@@ -688,7 +692,7 @@ def test_pair_table_merges_one_models_runs_and_says_which_tasks_it_left_out(tmp_
     assert pair_table.main(["--runs", f"a={whole}", f"h={half}", "--reference", "a", "--out", out]) == 0
     assert "left out SST-2" in capsys.readouterr().err
     with open(out + ".json") as f:
-        assert set(json.load(f)["rows"]["a"]) == {"RTE", "average", "share"}
+        assert set(json.load(f)["rows"]["a"]) == {"RTE", "average", "share", "of_reference"}
     # the same task twice in one merge, a run without a name: one line, exit 2
     assert pair_table.main(["--runs", f"a={whole},{whole}", "--reference", "a", "--out", out]) == 2
     assert "appears in two runs" in capsys.readouterr().err
