@@ -2,6 +2,13 @@
 
     python studies/replicate_glue.py --glue-dir GLUE_DIR --out runs/replication          # the study (hours, 2 CPUs)
     python studies/replicate_glue.py --glue-dir GLUE_DIR --out runs/repl-smoke --smoke   # every stage, minutes
+    python studies/replicate_glue.py --glue-dir GLUE_DIR --out runs/replication-full \
+        --glue-args "--seeds 0,1,2 --epochs 3 --lr 1e-4 --threads 2"                    # the full-data protocol
+
+The default ``--glue-args`` is the quick protocol (500-example stratified subsets, 3 seeds). The full-data
+protocol (every training row) is the main table; measured on 2 CPUs, one job at a time: each distillation
+about 9 min, each student's five-task fine-tune about 17 min per seed, the teacher's about 22, so every row
+with 3 seeds takes about 8 hours (``--rows`` runs some of them; cached stages are not repeated).
 
 Rows (every student: width 384 and vocabulary of the teacher, the teacher's BERT-family block, K 2 groups
 × G 3 applications = 6 layers like the teacher, FFN 768 wide, factorised embedding e 128):
