@@ -244,36 +244,53 @@ def grid(a: Protocol) -> list[Hyper]:
 
 def select(
     backend, spec, data: dict[str, list[dict]], labels: dict[str, np.ndarray], a: Protocol, log, force: bool = False
-) -> tuple[Hyper, dict]:
+) -> tuple[Hyper, dict, dict | None]:
     """Choose (lr, epochs) for one task on a held-out slice of its training subset (never dev or test);
-    ``force``: score even a one-point grid on the slice (``--holdout-only``)."""
+    ``force``: score even a one-point grid on the slice (``--holdout-only``). Third: the chosen point's
+    predictions on the slice as a predictions.json task entry (split ``holdout``), for paired comparisons
+    of models probed on the same slice; None when nothing was selected."""
     points = grid(a)
     if len(points) == 1 and not force:
-        return points[0], {}
+        return points[0], {}, None
     n_hold = max(1, round(a.holdout * len(data["train"])))
     hold = set(stratified_subset(labels["train"], n_hold, a.subset_seed + 1, spec.is_regression))
     fit_idx = [i for i in range(len(data["train"])) if i not in hold]
     hold_idx = sorted(hold)
     sub = {"train": [data["train"][i] for i in fit_idx], "holdout": [data["train"][i] for i in hold_idx]}
     sub_labels = {"train": labels["train"][fit_idx], "holdout": labels["train"][hold_idx]}
-    tried = []
+    tried, held_scores = [], []
     for hp in points:
-        res, _, _, _, _ = finetune_one(backend, spec, sub, sub_labels, a, a.seeds[0], lambda *_: None, hp)
+        res, scores, _, _, _ = finetune_one(backend, spec, sub, sub_labels, a, a.seeds[0], lambda *_: None, hp)
         tried.append({"lr": hp.lr, "epochs": hp.epochs, "holdout_score": res["holdout"]["score"]})
+        held_scores.append(scores["holdout"])
         log(f"  {spec.name} select lr {hp.lr:g} epochs {hp.epochs}: holdout score {res['holdout']['score']:.4f}")
     best = max(range(len(tried)), key=lambda i: (tried[i]["holdout_score"], -i))  # ties: the earlier point
     chosen = points[best]
     log(f"  {spec.name} chose lr {chosen.lr:g}, {chosen.epochs} epochs ({len(fit_idx)} fit / {len(hold_idx)} holdout)")
     const = constant_scores(sub_labels["train"], len(hold_idx), spec.is_regression, spec.num_labels)
-    return chosen, {
-        "fit_examples": len(fit_idx),
-        "holdout_examples": len(hold_idx),
-        # the trivial predictor (majority / mean label of the fit rows) on the same slice: what a score there means
-        "holdout_constant_score": task_score(task_metrics(spec.metrics, const, sub_labels["holdout"]), spec.main),
-        "seed": a.seeds[0],
-        "grid": tried,
-        "chosen": dataclasses.asdict(chosen),
-    }
+    record = task_record(
+        spec.metrics,
+        spec.main,
+        "holdout",
+        sub_labels["train"],
+        spec.is_regression,
+        spec.num_labels,
+        {"holdout": sub_labels["holdout"]},
+        {"holdout": {a.seeds[0]: held_scores[best]}},
+    )
+    return (
+        chosen,
+        {
+            "fit_examples": len(fit_idx),
+            "holdout_examples": len(hold_idx),
+            # the trivial predictor (majority / mean label of the fit rows) on the same slice: what a score there means
+            "holdout_constant_score": task_score(task_metrics(spec.metrics, const, sub_labels["holdout"]), spec.main),
+            "seed": a.seeds[0],
+            "grid": tried,
+            "chosen": dataclasses.asdict(chosen),
+        },
+        record,
+    )
 
 
 def intervals(spec, seed_scores: list[np.ndarray], gold: np.ndarray, seed: int) -> np.ndarray:
@@ -384,9 +401,10 @@ def run(a: argparse.Namespace, log=print) -> dict:
             f"== {spec.name}: {len(train)} training examples, "
             f"{', '.join(f'{s} {len(v)}' for s, v in splits.items() if s != 'train')}"
         )
-        hp, selection = select(backend, spec, data, labels, proto, log, force=a.holdout_only)
+        hp, selection, held = select(backend, spec, data, labels, proto, log, force=a.holdout_only)
         if a.holdout_only:  # the held-out slice of train only: dev and test are never scored
             summary["tasks"][spec.name] = {"train_examples": len(train), "selection": selection}
+            predictions[spec.name] = held
             continue
         seed_scores = []
         for i, seed in enumerate(a.seeds):
@@ -440,6 +458,8 @@ def run(a: argparse.Namespace, log=print) -> dict:
         with OutputDir(a.out, overwrite=True) as tmp:
             with open(os.path.join(tmp, "results.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=1)
+            with open(os.path.join(tmp, "predictions.json"), "w", encoding="utf-8") as f:  # split "holdout" only
+                json.dump({"subset_seed": a.subset_seed, "tasks": predictions}, f, separators=(",", ":"))
         return summary
     scores = {n: t["summary"][report_split(TASKS[n])]["score"]["median"] for n, t in summary["tasks"].items()}
     rep = {n: report_split(TASKS[n]) for n in scores}

@@ -21,8 +21,10 @@ Scored without any reported split (issue 43):
                rows per task), scored on the held-out 20 % (``evaluation.glue --holdout-only``: dev and
                test are never scored); per task and their mean
 The constant predictor's held-out scores frame the probe (0 for STS-B's correlation; MRPC's majority
-class). Stages are cached under OUT (the corpus and shards are built once, in OUT/data, and linked into
-each variant's directory). Output: OUT/objectives.md, OUT/objectives.json, OUT/objectives.png.
+class); every variant is compared with base and with its step 0 on the same held-out rows and bootstrap
+resamples (paired; "not resolved" where the interval includes 0). Stages are cached under OUT (the corpus
+and shards are built once, in OUT/data, and linked into each variant's directory). Output: OUT/objectives.md,
+OUT/objectives.json, OUT/objectives.png.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def distil(name: str, a: argparse.Namespace) -> tuple[str, str]:
 
 def probe(path: str, out: str, a: argparse.Namespace) -> dict:
     res_path = os.path.join(out, "results.json")
-    if not os.path.isfile(res_path):
+    if not os.path.isfile(os.path.join(out, "predictions.json")):  # older probes lack it: paired needs it
         os.makedirs(os.path.dirname(out), exist_ok=True)
         cmd = [sys.executable, "-m", "evaluation.glue", path, "--glue-dir", a.glue_dir, "--out", out, "--tasks"]
         cmd += [*PROBE_TASKS, "--holdout-only", "--max-train", str(a.probe_train), "--holdout", "0.2"]
@@ -103,6 +105,36 @@ def probe(path: str, out: str, a: argparse.Namespace) -> dict:
         const = {t: sel[t]["holdout_constant_score"] for t in PROBE_TASKS}
         out["constant"] = {**const, "mean": sum(const.values()) / len(const)}
     return out
+
+
+def paired_holdout(rows: dict, out: str) -> dict:
+    """Every variant minus the reference (base, else the first distilled row) and minus its step 0, on the
+    same held-out rows and bootstrap resamples (``evaluation.compare``); {} when a probe predates the
+    held-out predictions (``evaluation.glue --holdout-only`` writes them since 2026-12-07)."""
+    from evaluation.compare import all_draws, load_predictions, paired
+    from model.native_format import InputError
+
+    names = list(rows)
+    try:
+        recs = [load_predictions(os.path.join(out, "probe", probe_slug(n))) for n in names]
+    except InputError:
+        return {}
+    d = all_draws(recs, list(PROBE_TASKS))
+    draws = {**d["tasks"], "mean": d["average"]}
+    distilled = [n for n in names if not n.startswith("step 0")]
+    ref = "base" if "base" in names else (distilled[0] if distilled else None)
+    out_pairs = {}
+    for n in distilled:
+        step0 = next((s for s in names if s.startswith("step 0")), None)
+        for other in (ref, step0):
+            if other and other != n:
+                i, j = names.index(n), names.index(other)
+                out_pairs[f"{n} - {other}"] = {t: paired(*draws[t], i, j) for t in draws}
+    return out_pairs
+
+
+def probe_slug(name: str) -> str:
+    return name.replace(" ", "").replace("(", "-").replace(")", "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rows.items():
         t0 = time.time()
         r["sts_dev"] = zero_shot_sts(r["path"], a.glue_dir, splits=("dev",))["dev"]["spearman"]
-        slug = name.replace(" ", "").replace("(", "-").replace(")", "")
-        r["holdout"] = probe(r["path"], os.path.join(a.out, "probe", slug), a)
+        r["holdout"] = probe(r["path"], os.path.join(a.out, "probe", probe_slug(name)), a)
         r["seconds_scoring"] = round(time.time() - t0, 1)
         print(f"  {name}: sts-dev {r['sts_dev']:.1f}, holdout {r['holdout']}", flush=True)
     lines = [
@@ -169,10 +200,24 @@ def main(argv: list[str] | None = None) -> int:
             f"| constant predictor | majority / mean label of the fit rows | 0.0 | {100 * const['STS-B']:.1f} | "
             f"{100 * const['MRPC']:.1f} | {100 * const['mean']:.1f} |"
         )
+    pairs = paired_holdout(rows, a.out)
+    if pairs:
+        lines += [
+            "",
+            "| paired difference on the held-out rows (×100) | STS-B | MRPC | mean |",
+            "|---|---|---|---|",
+        ]
+        for name, d in pairs.items():
+            cells = []
+            for t in [*PROBE_TASKS, "mean"]:
+                lo, hi = d[t]["diff_ci95"]
+                mark = "" if d[t]["resolved"] else " (not resolved)"
+                cells.append(f"{100 * d[t]['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "objectives.md"), "w", encoding="utf-8") as f:
         f.write(md)
-    write_json(os.path.join(a.out, "objectives.json"), {"args": vars(a), "rows": rows})
+    write_json(os.path.join(a.out, "objectives.json"), {"args": vars(a), "rows": rows, "paired": pairs})
     plot(rows, os.path.join(a.out, "objectives.png"))
     print(md)
     return 0

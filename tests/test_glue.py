@@ -700,6 +700,45 @@ def test_pair_table_merges_one_models_runs_and_says_which_tasks_it_left_out(tmp_
     assert "is not NAME=DIR" in capsys.readouterr().err
 
 
+def test_distill_objectives_pairs_every_variant_with_base_and_step0_on_the_held_out_rows(tmp_path):
+    import sys
+
+    sys.path.insert(0, REPO)
+    from studies import distill_objectives
+
+    rng = np.random.default_rng(2)
+    base = (rng.random(400) < 0.7).astype(int)
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:40]] = 1  # right on base's rows and 40 more
+
+    def probe(slug: str, correct: np.ndarray) -> None:
+        run = _fake_run(correct, [0])
+        held = {}
+        for t in ("STS-B", "MRPC"):  # the probe's tasks, scored on their held-out split
+            rec = dict(run["tasks"]["RTE"])
+            rec["report_split"], rec["splits"] = "holdout", {"holdout": rec["splits"]["test"]}
+            held[t] = rec
+        os.makedirs(tmp_path / "probe" / slug)
+        with open(tmp_path / "probe" / slug / "predictions.json", "w") as f:
+            json.dump({"subset_seed": 0, "tasks": held}, f)
+
+    probe("step0-lower", base)
+    probe("base", better)
+    probe("relation", base)
+    rows = {"step 0 (lower)": {}, "base": {}, "relation": {}}
+    pairs = distill_objectives.paired_holdout(rows, str(tmp_path))
+    assert set(pairs) == {"base - step 0 (lower)", "relation - base", "relation - step 0 (lower)"}
+    assert pairs["base - step 0 (lower)"]["mean"]["diff"] == pytest.approx(40 / 400)
+    assert pairs["base - step 0 (lower)"]["mean"]["resolved"]  # never worse on any row: resolved
+    assert (
+        pairs["relation - step 0 (lower)"]["STS-B"]["diff"] == 0
+        and not pairs["relation - step 0 (lower)"]["mean"]["resolved"]
+    )
+    # a probe from before the held-out predictions: no paired section rather than a wrong one
+    os.remove(tmp_path / "probe" / "relation" / "predictions.json")
+    assert distill_objectives.paired_holdout(rows, str(tmp_path)) == {}
+
+
 @need_glue
 def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native_dir, tmp_path):
     """--select-lr/--select-epochs: each grid point is scored on a stratified slice of the training subset;
@@ -749,7 +788,7 @@ def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native
     train = subset_examples(load_local("RTE", GLUE_DIR)["train"], 30, 0)
     data = {"train": backend.encode([e.texts for e in train], a.max_len)}
     labels = {"train": np.array([e.label for e in train])}
-    hp, again = glue.select(backend, spec, data, labels, glue.Protocol.from_args(a), lambda *_: None)
+    hp, again, held = glue.select(backend, spec, data, labels, glue.Protocol.from_args(a), lambda *_: None)
     assert again["grid"] == sel["grid"] and glue.dataclasses.asdict(hp) == sel["chosen"]
 
     # --holdout-only: the same grid scores, and dev/test are never scored (predict sees only the slice)
@@ -766,7 +805,14 @@ def test_selection_chooses_on_a_train_holdout_and_never_reads_dev_or_test(native
     # the majority label of the 24 fit rows on the 6 held-out ones: a share of them (RTE's score is accuracy)
     const = ho["tasks"]["RTE"]["selection"]["holdout_constant_score"]
     assert const == again["holdout_constant_score"] and const in {k / 6 for k in range(7)}
-    assert not os.path.exists(tmp_path / "ho" / "predictions.json")
+    # the chosen point's predictions on the slice (and nothing else), for paired comparisons of probed models
+    from scoring.metrics import task_metrics, task_score
+
+    rec = json.load(open(tmp_path / "ho" / "predictions.json"))["tasks"]["RTE"]
+    assert set(rec["splits"]) == {"holdout"} and rec["report_split"] == "holdout" and rec == held
+    sp = rec["splits"]["holdout"]
+    m = task_metrics(tuple(rec["metrics"]), np.array(sp["seeds"]["0"]), np.array(sp["gold"]))
+    assert len(sp["gold"]) == 6 and task_score(m, tuple(rec["main"])) == pytest.approx(best["holdout_score"])
 
 
 def test_selection_flags_are_checked(tmp_path):
