@@ -2,7 +2,7 @@
 
     python studies/replicate_glue.py --glue-dir GLUE_DIR --out runs/replication          # the study (hours, 2 CPUs)
     python studies/replicate_glue.py --glue-dir GLUE_DIR --out runs/repl-smoke --smoke   # every stage, minutes
-    python studies/replicate_glue.py --glue-dir GLUE_DIR --out runs/replication-full \
+    python studies/replicate_glue.py --glue-dir GLUE_DIR --out runs/replication-full \\
         --glue-args "--seeds 0,1,2 --epochs 3 --lr 1e-4 --threads 2"                    # the full-data protocol
 
 The default ``--glue-args`` is the quick protocol (500-example stratified subsets, 3 seeds). The full-data
