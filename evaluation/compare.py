@@ -121,6 +121,13 @@ def all_draws(runs: list[dict], tasks: list[str] | None = None) -> dict:
     }
 
 
+def diff_cell(d: dict) -> str:
+    """A ``paired`` result as a table cell (×100): ``+1.5 [+0.6, +2.5]``, marked where it is not resolved."""
+    lo, hi = d["diff_ci95"]
+    mark = "" if d["resolved"] else " (not resolved)"
+    return f"{100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark}"
+
+
 def paired(point: np.ndarray, draws: np.ndarray, i: int, j: int) -> dict:
     """Run i minus run j on the same resamples: the difference, its 95 % interval, and whether it excludes 0."""
     lo, hi = percentile_ci(draws[i] - draws[j])

@@ -207,13 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             "| paired difference on the held-out rows (×100) | STS-B | MRPC | mean |",
             "|---|---|---|---|",
         ]
+        from evaluation.compare import diff_cell
+
         for name, d in pairs.items():
-            cells = []
-            for t in [*PROBE_TASKS, "mean"]:
-                lo, hi = d[t]["diff_ci95"]
-                mark = "" if d[t]["resolved"] else " (not resolved)"
-                cells.append(f"{100 * d[t]['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | " + " | ".join(diff_cell(d[t]) for t in [*PROBE_TASKS, "mean"]) + " |")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "objectives.md"), "w", encoding="utf-8") as f:
         f.write(md)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", nargs="*", default=[], help="A-B: the paired differences to report")
     p.add_argument("--out", required=True, help="output path without extension (.md and .json are written)")
     a = p.parse_args(argv)
-    from evaluation.compare import all_draws, load_predictions, margin_share, merge_predictions, paired
+    from evaluation.compare import all_draws, diff_cell, load_predictions, margin_share, merge_predictions, paired
     from scoring.intervals import percentile_ci
     from data_prep.glue_data import TASKS
     from fileio import write_json
@@ -100,12 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines += ["", "| paired difference | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
     for name, d in pairs.items():
-        cells = []
-        for t in [*tasks, "average"]:
-            lo, hi = d[t]["diff_ci95"]
-            mark = "" if d[t]["resolved"] else " (not resolved)"
-            cells.append(f"{100 * d[t]['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(diff_cell(d[t]) for t in [*tasks, "average"]) + " |")
     md = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".md", "w", encoding="utf-8") as f:
