@@ -41,7 +41,9 @@ Hyper-parameter selection (``--select-lr``, ``--select-epochs``): per task, a se
 rest with the first seed and is scored on that slice; the best (ties: the earlier in the grid) then trains
 on the whole training subset for every seed. Dev and test are not seen by the choice, so every model of a
 comparison gets its own hyper-parameters without touching what is reported. The grid's holdout scores
-and the choice go into results.json and results.md.
+and the choice go into results.json and results.md. ``--holdout-only`` stops there (dev and test unscored)
+and writes the chosen point's held-out predictions to predictions.json (split ``holdout``), so models probed
+on the same slice can be compared paired.
 """
 
 from __future__ import annotations
@@ -549,7 +551,8 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score the selection grid (or --lr/--epochs) on the held-out slice of train and stop: dev and test "
         "are never scored (for choices made before a final table; results.json's selection and "
-        "holdout_average, the mean over tasks of each task's best grid point)",
+        "holdout_average, the mean over tasks of each task's best grid point; predictions.json holds the best "
+        "point's predictions on the slice, split 'holdout', for paired comparisons: python -m evaluation.compare)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)
