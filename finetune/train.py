@@ -71,7 +71,7 @@ from finetune.data import DataError, Task, varlen_batches, load_glue_task, load_
 from finetune.model import TaskClassifier, add_block_lora, save_adapter, save_mixer
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import classification_loss
-from model.config import RSL_ENTROPY, ROUTE_INPUTS, ROUTING_MODES, AttnExpertsConfig
+from model.config import RSL_ENTROPY, ROUTE_INPUTS, ROUTING_MODES, AttnExpertsConfig, ModelConfig
 from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers, load_peft_adapters
 from model.losses import combine_losses
 from model.native_format import InputError, load_native, tokenizer_record
@@ -242,20 +242,26 @@ def preservation_loss(
     return torch.stack(terms).mean()
 
 
+def projection_applications(name: str, cfg: ModelConfig) -> list[str]:
+    """The routed applications (``RoutingRecorder`` names, ``layer{i}.attn``) whose router weighs the experts of
+    projection ``name`` (``...groups.G.block.attn.Wqkv|Wo``): its shared block's G applications; Wo follows
+    ``attn_o`` under per_projection routing."""
+    group = int(name.split("groups.")[1].split(".")[0])
+    kind = "attn_o" if name.endswith("Wo") and cfg.attn_experts.route == "per_projection" else "attn"
+    return [f"layer{i}.{kind}" for i in range(group * cfg.group_depth, (group + 1) * cfg.group_depth)]
+
+
 def chosen_experts(clf: TaskClassifier, recorder: RoutingRecorder) -> dict[str, torch.Tensor]:
     """Per attention-expert projection: [E] True where its router sent any token of the batch to expert j
-    (over the applications of the projection's group; Wo follows ``attn_o`` under per_projection routing)."""
-    depth = clf.cfg.group_depth
+    (over the applications of the projection's group, ``projection_applications``)."""
     out = {}
     for name, m in clf.named_modules():
         if not isinstance(m, MixtureLinear):
             continue
-        group = int(name.split("groups.")[1].split(".")[0])
-        kind = "attn_o" if name.endswith("Wo") and clf.cfg.attn_experts.route == "per_projection" else "attn"
         counts = [
-            recorder.stats[f"layer{layer}.{kind}"]["tokens_per_expert"]
-            for layer in range(group * depth, (group + 1) * depth)
-            if f"layer{layer}.{kind}" in recorder.stats
+            recorder.stats[app]["tokens_per_expert"]
+            for app in projection_applications(name, clf.cfg)
+            if app in recorder.stats
         ]
         out[name] = torch.stack(counts).sum(0) > 0 if counts else torch.ones(m.lora_A.shape[0], dtype=torch.bool)
     return out

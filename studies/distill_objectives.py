@@ -123,9 +123,9 @@ def paired_holdout(rows: dict, out: str) -> dict:
     draws = {**d["tasks"], "mean": d["average"]}
     distilled = [n for n in names if not n.startswith("step 0")]
     ref = "base" if "base" in names else (distilled[0] if distilled else None)
+    step0 = next((s for s in names if s.startswith("step 0")), None)
     out_pairs = {}
     for n in distilled:
-        step0 = next((s for s in names if s.startswith("step 0")), None)
         for other in (ref, step0):
             if other and other != n:
                 i, j = names.index(n), names.index(other)

@@ -49,9 +49,9 @@ METHODS = ("routing", "uniform", "routed")
 def projection_shares(name: str, cfg: ModelConfig, per_layer: dict[str, list[float]]) -> torch.Tensor:
     """The routing share p [E] of projection ``name`` (``...groups.G.block.attn.Wqkv|Wo``): the mean over
     its block's G applications of the share each expert got of the task's tokens."""
-    group = int(name.split("groups.")[1].split(".")[0])
-    kind = "attn_o" if name.endswith("Wo") and cfg.attn_experts.route == "per_projection" else "attn"
-    apps = [f"layer{i}.{kind}" for i in range(group * cfg.group_depth, (group + 1) * cfg.group_depth)]
+    from finetune.train import projection_applications
+
+    apps = projection_applications(name, cfg)
     missing = [x for x in apps if x not in per_layer]
     if missing:
         raise InputError(f"results.json has no routing shares for {missing[0]} (a run before 2026-12-06?)")
@@ -60,13 +60,14 @@ def projection_shares(name: str, cfg: ModelConfig, per_layer: dict[str, list[flo
 
 
 @torch.no_grad()
-def fold(state: dict[str, torch.Tensor], mixtures: dict[str, MixtureLinear], shares: dict[str, torch.Tensor]) -> None:
-    """In ``state`` (the encoder's, keys as ``mixtures``' names): W += Σ_j p_j·ΔW_j for each routed projection,
+def fold(state: dict[str, torch.Tensor], model: torch.nn.Module, shares: dict[str, torch.Tensor]) -> None:
+    """In ``state`` (``model``'s): W += Σ_j p_j·ΔW_j for each routed projection (``shares``: its name → p [E]),
     and every expert and router tensor dropped."""
-    for name, m in mixtures.items():
-        delta_EOI = torch.stack([m.expert_delta(j) for j in range(m.lora_A.shape[0])]).double()
-        w = m.weight.double() + (shares[name].view(-1, 1, 1) * delta_EOI).sum(0)
-        state[f"{name}.weight"] = w.to(m.weight.dtype)
+    from finetune.train import expert_deltas
+
+    for name, delta_EOI in expert_deltas(model).items():
+        w = state[f"{name}.weight"].double() + (shares[name].view(-1, 1, 1) * delta_EOI.double()).sum(0)
+        state[f"{name}.weight"] = w.to(state[f"{name}.weight"].dtype)
     for k in [k for k in state if ".lora_" in k or ".attn.router" in k]:
         del state[k]
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                     else torch.full((E,), 1 / E, dtype=torch.float64)
                 )
             merged = dict(state)
-            fold(merged, mixtures, shares)
+            fold(merged, model, shares)
             out_cfg = dataclasses.replace(cfg, attn_experts=AttnExpertsConfig()).validate()
         else:
             merged, out_cfg = state, cfg
@@ -163,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         "method": a.method,
         "shares": {n: [round(float(x), 4) for x in s] for n, s in shares.items()},
     }
+    tok_path, recorded = tokenizer_record(mixer_dir, doc)
     if not a.no_eval:
         from data_prep.tokenizer_id import shipped_tokenizer
 
-        tok_path, recorded = tokenizer_record(mixer_dir, doc)
         if tok_path is None:
             print(f"error: {mixer_dir}: no tokenizer to score with; --no-eval merges without it", file=sys.stderr)
             return 2
@@ -179,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for split, before in report["routed"].items():
             print(f"{a.task} {split}: routed {before:.4f} -> {a.method} {report['result'][split]:.4f}")
-    tok_path, _ = tokenizer_record(mixer_dir, doc)
     record = {"tool": "merge_mixer", "run": os.path.abspath(a.run), "task": a.task, "method": a.method}
     try:
         with OutputDir(a.out, a.overwrite, InputError) as tmp:
