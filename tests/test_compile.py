@@ -149,5 +149,32 @@ def test_a_grouped_matmul_that_cannot_use_grouped_mm_warns_once_naming_why():
     assert torch.allclose(out, torch.cat([x[:3] @ w[0].t(), x[3:] @ w[1].t()]))
 
 
+def _count_table(*args: str) -> dict[str, list[str]]:
+    repo = os.path.dirname(os.path.dirname(HERE))
+    cmd = [sys.executable, "benchmarks/bench_mol.py", "--count", "--preset", "tiny", "--tokens", "256", *args]
+    r = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [
+        line.strip("|").split("|")
+        for line in r.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| FFN |")
+    ]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def test_bench_mol_counts_bytes_eager_and_after_inductor_fusion():
+    """Both counts of ``bench_mol.py --count``: the floor row (the dense FFN on every (token, expert) pair) is
+    1.00 by construction, each MoL form moves more than that floor, and under compile the dense FFN's GeGLU
+    forward and backward are one generated kernel each, around its 6 matmuls (2 forward, 4 backward): the
+    count sees Inductor's fusion, which the eager count cannot."""
+    for args in ((), ("--compile",)):
+        t = _count_table("--dtype", "bfloat16", *args)
+        assert set(t) == {"dense FFN", "dense FFN on the T·K pairs", "MoL, grouped", "MoL, slots"}, t
+        assert t["dense FFN on the T·K pairs"][-1] == "1.00", t
+        for name in ("MoL, grouped", "MoL, slots"):
+            assert float(t[name][-1]) > 1.0, t
+    assert t["dense FFN"][:2] == ["2", "6"], t  # compiled: kernels generated, matmul calls
+
+
 if __name__ == "__main__":
     print(json.dumps(_worker(sys.argv[1])))
