@@ -26,9 +26,13 @@ class OutputDir:
         self.error = error
         self.tmp = f"{self.path}.tmp-{os.getpid()}"
 
-    def __enter__(self) -> str:
+    def check(self) -> None:
+        """Raise now what ``__enter__`` would raise for an existing path: a tool calls it before hours of work."""
         if os.path.exists(self.path) and not self.overwrite:
             raise self.error(f"--out {self.path}: already exists (remove it or pass --overwrite)")
+
+    def __enter__(self) -> str:
+        self.check()
         shutil.rmtree(self.tmp, ignore_errors=True)
         os.makedirs(self.tmp)
         return self.tmp

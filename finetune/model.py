@@ -167,15 +167,17 @@ def load_adapter(model: nn.Module, adapter_dir: str) -> None:
         raise ValueError(f"adapter {adapter_dir}: tensors not loaded: {result.unexpected_keys[:2]}")
 
 
-def save_mixer(clf: TaskClassifier, base_dir: str, out_dir: str, history: dict) -> None:
+def save_mixer(
+    clf: TaskClassifier, base_rest: dict[str, torch.Tensor], doc: dict, base_dir: str, out_dir: str, history: dict
+) -> None:
     """A LoRA-Mixer's encoder as a native model directory (``load_native`` reads it back with its routed
-    attention experts): ``config.json``'s model carries ``attn_experts``; the base model's MLM head, tokenizer
-    and sentence-transformers files are kept. The task heads are not in it (``heads.safetensors``)."""
+    attention experts): ``config.json``'s model carries ``attn_experts``; the base model's MLM head
+    (``base_rest``: its tensors outside ``model.``), tokenizer and sentence-transformers files are kept, with
+    ``doc`` its config.json. The task heads are not in it (``heads.safetensors``)."""
     from fileio import OutputDir
-    from model.native_format import copy_sentence_files, load_native, save_native, tokenizer_record
+    from model.native_format import copy_sentence_files, save_native, tokenizer_record
 
-    base, doc = load_native(base_dir)
-    state = {k: v for k, v in base.state_dict().items() if not k.startswith("model.")}
+    state = dict(base_rest)
     state.update({f"model.{k}": v for k, v in clf.model.state_dict().items()})
     tok_path, _ = tokenizer_record(base_dir, doc)
     with OutputDir(out_dir, overwrite=True) as tmp:

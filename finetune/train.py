@@ -74,6 +74,7 @@ from model.classification import classification_loss
 from model.config import RSL_ENTROPY, ROUTE_INPUTS, ROUTING_MODES, AttnExpertsConfig, ModelConfig
 from model.lora_mixer import AdapterError, MixtureLinear, freeze_all_but_routers, load_peft_adapters
 from model.losses import combine_losses
+from model.modernalbert import ModernAlbertForMaskedLM
 from model.native_format import InputError, load_native, tokenizer_record
 from model.routing import RoutingRecorder
 from config_check import flag_check
@@ -186,8 +187,8 @@ class Adapters:
         )
 
 
-def build(model_dir: str, tasks: list[Task], a: Adapters) -> TaskClassifier:
-    native, doc = load_native(model_dir)
+def build(native: ModernAlbertForMaskedLM, model_dir: str, tasks: list[Task], a: Adapters) -> TaskClassifier:
+    """The classifier on ``native``'s encoder (read from ``model_dir``, named in errors) with ``a``'s adapters."""
     cfg = native.cfg
     n_exp, mode = a.num_experts, a.mode
     if mode.startswith("mixer"):
@@ -489,7 +490,6 @@ def main(argv: list[str] | None = None) -> int:
         if tok_path is None:
             raise InputError(f"{a.model}: no tokenizer in the model directory")
         tok = shipped_tokenizer(a.model, tok_path, recorded, base.cfg.vocab_size, InputError)
-        del base
         tasks = load_tasks(TaskSource.from_args(a), tok)
         if a.mode in ("full", "lora") and len(tasks) != 1:
             raise DataError(f"--mode {a.mode} takes one task (got {len(tasks)}); use multitask or a mixer")
@@ -502,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         arg = flag_check(a, DataError)
         for name in ("rsl_lambda", "preserve", "router_ce", "router_ce_routed"):
             arg(name, getattr(a, name) >= 0, "must be >= 0")
-        clf = build(a.model, tasks, Adapters.from_args(a, len(tasks)))
+        clf = build(base, a.model, tasks, Adapters.from_args(a, len(tasks)))
+        # the base is read once: a mixer keeps its MLM head (the rest is in clf); the encoder copy is freed
+        base_rest = {k: v for k, v in base.state_dict().items() if not k.startswith("model.")}
+        del base
         if a.mode == "mixer-plug":
             load_peft_adapters(clf, [os.path.join(d, "adapter") for d in a.adapters])
             from safetensors.torch import load_file
@@ -596,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         save_adapter(clf, os.path.join(a.out, "adapter"))
     if mixer:  # the trained mixer itself: tools/merge_mixer.py makes a task's classifier of it
         history = {"tool": "finetune.train", "mode": a.mode, "tasks": [t.name for t in tasks], "seed": a.seed}
-        save_mixer(clf, a.model, os.path.join(a.out, "mixer"), history)
+        save_mixer(clf, base_rest, doc, a.model, os.path.join(a.out, "mixer"), history)
     with open(os.path.join(a.out, "predictions.json"), "w", encoding="utf-8") as f:
         json.dump(prediction_record(tasks, preds, a.seed), f, separators=(",", ":"))
     with open(os.path.join(a.out, "results.json"), "w", encoding="utf-8") as f:

@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="do not score the task before and after")
     a = p.parse_args(argv)
+    out_dir = OutputDir(a.out, a.overwrite, InputError)
     try:
+        out_dir.check()  # before loading and scoring, not after
         res, mixer_dir = open_run(a.run)
         tasks = list(res["tasks"])
         if a.task not in tasks:
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{a.task} {split}: routed {before:.4f} -> {a.method} {report['result'][split]:.4f}")
     record = {"tool": "merge_mixer", "run": os.path.abspath(a.run), "task": a.task, "method": a.method}
     try:
-        with OutputDir(a.out, a.overwrite, InputError) as tmp:
+        with out_dir as tmp:
             save_native(
                 tmp,
                 {**merged, **head},
