@@ -17,7 +17,7 @@ import csv
 import json
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -97,8 +97,29 @@ def load_task(
         ids = encode_examples(tok, [tuple(str(r[c]) for c in text_cols) for r in rs], max_len)
         return [(x, float(index[str(r[label_col])])) for x, r in zip(ids, rs)]
 
-    train = rows["train"][:max_train] if max_train else rows["train"]
+    from scoring.sampling import stratified_subset
+
+    # a seeded label-stratified subset (seed 0, as GLUE's), never the file's first rows
+    keep = stratified_subset([index[str(r[label_col])] for r in rows["train"]], max_train, 0)
+    train = [rows["train"][i] for i in keep]
     return Task(name, labels, encode(train, "train"), {"test": encode(rows["test"], "test")})
+
+
+HOLDOUT_SEED = 1  # evaluation.glue's held-out slice: subset seed 0 + 1
+
+
+def with_holdout(task: Task, share: float) -> Task:
+    """``task`` trained on its training rows less a seeded, label-stratified ``share`` of them (``evaluation.glue``'s
+    held-out slice: the same rows for the same training set), which becomes its only scored split (``holdout``):
+    choices made on it never see dev or test."""
+    from scoring.sampling import stratified_subset
+
+    labels = [lab for _, lab in task.train]
+    n_hold = max(1, round(share * len(labels)))
+    hold = set(stratified_subset(labels, n_hold, HOLDOUT_SEED, task.is_regression))
+    fit = [ex for i, ex in enumerate(task.train) if i not in hold]
+    held = [ex for i, ex in enumerate(task.train) if i in hold]
+    return replace(task, train=fit, evals={"holdout": held}, report="holdout")
 
 
 def load_glue_task(

@@ -10,7 +10,10 @@
 Tasks are task directories (train/test .jsonl/.csv/.tsv; accuracy and macro-F1 on test) or, with
 --glue-dir, GLUE task names (SST-2, MRPC, STS-B, RTE, CoLA, in any case, hyphen optional: GLUE's metrics on
 dev and test, STS-B a regression head on targets scaled to [0, 1]). --tasks takes them comma- or
-space-separated, as the GLUE runner does: --tasks SST-2,STS-B or --tasks SST-2 STS-B.
+space-separated, as the GLUE runner does: --tasks SST-2,STS-B or --tasks SST-2 STS-B. --max-train takes a
+seeded, label-stratified subset of each training set; --holdout F sets a seeded, stratified share F of it
+aside as the only scored split (``holdout``; dev and test are never read), so a lever or hyper-parameter can
+be chosen without touching a reported split.
 
 Modes:
   full         every weight trained (one task)
@@ -67,7 +70,7 @@ from data_prep.tokenizer import Tokenizer
 from data_prep.tokenizer_id import shipped_tokenizer
 from scoring.metrics import task_metrics, task_score
 from scoring.predictions import task_record
-from finetune.data import DataError, Task, varlen_batches, load_glue_task, load_task
+from finetune.data import DataError, Task, varlen_batches, load_glue_task, load_task, with_holdout
 from finetune.model import TaskClassifier, add_block_lora, save_adapter, save_mixer
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import classification_loss
@@ -279,17 +282,21 @@ class TaskSource:
     max_len: int
     max_train: int  # per task (0: all)
     max_eval: int  # GLUE: dev/test per task (0: all)
+    holdout: float = 0.0  # > 0: this share of each training set is the only scored split (with_holdout)
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "TaskSource":
         cols = tuple(a.text_columns.split(","))
-        return cls(tuple(a.tasks), a.glue_dir, cols, a.label_column, a.max_len, a.max_train, a.max_eval)
+        holdout = getattr(a, "holdout", 0.0)  # results.json of runs before --holdout existed
+        return cls(tuple(a.tasks), a.glue_dir, cols, a.label_column, a.max_len, a.max_train, a.max_eval, holdout)
 
 
 def load_tasks(src: TaskSource, tok: Tokenizer) -> list[Task]:
     if src.glue_dir:
-        return [load_glue_task(n, src.glue_dir, tok, src.max_len, src.max_train, src.max_eval) for n in src.tasks]
-    return [load_task(d, tok, src.text_columns, src.label_column, src.max_len, src.max_train) for d in src.tasks]
+        tasks = [load_glue_task(n, src.glue_dir, tok, src.max_len, src.max_train, src.max_eval) for n in src.tasks]
+    else:
+        tasks = [load_task(d, tok, src.text_columns, src.label_column, src.max_len, src.max_train) for d in src.tasks]
+    return [with_holdout(t, src.holdout) for t in tasks] if src.holdout else tasks
 
 
 @dataclasses.dataclass
@@ -397,6 +404,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     p.add_argument("--max-train", type=int, default=0, help="training examples per task (0: all)")
     p.add_argument("--max-eval", type=int, default=0, help="GLUE: dev/test examples per task (0: all)")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="train on each task's training rows less this seeded, stratified share and score only that share "
+        "(split 'holdout'; dev and test untouched): for choosing levers and hyper-parameters (0: off)",
+    )
     p.add_argument("--train-per-task", type=int, default=1000, help="mixer-plug: router training examples per task")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (mixer-joint: of the routed stage)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -485,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(a.seed)
     t0 = time.time()
     try:
+        arg = flag_check(a, DataError)
+        for name in ("rsl_lambda", "preserve", "router_ce", "router_ce_routed"):
+            arg(name, getattr(a, name) >= 0, "must be >= 0")
+        arg("holdout", 0 <= a.holdout < 1, "a share: 0 (off) or strictly between 0 and 1")
         base, doc = load_native(a.model)
         tok_path, recorded = tokenizer_record(a.model, doc)
         if tok_path is None:
@@ -499,9 +517,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         if a.router_ce_routed > 0 and not a.mode.startswith("mixer"):
             raise DataError(f"--router-ce-routed is for the mixer modes (got --mode {a.mode})")
-        arg = flag_check(a, DataError)
-        for name in ("rsl_lambda", "preserve", "router_ce", "router_ce_routed"):
-            arg(name, getattr(a, name) >= 0, "must be >= 0")
         clf = build(base, a.model, tasks, Adapters.from_args(a, len(tasks)))
         # the base is read once: a mixer keeps its MLM head (the rest is in clf); the encoder copy is freed
         base_rest = {k: v for k, v in base.state_dict().items() if not k.startswith("model.")}

@@ -304,6 +304,47 @@ def test_bad_task_data_is_a_clear_error(native, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_max_train_is_a_stratified_subset_and_holdout_is_the_only_scored_split(native, tasks, tmp_path, capsys):
+    """--max-train draws each label's share (the fixture's training file lists one label's rows first, so the
+    first rows would be one class); --holdout trains on the rest of the training rows and scores only the
+    held-out ones (dev/test unread), the same rows on every run."""
+    from collections import Counter
+
+    from finetune.data import with_holdout
+    from model.native_format import load_native
+
+    tok = Tokenizer(os.path.join(native, load_native(native)[1]["tokenizer"]))
+    full = load_task(tasks[0], tok, max_len=64)
+    sub = load_task(tasks[0], tok, max_len=64, max_train=40)
+    shares = Counter(lab for _, lab in full.train)
+    assert len(shares) == 2 and Counter(lab for _, lab in sub.train) == {
+        lab: round(40 * n / len(full.train)) for lab, n in shares.items()
+    }
+    held = with_holdout(full, 0.25)
+    assert held.report == "holdout" and list(held.evals) == ["holdout"]
+    assert len(held.evals["holdout"]) == round(0.25 * len(full.train))
+    assert len(held.train) + len(held.evals["holdout"]) == len(full.train)
+    fit_ids = {tuple(ids) for ids, _ in held.train}
+    assert not any(tuple(ids) in fit_ids for ids, _ in held.evals["holdout"])
+    assert Counter(lab for _, lab in held.evals["holdout"]) == {
+        lab: round(len(held.evals["holdout"]) * n / len(full.train)) for lab, n in shares.items()
+    }
+    assert with_holdout(full, 0.25).evals == held.evals  # seeded: the same rows every time
+    out = tmp_path / "held"
+    argv = ["--model", native, "--tasks", tasks[0], "--mode", "lora", "--epochs", "1", "--max-len", "64"]
+    assert train.main([*argv, "--holdout", "0.25", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    name = os.path.basename(tasks[0])
+    assert set(res["results"][name]) == {"holdout"} and res["tasks"][name]["report"] == "holdout"
+    assert res["results"][name]["holdout"]["examples"] == len(held.evals["holdout"])
+    assert res["train_examples"] == len(held.train)
+    preds = json.loads((out / "predictions.json").read_text())
+    assert set(preds["tasks"][name]["splits"]) == {"holdout"}
+    capsys.readouterr()
+    assert train.main([*argv, "--holdout", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "--holdout" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_sentence_pairs_are_encoded_cls_a_sep_b_sep(native, tmp_path):
     from model.native_format import load_native
 
