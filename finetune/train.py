@@ -39,7 +39,8 @@ routed on the attention output by its own router.
 
 MODEL is a native model directory (tools/consolidate_checkpoint.py or merge_experts.py output). Each run
 writes OUT/results.json (per task and split the metrics and the task score; for the mixers the share of
-routed tokens per expert for each task, overall and per layer, the routing matrix, and each stage's log),
+routed tokens per expert for each task, overall and per layer, the routing matrix, the shares' moving average
+over the routed training steps per projection (``expert_share_ema``), and each stage's log),
 OUT/predictions.json (gold and predicted labels per task and split, for ``python -m evaluation.compare``),
 OUT/heads.safetensors,
 for lora/multitask the adapter in PEFT format (adapter_config.json + adapter_model.safetensors), and for the
@@ -50,6 +51,7 @@ mixers OUT/mixer/, the routed encoder as a native model directory: ``python tool
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -271,6 +273,71 @@ def chosen_experts(clf: TaskClassifier, recorder: RoutingRecorder) -> dict[str, 
     return out
 
 
+class RoutingShareEMA:
+    """Per task and attention router, an exponential moving average over the training steps of the share of
+    the task's routed tokens each expert gets (top-k choices, as ``expert_share`` counts them; a shared
+    block's G applications pooled): the weights ``tools/merge_mixer.py --method ema`` folds the experts with,
+    taken from training alone (the scored splits' routing never decides a merge). A task's first step sets its
+    average; steps without the task leave it. Forward hooks on the routers, from outside the model."""
+
+    def __init__(self, clf: TaskClassifier, num_tasks: int, decay: float) -> None:
+        self.routers = {n: m for n, m in clf.named_modules() if n.endswith((".attn.router", ".attn.router_o"))}
+        self.num_tasks, self.decay = num_tasks, decay
+        self.ema: dict[str, torch.Tensor] = {}  # router name -> [tasks, E] shares
+        self.steps = torch.zeros(num_tasks, dtype=torch.long)  # steps that saw each task
+        self.task_T: torch.Tensor | None = None
+        self._counts: dict[str, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def tracking(self):
+        handles = [m.register_forward_hook(self._hook(n)) for n, m in self.routers.items()]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, name: str):
+        def hook(module, args, r) -> None:
+            if self.task_T is None:  # a forward outside a training step (none in the stages)
+                return
+            idx_TK = r.topk_idx_TK.detach()
+            c = torch.zeros(self.num_tasks, r.probs_TE.shape[1], dtype=torch.float64)
+            c.index_put_(
+                (self.task_T[:, None].expand_as(idx_TK), idx_TK), torch.ones(idx_TK.shape, dtype=c.dtype), True
+            )
+            self._counts[name] = self._counts[name] + c if name in self._counts else c
+
+        return hook
+
+    def step(self) -> None:
+        """Fold the step's counts into the averages."""
+        if not self._counts:
+            return
+        seen = next(iter(self._counts.values())).sum(-1) > 0  # every router routes the same tokens
+        fresh = (self.steps == 0)[:, None]
+        for name, c in self._counts.items():
+            share = c / c.sum(-1, keepdim=True).clamp_min(1)
+            prev = self.ema.get(name, share)
+            avg = torch.where(fresh, share, self.decay * prev + (1 - self.decay) * share)
+            self.ema[name] = torch.where(seen[:, None], avg, prev)
+        self.steps += seen.long()
+        self._counts, self.task_T = {}, None
+
+    def projection_shares(self, task: int) -> dict[str, list[float]]:
+        """Task ``task``'s averaged shares per routed projection (``...attn.Wqkv|Wo``): Wqkv and, with shared
+        routing, Wo follow ``attn.router``; Wo follows ``attn.router_o`` under per-projection routing."""
+        out = {}
+        for name, ema in self.ema.items():
+            block = name[name.index("groups.") :].rsplit(".", 1)[0]  # groups.G.block.attn
+            shares = [round(float(x), 4) for x in ema[task] / ema[task].sum().clamp_min(1e-12)]
+            for proj in ("Wo",) if name.endswith("router_o") else ("Wqkv", "Wo"):
+                if proj == "Wo" and not name.endswith("router_o") and f"{name}_o" in self.ema:
+                    continue
+                out[f"{block}.{proj}"] = shares
+        return out
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSource:
     """Where the tasks come from: GLUE task names under ``glue_dir``, or task directories of files."""
@@ -315,6 +382,7 @@ class Stage:
     preserve: float = 0.0  # weight of the expert-preservation loss towards ``anchors``
     preserve_over: str = "all"  # all experts, or only those the routers chose for the batch
     anchors: dict[str, torch.Tensor] | None = dataclasses.field(default=None, repr=False)
+    share_ema: RoutingShareEMA | None = dataclasses.field(default=None, repr=False)  # the routed stage's
     history: list[dict] = dataclasses.field(default_factory=list)
 
     def record(self) -> dict:
@@ -338,11 +406,15 @@ def run_stage(clf: TaskClassifier, train: list, stage: Stage, log) -> list[dict]
     def step_loss(b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         recorder = RoutingRecorder()
         forced = targets = None
+        lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).long()
+        task_T = torch.repeat_interleave(b["task_ids"], lens)
         if stage.forced or stage.route_ce > 0:  # expert i belongs to task i
-            lens = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).long()
-            task_T = torch.repeat_interleave(b["task_ids"], lens)
             forced, targets = (task_T, None) if stage.forced else (None, task_T)
+        if stage.share_ema is not None:
+            stage.share_ema.task_T = task_T
         logits = clf(b["input_ids"], b["cu_seqlens"], b["max_seqlen"], b["task_ids"], recorder, forced, targets)
+        if stage.share_ema is not None:
+            stage.share_ema.step()
         parts = {"task": task_loss(logits, b["labels"])}
         aux = dict(recorder.close().aux_losses)
         extra = []
@@ -368,15 +440,16 @@ def run_stage(clf: TaskClassifier, train: list, stage: Stage, log) -> list[dict]
             + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
         )
 
-    fit(
-        clf,
-        params,
-        FitConfig(stage.lr, stage.epochs, steps_per_epoch(len(train), stage.batch_size)),
-        lambda e: varlen_batches(train, stage.batch_size, True, stage.seed * 1000 + stage.seed_offset + e),
-        step_loss,
-        after_epoch,
-        progress=f"[{stage.name}]",
-    )
+    with stage.share_ema.tracking() if stage.share_ema is not None else contextlib.nullcontext():
+        fit(
+            clf,
+            params,
+            FitConfig(stage.lr, stage.epochs, steps_per_epoch(len(train), stage.batch_size)),
+            lambda e: varlen_batches(train, stage.batch_size, True, stage.seed * 1000 + stage.seed_offset + e),
+            step_loss,
+            after_epoch,
+            progress=f"[{stage.name}]",
+        )
     return history
 
 
@@ -419,6 +492,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--top-k", type=int, default=1, help="mixers: experts per token (training and inference)")
+    p.add_argument(
+        "--share-ema-decay",
+        type=float,
+        default=0.99,
+        help="mixers: decay per step of the routing shares' moving average over the routed stage "
+        "(results.json expert_share_ema: tools/merge_mixer.py --method ema folds with it)",
+    )
     p.add_argument(
         "--route",
         choices=ROUTE_INPUTS,
@@ -503,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("rsl_lambda", "preserve", "router_ce", "router_ce_routed"):
             arg(name, getattr(a, name) >= 0, "must be >= 0")
         arg("holdout", 0 <= a.holdout < 1, "a share: 0 (off) or strictly between 0 and 1")
+        arg("share_ema_decay", 0 <= a.share_ema_decay < 1, "a decay in [0, 1)")
         base, doc = load_native(a.model)
         tok_path, recorded = tokenizer_record(a.model, doc)
         if tok_path is None:
@@ -567,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     mixer = a.mode.startswith("mixer")
+    share_ema = RoutingShareEMA(clf, len(tasks), a.share_ema_decay) if mixer else None
     stages.append(
         Stage(
             "routed" if mixer else "train",
@@ -578,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             a.router_ce_routed if mixer else 0.0,
             a.batch_size,
             a.seed,
+            share_ema=share_ema,
         )
     )
     for stage in stages:
@@ -589,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
         stage.history = run_stage(clf, train, stage, print)
         stage.anchors = None
     results, preds = score_tasks(clf, tasks, a.batch_size)
+    if share_ema is not None:  # merge weights from training alone (tools/merge_mixer.py --method ema)
+        for i, t in enumerate(tasks):
+            results[t.name]["expert_share_ema"] = share_ema.projection_shares(i)
     changed = [n for n, v in frozen_before.items() if not torch.equal(v, dict(clf.named_parameters())[n])]
     summary = {
         "mode": a.mode,

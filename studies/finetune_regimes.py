@@ -18,7 +18,7 @@ Per seed (every run is ``python -m finetune.train``, so every regime sees the sa
   joint-chosen (with --preserve-chosen): joint with the preservation over the experts chosen per batch
   plug-folded, joint-folded (unless --no-folded): each task's classifier made of that mixer by
               ``tools/merge_mixer.py`` (the experts added into Wqkv/Wo, weighted by the task's routing
-              shares): what routing buys over one merged adapter per task
+              shares averaged over training; --fold-method): what routing buys over one merged adapter per task
 Extra arguments after ``--`` go to every run (e.g. ``-- --max-train 1000 --lr 1e-3``). Runs are cached
 under OUT (a run whose results.json exists is not repeated). Output: OUT/regimes.md (table: each task's
 score on its report split — test where the task has one, else dev — as the median over seeds and the
@@ -149,7 +149,10 @@ def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str
             "runs": [os.path.join(root, regime)],
         }
     for regime in [r for r in ("plug", "joint") if a.folded]:  # each task's classifier, its experts folded in
-        runs = [fold_task(os.path.join(root, regime), n, os.path.join(root, f"{regime}-folded", n)) for n in names]
+        runs = [
+            fold_task(os.path.join(root, regime), n, os.path.join(root, f"{regime}-folded", n), a.fold_method)
+            for n in names
+        ]
         out[f"{regime}-folded"] = {
             "scores": {n: r["score"] for n, r in zip(names, runs)},
             "params": out[regime]["params"],
@@ -159,14 +162,19 @@ def seed_runs(a, seed: int, names: list[str], extra: list[str], log) -> dict[str
     return out
 
 
-def fold_task(run: str, task: str, out: str) -> dict:
-    """``tools/merge_mixer.py RUN --task TASK`` (cached): the task's report-split score after the fold."""
+def fold_task(run: str, task: str, out: str, method: str) -> dict:
+    """``tools/merge_mixer.py RUN --task TASK --method METHOD`` (cached per method): the task's report-split
+    score after the fold."""
     report = os.path.join(out, "merge_report.json")
-    if not os.path.isfile(report):
+    cached = None
+    if os.path.isfile(report):
+        with open(report, encoding="utf-8") as f:
+            cached = json.load(f)
+    if cached is None or cached["method"] != method:
         sys.path.insert(0, os.path.join(REPO, "tools"))
         import merge_mixer
 
-        if merge_mixer.main([run, "--task", task, "--out", out, "--overwrite"]):
+        if merge_mixer.main([run, "--task", task, "--method", method, "--out", out, "--overwrite"]):
             raise SystemExit(f"error: tools/merge_mixer.py failed for {run} --task {task}")
     with open(report, encoding="utf-8") as f:
         rep = json.load(f)
@@ -298,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip the folded rows (each task's classifier made of the mixer by tools/merge_mixer.py: the "
         "experts added into the projections with the task's routing shares)",
+    )
+    p.add_argument(
+        "--fold-method",
+        choices=("ema", "routing", "uniform"),
+        default="ema",
+        help="the folded rows' expert weights (tools/merge_mixer.py --method): training's moving-average routing "
+        "shares (default), the report split's, or uniform",
     )
     p.add_argument(
         "--router-ce-routed",

@@ -236,6 +236,15 @@ def test_a_trained_mixer_is_saved_and_becomes_one_tasks_classifier_routed_or_fol
         mean = [sum(per_layer[f"layer{g * depth + i}.attn"][j] for i in range(depth)) / depth for j in range(2)]
         assert share == pytest.approx(mean, abs=2e-4) and sum(share) == pytest.approx(1, abs=1e-3)
     assert set(rep["result"]) == set(rep["routed"]) == {"test"}
+    # ema (the default): the weights recorded over the routed training steps, per projection
+    ema = res["results"]["source"]["expert_share_ema"]
+    assert set(ema) == {f"groups.{g}.block.attn.{p}" for g in range(folded.cfg.num_groups) for p in ("Wqkv", "Wo")}
+    argv = [str(run), "--task", "source", "--out", str(tmp_path / "folded-ema")]
+    assert merge_mixer.main(argv) == 0, capsys.readouterr().err
+    rep_ema = json.load(open(tmp_path / "folded-ema" / "merge_report.json"))
+    assert rep_ema["method"] == "ema"
+    for name, share in rep_ema["shares"].items():
+        assert share == pytest.approx(ema[name[name.index("groups.") :]], abs=2e-4) and sum(share) == pytest.approx(1)
     # exactness: with the routers zeroed every token weighs both experts 1/2 (top-2 of 2), so the uniform
     # fold must give the mixer's logits
     weights = run / "mixer" / "model.safetensors"
@@ -439,6 +448,44 @@ def test_glue_tasks_train_with_a_regression_head_and_glue_metrics(native, glue_d
     assert len(res["routing_matrix"]) == 2 and all(abs(sum(r) - 1) < 1e-3 for r in res["routing_matrix"])
 
 
+def test_routing_share_ema_averages_each_tasks_shares_over_the_steps_it_appears_in():
+    """The first step that sees a task sets its shares; later ones move them by (1 - decay); a step without
+    the task leaves them; a forward outside a step is not counted."""
+    from model.routing import Router
+
+    class Clf(torch.nn.Module):  # a classifier's module names, one routed block
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.groups = torch.nn.ModuleList([torch.nn.Module()])
+            self.model.groups[0].block = torch.nn.Module()
+            self.model.groups[0].block.attn = torch.nn.Module()
+            self.model.groups[0].block.attn.router = Router(4, 2, 1, 0.0)
+
+    clf = Clf()
+    router = clf.model.groups[0].block.attn.router
+    with torch.no_grad():
+        router.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+    to = [torch.tensor([[1.0, 0, 0, 0]]), torch.tensor([[0, 1.0, 0, 0]])]  # a token routed to expert 0, 1
+    ema = train.RoutingShareEMA(clf, 2, decay=0.5)
+
+    def step(rows: list[int], tasks: list[int]) -> None:
+        ema.task_T = torch.tensor(tasks)
+        router(torch.cat([to[r] for r in rows]))  # the G applications of a block: one call each
+        ema.step()
+
+    with ema.tracking():
+        step([0, 0, 1, 0], [0, 0, 0, 1])  # task 0: [2/3, 1/3]; task 1: [1, 0]
+        step([1, 1], [0, 0])  # task 0 only: 0.5 [2/3, 1/3] + 0.5 [0, 1]
+        router(to[0])  # outside a step: not counted
+    router(to[0])  # outside tracking: not counted
+    got = ema.projection_shares(0)
+    assert set(got) == {"groups.0.block.attn.Wqkv", "groups.0.block.attn.Wo"}
+    assert got["groups.0.block.attn.Wqkv"] == pytest.approx([1 / 3, 2 / 3], abs=1e-4)
+    assert ema.projection_shares(1)["groups.0.block.attn.Wo"] == pytest.approx([1.0, 0.0])
+    assert ema.steps.tolist() == [2, 1]
+
+
 def test_preservation_over_the_chosen_experts_counts_only_those():
     """β·Σ_{i∈C}‖ΔW_i − ΔW_i⁰‖² / ‖ΔW_i⁰‖² / E: an expert the routers did not choose costs nothing, and with
     every expert chosen the term equals the all-experts form."""
@@ -462,35 +509,31 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
     from studies import finetune_regimes
 
     out = tmp_path / "regimes"
-    assert (
-        finetune_regimes.main(
-            [
-                "--model",
-                native,
-                "--glue-dir",
-                glue_dir,
-                "--tasks",
-                "STS-B",
-                "RTE",
-                "--seeds",
-                "0",
-                "--epochs",
-                "2",
-                "--joint-top-k",
-                "2",
-                "--out",
-                str(out),
-                "--",
-                "--batch-size",
-                "16",
-                "--max-len",
-                "48",
-                "--train-per-task",
-                "20",
-            ]
-        )
-        == 0
-    )
+    argv = [
+        "--model",
+        native,
+        "--glue-dir",
+        glue_dir,
+        "--tasks",
+        "STS-B",
+        "RTE",
+        "--seeds",
+        "0",
+        "--epochs",
+        "2",
+        "--joint-top-k",
+        "2",
+        "--out",
+        str(out),
+        "--",
+        "--batch-size",
+        "16",
+        "--max-len",
+        "48",
+        "--train-per-task",
+        "20",
+    ]
+    assert finetune_regimes.main(argv) == 0
     doc = json.load(open(out / "regimes.json"))
     assert list(doc["table"]) == ["lora", "multitask", "plug", "joint", "joint-top2", "plug-folded", "joint-folded"]
     # each regime's seed-mean average with an interval, the constant predictor, paired differences
@@ -523,7 +566,7 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
     for regime in ("plug", "joint"):
         for task in ("STS-B", "RTE"):
             rep = json.load(open(out / "seed0" / f"{regime}-folded" / task / "merge_report.json"))
-            assert rep["method"] == "routing" and os.path.isfile(
+            assert rep["method"] == "ema" and os.path.isfile(
                 out / "seed0" / f"{regime}-folded" / task / "predictions.json"
             )
             routed = json.load(open(out / "seed0" / regime / "results.json"))["results"][task]
@@ -545,6 +588,11 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
     assert "| constant predictor | 0 |" in md and "| joint - multitask |" in md
     assert os.path.getsize(out / "routing_layers.png") > 1000
     assert set(doc["table"]["plug"]["layers"]) == {"STS-B", "RTE"}
+    # another fold method: the cached runs are kept, the folds redone with it
+    assert finetune_regimes.main(["--fold-method", "routing", *argv]) == 0
+    for regime in ("plug", "joint"):
+        rep = json.load(open(out / "seed0" / f"{regime}-folded" / "RTE" / "merge_report.json"))
+        assert rep["method"] == "routing"
 
 
 def test_the_shared_finetuning_optimizer_warms_up_decays_and_clips():

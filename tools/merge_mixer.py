@@ -1,16 +1,19 @@
 """Make one task's classifier of a LoRA-Mixer run: routed as trained, or with its experts folded in.
 
-    python tools/merge_mixer.py ft/joint --task SST-2 --out ft/joint-sst2               # routing shares
+    python tools/merge_mixer.py ft/joint --task SST-2 --out ft/joint-sst2               # training's shares
+    python tools/merge_mixer.py ft/joint --task SST-2 --method routing --out DIR        # report split's
     python tools/merge_mixer.py ft/joint --task SST-2 --method uniform --out DIR
     python tools/merge_mixer.py ft/joint --task SST-2 --method routed --out DIR         # no merge, exact
 
 RUN is the output of ``python -m finetune.train --mode mixer-joint`` or ``--mode mixer-plug``: RUN/mixer/ (the
 routed encoder, a native model directory), RUN/heads.safetensors and RUN/results.json. Methods:
-  routing  every routed projection gets its experts folded in, each weighted by the share of the task's
-           tokens its router sent to that expert on the task's report split (results.json,
-           ``expert_share_per_layer``; the G applications of a shared block averaged, Wo by its own router
-           under per_projection routing): W' = W + Σ_j p_j·s_j·B_j·A_j. No router is left: a plain
-           encoder, exportable by ``tools/convert_to_hf.py`` in any format.
+  ema      (default) every routed projection gets its experts folded in, W' = W + Σ_j p_j·s_j·B_j·A_j, with
+           p_j the share of the task's tokens its router sent to expert j, as a moving average over the
+           routed training steps (results.json ``expert_share_ema``; a shared block's G applications pooled,
+           Wo by its own router under per_projection routing): the weights come from training alone. No
+           router is left: a plain encoder, exportable by ``tools/convert_to_hf.py`` in any format.
+  routing  the same with p measured on the task's report split (``expert_share_per_layer``; its inputs, not its
+           labels: a choice that has seen the reported split's text; the only one for runs before 2026-12-07)
   uniform  the same with p_j = 1/E.
   routed   no merge: the experts and routers kept; the mixer exactly, with the task's head.
 The output is a native classifier directory (encoder + the task's head, as ``python -m evaluation.glue
@@ -43,7 +46,7 @@ from model.native_format import (
     tokenizer_record,
 )
 
-METHODS = ("routing", "uniform", "routed")
+METHODS = ("ema", "routing", "uniform", "routed")
 
 
 def projection_shares(name: str, cfg: ModelConfig, per_layer: dict[str, list[float]]) -> torch.Tensor:
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("run", help="a python -m finetune.train --mode mixer-joint|mixer-plug output directory")
     p.add_argument("--task", required=True, help="the task whose head (and routing shares) the classifier takes")
-    p.add_argument("--method", choices=METHODS, default="routing")
+    p.add_argument("--method", choices=METHODS, default="ema", help="how the experts are weighted (above)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="do not score the task before and after")
@@ -139,12 +142,17 @@ def main(argv: list[str] | None = None) -> int:
         if a.method != "routed":
             E = cfg.attn_experts.num_experts
             per_layer = res["results"][a.task].get("expert_share_per_layer", {})
+            ema = res["results"][a.task].get("expert_share_ema")
+            if a.method == "ema" and not ema:
+                raise InputError(f"{a.run}: no expert_share_ema (a run before 2026-12-07): use --method routing")
             for name in mixtures:
-                shares[name] = (
-                    projection_shares(name, cfg, per_layer)
-                    if a.method == "routing"
-                    else torch.full((E,), 1 / E, dtype=torch.float64)
-                )
+                if a.method == "ema":
+                    p_E = torch.tensor(ema[name[name.index("groups.") :]], dtype=torch.float64)
+                    shares[name] = p_E / p_E.sum()
+                elif a.method == "routing":
+                    shares[name] = projection_shares(name, cfg, per_layer)
+                else:
+                    shares[name] = torch.full((E,), 1 / E, dtype=torch.float64)
             merged = dict(state)
             fold(merged, model, shares)
             out_cfg = dataclasses.replace(cfg, attn_experts=AttnExpertsConfig()).validate()
