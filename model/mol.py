@@ -12,7 +12,10 @@ The grouped computation never runs k full FFNs: ``Wi x`` once, then per (token, 
 matmul runs once on a contiguous block (no Python loop over tokens). The A1 and B2 products are done
 for all experts at once (E·r is small next to 2I); B1 and A2 are per expert, in one ``F.grouped_mm`` call
 each where its layout fits (the block ends stay on the device: no host sync in the forward), else in a
-matmul per expert (block sizes read on the host; also the reference for the parity tests). ``reference`` computes
+matmul per expert (block sizes read on the host; also the reference for the parity tests). Under torch.compile the
+pairs leave and rejoin token order through permutations whose backward is the inverse gather (``_TokenRows``,
+``_SumPairs``: no scatter-add), which Inductor fuses with the sums and the activation; eager indexes and
+``index_add_``s, which writes less there (``benchmarks/bench_mol.py --count [--compile]``). ``reference`` computes
 every expert's full FFN with merged weights: slow and obviously right, for the parity tests.
 
 ``compute="slots"`` is the same sum without sorting or grouping: for each routing slot k (K of them) one
@@ -143,13 +146,49 @@ def grouped_matmul(x_NI: torch.Tensor, w_EOI: torch.Tensor, blocks: ExpertBlocks
 
 def sort_pairs(
     idx_TK: torch.Tensor, w_TK: torch.Tensor, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The N = T·K (token, expert) pairs sorted by expert: token [N], expert [N], weight [N] (stable)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The N = T·K (token, expert) pairs sorted by expert (stable): the permutation of the token-order
+    flattening [N], and each pair's token [N], expert [N] and weight [N]."""
     K = idx_TK.shape[1]
     exp_N = idx_TK.reshape(-1)
     order_N = torch.argsort(exp_N, stable=True)
     tok_N = torch.div(order_N, K, rounding_mode="floor")  # token of each pair, in expert order
-    return tok_N, exp_N[order_N], w_TK.reshape(-1)[order_N].to(dtype)
+    return order_N, tok_N, exp_N[order_N], w_TK.reshape(-1)[order_N].to(dtype)
+
+
+class _TokenRows(torch.autograd.Function):
+    """``h_TF[order_N // K]``: each pair's token row, pairs in expert order [N, F]. Backward: the pair
+    gradients gathered back to token order by the inverse permutation and summed over each token's K pairs:
+    a gather and a reduction that Inductor fuses into one kernel, where indexing's own backward is a
+    scatter-add (an fp32 accumulation buffer and its conversion under compile)."""
+
+    @staticmethod
+    def forward(ctx, h_TF: torch.Tensor, order_N: torch.Tensor, inv_N: torch.Tensor, K: int) -> torch.Tensor:
+        ctx.save_for_backward(inv_N)
+        ctx.K = K
+        return h_TF[torch.div(order_N, K, rounding_mode="floor")]
+
+    @staticmethod
+    def backward(ctx, g_NF: torch.Tensor):
+        (inv_N,) = ctx.saved_tensors
+        return g_NF[inv_N].view(-1, ctx.K, g_NF.shape[1]).sum(1), None, None, None
+
+
+class _SumPairs(torch.autograd.Function):
+    """Σ over each token's K pairs of ``x_NI`` (pairs in expert order) [T, I]: the pairs put back in token
+    order by the inverse permutation and summed (one fused kernel under compile, no scatter-add); backward,
+    each pair's token row of the gradient (a gather)."""
+
+    @staticmethod
+    def forward(ctx, x_NI: torch.Tensor, order_N: torch.Tensor, inv_N: torch.Tensor, K: int) -> torch.Tensor:
+        ctx.save_for_backward(order_N)
+        ctx.K = K
+        return x_NI[inv_N].view(-1, K, x_NI.shape[1]).sum(1)
+
+    @staticmethod
+    def backward(ctx, g_TI: torch.Tensor):
+        (order_N,) = ctx.saved_tensors
+        return g_TI[torch.div(order_N, ctx.K, rounding_mode="floor")], None, None, None
 
 
 class GroupedLoRAFFN(nn.Module):
@@ -166,6 +205,10 @@ class GroupedLoRAFFN(nn.Module):
         self.act = ACTIVATIONS[activation]
         self.compute = compute  # grouped | slots (MoLConfig.compute)
         self.grouped_mm = True  # False: the per-expert matmul reference (the parity tests)
+        # how the pairs leave and rejoin token order: by permutations whose backward is the inverse gather
+        # (True), or by indexing and index_add_ (False); None: permutations under torch.compile, where Inductor
+        # fuses them (-27 % bytes at the 120m shape, benchmarks/RESULTS.md), indexing in eager, which writes less
+        self.permute_pairs: bool | None = None
 
     def forward(
         self,
@@ -183,16 +226,28 @@ class GroupedLoRAFFN(nn.Module):
             return self.slots(x_TD, idx_TK, w_TK, Wi, Wo, A1, B1, A2, B2)
         T, D = x_TD.shape
         E, R, s = A1.shape[0], A1.shape[1], self.scale
+        K = idx_TK.shape[1]
+        permute = torch.compiler.is_compiling() if self.permute_pairs is None else self.permute_pairs
         h_TF = Wi(x_TD)
-        tok_N, exp_N, w_N = sort_pairs(idx_TK, w_TK, x_TD.dtype)
+        order_N, tok_N, exp_N, w_N = sort_pairs(idx_TK, w_TK, x_TD.dtype)
         blocks = ExpertBlocks(exp_N, E)
+        if permute:  # where pair n of the token-order flattening sits in expert order
+            inv_N = torch.empty_like(order_N)
+            inv_N[order_N] = torch.arange(len(order_N), device=order_N.device)
 
         # the scale goes into the small factors, not the big activations
         u_TER = (x_TD @ A1.reshape(E * R, D).t()).view(T, E, R)  # A1 of every expert at once
         u_NR = u_TER[tok_N, exp_N]
-        h_NF = F.embedding(tok_N, h_TF).add_(grouped_matmul(u_NR, s * B1, blocks, self.grouped_mm))  # row gather
+        lora_NF = grouped_matmul(u_NR, s * B1, blocks, self.grouped_mm)
+        if permute:
+            h_NF = _TokenRows.apply(h_TF, order_N, inv_N, K) + lora_NF
+        else:
+            h_NF = F.embedding(tok_N, h_TF).add_(lora_NF)  # row gather
         a_NI = self.act(h_NF)
-        y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add_(0, tok_N, a_NI * w_N[:, None])
+        if permute:
+            y_TI = _SumPairs.apply(a_NI * w_N[:, None], order_N, inv_N, K)
+        else:
+            y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add_(0, tok_N, a_NI * w_N[:, None])
         v_NR = grouped_matmul(a_NI, A2, blocks, self.grouped_mm) * w_N[:, None]
         z_TER = x_TD.new_zeros(T, E, R).index_put_((tok_N, exp_N), v_NR)
         B2_DX = (s * B2).permute(1, 0, 2).reshape(D, E * R)  # B2 of every expert at once

@@ -80,7 +80,7 @@ class ExpertParallel(ParallelStyle):
         x_TD, idx_TK, w_TK, Wi, Wo, *experts = inputs
         group, P = mesh.get_group(), mesh.size()
         per_rank = experts[0].shape[0] // P  # the DTensor's global expert count over the ranks
-        tok_N, exp_N, w_N = sort_pairs(idx_TK, w_TK, x_TD.dtype)
+        _, tok_N, exp_N, w_N = sort_pairs(idx_TK, w_TK, x_TD.dtype)
 
         send = expert_counts(torch.div(exp_N, per_rank, rounding_mode="floor"), P)  # pairs per owning rank
         recv = torch.empty_like(send)

@@ -42,12 +42,15 @@ def _mol(num_experts=8, top_k=2, seed=0, activation="geglu", bias=False) -> MoLF
     return m
 
 
+# the pairs leave and rejoin token order by indexing (eager's default) or by permutations (compile's)
+@pytest.mark.parametrize("permute", [False, True])
 @pytest.mark.parametrize("grouped_mm", [True, False])  # one F.grouped_mm call per factor; a matmul per expert
 @pytest.mark.parametrize("ffn", ["geglu", "gelu+bias"])  # ModernBERT's FFN; the BERT family's
 @pytest.mark.parametrize("top_k", [1, 2, 3])
-def test_grouped_mol_equals_the_reference_outputs_and_gradients(top_k, ffn, grouped_mm, monkeypatch):
+def test_grouped_mol_equals_the_reference_outputs_and_gradients(top_k, ffn, grouped_mm, permute, monkeypatch):
     m = _mol(top_k=top_k, activation=ffn.split("+")[0], bias="bias" in ffn).eval()
     m.grouped_ffn.grouped_mm = grouped_mm
+    m.grouped_ffn.permute_pairs = permute
     calls = []
     monkeypatch.setattr(F, "grouped_mm", lambda *a, **k: calls.append(1) or _GROUPED_MM(*a, **k))
     x = torch.randn(200, 32, requires_grad=True)
@@ -71,10 +74,12 @@ def test_grouped_mol_equals_the_reference_outputs_and_gradients(top_k, ffn, grou
         assert_close(g_g[n], g_r[n], what=n)
 
 
-def test_grouped_mol_reads_nothing_on_the_host_and_handles_idle_experts(monkeypatch):
+@pytest.mark.parametrize("permute", [False, True])
+def test_grouped_mol_reads_nothing_on_the_host_and_handles_idle_experts(permute, monkeypatch):
     """The fast path's block ends stay on the device: no .tolist()/.item() in its forward or backward (each
     would be a device sync on GPU), also when experts get no token (their blocks are empty)."""
     m = _mol(top_k=1).eval()
+    m.grouped_ffn.permute_pairs = permute
     x = torch.randn(64, 32, requires_grad=True)
     idx_TK = torch.randint(0, 3, (64, 1))  # experts 3..7 idle
     w_TK = torch.ones(64, 1)
