@@ -437,7 +437,7 @@ def test_glue_tasks_train_with_a_regression_head_and_glue_metrics(native, glue_d
     )
     res = json.load(open(out / "results.json"))
     sts, rte = res["results"]["STS-B"], res["results"]["RTE"]
-    assert set(sts) == {"dev", "test", "expert_share", "expert_share_per_layer", "router_entropy"}
+    assert set(sts) == {"dev", "test", "expert_share", "expert_share_per_layer", "expert_share_ema", "router_entropy"}
     assert set(sts["test"]) == {"pearson", "spearman", "score", "examples"} and sts["test"]["examples"] == 20
     assert sts["test"]["score"] == pytest.approx((sts["test"]["pearson"] + sts["test"]["spearman"]) / 2)
     assert set(rte["dev"]) == {"accuracy", "score", "examples"}
