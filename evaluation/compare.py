@@ -6,8 +6,9 @@
 Each RUN is an ``evaluation.glue`` output directory (its ``predictions.json``). The two runs must have
 scored the same evaluation rows (same subsets, same subset seed: checked through the gold labels). Per
 task, on its report split (test where there is one, else dev), every bootstrap draw resamples the rows
-once and scores both runs' seed-mean on that same resample, so the interval is of the difference itself
-(paired), which is sharper than comparing two unpaired intervals. Each task draws its own resamples
+once and scores both runs on that same resample, so the interval is of the difference itself (paired),
+which is sharper than comparing two unpaired intervals; each draw also resamples each run's seeds, so the
+interval covers the fine-tuning seeds' spread as well as the rows'. Each task draws its own resamples
 (``scoring.intervals.task_seed``); the average's draws average the tasks' draws. A difference is
 **resolved** only when its 95 % interval excludes 0.
 
@@ -64,13 +65,18 @@ def merge_predictions(runs: list[dict]) -> dict:
     return out
 
 
-def _seed_mean_score(rec: dict, split: str, idx: np.ndarray) -> float:
+def _seed_scores(rec: dict, split: str, idx: np.ndarray) -> np.ndarray:
+    """Each seed's score on rows ``idx`` [S]."""
     gold = np.asarray(rec["splits"][split]["gold"])[idx]
     scores = []
     for pred in rec["splits"][split]["seeds"].values():
         m = task_metrics(tuple(rec["metrics"]), np.asarray(pred)[idx], gold)
         scores.append(task_score(m, tuple(rec["main"])))
-    return float(np.mean(scores))
+    return np.asarray(scores, np.float64)
+
+
+def _seed_mean_score(rec: dict, split: str, idx: np.ndarray) -> float:
+    return float(_seed_scores(rec, split, idx).mean())
 
 
 def _constant_score(rec: dict, split: str, idx: np.ndarray) -> float:
@@ -83,7 +89,10 @@ def _constant_score(rec: dict, split: str, idx: np.ndarray) -> float:
 
 def task_draws(runs: list[dict], task: str, subset_seed: int, draws: int = DRAWS) -> tuple[np.ndarray, np.ndarray]:
     """Per run (and the constant predictor, last): the score on all rows [R+1] and on each resample [R+1, draws];
-    every run is scored on the same resamples."""
+    every run is scored on the same resamples of the rows. Each draw also resamples each run's seeds (with
+    replacement, independently per run, from a stream of its own so the rows' resamples stay the same): a run's
+    draw is the mean over its drawn seeds, so a seed that failed widens the interval as a bad row does.
+    The point is the mean over all seeds on all rows. One seed: rows only."""
     recs = [r["tasks"][task] for r in runs]
     split = recs[0]["report_split"]
     gold = recs[0]["splits"][split]["gold"]
@@ -92,12 +101,19 @@ def task_draws(runs: list[dict], task: str, subset_seed: int, draws: int = DRAWS
             raise InputError(f"{task}: the runs did not score the same {split} rows (different subsets or data)")
     n = len(gold)
     rng = np.random.default_rng(task_seed(subset_seed, task))
+    seed_rng = np.random.default_rng([task_seed(subset_seed, task), 1])  # the seeds' resamples
     full = np.arange(n)
     point = np.array([_seed_mean_score(r, split, full) for r in recs] + [_constant_score(recs[0], split, full)])
     out = np.empty((len(recs) + 1, draws))
     for d in range(draws):
         idx = rng.integers(0, n, n)
-        out[:, d] = [_seed_mean_score(r, split, idx) for r in recs] + [_constant_score(recs[0], split, idx)]
+        drawn: dict[int, float] = {}  # one run passed twice (a reference that is also a row) draws once
+        for i, r in enumerate(recs):
+            if id(r) not in drawn:
+                s = _seed_scores(r, split, idx)
+                drawn[id(r)] = s[seed_rng.integers(0, len(s), len(s))].mean() if len(s) > 1 else s[0]
+            out[i, d] = drawn[id(r)]
+        out[-1, d] = _constant_score(recs[0], split, idx)
     return point, out
 
 

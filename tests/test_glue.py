@@ -647,6 +647,22 @@ def test_paired_difference_is_resolved_where_unpaired_intervals_overlap(tmp_path
     assert "not resolved" in capsys.readouterr().out
 
 
+def test_a_failed_seed_widens_the_paired_interval_as_the_seeds_are_resampled():
+    """Each bootstrap draw resamples the seeds too: a run with one good and one failed seed is not "resolved"
+    below a run whose two seeds are good, although on the rows alone (its seed mean fixed) it would be; with
+    one seed per run nothing changes."""
+    from evaluation import compare
+
+    right = np.ones(600, int)
+    bad = np.flatnonzero(np.random.default_rng(0).random(600) < 0.5)  # the failed seed is wrong on half
+    x, y = _fake_run(right, [bad, []]), _fake_run(right, [[], []])
+    r = compare.compare(x, y)["tasks"]["RTE"]
+    assert r["diff"] == pytest.approx(-len(bad) / 1200)  # the seed means: 0.75 vs 1
+    assert r["diff_ci95"][1] == pytest.approx(0.0, abs=1e-9)  # a quarter of the draws are 0: not resolved
+    rows_only = compare.compare(_fake_run(right, [bad]), _fake_run(right, [[]]))["tasks"]["RTE"]
+    assert rows_only["diff_ci95"][1] < -0.4  # one seed each: the rows decide, resolved
+
+
 def test_pair_table_merges_one_models_runs_and_says_which_tasks_it_left_out(tmp_path, capsys):
     import sys
 
