@@ -65,7 +65,7 @@ def merge_predictions(runs: list[dict]) -> dict:
     return out
 
 
-def _seed_scores(rec: dict, split: str, idx: np.ndarray) -> np.ndarray:
+def seed_scores(rec: dict, split: str, idx: np.ndarray) -> np.ndarray:
     """Each seed's score on rows ``idx`` [S]."""
     gold = np.asarray(rec["splits"][split]["gold"])[idx]
     scores = []
@@ -76,7 +76,7 @@ def _seed_scores(rec: dict, split: str, idx: np.ndarray) -> np.ndarray:
 
 
 def _seed_mean_score(rec: dict, split: str, idx: np.ndarray) -> float:
-    return float(_seed_scores(rec, split, idx).mean())
+    return float(seed_scores(rec, split, idx).mean())
 
 
 def _constant_score(rec: dict, split: str, idx: np.ndarray) -> float:
@@ -110,7 +110,7 @@ def task_draws(runs: list[dict], task: str, subset_seed: int, draws: int = DRAWS
         drawn: dict[int, float] = {}  # one run passed twice (a reference that is also a row) draws once
         for i, r in enumerate(recs):
             if id(r) not in drawn:
-                s = _seed_scores(r, split, idx)
+                s = seed_scores(r, split, idx)
                 drawn[id(r)] = s[seed_rng.integers(0, len(s), len(s))].mean() if len(s) > 1 else s[0]
             out[i, d] = drawn[id(r)]
         out[-1, d] = _constant_score(recs[0], split, idx)

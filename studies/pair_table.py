@@ -8,8 +8,9 @@ when one model's tasks or seeds were fine-tuned in separate runs (``b=runs/glue/
 ``evaluation.compare.merge_predictions``, which refuses runs that scored other rows); every run and the constant
 predictor are scored once on the same bootstrap resamples (``evaluation.compare.all_draws``), so each
 difference's interval is paired, and each row's average as a share of the reference's average and of the
-reference's margin above the constant predictor gets an interval from the same draws. A difference is
-"resolved" only when its 95 % interval excludes 0.
+reference's margin above the constant predictor gets an interval from the same draws (each draw resamples the
+rows and each run's seeds). A difference is "resolved" only when its 95 % interval excludes 0. Rows with several
+seeds also get each seed's score per task, since a seed mean can hide a failed seed.
 Output: OUT.md (scores ×100), OUT.json (scores as fractions) and OUT.png (each row's share of the margin).
 """
 
@@ -98,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             + " | ".join(f"{100 * r[t]:.1f}" for t in tasks)
             + f" | {100 * r['average']:.1f} | {of_cell} | {cell} |"
         )
+    per_seed = {n: seed_table(preds[i], tasks) for i, n in enumerate(names)}
+    spread = {n: t for n, t in per_seed.items() if any(len(v) > 1 for v in t.values())}
+    if spread:  # a seed mean can hide a failed seed: each seed's score on all rows
+        lines += ["", "Each seed's score (×100, all rows; seeds in order):", ""]
+        lines += [
+            f"- {n}: "
+            + "; ".join(
+                f"{t} " + " / ".join(f"{100 * x:.1f}" for x in t_scores.values()) for t, t_scores in tab.items()
+            )
+            for n, tab in spread.items()
+        ]
     lines += ["", "| paired difference | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
     for name, d in pairs.items():
         lines.append(f"| {name} | " + " | ".join(diff_cell(d[t]) for t in [*tasks, "average"]) + " |")
@@ -105,10 +117,27 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".md", "w", encoding="utf-8") as f:
         f.write(md)
-    write_json(a.out + ".json", {"runs": runs, "reference": a.reference, "rows": rows, "pairs": pairs})
+    write_json(
+        a.out + ".json", {"runs": runs, "reference": a.reference, "rows": rows, "pairs": pairs, "per_seed": per_seed}
+    )
     plot(rows, a.reference, a.out + ".png")
     print(md)
     return 0
+
+
+def seed_table(pred: dict, tasks: list[str]) -> dict[str, dict[str, float]]:
+    """Per task, each seed's score on all the report split's rows."""
+    import numpy as np
+
+    from evaluation.compare import seed_scores
+
+    out = {}
+    for t in tasks:
+        rec = pred["tasks"][t]
+        split = rec["report_split"]
+        scores = seed_scores(rec, split, np.arange(len(rec["splits"][split]["gold"])))
+        out[t] = {seed: float(x) for seed, x in zip(rec["splits"][split]["seeds"], scores)}
+    return out
 
 
 def plot(rows: dict, reference: str, path: str) -> None:

@@ -709,6 +709,18 @@ def test_pair_table_merges_one_models_runs_and_says_which_tasks_it_left_out(tmp_
     assert "left out SST-2" in capsys.readouterr().err
     with open(out + ".json") as f:
         assert set(json.load(f)["rows"]["a"]) == {"RTE", "average", "share", "of_reference"}
+    assert "Each seed's score" not in open(out + ".md").read()  # one seed per row: nothing to show
+    # several seeds: each seed's score per task, since the mean hides a failed seed
+    two = write("two", _fake_run(better, [np.arange(150), []]), ["RTE", "SST-2"])
+    assert pair_table.main(["--runs", f"a={whole}", f"t={two}", "--reference", "a", "--out", out]) == 0
+    md = open(out + ".md").read()
+    want = (100 * (better.sum() - better[:150].sum() + (1 - better[:150]).sum()) / 300, 100 * better.mean())
+    assert f"- t: SST-2 {want[0]:.1f} / {want[1]:.1f}; RTE " in md and "- a:" not in md
+    with open(out + ".json") as f:
+        assert json.load(f)["per_seed"]["t"]["RTE"] == {
+            "0": pytest.approx(want[0] / 100),
+            "1": pytest.approx(want[1] / 100),
+        }
     # the same task twice in one merge, a run without a name: one line, exit 2
     assert pair_table.main(["--runs", f"a={whole},{whole}", "--reference", "a", "--out", out]) == 2
     assert "appears in two runs" in capsys.readouterr().err
