@@ -70,6 +70,8 @@ PAIRS = (
     ("plug-sup", "plug"),
     ("joint-sup", "joint"),
     ("joint-chosen", "joint"),
+    ("joint-top2", "joint"),
+    ("joint-top3", "joint"),
     ("plug-folded", "plug"),
     ("joint-folded", "joint"),
 )

@@ -545,6 +545,7 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
         "plug - lora",
         "joint - multitask",
         "multitask - lora",
+        "joint-top2 - joint",
         "plug-folded - plug",
         "joint-folded - joint",
     }
@@ -585,7 +586,7 @@ def test_regimes_benchmark_writes_table_heatmap_and_target_checks(native, glue_d
     md = open(out / "regimes.md").read()
     assert "| single-task LoRAs |" in md and "Routing, LoRA-Mixer (ii) plug-and-play" in md
     assert "| LoRA-Mixer (i) joint, staged, top-2 routing |" in md
-    assert "| constant predictor | 0 |" in md and "| joint - multitask |" in md
+    assert "| constant predictor | 0 |" in md and "| joint - multitask |" in md and "| joint-top2 - joint |" in md
     assert os.path.getsize(out / "routing_layers.png") > 1000
     assert set(doc["table"]["plug"]["layers"]) == {"STS-B", "RTE"}
     # another fold method: the cached runs are kept, the folds redone with it
