@@ -302,7 +302,7 @@ class RoutingShareEMA:
             if self.task_T is None:  # a forward outside a training step (none in the stages)
                 return
             idx_TK = r.topk_idx_TK.detach()
-            c = torch.zeros(self.num_tasks, r.probs_TE.shape[1], dtype=torch.float64)
+            c = torch.zeros(self.num_tasks, r.probs_TE.shape[1], dtype=torch.float64, device=idx_TK.device)
             c.index_put_(
                 (self.task_T[:, None].expand_as(idx_TK), idx_TK), torch.ones(idx_TK.shape, dtype=c.dtype), True
             )
@@ -315,6 +315,7 @@ class RoutingShareEMA:
         if not self._counts:
             return
         seen = next(iter(self._counts.values())).sum(-1) > 0  # every router routes the same tokens
+        self.steps = self.steps.to(seen.device)  # the routers' device: no host read until the end
         fresh = (self.steps == 0)[:, None]
         for name, c in self._counts.items():
             share = c / c.sum(-1, keepdim=True).clamp_min(1)
