@@ -73,7 +73,7 @@ from data_prep.glue_data import (
 from scoring.intervals import bootstrap_draws, constant_scores, percentile_ci, task_seed
 from scoring.metrics import summarize, task_metrics, task_score
 from scoring.predictions import task_record
-from scoring.sampling import stratified_subset, subset_examples
+from scoring.sampling import holdout_split, subset_examples
 from evaluation.backends import add_attention_lora, open_backend
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.classification import ClassifierConfig, classification_loss
@@ -254,10 +254,7 @@ def select(
     points = grid(a)
     if len(points) == 1 and not force:
         return points[0], {}, None
-    n_hold = max(1, round(a.holdout * len(data["train"])))
-    hold = set(stratified_subset(labels["train"], n_hold, a.subset_seed + 1, spec.is_regression))
-    fit_idx = [i for i in range(len(data["train"])) if i not in hold]
-    hold_idx = sorted(hold)
+    fit_idx, hold_idx = holdout_split(labels["train"], a.holdout, a.subset_seed + 1, spec.is_regression)
     sub = {"train": [data["train"][i] for i in fit_idx], "holdout": [data["train"][i] for i in hold_idx]}
     sub_labels = {"train": labels["train"][fit_idx], "holdout": labels["train"][hold_idx]}
     tried, held_scores = [], []

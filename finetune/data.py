@@ -112,14 +112,11 @@ def with_holdout(task: Task, share: float) -> Task:
     """``task`` trained on its training rows less a seeded, label-stratified ``share`` of them (``evaluation.glue``'s
     held-out slice: the same rows for the same training set), which becomes its only scored split (``holdout``):
     choices made on it never see dev or test."""
-    from scoring.sampling import stratified_subset
+    from scoring.sampling import holdout_split
 
-    labels = [lab for _, lab in task.train]
-    n_hold = max(1, round(share * len(labels)))
-    hold = set(stratified_subset(labels, n_hold, HOLDOUT_SEED, task.is_regression))
-    fit = [ex for i, ex in enumerate(task.train) if i not in hold]
-    held = [ex for i, ex in enumerate(task.train) if i in hold]
-    return replace(task, train=fit, evals={"holdout": held}, report="holdout")
+    fit, hold = holdout_split([lab for _, lab in task.train], share, HOLDOUT_SEED, task.is_regression)
+    held = [task.train[i] for i in hold]
+    return replace(task, train=[task.train[i] for i in fit], evals={"holdout": held}, report="holdout")
 
 
 def load_glue_task(

@@ -49,3 +49,10 @@ def subset_examples(examples: list, n: int, seed: int, regression: bool = False)
     """A seeded, label-stratified subset of ``n`` examples (objects with a ``label``), in file order; all of
     them when n is 0."""
     return [examples[i] for i in stratified_subset([e.label for e in examples], n, seed, regression)]
+
+
+def holdout_split(labels, share: float, seed: int, regression: bool = False) -> tuple[list[int], list[int]]:
+    """Training rows (ascending indices) less a seeded, stratified ``share`` of them (at least one row), and
+    that held-out share: the slice choices are made on, never dev or test."""
+    hold = set(stratified_subset(labels, max(1, round(share * len(labels))), seed, regression))
+    return [i for i in range(len(labels)) if i not in hold], sorted(hold)
