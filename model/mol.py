@@ -157,16 +157,16 @@ def sort_pairs(
 
 
 class _TokenRows(torch.autograd.Function):
-    """``h_TF[order_N // K]``: each pair's token row, pairs in expert order [N, F]. Backward: the pair
+    """``h_TF[tok_N]``: each pair's token row, pairs in expert order [N, F]. Backward: the pair
     gradients gathered back to token order by the inverse permutation and summed over each token's K pairs:
     a gather and a reduction that Inductor fuses into one kernel, where indexing's own backward is a
     scatter-add (an fp32 accumulation buffer and its conversion under compile)."""
 
     @staticmethod
-    def forward(ctx, h_TF: torch.Tensor, order_N: torch.Tensor, inv_N: torch.Tensor, K: int) -> torch.Tensor:
+    def forward(ctx, h_TF: torch.Tensor, tok_N: torch.Tensor, inv_N: torch.Tensor, K: int) -> torch.Tensor:
         ctx.save_for_backward(inv_N)
         ctx.K = K
-        return h_TF[torch.div(order_N, K, rounding_mode="floor")]
+        return h_TF[tok_N]
 
     @staticmethod
     def backward(ctx, g_NF: torch.Tensor):
@@ -180,15 +180,14 @@ class _SumPairs(torch.autograd.Function):
     each pair's token row of the gradient (a gather)."""
 
     @staticmethod
-    def forward(ctx, x_NI: torch.Tensor, order_N: torch.Tensor, inv_N: torch.Tensor, K: int) -> torch.Tensor:
-        ctx.save_for_backward(order_N)
-        ctx.K = K
+    def forward(ctx, x_NI: torch.Tensor, tok_N: torch.Tensor, inv_N: torch.Tensor, K: int) -> torch.Tensor:
+        ctx.save_for_backward(tok_N)
         return x_NI[inv_N].view(-1, K, x_NI.shape[1]).sum(1)
 
     @staticmethod
     def backward(ctx, g_TI: torch.Tensor):
-        (order_N,) = ctx.saved_tensors
-        return g_TI[torch.div(order_N, ctx.K, rounding_mode="floor")], None, None, None
+        (tok_N,) = ctx.saved_tensors
+        return g_TI[tok_N], None, None, None
 
 
 class GroupedLoRAFFN(nn.Module):
@@ -207,7 +206,7 @@ class GroupedLoRAFFN(nn.Module):
         self.grouped_mm = True  # False: the per-expert matmul reference (the parity tests)
         # how the pairs leave and rejoin token order: by permutations whose backward is the inverse gather
         # (True), or by indexing and index_add_ (False); None: permutations under torch.compile, where Inductor
-        # fuses them (-27 % bytes at the 120m shape, benchmarks/RESULTS.md), indexing in eager, which writes less
+        # fuses them (-21 % bytes at the 120m shape, benchmarks/RESULTS.md), indexing in eager, which writes less
         self.permute_pairs: bool | None = None
 
     def forward(
@@ -240,12 +239,12 @@ class GroupedLoRAFFN(nn.Module):
         u_NR = u_TER[tok_N, exp_N]
         lora_NF = grouped_matmul(u_NR, s * B1, blocks, self.grouped_mm)
         if permute:
-            h_NF = _TokenRows.apply(h_TF, order_N, inv_N, K) + lora_NF
+            h_NF = _TokenRows.apply(h_TF, tok_N, inv_N, K) + lora_NF
         else:
             h_NF = F.embedding(tok_N, h_TF).add_(lora_NF)  # row gather
         a_NI = self.act(h_NF)
         if permute:
-            y_TI = _SumPairs.apply(a_NI * w_N[:, None], order_N, inv_N, K)
+            y_TI = _SumPairs.apply(a_NI * w_N[:, None], tok_N, inv_N, K)
         else:
             y_TI = x_TD.new_zeros(T, a_NI.shape[1]).index_add_(0, tok_N, a_NI * w_N[:, None])
         v_NR = grouped_matmul(a_NI, A2, blocks, self.grouped_mm) * w_N[:, None]
