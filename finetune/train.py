@@ -328,14 +328,15 @@ class RoutingShareEMA:
     def projection_shares(self, task: int) -> dict[str, list[float]]:
         """Task ``task``'s averaged shares per routed projection (``...attn.Wqkv|Wo``): Wqkv and, with shared
         routing, Wo follow ``attn.router``; Wo follows ``attn.router_o`` under per-projection routing."""
-        out = {}
+        out: dict[str, list[float]] = {}
         for name, ema in self.ema.items():
             block = name[name.index("groups.") :].rsplit(".", 1)[0]  # groups.G.block.attn
             shares = [round(float(x), 4) for x in ema[task] / ema[task].sum().clamp_min(1e-12)]
-            for proj in ("Wo",) if name.endswith("router_o") else ("Wqkv", "Wo"):
-                if proj == "Wo" and not name.endswith("router_o") and f"{name}_o" in self.ema:
-                    continue
-                out[f"{block}.{proj}"] = shares
+            if name.endswith("router_o"):
+                out[f"{block}.Wo"] = shares  # Wo's own router wins whatever the order
+            else:
+                out[f"{block}.Wqkv"] = shares
+                out.setdefault(f"{block}.Wo", shares)
         return out
 
 
