@@ -11,15 +11,15 @@ same hyper-parameters. GLUE_DIR holds one folder per task (CoLA, SST-2, STS-B, M
 ``data_prep/glue_data.py``); ``--glue-source hf`` reads the official GLUE through HF ``datasets``.
 ``--tasks`` picks some, comma- or space-separated, in any case (``SST-2,RTE`` = ``sst2 rte``).
 
-Per task and seed: a fresh head (``model.classification.ClassificationHead`` for our models; the
-model's own for HF ones; one output with MSE for STS-B, trained on targets / 5 with the 5 folded back
-into the head afterwards, ``--target-scale``) on the pretrained encoder; ``--mode full``
-trains every weight, ``--mode lora`` a PEFT LoRA on the attention projections plus the head. AdamW,
-linear warm-up (10 %) and decay, ``--epochs`` over at most ``--max-train`` examples. Scored on dev, and
-on test where the task has a labelled one (STS-B, MRPC, RTE here). Metrics as GLUE: CoLA Matthews corr.,
-SST-2 accuracy, STS-B Pearson/Spearman, MRPC accuracy/F1, RTE accuracy; a task's score is the mean of its
-metrics, the GLUE average the mean of the task scores (on test where there is one, else dev), each the
-median over seeds.
+Per task and seed: a fresh head (``model.classification.ClassificationHead`` for our models; the model's own
+for HF ones; one output with MSE for STS-B, trained on targets / 5 with the 5 folded back into the head
+afterwards, ``--target-scale``) on the pretrained encoder; ``--mode full`` trains every weight (``--routers
+frozen``: all but a MoL or LoRA-Mixer model's routers), ``--mode lora`` a PEFT LoRA on the attention
+projections plus the head. AdamW, linear warm-up (10 %) and decay, ``--epochs`` over at most ``--max-train``
+examples. Scored on dev, and on test where the task has a labelled one (STS-B, MRPC, RTE here). Metrics as
+GLUE: CoLA Matthews corr., SST-2 accuracy, STS-B Pearson/Spearman, MRPC accuracy/F1, RTE accuracy; a task's
+score is the mean of its metrics, the GLUE average the mean of the task scores (on test where there is one,
+else dev), each the median over seeds.
 
 Protocol (so rows of one comparison can be told apart): ``--max-train``/``--max-eval`` keep a seeded,
 label-stratified random subset (``scoring/sampling.py``, ``--subset-seed``), the same for every model,
@@ -82,6 +82,21 @@ from model.native_format import InputError
 from config_check import flag_check
 
 MODES = ("full", "lora")
+ROUTERS = ("train", "frozen")
+
+
+def freeze_routers(module: torch.nn.Module) -> int:
+    """Stop every router (``model.routing.Router``: MoL's and LoRA-Mixer's) from training; the number of
+    parameters frozen (0 for a model without routers, so one protocol fits every row of a comparison)."""
+    from model.routing import Router
+
+    n = 0
+    for m in module.modules():
+        if isinstance(m, Router):
+            for p in m.parameters():
+                n += p.numel() if p.requires_grad else 0
+                p.requires_grad_(False)
+    return n
 
 
 def index_batches(n: int, batch_size: int, seed: int | None):
@@ -153,6 +168,7 @@ class Protocol:
     select_lr: tuple[float, ...] = ()  # empty: no selection, lr
     select_epochs: tuple[int, ...] = ()  # empty: epochs
     holdout: float = 0.2
+    routers: str = "train"  # train | frozen: a MoL / LoRA-Mixer model's routers in --mode full
 
     def validate(self) -> "Protocol":
         """``--flag=value: allowed`` (``config_check.check``, as every config) for a value that cannot run."""
@@ -167,6 +183,7 @@ class Protocol:
         arg("select_lr", all(x > 0 for x in self.select_lr), "positive learning rates only")
         arg("select_epochs", all(x > 0 for x in self.select_epochs), "positive epoch counts only")
         arg("holdout", 0 < self.holdout < 1, "a share strictly between 0 and 1")
+        arg("routers", self.routers in ROUTERS, f"one of {', '.join(ROUTERS)}")
         return self
 
     @classmethod
@@ -204,6 +221,10 @@ def finetune_one(
         add_attention_lora(module, backend.family, a.lora_rank, a.lora_alpha)
         for n, p in module.named_parameters():
             p.requires_grad_("lora_" in n or n in head_names)
+    elif a.routers == "frozen":
+        frozen = freeze_routers(module)
+        if seed == a.seeds[0]:
+            log(f"    {spec.name}: {frozen:,} router parameters frozen (--routers frozen)")
     params = [p for p in module.parameters() if p.requires_grad]
     n_train = len(data["train"])
     y = torch.tensor(labels["train"], dtype=torch.float32 if spec.is_regression else torch.long)
@@ -550,6 +571,14 @@ def parser() -> argparse.ArgumentParser:
         "are never scored (for choices made before a final table; results.json's selection and "
         "holdout_average, the mean over tasks of each task's best grid point; predictions.json holds the best "
         "point's predictions on the slice, split 'holdout', for paired comparisons: python -m evaluation.compare)",
+    )
+    p.add_argument(
+        "--routers",
+        choices=ROUTERS,
+        default="train",
+        help="--mode full on a model with routers (MoL, LoRA-Mixer): train them with the rest (default) or keep "
+        "the pretrained routing (frozen); a no-op for a model without routers, so every row "
+        "of a comparison can share it. --mode lora never trains them",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)

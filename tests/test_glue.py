@@ -914,3 +914,54 @@ def test_runner_shows_progress_within_an_epoch_off_a_terminal(native_dir, tmp_pa
         f"RTE seed 0 lr 5e-05 epoch {e}/2: {b}/3 batches ({b / 3:.0%})" for e in (1, 2) for b in (1, 2, 3)
     ], out.err
     assert "RTE seed 0 epoch 2/2: train loss" in out.out and "RTE seed 0 lr" not in out.out
+
+
+@need_glue
+def test_frozen_routers_keep_the_pretrained_routing_and_everything_else_trains(shards_dir, tmp_path):
+    """``--routers frozen`` on a MoL model: every router tensor (weight and depth bias) leaves fine-tuning
+    bit-identical while the experts and the rest move; the default trains them. On a model without routers
+    the flag is a no-op, so one protocol serves every row of a comparison."""
+    import dataclasses
+
+    from data_prep.tokenizer import Tokenizer
+    from evaluation import glue
+    from model.config import MoLConfig, preset
+    from model.modernalbert import ModernAlbertForMaskedLM
+    from model.native_format import load_native_classifier, save_native
+
+    tok = os.path.join(shards_dir, "tokenizer.model")
+    torch.manual_seed(0)
+    cfg = preset("tiny", vocab_size=Tokenizer(tok).vocab_size)
+    cfg = dataclasses.replace(cfg, mol=dataclasses.replace(cfg.mol, depth_bias=True)).validate()
+    assert cfg.mol.groups, "the tiny preset ships with MoL"
+    base = ModernAlbertForMaskedLM(cfg)
+    model_dir = str(tmp_path / "mol")
+    os.makedirs(model_dir)
+    save_native(model_dir, base.state_dict(), base.cfg, tok, None, [])
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+
+    def tuned(routers: str) -> dict[str, torch.Tensor]:
+        out = str(tmp_path / routers)
+        argv = [model_dir, "--glue-dir", GLUE_DIR, "--out", out + "-res", "--tasks", "SST-2", "--seeds", "0"]
+        argv += ["--epochs", "1", "--max-train", "32", "--max-eval", "16", "--lr", "1e-2", "--save-model", out]
+        assert glue.main([*argv, "--routers", routers]) == 0
+        res = json.load(open(out + "-res/results.json"))
+        clf, _ = load_native_classifier(os.path.join(out, "SST-2"))
+        return clf.state_dict(), res["tasks"]["SST-2"]["trainable_parameters"]
+
+    frozen, n_frozen = tuned("frozen")
+    trained, n_trained = tuned("train")
+    routers = [k for k in before if ".router." in k]
+    assert any(k.endswith("depth_bias") for k in routers) and any(k.endswith("weight") for k in routers)
+    n_router = sum(before[k].numel() for k in routers)
+    assert n_trained - n_frozen == n_router
+    for k in routers:
+        assert torch.equal(frozen[k], before[k]), k
+        assert not torch.equal(trained[k], before[k]), k
+    rest = [k for k in before if k.startswith("model.") and ".router." not in k]
+    assert {"model.groups.1.block.ffn.B1", "model.groups.1.block.ffn.Wi.weight"} <= set(rest)
+    assert [k for k in rest if torch.equal(frozen[k], before[k])] == []  # experts and the rest all trained
+    assert glue.freeze_routers(ModernAlbertForMaskedLM(dataclasses.replace(cfg, mol=MoLConfig(groups=())))) == 0
+
+    with pytest.raises(SystemExit):  # an unknown value names the allowed ones (argparse, exit 2)
+        glue.parse_args([model_dir, "--out", str(tmp_path / "x"), "--routers", "fixed"])
