@@ -13,6 +13,7 @@ from data_prep.tokenizer import Tokenizer
 from finetune import train
 from finetune.data import varlen_batches, load_task
 from finetune.model import TaskClassifier, add_block_lora, load_adapter, save_adapter
+from finetune.routing import RoutingShareEMA, block_key
 from model.config import preset
 from model.modernalbert import ModernAlbertForMaskedLM
 from model.native_format import save_native
@@ -244,7 +245,7 @@ def test_a_trained_mixer_is_saved_and_becomes_one_tasks_classifier_routed_or_fol
     rep_ema = json.load(open(tmp_path / "folded-ema" / "merge_report.json"))
     assert rep_ema["method"] == "ema"
     for name, share in rep_ema["shares"].items():
-        assert share == pytest.approx(ema[name[name.index("groups.") :]], abs=2e-4) and sum(share) == pytest.approx(1)
+        assert share == pytest.approx(ema[block_key(name)], abs=2e-4) and sum(share) == pytest.approx(1)
     # exactness: with the routers zeroed every token weighs both experts 1/2 (top-2 of 2), so the uniform
     # fold must give the mixer's logits
     weights = run / "mixer" / "model.safetensors"
@@ -467,7 +468,7 @@ def test_routing_share_ema_averages_each_tasks_shares_over_the_steps_it_appears_
     with torch.no_grad():
         router.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
     to = [torch.tensor([[1.0, 0, 0, 0]]), torch.tensor([[0, 1.0, 0, 0]])]  # a token routed to expert 0, 1
-    ema = train.RoutingShareEMA(clf, 2, decay=0.5)
+    ema = RoutingShareEMA(clf, 2, decay=0.5)
 
     def step(rows: list[int], tasks: list[int]) -> None:
         ema.task_T = torch.tensor(tasks)

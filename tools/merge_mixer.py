@@ -34,6 +34,7 @@ import sys
 import torch
 
 from fileio import OutputDir
+from finetune.routing import block_key, projection_applications
 from model.classification import ClassifierConfig
 from model.config import AttnExpertsConfig, ModelConfig
 from model.lora_mixer import MixtureLinear
@@ -52,8 +53,6 @@ METHODS = ("ema", "routing", "uniform", "routed")
 def projection_shares(name: str, cfg: ModelConfig, per_layer: dict[str, list[float]]) -> torch.Tensor:
     """The routing share p [E] of projection ``name`` (``...groups.G.block.attn.Wqkv|Wo``): the mean over
     its block's G applications of the share each expert got of the task's tokens."""
-    from finetune.train import projection_applications
-
     apps = projection_applications(name, cfg)
     missing = [x for x in apps if x not in per_layer]
     if missing:
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"{a.run}: no expert_share_ema (a run before 2026-12-07): use --method routing")
             for name in mixtures:
                 if a.method == "ema":
-                    p_E = torch.tensor(ema[name[name.index("groups.") :]], dtype=torch.float64)
+                    p_E = torch.tensor(ema[block_key(name)], dtype=torch.float64)
                     shares[name] = p_E / p_E.sum()
                 elif a.method == "routing":
                     shares[name] = projection_shares(name, cfg, per_layer)
