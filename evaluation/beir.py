@@ -13,7 +13,11 @@ model's declared pooling (a sentence-transformers directory's ``1_Pooling``) or 
 declared ``max_seq_length`` or ``--max-len``; the whole corpus is ranked by cosine. One JSON line per model
 on stdout: ``{"model", "ndcg_at_10", "recall_at_100", "mrr_at_10", ...}`` on a 0-1 scale over the test
 qrels' queries, plus a 95 % bootstrap interval of nDCG@10 over queries, the counts and the encoding time.
-Metrics are trec_eval's (``scoring/retrieval_metrics.py``, tested against pytrec_eval).
+Every MODEL after the first is also paired with the first (list the teacher first): the nDCG@10 difference and
+its share of the first's nDCG@10, each with a bootstrap interval that resamples the same queries for both
+(``paired``; "resolved" when the difference's interval excludes 0). ``--out`` also keeps each row's per-query
+nDCG@10, so rows of separate runs on the same queries can be paired later (``paired``). Metrics are
+trec_eval's (``scoring/retrieval_metrics.py``, tested against pytrec_eval).
 
 ``--finetune`` first trains the encoder contrastively on the train qrels (query → relevant document,
 in-batch negatives, cosine × ``--ft-scale``), holding out a seeded ``--ft-holdout`` share of the train
@@ -48,7 +52,7 @@ import torch.nn.functional as F
 
 from evaluation.embedder import Embedder
 from evaluation.glue import index_batches
-from scoring.intervals import bootstrap_ci
+from scoring.intervals import bootstrap_ci, bootstrap_draws, percentile_ci
 from scoring.retrieval_metrics import per_query, rank
 from finetune.loop import FitConfig, fit, steps_per_epoch
 from model.native_format import InputError
@@ -204,7 +208,30 @@ def score_run(scores_QD: np.ndarray, qids: list[str], data: BeirData, seed: int 
     out = {m: float(np.mean(list(v.values()))) for m, v in pq.items()}
     out["ndcg_at_10_ci95"] = list(bootstrap_ci(list(pq["ndcg_at_10"].values()), seed=seed))
     out["queries"], out["documents"] = len(pq["ndcg_at_10"]), len(data.doc_ids)
+    out["per_query_ndcg_at_10"] = {q: round(v, 6) for q, v in sorted(pq["ndcg_at_10"].items())}  # for pairing
     return out
+
+
+def paired(ref: dict, row: dict, seed: int = 0) -> dict:
+    """``row`` against ``ref`` on the same queries: the nDCG@10 difference and ``row``'s share of ``ref``'s
+    nDCG@10, each with a 95 % bootstrap interval that resamples the queries once for both models (paired);
+    "resolved" when the difference's interval excludes 0."""
+    a, b = ref["per_query_ndcg_at_10"], row["per_query_ndcg_at_10"]
+    if set(a) != set(b):
+        raise InputError(f"{row['model']} and {ref['model']} were scored on different queries: cannot pair them")
+    qs = sorted(a)
+    a_Q, b_Q = np.array([a[q] for q in qs]), np.array([b[q] for q in qs])
+    diff = bootstrap_draws(lambda i: float(b_Q[i].mean() - a_Q[i].mean()), len(qs), seed)
+    share = bootstrap_draws(lambda i: float(b_Q[i].mean() / max(a_Q[i].mean(), 1e-12)), len(qs), seed)
+    lo, hi = percentile_ci(diff)
+    return {
+        "against": ref["model"],
+        "diff": float(b_Q.mean() - a_Q.mean()),
+        "diff_ci95": [lo, hi],
+        "resolved": bool(lo > 0 or hi < 0),
+        "share": float(b_Q.mean() / max(a_Q.mean(), 1e-12)),
+        "share_ci95": list(percentile_ci(share)),
+    }
 
 
 def dense_scores(embed: Embedder, data: BeirData, qids: list[str]) -> tuple[np.ndarray, float]:
@@ -393,12 +420,23 @@ def main(argv: list[str] | None = None) -> int:
         if a.baselines:
             for row in baseline_rows(test, sorted(test.qrels), a.seed):
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                print(json.dumps({k: v for k, v in row.items() if k != "per_query_ndcg_at_10"}), flush=True)
+        first = None
         for m in a.models:
             log(f"== {m}")
             row = score_retrieval(m, test, a, log, train)
+            if first is None:
+                first = row
+            else:
+                row["paired"] = paired(first, row, a.seed)
+                p = row["paired"]
+                log(
+                    f"  against {first['model']}: nDCG@10 {p['diff']:+.4f} [{p['diff_ci95'][0]:+.4f}, "
+                    f"{p['diff_ci95'][1]:+.4f}] ({'resolved' if p['resolved'] else 'not resolved'}), "
+                    f"share {p['share']:.1%} [{p['share_ci95'][0]:.1%}, {p['share_ci95'][1]:.1%}]"
+                )
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "per_query_ndcg_at_10"}), flush=True)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

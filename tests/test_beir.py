@@ -169,9 +169,38 @@ def test_runner_on_a_scifact_subset_native_export_and_teacher(native_dir, tmp_pa
     for k in ("ndcg_at_10", "recall_at_100", "mrr_at_10"):
         assert native[k] == pytest.approx(export[k], abs=1e-6), k
     assert rows[0]["ndcg_at_10"] < 0.2 and rows[1]["ndcg_at_10"] > 0.4
+    # every model after the first is paired with the first on the same queries: the export with its own
+    # native model differs by exactly 0; the teacher beats the random-init tiny model, resolved
+    assert "paired" not in native and "per_query_ndcg_at_10" not in native  # stdout: summaries only
+    assert export["paired"]["diff"] == pytest.approx(0, abs=1e-6) and not export["paired"]["resolved"]
+    assert export["paired"]["against"] == native_dir and export["paired"]["share"] == pytest.approx(1, abs=1e-5)
     if minilm is not None:
         teacher = rows[4]
         assert teacher["pooling"] == "mean" and teacher["ndcg_at_10"] > 0.5, teacher
+        p = teacher["paired"]
+        assert p["diff"] == pytest.approx(teacher["ndcg_at_10"] - native["ndcg_at_10"], abs=1e-5)
+        assert p["resolved"] and 0 < p["diff_ci95"][0] <= p["diff"] <= p["diff_ci95"][1]
+
+
+def test_paired_ndcg_resamples_the_same_queries_for_both_models():
+    """A constant offset on every query has a zero-width interval (the same queries drawn for both models);
+    the share is the ratio of the means; rows scored on other queries are refused."""
+    from evaluation.beir import paired
+    from model.native_format import InputError
+
+    rng = np.random.default_rng(0)
+    a = {f"q{i}": float(x) for i, x in enumerate(rng.uniform(0.2, 0.8, 50))}
+    ref = {"model": "teacher", "per_query_ndcg_at_10": a}
+    row = {"model": "student", "per_query_ndcg_at_10": {q: v - 0.1 for q, v in a.items()}}
+    p = paired(ref, row)
+    assert p["diff"] == pytest.approx(-0.1) and p["diff_ci95"] == pytest.approx([-0.1, -0.1]) and p["resolved"]
+    assert p["share"] == pytest.approx(1 - 0.1 / np.mean(list(a.values())))
+    assert p["share_ci95"][0] < p["share"] < p["share_ci95"][1]
+    noisy = {"model": "noisy", "per_query_ndcg_at_10": {q: v + rng.normal(0, 0.2) for q, v in a.items()}}
+    q = paired(ref, noisy)
+    assert q["diff_ci95"][0] < 0 < q["diff_ci95"][1] and not q["resolved"]
+    with pytest.raises(InputError, match="different queries"):
+        paired(ref, {"model": "other", "per_query_ndcg_at_10": {"q0": 0.5}})
 
 
 @need_scifact
