@@ -44,8 +44,8 @@ when the interval excludes 0 (``evaluation.compare``).
 Stages are cached under OUT (corpus, shards, inits, runs, native models, GLUE results); rerunning
 continues where it stopped, so a changed budget or shard size needs a fresh OUT. The table goes to
 OUT/replication.md and OUT/replication.json, the plot to OUT/replication.png. ``--smoke`` uses the
-shipped sample corpus, a few pretraining steps and a few GLUE examples: it checks the machinery, its
-numbers mean nothing.
+shipped sample corpus, a few pretraining steps, 2 calibration batches and a few examples of two GLUE tasks
+(SST-2 and STS-B: a classification and the regression): it checks the machinery, its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.smoke:
         a.steps, a.batch_tokens, a.micro_batch = 4, 2048, 8
-        a.glue_args = "--seeds 0 --epochs 1 --max-train 16 --max-eval 24"
+        # two tasks, a classification and the regression, cover every path of the runner and the table
+        a.glue_args = "--seeds 0 --epochs 1 --max-train 16 --max-eval 24 --tasks SST-2 STS-B"
     rows = [r for r in a.rows.split(",") if r]
     bad = [r for r in rows if r not in ROWS]
     if bad:
@@ -521,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         nat = os.path.join(out, "native", r)
         if not os.path.isfile(os.path.join(nat, "config.json")):
             calib = ["--calib", shards] if method == "routing" else []
+            if calib and a.smoke:
+                calib += ["--calib-batches", "2"]
             sh(
                 [
                     py,
