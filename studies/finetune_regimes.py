@@ -67,6 +67,8 @@ PAIRS = (
     ("multitask", "lora"),
     ("plug-pp", "plug"),
     ("joint-pp", "joint"),
+    ("plug-pp", "lora"),  # the chosen lever against the reference the targets name
+    ("joint-pp", "multitask"),
     ("plug-sup", "plug"),
     ("joint-sup", "joint"),
     ("joint-chosen", "joint"),
