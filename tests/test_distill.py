@@ -229,13 +229,17 @@ def test_distillation_from_minilm_lowers_the_hidden_pooled_and_mlm_losses(minilm
     # measured with the default init (lower: teacher layers 0 and 1 copied, 2 steps each): hidden 0.780 -> 0.628,
     # pooled 0.950 -> 0.594, MLM 9.24 -> 7.26 (the averaged init: 0.731 -> 0.633, 0.902 -> 0.599, 9.29 -> 7.31)
     assert h1 < 0.92 * h0 and p1 < 0.8 * p0 and l1 < l0
-    # the distilled student keeps the pooling and length its init copied from the teacher
+    # the distilled student keeps the pooling its init copied from the teacher, and declares the length it
+    # was trained on (the shards' 128), not the teacher's 256: it never trained its layers past 128 positions
     from evaluation.embedder import declared
+    from model.native_format import read_config
 
     native = str(tmp_path / "native")
     r = run_cli(["tools/consolidate_checkpoint.py", str(tmp_path), "--out", native])
     assert r.returncode == 0, r.stderr
-    assert declared(native) == declared(student) == declared(minilm) == ("mean", 256)
+    assert declared(student) == declared(minilm) == ("mean", 256)
+    assert declared(native) == ("mean", 128) and "max_seq_length 256 (declared by the init) -> 128" in r.stdout
+    assert read_config(native)["history"][-1]["trained_seq_len"] == 128
 
 
 def test_the_replications_no_mol_row_is_distilled_towards_the_same_teacher_layers(student, tmp_path):

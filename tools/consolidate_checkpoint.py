@@ -15,6 +15,7 @@ run was trained on, or ``--tokenizer``); see ``model/native_format.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -109,6 +110,37 @@ def _fetch_tokenizer(data_url: str) -> str:
         raise InputError(f"the run's data {data_url!r}: {e}; pass --tokenizer FILE") from None
 
 
+def trained_length(data_dir: str | None) -> int | None:
+    """The length of the run's samples (its shards' ``seq_len``); None when the shards are not reachable."""
+    if not data_dir:
+        return None
+    try:
+        from pretrain.shard_cache import load_index
+
+        return int(load_index(data_dir).seq_len)
+    except Exception:  # shards moved or unreachable: nothing to cap with
+        return None
+
+
+def cap_declared_length(out_dir: str, trained: int | None) -> tuple[int, int] | None:
+    """Lower ``sentence_bert_config.json``'s ``max_seq_length`` in ``out_dir`` to ``trained``, the length of the
+    run's samples, when the init declared more: a student distilled on 128-token samples never trained its
+    layers on later positions, and at its teacher's 256 its SciFact retrieval collapsed (studies/RESULTS.md,
+    issue 43). Returns (declared, trained) when it lowered it, else None."""
+    path = os.path.join(out_dir, "sentence_bert_config.json")
+    if trained is None or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    declared = doc.get("max_seq_length")
+    if not isinstance(declared, int) or declared <= trained:
+        return None
+    doc["max_seq_length"] = trained
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+    return declared, trained
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="tools/consolidate_checkpoint.py",
@@ -136,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             tok = os.path.join(data_dir, name)
         elif not os.path.isfile(tok):
             raise InputError(f"--tokenizer {tok}: no such file")
+        seq_len = trained_length(data_dir)
         with OutputDir(a.out, a.overwrite, InputError) as tmp:
             save_native(
                 tmp,
@@ -148,17 +181,25 @@ def main(argv: list[str] | None = None) -> int:
                         "tool": "consolidate_checkpoint",
                         "checkpoint": os.path.abspath(step_dir),
                         "step": trainer["step"],
+                        **({"trained_seq_len": seq_len} if seq_len else {}),
                         # MoL: each expert's routing share averaged over training (merge_experts --method ema)
                         **({"routing_ema": trainer["routing_ema"]} if "routing_ema" in trainer else {}),
                     }
                 ],
             )
-            # a student keeps the pooling and length its init declared (init_from_teacher copies the teacher's)
+            # a student keeps the pooling and length its init declared (init_from_teacher copies the teacher's),
+            # the length capped at the samples it was trained on
             init_from = trainer["config"].get("init_from")
             copy_sentence_files(init_from if init_from and os.path.isdir(init_from) else None, tmp)
+            capped = cap_declared_length(tmp, seq_len)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if capped:
+        print(
+            f"max_seq_length {capped[0]} (declared by the init) -> {capped[1]}: the longest samples it was trained "
+            "on (data.seq_len); embedding runners truncate there unless given --max-len"
+        )
     n = sum(v.numel() for v in state.values())
     print(f"consolidated {step_dir} (step {trainer['step']}): {len(state)} tensors, {n:,} parameters -> {a.out}")
     return 0
