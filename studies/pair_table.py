@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--runs: {bad[0]!r} is not NAME=DIR[,DIR...]")
         runs = dict(r.split("=", 1) for r in a.runs)
         names = list(runs)
-        for n in [a.reference, *(x for pair in a.pairs for x in pair.split("-", 1))]:
-            if n not in runs:
-                raise InputError(f"{n!r} is not among --runs ({', '.join(names)})")
+        if a.reference not in runs:
+            raise InputError(f"{a.reference!r} is not among --runs ({', '.join(names)})")
+        pair_names = [split_pair(p, names) for p in a.pairs]
         preds = [merge_predictions([load_predictions(d) for d in runs[n].split(",")]) for n in names]
         scored = [set(r["tasks"]) for r in preds]
         tasks = [t for t in TASKS if all(t in s for s in scored)]  # GLUE's order, whatever order the runs had
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             lo, hi = percentile_ci(avg_draws[i] / avg_draws[ref])
             rows[n]["of_reference"] = {"ratio": float(point[i] / point[ref]), "ci95": [lo, hi]}
     pairs = {}
-    for pair in a.pairs:
-        x, y = pair.split("-", 1)
+    for x, y in pair_names:
         i, j = names.index(x), names.index(y)
         pairs[f"{x} - {y}"] = {t: paired(*draws["tasks"][t], i, j) for t in tasks}
         pairs[f"{x} - {y}"]["average"] = paired(*draws["average"], i, j)
@@ -123,6 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, a.reference, a.out + ".png")
     print(md)
     return 0
+
+
+def split_pair(pair: str, names: list[str]) -> tuple[str, str]:
+    """``A-B`` → (A, B), where A and B are run names that may contain hyphens themselves (``b-e-ema``): the one
+    hyphen at which both sides are among ``names``."""
+    from model.native_format import InputError
+
+    splits = [(pair[:i], pair[i + 1 :]) for i, ch in enumerate(pair) if ch == "-"]
+    found = [(x, y) for x, y in splits if x in names and y in names]
+    if len(found) != 1:
+        why = "ambiguous" if found else "not two of"
+        raise InputError(f"--pairs {pair}: {why} the --runs names ({', '.join(names)}) joined by '-'")
+    return found[0]
 
 
 def seed_table(pred: dict, tasks: list[str]) -> dict[str, dict[str, float]]:
