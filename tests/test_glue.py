@@ -730,7 +730,8 @@ def test_pair_table_merges_one_models_runs_and_says_which_tasks_it_left_out(tmp_
     argv = ["--runs", f"a={whole}", f"e-ema={bdir}", "--reference", "a", "--out", out, "--pairs"]
     assert pair_table.main([*argv, "a-e-ema"]) == 0
     assert json.load(open(out + ".json"))["pairs"]["a - e-ema"]["average"]["diff"] == pytest.approx(30 / 300)
-    assert pair_table.main([*argv, "a-e"]) == 2 and "--pairs a-e: not two of the --runs names" in capsys.readouterr().err
+    assert pair_table.main([*argv, "a-e"]) == 2
+    assert "--pairs a-e: not two of the --runs names" in capsys.readouterr().err
 
 
 def test_distill_objectives_pairs_every_variant_with_base_and_step0_on_the_held_out_rows(tmp_path):
