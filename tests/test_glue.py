@@ -971,3 +971,24 @@ def test_frozen_routers_keep_the_pretrained_routing_and_everything_else_trains(s
 
     with pytest.raises(SystemExit):  # an unknown value names the allowed ones (argparse, exit 2)
         glue.parse_args([model_dir, "--out", str(tmp_path / "x"), "--routers", "fixed"])
+
+
+def test_plot_stsb_seeds_draws_every_seed_and_refuses_a_run_without_sts_b(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, REPO)
+    from studies import plot_stsb_seeds
+
+    def run(name: str, tasks: dict) -> str:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"tasks": tasks}))
+        return str(d)
+
+    sts = {"STS-B": {"per_seed": [{"seed": s, "test": {"score": v}} for s, v in ((0, 0.81), (1, 0.42))]}}
+    a, b = run("a", sts), run("b", {"SST-2": {}})
+    assert plot_stsb_seeds.seed_scores([a], "test") == [(0, pytest.approx(81.0)), (1, pytest.approx(42.0))]
+    out = str(tmp_path / "p.png")
+    assert plot_stsb_seeds.main(["--rows", f"x={a},{a}", "--out", out]) == 0 and os.path.getsize(out) > 0
+    assert plot_stsb_seeds.main(["--rows", f"y={b}", "--out", out]) == 2
+    assert "has no STS-B" in capsys.readouterr().err
