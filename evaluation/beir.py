@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 
+from evaluation.compare import paired as paired_draws
 from evaluation.embedder import Embedder
 from evaluation.glue import index_batches
 from scoring.intervals import bootstrap_ci, bootstrap_draws, percentile_ci
@@ -220,18 +221,20 @@ def paired(ref: dict, row: dict, seed: int = 0) -> dict:
     if set(a) != set(b):
         raise InputError(f"{row['model']} and {ref['model']} were scored on different queries: cannot pair them")
     qs = sorted(a)
-    a_Q, b_Q = np.array([a[q] for q in qs]), np.array([b[q] for q in qs])
-    diff = bootstrap_draws(lambda i: float(b_Q[i].mean() - a_Q[i].mean()), len(qs), seed)
-    share = bootstrap_draws(lambda i: float(b_Q[i].mean() / max(a_Q[i].mean(), 1e-12)), len(qs), seed)
-    lo, hi = percentile_ci(diff)
+    scores_MQ = np.array([[a[q] for q in qs], [b[q] for q in qs]])  # M = 0 ref, 1 row
+    point = scores_MQ.mean(1)
+    draws = bootstrap_draws(lambda i: scores_MQ[:, i].mean(1), len(qs), seed).T  # [2, draws], one resample each
     return {
         "against": ref["model"],
-        "diff": float(b_Q.mean() - a_Q.mean()),
-        "diff_ci95": [lo, hi],
-        "resolved": bool(lo > 0 or hi < 0),
-        "share": float(b_Q.mean() / max(a_Q.mean(), 1e-12)),
-        "share_ci95": list(percentile_ci(share)),
+        **paired_draws(point, draws, 1, 0),
+        "share": float(point[1] / max(point[0], 1e-12)),
+        "share_ci95": list(percentile_ci(draws[1] / np.maximum(draws[0], 1e-12))),
     }
+
+
+def summary_line(row: dict) -> str:
+    """A row as its stdout JSON line: everything but the per-query scores (those go to ``--out`` only)."""
+    return json.dumps({k: v for k, v in row.items() if k != "per_query_ndcg_at_10"})
 
 
 def dense_scores(embed: Embedder, data: BeirData, qids: list[str]) -> tuple[np.ndarray, float]:
@@ -420,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.baselines:
             for row in baseline_rows(test, sorted(test.qrels), a.seed):
                 rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "per_query_ndcg_at_10"}), flush=True)
+                print(summary_line(row), flush=True)
         first = None
         for m in a.models:
             log(f"== {m}")
@@ -436,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"share {p['share']:.1%} [{p['share_ci95'][0]:.1%}, {p['share_ci95'][1]:.1%}]"
                 )
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "per_query_ndcg_at_10"}), flush=True)
+            print(summary_line(row), flush=True)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
